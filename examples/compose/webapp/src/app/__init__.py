@@ -1,0 +1,1 @@
+"""Placeholder application package for the webapp example."""

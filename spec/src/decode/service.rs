@@ -1,0 +1,1315 @@
+//! Decoding one `services.<name>` entry into a [`Service`].
+
+use std::collections::BTreeMap;
+
+use serde_norway::Value;
+
+use super::{kind, Cx, MapReader, Node};
+use crate::diag::join;
+use crate::model::*;
+use crate::short_syntax::{self, VolumeKind};
+use crate::units;
+
+/// A single `ports:` or `expose:` entry may not span more ports than this: a typo like
+/// `1-65535:1-65535` should be an error, not 65,535 port objects.
+pub(crate) const MAX_PORTS_PER_ENTRY: u32 = 1000;
+
+/// Attributes of the Compose spec that berth accepts and keeps, but does not act on yet.
+/// Each one present in a file gets a warning naming it.
+pub(crate) const UNSUPPORTED: &[&str] = &[
+    "annotations",
+    "attach",
+    "blkio_config",
+    "cgroup",
+    "cgroup_parent",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "credential_spec",
+    "develop",
+    "device_cgroup_rules",
+    "devices",
+    "external_links",
+    "gpus",
+    "group_add",
+    "ipc",
+    "isolation",
+    "label_file",
+    "links",
+    "mac_address",
+    "mem_swappiness",
+    "memswap_limit",
+    "models",
+    "network_mode",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "platform",
+    "post_start",
+    "pre_stop",
+    "provider",
+    "pull_refresh_after",
+    "runtime",
+    "security_opt",
+    "storage_opt",
+    "use_api_socket",
+    "userns_mode",
+    "uts",
+    "volumes_from",
+];
+
+/// Capabilities a container may be given (Linux 6.x), without the `CAP_` prefix.
+const CAPABILITIES: &[&str] = &[
+    "ALL",
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+];
+
+const ULIMITS: &[&str] = &[
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+pub(crate) fn decode_service(cx: &mut Cx, n: Node) -> Option<Service> {
+    let mut m = cx.map(n)?;
+    let mut s = Service {
+        image: m.get(cx, "image", |cx, n| cx.string(n)),
+        build: m.get(cx, "build", build),
+        pull_policy: m.get(cx, "pull_policy", |cx, n| cx.parsed(n, pull_policy)),
+        command: m.get(cx, "command", command),
+        entrypoint: m.get(cx, "entrypoint", command),
+        ports: m
+            .get(cx, "ports", |cx, n| Some(ports(cx, n)))
+            .unwrap_or_default(),
+        expose: m
+            .get(cx, "expose", |cx, n| Some(expose(cx, n)))
+            .unwrap_or_default(),
+        volumes: m
+            .get(cx, "volumes", |cx, n| Some(cx.each(n, mount)))
+            .unwrap_or_default(),
+        tmpfs: m
+            .get(cx, "tmpfs", |cx, n| Some(tmpfs(cx, n)))
+            .unwrap_or_default(),
+        networks: m.get(cx, "networks", networks).unwrap_or_default(),
+        depends_on: m.get(cx, "depends_on", depends_on).unwrap_or_default(),
+        healthcheck: m.get(cx, "healthcheck", healthcheck),
+        restart: m.get(cx, "restart", |cx, n| cx.parsed(n, str::parse)),
+        deploy: m.get(cx, "deploy", deploy),
+        secrets: m
+            .get(cx, "secrets", |cx, n| {
+                Some(cx.each(n, |cx, n| file_mount(cx, n, "/run/secrets/")))
+            })
+            .unwrap_or_default(),
+        configs: m
+            .get(cx, "configs", |cx, n| {
+                Some(cx.each(n, |cx, n| file_mount(cx, n, "/")))
+            })
+            .unwrap_or_default(),
+        user: m.get(cx, "user", |cx, n| cx.string(n)),
+        working_dir: m.get(cx, "working_dir", absolute_path),
+        hostname: m.get(cx, "hostname", |cx, n| cx.string(n)),
+        domainname: m.get(cx, "domainname", |cx, n| cx.string(n)),
+        labels: m
+            .get(cx, "labels", |cx, n| Some(labels(cx, n)))
+            .unwrap_or_default(),
+        init: m.get(cx, "init", |cx, n| cx.bool(n)),
+        read_only: m.get(cx, "read_only", |cx, n| cx.bool(n)).unwrap_or(false),
+        privileged: m.get(cx, "privileged", |cx, n| cx.bool(n)).unwrap_or(false),
+        tty: m.get(cx, "tty", |cx, n| cx.bool(n)).unwrap_or(false),
+        stdin_open: m.get(cx, "stdin_open", |cx, n| cx.bool(n)).unwrap_or(false),
+        cap_add: m
+            .get(cx, "cap_add", |cx, n| Some(capabilities(cx, n)))
+            .unwrap_or_default(),
+        cap_drop: m
+            .get(cx, "cap_drop", |cx, n| Some(capabilities(cx, n)))
+            .unwrap_or_default(),
+        ulimits: m.get(cx, "ulimits", ulimits).unwrap_or_default(),
+        sysctls: m
+            .get(cx, "sysctls", |cx, n| Some(sysctls(cx, n)))
+            .unwrap_or_default(),
+        stop_signal: m.get(cx, "stop_signal", |cx, n| {
+            cx.parsed(n, |s| units::parse_signal(s).map(str::to_string))
+        }),
+        stop_grace_period: m.get(cx, "stop_grace_period", duration),
+        extra_hosts: m
+            .get(cx, "extra_hosts", |cx, n| Some(extra_hosts(cx, n)))
+            .unwrap_or_default(),
+        dns: m
+            .get(cx, "dns", |cx, n| Some(cx.strings(n)))
+            .unwrap_or_default(),
+        dns_search: m
+            .get(cx, "dns_search", |cx, n| Some(cx.strings(n)))
+            .unwrap_or_default(),
+        dns_opt: m
+            .get(cx, "dns_opt", |cx, n| Some(cx.strings(n)))
+            .unwrap_or_default(),
+        shm_size: m.get(cx, "shm_size", bytes),
+        pids_limit: m.get(cx, "pids_limit", |cx, n| cx.int_in(n, -1, i64::MAX)),
+        mem_limit: m.get(cx, "mem_limit", bytes),
+        mem_reservation: m.get(cx, "mem_reservation", bytes),
+        cpus: m.get(cx, "cpus", cpus),
+        cpu_shares: m
+            .get(cx, "cpu_shares", |cx, n| {
+                cx.int_in(n, 0, i64::from(u32::MAX))
+            })
+            .map(|x| x as u64),
+        cpuset: m.get(cx, "cpuset", |cx, n| cx.parsed(n, cpuset)),
+        scale: m.get(cx, "scale", |cx, n| cx.u32(n)),
+        profiles: m
+            .get(cx, "profiles", |cx, n| Some(profiles(cx, n)))
+            .unwrap_or_default(),
+        container_name: m.get(cx, "container_name", |cx, n| cx.parsed(n, container_name)),
+        logging: m.get(cx, "logging", logging),
+        ..Service::default()
+    };
+
+    // environment and env_file: env_file values first, environment wins, as in Compose.
+    let env_files = m.get(cx, "env_file", |cx, n| Some(cx.each_or_one(n, env_file)));
+    s.env_file = env_files.unwrap_or_default();
+    s.environment = read_env_files(cx, &s.env_file, &m.path_of("env_file"));
+    if let Some(env) = m.get(cx, "environment", |cx, n| Some(cx.list_or_map(n))) {
+        for (k, v) in env {
+            // `environment: [FOO]` passes FOO through from the environment of the load.
+            let v = v.or_else(|| (cx.env)(&k));
+            s.environment.insert(k, v);
+        }
+    }
+
+    if m.has("extends") {
+        // Resolved before decoding; only a tree that skipped that step gets here.
+        m.take("extends");
+    }
+    for (k, v) in m.extensions() {
+        s.unsupported.insert(k, v);
+    }
+    carry_unsupported(cx, &mut m, &mut s.unsupported);
+    m.finish(cx);
+    Some(s)
+}
+
+/// Moves the present unsupported attributes into `into`, warning about each by name.
+pub(crate) fn carry_unsupported(
+    cx: &mut Cx,
+    m: &mut MapReader,
+    into: &mut BTreeMap<String, Value>,
+) {
+    for key in UNSUPPORTED {
+        if m.has(key) {
+            let path = m.path_of(key);
+            if let Some(v) = m.take(key) {
+                cx.warn(
+                    &path,
+                    "not supported by berth yet; kept in the stack, but it has no effect",
+                );
+                into.insert((*key).to_string(), v.clone());
+            }
+        }
+    }
+}
+
+impl Cx<'_> {
+    /// One item or a list of them (`env_file: a.env` or `env_file: [a.env, b.env]`).
+    fn each_or_one<T>(&mut self, n: Node, f: impl FnMut(&mut Self, Node) -> Option<T>) -> Vec<T> {
+        let mut f = f;
+        match n.v() {
+            Value::Sequence(_) => self.each(n, f),
+            _ => f(self, n).into_iter().collect(),
+        }
+    }
+}
+
+fn duration(cx: &mut Cx, n: Node) -> Option<std::time::Duration> {
+    cx.parsed(n, units::parse_duration)
+}
+
+/// A size: a number of bytes, or a string with a unit (`512m`, `1.5g`).
+fn bytes(cx: &mut Cx, n: Node) -> Option<u64> {
+    match n.v() {
+        Value::Number(x) => match x.as_u64() {
+            Some(b) => Some(b),
+            None => {
+                cx.error(
+                    n.path,
+                    format!("invalid size {x}: expected a whole number of bytes"),
+                );
+                None
+            }
+        },
+        _ => cx.parsed(n, units::parse_bytes),
+    }
+}
+
+fn cpus(cx: &mut Cx, n: Node) -> Option<f64> {
+    let value = match n.v() {
+        Value::Number(x) => x.as_f64(),
+        _ => return cx.parsed(n, units::parse_cpus),
+    };
+    match value {
+        Some(f) if f.is_finite() && f >= 0.0 => Some(f),
+        _ => {
+            cx.error(
+                n.path,
+                "expected a number of CPUs greater than 0, like 0.5 or 2",
+            );
+            None
+        }
+    }
+}
+
+/// A file mode: an octal string (`"0440"`, as YAML reads `0440`) or a number as written.
+pub(crate) fn mode(cx: &mut Cx, n: Node) -> Option<u32> {
+    let parsed = match n.v() {
+        Value::Number(x) => x.as_u64().and_then(|m| u32::try_from(m).ok()),
+        Value::String(s) => {
+            let digits = s.trim().trim_start_matches("0o");
+            u32::from_str_radix(digits, 8).ok()
+        }
+        _ => None,
+    };
+    match parsed {
+        Some(m) if m <= 0o7777 => Some(m),
+        _ => {
+            cx.error(
+                n.path,
+                "invalid file mode: expected an octal number like 0440 or 0644",
+            );
+            None
+        }
+    }
+}
+
+fn absolute_path(cx: &mut Cx, n: Node) -> Option<String> {
+    let p = cx.string(n)?;
+    if !p.starts_with('/') {
+        cx.error(
+            n.path,
+            format!("{p:?} must be an absolute path in the container"),
+        );
+        return None;
+    }
+    Some(p)
+}
+
+/// `command`/`entrypoint`: a list as is, or a string split the way a shell would.
+fn command(cx: &mut Cx, n: Node) -> Option<Vec<String>> {
+    match n.v() {
+        Value::Sequence(_) => Some(cx.each(n, |cx, n| cx.scalar(n))),
+        _ => {
+            let text = cx.string(n)?;
+            match shlex::split(&text) {
+                Some(words) => Some(words),
+                None => {
+                    cx.error(n.path, "unterminated quote or escape in the command string");
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn pull_policy(s: &str) -> Result<String, String> {
+    let ok = matches!(
+        s,
+        "always" | "never" | "missing" | "if_not_present" | "build" | "daily" | "weekly"
+    ) || s
+        .strip_prefix("every_")
+        .is_some_and(|d| units::parse_duration(d).is_ok());
+    if !ok {
+        return Err(format!(
+            "invalid pull_policy {s:?}: expected always, never, missing, build, daily, weekly \
+             or every_<duration>"
+        ));
+    }
+    // `if_not_present` is Compose's older spelling of `missing`.
+    Ok(if s == "if_not_present" {
+        "missing".into()
+    } else {
+        s.to_string()
+    })
+}
+
+fn cpuset(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.split(',').all(|part| {
+            let mut bounds = part.splitn(2, '-').map(|x| x.trim().parse::<u32>());
+            match (bounds.next(), bounds.next()) {
+                (Some(Ok(_)), None) => true,
+                (Some(Ok(a)), Some(Ok(b))) => a <= b,
+                _ => false,
+            }
+        });
+    if valid {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid cpuset {s:?}: expected CPU numbers and ranges like 0-3 or 0,2"
+        ))
+    }
+}
+
+fn container_name(s: &str) -> Result<String, String> {
+    let mut chars = s.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid container_name {s:?}: use letters, digits, '_', '.' and '-', starting \
+             with a letter or digit"
+        ))
+    }
+}
+
+fn profiles(cx: &mut Cx, n: Node) -> Vec<String> {
+    cx.each(n, |cx, n| {
+        cx.parsed(n, |s| {
+            let mut chars = s.chars();
+            let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if ok {
+                Ok(s.to_string())
+            } else {
+                Err(format!(
+                    "invalid profile name {s:?}: use letters, digits, '_', '.' and '-'"
+                ))
+            }
+        })
+    })
+}
+
+fn labels(cx: &mut Cx, n: Node) -> BTreeMap<String, String> {
+    cx.list_or_map(n)
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or_default()))
+        .collect()
+}
+
+fn sysctls(cx: &mut Cx, n: Node) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in cx.list_or_map(n) {
+        match v {
+            Some(v) => {
+                out.insert(k, v);
+            }
+            None => cx.error(
+                &join(n.path, &k),
+                "a sysctl needs a value, like net.core.somaxconn=1024",
+            ),
+        }
+    }
+    out
+}
+
+fn capabilities(cx: &mut Cx, n: Node) -> Vec<String> {
+    cx.each(n, |cx, n| {
+        let raw = cx.string(n)?;
+        let upper = raw.to_ascii_uppercase();
+        let name = upper.strip_prefix("CAP_").unwrap_or(&upper).to_string();
+        if CAPABILITIES.contains(&name.as_str()) {
+            return Some(name);
+        }
+        let hint = super::suggest(&name, CAPABILITIES)
+            .map(|s| format!("; did you mean {s:?}?"))
+            .unwrap_or_default();
+        cx.error(n.path, format!("unknown capability {raw:?}{hint}"));
+        None
+    })
+}
+
+fn ulimits(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, Ulimit>> {
+    let mut m = cx.map(n)?;
+    let mut out = BTreeMap::new();
+    for (name, value) in m.drain() {
+        let path = join(n.path, &name);
+        let node = Node { value, path: &path };
+        if !ULIMITS.contains(&name.as_str()) {
+            let hint = super::suggest(&name, ULIMITS)
+                .map(|s| format!("; did you mean {s:?}?"))
+                .unwrap_or_default();
+            cx.error(&path, format!("unknown ulimit{hint}"));
+            continue;
+        }
+        let limit = match node.v() {
+            Value::Mapping(_) => {
+                let Some(mut lm) = cx.map(node) else { continue };
+                let soft = lm.get(cx, "soft", |cx, n| cx.int_in(n, -1, i64::MAX));
+                let hard = lm.get(cx, "hard", |cx, n| cx.int_in(n, -1, i64::MAX));
+                lm.finish(cx);
+                match (soft, hard) {
+                    (Some(soft), Some(hard)) => Ulimit { soft, hard },
+                    _ => {
+                        cx.error(&path, "a ulimit mapping needs both soft and hard");
+                        continue;
+                    }
+                }
+            }
+            _ => match cx.int_in(node, -1, i64::MAX) {
+                Some(x) => Ulimit { soft: x, hard: x },
+                None => continue,
+            },
+        };
+        // -1 is "unlimited", which is above every number.
+        let above = |a: i64, b: i64| a == -1 && b != -1 || (b != -1 && a > b);
+        if above(limit.soft, limit.hard) {
+            cx.error(
+                &path,
+                format!(
+                    "soft limit {} is above hard limit {}",
+                    limit.soft, limit.hard
+                ),
+            );
+            continue;
+        }
+        out.insert(name, limit);
+    }
+    Some(out)
+}
+
+fn extra_hosts(cx: &mut Cx, n: Node) -> Vec<String> {
+    let mut out = Vec::new();
+    match n.v() {
+        Value::Mapping(_) => {
+            let Some(mut m) = cx.map(n) else { return out };
+            for (host, value) in m.drain() {
+                let path = join(n.path, &host);
+                let node = Node { value, path: &path };
+                for ip in cx.strings(node) {
+                    match short_syntax::parse_extra_host(&format!("{host}={ip}")) {
+                        Ok((h, ip)) => out.push(format!("{h}={ip}")),
+                        Err(e) => cx.error(&path, e),
+                    }
+                }
+            }
+        }
+        _ => {
+            for (h, ip) in cx.each(n, |cx, n| cx.parsed(n, short_syntax::parse_extra_host)) {
+                out.push(format!("{h}={ip}"));
+            }
+        }
+    }
+    out
+}
+
+fn tmpfs(cx: &mut Cx, n: Node) -> Vec<String> {
+    match n.v() {
+        Value::Sequence(_) => cx.each(n, |cx, n| {
+            cx.parsed(n, |s| short_syntax::parse_tmpfs(s).map(|_| s.to_string()))
+        }),
+        _ => cx
+            .parsed(n, |s| short_syntax::parse_tmpfs(s).map(|_| s.to_string()))
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn expose(cx: &mut Cx, n: Node) -> Vec<String> {
+    cx.each(n, |cx, n| {
+        cx.parsed(n, |s| {
+            short_syntax::parse_expose(s, MAX_PORTS_PER_ENTRY).map(|_| s.to_string())
+        })
+    })
+}
+
+fn ports(cx: &mut Cx, n: Node) -> Vec<Port> {
+    let mut out = Vec::new();
+    for group in cx.each(n, port_entry) {
+        out.extend(group);
+    }
+    out
+}
+
+/// One `ports:` entry, which a short-syntax range turns into several ports.
+fn port_entry(cx: &mut Cx, n: Node) -> Option<Vec<Port>> {
+    match n.v() {
+        Value::Mapping(_) => port_long(cx, n).map(|p| vec![p]),
+        _ => {
+            let short = cx.parsed(n, |s| short_syntax::parse_port(s, MAX_PORTS_PER_ENTRY))?;
+            let protocol = protocol(&short.protocol)?;
+            let (t0, t1) = short.target;
+            let port = |target: u16, published: Option<PortRange>| Port {
+                name: None,
+                target,
+                published,
+                host_ip: short.host_ip.clone(),
+                protocol,
+                mode: PortMode::Ingress,
+                app_protocol: None,
+            };
+            Some(match short.published {
+                // A range on both sides maps port to port.
+                Some((p0, _)) if t1 > t0 => (t0..=t1)
+                    .map(|t| port(t, Some(PortRange::single(p0 + (t - t0)))))
+                    .collect(),
+                Some((p0, p1)) => vec![port(t0, Some(PortRange { start: p0, end: p1 }))],
+                None => (t0..=t1).map(|t| port(t, None)).collect(),
+            })
+        }
+    }
+}
+
+fn protocol(s: &str) -> Option<Protocol> {
+    match s {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        "sctp" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+fn port_long(cx: &mut Cx, n: Node) -> Option<Port> {
+    let mut m = cx.map(n)?;
+    let target = m.get(cx, "target", |cx, n| cx.int_in(n, 1, 65535));
+    let published = m.get(cx, "published", |cx, n| {
+        cx.parsed(n, |s| {
+            // The long form's `published` is a port or a range, with the same rules as
+            // the short form's published part.
+            short_syntax::parse_port(&format!("{s}:1"), MAX_PORTS_PER_ENTRY)
+                .map(|p| p.published.map(|(a, b)| PortRange { start: a, end: b }))
+        })
+    });
+    let protocol = m.get(cx, "protocol", |cx, n| {
+        cx.parsed(n, |s| {
+            protocol(s).ok_or(format!("unknown protocol {s:?}: expected tcp or udp"))
+        })
+    });
+    let mode = m.get(cx, "mode", |cx, n| {
+        cx.parsed(n, |s| match s {
+            "ingress" => Ok(PortMode::Ingress),
+            "host" => Ok(PortMode::Host),
+            _ => Err(format!("unknown port mode {s:?}: expected ingress or host")),
+        })
+    });
+    let host_ip = m.get(cx, "host_ip", |cx, n| {
+        cx.parsed(n, |s| {
+            s.parse::<std::net::IpAddr>()
+                .map(|_| s.to_string())
+                .map_err(|_| format!("invalid host_ip {s:?}: expected an IPv4 or IPv6 address"))
+        })
+    });
+    let name = m.get(cx, "name", |cx, n| cx.string(n));
+    let app_protocol = m.get(cx, "app_protocol", |cx, n| cx.string(n));
+    m.extensions();
+    m.finish(cx);
+    let Some(target) = target else {
+        if !m_has_error_for_target(cx, n) {
+            cx.error(n.path, "a port needs a target (the container port)");
+        }
+        return None;
+    };
+    Some(Port {
+        name,
+        target: target as u16,
+        published: published.flatten(),
+        host_ip,
+        protocol: protocol.unwrap_or(Protocol::Tcp),
+        mode: mode.unwrap_or_default(),
+        app_protocol,
+    })
+}
+
+/// Whether decoding `target` already reported a problem (so we do not report it twice).
+fn m_has_error_for_target(cx: &Cx, n: Node) -> bool {
+    let p = join(n.path, "target");
+    cx.diags.iter().any(|d| d.path == p)
+}
+
+fn mount(cx: &mut Cx, n: Node) -> Option<Mount> {
+    match n.v() {
+        Value::Mapping(_) => mount_long(cx, n),
+        _ => {
+            let v = cx.parsed(n, short_syntax::parse_volume)?;
+            let mut mount = Mount {
+                kind: match v.kind {
+                    VolumeKind::Bind => MountType::Bind,
+                    VolumeKind::Volume => MountType::Volume,
+                },
+                source: v.source,
+                target: v.target,
+                read_only: v.read_only,
+                bind: None,
+                volume: None,
+                tmpfs: None,
+            };
+            for opt in v.options {
+                match (mount.kind, opt.as_str()) {
+                    (MountType::Volume, "nocopy") => {
+                        mount.volume.get_or_insert_with(Default::default).nocopy = true
+                    }
+                    (MountType::Bind, "z" | "Z") => {
+                        mount.bind.get_or_insert_with(bind_default_short).selinux = Some(opt)
+                    }
+                    (MountType::Bind, p)
+                        if p.contains("private") || p.contains("shared") || p.contains("slave") =>
+                    {
+                        mount
+                            .bind
+                            .get_or_insert_with(bind_default_short)
+                            .propagation = Some(opt)
+                    }
+                    // Consistency flags are macOS-only hints; Compose ignores them on Linux.
+                    (_, "cached" | "delegated" | "consistent") => {}
+                    (_, other) => cx.error(
+                        n.path,
+                        format!(
+                            "option {other:?} does not apply to a {:?} mount",
+                            mount.kind
+                        ),
+                    ),
+                }
+            }
+            if mount.kind == MountType::Bind {
+                // The short syntax creates a missing host directory, as Docker always has.
+                mount.bind.get_or_insert_with(bind_default_short);
+            }
+            Some(mount)
+        }
+    }
+}
+
+fn bind_default_short() -> BindOptions {
+    BindOptions {
+        create_host_path: true,
+        ..Default::default()
+    }
+}
+
+fn mount_long(cx: &mut Cx, n: Node) -> Option<Mount> {
+    let mut m = cx.map(n)?;
+    let kind = m.get(cx, "type", |cx, n| {
+        cx.parsed(n, |s| match s {
+            "bind" => Ok(MountType::Bind),
+            "volume" => Ok(MountType::Volume),
+            "tmpfs" => Ok(MountType::Tmpfs),
+            _ => Err(format!(
+                "unknown mount type {s:?}: expected bind, volume or tmpfs"
+            )),
+        })
+    });
+    let source = m.get(cx, "source", |cx, n| cx.string(n));
+    let target = m.get(cx, "target", absolute_path);
+    let read_only = m.get(cx, "read_only", |cx, n| cx.bool(n)).unwrap_or(false);
+    let bind = m.get(cx, "bind", |cx, n| {
+        let mut b = cx.map(n)?;
+        let opts = BindOptions {
+            propagation: b.get(cx, "propagation", |cx, n| {
+                cx.parsed(n, |s| match s {
+                    "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" => {
+                        Ok(s.to_string())
+                    }
+                    _ => Err(format!(
+                        "unknown propagation {s:?}: expected private, rprivate, shared, rshared, \
+                         slave or rslave"
+                    )),
+                })
+            }),
+            create_host_path: b
+                .get(cx, "create_host_path", |cx, n| cx.bool(n))
+                .unwrap_or(false),
+            selinux: b.get(cx, "selinux", |cx, n| {
+                cx.parsed(n, |s| match s {
+                    "z" | "Z" => Ok(s.to_string()),
+                    _ => Err(format!("unknown selinux relabel {s:?}: expected z or Z")),
+                })
+            }),
+        };
+        b.finish(cx);
+        Some(opts)
+    });
+    let volume = m.get(cx, "volume", |cx, n| {
+        let mut v = cx.map(n)?;
+        let opts = VolumeOptions {
+            nocopy: v.get(cx, "nocopy", |cx, n| cx.bool(n)).unwrap_or(false),
+            subpath: v.get(cx, "subpath", |cx, n| cx.string(n)),
+        };
+        v.finish(cx);
+        Some(opts)
+    });
+    let tmpfs = m.get(cx, "tmpfs", |cx, n| {
+        let mut t = cx.map(n)?;
+        let opts = TmpfsOptions {
+            size: t.get(cx, "size", bytes),
+            mode: t.get(cx, "mode", mode),
+        };
+        t.finish(cx);
+        Some(opts)
+    });
+    m.get(cx, "consistency", |cx, n| cx.string(n));
+    m.extensions();
+    m.finish(cx);
+
+    let (Some(kind), Some(target)) = (kind, target) else {
+        if !m_has_error_for(cx, n, &["type", "target"]) {
+            cx.error(n.path, "a long-syntax volume needs a type and a target");
+        }
+        return None;
+    };
+    if kind == MountType::Bind && source.is_none() {
+        cx.error(n.path, "a bind mount needs a source (the host path)");
+        return None;
+    }
+    if kind == MountType::Tmpfs && source.is_some() {
+        cx.error(
+            &join(n.path, "source"),
+            "a tmpfs mount has no source; remove it",
+        );
+        return None;
+    }
+    let mismatched = [
+        ("bind", bind.is_some(), MountType::Bind),
+        ("volume", volume.is_some(), MountType::Volume),
+        ("tmpfs", tmpfs.is_some(), MountType::Tmpfs),
+    ];
+    for (key, present, wants) in mismatched {
+        if present && kind != wants {
+            cx.error(
+                &join(n.path, key),
+                format!("{key} options apply only to type: {key}"),
+            );
+        }
+    }
+    Some(Mount {
+        kind,
+        source,
+        target,
+        read_only,
+        bind,
+        volume,
+        tmpfs,
+    })
+}
+
+fn m_has_error_for(cx: &Cx, n: Node, keys: &[&str]) -> bool {
+    keys.iter().any(|k| {
+        let p = join(n.path, k);
+        cx.diags.iter().any(|d| d.path == p)
+    })
+}
+
+fn networks(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, ServiceNetwork>> {
+    let mut out = BTreeMap::new();
+    match n.v() {
+        Value::Sequence(_) => {
+            for name in cx.each(n, |cx, n| cx.string(n)) {
+                out.insert(name, ServiceNetwork::default());
+            }
+        }
+        _ => {
+            let mut m = cx.map(n)?;
+            for (name, value) in m.drain() {
+                let path = join(n.path, &name);
+                let node = Node { value, path: &path };
+                let Some(mut nm) = cx.map(node) else { continue };
+                let net = ServiceNetwork {
+                    aliases: nm
+                        .get(cx, "aliases", |cx, n| Some(cx.strings(n)))
+                        .unwrap_or_default(),
+                    ipv4_address: nm.get(cx, "ipv4_address", |cx, n| cx.parsed(n, ipv4)),
+                    ipv6_address: nm.get(cx, "ipv6_address", |cx, n| cx.parsed(n, ipv6)),
+                    priority: nm.get(cx, "priority", |cx, n| cx.int(n)),
+                };
+                for key in [
+                    "link_local_ips",
+                    "mac_address",
+                    "driver_opts",
+                    "gw_priority",
+                    "interface_name",
+                ] {
+                    if nm.has(key) {
+                        nm.take_any(key);
+                        cx.warn(&join(&path, key), "not supported by berth yet; ignored");
+                    }
+                }
+                nm.extensions();
+                nm.finish(cx);
+                out.insert(name, net);
+            }
+        }
+    }
+    Some(out)
+}
+
+impl MapReader<'_> {
+    /// Marks a key read without decoding it (for keys that are only warned about).
+    fn take_any(&mut self, key: &'static str) {
+        let _ = self.take(key);
+    }
+}
+
+fn ipv4(s: &str) -> Result<String, String> {
+    s.parse::<std::net::Ipv4Addr>()
+        .map(|_| s.to_string())
+        .map_err(|_| format!("invalid IPv4 address {s:?}"))
+}
+
+fn ipv6(s: &str) -> Result<String, String> {
+    s.parse::<std::net::Ipv6Addr>()
+        .map(|_| s.to_string())
+        .map_err(|_| format!("invalid IPv6 address {s:?}"))
+}
+
+fn depends_on(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, Dependency>> {
+    let mut out = BTreeMap::new();
+    match n.v() {
+        Value::Sequence(_) => {
+            for name in cx.each(n, |cx, n| cx.string(n)) {
+                out.insert(
+                    name,
+                    Dependency {
+                        required: true,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        _ => {
+            let mut m = cx.map(n)?;
+            for (name, value) in m.drain() {
+                let path = join(n.path, &name);
+                let node = Node { value, path: &path };
+                let Some(mut dm) = cx.map(node) else { continue };
+                let dep = Dependency {
+                    condition: dm
+                        .get(cx, "condition", |cx, n| {
+                            cx.parsed(n, |s| match s {
+                                "service_started" => Ok(Condition::ServiceStarted),
+                                "service_healthy" => Ok(Condition::ServiceHealthy),
+                                "service_completed_successfully" => {
+                                    Ok(Condition::ServiceCompletedSuccessfully)
+                                }
+                                _ => Err(format!(
+                                    "unknown condition {s:?}: expected service_started, \
+                                     service_healthy or service_completed_successfully"
+                                )),
+                            })
+                        })
+                        .unwrap_or_default(),
+                    restart: dm.get(cx, "restart", |cx, n| cx.bool(n)).unwrap_or(false),
+                    required: dm.get(cx, "required", |cx, n| cx.bool(n)).unwrap_or(true),
+                };
+                dm.extensions();
+                dm.finish(cx);
+                out.insert(name, dep);
+            }
+        }
+    }
+    Some(out)
+}
+
+fn healthcheck(cx: &mut Cx, n: Node) -> Option<Healthcheck> {
+    let mut m = cx.map(n)?;
+    let test = m.get(cx, "test", |cx, n| match n.v() {
+        // A string is run by the container's shell, as CMD-SHELL.
+        Value::String(s) => Some(vec!["CMD-SHELL".to_string(), s.clone()]),
+        Value::Sequence(_) => {
+            let test = cx.each(n, |cx, n| cx.scalar(n));
+            match test.first().map(String::as_str) {
+                Some("CMD" | "CMD-SHELL") if test.len() >= 2 => Some(test),
+                Some("NONE") if test.len() == 1 => Some(test),
+                _ => {
+                    cx.error(
+                        n.path,
+                        "a healthcheck test list must start with CMD or CMD-SHELL followed by \
+                         the command, or be [NONE]",
+                    );
+                    None
+                }
+            }
+        }
+        other => {
+            cx.error(
+                n.path,
+                format!("expected a string or a list, found {}", kind(other)),
+            );
+            None
+        }
+    });
+    let hc = Healthcheck {
+        test: test.unwrap_or_default(),
+        interval: m.get(cx, "interval", duration),
+        timeout: m.get(cx, "timeout", duration),
+        retries: m.get(cx, "retries", |cx, n| cx.u32(n)),
+        start_period: m.get(cx, "start_period", duration),
+        start_interval: m.get(cx, "start_interval", duration),
+        disable: m.get(cx, "disable", |cx, n| cx.bool(n)).unwrap_or(false),
+    };
+    m.extensions();
+    m.finish(cx);
+    Some(hc)
+}
+
+fn logging(cx: &mut Cx, n: Node) -> Option<Logging> {
+    let mut m = cx.map(n)?;
+    let l = Logging {
+        driver: m.get(cx, "driver", |cx, n| cx.string(n)),
+        options: m
+            .get(cx, "options", |cx, n| Some(labels(cx, n)))
+            .unwrap_or_default(),
+    };
+    m.extensions();
+    m.finish(cx);
+    Some(l)
+}
+
+fn build(cx: &mut Cx, n: Node) -> Option<Build> {
+    cx.warn(
+        n.path,
+        "building images is not supported by berth yet; the image must exist locally",
+    );
+    if let Value::String(context) = n.v() {
+        return Some(Build {
+            context: context.clone(),
+            ..Default::default()
+        });
+    }
+    let mut m = cx.map(n)?;
+    let mut b = Build {
+        context: m
+            .get(cx, "context", |cx, n| cx.string(n))
+            .unwrap_or_else(|| ".".into()),
+        dockerfile: m.get(cx, "dockerfile", |cx, n| cx.string(n)),
+        dockerfile_inline: m.get(cx, "dockerfile_inline", |cx, n| cx.string(n)),
+        args: m
+            .get(cx, "args", |cx, n| Some(cx.list_or_map(n)))
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        target: m.get(cx, "target", |cx, n| cx.string(n)),
+        labels: m
+            .get(cx, "labels", |cx, n| Some(labels(cx, n)))
+            .unwrap_or_default(),
+        cache_from: m
+            .get(cx, "cache_from", |cx, n| Some(cx.strings(n)))
+            .unwrap_or_default(),
+        network: m.get(cx, "network", |cx, n| cx.string(n)),
+        shm_size: m.get(cx, "shm_size", bytes),
+        unsupported: BTreeMap::new(),
+    };
+    // The rest of the build section is kept verbatim: berth will read it when it builds.
+    for (k, v) in m.drain() {
+        b.unsupported.insert(k, v.clone());
+    }
+    Some(b)
+}
+
+fn env_file(cx: &mut Cx, n: Node) -> Option<EnvFile> {
+    match n.v() {
+        Value::Mapping(_) => {
+            let mut m = cx.map(n)?;
+            let path = m.get(cx, "path", |cx, n| cx.string(n));
+            let required = m.get(cx, "required", |cx, n| cx.bool(n)).unwrap_or(true);
+            if m.has("format") {
+                m.take_any("format");
+            }
+            m.finish(cx);
+            match path {
+                Some(path) => Some(EnvFile { path, required }),
+                None => {
+                    cx.error(n.path, "an env_file entry needs a path");
+                    None
+                }
+            }
+        }
+        _ => cx.string(n).map(|path| EnvFile {
+            path,
+            required: true,
+        }),
+    }
+}
+
+fn file_mount(cx: &mut Cx, n: Node, default_dir: &str) -> Option<FileMount> {
+    let (source, target, uid, gid, mode_) = match n.v() {
+        Value::Mapping(_) => {
+            let mut m = cx.map(n)?;
+            let source = m.get(cx, "source", |cx, n| cx.string(n));
+            let target = m.get(cx, "target", |cx, n| cx.string(n));
+            let uid = m.get(cx, "uid", |cx, n| cx.string(n));
+            let gid = m.get(cx, "gid", |cx, n| cx.string(n));
+            let mode_ = m.get(cx, "mode", mode);
+            m.extensions();
+            m.finish(cx);
+            let Some(source) = source else {
+                cx.error(n.path, "needs a source (the name of a top-level entry)");
+                return None;
+            };
+            (source, target, uid, gid, mode_)
+        }
+        _ => (cx.string(n)?, None, None, None, None),
+    };
+    for (key, id) in [("uid", &uid), ("gid", &gid)] {
+        if let Some(id) = id {
+            if id.parse::<u32>().is_err() {
+                cx.error(
+                    &join(n.path, key),
+                    format!("{key} must be a number, found {id:?}"),
+                );
+            }
+        }
+    }
+    let target = match target {
+        Some(t) if t.starts_with('/') => t,
+        // A relative target is relative to the default directory, as in Compose.
+        Some(t) => format!("{default_dir}{t}"),
+        None => format!("{default_dir}{source}"),
+    };
+    Some(FileMount {
+        source,
+        target,
+        uid,
+        gid,
+        mode: mode_,
+    })
+}
+
+fn deploy(cx: &mut Cx, n: Node) -> Option<Deploy> {
+    let mut m = cx.map(n)?;
+    let d = Deploy {
+        mode: m
+            .get(cx, "mode", |cx, n| {
+                cx.parsed(n, |s| match s {
+                    "replicated" => Ok(DeployMode::Replicated),
+                    "global" => Ok(DeployMode::Global),
+                    "replicated-job" => Ok(DeployMode::ReplicatedJob),
+                    "global-job" => Ok(DeployMode::GlobalJob),
+                    _ => Err(format!(
+                        "unknown deploy mode {s:?}: expected replicated, global, replicated-job \
+                         or global-job"
+                    )),
+                })
+            })
+            .unwrap_or_default(),
+        replicas: m.get(cx, "replicas", |cx, n| cx.u32(n)),
+        labels: m
+            .get(cx, "labels", |cx, n| Some(labels(cx, n)))
+            .unwrap_or_default(),
+        resources: m.get(cx, "resources", resources),
+        restart_policy: m.get(cx, "restart_policy", restart_policy),
+        update_config: m.get(cx, "update_config", update_config),
+        rollback_config: m.get(cx, "rollback_config", update_config),
+        placement: m.get(cx, "placement", placement),
+        endpoint_mode: m.get(cx, "endpoint_mode", |cx, n| {
+            cx.parsed(n, |s| match s {
+                "vip" => Ok(EndpointMode::Vip),
+                "dnsrr" => Ok(EndpointMode::Dnsrr),
+                _ => Err(format!(
+                    "unknown endpoint_mode {s:?}: expected vip or dnsrr"
+                )),
+            })
+        }),
+    };
+    m.extensions();
+    m.finish(cx);
+    Some(d)
+}
+
+fn resources(cx: &mut Cx, n: Node) -> Option<Resources> {
+    let mut m = cx.map(n)?;
+    let r = Resources {
+        limits: m.get(cx, "limits", resource_set),
+        reservations: m.get(cx, "reservations", resource_set),
+    };
+    m.extensions();
+    m.finish(cx);
+    Some(r)
+}
+
+fn resource_set(cx: &mut Cx, n: Node) -> Option<ResourceSet> {
+    let mut m = cx.map(n)?;
+    let mut r = ResourceSet {
+        cpus: m.get(cx, "cpus", cpus),
+        memory: m.get(cx, "memory", bytes),
+        pids: m.get(cx, "pids", |cx, n| cx.int_in(n, -1, i64::MAX)),
+        unsupported: BTreeMap::new(),
+    };
+    for key in ["devices", "generic_resources"] {
+        if m.has(key) {
+            let path = m.path_of(key);
+            if let Some(v) = m.take(key) {
+                cx.warn(
+                    &path,
+                    "not supported by berth yet; kept in the stack, but it has no effect",
+                );
+                r.unsupported.insert(key.to_string(), v.clone());
+            }
+        }
+    }
+    m.extensions();
+    m.finish(cx);
+    Some(r)
+}
+
+fn restart_policy(cx: &mut Cx, n: Node) -> Option<RestartPolicy> {
+    let mut m = cx.map(n)?;
+    let p = RestartPolicy {
+        condition: m
+            .get(cx, "condition", |cx, n| {
+                cx.parsed(n, |s| match s {
+                    "none" => Ok(RestartCondition::None),
+                    "on-failure" => Ok(RestartCondition::OnFailure),
+                    "any" => Ok(RestartCondition::Any),
+                    _ => Err(format!(
+                        "unknown condition {s:?}: expected none, on-failure or any"
+                    )),
+                })
+            })
+            .unwrap_or_default(),
+        delay: m.get(cx, "delay", duration),
+        max_attempts: m.get(cx, "max_attempts", |cx, n| cx.u32(n)),
+        window: m.get(cx, "window", duration),
+    };
+    m.extensions();
+    m.finish(cx);
+    Some(p)
+}
+
+fn update_config(cx: &mut Cx, n: Node) -> Option<UpdateConfig> {
+    let mut m = cx.map(n)?;
+    let u = UpdateConfig {
+        parallelism: m.get(cx, "parallelism", |cx, n| cx.u32(n)),
+        delay: m.get(cx, "delay", duration),
+        failure_action: m.get(cx, "failure_action", |cx, n| {
+            cx.parsed(n, |s| match s {
+                "continue" => Ok(FailureAction::Continue),
+                "rollback" => Ok(FailureAction::Rollback),
+                "pause" => Ok(FailureAction::Pause),
+                _ => Err(format!(
+                    "unknown failure_action {s:?}: expected continue, rollback or pause"
+                )),
+            })
+        }),
+        monitor: m.get(cx, "monitor", duration),
+        max_failure_ratio: m.get(cx, "max_failure_ratio", |cx, n| {
+            let f = cx.float(n)?;
+            if (0.0..=1.0).contains(&f) {
+                Some(f)
+            } else {
+                cx.error(n.path, format!("{f} is out of range (0-1)"));
+                None
+            }
+        }),
+        order: m.get(cx, "order", |cx, n| {
+            cx.parsed(n, |s| match s {
+                "stop-first" => Ok(UpdateOrder::StopFirst),
+                "start-first" => Ok(UpdateOrder::StartFirst),
+                _ => Err(format!(
+                    "unknown order {s:?}: expected stop-first or start-first"
+                )),
+            })
+        }),
+    };
+    m.extensions();
+    m.finish(cx);
+    Some(u)
+}
+
+fn placement(cx: &mut Cx, n: Node) -> Option<Placement> {
+    let mut m = cx.map(n)?;
+    let p = Placement {
+        constraints: m
+            .get(cx, "constraints", |cx, n| {
+                Some(cx.each(n, |cx, n| cx.parsed(n, str::parse)))
+            })
+            .unwrap_or_default(),
+        preferences: m
+            .get(cx, "preferences", |cx, n| {
+                Some(cx.each(n, |cx, n| {
+                    let mut pm = cx.map(n)?;
+                    let spread = pm.get(cx, "spread", |cx, n| cx.string(n));
+                    pm.finish(cx);
+                    match spread {
+                        Some(spread) => Some(Preference { spread }),
+                        None => {
+                            cx.error(n.path, "a placement preference needs spread: <label>");
+                            None
+                        }
+                    }
+                }))
+            })
+            .unwrap_or_default(),
+        max_replicas_per_node: m.get(cx, "max_replicas_per_node", |cx, n| cx.u32(n)),
+    };
+    m.extensions();
+    m.finish(cx);
+    Some(p)
+}
+
+/// Reads `env_file:` entries in order; later files win. A missing file is an error
+/// unless the entry says `required: false`.
+fn read_env_files(cx: &mut Cx, files: &[EnvFile], path: &str) -> BTreeMap<String, Option<String>> {
+    let mut out = BTreeMap::new();
+    for f in files {
+        let text = match crate::yaml::read_limited(std::path::Path::new(&f.path)) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !f.required => continue,
+            Err(e) => {
+                cx.error(path, format!("cannot read env file {}: {e}", f.path));
+                continue;
+            }
+        };
+        let lookup = |name: &str| (cx.env)(name);
+        match crate::dotenv::parse(&text, &lookup) {
+            Ok(pairs) => {
+                for (k, v) in pairs {
+                    out.insert(k, Some(v));
+                }
+            }
+            Err(e) => cx.error(path, format!("{}: {e}", f.path)),
+        }
+    }
+    out
+}

@@ -1,0 +1,26 @@
+//! berth's Compose-spec model: load, interpolate, merge, validate and normalize stack
+//! files into a [`Stack`].
+//!
+//! Architecture invariant: this crate does no I/O except reading the files it is asked
+//! to load (the Compose files, and the env files and extended or included files they
+//! name), and it never panics on input. The process environment and working directory
+//! come in through [`LoadOptions`].
+//!
+//! Start reading at [`load()`]; the pipeline is described in the `load` module.
+
+pub(crate) mod decode;
+pub mod diag;
+pub mod dotenv;
+pub mod interpolate;
+mod load;
+mod merge;
+pub mod model;
+mod profiles;
+pub mod short_syntax;
+pub mod units;
+mod validate;
+pub mod yaml;
+
+pub use diag::{Diagnostic, LoadError, Severity};
+pub use load::{load, LoadOptions, Project, DEFAULT_FILES};
+pub use model::Stack;

@@ -1,0 +1,310 @@
+//! Loading a Compose project: from command-line options to a validated [`Stack`].
+//!
+//! The pipeline, in order:
+//! 1. find the files (`-f`, `COMPOSE_FILE`, or discovery) and the project directory;
+//! 2. build the environment (`.env` or `--env-file`, overridden by the process's);
+//! 3. per file: parse (bounded), interpolate values, make paths absolute, resolve
+//!    `extends` and `include`, and decode it alone so that its mistakes carry its name;
+//! 4. merge the files with Compose's override rules and decode the result;
+//! 5. name the project, attach default networks, name host objects;
+//! 6. apply profiles, then validate references, cycles and conflicts.
+//!
+//! Nothing here reads the process environment or the working directory by itself: both
+//! come in [`LoadOptions`], so tests (and the daemon) load projects deterministically.
+
+mod extends;
+mod files;
+mod include;
+mod tree;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_norway::Value;
+
+use crate::decode::{decode_project, Cx};
+use crate::diag::{Diagnostic, Diagnostics, LoadError};
+use crate::merge::{merge, strip_tags};
+use crate::model::{Network, ServiceNetwork, Stack};
+
+pub use files::DEFAULT_FILES;
+use files::{check_project_name, find_files, normalize_project_name, project_env, SourceFile};
+
+/// What to load, as the command line and the caller's environment say.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `-f` files, in order; empty means `COMPOSE_FILE` or discovery.
+    pub files: Vec<PathBuf>,
+    /// `-p`.
+    pub project_name: Option<String>,
+    /// `--project-directory`; default: the directory of the first file.
+    pub project_directory: Option<PathBuf>,
+    /// `--env-file`, in order (later files win); default: `<project dir>/.env`.
+    pub env_files: Vec<PathBuf>,
+    /// `--profile`; `COMPOSE_PROFILES` adds to these.
+    pub profiles: Vec<String>,
+    /// Services named on the command line: they are enabled whatever their profiles.
+    pub services: Vec<String>,
+    /// The process environment (overrides `.env`).
+    pub environment: BTreeMap<String, String>,
+    /// Where relative `-f` paths and the file search start.
+    pub working_dir: PathBuf,
+}
+
+/// A loaded project.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub stack: Stack,
+    /// Problems that did not stop the load (unset variables, unsupported attributes).
+    pub warnings: Vec<Diagnostic>,
+    /// The files that made the project, absolute.
+    pub files: Vec<PathBuf>,
+    pub project_dir: PathBuf,
+    /// Every profile named by any service, enabled or not (for `config --profiles`).
+    pub all_profiles: Vec<String>,
+}
+
+/// State shared by a load and the loads of the projects it includes.
+pub(crate) struct LoadCtx<'a> {
+    pub working_dir: &'a Path,
+    pub process_env: &'a BTreeMap<String, String>,
+    pub include_chain: Vec<PathBuf>,
+}
+
+/// The merged tree of a set of files, and which file first defined each service.
+pub(crate) struct Tree {
+    pub value: Value,
+    pub origin: BTreeMap<String, String>,
+}
+
+/// Loads, merges, normalizes and validates a project.
+pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
+    let wd = &opts.working_dir;
+    // COMPOSE_FILE may come from the .env of the working directory, as in Compose; read
+    // it before the files are known.
+    let early_dir = opts.project_directory.clone().unwrap_or_else(|| wd.clone());
+    let early_env = project_env(&opts.env_files, &early_dir, wd, &opts.environment)?;
+    let files = find_files(&opts.files, wd, &early_env)?;
+    let project_dir = match &opts.project_directory {
+        Some(d) => files::absolute(wd, d, None),
+        None => files[0]
+            .path
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_path_buf(),
+    };
+    let env = project_env(&opts.env_files, &project_dir, wd, &opts.environment)?;
+
+    let mut diags = Diagnostics::default();
+    let mut cx = LoadCtx {
+        working_dir: wd,
+        process_env: &opts.environment,
+        include_chain: Vec::new(),
+    };
+    cx.include_chain.push(files[0].path.clone());
+    let tree = load_tree(&files, &project_dir, &env, &mut cx, &mut diags);
+    let Some(tree) = tree.filter(|_| !diags.has_errors()) else {
+        return Err(LoadError::from_diagnostics(diags));
+    };
+
+    // Decode the merged tree. Each file was checked alone already, so errors here come
+    // from the combination; they are shown against the first file.
+    let lookup = |name: &str| env.get(name).cloned();
+    let main_file = files[0].display.clone();
+    let decoded = {
+        let mut cxd = Cx {
+            file: &main_file,
+            diags: &mut diags,
+            env: &lookup,
+        };
+        decode_project(&mut cxd, &tree.value)
+    };
+    let Some(decoded) = decoded.filter(|_| !diags.has_errors()) else {
+        return Err(LoadError::from_diagnostics(diags));
+    };
+
+    let name = project_name(
+        opts,
+        &env,
+        decoded.name.as_deref(),
+        &project_dir,
+        &main_file,
+        &mut diags,
+    );
+    let mut stack = decoded.stack;
+    stack.name = name;
+    normalize(&mut stack);
+
+    let mut profiles: BTreeSet<String> = opts.profiles.iter().cloned().collect();
+    if let Some(list) = env.get("COMPOSE_PROFILES") {
+        profiles.extend(
+            list.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string),
+        );
+    }
+    let all_profiles: BTreeSet<String> = stack
+        .services
+        .values()
+        .flat_map(|s| s.profiles.iter().cloned())
+        .collect();
+    crate::profiles::apply(
+        &mut stack,
+        &profiles,
+        &opts.services,
+        &tree.origin,
+        &main_file,
+        &mut diags,
+    );
+    crate::validate::validate(&stack, &tree.origin, &main_file, &mut diags);
+
+    if diags.has_errors() {
+        return Err(LoadError::from_diagnostics(diags));
+    }
+    Ok(Project {
+        stack,
+        warnings: diags.into_vec(),
+        files: files.into_iter().map(|f| f.path).collect(),
+        project_dir,
+        all_profiles: all_profiles.into_iter().collect(),
+    })
+}
+
+/// Steps 3 and 4 for a set of files: prepared one by one, then merged.
+pub(crate) fn load_tree(
+    files: &[SourceFile],
+    project_dir: &Path,
+    env: &BTreeMap<String, String>,
+    cx: &mut LoadCtx,
+    diags: &mut Diagnostics,
+) -> Option<Tree> {
+    let mut merged: Option<Value> = None;
+    let mut origin = BTreeMap::new();
+    let mut ext = extends::Extends::new(env, cx.working_dir);
+    for f in files {
+        let Some(mut value) = tree::load_file(&f.path, &f.display, project_dir, env, diags) else {
+            continue;
+        };
+        include::apply(&mut value, &f.display, project_dir, cx, diags);
+        ext.apply(&mut value, &f.path, &f.display, diags);
+
+        // Decode this file alone, keeping only its errors: they name this file. The
+        // warnings come once, from decoding the merged project.
+        let mut own = Diagnostics::default();
+        let lookup = |name: &str| env.get(name).cloned();
+        if let Some(alone) = strip_tags(value.clone()) {
+            let mut cxd = Cx {
+                file: &f.display,
+                diags: &mut own,
+                env: &lookup,
+            };
+            if let Some(d) = decode_project(&mut cxd, &alone) {
+                for name in d.stack.services.keys() {
+                    origin
+                        .entry(name.clone())
+                        .or_insert_with(|| f.display.clone());
+                }
+            }
+        }
+        diags.extend(own.errors_only());
+
+        merged = Some(match merged {
+            None => value,
+            Some(base) => merge(base, value, &[]).unwrap_or(Value::Null),
+        });
+    }
+    Some(Tree {
+        value: strip_tags(merged?)?,
+        origin,
+    })
+}
+
+/// `-p`, then `COMPOSE_PROJECT_NAME`, then `name:`, then the project directory's name.
+fn project_name(
+    opts: &LoadOptions,
+    env: &BTreeMap<String, String>,
+    from_file: Option<&str>,
+    project_dir: &Path,
+    main_file: &str,
+    diags: &mut Diagnostics,
+) -> String {
+    let explicit = [
+        (opts.project_name.as_deref(), "", "-p"),
+        (
+            env.get("COMPOSE_PROJECT_NAME").map(String::as_str),
+            "",
+            "COMPOSE_PROJECT_NAME",
+        ),
+        (from_file, main_file, "name"),
+    ];
+    for (name, file, source) in explicit {
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        if let Err(e) = check_project_name(name) {
+            let path = if source == "name" { "name" } else { "" };
+            let msg = if path.is_empty() {
+                format!("{source}: {e}")
+            } else {
+                e
+            };
+            diags.error(file, path, msg);
+        }
+        return name.to_string();
+    }
+    let dir = project_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = normalize_project_name(&dir);
+    if name.is_empty() {
+        diags.error(
+            "",
+            "",
+            format!(
+                "cannot make a project name from the directory {}; set one with -p or name:",
+                project_dir.display()
+            ),
+        );
+    }
+    name
+}
+
+/// What Compose adds to every project: the `default` network for services that name no
+/// network, and host names for networks, volumes, secrets and configs.
+fn normalize(stack: &mut Stack) {
+    let mut uses_default = false;
+    for svc in stack.services.values_mut() {
+        // `network_mode` replaces networking altogether; such a service joins no network.
+        if svc.networks.is_empty() && !svc.unsupported.contains_key("network_mode") {
+            svc.networks
+                .insert("default".to_string(), ServiceNetwork::default());
+        }
+        uses_default |= svc.networks.contains_key("default");
+    }
+    if uses_default && !stack.networks.contains_key("default") {
+        stack
+            .networks
+            .insert("default".to_string(), Network::default());
+    }
+    let project = stack.name.clone();
+    let host_name = |key: &str, name: &mut String, external: bool| {
+        if name.is_empty() {
+            *name = if external {
+                key.to_string()
+            } else {
+                format!("{project}_{key}")
+            };
+        }
+    };
+    for (k, n) in stack.networks.iter_mut() {
+        host_name(k, &mut n.name, n.external);
+    }
+    for (k, v) in stack.volumes.iter_mut() {
+        host_name(k, &mut v.name, v.external);
+    }
+    for (k, s) in stack.secrets.iter_mut().chain(stack.configs.iter_mut()) {
+        host_name(k, &mut s.name, s.external);
+    }
+}

@@ -1,0 +1,201 @@
+//! One file, made ready to merge: parsed, interpolated, with relative paths made absolute.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde_norway::Value;
+
+use super::files::absolute;
+use crate::diag::{index, join, Diagnostics};
+use crate::interpolate::{interpolate, InterpolateError};
+
+/// Reads and parses `path`, interpolates it with `env`, and resolves its relative paths
+/// against `base_dir`. `None` when the file cannot be used at all (already reported).
+pub(crate) fn load_file(
+    path: &Path,
+    display: &str,
+    base_dir: &Path,
+    env: &BTreeMap<String, String>,
+    diags: &mut Diagnostics,
+) -> Option<Value> {
+    let text = match crate::yaml::read_limited(path) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.error(display, "", format!("cannot read the file: {e}"));
+            return None;
+        }
+    };
+    let mut value = match crate::yaml::parse(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            diags.error(display, "", e);
+            return None;
+        }
+    };
+    match &value {
+        Value::Mapping(_) => {}
+        Value::Null => {
+            diags.error(
+                display,
+                "",
+                "the file is empty; a Compose file needs at least a services: section",
+            );
+            return None;
+        }
+        other => {
+            diags.error(
+                display,
+                "",
+                format!(
+                    "expected a mapping at the top level (services:, networks: ...), found {}",
+                    crate::decode::kind(other)
+                ),
+            );
+            return None;
+        }
+    }
+    let mut unset = BTreeSet::new();
+    interpolate_tree(&mut value, "", display, env, diags, &mut unset);
+    resolve_paths(&mut value, base_dir, env.get("HOME").map(String::as_str));
+    Some(value)
+}
+
+/// Interpolates every string value (never keys) in place. Unset variables are warned
+/// about once per file, as Compose does.
+fn interpolate_tree(
+    v: &mut Value,
+    path: &str,
+    file: &str,
+    env: &BTreeMap<String, String>,
+    diags: &mut Diagnostics,
+    unset: &mut BTreeSet<String>,
+) {
+    match v {
+        Value::String(s) => {
+            if !s.contains('$') {
+                return;
+            }
+            let lookup = |name: &str| env.get(name).cloned();
+            match interpolate(s, &lookup) {
+                Ok(done) => {
+                    for name in done.unset {
+                        if unset.insert(name.clone()) {
+                            diags.warn(
+                                file,
+                                path,
+                                format!("variable {name} is not set; using an empty string"),
+                            );
+                        }
+                    }
+                    *s = done.value;
+                }
+                Err(e @ InterpolateError::Required { .. }) => {
+                    diags.error(file, path, e.to_string())
+                }
+                Err(e) => diags.error(file, path, e.to_string()),
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_tree(item, &index(path, i), file, env, diags, unset);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                let key = k
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{k:?}"));
+                interpolate_tree(item, &join(path, &key), file, env, diags, unset);
+            }
+        }
+        Value::Tagged(t) => interpolate_tree(&mut t.value, path, file, env, diags, unset),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// Makes the file's relative host paths absolute against `base`: build contexts, env
+/// files, bind-mount sources, extends files and secret/config files. Compose resolves
+/// them against the directory of the project (or of the extended/included file), not
+/// against wherever the command happens to run.
+pub(crate) fn resolve_paths(root: &mut Value, base: &Path, home: Option<&str>) {
+    let abs = |p: &str| {
+        absolute(base, Path::new(p), home)
+            .to_string_lossy()
+            .into_owned()
+    };
+    if let Some(Value::Mapping(services)) = root.get_mut("services") {
+        for (_, svc) in services.iter_mut() {
+            let Value::Mapping(svc) = svc else { continue };
+            match svc.get_mut("build") {
+                Some(Value::String(ctx)) if is_local(ctx) => *ctx = abs(ctx),
+                Some(Value::Mapping(b)) => {
+                    if let Some(Value::String(ctx)) = b.get_mut("context") {
+                        if is_local(ctx) {
+                            *ctx = abs(ctx);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if let Some(ef) = svc.get_mut("env_file") {
+                let mut fix = |v: &mut Value| match v {
+                    Value::String(p) => *p = abs(p),
+                    Value::Mapping(m) => {
+                        if let Some(Value::String(p)) = m.get_mut("path") {
+                            *p = abs(p);
+                        }
+                    }
+                    _ => {}
+                };
+                match ef {
+                    Value::Sequence(items) => items.iter_mut().for_each(&mut fix),
+                    other => fix(other),
+                }
+            }
+            if let Some(Value::Sequence(vols)) = svc.get_mut("volumes") {
+                for vol in vols {
+                    match vol {
+                        Value::String(spec) => {
+                            // Short syntax SOURCE:TARGET[:MODE]; a source starting with
+                            // `.` or `~` is a host path (anything else is absolute or a
+                            // volume name).
+                            if let Some((src, rest)) = spec.split_once(':') {
+                                if src.starts_with('.') || src.starts_with('~') {
+                                    *spec = format!("{}:{rest}", abs(src));
+                                }
+                            }
+                        }
+                        Value::Mapping(m) => {
+                            let is_bind = m.get("type").and_then(Value::as_str) == Some("bind");
+                            if let (true, Some(Value::String(src))) = (is_bind, m.get_mut("source"))
+                            {
+                                *src = abs(src);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(Value::Mapping(ext)) = svc.get_mut("extends") {
+                if let Some(Value::String(f)) = ext.get_mut("file") {
+                    *f = abs(f);
+                }
+            }
+        }
+    }
+    for section in ["secrets", "configs"] {
+        if let Some(Value::Mapping(items)) = root.get_mut(section) {
+            for (_, item) in items.iter_mut() {
+                if let Some(Value::String(f)) = item.get_mut("file") {
+                    *f = abs(f);
+                }
+            }
+        }
+    }
+}
+
+/// A build context that is a directory, not a URL Compose would hand to the builder.
+fn is_local(ctx: &str) -> bool {
+    !(ctx.contains("://") || ctx.starts_with("git@") || ctx.starts_with("github.com/"))
+}

@@ -1,0 +1,432 @@
+//! Merging Compose trees: several `-f` files, `extends`, and the override tags.
+//!
+//! The rules are the Compose spec's (merge.md), applied to YAML trees before decoding:
+//! mappings merge key by key; sequences append; scalars are replaced; and per-attribute
+//! exceptions: `command`, `entrypoint` and `healthcheck.test` are replaced; `ports`,
+//! `volumes`, `secrets` and `configs` merge by their unique key (a later entry with the
+//! same key replaces the earlier one); list-or-mapping attributes (`environment`,
+//! `labels`, `networks`, `depends_on` ...) merge as mappings whatever form each side
+//! uses; `!reset` removes a value and `!override` replaces it without merging.
+
+use serde_norway::value::Tag;
+use serde_norway::{Mapping, Value};
+
+use crate::short_syntax;
+
+/// What a path in the tree is, for the attributes that do not merge by the default rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    Default,
+    Replace,
+    /// A list of `KEY=VALUE` or a mapping: merged as a mapping.
+    KeyValue,
+    /// A list of names or a mapping of name -> options: merged as a mapping.
+    NameMap,
+    /// Sequences of unique entries, merged by the entry's key.
+    Ports,
+    Volumes,
+    Secrets,
+    Configs,
+    /// Appended, without repeating an entry already present.
+    UniqueList,
+    Logging,
+    Build,
+    ExtraHosts,
+}
+
+fn rule(path: &[&str]) -> Rule {
+    match path {
+        [p, ..] if p.starts_with("x-") => Rule::Replace,
+        ["services", _, attr] => match *attr {
+            "command" | "entrypoint" => Rule::Replace,
+            "environment" | "labels" | "sysctls" | "annotations" => Rule::KeyValue,
+            "networks" | "depends_on" => Rule::NameMap,
+            "ports" => Rule::Ports,
+            "volumes" => Rule::Volumes,
+            "secrets" => Rule::Secrets,
+            "configs" => Rule::Configs,
+            "dns"
+            | "dns_search"
+            | "dns_opt"
+            | "expose"
+            | "cap_add"
+            | "cap_drop"
+            | "profiles"
+            | "tmpfs"
+            | "env_file"
+            | "security_opt"
+            | "group_add"
+            | "links"
+            | "external_links"
+            | "devices"
+            | "device_cgroup_rules" => Rule::UniqueList,
+            "logging" => Rule::Logging,
+            "build" => Rule::Build,
+            "extra_hosts" => Rule::ExtraHosts,
+            a if a.starts_with("x-") => Rule::Replace,
+            _ => Rule::Default,
+        },
+        ["services", _, "healthcheck", "test"] => Rule::Replace,
+        ["services", _, "build", "args" | "labels"] => Rule::KeyValue,
+        ["services", _, "deploy", "labels"] => Rule::KeyValue,
+        ["networks" | "volumes" | "secrets" | "configs", _, "labels" | "driver_opts"] => {
+            Rule::KeyValue
+        }
+        _ => Rule::Default,
+    }
+}
+
+fn tag_is(v: &Value, name: &str) -> bool {
+    matches!(v, Value::Tagged(t) if t.tag == Tag::new(name))
+}
+
+/// Merges `over` onto `base` at `path`. `None` means the value was `!reset`: the caller
+/// removes the key.
+pub(crate) fn merge(base: Value, over: Value, path: &[&str]) -> Option<Value> {
+    if tag_is(&over, "reset") {
+        return None;
+    }
+    if let Value::Tagged(t) = over {
+        if t.tag == Tag::new("override") {
+            return strip_tags(t.value);
+        }
+        return merge(base, t.value, path);
+    }
+    let base = match base {
+        Value::Tagged(t) => t.value,
+        b => b,
+    };
+    let merged = match rule(path) {
+        Rule::Replace => over,
+        Rule::KeyValue => merge_maps(key_value_map(base), key_value_map(over), path),
+        Rule::NameMap => merge_maps(name_map(base), name_map(over), path),
+        Rule::ExtraHosts => merge_maps(extra_hosts_map(base), extra_hosts_map(over), path),
+        Rule::Ports => merge_by_key(base, over, port_key),
+        Rule::Volumes => merge_by_key(base, over, volume_key),
+        Rule::Secrets => merge_by_key(base, over, |v| file_mount_key(v, "/run/secrets/")),
+        Rule::Configs => merge_by_key(base, over, |v| file_mount_key(v, "/")),
+        Rule::UniqueList => match (as_list(base), as_list(over)) {
+            (Some(mut a), Some(b)) => {
+                for item in b {
+                    if !a.contains(&item) {
+                        a.push(item);
+                    }
+                }
+                Value::Sequence(a)
+            }
+            (_, b) => b.map(Value::Sequence).unwrap_or(Value::Null),
+        },
+        Rule::Logging => {
+            // Options merge only when both sides use the same driver (or one names none).
+            let driver = |v: &Value| v.get("driver").cloned();
+            match (driver(&base), driver(&over)) {
+                (Some(a), Some(b)) if a != b => over,
+                _ => merge_default(base, over, path),
+            }
+        }
+        Rule::Build => merge_default(build_map(base), build_map(over), path),
+        Rule::Default => merge_default(base, over, path),
+    };
+    strip_tags(merged)
+}
+
+fn merge_default(base: Value, over: Value, path: &[&str]) -> Value {
+    match (base, over) {
+        (Value::Mapping(a), Value::Mapping(b)) => {
+            merge_maps(Value::Mapping(a), Value::Mapping(b), path)
+        }
+        (Value::Sequence(mut a), Value::Sequence(b)) => {
+            a.extend(b);
+            Value::Sequence(a)
+        }
+        (_, over) => over,
+    }
+}
+
+fn merge_maps(base: Value, over: Value, path: &[&str]) -> Value {
+    let (Value::Mapping(mut a), Value::Mapping(b)) = (base, over) else {
+        return Value::Null;
+    };
+    for (k, v) in b {
+        let key = k.as_str().unwrap_or_default().to_string();
+        let mut child_path = path.to_vec();
+        child_path.push(&key);
+        let merged = match a.remove(&k) {
+            Some(existing) => merge(existing, v, &child_path),
+            None if tag_is(&v, "reset") => None,
+            None => strip_tags(v),
+        };
+        if let Some(m) = merged {
+            a.insert(k, m);
+        }
+    }
+    Value::Mapping(a)
+}
+
+/// Removes override tags from a tree that is not merged onto anything: `!reset`
+/// entries disappear, `!override` values stay as they are.
+pub(crate) fn strip_tags(v: Value) -> Option<Value> {
+    match v {
+        Value::Tagged(t) if t.tag == Tag::new("reset") => None,
+        Value::Tagged(t) => strip_tags(t.value),
+        Value::Mapping(m) => Some(Value::Mapping(
+            m.into_iter()
+                .filter_map(|(k, v)| strip_tags(v).map(|v| (k, v)))
+                .collect(),
+        )),
+        Value::Sequence(s) => Some(Value::Sequence(
+            s.into_iter().filter_map(strip_tags).collect(),
+        )),
+        other => Some(other),
+    }
+}
+
+fn as_list(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Sequence(s) => Some(s),
+        Value::Null => Some(Vec::new()),
+        // `dns: 8.8.8.8` is a list of one.
+        scalar @ (Value::String(_) | Value::Number(_)) => Some(vec![scalar]),
+        _ => None,
+    }
+}
+
+/// `[A=1, B]` -> `{A: "1", B: null}`; a mapping stays as it is.
+fn key_value_map(v: Value) -> Value {
+    match v {
+        Value::Sequence(items) => {
+            let mut m = Mapping::new();
+            for item in items {
+                let Some(text) = scalar_text(&item) else {
+                    return Value::Sequence(vec![item]);
+                };
+                match text.split_once('=') {
+                    Some((k, v)) => m.insert(Value::from(k), Value::from(v)),
+                    None => m.insert(Value::from(text), Value::Null),
+                };
+            }
+            Value::Mapping(m)
+        }
+        Value::Null => Value::Mapping(Mapping::new()),
+        other => other,
+    }
+}
+
+/// `[a, b]` -> `{a: null, b: null}`.
+fn name_map(v: Value) -> Value {
+    match v {
+        Value::Sequence(items) => {
+            Value::Mapping(items.into_iter().map(|i| (i, Value::Null)).collect())
+        }
+        Value::Null => Value::Mapping(Mapping::new()),
+        other => other,
+    }
+}
+
+/// `["host:1.2.3.4", "other=::1"]` -> `{host: 1.2.3.4, other: "::1"}`.
+fn extra_hosts_map(v: Value) -> Value {
+    match v {
+        Value::Sequence(items) => {
+            let mut m = Mapping::new();
+            for item in items {
+                match scalar_text(&item).map(|t| short_syntax::parse_extra_host(&t)) {
+                    Some(Ok((host, ip))) => {
+                        m.insert(Value::from(host), Value::from(ip));
+                    }
+                    // Invalid entries were reported when the file was checked on its own.
+                    _ => return Value::Null,
+                }
+            }
+            Value::Mapping(m)
+        }
+        other => other,
+    }
+}
+
+fn build_map(v: Value) -> Value {
+    match v {
+        Value::String(context) => {
+            let mut m = Mapping::new();
+            m.insert(Value::from("context"), Value::from(context));
+            Value::Mapping(m)
+        }
+        other => other,
+    }
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Appends `over`'s entries to `base`'s; an entry whose key is already present replaces
+/// the earlier one in place. Entries without a key (invalid, reported elsewhere) append.
+fn merge_by_key(base: Value, over: Value, key: impl Fn(&Value) -> Option<String>) -> Value {
+    let (Some(mut a), Some(b)) = (as_list(base), as_list(over)) else {
+        return Value::Null;
+    };
+    for item in b {
+        let k = key(&item);
+        match k.and_then(|k| a.iter().position(|x| key(x).as_deref() == Some(k.as_str()))) {
+            Some(i) => a[i] = item,
+            None => a.push(item),
+        }
+    }
+    Value::Sequence(a)
+}
+
+/// A port's identity: host IP, published port(s), target and protocol.
+fn port_key(v: &Value) -> Option<String> {
+    match v {
+        Value::Mapping(_) => {
+            let get = |k: &str| v.get(k).and_then(scalar_text).unwrap_or_default();
+            let proto = v
+                .get("protocol")
+                .and_then(scalar_text)
+                .unwrap_or_else(|| "tcp".into());
+            Some(format!(
+                "{}|{}|{}|{proto}",
+                get("host_ip"),
+                get("published"),
+                get("target")
+            ))
+        }
+        _ => {
+            let p = short_syntax::parse_port(&scalar_text(v)?, u32::MAX).ok()?;
+            let published = p.published.map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            });
+            let target = if p.target.0 == p.target.1 {
+                p.target.0.to_string()
+            } else {
+                format!("{}-{}", p.target.0, p.target.1)
+            };
+            Some(format!(
+                "{}|{}|{target}|{}",
+                p.host_ip.unwrap_or_default(),
+                published.unwrap_or_default(),
+                p.protocol
+            ))
+        }
+    }
+}
+
+fn volume_key(v: &Value) -> Option<String> {
+    match v {
+        Value::Mapping(_) => v.get("target").and_then(scalar_text),
+        _ => short_syntax::parse_volume(&scalar_text(v)?)
+            .ok()
+            .map(|p| p.target),
+    }
+}
+
+fn file_mount_key(v: &Value, default_dir: &str) -> Option<String> {
+    match v {
+        Value::Mapping(_) => match v.get("target").and_then(scalar_text) {
+            Some(t) if t.starts_with('/') => Some(t),
+            Some(t) => Some(format!("{default_dir}{t}")),
+            None => v
+                .get("source")
+                .and_then(scalar_text)
+                .map(|s| format!("{default_dir}{s}")),
+        },
+        _ => scalar_text(v).map(|s| format!("{default_dir}{s}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn y(s: &str) -> Value {
+        crate::yaml::parse(s).expect("test YAML parses")
+    }
+
+    /// Merges the two files and compares with the expected tree.
+    fn check(base: &str, over: &str, want: &str) {
+        let got = merge(y(base), y(over), &[]).unwrap_or(Value::Null);
+        assert_eq!(got, y(want), "\nbase: {base}\nover: {over}");
+    }
+
+    #[test]
+    fn merge_rules_table() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("mappings merge, scalars replace",
+             "services: {a: {image: x, user: u}}", "services: {a: {image: y}}",
+             "services: {a: {image: y, user: u}}"),
+            ("sequences append",
+             "services: {a: {dns_search: [a.com]}}", "services: {a: {dns_search: [b.com]}}",
+             "services: {a: {dns_search: [a.com, b.com]}}"),
+            ("unique lists do not repeat",
+             "services: {a: {cap_add: [NET_ADMIN]}}", "services: {a: {cap_add: [NET_ADMIN, SYS_TIME]}}",
+             "services: {a: {cap_add: [NET_ADMIN, SYS_TIME]}}"),
+            ("command is replaced",
+             "services: {a: {command: [echo, foo]}}", "services: {a: {command: [echo, bar]}}",
+             "services: {a: {command: [echo, bar]}}"),
+            ("healthcheck.test is replaced, the rest merges",
+             "services: {a: {healthcheck: {test: [CMD, a], retries: 3}}}",
+             "services: {a: {healthcheck: {test: [CMD, b]}}}",
+             "services: {a: {healthcheck: {test: [CMD, b], retries: 3}}}"),
+            ("environment list and map merge as a mapping",
+             "services: {a: {environment: [A=1, B=2]}}", "services: {a: {environment: {B: 3, C: 4}}}",
+             "services: {a: {environment: {A: '1', B: 3, C: 4}}}"),
+            ("volumes merge by target",
+             "services: {a: {volumes: ['foo:/work', '/data']}}", "services: {a: {volumes: ['bar:/work']}}",
+             "services: {a: {volumes: ['bar:/work', '/data']}}"),
+            ("ports merge by ip/published/target/protocol",
+             "services: {a: {ports: ['8080:80', '53:53/udp']}}",
+             "services: {a: {ports: [{target: 80, published: '8080', protocol: tcp, host_ip: ''}, '8443:443']}}",
+             "services: {a: {ports: ['8080:80', '53:53/udp', {target: 80, published: '8080', protocol: tcp, host_ip: ''}, '8443:443']}}"),
+            ("same short port twice is one",
+             "services: {a: {ports: ['8080:80']}}", "services: {a: {ports: ['8080:80']}}",
+             "services: {a: {ports: ['8080:80']}}"),
+            ("secrets merge by target",
+             "services: {a: {secrets: [s1]}}", "services: {a: {secrets: [{source: s1, mode: 0400}]}}",
+             "services: {a: {secrets: [{source: s1, mode: 0400}]}}"),
+            ("networks list and map",
+             "services: {a: {networks: [front]}}", "services: {a: {networks: {back: {aliases: [x]}}}}",
+             "services: {a: {networks: {front: null, back: {aliases: [x]}}}}"),
+            ("logging with another driver is replaced",
+             "services: {a: {logging: {driver: json-file, options: {max-size: 1m}}}}",
+             "services: {a: {logging: {driver: syslog}}}",
+             "services: {a: {logging: {driver: syslog}}}"),
+            ("logging with the same driver merges",
+             "services: {a: {logging: {driver: json-file, options: {max-size: 1m}}}}",
+             "services: {a: {logging: {options: {max-file: '3'}}}}",
+             "services: {a: {logging: {driver: json-file, options: {max-size: 1m, max-file: '3'}}}}"),
+            ("build string and mapping",
+             "services: {a: {build: ./app}}", "services: {a: {build: {target: prod}}}",
+             "services: {a: {build: {context: ./app, target: prod}}}"),
+            ("!reset removes",
+             "services: {a: {image: x, ports: ['8080:80'], environment: {FOO: bar, K: v}}}",
+             "services: {a: {ports: !reset [], environment: {FOO: !reset null}}}",
+             "services: {a: {image: x, environment: {K: v}}}"),
+            ("!override replaces without merging",
+             "services: {a: {ports: ['8080:80']}}", "services: {a: {ports: !override ['8443:443']}}",
+             "services: {a: {ports: ['8443:443']}}"),
+            ("extension fields are replaced",
+             "x-common: {a: 1}", "x-common: {b: 2}", "x-common: {b: 2}"),
+            ("a new service is added whole",
+             "services: {a: {image: x}}", "services: {b: {image: y}}",
+             "services: {a: {image: x}, b: {image: y}}"),
+        ];
+        for (name, base, over, want) in cases {
+            eprintln!("case: {name}");
+            check(base, over, want);
+        }
+    }
+
+    #[test]
+    fn reset_in_a_single_file_is_removed() {
+        let v = strip_tags(y("services: {a: {image: x, ports: !reset ['1:1']}}"));
+        assert_eq!(v, Some(y("services: {a: {image: x}}")));
+    }
+}

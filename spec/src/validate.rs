@@ -1,0 +1,266 @@
+//! Checks across the whole project: references, dependency cycles and conflicts.
+//!
+//! Decoding checked each value on its own; here the project is checked as a whole, after
+//! merging and profiles, so that every reported problem is one the user must fix.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::decode::project::cidr_contains;
+use crate::diag::Diagnostics;
+use crate::model::{DeployMode, MountType, Stack};
+
+pub(crate) fn validate(
+    stack: &Stack,
+    origin: &BTreeMap<String, String>,
+    main_file: &str,
+    diags: &mut Diagnostics,
+) {
+    let file_of = |svc: &str| origin.get(svc).map(String::as_str).unwrap_or(main_file);
+    let mut container_names: BTreeMap<&str, &str> = BTreeMap::new();
+
+    for (name, svc) in &stack.services {
+        let file = file_of(name);
+        let at = |attr: &str| format!("services.{name}.{attr}");
+        if svc.image.is_none() && svc.build.is_none() {
+            diags.error(
+                file,
+                &format!("services.{name}"),
+                "a service needs an image (or a build section)",
+            );
+        }
+        for net in svc.networks.keys() {
+            if !stack.networks.contains_key(net) {
+                diags.error(
+                    file,
+                    &at(&format!("networks.{net}")),
+                    undefined("network", net, stack.networks.keys()),
+                );
+            }
+        }
+        for (i, m) in svc.volumes.iter().enumerate() {
+            if let (MountType::Volume, Some(src)) = (m.kind, &m.source) {
+                if !stack.volumes.contains_key(src) {
+                    diags.error(
+                        file,
+                        &at(&format!("volumes[{i}]")),
+                        undefined("volume", src, stack.volumes.keys()),
+                    );
+                }
+            }
+        }
+        for (i, s) in svc.secrets.iter().enumerate() {
+            if !stack.secrets.contains_key(&s.source) {
+                diags.error(
+                    file,
+                    &at(&format!("secrets[{i}]")),
+                    undefined("secret", &s.source, stack.secrets.keys()),
+                );
+            }
+        }
+        for (i, c) in svc.configs.iter().enumerate() {
+            if !stack.configs.contains_key(&c.source) {
+                diags.error(
+                    file,
+                    &at(&format!("configs[{i}]")),
+                    undefined("config", &c.source, stack.configs.keys()),
+                );
+            }
+        }
+        for dep in svc.depends_on.keys() {
+            if !stack.services.contains_key(dep) && dep != name {
+                diags.error(
+                    file,
+                    &at(&format!("depends_on.{dep}")),
+                    undefined("service", dep, stack.services.keys()),
+                );
+            }
+        }
+        if svc.depends_on.contains_key(name) {
+            diags.error(
+                file,
+                &at(&format!("depends_on.{name}")),
+                "a service cannot depend on itself",
+            );
+        }
+
+        let replicas = svc.deploy.as_ref().and_then(|d| d.replicas);
+        if let (Some(scale), Some(replicas)) = (svc.scale, replicas) {
+            if scale != replicas {
+                diags.error(
+                    file,
+                    &at("scale"),
+                    format!(
+                        "scale ({scale}) and deploy.replicas ({replicas}) disagree; set only one"
+                    ),
+                );
+            }
+        }
+        if let Some(d) = &svc.deploy {
+            if matches!(d.mode, DeployMode::Global | DeployMode::GlobalJob) && d.replicas.is_some()
+            {
+                diags.error(file, &at("deploy.replicas"), "a global service runs one task per node; remove replicas or use mode: replicated");
+            }
+        }
+        if let Some(cn) = &svc.container_name {
+            if replicas.or(svc.scale).unwrap_or(1) > 1 {
+                diags.error(
+                    file,
+                    &at("container_name"),
+                    "a service with several replicas cannot have a fixed container_name",
+                );
+            }
+            if let Some(other) = container_names.insert(cn, name) {
+                diags.error(
+                    file,
+                    &at("container_name"),
+                    format!("container name {cn:?} is already used by service {other:?}"),
+                );
+            }
+        }
+        for (net, attach) in &svc.networks {
+            let Some(addr) = &attach.ipv4_address else {
+                continue;
+            };
+            let Some(network) = stack.networks.get(net) else {
+                continue;
+            };
+            let subnets: Vec<&str> = network
+                .ipam
+                .iter()
+                .flat_map(|i| &i.config)
+                .filter_map(|p| p.subnet.as_deref())
+                .collect();
+            if subnets.is_empty() {
+                diags.error(
+                    file,
+                    &at(&format!("networks.{net}.ipv4_address")),
+                    format!("network {net:?} has no ipam subnet; a fixed address needs one"),
+                );
+            } else if !subnets.iter().any(|s| cidr_contains(s, addr)) {
+                diags.error(
+                    file,
+                    &at(&format!("networks.{net}.ipv4_address")),
+                    format!(
+                        "{addr} is not inside the subnet of network {net:?} ({})",
+                        subnets.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    port_conflicts(stack, &file_of, diags);
+    cycles(stack, &file_of, diags);
+}
+
+fn undefined<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    let hint = match crate::decode::suggest(name, &known) {
+        Some(s) => format!("; did you mean {s:?}?"),
+        None => format!("; define it under the top-level {what}s: section"),
+    };
+    format!("{what} {name:?} is not defined{hint}")
+}
+
+/// Two services cannot publish the same host port: the second `up` would fail halfway.
+fn port_conflicts<'a>(
+    stack: &'a Stack,
+    file_of: &dyn Fn(&str) -> &'a str,
+    diags: &mut Diagnostics,
+) {
+    let mut seen: Vec<(&str, usize, &crate::model::Port)> = Vec::new();
+    for (name, svc) in &stack.services {
+        // Replicas of one service publishing one fixed port conflict with each other too.
+        let replicas = svc
+            .deploy
+            .as_ref()
+            .and_then(|d| d.replicas)
+            .or(svc.scale)
+            .unwrap_or(1);
+        for (i, p) in svc.ports.iter().enumerate() {
+            let Some(published) = p.published else {
+                continue;
+            };
+            if replicas > 1 && published.len() < replicas {
+                diags.error(
+                    file_of(name),
+                    &format!("services.{name}.ports[{i}]"),
+                    format!("{replicas} replicas cannot all publish host port {published}; publish a range or let the host pick the port"),
+                );
+            }
+            for (other, j, q) in &seen {
+                let Some(theirs) = q.published else { continue };
+                let same_ip = p.host_ip.is_none() || q.host_ip.is_none() || p.host_ip == q.host_ip;
+                if same_ip && p.protocol == q.protocol && published.overlaps(&theirs) {
+                    diags.error(
+                        file_of(name),
+                        &format!("services.{name}.ports[{i}]"),
+                        format!("host port {published}/{} is already published by services.{other}.ports[{j}]", p.protocol),
+                    );
+                }
+            }
+            seen.push((name, i, p));
+        }
+    }
+}
+
+/// Reports each dependency cycle once, as the chain of services that forms it.
+fn cycles<'a>(stack: &'a Stack, file_of: &dyn Fn(&str) -> &'a str, diags: &mut Diagnostics) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Visiting,
+        Done,
+    }
+    fn visit<'s>(
+        name: &'s str,
+        stack: &'s Stack,
+        marks: &mut BTreeMap<&'s str, Mark>,
+        path: &mut Vec<&'s str>,
+        found: &mut BTreeSet<Vec<&'s str>>,
+    ) {
+        match marks.get(name) {
+            Some(Mark::Done) => return,
+            Some(Mark::Visiting) => {
+                if let Some(start) = path.iter().position(|n| *n == name) {
+                    let mut cycle = path[start..].to_vec();
+                    // Rotate so the same cycle found from another entry point is one report.
+                    let min = cycle
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, n)| **n)
+                        .map(|(i, _)| i)
+                        .unwrap_or(0);
+                    cycle.rotate_left(min);
+                    found.insert(cycle);
+                }
+                return;
+            }
+            None => {}
+        }
+        marks.insert(name, Mark::Visiting);
+        path.push(name);
+        if let Some(svc) = stack.services.get(name) {
+            for dep in svc.depends_on.keys() {
+                if stack.services.contains_key(dep) && dep != name {
+                    visit(dep, stack, marks, path, found);
+                }
+            }
+        }
+        path.pop();
+        marks.insert(name, Mark::Done);
+    }
+    let mut marks = BTreeMap::new();
+    let mut found = BTreeSet::new();
+    for name in stack.services.keys() {
+        visit(name, stack, &mut marks, &mut Vec::new(), &mut found);
+    }
+    for cycle in found {
+        let first = cycle[0];
+        let mut chain = cycle.clone();
+        chain.push(first);
+        diags.error(
+            file_of(first),
+            &format!("services.{first}.depends_on"),
+            format!("dependency cycle: {}", chain.join(" -> ")),
+        );
+    }
+}

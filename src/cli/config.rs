@@ -1,0 +1,111 @@
+//! `berth config`: print the resolved stack in Compose's canonical long form, like
+//! `docker compose config`, so a user sees exactly what berth will run.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use serde_norway::Value;
+
+use super::{print_diagnostics, ProjectArgs};
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Only check the files; print nothing but problems
+    #[arg(short, long)]
+    quiet: bool,
+    /// Print the service names, one per line
+    #[arg(long = "services", id = "list_services")]
+    services: bool,
+    /// Print the volume names, one per line
+    #[arg(long = "volumes", id = "list_volumes")]
+    volumes: bool,
+    /// Print the profile names, one per line
+    #[arg(long = "profiles", id = "list_profiles")]
+    profiles: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Yaml)]
+    format: Format,
+    /// Show only these services (and what they depend on)
+    #[arg(value_name = "SERVICE")]
+    only: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+pub fn run(project: &ProjectArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let opts = project.load_options(&args.only)?;
+    let mut loaded = match spec::load(&opts) {
+        Ok(p) => p,
+        Err(e) => {
+            print_diagnostics(&e.warnings, &e.errors);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    print_diagnostics(&loaded.warnings, &[]);
+    if !args.only.is_empty() {
+        keep_with_dependencies(&mut loaded.stack, &args.only);
+    }
+    let stack = &loaded.stack;
+    if args.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.services || args.volumes || args.profiles {
+        let mut lines: Vec<&str> = Vec::new();
+        if args.services {
+            lines.extend(stack.services.keys().map(String::as_str));
+        }
+        if args.volumes {
+            lines.extend(stack.volumes.keys().map(String::as_str));
+        }
+        if args.profiles {
+            lines.extend(loaded.all_profiles.iter().map(String::as_str));
+        }
+        for l in lines {
+            println!("{l}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut tree = serde_norway::to_value(stack)?;
+    escape_dollars(&mut tree);
+    let text = match args.format {
+        Format::Yaml => serde_norway::to_string(&tree)?,
+        Format::Json => serde_json::to_string_pretty(&tree)? + "\n",
+    };
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps the named services and, transitively, the services they depend on.
+fn keep_with_dependencies(stack: &mut spec::Stack, names: &[String]) {
+    let mut keep: BTreeSet<String> = BTreeSet::new();
+    let mut todo: Vec<String> = names.to_vec();
+    while let Some(name) = todo.pop() {
+        if let Some(svc) = stack.services.get(&name) {
+            todo.extend(
+                svc.depends_on
+                    .keys()
+                    .filter(|d| !keep.contains(*d))
+                    .cloned(),
+            );
+        }
+        keep.insert(name);
+    }
+    stack.services.retain(|name, _| keep.contains(name));
+}
+
+/// Values are printed already interpolated; a literal `$` is written `$$` so that the
+/// output loads back to the same stack instead of being interpolated a second time.
+fn escape_dollars(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('$') => *s = s.replace('$', "$$"),
+        Value::Sequence(items) => items.iter_mut().for_each(escape_dollars),
+        Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| escape_dollars(v)),
+        Value::Tagged(t) => escape_dollars(&mut t.value),
+        _ => {}
+    }
+}

@@ -1,0 +1,85 @@
+//! Command-line parsing and dispatch. Each verb lives in its own module and gets the
+//! options common to all project commands in [`ProjectArgs`], as in `docker compose`.
+
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Run Compose stacks on one host or a cluster, without Docker"
+)]
+struct Cli {
+    #[command(flatten)]
+    project: ProjectArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options that say which project a command works on (Compose's global options).
+#[derive(Debug, Clone, Args)]
+pub struct ProjectArgs {
+    /// Compose file(s), merged in order [default: compose.yaml or docker-compose.yml]
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Project name [default: name: in the file, else the directory name]
+    #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
+    pub project_name: Option<String>,
+    /// Enable services of this profile (repeatable; COMPOSE_PROFILES adds more)
+    #[arg(long = "profile", global = true, value_name = "PROFILE")]
+    pub profiles: Vec<String>,
+    /// Read variables from this file instead of .env (repeatable; later files win)
+    #[arg(long = "env-file", global = true, value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// Directory relative paths are resolved against [default: the first file's directory]
+    #[arg(long = "project-directory", global = true, value_name = "DIR")]
+    pub project_directory: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the fully resolved stack, as berth will run it
+    Config(config::ConfigArgs),
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(args) => config::run(&cli.project, &args),
+    }
+}
+
+impl ProjectArgs {
+    /// Load options from the command line and this process's environment.
+    pub fn load_options(&self, services: &[String]) -> anyhow::Result<spec::LoadOptions> {
+        Ok(spec::LoadOptions {
+            files: self.files.clone(),
+            project_name: self.project_name.clone(),
+            project_directory: self.project_directory.clone(),
+            env_files: self.env_files.clone(),
+            profiles: self.profiles.clone(),
+            services: services.to_vec(),
+            // Variables that are not valid UTF-8 cannot be referenced from YAML anyway.
+            environment: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+            working_dir: std::env::current_dir()?,
+        })
+    }
+}
+
+/// Prints a load's diagnostics the way every command does: errors as
+/// `berth: <file>: <path>: <message>`, warnings marked as such.
+pub fn print_diagnostics(warnings: &[spec::Diagnostic], errors: &[spec::Diagnostic]) {
+    for w in warnings {
+        eprintln!("berth: warning: {w}");
+    }
+    for e in errors {
+        eprintln!("berth: {e}");
+    }
+}
