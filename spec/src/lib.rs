@@ -8,6 +8,7 @@
 //!
 //! Start reading at [`load()`]; the pipeline is described in the `load` module.
 
+pub mod canonical;
 pub(crate) mod decode;
 pub mod diag;
 pub mod dotenv;

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use serde_norway::Value;
 
 use super::{print_diagnostics, ProjectArgs};
 
@@ -70,11 +69,9 @@ pub fn run(project: &ProjectArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode>
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut tree = serde_norway::to_value(stack)?;
-    escape_dollars(&mut tree);
     let text = match args.format {
-        Format::Yaml => serde_norway::to_string(&tree)?,
-        Format::Json => serde_json::to_string_pretty(&tree)? + "\n",
+        Format::Yaml => spec::canonical::to_yaml(stack)?,
+        Format::Json => spec::canonical::to_json(stack)?,
     };
     print!("{text}");
     Ok(ExitCode::SUCCESS)
@@ -96,16 +93,4 @@ fn keep_with_dependencies(stack: &mut spec::Stack, names: &[String]) {
         keep.insert(name);
     }
     stack.services.retain(|name, _| keep.contains(name));
-}
-
-/// Values are printed already interpolated; a literal `$` is written `$$` so that the
-/// output loads back to the same stack instead of being interpolated a second time.
-fn escape_dollars(v: &mut Value) {
-    match v {
-        Value::String(s) if s.contains('$') => *s = s.replace('$', "$$"),
-        Value::Sequence(items) => items.iter_mut().for_each(escape_dollars),
-        Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| escape_dollars(v)),
-        Value::Tagged(t) => escape_dollars(&mut t.value),
-        _ => {}
-    }
 }

@@ -69,6 +69,13 @@ impl ProjectArgs {
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
                 .collect(),
             working_dir: std::env::current_dir()?,
+            stdin_text: if self.files.iter().any(|f| f.as_os_str() == "-") {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                Some(text)
+            } else {
+                None
+            },
         })
     }
 }

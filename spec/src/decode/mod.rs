@@ -74,7 +74,14 @@ impl Cx<'_> {
     }
 
     fn expected(&mut self, n: Node, what: &str) {
-        self.error(n.path, format!("expected {what}, found {}", kind(n.value)));
+        // Show short scalars as they are: `found "three"` says more than `found a string`.
+        let found = match n.v() {
+            Value::String(s) if s.chars().count() <= 40 => format!("{s:?}"),
+            Value::Number(x) => x.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => kind(other).to_string(),
+        };
+        self.error(n.path, format!("expected {what}, found {found}"));
     }
 
     /// A string; numbers are accepted (`user: 1000`) since YAML makes them so easily.

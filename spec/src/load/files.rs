@@ -24,6 +24,8 @@ const OVERRIDE_FILES: &[&str] = &[
 pub(crate) struct SourceFile {
     pub path: PathBuf,
     pub display: String,
+    /// The file's text when it does not come from disk (`-f -`, tests, fuzzing).
+    pub text: Option<String>,
 }
 
 /// Joins a relative path onto `base` and removes `.` and `..` lexically: the way Compose
@@ -89,7 +91,8 @@ pub(crate) fn find_files(
             .iter()
             .map(|p| {
                 let path = absolute(working_dir, p, None);
-                if !path.is_file() {
+                // `-` is standard input, read by the caller.
+                if p.as_os_str() != "-" && !path.is_file() {
                     return Err(LoadError::single(
                         &p.to_string_lossy(),
                         "",
@@ -99,6 +102,7 @@ pub(crate) fn find_files(
                 Ok(SourceFile {
                     display: p.to_string_lossy().into_owned(),
                     path,
+                    text: None,
                 })
             })
             .collect();
@@ -123,6 +127,7 @@ pub(crate) fn find_files(
                 .map(|path| SourceFile {
                     display: display_name(&path, working_dir),
                     path,
+                    text: None,
                 })
                 .collect());
         }

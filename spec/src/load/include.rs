@@ -124,6 +124,7 @@ fn parse_entry(
             SourceFile {
                 display: p.clone(),
                 path: abs,
+                text: None,
             }
         })
         .collect();
@@ -192,6 +193,7 @@ fn load_included(
         .map(|f| SourceFile {
             display: display_name(&f.path, cx.working_dir),
             path: f.path.clone(),
+            text: None,
         })
         .collect();
     cx.include_chain.push(key);

@@ -49,6 +49,8 @@ pub struct LoadOptions {
     pub environment: BTreeMap<String, String>,
     /// Where relative `-f` paths and the file search start.
     pub working_dir: PathBuf,
+    /// The text of the file named `-` (standard input, read by the caller).
+    pub stdin_text: Option<String>,
 }
 
 /// A loaded project.
@@ -84,7 +86,10 @@ pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
     // it before the files are known.
     let early_dir = opts.project_directory.clone().unwrap_or_else(|| wd.clone());
     let early_env = project_env(&opts.env_files, &early_dir, wd, &opts.environment)?;
-    let files = find_files(&opts.files, wd, &early_env)?;
+    let mut files = find_files(&opts.files, wd, &early_env)?;
+    for f in files.iter_mut().filter(|f| f.display == "-") {
+        f.text = Some(opts.stdin_text.clone().unwrap_or_default());
+    }
     let project_dir = match &opts.project_directory {
         Some(d) => files::absolute(wd, d, None),
         None => files[0]
@@ -183,9 +188,11 @@ pub(crate) fn load_tree(
     let mut origin = BTreeMap::new();
     let mut ext = extends::Extends::new(env, cx.working_dir);
     for f in files {
-        let Some(mut value) = tree::load_file(&f.path, &f.display, project_dir, env, diags) else {
-            continue;
+        let value = match &f.text {
+            Some(text) => tree::prepare(text, &f.display, project_dir, env, diags),
+            None => tree::load_file(&f.path, &f.display, project_dir, env, diags),
         };
+        let Some(mut value) = value else { continue };
         include::apply(&mut value, &f.display, project_dir, cx, diags);
         ext.apply(&mut value, &f.path, &f.display, diags);
 

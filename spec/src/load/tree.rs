@@ -18,14 +18,24 @@ pub(crate) fn load_file(
     env: &BTreeMap<String, String>,
     diags: &mut Diagnostics,
 ) -> Option<Value> {
-    let text = match crate::yaml::read_limited(path) {
-        Ok(t) => t,
+    match crate::yaml::read_limited(path) {
+        Ok(text) => prepare(&text, display, base_dir, env, diags),
         Err(e) => {
             diags.error(display, "", format!("cannot read the file: {e}"));
-            return None;
+            None
         }
-    };
-    let mut value = match crate::yaml::parse(&text) {
+    }
+}
+
+/// [`load_file`] for text already in memory.
+pub(crate) fn prepare(
+    text: &str,
+    display: &str,
+    base_dir: &Path,
+    env: &BTreeMap<String, String>,
+    diags: &mut Diagnostics,
+) -> Option<Value> {
+    let mut value = match crate::yaml::parse(text) {
         Ok(v) => v,
         Err(e) => {
             diags.error(display, "", e);

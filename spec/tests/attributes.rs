@@ -1,0 +1,453 @@
+//! One row per form of a service attribute: what a user writes, and the canonical long
+//! form berth carries (as `berth config` prints it). Reads like the Compose spec.
+
+mod common;
+
+use common::{errors, load_text};
+
+/// Loads `services: {s: <attrs>}` (with the networks/volumes/secrets/configs the rows
+/// refer to) and returns service `s` in canonical YAML, without the lines every service
+/// gets (image, default network).
+fn canonical(attrs: &str) -> String {
+    let indented: String = attrs.lines().map(|l| format!("    {l}\n")).collect();
+    let text = format!(
+        "services:\n  s:\n    image: busybox\n{indented}  other:\n    image: busybox\n\
+         networks: {{front: {{}}, back: {{ipam: {{config: [{{subnet: 10.5.0.0/16}}]}}}}}}\n\
+         volumes: {{data: {{}}}}\n\
+         secrets: {{token: {{file: ./token.txt}}}}\n\
+         configs: {{conf: {{content: hello}}}}\n"
+    );
+    let env = [
+        ("HOST_PORT", "9090"),
+        ("PASSED", "from-env"),
+        ("COMPOSE_PROFILES", "debug"),
+    ];
+    let project = load_text(&text, &env).unwrap_or_else(|e| panic!("{attrs}\n-> {}", errors(&e)));
+    let mut svc = project.stack.services["s"].clone();
+    svc.image = None;
+    if svc.networks.keys().eq(["default"]) {
+        svc.networks.clear();
+    }
+    serde_norway::to_string(&svc).expect("serializes")
+}
+
+fn check(cases: &[(&str, &str)]) {
+    let mut failures = Vec::new();
+    for (input, want) in cases {
+        let got = canonical(input);
+        let want: String = want
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+            .collect();
+        let want = want.trim_start_matches('\n');
+        if got.trim_end() != want.trim_end() {
+            failures.push(format!(
+                "--- input:\n{input}\n--- want:\n{want}\n--- got:\n{got}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn ports() {
+    check(&[
+        ("ports: ['80']", "
+  ports:
+  - target: 80
+    protocol: tcp
+    mode: ingress"),
+        ("ports: ['8080:80/udp']", "
+  ports:
+  - target: 80
+    published: '8080'
+    protocol: udp
+    mode: ingress"),
+        ("ports: ['127.0.0.1:${HOST_PORT}:80']", "
+  ports:
+  - target: 80
+    published: '9090'
+    host_ip: 127.0.0.1
+    protocol: tcp
+    mode: ingress"),
+        ("ports: ['[::1]:8080:80']", "
+  ports:
+  - target: 80
+    published: '8080'
+    host_ip: ::1
+    protocol: tcp
+    mode: ingress"),
+        ("ports: ['8000-8001:9000-9001']", "
+  ports:
+  - target: 9000
+    published: '8000'
+    protocol: tcp
+    mode: ingress
+  - target: 9001
+    published: '8001'
+    protocol: tcp
+    mode: ingress"),
+        ("ports: ['8000-8010:80']", "
+  ports:
+  - target: 80
+    published: 8000-8010
+    protocol: tcp
+    mode: ingress"),
+        ("ports: [{target: 80, published: 8080, protocol: udp, mode: host, name: web, app_protocol: http}]", "
+  ports:
+  - name: web
+    target: 80
+    published: '8080'
+    protocol: udp
+    mode: host
+    app_protocol: http"),
+    ]);
+}
+
+#[test]
+fn volumes() {
+    check(&[
+        ("volumes: ['data:/data:ro,nocopy']", "
+  volumes:
+  - type: volume
+    source: data
+    target: /data
+    read_only: true
+    volume:
+      nocopy: true"),
+        ("volumes: ['/var/data']", "
+  volumes:
+  - type: volume
+    target: /var/data"),
+        ("volumes: ['./conf:/etc/app:ro,rshared']", "
+  volumes:
+  - type: bind
+    source: /nonexistent/berth-test/app/conf
+    target: /etc/app
+    read_only: true
+    bind:
+      propagation: rshared
+      create_host_path: true"),
+        ("volumes: [{type: bind, source: ../shared, target: /shared, bind: {create_host_path: false, selinux: z}}]", "
+  volumes:
+  - type: bind
+    source: /nonexistent/berth-test/shared
+    target: /shared
+    bind:
+      create_host_path: false
+      selinux: z"),
+        ("volumes: [{type: tmpfs, target: /cache, tmpfs: {size: 64m, mode: 01777}}]", "
+  volumes:
+  - type: tmpfs
+    target: /cache
+    tmpfs:
+      size: 67108864
+      mode: '1777'"),
+        ("tmpfs: /run", "
+  tmpfs:
+  - /run"),
+    ]);
+}
+
+#[test]
+fn environment_labels_and_commands() {
+    check(&[
+        (
+            "environment: [A=1, 'B=two words', PASSED, MISSING]",
+            "
+  environment:
+    A: '1'
+    B: two words
+    MISSING: null
+    PASSED: from-env",
+        ),
+        (
+            "environment: {A: 1, B: true, C: null, D: 'x$$y'}",
+            "
+  environment:
+    A: '1'
+    B: 'true'
+    C: null
+    D: x$y",
+        ),
+        (
+            "labels: [com.example=1, flag]",
+            "
+  labels:
+    com.example: '1'
+    flag: ''",
+        ),
+        (
+            "command: echo \"hello world\" 'a b'",
+            "
+  command:
+  - echo
+  - hello world
+  - a b",
+        ),
+        (
+            "entrypoint: [/bin/sh, -c]\ncommand: [exit, 3]",
+            "
+  command:
+  - exit
+  - '3'
+  entrypoint:
+  - /bin/sh
+  - -c",
+        ),
+    ]);
+}
+
+#[test]
+fn networks_and_dependencies() {
+    check(&[
+        (
+            "networks: [front]",
+            "
+  networks:
+    front: {}",
+        ),
+        (
+            "networks: {back: {aliases: [db, primary], ipv4_address: 10.5.0.7}}",
+            "
+  networks:
+    back:
+      aliases:
+      - db
+      - primary
+      ipv4_address: 10.5.0.7",
+        ),
+        (
+            "depends_on: [other]",
+            "
+  depends_on:
+    other:
+      condition: service_started
+      restart: false
+      required: true",
+        ),
+        (
+            "depends_on: {other: {condition: service_healthy, restart: true, required: false}}",
+            "
+  depends_on:
+    other:
+      condition: service_healthy
+      restart: true
+      required: false",
+        ),
+    ]);
+}
+
+#[test]
+fn healthcheck_restart_and_lifecycle() {
+    check(&[
+        ("healthcheck: {test: curl -f http://localhost, interval: 1m30s, timeout: 10s, retries: 3, start_period: 40s, start_interval: 500ms}", "
+  healthcheck:
+    test:
+    - CMD-SHELL
+    - curl -f http://localhost
+    interval: 1m30s
+    timeout: 10s
+    retries: 3
+    start_period: 40s
+    start_interval: 500ms"),
+        ("healthcheck: {test: [NONE]}", "
+  healthcheck:
+    test:
+    - NONE"),
+        ("healthcheck: {disable: true}", "
+  healthcheck:
+    disable: true"),
+        ("restart: on-failure:3\nstop_signal: TERM\nstop_grace_period: 1m", "
+  restart: on-failure:3
+  stop_signal: SIGTERM
+  stop_grace_period: 1m0s"),
+        ("init: true\nread_only: true\nprivileged: true\ntty: true\nstdin_open: true", "
+  init: true
+  read_only: true
+  privileged: true
+  tty: true
+  stdin_open: true"),
+    ]);
+}
+
+#[test]
+fn resources_and_limits() {
+    check(&[
+        ("mem_limit: 512m\nmem_reservation: 1g\ncpus: 1.5\ncpu_shares: 512\ncpuset: 0-1\npids_limit: 100\nshm_size: 64M", "
+  shm_size: 67108864
+  pids_limit: 100
+  mem_limit: 536870912
+  mem_reservation: 1073741824
+  cpus: 1.5
+  cpu_shares: 512
+  cpuset: 0-1"),
+        ("ulimits: {nproc: 65535, nofile: {soft: 20000, hard: 40000}}", "
+  ulimits:
+    nofile:
+      soft: 20000
+      hard: 40000
+    nproc:
+      soft: 65535
+      hard: 65535"),
+        ("cap_add: [net_admin, CAP_SYS_TIME]\ncap_drop: [ALL]", "
+  cap_add:
+  - NET_ADMIN
+  - SYS_TIME
+  cap_drop:
+  - ALL"),
+        ("sysctls: [net.core.somaxconn=1024]", "
+  sysctls:
+    net.core.somaxconn: '1024'"),
+        ("extra_hosts: ['db:10.0.0.5', 'v6=::1']\ndns: 1.1.1.1\ndns_search: [example.com]", "
+  extra_hosts:
+  - db=10.0.0.5
+  - v6=::1
+  dns:
+  - 1.1.1.1
+  dns_search:
+  - example.com"),
+        ("extra_hosts: {db: 10.0.0.5}", "
+  extra_hosts:
+  - db=10.0.0.5"),
+    ]);
+}
+
+#[test]
+fn deploy() {
+    check(&[
+        ("deploy:\n  mode: replicated\n  replicas: '3'\n  resources: {limits: {cpus: '0.5', memory: 256M, pids: 50}, reservations: {memory: 128M}}\n  restart_policy: {condition: on-failure, delay: 5s, max_attempts: 3, window: 2m}\n  placement: {constraints: ['node.role==manager'], preferences: [{spread: node.labels.zone}], max_replicas_per_node: 1}\n  endpoint_mode: dnsrr\n  labels: [tier=web]", "
+  deploy:
+    mode: replicated
+    replicas: 3
+    labels:
+      tier: web
+    resources:
+      limits:
+        cpus: 0.5
+        memory: 268435456
+        pids: 50
+      reservations:
+        memory: 134217728
+    restart_policy:
+      condition: on-failure
+      delay: 5s
+      max_attempts: 3
+      window: 2m0s
+    placement:
+      constraints:
+      - node.role == manager
+      preferences:
+      - spread: node.labels.zone
+      max_replicas_per_node: 1
+    endpoint_mode: dnsrr"),
+        ("deploy: {mode: global, update_config: {parallelism: 2, delay: 10s, failure_action: rollback, monitor: 1m, max_failure_ratio: 0.2, order: start-first}}", "
+  deploy:
+    mode: global
+    update_config:
+      parallelism: 2
+      delay: 10s
+      failure_action: rollback
+      monitor: 1m0s
+      max_failure_ratio: 0.2
+      order: start-first"),
+    ]);
+}
+
+#[test]
+fn secrets_configs_and_misc() {
+    check(&[
+        ("secrets: [token]\nconfigs: [conf]", "
+  secrets:
+  - source: token
+    target: /run/secrets/token
+  configs:
+  - source: conf
+    target: /conf"),
+        ("secrets: [{source: token, target: api-key, uid: '1000', gid: '1000', mode: 0440}]\nconfigs: [{source: conf, target: /etc/app.conf, mode: 0644}]", "
+  secrets:
+  - source: token
+    target: /run/secrets/api-key
+    uid: '1000'
+    gid: '1000'
+    mode: '0440'
+  configs:
+  - source: conf
+    target: /etc/app.conf
+    mode: '0644'"),
+        ("user: 1000:1000\nworking_dir: /app\nhostname: h\ndomainname: example.com\ncontainer_name: my-s\nprofiles: [debug]\npull_policy: if_not_present\nscale: 1", "
+  pull_policy: missing
+  user: 1000:1000
+  working_dir: /app
+  hostname: h
+  domainname: example.com
+  scale: 1
+  profiles:
+  - debug
+  container_name: my-s"),
+        ("logging: {driver: json-file, options: {max-size: 10m, max-file: 3}}", "
+  logging:
+    driver: json-file
+    options:
+      max-file: '3'
+      max-size: 10m"),
+        ("x-note: kept\ndevices: ['/dev/fuse']", "
+  devices:
+  - /dev/fuse
+  x-note: kept"),
+    ]);
+}
+
+/// Each row: a service attribute with a mistake, and the exact error line.
+#[test]
+fn attribute_errors() {
+    let cases: &[(&str, &str)] = &[
+        ("ports: ['70000:80']", "-: services.s.ports[0]: port 70000 is out of range (1-65535)"),
+        ("imgae: x", "-: services.s.imgae: unknown attribute; did you mean \"image\"?"),
+        ("deploy: {replicas: three}", "-: services.s.deploy.replicas: expected an integer, found \"three\""),
+        ("restart: sometimes", "-: services.s.restart: invalid restart policy \"sometimes\": expected no, always, on-failure[:max-retries] or unless-stopped"),
+        ("read_only: maybe", "-: services.s.read_only: expected true or false, found \"maybe\""),
+        ("cap_add: [NET_ADMN]", "-: services.s.cap_add[0]: unknown capability \"NET_ADMN\"; did you mean \"NET_ADMIN\"?"),
+        ("ulimits: {nofiles: 10}", "-: services.s.ulimits.nofiles: unknown ulimit; did you mean \"nofile\"?"),
+        ("ulimits: {nofile: {soft: 20, hard: 10}}", "-: services.s.ulimits.nofile: soft limit 20 is above hard limit 10"),
+        ("volumes: [{type: bind, target: /x}]", "-: services.s.volumes[0]: a bind mount needs a source (the host path)"),
+        ("volumes: [{type: volume, source: data, target: relative}]", "-: services.s.volumes[0].target: \"relative\" must be an absolute path in the container"),
+        ("healthcheck: {test: [curl, x]}", "-: services.s.healthcheck.test: a healthcheck test list must start with CMD or CMD-SHELL followed by the command, or be [NONE]"),
+        ("depends_on: {other: {condition: service_ready}}", "-: services.s.depends_on.other.condition: unknown condition \"service_ready\": expected service_started, service_healthy or service_completed_successfully"),
+        ("deploy: {placement: {constraints: [node.role]}}", "-: services.s.deploy.placement.constraints[0]: invalid placement constraint \"node.role\": expected KEY==VALUE or KEY!=VALUE, like node.role==manager"),
+        ("secrets: [{source: token, mode: 0999}]", "-: services.s.secrets[0].mode: invalid file mode: expected an octal number like 0440 or 0644"),
+        ("command: 'echo \"unterminated'", "-: services.s.command: unterminated quote or escape in the command string"),
+        ("container_name: 'bad name'", "-: services.s.container_name: invalid container_name \"bad name\": use letters, digits, '_', '.' and '-', starting with a letter or digit"),
+        ("environment: 12", "-: services.s.environment: expected a list of KEY=VALUE or a mapping, found 12"),
+        ("networks: {back: {ipv4_address: 10.6.0.1}}", "-: services.s.networks.back.ipv4_address: 10.6.0.1 is not inside the subnet of network \"back\" (10.5.0.0/16)"),
+        ("networks: [middle]", "-: services.s.networks.middle: network \"middle\" is not defined; define it under the top-level networks: section"),
+        ("volumes: ['date:/data']", "-: services.s.volumes[0]: volume \"date\" is not defined; did you mean \"data\"?"),
+        ("secrets: [tokn]", "-: services.s.secrets[0]: secret \"tokn\" is not defined; did you mean \"token\"?"),
+        ("depends_on: [missing]", "-: services.s.depends_on.missing: service \"missing\" is not defined; define it under the top-level services: section"),
+        ("scale: 2\ndeploy: {replicas: 3}", "-: services.s.scale: scale (2) and deploy.replicas (3) disagree; set only one"),
+        ("scale: 2\ncontainer_name: fixed", "-: services.s.container_name: a service with several replicas cannot have a fixed container_name"),
+        ("ports: ['8080:80', '8080:81']", "-: services.s.ports[1]: host port 8080/tcp is already published by services.s.ports[0]"),
+    ];
+    let mut failures = Vec::new();
+    for (attrs, want) in cases {
+        let indented: String = attrs.lines().map(|l| format!("    {l}\n")).collect();
+        let text = format!(
+            "services:\n  s:\n    image: busybox\n{indented}  other:\n    image: busybox\n\
+             networks: {{back: {{ipam: {{config: [{{subnet: 10.5.0.0/16}}]}}}}}}\n\
+             volumes: {{data: {{}}}}\nsecrets: {{token: {{file: ./t}}}}\n"
+        );
+        match load_text(&text, &[]) {
+            Ok(_) => failures.push(format!("{attrs}: loaded, expected {want:?}")),
+            Err(e) => {
+                let got = errors(&e);
+                if !got.lines().any(|l| l == *want) {
+                    failures.push(format!(
+                        "{attrs}:\n  want: {want}\n  got:  {}",
+                        got.replace('\n', "\n        ")
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
