@@ -58,8 +58,9 @@ pub(crate) fn apply(
             let Some(target) = stack.services.get(dep) else {
                 continue;
             };
+            // Dropped either way: optional, or reported here (and not again as undefined).
+            dropped.push(dep.clone());
             if !how.required {
-                dropped.push(dep.clone());
                 continue;
             }
             diags.error(

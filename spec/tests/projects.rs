@@ -1,0 +1,390 @@
+//! Projects made of several files: overrides, extends, include, profiles, env files,
+//! project names and file discovery. Each test writes its files into a temp directory.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{dir_with, errors, options, warnings};
+
+fn load(
+    dir: &std::path::Path,
+    files: &[&str],
+    env: &[(&str, &str)],
+) -> Result<spec::Project, spec::LoadError> {
+    let mut opts = options(dir, env);
+    opts.files = files.iter().map(PathBuf::from).collect();
+    spec::load(&opts)
+}
+
+#[test]
+fn override_file_is_discovered_and_merged_with_reset_and_override() {
+    let dir = dir_with(&[
+        ("compose.yaml", "services:\n  web:\n    image: web:1\n    ports: ['8080:80']\n    environment: {A: '1', B: '2'}\n    dns: [1.1.1.1]\n"),
+        ("compose.override.yaml", "services:\n  web:\n    image: web:2\n    ports: !override ['9090:80']\n    environment: {B: !reset null, C: '3'}\n    dns: !reset []\n"),
+    ]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let web = &p.stack.services["web"];
+    assert_eq!(web.image.as_deref(), Some("web:2"));
+    assert_eq!(web.ports.len(), 1);
+    assert_eq!(web.ports[0].published.map(|r| r.start), Some(9090));
+    let env: Vec<_> = web.environment.keys().map(String::as_str).collect();
+    assert_eq!(env, ["A", "C"]);
+    assert!(web.dns.is_empty());
+    assert_eq!(p.files.len(), 2);
+}
+
+#[test]
+fn explicit_files_merge_in_order_and_errors_name_their_file() {
+    let dir = dir_with(&[
+        ("base.yaml", "services:\n  api:\n    image: api\n"),
+        (
+            "prod.yaml",
+            "services:\n  api:\n    deploy: {replicas: 3}\n",
+        ),
+        (
+            "broken.yaml",
+            "services:\n  api:\n    deploy: {replicas: -1}\n",
+        ),
+    ]);
+    let p = load(dir.path(), &["base.yaml", "prod.yaml"], &[])
+        .unwrap_or_else(|e| panic!("{}", errors(&e)));
+    assert_eq!(
+        p.stack.services["api"]
+            .deploy
+            .as_ref()
+            .and_then(|d| d.replicas),
+        Some(3)
+    );
+    let e = load(dir.path(), &["base.yaml", "broken.yaml"], &[]).unwrap_err();
+    assert_eq!(
+        errors(&e),
+        "broken.yaml: services.api.deploy.replicas: -1 is out of range (0-4294967295)"
+    );
+}
+
+#[test]
+fn extends_same_file_and_other_file_with_paths_relative_to_the_extended_file() {
+    let dir = dir_with(&[
+        ("compose.yaml", "services:\n  base:\n    image: app\n    environment: [A=1]\n  web:\n    extends: base\n    environment: [B=2]\n  worker:\n    extends: {file: lib/common.yaml, service: job}\n    command: [run]\n"),
+        ("lib/common.yaml", "services:\n  job:\n    image: job\n    env_file: job.env\n    volumes: ['./cache:/cache']\n"),
+        ("lib/job.env", "FROM_FILE=yes\n"),
+    ]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let web = &p.stack.services["web"];
+    assert_eq!(web.image.as_deref(), Some("app"));
+    assert_eq!(web.environment.len(), 2);
+    let worker = &p.stack.services["worker"];
+    assert_eq!(worker.image.as_deref(), Some("job"));
+    assert_eq!(worker.command.as_deref(), Some(&["run".to_string()][..]));
+    assert_eq!(
+        worker.environment.get("FROM_FILE"),
+        Some(&Some("yes".into()))
+    );
+    let lib = dir.path().join("lib");
+    assert_eq!(
+        worker.volumes[0].source.as_deref(),
+        Some(lib.join("cache").to_str().expect("utf8"))
+    );
+}
+
+#[test]
+fn extends_cycles_and_missing_services_are_errors() {
+    let dir = dir_with(&[
+        ("cycle.yaml", "services:\n  a: {image: x, extends: b}\n  b: {image: x, extends: c}\n  c: {image: x, extends: a}\n"),
+        ("missing.yaml", "services:\n  a: {extends: {service: nope}}\n"),
+    ]);
+    let e = load(dir.path(), &["cycle.yaml"], &[]).unwrap_err();
+    assert!(
+        errors(&e).contains("extends cycle: a -> b -> c -> a"),
+        "{}",
+        errors(&e)
+    );
+    let e = load(dir.path(), &["missing.yaml"], &[]).unwrap_err();
+    assert!(
+        errors(&e).contains(
+            "missing.yaml: services.a.extends: service \"nope\" not found in missing.yaml"
+        ),
+        "{}",
+        errors(&e)
+    );
+}
+
+#[test]
+fn include_brings_resources_with_their_own_directory_and_env() {
+    let dir = dir_with(&[
+        ("compose.yaml", "include:\n  - db/compose.yaml\nservices:\n  web:\n    image: web\n    depends_on: [db]\n"),
+        ("db/compose.yaml", "services:\n  db:\n    image: postgres:${PG_VERSION}\n    volumes: ['./data:/var/lib/postgresql/data']\nvolumes:\n  unused: {}\n"),
+        ("db/.env", "PG_VERSION=16\n"),
+    ]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let db = &p.stack.services["db"];
+    assert_eq!(db.image.as_deref(), Some("postgres:16"));
+    let data = dir.path().join("db/data");
+    assert_eq!(db.volumes[0].source.as_deref(), data.to_str());
+    assert!(p.stack.volumes.contains_key("unused"));
+}
+
+#[test]
+fn include_conflicts_cycles_and_missing_files_are_errors() {
+    let dir = dir_with(&[
+        (
+            "conflict.yaml",
+            "include: [sub/compose.yaml]\nservices:\n  db: {image: mine}\n",
+        ),
+        ("sub/compose.yaml", "services:\n  db: {image: theirs}\n"),
+        (
+            "loop.yaml",
+            "include: [loop2.yaml]\nservices: {a: {image: x}}\n",
+        ),
+        (
+            "loop2.yaml",
+            "include: [loop.yaml]\nservices: {b: {image: x}}\n",
+        ),
+        (
+            "missing.yaml",
+            "include: [nope/compose.yaml]\nservices: {a: {image: x}}\n",
+        ),
+    ]);
+    let e = load(dir.path(), &["conflict.yaml"], &[]).unwrap_err();
+    assert!(
+        errors(&e)
+            .contains("services.db is defined both here and in the included sub/compose.yaml"),
+        "{}",
+        errors(&e)
+    );
+    let e = load(dir.path(), &["loop.yaml"], &[]).unwrap_err();
+    assert!(errors(&e).contains("include cycle"), "{}", errors(&e));
+    let e = load(dir.path(), &["missing.yaml"], &[]).unwrap_err();
+    assert!(
+        errors(&e).contains("missing.yaml: include[0]: included file nope/compose.yaml not found"),
+        "{}",
+        errors(&e)
+    );
+}
+
+const PROFILED: &str = "services:
+  web: {image: web, depends_on: {debug: {condition: service_started, required: false}}}
+  debug: {image: busybox, profiles: [debug]}
+  migrate: {image: tool, profiles: [tools, ops]}
+  api: {image: api, profiles: [full], depends_on: [db]}
+  db: {image: db, profiles: [db]}
+";
+
+fn enabled(p: &spec::Project) -> Vec<&str> {
+    p.stack.services.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn profiles_enable_services() {
+    let dir = dir_with(&[("compose.yaml", PROFILED)]);
+    let mut opts = options(dir.path(), &[]);
+    let p = spec::load(&opts).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    assert_eq!(enabled(&p), ["web"]);
+    assert!(
+        p.stack.services["web"].depends_on.is_empty(),
+        "an optional dependency on a disabled service is dropped"
+    );
+    assert_eq!(p.all_profiles, ["db", "debug", "full", "ops", "tools"]);
+
+    opts.profiles = vec!["debug".into()];
+    let p = spec::load(&opts).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    assert_eq!(enabled(&p), ["debug", "web"]);
+
+    opts.profiles.clear();
+    opts.environment
+        .insert("COMPOSE_PROFILES".into(), "tools,db".into());
+    let p = spec::load(&opts).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    assert_eq!(enabled(&p), ["db", "migrate", "web"]);
+
+    // Naming a service enables it and its profiles.
+    let mut opts = options(dir.path(), &[]);
+    opts.services = vec!["db".into()];
+    let p = spec::load(&opts).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    assert_eq!(enabled(&p), ["db", "web"]);
+
+    // A required dependency on a disabled service is an error naming the profile.
+    let mut opts = options(dir.path(), &[]);
+    opts.profiles = vec!["full".into()];
+    let e = spec::load(&opts).unwrap_err();
+    assert_eq!(errors(&e), "compose.yaml: services.api.depends_on.db: service \"db\" is disabled by its profiles (db); enable one with --profile, or mark the dependency required: false");
+
+    opts.profiles = vec!["*".into()];
+    assert_eq!(
+        enabled(&spec::load(&opts).expect("all profiles")),
+        ["api", "db", "debug", "migrate", "web"]
+    );
+
+    let mut opts = options(dir.path(), &[]);
+    opts.services = vec!["dbb".into()];
+    assert!(errors(&spec::load(&opts).unwrap_err())
+        .contains("no such service: dbb; did you mean \"db\"?"));
+}
+
+#[test]
+fn environment_precedence_env_file_and_interpolation_warnings() {
+    let dir = dir_with(&[
+        ("compose.yaml", "services:\n  web:\n    image: \"web:${TAG:-latest}\"\n    environment:\n      FROM_DOTENV: $DOTENV_ONLY\n      UNSET: ${NOT_SET_ANYWHERE}\n"),
+        (".env", "TAG=from-dotenv\nDOTENV_ONLY=dotenv\n"),
+        ("other.env", "TAG=from-other\n"),
+    ]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    assert_eq!(
+        p.stack.services["web"].image.as_deref(),
+        Some("web:from-dotenv")
+    );
+    assert_eq!(
+        p.stack.services["web"].environment["FROM_DOTENV"].as_deref(),
+        Some("dotenv")
+    );
+    assert_eq!(warnings(&p), "compose.yaml: services.web.environment.UNSET: variable NOT_SET_ANYWHERE is not set; using an empty string");
+
+    // The process environment wins over .env.
+    let p = load(dir.path(), &[], &[("TAG", "from-shell")]).expect("loads");
+    assert_eq!(
+        p.stack.services["web"].image.as_deref(),
+        Some("web:from-shell")
+    );
+
+    // --env-file replaces .env.
+    let mut opts = options(dir.path(), &[]);
+    opts.env_files = vec!["other.env".into()];
+    let p = spec::load(&opts).expect("loads");
+    assert_eq!(
+        p.stack.services["web"].image.as_deref(),
+        Some("web:from-other")
+    );
+
+    let missing = dir_with(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: ${IMAGE:?set IMAGE to the image to run}\n",
+    )]);
+    let e = load(missing.path(), &[], &[]).unwrap_err();
+    assert_eq!(errors(&e), "compose.yaml: services.web.image: required variable IMAGE is missing a value: set IMAGE to the image to run");
+}
+
+#[test]
+fn env_file_attribute_is_read_and_environment_wins() {
+    let dir = dir_with(&[
+        ("compose.yaml", "services:\n  web:\n    image: web\n    env_file: [web.env, {path: optional.env, required: false}]\n    environment: {B: from-environment}\n"),
+        ("web.env", "# comment\nA=from-file\nB=from-file\nexport C=\"quoted value\"\n"),
+    ]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let env = &p.stack.services["web"].environment;
+    assert_eq!(env["A"].as_deref(), Some("from-file"));
+    assert_eq!(env["B"].as_deref(), Some("from-environment"));
+    assert_eq!(env["C"].as_deref(), Some("quoted value"));
+
+    let dir = dir_with(&[(
+        "compose.yaml",
+        "services:\n  web: {image: web, env_file: nope.env}\n",
+    )]);
+    let e = load(dir.path(), &[], &[]).unwrap_err();
+    assert!(
+        errors(&e).starts_with("compose.yaml: services.web.env_file: cannot read env file "),
+        "{}",
+        errors(&e)
+    );
+}
+
+#[test]
+fn project_name_precedence_and_normalization() {
+    let dir = dir_with(&[(
+        "My Project/compose.yaml",
+        "services:\n  web: {image: web}\n",
+    )]);
+    let project_dir = dir.path().join("My Project");
+    let name = |opts: &spec::LoadOptions| {
+        spec::load(opts)
+            .map(|p| p.stack.name)
+            .map_err(|e| errors(&e))
+    };
+
+    let mut opts = options(&project_dir, &[]);
+    assert_eq!(
+        name(&opts).as_deref(),
+        Ok("myproject"),
+        "directory name, normalized"
+    );
+    assert_eq!(
+        spec::load(&opts).expect("loads").stack.networks["default"].name,
+        "myproject_default"
+    );
+
+    opts.environment
+        .insert("COMPOSE_PROJECT_NAME".into(), "from-env".into());
+    assert_eq!(name(&opts).as_deref(), Ok("from-env"));
+    opts.project_name = Some("from-flag".into());
+    assert_eq!(name(&opts).as_deref(), Ok("from-flag"));
+    opts.project_name = Some("Bad Name".into());
+    assert_eq!(name(&opts).unwrap_err(), "-p: invalid project name \"Bad Name\": it must contain only lowercase letters, digits, '-' and '_', and start with a letter or digit (for example \"badname\")");
+
+    let dir = dir_with(&[(
+        "compose.yaml",
+        "name: named-in-file\nservices:\n  web: {image: web}\n",
+    )]);
+    assert_eq!(
+        name(&options(dir.path(), &[])).as_deref(),
+        Ok("named-in-file")
+    );
+}
+
+#[test]
+fn discovery_searches_parent_directories_and_compose_file_variable() {
+    let dir = dir_with(&[
+        ("docker-compose.yml", "services:\n  legacy: {image: x}\n"),
+        ("deep/er/placeholder", ""),
+        ("alt/one.yaml", "services:\n  one: {image: x}\n"),
+        ("alt/two.yaml", "services:\n  two: {image: x}\n"),
+    ]);
+    let p = spec::load(&options(&dir.path().join("deep/er"), &[]))
+        .unwrap_or_else(|e| panic!("{}", errors(&e)));
+    assert!(p.stack.services.contains_key("legacy"));
+    assert_eq!(p.project_dir, dir.path());
+
+    let p = spec::load(&options(
+        dir.path(),
+        &[("COMPOSE_FILE", "alt/one.yaml:alt/two.yaml")],
+    ))
+    .expect("loads");
+    assert_eq!(p.stack.services.keys().collect::<Vec<_>>(), ["one", "two"]);
+
+    let empty = tempfile::tempdir().expect("tempdir");
+    let e = spec::load(&options(empty.path(), &[])).unwrap_err();
+    assert!(
+        errors(&e).contains("no Compose file found in"),
+        "{}",
+        errors(&e)
+    );
+}
+
+#[test]
+fn unsupported_attributes_warn_by_name_and_are_kept() {
+    let dir = dir_with(&[("compose.yaml", "version: '3.8'\nservices:\n  web:\n    image: web\n    devices: ['/dev/fuse']\n    security_opt: ['no-new-privileges:true']\n")]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let w = warnings(&p);
+    assert!(
+        w.contains("compose.yaml: version: the attribute is obsolete and ignored"),
+        "{w}"
+    );
+    assert!(
+        w.contains("compose.yaml: services.web.devices: not supported by berth yet"),
+        "{w}"
+    );
+    assert!(
+        w.contains("compose.yaml: services.web.security_opt: not supported by berth yet"),
+        "{w}"
+    );
+    assert!(p.stack.services["web"].unsupported.contains_key("devices"));
+}
+
+#[test]
+fn dependency_cycles_are_reported_once_each() {
+    let dir = dir_with(&[("compose.yaml", "services:\n  a: {image: x, depends_on: [b]}\n  b: {image: x, depends_on: [c]}\n  c: {image: x, depends_on: [a]}\n  d: {image: x, depends_on: [d]}\n")]);
+    let e = load(dir.path(), &[], &[]).unwrap_err();
+    assert_eq!(
+        errors(&e),
+        "compose.yaml: services.d.depends_on.d: a service cannot depend on itself\n\
+         compose.yaml: services.a.depends_on: dependency cycle: a -> b -> c -> a"
+    );
+}
