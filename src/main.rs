@@ -4,13 +4,16 @@
 
 mod cli;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     match cli::run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("berth: {e:#}");
+            cli::write_stderr(&format!("berth: {e:#}\n"));
             ExitCode::FAILURE
         }
     }

@@ -164,20 +164,35 @@ fn merge_maps(base: Value, over: Value, path: &[&str]) -> Value {
 }
 
 /// Removes override tags from a tree that is not merged onto anything: `!reset`
-/// entries disappear, `!override` values stay as they are.
-pub(crate) fn strip_tags(v: Value) -> Option<Value> {
+/// entries disappear, `!override` values stay as they are. `None` if the root was reset.
+pub(crate) fn strip_tags(mut v: Value) -> Option<Value> {
+    if tag_is(&v, "reset") {
+        return None;
+    }
+    strip_tags_in_place(&mut v);
+    Some(v)
+}
+
+/// [`strip_tags`] without rebuilding the tree: a merged project is large, and most of it
+/// carries no tag at all.
+fn strip_tags_in_place(v: &mut Value) {
     match v {
-        Value::Tagged(t) if t.tag == Tag::new("reset") => None,
-        Value::Tagged(t) => strip_tags(t.value),
-        Value::Mapping(m) => Some(Value::Mapping(
-            m.into_iter()
-                .filter_map(|(k, v)| strip_tags(v).map(|v| (k, v)))
-                .collect(),
-        )),
-        Value::Sequence(s) => Some(Value::Sequence(
-            s.into_iter().filter_map(strip_tags).collect(),
-        )),
-        other => Some(other),
+        Value::Tagged(t) => {
+            let inner = std::mem::take(&mut t.value);
+            *v = inner;
+            strip_tags_in_place(v);
+        }
+        Value::Mapping(m) => {
+            m.retain(|_, child| !tag_is(child, "reset"));
+            for (_, child) in m.iter_mut() {
+                strip_tags_in_place(child);
+            }
+        }
+        Value::Sequence(items) => {
+            items.retain(|child| !tag_is(child, "reset"));
+            items.iter_mut().for_each(strip_tags_in_place);
+        }
+        _ => {}
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::decode::project::cidr_contains;
 use crate::diag::Diagnostics;
-use crate::model::{DeployMode, MountType, Stack};
+use crate::model::{DeployMode, MountType, PortMode, Stack};
 
 pub(crate) fn validate(
     stack: &Stack,
@@ -169,28 +169,20 @@ fn port_conflicts<'a>(
 ) {
     let mut seen: Vec<(&str, usize, &crate::model::Port)> = Vec::new();
     for (name, svc) in &stack.services {
-        // Replicas of one service publishing one fixed port conflict with each other too.
-        let replicas = svc
-            .deploy
-            .as_ref()
-            .and_then(|d| d.replicas)
-            .or(svc.scale)
-            .unwrap_or(1);
+        // Replicas of one service sharing a published port is not a conflict: in ingress
+        // mode one port serves them all (Swarm's routing mesh), and in host mode the
+        // scheduler places at most one such replica per node.
         for (i, p) in svc.ports.iter().enumerate() {
             let Some(published) = p.published else {
                 continue;
             };
-            if replicas > 1 && published.len() < replicas {
-                diags.error(
-                    file_of(name),
-                    &format!("services.{name}.ports[{i}]"),
-                    format!("{replicas} replicas cannot all publish host port {published}; publish a range or let the host pick the port"),
-                );
-            }
             for (other, j, q) in &seen {
                 let Some(theirs) = q.published else { continue };
                 let same_ip = p.host_ip.is_none() || q.host_ip.is_none() || p.host_ip == q.host_ip;
-                if same_ip && p.protocol == q.protocol && published.overlaps(&theirs) {
+                // Two host-mode ports may land on different nodes; the scheduler decides.
+                let both_host = p.mode == PortMode::Host && q.mode == PortMode::Host;
+                if same_ip && !both_host && p.protocol == q.protocol && published.overlaps(&theirs)
+                {
                     diags.error(
                         file_of(name),
                         &format!("services.{name}.ports[{i}]"),

@@ -54,7 +54,7 @@ pub fn parse(text: &str) -> Result<Value, String> {
         );
     }
     let mut value = value;
-    apply_merge_keys(&mut value, "")?;
+    apply_merge_keys(&mut value).map_err(|e| e.describe())?;
     Ok(value)
 }
 
@@ -84,24 +84,20 @@ fn describe(e: serde_norway::Error) -> String {
 ///
 /// Children are resolved before their parent, so a mapping merged in has had its own
 /// `<<` applied first; explicit keys win over merged ones, and among several merged
-/// mappings the earlier one wins, as the YAML merge spec says.
-fn apply_merge_keys(v: &mut Value, path: &str) -> Result<(), String> {
+/// mappings the earlier one wins, as the YAML merge spec says. On error, the path of
+/// the offending mapping is put together on the way back up (most trees have none).
+fn apply_merge_keys(v: &mut Value) -> Result<(), MergeKeyError> {
     match v {
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                apply_merge_keys(item, &format!("{path}[{i}]"))?;
+                apply_merge_keys(item).map_err(|e| e.under(&format!("[{i}]")))?;
             }
         }
-        Value::Tagged(t) => apply_merge_keys(&mut t.value, path)?,
+        Value::Tagged(t) => apply_merge_keys(&mut t.value)?,
         Value::Mapping(map) => {
             for (k, child) in map.iter_mut() {
                 let key = k.as_str().unwrap_or("?");
-                let child_path = if path.is_empty() {
-                    key.to_string()
-                } else {
-                    format!("{path}.{key}")
-                };
-                apply_merge_keys(child, &child_path)?;
+                apply_merge_keys(child).map_err(|e| e.under(&format!(".{key}")))?;
             }
             if let Some(merge) = map.remove("<<") {
                 let sources: Vec<Mapping> = match merge {
@@ -110,12 +106,12 @@ fn apply_merge_keys(v: &mut Value, path: &str) -> Result<(), String> {
                         .into_iter()
                         .map(|item| match item {
                             Value::Mapping(m) => Ok(m),
-                            _ => Err(format!("{path}: a << merge list may hold only mappings")),
+                            _ => Err(MergeKeyError::new("a << merge list may hold only mappings")),
                         })
                         .collect::<Result<_, _>>()?,
                     _ => {
-                        return Err(format!(
-                            "{path}: the value of << must be a mapping or a list of mappings"
+                        return Err(MergeKeyError::new(
+                            "the value of << must be a mapping or a list of mappings",
                         ))
                     }
                 };
@@ -131,6 +127,35 @@ fn apply_merge_keys(v: &mut Value, path: &str) -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// A bad `<<`, with the path to it built from the inside out.
+struct MergeKeyError {
+    path: String,
+    message: &'static str,
+}
+
+impl MergeKeyError {
+    fn new(message: &'static str) -> Self {
+        MergeKeyError {
+            path: String::new(),
+            message,
+        }
+    }
+
+    fn under(mut self, segment: &str) -> Self {
+        self.path.insert_str(0, segment);
+        self
+    }
+
+    fn describe(&self) -> String {
+        let path = self.path.trim_start_matches('.');
+        if path.is_empty() {
+            self.message.to_string()
+        } else {
+            format!("{path}: {}", self.message)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use super::{print_diagnostics, ProjectArgs};
+use super::{print_diagnostics, write_stdout, ProjectArgs};
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
@@ -64,16 +64,15 @@ pub fn run(project: &ProjectArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode>
         if args.profiles {
             lines.extend(loaded.all_profiles.iter().map(String::as_str));
         }
-        for l in lines {
-            println!("{l}");
-        }
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        write_stdout(&text)?;
         return Ok(ExitCode::SUCCESS);
     }
     let text = match args.format {
         Format::Yaml => spec::canonical::to_yaml(stack)?,
         Format::Json => spec::canonical::to_json(stack)?,
     };
-    print!("{text}");
+    write_stdout(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -83,10 +83,29 @@ impl ProjectArgs {
 /// Prints a load's diagnostics the way every command does: errors as
 /// `berth: <file>: <path>: <message>`, warnings marked as such.
 pub fn print_diagnostics(warnings: &[spec::Diagnostic], errors: &[spec::Diagnostic]) {
+    let mut text = String::new();
     for w in warnings {
-        eprintln!("berth: warning: {w}");
+        text.push_str(&format!("berth: warning: {w}\n"));
     }
     for e in errors {
-        eprintln!("berth: {e}");
+        text.push_str(&format!("berth: {e}\n"));
     }
+    write_stderr(&text);
+}
+
+/// Writes to standard output. A closed pipe (`berth config | head`) means the reader has
+/// what it wanted: not an error, and certainly not a panic as `print!` would make it.
+pub fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes to standard error; if even that fails there is nobody left to tell.
+pub fn write_stderr(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }

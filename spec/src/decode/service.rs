@@ -505,8 +505,8 @@ fn ulimits(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, Ulimit>> {
             },
         };
         // -1 is "unlimited", which is above every number.
-        let above = |a: i64, b: i64| a == -1 && b != -1 || (b != -1 && a > b);
-        if above(limit.soft, limit.hard) {
+        let rank = |x: i64| if x == -1 { i64::MAX } else { x };
+        if rank(limit.soft) > rank(limit.hard) {
             cx.error(
                 &path,
                 format!(

@@ -46,12 +46,16 @@ impl<'a> Extends<'a> {
                 .collect(),
             _ => return,
         };
-        let snapshot = root.clone();
+        // Resolve everything against the file as written, then write the results back.
+        let mut done = Vec::with_capacity(names.len());
         for name in names {
             let mut chain = Vec::new();
-            let resolved = self.resolve(&snapshot, path, display, &name, &mut chain, diags);
-            if let (Some(v), Some(Value::Mapping(services))) = (resolved, root.get_mut("services"))
-            {
+            if let Some(v) = self.resolve(root, path, display, &name, &mut chain, diags) {
+                done.push((name, v));
+            }
+        }
+        if let Some(Value::Mapping(services)) = root.get_mut("services") {
+            for (name, v) in done {
                 services.insert(Value::from(name), v);
             }
         }
@@ -81,9 +85,7 @@ impl<'a> Extends<'a> {
             );
             return None;
         }
-        let Some(svc) = root.get("services").and_then(|s| s.get(name)).cloned() else {
-            return None;
-        };
+        let svc = root.get("services").and_then(|s| s.get(name)).cloned()?;
         let Some(ext) = svc.get("extends").cloned() else {
             self.resolved.insert(key, Some(svc.clone()));
             return Some(svc);
@@ -129,11 +131,11 @@ impl<'a> Extends<'a> {
         let base = match base_file {
             None => {
                 let base = self.resolve(root, path, display, &base_name, chain, diags);
-                if base.is_none()
-                    && !root
-                        .get("services")
-                        .is_some_and(|s| s.get(&base_name).is_some())
-                {
+                let defined = root
+                    .get("services")
+                    .and_then(|s| s.get(&base_name))
+                    .is_some();
+                if base.is_none() && !defined {
                     diags.error(
                         display,
                         &ext_path,

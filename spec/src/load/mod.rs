@@ -196,25 +196,28 @@ pub(crate) fn load_tree(
         include::apply(&mut value, &f.display, project_dir, cx, diags);
         ext.apply(&mut value, &f.path, &f.display, diags);
 
-        // Decode this file alone, keeping only its errors: they name this file. The
-        // warnings come once, from decoding the merged project.
-        let mut own = Diagnostics::default();
-        let lookup = |name: &str| env.get(name).cloned();
-        if let Some(alone) = strip_tags(value.clone()) {
+        if let Some(Value::Mapping(services)) = value.get("services") {
+            for name in services.keys().filter_map(Value::as_str) {
+                origin
+                    .entry(name.to_string())
+                    .or_insert_with(|| f.display.clone());
+            }
+        }
+        // When several files (or an included project) make the tree, decode each file
+        // alone first, keeping only its errors: they then name the file they are in.
+        // The warnings come once, from decoding the merged project. A lone top-level
+        // file is decoded once, as the merged project.
+        if files.len() > 1 || cx.include_chain.len() > 1 {
+            let mut own = Diagnostics::default();
+            let lookup = |name: &str| env.get(name).cloned();
             let mut cxd = Cx {
                 file: &f.display,
                 diags: &mut own,
                 env: &lookup,
             };
-            if let Some(d) = decode_project(&mut cxd, &alone) {
-                for name in d.stack.services.keys() {
-                    origin
-                        .entry(name.clone())
-                        .or_insert_with(|| f.display.clone());
-                }
-            }
+            decode_project(&mut cxd, &value);
+            diags.extend(own.errors_only());
         }
-        diags.extend(own.errors_only());
 
         merged = Some(match merged {
             None => value,

@@ -7,7 +7,7 @@ use serde_norway::Value;
 
 use super::files::absolute;
 use crate::diag::{index, join, Diagnostics};
-use crate::interpolate::{interpolate, InterpolateError};
+use crate::interpolate::interpolate;
 
 /// Reads and parses `path`, interpolates it with `env`, and resolves its relative paths
 /// against `base_dir`. `None` when the file cannot be used at all (already reported).
@@ -65,16 +65,35 @@ pub(crate) fn prepare(
         }
     }
     let mut unset = BTreeSet::new();
-    interpolate_tree(&mut value, "", display, env, diags, &mut unset);
+    interpolate_tree(&mut value, At::Root, display, env, diags, &mut unset);
     resolve_paths(&mut value, base_dir, env.get("HOME").map(String::as_str));
     Some(value)
+}
+
+/// Where a value sits in the file, as a chain of parents on the stack: most values need
+/// no path at all, so it is rendered only when there is something to report.
+#[derive(Clone, Copy)]
+enum At<'p> {
+    Root,
+    Key(&'p At<'p>, &'p str),
+    Index(&'p At<'p>, usize),
+}
+
+impl At<'_> {
+    fn render(&self) -> String {
+        match self {
+            At::Root => String::new(),
+            At::Key(parent, key) => join(&parent.render(), key),
+            At::Index(parent, i) => index(&parent.render(), *i),
+        }
+    }
 }
 
 /// Interpolates every string value (never keys) in place. Unset variables are warned
 /// about once per file, as Compose does.
 fn interpolate_tree(
     v: &mut Value,
-    path: &str,
+    at: At,
     file: &str,
     env: &BTreeMap<String, String>,
     diags: &mut Diagnostics,
@@ -92,34 +111,28 @@ fn interpolate_tree(
                         if unset.insert(name.clone()) {
                             diags.warn(
                                 file,
-                                path,
+                                &at.render(),
                                 format!("variable {name} is not set; using an empty string"),
                             );
                         }
                     }
                     *s = done.value;
                 }
-                Err(e @ InterpolateError::Required { .. }) => {
-                    diags.error(file, path, e.to_string())
-                }
-                Err(e) => diags.error(file, path, e.to_string()),
+                Err(e) => diags.error(file, &at.render(), e.to_string()),
             }
         }
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                interpolate_tree(item, &index(path, i), file, env, diags, unset);
+                interpolate_tree(item, At::Index(&at, i), file, env, diags, unset);
             }
         }
         Value::Mapping(m) => {
             for (k, item) in m.iter_mut() {
-                let key = k
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("{k:?}"));
-                interpolate_tree(item, &join(path, &key), file, env, diags, unset);
+                let key = k.as_str().unwrap_or("?");
+                interpolate_tree(item, At::Key(&at, key), file, env, diags, unset);
             }
         }
-        Value::Tagged(t) => interpolate_tree(&mut t.value, path, file, env, diags, unset),
+        Value::Tagged(t) => interpolate_tree(&mut t.value, at, file, env, diags, unset),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
