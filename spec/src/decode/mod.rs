@@ -15,8 +15,6 @@ pub(crate) mod project;
 mod service;
 
 pub(crate) use project::decode_project;
-#[cfg(test)]
-pub(crate) use service::decode_service;
 
 use serde_norway::Value;
 
