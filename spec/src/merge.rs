@@ -31,6 +31,8 @@ enum Rule {
     UniqueList,
     Logging,
     Build,
+    /// `ipam.config` pools, merged by subnet.
+    IpamPools,
     ExtraHosts,
 }
 
@@ -67,6 +69,8 @@ fn rule(path: &[&str]) -> Rule {
             _ => Rule::Default,
         },
         ["services", _, "healthcheck", "test"] => Rule::Replace,
+        ["services", _, "networks", _, "aliases"] => Rule::UniqueList,
+        ["networks", _, "ipam", "config"] => Rule::IpamPools,
         ["services", _, "build", "args" | "labels"] => Rule::KeyValue,
         ["services", _, "deploy", "labels"] => Rule::KeyValue,
         ["networks" | "volumes" | "secrets" | "configs", _, "labels" | "driver_opts"] => {
@@ -85,6 +89,10 @@ fn tag_is(v: &Value, name: &str) -> bool {
 pub(crate) fn merge(base: Value, over: Value, path: &[&str]) -> Option<Value> {
     if tag_is(&over, "reset") {
         return None;
+    }
+    // `key:` left empty in an override changes nothing (compose-go keeps the base).
+    if over.is_null() {
+        return strip_tags(base);
     }
     if let Value::Tagged(t) = over {
         if t.tag == Tag::new("override") {
@@ -125,6 +133,7 @@ pub(crate) fn merge(base: Value, over: Value, path: &[&str]) -> Option<Value> {
             }
         }
         Rule::Build => merge_default(build_map(base), build_map(over), path),
+        Rule::IpamPools => merge_by_key(base, over, |v| v.get("subnet").and_then(scalar_text)),
         Rule::Default => merge_default(base, over, path),
     };
     strip_tags(merged)
@@ -429,6 +438,18 @@ mod tests {
              "services: {a: {ports: ['8443:443']}}"),
             ("extension fields are replaced",
              "x-common: {a: 1}", "x-common: {b: 2}", "x-common: {b: 2}"),
+            ("an empty override keeps the base",
+             "services: {a: {networks: {front: {aliases: [www]}}, user: u}}",
+             "services: {a: {networks: [front], user: }}",
+             "services: {a: {networks: {front: {aliases: [www]}}, user: u}}"),
+            ("aliases do not repeat",
+             "services: {a: {networks: {front: {aliases: [a1]}}}}",
+             "services: {a: {networks: {front: {aliases: [a1, a2]}}}}",
+             "services: {a: {networks: {front: {aliases: [a1, a2]}}}}"),
+            ("ipam pools merge by subnet",
+             "networks: {n: {ipam: {config: [{subnet: 10.5.0.0/16, gateway: 10.5.0.1}]}}}",
+             "networks: {n: {ipam: {config: [{subnet: 10.5.0.0/16, gateway: 10.5.0.254}, {subnet: 10.6.0.0/16}]}}}",
+             "networks: {n: {ipam: {config: [{subnet: 10.5.0.0/16, gateway: 10.5.0.254}, {subnet: 10.6.0.0/16}]}}}"),
             ("a new service is added whole",
              "services: {a: {image: x}}", "services: {b: {image: y}}",
              "services: {a: {image: x}, b: {image: y}}"),

@@ -186,6 +186,9 @@ pub struct EnvFile {
     pub path: String,
     #[serde(default = "yes")]
     pub required: bool,
+    /// `raw`: `KEY=VALUE` lines taken literally, without quotes or interpolation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
 }
 
 fn yes() -> bool {
@@ -707,6 +710,9 @@ pub struct Network {
     pub ipam: Option<Ipam>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `x-*` fields, kept for tools that read them.
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, Raw>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -746,6 +752,9 @@ pub struct Volume {
     pub external: bool,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `x-*` fields, kept for tools that read them.
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, Raw>,
 }
 
 /// A top-level secret or config: exactly one source among `file`, `environment`,
@@ -765,6 +774,9 @@ pub struct FileObject {
     pub external: bool,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `x-*` fields, kept for tools that read them.
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, Raw>,
 }
 
 /// Durations are written in Go's notation (`1m30s`), which is what Compose files use.

@@ -6,16 +6,17 @@
 //! disabled service is an error that says which profile would enable it; a dependency
 //! marked `required: false` is dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::diag::Diagnostics;
+use crate::load::Origin;
 use crate::model::Stack;
 
 pub(crate) fn apply(
     stack: &mut Stack,
     active: &BTreeSet<String>,
     named: &[String],
-    origin: &BTreeMap<String, String>,
+    origin: &Origin,
     main_file: &str,
     diags: &mut Diagnostics,
 ) {
@@ -46,7 +47,6 @@ pub(crate) fn apply(
         .collect();
 
     for name in &enabled {
-        let file = origin.get(name).map(String::as_str).unwrap_or(main_file);
         let Some(svc) = stack.services.get(name) else {
             continue;
         };
@@ -64,7 +64,7 @@ pub(crate) fn apply(
                 continue;
             }
             diags.error(
-                file,
+                origin.file(name, "depends_on").unwrap_or(main_file),
                 &format!("services.{name}.depends_on.{dep}"),
                 format!(
                     "service {dep:?} is disabled by its profiles ({}); enable one with --profile, \

@@ -7,23 +7,20 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::decode::project::cidr_contains;
 use crate::diag::Diagnostics;
+use crate::load::Origin;
 use crate::model::{DeployMode, MountType, PortMode, Stack};
 
-pub(crate) fn validate(
-    stack: &Stack,
-    origin: &BTreeMap<String, String>,
-    main_file: &str,
-    diags: &mut Diagnostics,
-) {
-    let file_of = |svc: &str| origin.get(svc).map(String::as_str).unwrap_or(main_file);
+pub(crate) fn validate(stack: &Stack, origin: &Origin, main_file: &str, diags: &mut Diagnostics) {
+    let file_of = |svc: &str, attr: &str| origin.file(svc, attr).unwrap_or(main_file);
     let mut container_names: BTreeMap<&str, &str> = BTreeMap::new();
 
     for (name, svc) in &stack.services {
-        let file = file_of(name);
+        // Blame the file that last wrote the attribute in question.
+        let file = |attr: &str| file_of(name, attr);
         let at = |attr: &str| format!("services.{name}.{attr}");
         if svc.image.is_none() && svc.build.is_none() {
             diags.error(
-                file,
+                file("image"),
                 &format!("services.{name}"),
                 "a service needs an image (or a build section)",
             );
@@ -31,7 +28,7 @@ pub(crate) fn validate(
         for net in svc.networks.keys() {
             if !stack.networks.contains_key(net) {
                 diags.error(
-                    file,
+                    file(&format!("networks.{net}")),
                     &at(&format!("networks.{net}")),
                     undefined("network", net, stack.networks.keys()),
                 );
@@ -41,7 +38,7 @@ pub(crate) fn validate(
             if let (MountType::Volume, Some(src)) = (m.kind, &m.source) {
                 if !stack.volumes.contains_key(src) {
                     diags.error(
-                        file,
+                        file(&format!("volumes[{i}]")),
                         &at(&format!("volumes[{i}]")),
                         undefined("volume", src, stack.volumes.keys()),
                     );
@@ -51,7 +48,7 @@ pub(crate) fn validate(
         for (i, s) in svc.secrets.iter().enumerate() {
             if !stack.secrets.contains_key(&s.source) {
                 diags.error(
-                    file,
+                    file(&format!("secrets[{i}]")),
                     &at(&format!("secrets[{i}]")),
                     undefined("secret", &s.source, stack.secrets.keys()),
                 );
@@ -60,7 +57,7 @@ pub(crate) fn validate(
         for (i, c) in svc.configs.iter().enumerate() {
             if !stack.configs.contains_key(&c.source) {
                 diags.error(
-                    file,
+                    file(&format!("configs[{i}]")),
                     &at(&format!("configs[{i}]")),
                     undefined("config", &c.source, stack.configs.keys()),
                 );
@@ -69,7 +66,7 @@ pub(crate) fn validate(
         for dep in svc.depends_on.keys() {
             if !stack.services.contains_key(dep) && dep != name {
                 diags.error(
-                    file,
+                    file(&format!("depends_on.{dep}")),
                     &at(&format!("depends_on.{dep}")),
                     undefined("service", dep, stack.services.keys()),
                 );
@@ -77,7 +74,7 @@ pub(crate) fn validate(
         }
         if svc.depends_on.contains_key(name) {
             diags.error(
-                file,
+                file(&format!("depends_on.{name}")),
                 &at(&format!("depends_on.{name}")),
                 "a service cannot depend on itself",
             );
@@ -87,7 +84,7 @@ pub(crate) fn validate(
         if let (Some(scale), Some(replicas)) = (svc.scale, replicas) {
             if scale != replicas {
                 diags.error(
-                    file,
+                    file("scale"),
                     &at("scale"),
                     format!(
                         "scale ({scale}) and deploy.replicas ({replicas}) disagree; set only one"
@@ -98,20 +95,20 @@ pub(crate) fn validate(
         if let Some(d) = &svc.deploy {
             if matches!(d.mode, DeployMode::Global | DeployMode::GlobalJob) && d.replicas.is_some()
             {
-                diags.error(file, &at("deploy.replicas"), "a global service runs one task per node; remove replicas or use mode: replicated");
+                diags.error(file("deploy"), &at("deploy.replicas"), "a global service runs one task per node; remove replicas or use mode: replicated");
             }
         }
         if let Some(cn) = &svc.container_name {
             if replicas.or(svc.scale).unwrap_or(1) > 1 {
                 diags.error(
-                    file,
+                    file("container_name"),
                     &at("container_name"),
                     "a service with several replicas cannot have a fixed container_name",
                 );
             }
             if let Some(other) = container_names.insert(cn, name) {
                 diags.error(
-                    file,
+                    file("container_name"),
                     &at("container_name"),
                     format!("container name {cn:?} is already used by service {other:?}"),
                 );
@@ -132,13 +129,13 @@ pub(crate) fn validate(
                 .collect();
             if subnets.is_empty() {
                 diags.error(
-                    file,
+                    file(&format!("networks.{net}.ipv4_address")),
                     &at(&format!("networks.{net}.ipv4_address")),
                     format!("network {net:?} has no ipam subnet; a fixed address needs one"),
                 );
             } else if !subnets.iter().any(|s| cidr_contains(s, addr)) {
                 diags.error(
-                    file,
+                    file(&format!("networks.{net}.ipv4_address")),
                     &at(&format!("networks.{net}.ipv4_address")),
                     format!(
                         "{addr} is not inside the subnet of network {net:?} ({})",
@@ -164,7 +161,7 @@ fn undefined<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>
 /// Two services cannot publish the same host port: the second `up` would fail halfway.
 fn port_conflicts<'a>(
     stack: &'a Stack,
-    file_of: &dyn Fn(&str) -> &'a str,
+    file_of: &dyn Fn(&str, &str) -> &'a str,
     diags: &mut Diagnostics,
 ) {
     let mut seen: Vec<(&str, usize, &crate::model::Port)> = Vec::new();
@@ -184,7 +181,7 @@ fn port_conflicts<'a>(
                 if same_ip && !both_host && p.protocol == q.protocol && published.overlaps(&theirs)
                 {
                     diags.error(
-                        file_of(name),
+                        file_of(name, "ports"),
                         &format!("services.{name}.ports[{i}]"),
                         format!("host port {published}/{} is already published by services.{other}.ports[{j}]", p.protocol),
                     );
@@ -196,7 +193,7 @@ fn port_conflicts<'a>(
 }
 
 /// Reports each dependency cycle once, as the chain of services that forms it.
-fn cycles<'a>(stack: &'a Stack, file_of: &dyn Fn(&str) -> &'a str, diags: &mut Diagnostics) {
+fn cycles<'a>(stack: &'a Stack, file_of: &dyn Fn(&str, &str) -> &'a str, diags: &mut Diagnostics) {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Visiting,
@@ -250,7 +247,7 @@ fn cycles<'a>(stack: &'a Stack, file_of: &dyn Fn(&str) -> &'a str, diags: &mut D
         let mut chain = cycle.clone();
         chain.push(first);
         diags.error(
-            file_of(first),
+            file_of(first, "depends_on"),
             &format!("services.{first}.depends_on"),
             format!("dependency cycle: {}", chain.join(" -> ")),
         );

@@ -388,3 +388,195 @@ fn dependency_cycles_are_reported_once_each() {
          compose.yaml: services.a.depends_on: dependency cycle: a -> b -> c -> a"
     );
 }
+
+/// Regression tests for behaviour a review found different from Compose.
+mod compose_parity {
+    use super::*;
+
+    #[test]
+    fn compose_project_name_is_set_for_interpolation() {
+        let dir = dir_with(&[(
+            "app/compose.yaml",
+            "services:\n  web: {image: x, container_name: \"${COMPOSE_PROJECT_NAME}-web\"}\n",
+        )]);
+        let app = dir.path().join("app");
+        let p = spec::load(&options(&app, &[])).unwrap_or_else(|e| panic!("{}", errors(&e)));
+        assert_eq!(
+            p.stack.services["web"].container_name.as_deref(),
+            Some("app-web")
+        );
+        let mut opts = options(&app, &[]);
+        opts.project_name = Some("foo".into());
+        let p = spec::load(&opts).expect("loads");
+        assert_eq!(
+            p.stack.services["web"].container_name.as_deref(),
+            Some("foo-web")
+        );
+    }
+
+    #[test]
+    fn name_attribute_is_normalized_not_rejected() {
+        let dir = dir_with(&[(
+            "compose.yaml",
+            "name: MyProj\nservices:\n  web: {image: x}\n",
+        )]);
+        assert_eq!(
+            load(dir.path(), &[], &[]).expect("loads").stack.name,
+            "myproj"
+        );
+    }
+
+    #[test]
+    fn included_projects_see_the_parents_variables_and_the_parent_wins() {
+        let dir = dir_with(&[
+            (
+                "compose.yaml",
+                "include: [sub/compose.yaml]\nservices:\n  web: {image: web}\n",
+            ),
+            (".env", "TAG=from-parent\n"),
+            (
+                "sub/compose.yaml",
+                "services:\n  db: {image: \"db:${TAG}\", labels: [\"own=${OWN}\"]}\n",
+            ),
+            ("sub/.env", "TAG=from-include\nOWN=include-default\n"),
+        ]);
+        let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+        assert_eq!(
+            p.stack.services["db"].image.as_deref(),
+            Some("db:from-parent")
+        );
+        assert_eq!(p.stack.services["db"].labels["own"], "include-default");
+    }
+
+    #[test]
+    fn identical_resources_from_includes_are_one_resource() {
+        let dir = dir_with(&[
+            ("compose.yaml", "include: [a/compose.yaml, b/compose.yaml]\nservices:\n  web: {image: web, networks: [proxy]}\nnetworks:\n  proxy: {external: true}\n"),
+            ("a/compose.yaml", "services:\n  a: {image: a, networks: [proxy]}\nnetworks:\n  proxy: {external: true}\n"),
+            ("b/compose.yaml", "services:\n  b: {image: b, networks: [proxy]}\nnetworks:\n  proxy: {external: true}\n"),
+        ]);
+        let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+        assert_eq!(p.stack.services.len(), 3);
+        assert_eq!(p.stack.networks["proxy"].name, "proxy");
+    }
+
+    #[test]
+    fn override_files_may_hold_partial_objects() {
+        let dir = dir_with(&[
+            ("a.yaml", "services:\n  web: {image: x, secrets: [s1], ulimits: {nofile: {soft: 10, hard: 20}}}\nsecrets:\n  s1: {file: ./s.txt}\n"),
+            ("b.yaml", "services:\n  web: {ulimits: {nofile: {soft: 15}}}\nsecrets:\n  s1: {name: custom_s1}\n"),
+        ]);
+        let p = load(dir.path(), &["a.yaml", "b.yaml"], &[])
+            .unwrap_or_else(|e| panic!("{}", errors(&e)));
+        assert_eq!(p.stack.secrets["s1"].name, "custom_s1");
+        assert!(p.stack.secrets["s1"]
+            .file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("/s.txt")));
+        let nofile = &p.stack.services["web"].ulimits["nofile"];
+        assert_eq!((nofile.soft, nofile.hard), (15, 20));
+    }
+
+    #[test]
+    fn problems_name_the_file_that_holds_them() {
+        let dir = dir_with(&[
+            ("a.yaml", "services:\n  web: {image: x}\n"),
+            (
+                "b.yaml",
+                "services:\n  web: {depends_on: [nope], devices: [/dev/fuse]}\n",
+            ),
+            (
+                "inc.yaml",
+                "include: [sub/compose.yaml]\nservices:\n  top: {image: x}\n",
+            ),
+            (
+                "sub/compose.yaml",
+                "services:\n  inner: {image: x, networks: [missing]}\n",
+            ),
+            (
+                "ext.yaml",
+                "services:\n  web: {extends: {file: common/base.yaml, service: base}}\n",
+            ),
+            (
+                "common/base.yaml",
+                "services:\n  base: {image: x, restrat: always}\n",
+            ),
+        ]);
+        let e = load(dir.path(), &["a.yaml", "b.yaml"], &[]).unwrap_err();
+        assert!(
+            errors(&e).starts_with("b.yaml: services.web.depends_on.nope: "),
+            "{}",
+            errors(&e)
+        );
+        let dir_ok = dir_with(&[
+            ("a.yaml", "services:\n  web: {image: x}\n"),
+            ("b.yaml", "services:\n  web: {devices: [/dev/fuse]}\n"),
+        ]);
+        let p = load(dir_ok.path(), &["a.yaml", "b.yaml"], &[]).expect("loads");
+        assert!(
+            warnings(&p).starts_with("b.yaml: services.web.devices: not supported"),
+            "{}",
+            warnings(&p)
+        );
+        let e = load(dir.path(), &["inc.yaml"], &[]).unwrap_err();
+        assert!(
+            errors(&e).starts_with("sub/compose.yaml: services.inner.networks.missing: "),
+            "{}",
+            errors(&e)
+        );
+        let e = load(dir.path(), &["ext.yaml"], &[]).unwrap_err();
+        assert!(
+            errors(&e).starts_with("common/base.yaml: services.base.restrat: unknown attribute"),
+            "{}",
+            errors(&e)
+        );
+    }
+
+    #[test]
+    fn profile_flag_replaces_compose_profiles() {
+        let dir = dir_with(&[
+            ("compose.yaml", "services:\n  web: {image: x}\n  tool: {image: x, profiles: [tools]}\n  data: {image: x, profiles: [data]}\n"),
+            (".env", "COMPOSE_PROFILES=data\n"),
+        ]);
+        let mut opts = options(dir.path(), &[]);
+        assert_eq!(enabled(&spec::load(&opts).expect("loads")), ["data", "web"]);
+        opts.profiles = vec!["tools".into()];
+        assert_eq!(enabled(&spec::load(&opts).expect("loads")), ["tool", "web"]);
+    }
+
+    #[test]
+    fn local_bind_volume_device_is_made_absolute() {
+        let dir = dir_with(&[("compose.yaml", "services:\n  web: {image: x, volumes: ['data:/data']}\nvolumes:\n  data:\n    driver: local\n    driver_opts: {type: none, o: bind, device: ./data}\n")]);
+        let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+        let device = &p.stack.volumes["data"].driver_opts["device"];
+        assert_eq!(std::path::Path::new(device), dir.path().join("data"));
+    }
+
+    #[test]
+    fn raw_env_files_are_taken_literally() {
+        let dir = dir_with(&[
+            (
+                "compose.yaml",
+                "services:\n  web: {image: x, env_file: [{path: raw.env, format: raw}]}\n",
+            ),
+            ("raw.env", "PASS=\"a$b\"\nX=${HOME}\n"),
+        ]);
+        let p = load(dir.path(), &[], &[("HOME", "/root")])
+            .unwrap_or_else(|e| panic!("{}", errors(&e)));
+        let env = &p.stack.services["web"].environment;
+        assert_eq!(env["PASS"].as_deref(), Some("\"a$b\""));
+        assert_eq!(env["X"].as_deref(), Some("${HOME}"));
+        assert_eq!(
+            p.stack.services["web"].env_file[0].format.as_deref(),
+            Some("raw")
+        );
+    }
+
+    #[test]
+    fn extension_fields_are_kept_or_named() {
+        let dir = dir_with(&[("compose.yaml", "services:\n  web: {image: x, deploy: {x-note: hi}}\nnetworks:\n  n: {x-owner: team-a}\n")]);
+        let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+        assert!(p.stack.networks["n"].extensions.contains_key("x-owner"));
+        assert!(warnings(&p).contains("compose.yaml: services.web.deploy.x-note: extension fields are kept at the top level"), "{}", warnings(&p));
+    }
+}

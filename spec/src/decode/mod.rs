@@ -26,6 +26,10 @@ pub(crate) struct Cx<'a> {
     pub diags: &'a mut Diagnostics,
     /// Looks up a variable in the project environment (for `environment: [FOO]`).
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Decoding one file of several: objects may be partial (an override file can
+    /// change only a secret's name), so checks that an object is complete are left to
+    /// the merged project.
+    pub fragment: bool,
 }
 
 /// A value and its path in the file.
@@ -361,6 +365,18 @@ impl<'v> MapReader<'v> {
             }
         }
         out
+    }
+
+    /// Reads and drops `x-*` keys where the model has no place for them, saying so:
+    /// nothing a user wrote disappears without a word.
+    pub fn ignore_extensions(&mut self, cx: &mut Cx) {
+        for (k, _) in self.extensions() {
+            cx.warn(
+                &join(&self.path, &k),
+                "extension fields are kept at the top level and on services, networks, \
+                 volumes, secrets and configs; this one is ignored",
+            );
+        }
     }
 
     /// Reports every unread key as unknown, suggesting the closest known key.

@@ -9,19 +9,14 @@ use super::{Cx, MapReader, Node};
 use crate::diag::join;
 use crate::model::*;
 
-/// What a file (or the merged files) says at the top level. The project name is decided
-/// by the loader (flags, environment, `name:`, directory), so it is returned separately.
-pub(crate) struct Decoded {
-    pub name: Option<String>,
-    pub stack: Stack,
-}
-
-pub(crate) fn decode_project(cx: &mut Cx, root: &Value) -> Option<Decoded> {
+/// Decodes a whole file (or the merged files). `name:` is only checked here: the loader
+/// reads the project name before interpolation.
+pub(crate) fn decode_project(cx: &mut Cx, root: &Value) -> Option<Stack> {
     let mut m = cx.map(Node {
         value: root,
         path: "",
     })?;
-    let name = m.get(cx, "name", |cx, n| cx.string(n));
+    m.get(cx, "name", |cx, n| cx.string(n));
     if m.has("version") {
         m.take("version");
         cx.warn(
@@ -45,7 +40,7 @@ pub(crate) fn decode_project(cx: &mut Cx, root: &Value) -> Option<Decoded> {
         stack.extensions.insert(k, v);
     }
     m.finish(cx);
-    Some(Decoded { name, stack })
+    Some(stack)
 }
 
 /// A mapping of name -> object (`services:`, `networks:` ...), each decoded by `f`.
@@ -62,7 +57,7 @@ fn named<T>(
     let Some(mut entries) = cx.map(Node { value, path: &path }) else {
         return out;
     };
-    entries.extensions();
+    entries.ignore_extensions(cx);
     for (name, value) in entries.drain() {
         let item_path = join(&path, &name);
         if let Err(e) = resource_name(&name) {
@@ -124,7 +119,7 @@ fn external(cx: &mut Cx, n: Node) -> Option<(bool, Option<String>)> {
 fn network(cx: &mut Cx, n: Node) -> Option<Network> {
     let mut m = cx.map(n)?;
     let (external_, legacy_name) = m.get(cx, "external", external).unwrap_or((false, None));
-    let net = Network {
+    let mut net = Network {
         name: m
             .get(cx, "name", |cx, n| cx.string(n))
             .or(legacy_name)
@@ -143,6 +138,7 @@ fn network(cx: &mut Cx, n: Node) -> Option<Network> {
         labels: m
             .get(cx, "labels", |cx, n| Some(string_map(cx, n)))
             .unwrap_or_default(),
+        extensions: BTreeMap::new(),
     };
     if m.has("enable_ipv4") {
         m.take("enable_ipv4");
@@ -159,7 +155,7 @@ fn network(cx: &mut Cx, n: Node) -> Option<Network> {
             );
         }
     }
-    m.extensions();
+    net.extensions.extend(m.extensions());
     m.finish(cx);
     Some(net)
 }
@@ -248,7 +244,7 @@ pub(crate) fn cidr_contains(subnet: &str, addr: &str) -> bool {
 fn volume(cx: &mut Cx, n: Node) -> Option<Volume> {
     let mut m = cx.map(n)?;
     let (external_, legacy_name) = m.get(cx, "external", external).unwrap_or((false, None));
-    let v = Volume {
+    let mut v = Volume {
         name: m
             .get(cx, "name", |cx, n| cx.string(n))
             .or(legacy_name)
@@ -261,6 +257,7 @@ fn volume(cx: &mut Cx, n: Node) -> Option<Volume> {
         labels: m
             .get(cx, "labels", |cx, n| Some(string_map(cx, n)))
             .unwrap_or_default(),
+        extensions: BTreeMap::new(),
     };
     if let Some(driver) = &v.driver {
         if driver != "local" {
@@ -272,7 +269,7 @@ fn volume(cx: &mut Cx, n: Node) -> Option<Volume> {
             );
         }
     }
-    m.extensions();
+    v.extensions.extend(m.extensions());
     m.finish(cx);
     Some(v)
 }
@@ -281,7 +278,7 @@ fn volume(cx: &mut Cx, n: Node) -> Option<Volume> {
 fn file_object(cx: &mut Cx, n: Node, secret: bool) -> Option<FileObject> {
     let mut m = cx.map(n)?;
     let (external_, legacy_name) = m.get(cx, "external", external).unwrap_or((false, None));
-    let o = FileObject {
+    let mut o = FileObject {
         name: m
             .get(cx, "name", |cx, n| cx.string(n))
             .or(legacy_name)
@@ -297,6 +294,7 @@ fn file_object(cx: &mut Cx, n: Node, secret: bool) -> Option<FileObject> {
         labels: m
             .get(cx, "labels", |cx, n| Some(string_map(cx, n)))
             .unwrap_or_default(),
+        extensions: BTreeMap::new(),
     };
     for key in ["driver", "driver_opts", "template_driver"] {
         if m.has(key) {
@@ -304,7 +302,7 @@ fn file_object(cx: &mut Cx, n: Node, secret: bool) -> Option<FileObject> {
             cx.warn(&m.path_of(key), "not supported by berth yet; ignored");
         }
     }
-    m.extensions();
+    o.extensions.extend(m.extensions());
     let what = if secret { "secret" } else { "config" };
     let sources = [
         o.file.is_some(),
@@ -314,6 +312,7 @@ fn file_object(cx: &mut Cx, n: Node, secret: bool) -> Option<FileObject> {
     ];
     match sources.iter().filter(|s| **s).count() {
         1 => {}
+        0 if cx.fragment => {}
         0 if !m.has("content") => {
             let choices = if secret {
                 "file, environment or external"

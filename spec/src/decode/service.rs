@@ -492,6 +492,9 @@ fn ulimits(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, Ulimit>> {
                 let hard = lm.get(cx, "hard", |cx, n| cx.int_in(n, -1, i64::MAX));
                 lm.finish(cx);
                 match (soft, hard) {
+                    // An override file may change one side of a limit.
+                    (Some(soft), None) if cx.fragment => Ulimit { soft, hard: soft },
+                    (None, Some(hard)) if cx.fragment => Ulimit { soft: hard, hard },
                     (Some(soft), Some(hard)) => Ulimit { soft, hard },
                     _ => {
                         cx.error(&path, "a ulimit mapping needs both soft and hard");
@@ -644,7 +647,7 @@ fn port_long(cx: &mut Cx, n: Node) -> Option<Port> {
     });
     let name = m.get(cx, "name", |cx, n| cx.string(n));
     let app_protocol = m.get(cx, "app_protocol", |cx, n| cx.string(n));
-    m.extensions();
+    m.ignore_extensions(cx);
     m.finish(cx);
     let Some(target) = target else {
         if !m_has_error_for_target(cx, n) {
@@ -790,7 +793,7 @@ fn mount_long(cx: &mut Cx, n: Node) -> Option<Mount> {
         Some(opts)
     });
     m.get(cx, "consistency", |cx, n| cx.string(n));
-    m.extensions();
+    m.ignore_extensions(cx);
     m.finish(cx);
 
     let (Some(kind), Some(target)) = (kind, target) else {
@@ -875,7 +878,7 @@ fn networks(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, ServiceNetwork>> {
                         cx.warn(&join(&path, key), "not supported by berth yet; ignored");
                     }
                 }
-                nm.extensions();
+                nm.ignore_extensions(cx);
                 nm.finish(cx);
                 out.insert(name, net);
             }
@@ -942,7 +945,7 @@ fn depends_on(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, Dependency>> {
                     restart: dm.get(cx, "restart", |cx, n| cx.bool(n)).unwrap_or(false),
                     required: dm.get(cx, "required", |cx, n| cx.bool(n)).unwrap_or(true),
                 };
-                dm.extensions();
+                dm.ignore_extensions(cx);
                 dm.finish(cx);
                 out.insert(name, dep);
             }
@@ -988,7 +991,7 @@ fn healthcheck(cx: &mut Cx, n: Node) -> Option<Healthcheck> {
         start_interval: m.get(cx, "start_interval", duration),
         disable: m.get(cx, "disable", |cx, n| cx.bool(n)).unwrap_or(false),
     };
-    m.extensions();
+    m.ignore_extensions(cx);
     m.finish(cx);
     Some(hc)
 }
@@ -1001,7 +1004,7 @@ fn logging(cx: &mut Cx, n: Node) -> Option<Logging> {
             .get(cx, "options", |cx, n| Some(labels(cx, n)))
             .unwrap_or_default(),
     };
-    m.extensions();
+    m.ignore_extensions(cx);
     m.finish(cx);
     Some(l)
 }
@@ -1053,12 +1056,21 @@ fn env_file(cx: &mut Cx, n: Node) -> Option<EnvFile> {
             let mut m = cx.map(n)?;
             let path = m.get(cx, "path", |cx, n| cx.string(n));
             let required = m.get(cx, "required", |cx, n| cx.bool(n)).unwrap_or(true);
-            if m.has("format") {
-                m.take_any("format");
-            }
+            let format = m.get(cx, "format", |cx, n| {
+                cx.parsed(n, |s| match s {
+                    "raw" => Ok(s.to_string()),
+                    _ => Err(format!(
+                        "unknown env_file format {s:?}: the only format is raw"
+                    )),
+                })
+            });
             m.finish(cx);
             match path {
-                Some(path) => Some(EnvFile { path, required }),
+                Some(path) => Some(EnvFile {
+                    path,
+                    required,
+                    format,
+                }),
                 None => {
                     cx.error(n.path, "an env_file entry needs a path");
                     None
@@ -1068,6 +1080,7 @@ fn env_file(cx: &mut Cx, n: Node) -> Option<EnvFile> {
         _ => cx.string(n).map(|path| EnvFile {
             path,
             required: true,
+            format: None,
         }),
     }
 }
@@ -1081,7 +1094,7 @@ fn file_mount(cx: &mut Cx, n: Node, default_dir: &str) -> Option<FileMount> {
             let uid = m.get(cx, "uid", |cx, n| cx.string(n));
             let gid = m.get(cx, "gid", |cx, n| cx.string(n));
             let mode_ = m.get(cx, "mode", mode);
-            m.extensions();
+            m.ignore_extensions(cx);
             m.finish(cx);
             let Some(source) = source else {
                 cx.error(n.path, "needs a source (the name of a top-level entry)");
@@ -1152,7 +1165,7 @@ fn deploy(cx: &mut Cx, n: Node) -> Option<Deploy> {
             })
         }),
     };
-    m.extensions();
+    m.ignore_extensions(cx);
     m.finish(cx);
     Some(d)
 }
@@ -1163,7 +1176,7 @@ fn resources(cx: &mut Cx, n: Node) -> Option<Resources> {
         limits: m.get(cx, "limits", resource_set),
         reservations: m.get(cx, "reservations", resource_set),
     };
-    m.extensions();
+    m.ignore_extensions(cx);
     m.finish(cx);
     Some(r)
 }
@@ -1188,7 +1201,7 @@ fn resource_set(cx: &mut Cx, n: Node) -> Option<ResourceSet> {
             }
         }
     }
-    m.extensions();
+    m.ignore_extensions(cx);
     m.finish(cx);
     Some(r)
 }
@@ -1212,7 +1225,7 @@ fn restart_policy(cx: &mut Cx, n: Node) -> Option<RestartPolicy> {
         max_attempts: m.get(cx, "max_attempts", |cx, n| cx.u32(n)),
         window: m.get(cx, "window", duration),
     };
-    m.extensions();
+    m.ignore_extensions(cx);
     m.finish(cx);
     Some(p)
 }
@@ -1252,7 +1265,7 @@ fn update_config(cx: &mut Cx, n: Node) -> Option<UpdateConfig> {
             })
         }),
     };
-    m.extensions();
+    m.ignore_extensions(cx);
     m.finish(cx);
     Some(u)
 }
@@ -1283,7 +1296,7 @@ fn placement(cx: &mut Cx, n: Node) -> Option<Placement> {
             .unwrap_or_default(),
         max_replicas_per_node: m.get(cx, "max_replicas_per_node", |cx, n| cx.u32(n)),
     };
-    m.extensions();
+    m.ignore_extensions(cx);
     m.finish(cx);
     Some(p)
 }
@@ -1301,6 +1314,15 @@ fn read_env_files(cx: &mut Cx, files: &[EnvFile], path: &str) -> BTreeMap<String
                 continue;
             }
         };
+        if f.format.as_deref() == Some("raw") {
+            // Raw files are for values full of `$` and quotes: taken exactly as written.
+            for line in text.lines().map(|l| l.trim_end_matches('\r')) {
+                if let Some((k, v)) = line.split_once('=').filter(|(k, _)| !k.trim().is_empty()) {
+                    out.insert(k.trim().to_string(), Some(v.to_string()));
+                }
+            }
+            continue;
+        }
         let lookup = |name: &str| (cx.env)(name);
         match crate::dotenv::parse(&text, &lookup) {
             Ok(pairs) => {

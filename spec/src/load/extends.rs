@@ -12,6 +12,7 @@ use serde_norway::Value;
 
 use super::files::display_name;
 use super::tree::load_file;
+use crate::decode::{decode_project, Cx};
 use crate::diag::Diagnostics;
 use crate::merge::merge;
 
@@ -195,6 +196,17 @@ impl<'a> Extends<'a> {
         let dir = file.parent().unwrap_or(Path::new("/"));
         // Relative paths in an extended file are relative to that file, as in Compose.
         let v = load_file(file, &shown, dir, self.env, diags);
+        if let Some(v) = &v {
+            // Checked on its own so that its mistakes name it, not the extending file.
+            let lookup = |name: &str| self.env.get(name).cloned();
+            let mut cx = Cx {
+                file: &shown,
+                diags,
+                env: &lookup,
+                fragment: true,
+            };
+            decode_project(&mut cx, v);
+        }
         self.files.insert(file.to_path_buf(), v.clone());
         v
     }

@@ -5,26 +5,29 @@
 //! added to the including file. A name defined on both sides is an error, as in Compose:
 //! an include is a dependency, not an override.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_norway::Value;
 
 use super::files::{absolute, display_name, project_env, SourceFile};
-use super::LoadCtx;
+use super::{LoadCtx, Origin, Tree};
 use crate::diag::{index, Diagnostics};
 
 /// Deeper include chains than this are almost certainly a cycle through symlinks.
 const MAX_DEPTH: usize = 16;
 
+/// Adds the resources of every included project to `root`; returns where the added
+/// services came from.
 pub(crate) fn apply(
     root: &mut Value,
     display: &str,
     base_dir: &Path,
     cx: &mut LoadCtx,
     diags: &mut Diagnostics,
-) {
+) -> Option<Origin> {
     let include = match root.as_mapping_mut().and_then(|m| m.remove("include")) {
-        None | Some(Value::Null) => return,
+        None | Some(Value::Null) => return None,
         Some(v) => v,
     };
     let Value::Sequence(entries) = include else {
@@ -33,8 +36,9 @@ pub(crate) fn apply(
             "include",
             "expected a list of files or include entries",
         );
-        return;
+        return None;
     };
+    let mut origin = Origin::default();
     for (i, entry) in entries.iter().enumerate() {
         let path = index("include", i);
         let Some(spec) = parse_entry(entry, &path, display, base_dir, diags) else {
@@ -43,15 +47,17 @@ pub(crate) fn apply(
         let Some(included) = load_included(&spec, &path, display, cx, diags) else {
             continue;
         };
+        origin.absorb(included.origin);
         add_resources(
             root,
-            included,
+            included.value,
             &path,
             display,
             &spec.files[0].display,
             diags,
         );
     }
+    Some(origin)
 }
 
 struct IncludeSpec {
@@ -153,7 +159,7 @@ fn load_included(
     display: &str,
     cx: &mut LoadCtx,
     diags: &mut Diagnostics,
-) -> Option<Value> {
+) -> Option<Tree> {
     for f in &spec.files {
         if !f.path.is_file() {
             diags.error(
@@ -173,11 +179,13 @@ fn load_included(
         );
         return None;
     }
-    let env = match project_env(
+    // The included project reads its own .env (or env_file), but the including project's
+    // variables win, as in Compose: the parent decides, the include supplies defaults.
+    let mut env = match project_env(
         &spec.env_files,
         &spec.project_dir,
         cx.working_dir,
-        cx.process_env,
+        &BTreeMap::new(),
     ) {
         Ok(env) => env,
         Err(e) => {
@@ -187,6 +195,7 @@ fn load_included(
             return None;
         }
     };
+    env.extend(cx.parent_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let files: Vec<SourceFile> = spec
         .files
         .iter()
@@ -196,10 +205,11 @@ fn load_included(
             text: None,
         })
         .collect();
+    let parsed = super::parse_all(&files, diags);
     cx.include_chain.push(key);
-    let tree = super::load_tree(&files, &spec.project_dir, &env, cx, diags);
+    let tree = super::load_tree(parsed, &spec.project_dir, &env, cx, diags);
     cx.include_chain.pop();
-    tree.map(|t| t.value)
+    tree
 }
 
 fn add_resources(
@@ -239,6 +249,11 @@ fn add_resources(
             continue;
         };
         for (k, v) in items {
+            // The same definition on both sides (a shared external network, say) is
+            // one resource, not a conflict.
+            if target.get(&k) == Some(&v) {
+                continue;
+            }
             if target.contains_key(&k) {
                 let key = k.as_str().unwrap_or_default();
                 diags.error(

@@ -69,14 +69,70 @@ pub struct Project {
 /// State shared by a load and the loads of the projects it includes.
 pub(crate) struct LoadCtx<'a> {
     pub working_dir: &'a Path,
-    pub process_env: &'a BTreeMap<String, String>,
+    /// The environment of the top-level project (process environment over its `.env`,
+    /// with `COMPOSE_PROJECT_NAME`): included projects inherit it.
+    pub parent_env: &'a BTreeMap<String, String>,
     pub include_chain: Vec<PathBuf>,
 }
 
-/// The merged tree of a set of files, and which file first defined each service.
+/// Which file each service and each of its attributes came from, so that a problem
+/// found in the merged project names the file to fix.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Origin {
+    /// The file that first defined each service.
+    services: BTreeMap<String, String>,
+    /// The file that last wrote each (service, top-level attribute).
+    attrs: BTreeMap<(String, String), String>,
+}
+
+impl Origin {
+    /// Records the services of a file; their attributes too when several files may
+    /// write to one service (`per_attribute`), the only case where they can differ.
+    fn record(&mut self, value: &Value, file: &str, per_attribute: bool) {
+        let Some(Value::Mapping(services)) = value.get("services") else {
+            return;
+        };
+        for (name, svc) in services {
+            let Some(name) = name.as_str() else { continue };
+            self.services
+                .entry(name.to_string())
+                .or_insert_with(|| file.to_string());
+            if let (true, Value::Mapping(attrs)) = (per_attribute, svc) {
+                for attr in attrs.keys().filter_map(Value::as_str) {
+                    self.attrs
+                        .insert((name.to_string(), attr.to_string()), file.to_string());
+                }
+            }
+        }
+    }
+
+    /// Adds what another tree (an included project) knows, without overriding.
+    fn absorb(&mut self, other: Origin) {
+        for (k, v) in other.services {
+            self.services.entry(k).or_insert(v);
+        }
+        for (k, v) in other.attrs {
+            self.attrs.entry(k).or_insert(v);
+        }
+    }
+
+    /// The file to blame for `services.<service>.<attr...>`.
+    pub fn file(&self, service: &str, attr: &str) -> Option<&str> {
+        let top = attr.split(['.', '[']).next().unwrap_or_default();
+        self.attrs
+            .get(&(service.to_string(), top.to_string()))
+            .or_else(|| self.services.get(service))
+            .map(String::as_str)
+    }
+}
+
+/// The merged tree of a set of files.
 pub(crate) struct Tree {
     pub value: Value,
-    pub origin: BTreeMap<String, String>,
+    pub origin: Origin,
+    /// Whether each file was decoded on its own (so its diagnostics are already in,
+    /// under its own name); if not, decoding the merged tree reports everything.
+    pub checked_each: bool,
 }
 
 /// Loads, merges, normalizes and validates a project.
@@ -98,57 +154,70 @@ pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
             .unwrap_or(Path::new("/"))
             .to_path_buf(),
     };
-    let env = project_env(&opts.env_files, &project_dir, wd, &opts.environment)?;
+    let mut env = project_env(&opts.env_files, &project_dir, wd, &opts.environment)?;
 
     let mut diags = Diagnostics::default();
+    let parsed = parse_all(&files, &mut diags);
+    if diags.has_errors() {
+        return Err(LoadError::from_diagnostics(diags));
+    }
+    // The name is decided before interpolation so that files can use
+    // ${COMPOSE_PROJECT_NAME}, as in Compose.
+    let main_file = files[0].display.clone();
+    let name = project_name(opts, &env, &parsed, &project_dir, &mut diags);
+    env.insert("COMPOSE_PROJECT_NAME".to_string(), name.clone());
+
     let mut cx = LoadCtx {
         working_dir: wd,
-        process_env: &opts.environment,
+        parent_env: &env,
         include_chain: Vec::new(),
     };
     cx.include_chain.push(files[0].path.clone());
-    let tree = load_tree(&files, &project_dir, &env, &mut cx, &mut diags);
+    let tree = load_tree(parsed, &project_dir, &env, &mut cx, &mut diags);
     let Some(tree) = tree.filter(|_| !diags.has_errors()) else {
         return Err(LoadError::from_diagnostics(diags));
     };
 
-    // Decode the merged tree. Each file was checked alone already, so errors here come
-    // from the combination; they are shown against the first file.
+    // Decode the merged tree. When each file was checked on its own, its problems are
+    // in already under its own name; only what the combination adds is new here.
     let lookup = |name: &str| env.get(name).cloned();
-    let main_file = files[0].display.clone();
+    let mut merged_diags = Diagnostics::default();
     let decoded = {
         let mut cxd = Cx {
             file: &main_file,
-            diags: &mut diags,
+            diags: &mut merged_diags,
             env: &lookup,
+            fragment: false,
         };
         decode_project(&mut cxd, &tree.value)
     };
+    diags.extend(if tree.checked_each {
+        merged_diags.errors_only()
+    } else {
+        merged_diags
+    });
     let Some(decoded) = decoded.filter(|_| !diags.has_errors()) else {
         return Err(LoadError::from_diagnostics(diags));
     };
 
-    let name = project_name(
-        opts,
-        &env,
-        decoded.name.as_deref(),
-        &project_dir,
-        &main_file,
-        &mut diags,
-    );
-    let mut stack = decoded.stack;
+    let mut stack = decoded;
     stack.name = name;
     normalize(&mut stack);
 
-    let mut profiles: BTreeSet<String> = opts.profiles.iter().cloned().collect();
-    if let Some(list) = env.get("COMPOSE_PROFILES") {
-        profiles.extend(
-            list.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(str::to_string),
-        );
-    }
+    // --profile replaces COMPOSE_PROFILES, as in Compose.
+    let profiles: BTreeSet<String> = if opts.profiles.is_empty() {
+        let list = env
+            .get("COMPOSE_PROFILES")
+            .map(String::as_str)
+            .unwrap_or_default();
+        list.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    } else {
+        opts.profiles.iter().cloned().collect()
+    };
     let all_profiles: BTreeSet<String> = stack
         .services
         .values()
@@ -176,49 +245,62 @@ pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
     })
 }
 
-/// Steps 3 and 4 for a set of files: prepared one by one, then merged.
+/// Reads and parses each file; the ones that fail are reported and left out.
+pub(crate) fn parse_all(files: &[SourceFile], diags: &mut Diagnostics) -> Vec<(SourceFile, Value)> {
+    files
+        .iter()
+        .filter_map(|f| {
+            let value = tree::read_and_parse(&f.path, f.text.as_deref(), &f.display, diags)?;
+            Some((f.clone(), value))
+        })
+        .collect()
+}
+
+/// Steps 3 and 4 for a set of parsed files: each one finished, then all merged.
 pub(crate) fn load_tree(
-    files: &[SourceFile],
+    files: Vec<(SourceFile, Value)>,
     project_dir: &Path,
     env: &BTreeMap<String, String>,
     cx: &mut LoadCtx,
     diags: &mut Diagnostics,
 ) -> Option<Tree> {
-    let mut merged: Option<Value> = None;
-    let mut origin = BTreeMap::new();
-    let mut ext = extends::Extends::new(env, cx.working_dir);
-    for f in files {
-        let value = match &f.text {
-            Some(text) => tree::prepare(text, &f.display, project_dir, env, diags),
-            None => tree::load_file(&f.path, &f.display, project_dir, env, diags),
-        };
-        let Some(mut value) = value else { continue };
-        include::apply(&mut value, &f.display, project_dir, cx, diags);
-        ext.apply(&mut value, &f.path, &f.display, diags);
+    // Decode each file on its own when a problem could otherwise be blamed on the wrong
+    // file: several files, an included project, or files brought in by include or
+    // extends. A lone plain file is decoded once, as the merged project.
+    let brings_files = |v: &Value| {
+        v.get("include").is_some()
+            || v.get("services")
+                .and_then(Value::as_mapping)
+                .is_some_and(|m| {
+                    m.values()
+                        .any(|s| s.get("extends").and_then(|e| e.get("file")).is_some())
+                })
+    };
+    let checked_each =
+        files.len() > 1 || cx.include_chain.len() > 1 || files.iter().any(|(_, v)| brings_files(v));
 
-        if let Some(Value::Mapping(services)) = value.get("services") {
-            for name in services.keys().filter_map(Value::as_str) {
-                origin
-                    .entry(name.to_string())
-                    .or_insert_with(|| f.display.clone());
-            }
-        }
-        // When several files (or an included project) make the tree, decode each file
-        // alone first, keeping only its errors: they then name the file they are in.
-        // The warnings come once, from decoding the merged project. A lone top-level
-        // file is decoded once, as the merged project.
-        if files.len() > 1 || cx.include_chain.len() > 1 {
-            let mut own = Diagnostics::default();
+    let mut merged: Option<Value> = None;
+    let mut origin = Origin::default();
+    let mut ext = extends::Extends::new(env, cx.working_dir);
+    for (f, value) in files {
+        let mut value = tree::finish(value, &f.display, project_dir, env, diags);
+        origin.record(&value, &f.display, checked_each);
+        if checked_each {
+            // Fragment mode: an override file may hold half a secret or a service
+            // without an image; completeness is checked on the merged project.
             let lookup = |name: &str| env.get(name).cloned();
             let mut cxd = Cx {
                 file: &f.display,
-                diags: &mut own,
+                diags,
                 env: &lookup,
+                fragment: true,
             };
             decode_project(&mut cxd, &value);
-            diags.extend(own.errors_only());
         }
-
+        if let Some(included) = include::apply(&mut value, &f.display, project_dir, cx, diags) {
+            origin.absorb(included);
+        }
+        ext.apply(&mut value, &f.path, &f.display, diags);
         merged = Some(match merged {
             None => value,
             Some(base) => merge(base, value, &[]).unwrap_or(Value::Null),
@@ -227,55 +309,54 @@ pub(crate) fn load_tree(
     Some(Tree {
         value: strip_tags(merged?)?,
         origin,
+        checked_each,
     })
 }
 
-/// `-p`, then `COMPOSE_PROJECT_NAME`, then `name:`, then the project directory's name.
+/// `-p`, then `COMPOSE_PROJECT_NAME`, then `name:` (the last file's), then the project
+/// directory's name. Names given explicitly must be valid; the others are normalized.
 fn project_name(
     opts: &LoadOptions,
     env: &BTreeMap<String, String>,
-    from_file: Option<&str>,
+    parsed: &[(SourceFile, Value)],
     project_dir: &Path,
-    main_file: &str,
     diags: &mut Diagnostics,
 ) -> String {
     let explicit = [
-        (opts.project_name.as_deref(), "", "-p"),
+        (opts.project_name.as_deref(), "-p"),
         (
             env.get("COMPOSE_PROJECT_NAME").map(String::as_str),
-            "",
             "COMPOSE_PROJECT_NAME",
         ),
-        (from_file, main_file, "name"),
     ];
-    for (name, file, source) in explicit {
+    for (name, source) in explicit {
         let Some(name) = name.filter(|n| !n.is_empty()) else {
             continue;
         };
         if let Err(e) = check_project_name(name) {
-            let path = if source == "name" { "name" } else { "" };
-            let msg = if path.is_empty() {
-                format!("{source}: {e}")
-            } else {
-                e
-            };
-            diags.error(file, path, msg);
+            diags.error("", "", format!("{source}: {e}"));
         }
         return name.to_string();
     }
-    let dir = project_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = normalize_project_name(&dir);
+    let from_file = parsed.iter().rev().find_map(|(f, v)| {
+        let text = v.get("name").and_then(Value::as_str)?;
+        tree::interpolate_one(text, "name", &f.display, env, diags).filter(|n| !n.is_empty())
+    });
+    let (raw, source) = match from_file {
+        Some(n) => (n, "the name: attribute"),
+        None => {
+            let dir = project_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            (dir.unwrap_or_default(), "the project directory's name")
+        }
+    };
+    let name = normalize_project_name(&raw);
     if name.is_empty() {
         diags.error(
             "",
             "",
-            format!(
-                "cannot make a project name from the directory {}; set one with -p or name:",
-                project_dir.display()
-            ),
+            format!("cannot make a project name from {source} ({raw:?}); set one with -p or name:"),
         );
     }
     name

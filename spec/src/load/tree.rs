@@ -9,8 +9,8 @@ use super::files::absolute;
 use crate::diag::{index, join, Diagnostics};
 use crate::interpolate::interpolate;
 
-/// Reads and parses `path`, interpolates it with `env`, and resolves its relative paths
-/// against `base_dir`. `None` when the file cannot be used at all (already reported).
+/// Reads, parses and finishes `path` (see [`finish`]). `None` when the file cannot be
+/// used at all (already reported).
 pub(crate) fn load_file(
     path: &Path,
     display: &str,
@@ -18,24 +18,33 @@ pub(crate) fn load_file(
     env: &BTreeMap<String, String>,
     diags: &mut Diagnostics,
 ) -> Option<Value> {
-    match crate::yaml::read_limited(path) {
-        Ok(text) => prepare(&text, display, base_dir, env, diags),
-        Err(e) => {
-            diags.error(display, "", format!("cannot read the file: {e}"));
-            None
-        }
-    }
+    let value = read_and_parse(path, None, display, diags)?;
+    Some(finish(value, display, base_dir, env, diags))
 }
 
-/// [`load_file`] for text already in memory.
-pub(crate) fn prepare(
-    text: &str,
+/// Reads (unless `text` is given) and parses a Compose file: one YAML document whose
+/// top level is a mapping.
+pub(crate) fn read_and_parse(
+    path: &Path,
+    text: Option<&str>,
     display: &str,
-    base_dir: &Path,
-    env: &BTreeMap<String, String>,
     diags: &mut Diagnostics,
 ) -> Option<Value> {
-    let mut value = match crate::yaml::parse(text) {
+    let owned;
+    let text = match text {
+        Some(t) => t,
+        None => match crate::yaml::read_limited(path) {
+            Ok(t) => {
+                owned = t;
+                &owned
+            }
+            Err(e) => {
+                diags.error(display, "", format!("cannot read the file: {e}"));
+                return None;
+            }
+        },
+    };
+    let value = match crate::yaml::parse(text) {
         Ok(v) => v,
         Err(e) => {
             diags.error(display, "", e);
@@ -43,14 +52,14 @@ pub(crate) fn prepare(
         }
     };
     match &value {
-        Value::Mapping(_) => {}
+        Value::Mapping(_) => Some(value),
         Value::Null => {
             diags.error(
                 display,
                 "",
                 "the file is empty; a Compose file needs at least a services: section",
             );
-            return None;
+            None
         }
         other => {
             diags.error(
@@ -61,13 +70,42 @@ pub(crate) fn prepare(
                     crate::decode::kind(other)
                 ),
             );
-            return None;
+            None
         }
     }
+}
+
+/// Interpolates a parsed file with `env` and resolves its relative paths against
+/// `base_dir`.
+pub(crate) fn finish(
+    mut value: Value,
+    display: &str,
+    base_dir: &Path,
+    env: &BTreeMap<String, String>,
+    diags: &mut Diagnostics,
+) -> Value {
     let mut unset = BTreeSet::new();
     interpolate_tree(&mut value, At::Root, display, env, diags, &mut unset);
     resolve_paths(&mut value, base_dir, env.get("HOME").map(String::as_str));
-    Some(value)
+    value
+}
+
+/// Interpolates one string on its own (the project `name:`, read before the rest).
+pub(crate) fn interpolate_one(
+    text: &str,
+    path: &str,
+    display: &str,
+    env: &BTreeMap<String, String>,
+    diags: &mut Diagnostics,
+) -> Option<String> {
+    let lookup = |name: &str| env.get(name).cloned();
+    match interpolate(text, &lookup) {
+        Ok(done) => Some(done.value),
+        Err(e) => {
+            diags.error(display, path, e.to_string());
+            None
+        }
+    }
 }
 
 /// Where a value sits in the file, as a chain of parents on the stack: most values need
@@ -204,6 +242,21 @@ pub(crate) fn resolve_paths(root: &mut Value, base: &Path, home: Option<&str>) {
                 if let Some(Value::String(f)) = ext.get_mut("file") {
                     *f = abs(f);
                 }
+            }
+        }
+    }
+    // The "local bind volume" idiom: a named volume whose device is a host directory.
+    if let Some(Value::Mapping(volumes)) = root.get_mut("volumes") {
+        for (_, vol) in volumes.iter_mut() {
+            let Some(Value::Mapping(opts)) = vol.get_mut("driver_opts") else {
+                continue;
+            };
+            let is_bind = opts
+                .get("o")
+                .and_then(Value::as_str)
+                .is_some_and(|o| o.split(',').any(|x| x == "bind"));
+            if let (true, Some(Value::String(dev))) = (is_bind, opts.get_mut("device")) {
+                *dev = abs(dev);
             }
         }
     }
