@@ -161,3 +161,50 @@ fn hostile_and_missing_input_is_an_error_not_a_crash() {
         "berth: missing.yaml: no such file; check the path given with -f or COMPOSE_FILE\n"
     );
 }
+
+#[test]
+fn project_directory_and_env_file_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&app).expect("mkdir");
+    std::fs::write(
+        app.join("compose.yaml"),
+        "services:\n  web:\n    image: \"web:${TAG}\"\n    volumes: ['./data:/data']\n",
+    )
+    .expect("write");
+    std::fs::write(app.join(".env"), "TAG=dotenv\n").expect("write");
+    std::fs::write(dir.path().join("prod.env"), "TAG=prod\n").expect("write");
+
+    // --project-directory: relative paths and .env are taken from there.
+    let out = berth(
+        dir.path(),
+        &[
+            "-f",
+            "app/compose.yaml",
+            "--project-directory",
+            "app",
+            "config",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    assert!(yaml.contains("image: web:dotenv"), "{yaml}");
+    let data = app.join("data");
+    assert!(
+        yaml.contains(&format!("source: {}", data.display())),
+        "{yaml}"
+    );
+
+    // --env-file replaces .env.
+    let out = berth(
+        dir.path(),
+        &["-f", "app/compose.yaml", "--env-file", "prod.env", "config"],
+        None,
+    );
+    assert!(
+        text(&out.stdout).contains("image: web:prod"),
+        "{}",
+        text(&out.stdout)
+    );
+}

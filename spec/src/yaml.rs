@@ -215,6 +215,12 @@ mod tests {
     }
 
     #[test]
+    fn oversized_input_is_refused_before_parsing() {
+        let big = "#".repeat(MAX_FILE_BYTES as usize + 1);
+        assert!(parse(&big).unwrap_err().contains("larger than 16 MiB"));
+    }
+
+    #[test]
     fn empty_file_is_null() {
         assert_eq!(parse("").unwrap(), Value::Null);
         assert_eq!(parse("# only a comment\n").unwrap(), Value::Null);

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{errors, options};
+use common::{errors, load_files as load_file, options};
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -30,16 +30,6 @@ const ENV: &[(&str, &str)] = &[
     ("DB_PASSWORD", "s3cret"),
     ("API_TOKEN", "t0ken"),
 ];
-
-fn load_file(
-    dir: &Path,
-    files: &[&str],
-    env: &[(&str, &str)],
-) -> Result<spec::Project, spec::LoadError> {
-    let mut opts = options(dir, env);
-    opts.files = files.iter().map(PathBuf::from).collect();
-    spec::load(&opts)
-}
 
 #[test]
 fn invalid_files_fail_with_their_expected_messages() {

@@ -3,19 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{dir_with, errors, options, warnings};
-
-fn load(
-    dir: &std::path::Path,
-    files: &[&str],
-    env: &[(&str, &str)],
-) -> Result<spec::Project, spec::LoadError> {
-    let mut opts = options(dir, env);
-    opts.files = files.iter().map(PathBuf::from).collect();
-    spec::load(&opts)
-}
+use common::{dir_with, errors, load_files as load, options, warnings};
 
 #[test]
 fn override_file_is_discovered_and_merged_with_reset_and_override() {
@@ -579,4 +567,16 @@ mod compose_parity {
         assert!(p.stack.networks["n"].extensions.contains_key("x-owner"));
         assert!(warnings(&p).contains("compose.yaml: services.web.deploy.x-note: extension fields are kept at the top level"), "{}", warnings(&p));
     }
+}
+
+#[test]
+fn interpolation_touches_values_never_keys() {
+    let dir = dir_with(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: x\n    labels:\n      \"${KEY}\": \"${VALUE}\"\n",
+    )]);
+    let p = load(dir.path(), &[], &[("KEY", "k"), ("VALUE", "v")])
+        .unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let labels = &p.stack.services["web"].labels;
+    assert_eq!(labels.get("${KEY}").map(String::as_str), Some("v"));
 }

@@ -30,7 +30,7 @@ pub struct ProjectArgs {
     /// Project name [default: name: in the file, else the directory name]
     #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
     pub project_name: Option<String>,
-    /// Enable services of this profile (repeatable; COMPOSE_PROFILES adds more)
+    /// Enable services of this profile (repeatable; replaces COMPOSE_PROFILES)
     #[arg(long = "profile", global = true, value_name = "PROFILE")]
     pub profiles: Vec<String>,
     /// Read variables from this file instead of .env (repeatable; later files win)

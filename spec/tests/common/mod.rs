@@ -18,6 +18,13 @@ pub fn options(dir: &Path, env: &[(&str, &str)]) -> LoadOptions {
     }
 }
 
+/// Loads `files` (as given with `-f`; none means discovery) in `dir`.
+pub fn load_files(dir: &Path, files: &[&str], env: &[(&str, &str)]) -> Result<Project, LoadError> {
+    let mut opts = options(dir, env);
+    opts.files = files.iter().map(PathBuf::from).collect();
+    spec::load(&opts)
+}
+
 /// Loads one file given as text, as `berth config -f -` would in a directory that does
 /// not exist (so nothing is read from disk).
 pub fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Project, LoadError> {
