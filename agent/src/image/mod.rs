@@ -1,0 +1,2 @@
+//! The local image store: content-addressed blobs, image references, and safe layer
+//! unpacking. (Being written.)
