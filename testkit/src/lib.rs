@@ -4,6 +4,8 @@
 //! `.ci/run` installs busybox-static; on a machine without it, the helpers fail with a
 //! message that says so rather than skipping the test.
 
+pub mod oci;
+
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
