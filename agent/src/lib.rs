@@ -2,5 +2,7 @@
 //! (namespaces, cgroups, capabilities, seccomp, mounts), the per-container shim, health
 //! checks, restart policies and logs.
 //!
-//! Nothing lives here yet: the runtime and image store arrive with their own issue. See
-//! ARCHITECTURE.md for where each piece will go.
+//! Built so far: the image store (`image`) and the runtime core (`runtime`).
+
+pub mod image;
+pub mod runtime;

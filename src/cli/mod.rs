@@ -2,6 +2,8 @@
 //! options common to all project commands in [`ProjectArgs`], as in `docker compose`.
 
 mod config;
+mod image;
+mod runtime;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +19,15 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(flatten)]
     project: ProjectArgs,
+    /// Where berth keeps images, containers and state
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_STATE_DIR",
+        default_value = "/var/lib/berth",
+        value_name = "DIR"
+    )]
+    state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,12 +56,20 @@ pub struct ProjectArgs {
 enum Command {
     /// Show the fully resolved stack, as berth will run it
     Config(config::ConfigArgs),
+    /// Manage the local image store (import, load, pull, ls, rm, inspect)
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Run OCI bundles directly, like runc (plumbing)
+    #[command(subcommand, hide = true)]
+    Runtime(runtime::RuntimeCommand),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Config(args) => config::run(&cli.project, &args),
+        Command::Image(cmd) => image::run(&cli.state_dir, &cmd),
+        Command::Runtime(cmd) => runtime::run(&cli.state_dir, &cmd),
     }
 }
 

@@ -1,0 +1,61 @@
+//! The local image store: content-addressed blobs, image references, and safe layer
+//! unpacking. Images come in by [`import`] (a rootfs tar, like `docker import`) or
+//! [`load`] (an OCI layout or a `docker save` archive); pull comes later and streams
+//! into the same [`store::BlobWriter`].
+//!
+//! Where to start: [`Store::open`], then [`Store::image`] and [`Store::layer_dirs`],
+//! which is what the runtime needs to build a container's rootfs.
+
+pub mod digest;
+mod images;
+mod import;
+mod load;
+pub mod oci;
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use digest::Digest;
+pub use images::{Image, Layer};
+pub use import::import;
+pub use load::load;
+pub use oci::ImageConfig;
+pub use reference::Reference;
+pub use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{what}: content has digest {actual}, expected {expected} (corrupted or tampered)")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("image {0:?} not found; import it with berth image import, load it with berth image load, or pull it")]
+    NotFound(String),
+    #[error(transparent)]
+    Reference(#[from] reference::ReferenceError),
+    #[error(transparent)]
+    Digest(#[from] digest::DigestError),
+    #[error("unpacking layer {layer}: {source}")]
+    Unpack {
+        layer: Digest,
+        source: unpack::UnpackError,
+    },
+    #[error("{what}: invalid JSON: {source}")]
+    Json {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+}
