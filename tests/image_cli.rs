@@ -113,3 +113,38 @@ fn load_an_oci_layout() {
         serde_json::from_str(&ok(&berth(&state, &["image", "inspect", "app:v1"]))).unwrap();
     assert_eq!(json[0]["config"]["Cmd"][0], "echo $GREETING");
 }
+
+#[test]
+fn importing_what_is_not_a_tar_says_so_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let text = dir.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "root:x:0:0:root:/root:/bin/sh\nthis is not a tar archive at all\n",
+    )
+    .expect("write");
+    let out = berth(
+        &state,
+        &["image", "import", text.to_str().expect("utf-8"), "x:1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("not a tar archive"), "{err}");
+    assert!(
+        !err.contains("root:x:0:0"),
+        "the file's bytes leak into the message: {err}"
+    );
+
+    let missing = dir.path().join("missing.tar");
+    let out = berth(
+        &state,
+        &["image", "import", missing.to_str().expect("utf-8"), "x:1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "cause repeated: {err}"
+    );
+}

@@ -38,6 +38,8 @@ pub enum UnpackError {
     Root { path: PathBuf, source: io::Error },
     #[error("reading the layer: {0}")]
     Read(#[source] io::Error),
+    #[error("not a tar archive (plain, gzip or zstd compressed)")]
+    NotTar,
     #[error("layer entry {entry:?}: {reason}")]
     UnsafePath { entry: String, reason: String },
     #[error(
@@ -125,8 +127,16 @@ pub fn unpack(reader: impl Read, root: &Path) -> Result<Unpacked, UnpackError> {
         root: root_fd,
         dirs: Vec::new(),
     };
-    for entry in archive.entries().map_err(UnpackError::Read)? {
-        let mut entry = entry.map_err(UnpackError::Read)?;
+    for (i, entry) in archive.entries().map_err(UnpackError::Read)?.enumerate() {
+        // A first header that does not parse means this is not a tar at all; the tar
+        // crate's own message would quote the file's bytes at the user.
+        let mut entry = entry.map_err(|e| {
+            if i == 0 {
+                UnpackError::NotTar
+            } else {
+                UnpackError::Read(e)
+            }
+        })?;
         unpacker.entry(&mut entry)?;
     }
     unpacker.finish_dirs()?;
