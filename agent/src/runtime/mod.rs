@@ -1,2 +1,88 @@
 //! berth's container runtime: an OCI bundle in, an isolated, limited, hardened
-//! container out. (Being written.)
+//! container out, without runc, containerd or Docker.
+//!
+//! Where to start reading: [`run`] (in `process.rs`) is `runc run`: it loads the bundle
+//! (`bundle.rs`), turns it into an [`init::InitPlan`] (every path, string, mask and
+//! BPF program the container's first process will need, prepared in the parent), creates
+//! the cgroup (`cgroups/`), clones the child into its new namespaces, lets it run the
+//! plan (`init.rs`, `mounts.rs`), and waits for it.
+//!
+//! # Why the child runs a prepared plan (and not Rust code that allocates)
+//!
+//! The child is made with `clone(2)` from the caller's process, which may be
+//! multi-threaded (the agent is; `cargo test` is). After such a clone only the calling
+//! thread exists in the child, so any lock another thread held at that moment (the
+//! allocator's, stdio's, the environment's) stays locked forever: between clone and
+//! `execve` the child must do only async-signal-safe work. Re-executing
+//! `/proc/self/exe` as the init (runc's way) avoids that but costs an extra `execve`
+//! of a large binary on every start, and `/proc/self/exe` is not berth in the agent's
+//! tests. So berth takes the third way: the parent prepares everything (C strings,
+//! path components, capability masks, clamped rlimits, the seccomp BPF) and the child
+//! only makes system calls over that data, through raw `libc` calls; it never
+//! allocates, formats or panics (errors travel to the parent as a fixed-size
+//! `(step, index, errno)` record over a pipe). The identity-changing calls go to the
+//! kernel directly (`SYS_setresuid`...) because glibc's wrappers would try to signal
+//! the parent's threads, which do not exist in the child.
+//!
+//! Each concept has its file: `spec.rs` (the default config.json), `seccomp.rs`
+//! (profile table and BPF compilation), `caps.rs`, `rlimits.rs`, `namespaces.rs`,
+//! `mounts.rs`, `cgroups/` (v1 and v2, chosen at run time).
+
+pub mod bundle;
+pub mod caps;
+pub mod cgroups;
+mod init;
+mod mounts;
+pub mod namespaces;
+mod process;
+pub mod rlimits;
+pub mod seccomp;
+pub mod spec;
+#[cfg(target_arch = "x86_64")]
+mod syscalls_x86_64;
+
+use std::path::PathBuf;
+
+pub use bundle::Bundle;
+pub use process::{run, ExitReport, RunOptions, Stdio};
+pub use spec::default_spec;
+
+/// Everything that can stop a container from starting or being cleaned up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("bundle {path}: {message}")]
+    Bundle { path: PathBuf, message: String },
+    #[error("config.json: {0}")]
+    Unsupported(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+    #[error("spec: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
+    #[error("container {id}: {step}: {errno}")]
+    Init {
+        id: String,
+        step: String,
+        errno: nix::errno::Errno,
+    },
+}
+
+impl RuntimeError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn unsupported(what: impl Into<String>) -> Self {
+        RuntimeError::Unsupported(what.into())
+    }
+}

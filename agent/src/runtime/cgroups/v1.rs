@@ -1,0 +1,266 @@
+//! cgroup v1: one directory per controller (`<root>/memory/berth/<id>`,
+//! `<root>/pids/berth/<id>`...).
+
+use std::path::{Path, PathBuf};
+
+use super::{keyed, kill_and_remove, read, write, CgroupError, Resources, Stats};
+
+/// The controllers berth creates its cgroup in, when the host has them.
+pub const CONTROLLERS: &[&str] = &[
+    "memory", "cpu", "cpuacct", "cpuset", "pids", "devices", "freezer", "blkio",
+];
+
+/// Device access every container gets on top of the spec's rules (runc's and
+/// Docker's defaults): creating any device node (but not using it), and the standard
+/// /dev entries and terminals.
+const DEFAULT_ALLOWED_DEVICES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
+/// A container's cgroup in each v1 controller.
+#[derive(Debug)]
+pub struct CgroupV1 {
+    /// (controller, directory) for every controller the host has.
+    dirs: Vec<(String, PathBuf)>,
+    /// The distinct directories: controllers mounted together (`cpu,cpuacct`) share one.
+    unique: Vec<PathBuf>,
+}
+
+impl CgroupV1 {
+    pub fn create(root: &Path, rel: &Path, res: &Resources) -> Result<CgroupV1, CgroupError> {
+        let mut dirs: Vec<(String, PathBuf)> = Vec::new();
+        let mut unique = Vec::new();
+        let mut seen = Vec::new();
+        for controller in CONTROLLERS {
+            let base = root.join(controller);
+            let Ok(real) = base.canonicalize() else {
+                continue;
+            };
+            let dir = base.join(rel);
+            dirs.push((controller.to_string(), dir.clone()));
+            if !seen.contains(&real) {
+                seen.push(real);
+                create_levels(&base, rel, *controller == "cpuset")?;
+                unique.push(dir);
+            }
+        }
+        let cg = CgroupV1 { dirs, unique };
+        if let Err(e) = cg.apply(res) {
+            let _ = cg.delete();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// The directory of `controller` (or of the mount it shares), if the host has it.
+    pub fn dir(&self, controller: &str) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find_map(|(c, d)| (c == controller).then_some(d.as_path()))
+    }
+
+    fn need(&self, controller: &str) -> Result<&Path, CgroupError> {
+        self.dir(controller).ok_or_else(|| {
+            CgroupError::Unsupported(format!(
+                "the {controller} controller is not mounted on this host"
+            ))
+        })
+    }
+
+    /// Writes the limits. Order matters where the kernel checks one file against
+    /// another: the memory limit before memory+swap, the period before the quota.
+    pub fn apply(&self, res: &Resources) -> Result<(), CgroupError> {
+        if let Some(limit) = res.memory_limit {
+            let dir = self.need("memory")?;
+            write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            // Without swap accounting the file is absent and there is no swap to limit.
+            if memsw.exists() {
+                let swap = res.memory_swap.unwrap_or(limit);
+                write(&memsw, &swap.to_string())?;
+            }
+        }
+        if let Some(r) = res.memory_reservation {
+            write(
+                &self.need("memory")?.join("memory.soft_limit_in_bytes"),
+                &r.to_string(),
+            )?;
+        }
+        if let Some(shares) = res.cpu_shares {
+            write(&self.need("cpu")?.join("cpu.shares"), &shares.to_string())?;
+        }
+        if let Some(period) = res.cpu_period {
+            write(
+                &self.need("cpu")?.join("cpu.cfs_period_us"),
+                &period.to_string(),
+            )?;
+        }
+        if let Some(quota) = res.cpu_quota {
+            write(
+                &self.need("cpu")?.join("cpu.cfs_quota_us"),
+                &quota.to_string(),
+            )?;
+        }
+        if let Some(cpus) = &res.cpuset_cpus {
+            write(&self.need("cpuset")?.join("cpuset.cpus"), cpus)?;
+        }
+        if let Some(mems) = &res.cpuset_mems {
+            write(&self.need("cpuset")?.join("cpuset.mems"), mems)?;
+        }
+        if let Some(limit) = res.pids_limit {
+            let value = if limit > 0 {
+                limit.to_string()
+            } else {
+                "max".into()
+            };
+            write(&self.need("pids")?.join("pids.max"), &value)?;
+        }
+        if !res.devices.is_empty() {
+            if let Some(dir) = self.dir("devices") {
+                for (allow, rule) in &res.devices {
+                    let file = if *allow {
+                        "devices.allow"
+                    } else {
+                        "devices.deny"
+                    };
+                    write(&dir.join(file), rule)?;
+                }
+                for rule in DEFAULT_ALLOWED_DEVICES {
+                    write(&dir.join("devices.allow"), rule)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in &self.unique {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<Stats, CgroupError> {
+        let number = |path: PathBuf| -> Result<u64, CgroupError> {
+            Ok(read(&path)?.trim().parse().unwrap_or(0))
+        };
+        Ok(Stats {
+            memory_bytes: number(self.need("memory")?.join("memory.usage_in_bytes"))?,
+            cpu_nanos: number(self.need("cpuacct")?.join("cpuacct.usage"))?,
+        })
+    }
+
+    /// OOM kills from `memory.oom_control` (`oom_kill`, kernel >= 4.13).
+    pub fn oom_kills(&self) -> Result<u64, CgroupError> {
+        let Some(dir) = self.dir("memory") else {
+            return Ok(0);
+        };
+        let text = read(&dir.join("memory.oom_control"))?;
+        Ok(keyed(&text, "oom_kill").unwrap_or(0))
+    }
+
+    pub fn delete(&self) -> Result<(), CgroupError> {
+        let mut first_error = None;
+        for dir in &self.unique {
+            if let Err(e) = kill_and_remove(dir, &dir.join("cgroup.procs")) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Creates `base/rel` one level at a time. A new cpuset cgroup starts with no cpus and
+/// no memory nodes, and refuses processes until given some: each new level copies its
+/// parent's.
+fn create_levels(base: &Path, rel: &Path, cpuset: bool) -> Result<(), CgroupError> {
+    let mut dir = base.to_path_buf();
+    for comp in rel.components() {
+        let parent = dir.clone();
+        dir.push(comp);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(CgroupError::io(&dir, e)),
+        }
+        if cpuset {
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let mine = dir.join(file);
+                if read(&mine).unwrap_or_default().trim().is_empty() {
+                    write(&mine, read(&parent.join(file))?.trim())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake v1 root: controller directories with the files the kernel would show.
+    fn fixture() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for c in ["memory", "cpu", "cpuacct", "cpuset", "pids"] {
+            std::fs::create_dir(t.path().join(c)).unwrap();
+        }
+        std::fs::write(t.path().join("cpuset/cpuset.cpus"), "0-1\n").unwrap();
+        std::fs::write(t.path().join("cpuset/cpuset.mems"), "0\n").unwrap();
+        t
+    }
+
+    #[test]
+    fn limits_land_in_the_right_files() {
+        let t = fixture();
+        let rel = Path::new("berth/c1");
+        // memsw exists only with swap accounting: pre-create it as the kernel would.
+        std::fs::create_dir_all(t.path().join("memory/berth/c1")).unwrap();
+        std::fs::write(
+            t.path().join("memory/berth/c1/memory.memsw.limit_in_bytes"),
+            "",
+        )
+        .unwrap();
+        let res = Resources {
+            memory_limit: Some(32 << 20),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            cpu_shares: Some(512),
+            pids_limit: Some(0),
+            ..Resources::default()
+        };
+        let cg = CgroupV1::create(t.path(), rel, &res).unwrap();
+        let file = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap();
+        assert_eq!(file("memory/berth/c1/memory.limit_in_bytes"), "33554432");
+        assert_eq!(
+            file("memory/berth/c1/memory.memsw.limit_in_bytes"),
+            "33554432"
+        );
+        assert_eq!(file("cpu/berth/c1/cpu.cfs_quota_us"), "50000");
+        assert_eq!(file("cpu/berth/c1/cpu.cfs_period_us"), "100000");
+        assert_eq!(file("cpu/berth/c1/cpu.shares"), "512");
+        assert_eq!(file("pids/berth/c1/pids.max"), "max");
+        assert_eq!(file("cpuset/berth/cpuset.cpus"), "0-1");
+        assert_eq!(file("cpuset/berth/c1/cpuset.mems"), "0");
+
+        std::fs::write(
+            t.path().join("memory/berth/c1/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(cg.oom_kills().unwrap(), 1);
+        cg.add(42).unwrap();
+        assert_eq!(file("pids/berth/c1/cgroup.procs"), "42");
+    }
+}

@@ -1,0 +1,655 @@
+//! The container's init: what the cloned child does, in runc's order, between clone
+//! and `execve`. Everything it uses is prepared by the parent in an [`InitPlan`]; the
+//! child only makes system calls (see the module doc of `runtime` for why). A failed
+//! step is reported to the parent as a [`Failure`] record on the error pipe, which
+//! the parent turns into a message with [`describe`].
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use libc::{c_int, c_long};
+use seccompiler::BpfProgram;
+
+use super::caps::CapMasks;
+use super::mounts::{self, errno, RootfsPlan};
+use super::rlimits::Rlimit;
+
+/// Everything the child needs, prepared by the parent.
+#[derive(Debug)]
+pub(crate) struct InitPlan {
+    /// Descriptors to make the container's 0, 1, 2 (`None`: inherit the caller's).
+    pub stdio: [Option<RawFd>; 3],
+    /// Existing namespaces to join: (fd, CLONE_NEW* type).
+    pub joins: Vec<(RawFd, c_int)>,
+    /// In a new user namespace whose maps include 0: become its root first.
+    pub become_userns_root: bool,
+    pub unshare_cgroup: bool,
+    pub rootfs: RootfsPlan,
+    pub hostname: Option<CString>,
+    pub domainname: Option<CString>,
+    /// (path under /proc/sys, value)
+    pub sysctls: Vec<(CString, Vec<u8>)>,
+    pub masked: Vec<CString>,
+    pub readonly: Vec<CString>,
+    pub oom_score_adj: Option<Vec<u8>>,
+    pub rlimits: Vec<Rlimit>,
+    pub umask: Option<libc::mode_t>,
+    pub no_new_privs: bool,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+    pub caps: CapMasks,
+    pub seccomp: Vec<BpfProgram>,
+    pub cwd: CString,
+    /// Where to look for the program: argv[0] itself if it has a slash, else each
+    /// directory of the container's PATH joined with it.
+    pub exec_paths: Vec<CString>,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    /// NULL-terminated pointer arrays into `argv` and `envp`, made by [`InitPlan::seal`]
+    /// in the parent (the child sees the same addresses in its copy of memory).
+    pub argv_ptrs: Vec<*const libc::c_char>,
+    pub envp_ptrs: Vec<*const libc::c_char>,
+}
+
+impl InitPlan {
+    /// Builds the pointer arrays for execve; call once the plan is complete.
+    pub fn seal(&mut self) {
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        self.argv_ptrs = ptrs(&self.argv);
+        self.envp_ptrs = ptrs(&self.envp);
+    }
+}
+
+/// Which step failed; `index` says which mount, path or limit for the list steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Step {
+    Stdio = 1,
+    Setns,
+    Sync,
+    UserRoot,
+    UnshareCgroup,
+    RootPropagation,
+    BindRootfs,
+    OpenRootfs,
+    Mount,
+    Device,
+    DevSymlinks,
+    PivotRoot,
+    ReadonlyRoot,
+    Hostname,
+    Domainname,
+    Sysctl,
+    MaskPath,
+    ReadonlyPath,
+    OomScoreAdj,
+    Rlimit,
+    NoNewPrivs,
+    Seccomp,
+    Bounding,
+    KeepCaps,
+    Setgroups,
+    Setgid,
+    Setuid,
+    Capset,
+    Ambient,
+    Cwd,
+    CwdOutsideRoot,
+    CloseFds,
+    Exec,
+}
+
+const STEPS: &[Step] = &[
+    Step::Stdio,
+    Step::Setns,
+    Step::Sync,
+    Step::UserRoot,
+    Step::UnshareCgroup,
+    Step::RootPropagation,
+    Step::BindRootfs,
+    Step::OpenRootfs,
+    Step::Mount,
+    Step::Device,
+    Step::DevSymlinks,
+    Step::PivotRoot,
+    Step::ReadonlyRoot,
+    Step::Hostname,
+    Step::Domainname,
+    Step::Sysctl,
+    Step::MaskPath,
+    Step::ReadonlyPath,
+    Step::OomScoreAdj,
+    Step::Rlimit,
+    Step::NoNewPrivs,
+    Step::Seccomp,
+    Step::Bounding,
+    Step::KeepCaps,
+    Step::Setgroups,
+    Step::Setgid,
+    Step::Setuid,
+    Step::Capset,
+    Step::Ambient,
+    Step::Cwd,
+    Step::CwdOutsideRoot,
+    Step::CloseFds,
+    Step::Exec,
+];
+
+/// What the child writes to the error pipe when a step fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct Failure {
+    pub step: u32,
+    pub index: u32,
+    pub errno: i32,
+}
+
+pub(crate) const FAILURE_SIZE: usize = std::mem::size_of::<Failure>();
+
+impl Failure {
+    pub fn to_bytes(self) -> [u8; FAILURE_SIZE] {
+        let mut b = [0u8; FAILURE_SIZE];
+        b[0..4].copy_from_slice(&self.step.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.index.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.errno.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; FAILURE_SIZE]) -> Failure {
+        let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        Failure {
+            step: u32::from_ne_bytes(word(0)),
+            index: u32::from_ne_bytes(word(4)),
+            errno: i32::from_ne_bytes(word(8)),
+        }
+    }
+}
+
+/// A failure as a message naming the step and what it was working on.
+pub(crate) fn describe(plan: &InitPlan, f: &Failure) -> String {
+    let step = STEPS.iter().find(|s| **s as u32 == f.step);
+    let i = f.index as usize;
+    let item = |list: &[CString]| {
+        list.get(i)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    match step {
+        Some(Step::Mount) => {
+            let m = plan.rootfs.mounts.get(i);
+            format!("mount {}", m.map(|m| m.display.as_str()).unwrap_or("?"))
+        }
+        Some(Step::Device) => format!(
+            "create device {}",
+            plan.rootfs
+                .devices
+                .get(i)
+                .map(|d| d.display.as_str())
+                .unwrap_or("?")
+        ),
+        Some(Step::Sysctl) => format!(
+            "write sysctl /proc/sys/{}",
+            plan.sysctls
+                .get(i)
+                .map(|s| s.0.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        Some(Step::MaskPath) => format!("mask {}", item(&plan.masked)),
+        Some(Step::ReadonlyPath) => format!("make {} read-only", item(&plan.readonly)),
+        Some(Step::Rlimit) => format!("set rlimit {:?}", plan.rlimits.get(i).map(|r| r.resource)),
+        Some(Step::Cwd) => format!(
+            "cwd {} (it must be a directory inside the container)",
+            plan.cwd.to_string_lossy()
+        ),
+        Some(Step::CwdOutsideRoot) => format!(
+            "cwd {} resolves outside the container's root",
+            plan.cwd.to_string_lossy()
+        ),
+        Some(Step::Exec) => format!(
+            "exec {}",
+            plan.argv
+                .first()
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        Some(Step::BindRootfs) => format!(
+            "bind root filesystem {}",
+            plan.rootfs.rootfs.to_string_lossy()
+        ),
+        Some(s) => format!("{s:?}").to_lowercase(),
+        None => format!("unknown step {}", f.step),
+    }
+}
+
+type StepResult = Result<(), Failure>;
+
+fn fail(step: Step, index: usize, errno: c_int) -> Failure {
+    Failure {
+        step: step as u32,
+        index: index as u32,
+        errno,
+    }
+}
+
+/// Turns a -1/0 return into a step result.
+fn check(step: Step, index: usize, ret: c_long) -> StepResult {
+    if ret < 0 {
+        Err(fail(step, index, errno()))
+    } else {
+        Ok(())
+    }
+}
+
+fn at(step: Step, index: usize) -> impl Fn(c_int) -> Failure {
+    move |e| fail(step, index, e)
+}
+
+/// The child's entry point: runs the plan and execs, or reports the failed step on
+/// `error_pipe` and exits. Never returns.
+pub(crate) fn child_main(plan: &InitPlan, sync_pipe: RawFd, error_pipe: RawFd) -> ! {
+    let failure = match run(plan, sync_pipe) {
+        Ok(never) => match never {},
+        Err(f) => f,
+    };
+    let bytes = failure.to_bytes();
+    // SAFETY: writing a stack buffer to the error pipe, then exiting without running
+    // any of the parent's atexit handlers or destructors.
+    unsafe {
+        libc::write(error_pipe, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
+}
+
+fn run(plan: &InitPlan, sync_pipe: RawFd) -> Result<std::convert::Infallible, Failure> {
+    // SAFETY: every call in this block is a system call on descriptors this process
+    // owns, or on NUL-terminated strings, integer masks and stack buffers prepared by
+    // the parent that outlive the call. Nothing allocates.
+    unsafe {
+        for (i, fd) in plan.stdio.iter().enumerate() {
+            if let Some(fd) = fd {
+                check(Step::Stdio, i, libc::dup2(*fd, i as c_int) as c_long)?;
+            }
+        }
+        for (i, (fd, typ)) in plan.joins.iter().enumerate() {
+            check(Step::Setns, i, libc::setns(*fd, *typ) as c_long)?;
+        }
+        // Wait until the parent has written our id maps and put us in the cgroup.
+        let mut byte = 0u8;
+        let n = libc::read(sync_pipe, (&mut byte as *mut u8).cast(), 1);
+        if n != 1 {
+            return Err(fail(
+                Step::Sync,
+                0,
+                if n < 0 { errno() } else { libc::EPIPE },
+            ));
+        }
+        if plan.become_userns_root {
+            check(
+                Step::UserRoot,
+                0,
+                libc::syscall(libc::SYS_setresgid, 0, 0, 0),
+            )?;
+            check(
+                Step::UserRoot,
+                1,
+                libc::syscall(libc::SYS_setresuid, 0, 0, 0),
+            )?;
+        }
+        if plan.unshare_cgroup {
+            check(
+                Step::UnshareCgroup,
+                0,
+                libc::unshare(libc::CLONE_NEWCGROUP) as c_long,
+            )?;
+        }
+
+        // The root filesystem, as runc's prepareRootfs: no mount event may leak back to
+        // the host, the rootfs must be a mount point for pivot_root.
+        let rp = &plan.rootfs;
+        mounts::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            rp.root_propagation,
+            std::ptr::null(),
+        )
+        .map_err(at(Step::RootPropagation, 0))?;
+        mounts::mount(
+            rp.rootfs.as_ptr(),
+            rp.rootfs.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+        .map_err(at(Step::BindRootfs, 0))?;
+        // Opened after the bind, so that it names the new mount and not the directory
+        // underneath it.
+        let root = libc::open(
+            rp.rootfs.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        check(Step::OpenRootfs, 0, root as c_long)?;
+        for (i, op) in rp.mounts.iter().enumerate() {
+            mounts::mount_one(root, op).map_err(at(Step::Mount, i))?;
+        }
+        for (i, d) in rp.devices.iter().enumerate() {
+            mounts::make_device(root, d).map_err(at(Step::Device, i))?;
+        }
+        if !rp.dev_symlinks.is_empty() {
+            mounts::dev_symlinks(root, &rp.dev_symlinks).map_err(at(Step::DevSymlinks, 0))?;
+        }
+        mounts::pivot_root(root).map_err(at(Step::PivotRoot, 0))?;
+        libc::close(root);
+
+        if let Some(h) = &plan.hostname {
+            check(
+                Step::Hostname,
+                0,
+                libc::sethostname(h.as_ptr(), h.as_bytes().len()) as c_long,
+            )?;
+        }
+        if let Some(d) = &plan.domainname {
+            check(
+                Step::Domainname,
+                0,
+                libc::setdomainname(d.as_ptr(), d.as_bytes().len()) as c_long,
+            )?;
+        }
+        // Sysctls before the read-only paths: /proc/sys becomes read-only there.
+        for (i, (path, value)) in plan.sysctls.iter().enumerate() {
+            let dir = libc::open(
+                c"/proc/sys".as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            check(Step::Sysctl, i, dir as c_long)?;
+            let fd = libc::openat(
+                dir,
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            );
+            libc::close(dir);
+            check(Step::Sysctl, i, fd as c_long)?;
+            let n = libc::write(fd, value.as_ptr().cast(), value.len());
+            libc::close(fd);
+            check(Step::Sysctl, i, n as c_long)?;
+        }
+        for (i, p) in plan.masked.iter().enumerate() {
+            mounts::mask_path(p).map_err(at(Step::MaskPath, i))?;
+        }
+        for (i, p) in plan.readonly.iter().enumerate() {
+            mounts::readonly_path(p).map_err(at(Step::ReadonlyPath, i))?;
+        }
+        if rp.readonly_root {
+            mounts::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            )
+            .map_err(at(Step::ReadonlyRoot, 0))?;
+        }
+        if let Some(adj) = &plan.oom_score_adj {
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            check(Step::OomScoreAdj, 0, fd as c_long)?;
+            let n = libc::write(fd, adj.as_ptr().cast(), adj.len());
+            libc::close(fd);
+            check(Step::OomScoreAdj, 0, n as c_long)?;
+        }
+        for (i, r) in plan.rlimits.iter().enumerate() {
+            let lim = libc::rlimit {
+                rlim_cur: r.soft,
+                rlim_max: r.hard,
+            };
+            check(Step::Rlimit, i, libc::setrlimit(r.resource, &lim) as c_long)?;
+        }
+        if let Some(mask) = plan.umask {
+            libc::umask(mask);
+        }
+        if plan.no_new_privs {
+            check(
+                Step::NoNewPrivs,
+                0,
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as c_long,
+            )?;
+        } else {
+            // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN, which the
+            // capability step may drop: install it now (as runc does).
+            install_seccomp(&plan.seccomp)?;
+        }
+        set_identity(plan)?;
+
+        // Resolve the cwd inside the root, refusing magic links: /proc/self/fd/N could
+        // name a directory of the host that a descriptor still points at.
+        let mut how: libc::open_how = std::mem::zeroed();
+        how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+        let cwd = libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            plan.cwd.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        );
+        check(Step::Cwd, 0, cwd)?;
+        let r = libc::fchdir(cwd as c_int);
+        libc::close(cwd as c_int);
+        check(Step::Cwd, 0, r as c_long)?;
+        // And check where we are: the kernel reports a directory outside our root as
+        // "(unreachable)/...", not an absolute path.
+        let mut buf = [0u8; 256];
+        let n = libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len());
+        if n > 0 && buf[0] != b'/' {
+            return Err(fail(Step::CwdOutsideRoot, 0, libc::EPERM));
+        }
+
+        // Descriptors beyond stdio must not reach the program: mark them close-on-exec
+        // (closing them now would also close the error pipe, which must report a
+        // failed execve).
+        check(
+            Step::CloseFds,
+            0,
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ),
+        )?;
+        if plan.no_new_privs {
+            install_seccomp(&plan.seccomp)?;
+        }
+        exec(plan)
+    }
+}
+
+fn install_seccomp(programs: &[BpfProgram]) -> StepResult {
+    for (i, program) in programs.iter().enumerate() {
+        let prog = libc::sock_fprog {
+            len: program.len() as u16,
+            // seccompiler's sock_filter is the kernel's struct, like libc's.
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at a BPF program the parent built and validated; the
+        // kernel copies it.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        check(Step::Seccomp, i, r as c_long)?;
+    }
+    Ok(())
+}
+
+/// Drops the bounding set, switches user and group (keeping capabilities across the
+/// uid change), then sets the effective, permitted, inheritable and ambient sets.
+fn set_identity(plan: &InitPlan) -> StepResult {
+    let caps = &plan.caps;
+    // SAFETY: prctl/capset/raw set*id system calls with integer arguments and a
+    // capability header/data pair on our stack. Raw syscalls, not glibc's wrappers:
+    // those broadcast to every thread glibc believes exists, and the parent's threads
+    // do not exist here.
+    unsafe {
+        for cap in 0..=caps.last_cap {
+            if caps.bounding & (1u64 << cap) == 0 {
+                let r = libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+                if r != 0 && errno() != libc::EINVAL {
+                    return Err(fail(Step::Bounding, cap as usize, errno()));
+                }
+            }
+        }
+        check(
+            Step::KeepCaps,
+            0,
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) as c_long,
+        )?;
+        check(
+            Step::Setgroups,
+            0,
+            libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()),
+        )?;
+        check(
+            Step::Setgid,
+            0,
+            libc::syscall(libc::SYS_setresgid, plan.gid, plan.gid, plan.gid),
+        )?;
+        check(
+            Step::Setuid,
+            0,
+            libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid),
+        )?;
+        check(
+            Step::KeepCaps,
+            1,
+            libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) as c_long,
+        )?;
+
+        let mut header = libc_cap_header();
+        let low = |m: u64| m as u32;
+        let high = |m: u64| (m >> 32) as u32;
+        let data = [
+            CapData {
+                effective: low(caps.effective),
+                permitted: low(caps.permitted),
+                inheritable: low(caps.inheritable),
+            },
+            CapData {
+                effective: high(caps.effective),
+                permitted: high(caps.permitted),
+                inheritable: high(caps.inheritable),
+            },
+        ];
+        check(
+            Step::Capset,
+            0,
+            libc::syscall(
+                libc::SYS_capset,
+                &mut header as *mut CapHeader,
+                data.as_ptr(),
+            ),
+        )?;
+        check(
+            Step::Ambient,
+            0,
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) as c_long,
+        )?;
+        for cap in 0..=caps.last_cap {
+            if caps.ambient & (1u64 << cap) != 0 {
+                let r = libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                );
+                check(Step::Ambient, cap as usize, r as c_long)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `struct __user_cap_header_struct`
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+/// `struct __user_cap_data_struct`
+#[repr(C)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn libc_cap_header() -> CapHeader {
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    }
+}
+
+/// Tries each candidate path, as execvp does: a missing file moves on to the next, a
+/// file that exists but cannot run is the error reported.
+fn exec(plan: &InitPlan) -> Result<std::convert::Infallible, Failure> {
+    if plan.argv_ptrs.last() != Some(&std::ptr::null())
+        || plan.envp_ptrs.last() != Some(&std::ptr::null())
+    {
+        return Err(fail(Step::Exec, 0, libc::EINVAL));
+    }
+    let mut error = libc::ENOENT;
+    for path in &plan.exec_paths {
+        // SAFETY: path and both arrays are NUL-terminated and live across the call.
+        unsafe {
+            libc::execve(
+                path.as_ptr(),
+                plan.argv_ptrs.as_ptr(),
+                plan.envp_ptrs.as_ptr(),
+            )
+        };
+        match errno() {
+            libc::ENOENT | libc::ENOTDIR => {}
+            e => error = e,
+        }
+    }
+    Err(fail(Step::Exec, 0, error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_round_trip_through_bytes() {
+        let f = fail(Step::Mount, 3, libc::EPERM);
+        assert_eq!(Failure::from_bytes(&f.to_bytes()), f);
+    }
+
+    #[test]
+    fn every_step_is_listed() {
+        for (i, s) in STEPS.iter().enumerate() {
+            assert_eq!(*s as usize, i + 1);
+        }
+    }
+}

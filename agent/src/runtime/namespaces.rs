@@ -1,0 +1,135 @@
+//! Namespaces: which ones the container gets new (flags to `clone(2)`), which existing
+//! ones it joins (a `path` in the spec, opened by the parent and `setns(2)`-ed by the
+//! child), and the cgroup namespace, which the child unshares only once the parent has
+//! put it in its cgroup (so the container's cgroup is its `/`).
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
+
+use super::RuntimeError;
+
+/// What the spec asks of namespaces, ready for the parent to act on.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NamespacePlan {
+    /// `CLONE_NEW*` flags for the clone.
+    pub clone_flags: libc::c_int,
+    /// Existing namespaces to join: path and `CLONE_NEW*` type.
+    pub join: Vec<(PathBuf, libc::c_int)>,
+    /// Unshare a cgroup namespace after being placed in the cgroup.
+    pub cgroup: bool,
+    /// A new user namespace (uid/gid maps written by the parent).
+    pub user: bool,
+    /// A new network namespace (so /sys may be mounted fresh).
+    pub new_net: bool,
+}
+
+fn flag(typ: LinuxNamespaceType) -> Result<libc::c_int, RuntimeError> {
+    use LinuxNamespaceType as T;
+    Ok(match typ {
+        T::Pid => libc::CLONE_NEWPID,
+        T::Mount => libc::CLONE_NEWNS,
+        T::Uts => libc::CLONE_NEWUTS,
+        T::Ipc => libc::CLONE_NEWIPC,
+        T::Network => libc::CLONE_NEWNET,
+        T::User => libc::CLONE_NEWUSER,
+        T::Cgroup => libc::CLONE_NEWCGROUP,
+        T::Time => {
+            return Err(RuntimeError::unsupported(
+                "linux.namespaces: the time namespace is not supported yet",
+            ))
+        }
+    })
+}
+
+/// Plans the namespaces of `namespaces` (the spec's `linux.namespaces`).
+pub fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan, RuntimeError> {
+    let mut plan = NamespacePlan::default();
+    for ns in namespaces {
+        let typ = ns.typ();
+        let flag = flag(typ)?;
+        match ns.path() {
+            Some(path) => {
+                match typ {
+                    LinuxNamespaceType::Pid => {
+                        return Err(RuntimeError::unsupported(
+                            "linux.namespaces: joining an existing pid namespace is not supported; \
+                             leave out its path to get a new one",
+                        ))
+                    }
+                    LinuxNamespaceType::Mount | LinuxNamespaceType::User => {
+                        return Err(RuntimeError::unsupported(format!(
+                            "linux.namespaces: joining an existing {typ:?} namespace is not supported yet"
+                        )))
+                    }
+                    _ => {}
+                }
+                plan.join.push((path.clone(), flag));
+            }
+            None if typ == LinuxNamespaceType::Cgroup => plan.cgroup = true,
+            None => {
+                plan.clone_flags |= flag;
+                plan.user |= typ == LinuxNamespaceType::User;
+                plan.new_net |= typ == LinuxNamespaceType::Network;
+            }
+        }
+    }
+    if plan.clone_flags & libc::CLONE_NEWNS == 0 {
+        return Err(RuntimeError::unsupported(
+            "linux.namespaces: berth needs a mount namespace (add {\"type\": \"mount\"})",
+        ));
+    }
+    Ok(plan)
+}
+
+/// Opens the namespaces to join, in the spec's order, for the child's `setns`.
+pub fn open_joins(plan: &NamespacePlan) -> Result<Vec<(OwnedFd, libc::c_int)>, RuntimeError> {
+    plan.join
+        .iter()
+        .map(|(path, flag)| {
+            let file = std::fs::File::open(path)
+                .map_err(|e| RuntimeError::io(format!("namespace {}", path.display()), e))?;
+            Ok((OwnedFd::from(file), *flag))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(typ: LinuxNamespaceType, path: Option<&str>) -> LinuxNamespace {
+        let mut n = LinuxNamespace::default();
+        n.set_typ(typ);
+        n.set_path(path.map(PathBuf::from));
+        n
+    }
+
+    #[test]
+    fn new_and_joined_namespaces() {
+        use LinuxNamespaceType as T;
+        let plan = plan(&[
+            ns(T::Pid, None),
+            ns(T::Mount, None),
+            ns(T::Network, Some("/run/netns/x")),
+            ns(T::Cgroup, None),
+        ])
+        .unwrap();
+        assert_eq!(plan.clone_flags, libc::CLONE_NEWPID | libc::CLONE_NEWNS);
+        assert_eq!(
+            plan.join,
+            vec![(PathBuf::from("/run/netns/x"), libc::CLONE_NEWNET)]
+        );
+        assert!(plan.cgroup && !plan.user && !plan.new_net);
+    }
+
+    #[test]
+    fn unsupported_joins_are_errors() {
+        use LinuxNamespaceType as T;
+        let e = plan(&[ns(T::Mount, None), ns(T::Pid, Some("/proc/1/ns/pid"))]).unwrap_err();
+        assert!(e.to_string().contains("pid namespace"), "{e}");
+        let e = plan(&[ns(T::Pid, None)]).unwrap_err();
+        assert!(e.to_string().contains("mount namespace"), "{e}");
+    }
+}

@@ -1,0 +1,585 @@
+//! The parent side of `run`: plan the init from the bundle, create the cgroup, clone
+//! the child into its namespaces, write its id maps, put it in the cgroup, let it go,
+//! report how it ended, and clean up.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxIdMapping, Spec};
+
+use super::cgroups::{Cgroup, Hierarchy, Resources};
+use super::init::{self, InitPlan};
+use super::mounts::{cpath, cstring};
+use super::namespaces::{self, NamespacePlan};
+use super::{caps, mounts, rlimits, seccomp, Bundle, RuntimeError};
+
+/// Where the container's standard streams go; `None` inherits the caller's.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stdio<'a> {
+    pub stdin: Option<BorrowedFd<'a>>,
+    pub stdout: Option<BorrowedFd<'a>>,
+    pub stderr: Option<BorrowedFd<'a>>,
+}
+
+/// How to run a bundle.
+#[derive(Debug, Default)]
+pub struct RunOptions<'a> {
+    /// The cgroup layout; `None` detects this host's.
+    pub hierarchy: Option<Hierarchy>,
+    pub stdio: Stdio<'a>,
+    /// Forward SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2 received by this process to
+    /// the container while it runs (the CLI does; a library caller with its own
+    /// signal handling does not).
+    pub forward_signals: bool,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitReport {
+    /// Its exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+}
+
+impl ExitReport {
+    /// The shell convention: the exit code, or 128 + the signal.
+    pub fn status(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 255,
+        }
+    }
+}
+
+/// Checks a container id: it names the cgroup directory, so it must be a plain name.
+pub fn check_id(id: &str) -> Result<(), RuntimeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::unsupported(format!(
+            "container id {id:?} is invalid: use letters, digits, '_', '.' and '-' (up to 128), starting with a letter or digit"
+        )))
+    }
+}
+
+/// Runs the bundle's process as container `id` in the foreground and returns how it
+/// ended, like `runc run`.
+pub fn run(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<ExitReport, RuntimeError> {
+    check_id(id)?;
+    let hierarchy = match &opts.hierarchy {
+        Some(h) => h.clone(),
+        None => Hierarchy::detect()?,
+    };
+    let spec = &bundle.spec;
+    let linux = spec.linux().clone().unwrap_or_default();
+    let ns = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default())?;
+    let joins = namespaces::open_joins(&ns)?;
+    let mut plan = plan_init(bundle, &ns, &hierarchy, opts)?;
+    plan.joins = joins.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+    plan.seal();
+
+    let resources = match linux.resources() {
+        Some(r) => Resources::from_spec(r)?,
+        None => Resources::default(),
+    };
+    let cgroup = CgroupGuard(Some(Cgroup::create(
+        &hierarchy,
+        &cgroup_path(linux.cgroups_path().as_deref(), id)?,
+        &resources,
+    )?));
+
+    let (sync_r, sync_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    // A stack for the child; clone without CLONE_VM gives it a private copy of the
+    // whole address space, this buffer included.
+    let mut stack = vec![0u8; 1 << 20];
+    let clone_flags = nix::sched::CloneFlags::from_bits_retain(ns.clone_flags);
+    let (sync_fd, err_fd) = (sync_r.as_raw_fd(), err_w.as_raw_fd());
+    let plan_ref = &plan;
+    // SAFETY: the callback runs in the child, which has a copy of this process's memory
+    // (no CLONE_VM) and only this thread. It runs `child_main`, which does only
+    // async-signal-safe work (system calls over `plan`, prepared above; no allocation,
+    // no locks) and ends in execve or _exit, never returning into Rust code that
+    // assumes the parent's threads. The 1 MiB stack outlives the call in the child.
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(move || init::child_main(plan_ref, sync_fd, err_fd)),
+            &mut stack,
+            clone_flags,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(|e| RuntimeError::io("clone the container's init", e.into()))?;
+    let mut child = ChildGuard(Some(pid));
+    drop(sync_r);
+    drop(err_w);
+    drop(joins);
+
+    if ns.user {
+        write_id_maps(pid, &linux)?;
+    }
+    if let Some(cg) = &cgroup.0 {
+        cg.add(pid.as_raw())?;
+    }
+    let mut sync_w = std::fs::File::from(sync_w);
+    std::io::Write::write_all(&mut sync_w, &[1])
+        .map_err(|e| RuntimeError::io("start the container's init", e))?;
+    drop(sync_w);
+
+    // EOF means execve succeeded (the pipe is close-on-exec); a record means a step
+    // failed.
+    let mut buf = [0u8; init::FAILURE_SIZE];
+    let mut err_file = std::fs::File::from(err_r);
+    let n = read_full(&mut err_file, &mut buf)?;
+    if n == init::FAILURE_SIZE {
+        let failure = init::Failure::from_bytes(&buf);
+        child.reap();
+        return Err(RuntimeError::Init {
+            id: id.to_string(),
+            step: init::describe(&plan, &failure),
+            errno: nix::errno::Errno::from_raw(failure.errno),
+        });
+    }
+
+    let forwarding = opts.forward_signals.then(|| SignalForwarding::start(pid));
+    let status = child.wait()?;
+    drop(forwarding);
+
+    let oom_kills = cgroup
+        .0
+        .as_ref()
+        .map(|c| c.oom_kills().unwrap_or(0))
+        .unwrap_or(0);
+    let report = match status {
+        WaitStatus::Exited(_, code) => ExitReport {
+            code: Some(code),
+            signal: None,
+            oom_killed: oom_kills > 0,
+        },
+        WaitStatus::Signaled(_, sig, _) => ExitReport {
+            code: None,
+            signal: Some(sig as i32),
+            oom_killed: oom_kills > 0,
+        },
+        _ => ExitReport {
+            code: None,
+            signal: None,
+            oom_killed: oom_kills > 0,
+        },
+    };
+    cgroup.delete()?;
+    Ok(report)
+}
+
+/// The cgroup path relative to the hierarchy root: the spec's `linux.cgroupsPath`
+/// (absolute paths are taken from the root), or `berth/<id>`.
+fn cgroup_path(spec_path: Option<&Path>, id: &str) -> Result<PathBuf, RuntimeError> {
+    let Some(p) = spec_path else {
+        return Ok(Path::new("berth").join(id));
+    };
+    if p.to_string_lossy().contains(':') {
+        return Err(RuntimeError::unsupported(format!(
+            "linux.cgroupsPath {}: systemd slice paths are not supported; give a path",
+            p.display()
+        )));
+    }
+    let mut rel = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => rel.push(n),
+            Component::RootDir | Component::CurDir => {}
+            _ => {
+                return Err(RuntimeError::unsupported(format!(
+                    "linux.cgroupsPath {} must not contain '..'",
+                    p.display()
+                )))
+            }
+        }
+    }
+    if rel.as_os_str().is_empty() {
+        return Err(RuntimeError::unsupported(
+            "linux.cgroupsPath must not be the root cgroup",
+        ));
+    }
+    Ok(rel)
+}
+
+/// Sysctls a container may set: the ones its own namespaces scope (runc's list).
+fn check_sysctl(key: &str, ns: &NamespacePlan) -> Result<(), RuntimeError> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let ok = (IPC.contains(&key) || key.starts_with("fs.mqueue."))
+        && ns.clone_flags & libc::CLONE_NEWIPC != 0
+        || key.starts_with("net.")
+            && (ns.new_net || ns.join.iter().any(|j| j.1 == libc::CLONE_NEWNET))
+        || key == "kernel.domainname" && ns.clone_flags & libc::CLONE_NEWUTS != 0;
+    if ok && !key.contains("..") && !key.contains('/') {
+        Ok(())
+    } else {
+        Err(RuntimeError::unsupported(format!(
+            "linux.sysctl {key}: not namespaced for this container; setting it would change the host"
+        )))
+    }
+}
+
+/// Prepares everything the child will do.
+fn plan_init(
+    bundle: &Bundle,
+    ns: &NamespacePlan,
+    hierarchy: &Hierarchy,
+    opts: &RunOptions,
+) -> Result<InitPlan, RuntimeError> {
+    let spec: &Spec = &bundle.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| RuntimeError::unsupported("process is missing"))?;
+    let linux = spec.linux().clone().unwrap_or_default();
+
+    let args = process.args().clone().unwrap_or_default();
+    let argv = args
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = process.env().clone().unwrap_or_default();
+    let envp = env
+        .iter()
+        .map(|e| cstring(e.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let program = args.first().cloned().unwrap_or_default();
+    let exec_paths = if program.contains('/') {
+        vec![cstring(program.as_bytes())?]
+    } else {
+        let path = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| cstring(format!("{d}/{program}").as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+
+    let cwd = process.cwd();
+    if !cwd.is_absolute() {
+        return Err(RuntimeError::unsupported(format!(
+            "process.cwd {} must be absolute",
+            cwd.display()
+        )));
+    }
+
+    let has_uts = ns.clone_flags & libc::CLONE_NEWUTS != 0
+        || ns.join.iter().any(|j| j.1 == libc::CLONE_NEWUTS);
+    let name = |value: &Option<String>, what: &str| -> Result<Option<CString>, RuntimeError> {
+        match value.as_deref().filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(_) if !has_uts => Err(RuntimeError::unsupported(format!(
+                "{what} needs a uts namespace"
+            ))),
+            Some(v) => Ok(Some(cstring(v.as_bytes())?)),
+        }
+    };
+
+    let mut sysctls = Vec::new();
+    for (key, value) in linux.sysctl().iter().flatten() {
+        check_sysctl(key, ns)?;
+        sysctls.push((
+            cstring(key.replace('.', "/").as_bytes())?,
+            value.as_bytes().to_vec(),
+        ));
+    }
+
+    let rootfs = mounts::plan(
+        &bundle.dir,
+        &bundle.rootfs,
+        spec.mounts().as_deref().unwrap_or_default(),
+        linux.devices().as_deref().unwrap_or_default(),
+        linux.rootfs_propagation().as_deref(),
+        spec.root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
+        Some(hierarchy),
+    )?;
+
+    let seccomp = match linux.seccomp() {
+        Some(profile) => seccomp::compile(profile)?,
+        None => Vec::new(),
+    };
+    let user = process.user();
+    let paths = |list: &Option<Vec<String>>| {
+        list.iter()
+            .flatten()
+            .map(|p| cstring(p.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let map_has_root = |maps: &Option<Vec<LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .any(|m| m.container_id() == 0 && m.size() > 0)
+    };
+    let fd = |f: Option<BorrowedFd>| f.map(|f| f.as_raw_fd());
+    Ok(InitPlan {
+        stdio: [
+            fd(opts.stdio.stdin),
+            fd(opts.stdio.stdout),
+            fd(opts.stdio.stderr),
+        ],
+        joins: Vec::new(),
+        become_userns_root: ns.user
+            && map_has_root(linux.uid_mappings())
+            && map_has_root(linux.gid_mappings()),
+        unshare_cgroup: ns.cgroup,
+        rootfs,
+        hostname: name(spec.hostname(), "hostname")?,
+        domainname: name(spec.domainname(), "domainname")?,
+        sysctls,
+        masked: paths(linux.masked_paths())?,
+        readonly: paths(linux.readonly_paths())?,
+        oom_score_adj: process.oom_score_adj().map(|a| a.to_string().into_bytes()),
+        rlimits: rlimits::plan(process.rlimits().as_deref().unwrap_or_default())?,
+        umask: user.umask(),
+        no_new_privs: process.no_new_privileges().unwrap_or(false),
+        uid: user.uid(),
+        gid: user.gid(),
+        groups: user.additional_gids().clone().unwrap_or_default(),
+        caps: caps::masks(process.capabilities().as_ref(), caps::last_cap()?)?,
+        seccomp,
+        cwd: cpath(cwd)?,
+        exec_paths,
+        argv,
+        envp,
+        argv_ptrs: Vec::new(),
+        envp_ptrs: Vec::new(),
+    })
+}
+
+fn write_id_maps(pid: Pid, linux: &oci_spec::runtime::Linux) -> Result<(), RuntimeError> {
+    let text = |maps: &Option<Vec<LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    for (file, maps) in [
+        ("uid_map", linux.uid_mappings()),
+        ("gid_map", linux.gid_mappings()),
+    ] {
+        let path = format!("/proc/{pid}/{file}");
+        let content = text(maps);
+        if content.is_empty() {
+            return Err(RuntimeError::unsupported(format!(
+                "a user namespace needs linux.{}",
+                if file == "uid_map" {
+                    "uidMappings"
+                } else {
+                    "gidMappings"
+                }
+            )));
+        }
+        std::fs::write(&path, content).map_err(|e| RuntimeError::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::io("create a pipe", e.into()))
+}
+
+/// Reads until `buf` is full or EOF; returns how much was read.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, RuntimeError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(RuntimeError::io("read the init's status", e)),
+        }
+    }
+    Ok(n)
+}
+
+/// Deletes the cgroup when dropped (on every early return).
+struct CgroupGuard(Option<Cgroup>);
+
+impl CgroupGuard {
+    fn delete(mut self) -> Result<(), RuntimeError> {
+        match self.0.take() {
+            Some(cg) => cg.delete().map_err(RuntimeError::from),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0.take() {
+            let _ = cg.delete();
+        }
+    }
+}
+
+/// Kills and reaps the child when dropped before it was waited for.
+struct ChildGuard(Option<Pid>);
+
+impl ChildGuard {
+    fn wait(&mut self) -> Result<WaitStatus, RuntimeError> {
+        let Some(pid) = self.0 else {
+            return Err(RuntimeError::io(
+                "wait",
+                std::io::Error::other("already reaped"),
+            ));
+        };
+        loop {
+            match waitpid(pid, None) {
+                Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                    self.0 = None;
+                    return Ok(status);
+                }
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(RuntimeError::io("wait for the container", e.into())),
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = self.wait();
+            self.0 = None;
+            let _ = pid;
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+/// The container's pid for the signal handler (0: none).
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+const FORWARDED: &[libc::c_int] = &[
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Forwards signals to the container while alive; restores the old handlers on drop.
+struct SignalForwarding {
+    old: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl SignalForwarding {
+    fn start(pid: Pid) -> SignalForwarding {
+        FORWARD_TO.store(pid.as_raw(), Ordering::Relaxed);
+        let mut old = Vec::new();
+        for sig in FORWARDED {
+            // SAFETY: installing a handler that only calls kill (async-signal-safe);
+            // both sigaction structs are ours and fully initialised.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = forward as extern "C" fn(libc::c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut previous: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(*sig, &action, &mut previous) == 0 {
+                    old.push((*sig, previous));
+                }
+            }
+        }
+        SignalForwarding { old }
+    }
+}
+
+impl Drop for SignalForwarding {
+    fn drop(&mut self) {
+        for (sig, previous) in &self.old {
+            // SAFETY: restoring the handler sigaction returned earlier.
+            unsafe { libc::sigaction(*sig, previous, std::ptr::null_mut()) };
+        }
+        FORWARD_TO.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "web-1", "x.y_z", "0abc"] {
+            check_id(ok).unwrap();
+        }
+        for bad in ["", "-a", "a/b", "..", "a b", &"x".repeat(129)] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cgroup_paths() {
+        assert_eq!(cgroup_path(None, "c1").unwrap(), Path::new("berth/c1"));
+        assert_eq!(
+            cgroup_path(Some(Path::new("/my/c1")), "x").unwrap(),
+            Path::new("my/c1")
+        );
+        assert!(cgroup_path(Some(Path::new("/a/../b")), "x").is_err());
+        assert!(cgroup_path(Some(Path::new("system.slice:berth:c1")), "x").is_err());
+        assert!(cgroup_path(Some(Path::new("/")), "x").is_err());
+    }
+
+    #[test]
+    fn exit_status_is_the_shell_convention() {
+        let r = |code, signal| {
+            ExitReport {
+                code,
+                signal,
+                oom_killed: false,
+            }
+            .status()
+        };
+        assert_eq!(r(Some(3), None), 3);
+        assert_eq!(r(None, Some(9)), 137);
+    }
+}

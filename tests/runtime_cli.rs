@@ -1,0 +1,77 @@
+//! `berth runtime spec` and `berth runtime run`, through the real binary (as root):
+//! the exit status of the container is berth's.
+
+// Helpers are test code: a panic is how they fail (clippy.toml covers #[test] fns only).
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+fn berth() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+}
+
+/// A bundle with berth's default spec running `script`, made by `berth runtime spec`.
+fn bundle(dir: &Path, script: &str) {
+    testkit::busybox_rootfs(&dir.join("rootfs")).unwrap();
+    let out = berth()
+        .args(["runtime", "spec", "--bundle"])
+        .arg(dir)
+        .args(["--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_container_exit_code_is_berths() {
+    let dir = tempfile::tempdir().unwrap();
+    bundle(dir.path(), "echo hello; exit 7");
+    let out = berth()
+        .args(["runtime", "run", "--bundle"])
+        .arg(dir.path())
+        .arg(testkit::unique_name("cli"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+}
+
+#[test]
+fn spec_refuses_to_overwrite_and_run_names_the_failed_step() {
+    let dir = tempfile::tempdir().unwrap();
+    bundle(dir.path(), "true");
+    let again = berth()
+        .args(["runtime", "spec", "--bundle"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    // A program that is not in the image: a clear error, not a hang or a panic.
+    let config = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"sh\",", "\"no-such-program\",")).unwrap();
+    let out = berth()
+        .args(["runtime", "run", "--bundle"])
+        .arg(dir.path())
+        .arg(testkit::unique_name("cli-missing"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("exec no-such-program") && stderr.contains("ENOENT"),
+        "{stderr}"
+    );
+}
