@@ -25,6 +25,23 @@ pub enum ImageCommand {
         /// The archive file or layout directory
         path: PathBuf,
     },
+    /// Pull an image from a registry (plain HTTP only for loopback and --insecure-registry)
+    Pull {
+        /// Registry that may be reached over plain HTTP (host[:port]; repeatable)
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+        /// User name for basic authentication (the password is read from standard input)
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the password from standard input
+        #[arg(long = "password-stdin", requires = "username")]
+        password_stdin: bool,
+        /// No progress bars
+        #[arg(short, long)]
+        quiet: bool,
+        /// The image, NAME[:TAG] or NAME@DIGEST
+        name: String,
+    },
     /// List images
     #[command(visible_alias = "list")]
     Ls,
@@ -55,6 +72,38 @@ pub fn run(state_dir: &Path, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 .map(|i| format!("Loaded image: {}\n", i.reference.familiar()))
                 .collect();
             write_stdout(&text)?;
+        }
+        ImageCommand::Pull {
+            insecure,
+            username,
+            password_stdin,
+            quiet,
+            name,
+        } => {
+            let reference = Reference::parse(name)?;
+            let credentials = match (username, password_stdin) {
+                (Some(user), true) => {
+                    let mut password = String::new();
+                    std::io::stdin().read_line(&mut password)?;
+                    image::pull::Credentials::Basic {
+                        username: user.clone(),
+                        password: password.trim_end_matches(['\n', '\r']).to_string(),
+                    }
+                }
+                _ => image::pull::Credentials::Auto,
+            };
+            let opts = image::pull::PullOptions {
+                credentials,
+                insecure_registries: insecure.clone(),
+                progress: !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                docker_config_dir: None,
+            };
+            let pulled = image::pull::pull(&store, &reference, &opts)?;
+            write_stdout(&format!(
+                "Pulled {} ({})\n",
+                pulled.reference.familiar(),
+                pulled.manifest_digest
+            ))?;
         }
         ImageCommand::Ls => write_stdout(&table(&store.images()?))?,
         ImageCommand::Rm { names } => {

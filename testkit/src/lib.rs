@@ -5,6 +5,7 @@
 //! message that says so rather than skipping the test.
 
 pub mod oci;
+pub mod registry;
 
 use std::io;
 use std::os::unix::fs::symlink;

@@ -31,25 +31,39 @@ fn put_blob(dir: &Path, bytes: &[u8]) -> io::Result<String> {
 /// `tag` (`org.opencontainers.image.ref.name`), whose single gzip layer is
 /// `rootfs_tar` and whose config is [`CONFIG`].
 pub fn oci_layout(rootfs_tar: &Path, dir: &Path, tag: &str) -> io::Result<()> {
+    oci_layout_with_layers(&[rootfs_tar], dir, tag)
+}
+
+/// [`oci_layout`] with several layers, bottom first (each a tar, stored gzipped).
+pub fn oci_layout_with_layers(layer_tars: &[&Path], dir: &Path, tag: &str) -> io::Result<()> {
     fs::create_dir_all(dir.join("blobs/sha256"))?;
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
 
-    let tar = fs::read(rootfs_tar)?;
-    let diff_id = hex::encode(Sha256::digest(&tar));
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar)?;
-    let layer = gz.finish()?;
-    let layer_hex = put_blob(dir, &layer)?;
+    let mut diff_ids = Vec::new();
+    let mut layers = Vec::new();
+    for tar_path in layer_tars {
+        let tar = fs::read(tar_path)?;
+        diff_ids.push(format!("\"sha256:{}\"", hex::encode(Sha256::digest(&tar))));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar)?;
+        let layer = gz.finish()?;
+        let layer_hex = put_blob(dir, &layer)?;
+        layers.push(format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{layer_hex}","size":{}}}"#,
+            layer.len()
+        ));
+    }
 
     let config = format!(
-        r#"{{"created":"2024-01-01T00:00:00Z","architecture":"{}","os":"linux","config":{CONFIG},"rootfs":{{"type":"layers","diff_ids":["sha256:{diff_id}"]}},"history":[{{"created":"2024-01-01T00:00:00Z","created_by":"testkit::oci_layout"}}]}}"#,
-        arch()
+        r#"{{"created":"2024-01-01T00:00:00Z","architecture":"{}","os":"linux","config":{CONFIG},"rootfs":{{"type":"layers","diff_ids":[{}]}},"history":[{{"created":"2024-01-01T00:00:00Z","created_by":"testkit::oci_layout"}}]}}"#,
+        arch(),
+        diff_ids.join(",")
     );
     let config_hex = put_blob(dir, config.as_bytes())?;
     let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_hex}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{layer_hex}","size":{}}}]}}"#,
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_hex}","size":{}}},"layers":[{}]}}"#,
         config.len(),
-        layer.len()
+        layers.join(",")
     );
     let manifest_hex = put_blob(dir, manifest.as_bytes())?;
     let index = format!(

@@ -1,7 +1,7 @@
 //! The local image store: content-addressed blobs, image references, and safe layer
 //! unpacking. Images come in by [`import`] (a rootfs tar, like `docker import`) or
-//! [`load`] (an OCI layout or a `docker save` archive); pull comes later and streams
-//! into the same [`store::BlobWriter`].
+//! [`load`] (an OCI layout or a `docker save` archive) or [`pull::pull`] (any OCI
+//! distribution registry), all through the same verifying [`store::BlobWriter`].
 //!
 //! Where to start: [`Store::open`], then [`Store::image`] and [`Store::layer_dirs`],
 //! which is what the runtime needs to build a container's rootfs.
@@ -11,6 +11,7 @@ mod images;
 mod import;
 mod load;
 pub mod oci;
+pub mod pull;
 pub mod reference;
 pub mod store;
 pub mod unpack;

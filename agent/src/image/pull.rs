@@ -1,0 +1,449 @@
+//! `berth image pull`: images from any OCI distribution registry.
+//!
+//! The manifest is fetched raw, so its digest is checked against the bytes berth
+//! stores; an image index is resolved to this machine's platform, as `load` does. The
+//! config and the layers are streamed into the store's blob writer, which checks each
+//! digest before a blob becomes visible. Layers are fetched concurrently (a few at a
+//! time), a layer already in the store is not fetched, and a layer listed twice is
+//! fetched once. The image is registered only once every blob is in, through the same
+//! path `load` uses, so a failed pull leaves no half image behind.
+//!
+//! Transport: HTTPS, except for registries on the loopback interface and those the
+//! user marks insecure, which may use plain HTTP. Authentication: anonymous, basic
+//! (flags, or the user's existing `docker login` entries in `~/.docker/config.json`),
+//! and bearer tokens, which the registry's `WWW-Authenticate` challenge leads the
+//! client to fetch.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use futures_util::{StreamExt, TryStreamExt};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+
+use super::images::Image;
+use super::oci::{host_architecture, Index, Manifest, MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX};
+use super::reference::Reference;
+use super::store::Store;
+use super::{Digest, ImageError};
+
+/// How many layers download at once: enough to fill a link, few enough not to be
+/// rate-limited by public registries.
+const CONCURRENT_LAYERS: usize = 4;
+
+/// Manifest media types berth accepts, in order of preference.
+const MANIFEST_TYPES: &[&str] = &[
+    super::oci::MEDIA_OCI_MANIFEST,
+    super::oci::MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_INDEX,
+    MEDIA_DOCKER_LIST,
+];
+
+/// Credentials for one pull.
+#[derive(Clone, Default)]
+pub enum Credentials {
+    /// No credentials given: `~/.docker/config.json` is consulted, else anonymous.
+    #[default]
+    Auto,
+    Anonymous,
+    Basic {
+        username: String,
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print a password, not even in a debug log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Auto => f.write_str("Auto"),
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    pub credentials: Credentials,
+    /// Registries (`host[:port]`) that may be reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Draw per-layer progress bars on standard error (when it is a terminal).
+    pub progress: bool,
+    /// Where `docker login` keeps credentials; default `$DOCKER_CONFIG` or `~/.docker`.
+    pub docker_config_dir: Option<PathBuf>,
+}
+
+/// Pulls `reference` into `store` (blocking; for callers outside an async runtime).
+pub fn pull(store: &Store, reference: &Reference, opts: &PullOptions) -> Result<Image, ImageError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| pull_error(reference, format!("cannot start the I/O runtime: {e}")))?;
+    runtime.block_on(pull_async(store, reference, opts))
+}
+
+fn pull_error(reference: &Reference, reason: impl Into<String>) -> ImageError {
+    ImageError::Invalid {
+        what: format!("pulling {}", reference.familiar()),
+        reason: reason.into(),
+    }
+}
+
+/// Registries on the loopback interface may use plain HTTP: nothing crosses a network.
+fn is_loopback(domain: &str) -> bool {
+    let host = match domain.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => domain,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+pub async fn pull_async(
+    store: &Store,
+    reference: &Reference,
+    opts: &PullOptions,
+) -> Result<Image, ImageError> {
+    let mut insecure = opts.insecure_registries.clone();
+    if is_loopback(&reference.domain) {
+        insecure.push(reference.domain.clone());
+    }
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(insecure),
+        ..Default::default()
+    });
+    let target: oci_client::Reference = reference
+        .to_string()
+        .parse()
+        .map_err(|e| pull_error(reference, format!("{e}")))?;
+    let auth = registry_auth(
+        &opts.credentials,
+        &reference.domain,
+        opts.docker_config_dir.as_deref(),
+    );
+    let net = |e: oci_client::errors::OciDistributionError| pull_error(reference, describe(&e));
+
+    // The manifest, raw: its digest is checked against the bytes themselves.
+    let (mut bytes, _) = client
+        .pull_manifest_raw(&target, &auth, MANIFEST_TYPES)
+        .await
+        .map_err(net)?;
+    if let Some(pinned) = &reference.digest {
+        // A reference by digest names exactly these bytes (the index, if it is one).
+        let actual = Digest::of(&bytes);
+        if actual != *pinned {
+            return Err(ImageError::DigestMismatch {
+                what: format!("manifest of {}", reference.familiar()),
+                expected: pinned.clone(),
+                actual,
+            });
+        }
+    }
+    let mut target = target;
+    if let Ok(index) = serde_json::from_slice::<Index>(&bytes) {
+        if index_like(&bytes) {
+            let arch = host_architecture();
+            let chosen = index
+                .manifests
+                .iter()
+                .find(|m| {
+                    m.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+                })
+                .ok_or_else(|| {
+                    pull_error(reference, format!("the image has no linux/{arch} variant"))
+                })?;
+            target = target.clone_with_digest(chosen.digest.to_string());
+            let (platform_bytes, _) = client
+                .pull_manifest_raw(&target, &auth, MANIFEST_TYPES)
+                .await
+                .map_err(net)?;
+            if Digest::of(&platform_bytes) != chosen.digest {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("manifest of {}", reference.familiar()),
+                    expected: chosen.digest.clone(),
+                    actual: Digest::of(&platform_bytes),
+                });
+            }
+            bytes = platform_bytes;
+        }
+    }
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        pull_error(
+            reference,
+            format!("the registry sent an invalid manifest: {e}"),
+        )
+    })?;
+
+    // Config and layers, each once, each verified by the store on the way in.
+    let mut wanted: Vec<&super::oci::Descriptor> = vec![&manifest.config];
+    let mut seen = BTreeSet::new();
+    seen.insert(manifest.config.digest.clone());
+    for layer in &manifest.layers {
+        if seen.insert(layer.digest.clone()) {
+            wanted.push(layer);
+        }
+    }
+    let missing: Vec<&super::oci::Descriptor> = wanted
+        .into_iter()
+        .filter(|d| !store.has_blob(&d.digest))
+        .collect();
+
+    let bars = MultiProgress::with_draw_target(if opts.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let style =
+        ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let fetches = missing.iter().map(|desc| {
+        let bar = bars.add(ProgressBar::new(desc.size));
+        bar.set_style(style.clone());
+        bar.set_prefix(short(&desc.digest));
+        fetch_blob(&client, &target, store, desc, bar, reference)
+    });
+    futures_util::stream::iter(fetches)
+        .buffer_unordered(CONCURRENT_LAYERS)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let lock = store.lock()?;
+    let images = store.commit_image(&lock, std::slice::from_ref(reference), &bytes)?;
+    images
+        .into_iter()
+        .next()
+        .ok_or_else(|| pull_error(reference, "nothing was registered"))
+}
+
+/// Whether raw manifest bytes are an index (or a Docker manifest list), by media type.
+fn index_like(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default, rename = "mediaType")]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Probe>(bytes) {
+        Ok(p) => match p.media_type.as_deref() {
+            Some(MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST) => true,
+            Some(_) => false,
+            // OCI allows an index without mediaType; it is the one with `manifests`.
+            None => p.manifests.is_some(),
+        },
+        Err(_) => false,
+    }
+}
+
+fn short(digest: &Digest) -> String {
+    let text = digest.to_string();
+    let hex = text.split_once(':').map(|(_, h)| h).unwrap_or(&text);
+    hex.chars().take(12).collect()
+}
+
+async fn fetch_blob(
+    client: &oci_client::Client,
+    target: &oci_client::Reference,
+    store: &Store,
+    desc: &super::oci::Descriptor,
+    bar: ProgressBar,
+    reference: &Reference,
+) -> Result<(), ImageError> {
+    let descriptor = OciDescriptor {
+        media_type: desc.media_type.clone(),
+        digest: desc.digest.to_string(),
+        size: i64::try_from(desc.size).unwrap_or(i64::MAX),
+        ..Default::default()
+    };
+    let mut stream = client
+        .pull_blob_stream(target, &descriptor)
+        .await
+        .map_err(|e| {
+            pull_error(
+                reference,
+                format!("layer {}: {}", short(&desc.digest), describe(&e)),
+            )
+        })?;
+    let mut writer = store.blob_writer(Some(desc.digest.clone()))?;
+    while let Some(chunk) = stream.stream.next().await {
+        let chunk = chunk
+            .map_err(|e| pull_error(reference, format!("layer {}: {e}", short(&desc.digest))))?;
+        writer.write_all(&chunk).map_err(|e| ImageError::Io {
+            op: "writing a blob into",
+            path: store.root().to_path_buf(),
+            source: e,
+        })?;
+        bar.inc(chunk.len() as u64);
+    }
+    // The store checks the digest before the blob becomes visible.
+    writer.commit()?;
+    bar.finish_with_message("done");
+    Ok(())
+}
+
+/// The registry's own message when it gave one, else the client's.
+fn describe(e: &oci_client::errors::OciDistributionError) -> String {
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
+            format!(
+                "{e}; give credentials with --username and --password-stdin, or run docker login"
+            )
+        }
+        E::ImageManifestNotFoundError(_) => format!("{e}; check the name and the tag"),
+        _ => e.to_string(),
+    }
+}
+
+fn registry_auth(creds: &Credentials, domain: &str, config_dir: Option<&Path>) -> RegistryAuth {
+    match creds {
+        Credentials::Anonymous => RegistryAuth::Anonymous,
+        Credentials::Basic { username, password } => {
+            RegistryAuth::Basic(username.clone(), password.clone())
+        }
+        Credentials::Auto => docker_login(domain, config_dir)
+            .map(|(u, p)| RegistryAuth::Basic(u, p))
+            .unwrap_or(RegistryAuth::Anonymous),
+    }
+}
+
+/// The `docker login` entry for `domain`, from `config.json`'s `auths` (base64
+/// `user:password`). Credential helpers are not supported; such entries are skipped.
+fn docker_login(domain: &str, config_dir: Option<&Path>) -> Option<(String, String)> {
+    let dir = match config_dir {
+        Some(d) => d.to_path_buf(),
+        None => match std::env::var_os("DOCKER_CONFIG") {
+            Some(d) => PathBuf::from(d),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".docker"),
+        },
+    };
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let auths = config.get("auths")?.as_object()?;
+    // Docker Hub's entry is keyed by its old index URL.
+    let keys: Vec<String> = if domain == "docker.io" {
+        vec![
+            "https://index.docker.io/v1/".into(),
+            "docker.io".into(),
+            "index.docker.io".into(),
+        ]
+    } else {
+        vec![
+            domain.to_string(),
+            format!("https://{domain}"),
+            format!("http://{domain}"),
+        ]
+    };
+    let entry = keys.iter().find_map(|k| auths.get(k))?;
+    let encoded = entry.get("auth")?.as_str()?;
+    let decoded = base64_decode(encoded)?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, pass) = text.split_once(':')?;
+    Some((user.to_string(), pass.to_string()))
+}
+
+/// Standard base64, as `docker login` writes it (small: not worth a dependency).
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= value(*c)? << (18 - 6 * i);
+        }
+        let bytes = [(acc >> 16) as u8, (acc >> 8) as u8, acc as u8];
+        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_may_use_http() {
+        for (domain, want) in [
+            ("localhost:5000", true),
+            ("127.0.0.1:5000", true),
+            ("127.1.2.3", true),
+            ("[::1]:5000", true),
+            ("docker.io", false),
+            ("registry.example.com:5000", false),
+            ("10.0.0.1:5000", false),
+        ] {
+            assert_eq!(is_loopback(domain), want, "{domain}");
+        }
+    }
+
+    #[test]
+    fn docker_login_entries_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // "tester:s3cret" and Docker Hub's "hubuser:hubpass"
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"auths": {"127.0.0.1:5000": {"auth": "dGVzdGVyOnMzY3JldA=="},
+                "https://index.docker.io/v1/": {"auth": "aHVidXNlcjpodWJwYXNz"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            docker_login("127.0.0.1:5000", Some(dir.path())),
+            Some(("tester".into(), "s3cret".into()))
+        );
+        assert_eq!(
+            docker_login("docker.io", Some(dir.path())),
+            Some(("hubuser".into(), "hubpass".into()))
+        );
+        assert_eq!(docker_login("other:5000", Some(dir.path())), None);
+    }
+
+    #[test]
+    fn base64_matches_known_values() {
+        for (text, want) in [
+            ("", ""),
+            ("YQ==", "a"),
+            ("YWI=", "ab"),
+            ("YWJj", "abc"),
+            ("dGVzdGVyOnMzY3JldA==", "tester:s3cret"),
+        ] {
+            assert_eq!(
+                base64_decode(text).map(|b| String::from_utf8(b).unwrap()),
+                Some(want.to_string())
+            );
+        }
+        assert_eq!(base64_decode("!!"), None);
+    }
+
+    #[test]
+    fn credentials_never_print_a_password() {
+        let c = Credentials::Basic {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}
