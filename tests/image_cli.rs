@@ -157,11 +157,16 @@ fn pull_from_a_registry() {
     let layout = dir.path().join("layout");
     testkit::oci::oci_layout(&tar, &layout, "1").expect("layout");
     let registry = testkit::registry::Registry::start().expect("registry");
-    registry.push_layout(&layout, "1", "tools/busybox:1", None).expect("push");
+    registry
+        .push_layout(&layout, "1", "tools/busybox:1", None)
+        .expect("push");
 
     let name = format!("{}/tools/busybox:1", registry.addr);
     let out = ok(&berth(&state, &["image", "pull", "-q", &name]));
     assert!(out.starts_with(&format!("Pulled {name} (sha256:")), "{out}");
     let ls = ok(&berth(&state, &["image", "ls"]));
-    assert!(ls.contains(&format!("{}/tools/busybox", registry.addr)), "{ls}");
+    assert!(
+        ls.contains(&format!("{}/tools/busybox", registry.addr)),
+        "{ls}"
+    );
 }
