@@ -27,14 +27,26 @@ fn bundle(dir: &Path, script: &str) {
     );
 }
 
+/// Gives the bundle's container the top-level cgroup `/<id>`, removed by the guard.
+fn own_cgroup(dir: &Path, id: &str) -> testkit::CgroupGuard {
+    let config = dir.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    spec["linux"]["cgroupsPath"] = serde_json::Value::from(format!("/{id}"));
+    std::fs::write(&config, spec.to_string()).unwrap();
+    testkit::CgroupGuard(id.to_string())
+}
+
 #[test]
 fn the_container_exit_code_is_berths() {
     let dir = tempfile::tempdir().unwrap();
     bundle(dir.path(), "echo hello; exit 7");
+    let id = testkit::unique_name("cli");
+    let _cgroup = own_cgroup(dir.path(), &id);
     let out = berth()
         .args(["runtime", "run", "--bundle"])
         .arg(dir.path())
-        .arg(testkit::unique_name("cli"))
+        .arg(&id)
         .output()
         .unwrap();
     assert_eq!(
@@ -62,10 +74,12 @@ fn spec_refuses_to_overwrite_and_run_names_the_failed_step() {
     let config = dir.path().join("config.json");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("\"sh\",", "\"no-such-program\",")).unwrap();
+    let id = testkit::unique_name("cli-missing");
+    let _cgroup = own_cgroup(dir.path(), &id);
     let out = berth()
         .args(["runtime", "run", "--bundle"])
         .arg(dir.path())
-        .arg(testkit::unique_name("cli-missing"))
+        .arg(&id)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

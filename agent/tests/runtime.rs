@@ -31,12 +31,15 @@ impl TestBundle {
         let dir = tempfile::tempdir().unwrap();
         testkit::busybox_rootfs(&dir.path().join("rootfs")).unwrap();
         let args = ["sh".to_string(), "-c".to_string(), script.to_string()];
-        let spec = runtime::default_spec(Path::new("rootfs"), &args).unwrap();
-        TestBundle {
-            dir,
-            id: testkit::unique_name(tag),
-            spec,
-        }
+        let mut spec = runtime::default_spec(Path::new("rootfs"), &args).unwrap();
+        let id = testkit::unique_name(tag);
+        // A top-level cgroup of its own, removed by the test's guard: tests leave no
+        // shared `berth/` parent behind.
+        spec.linux_mut()
+            .as_mut()
+            .unwrap()
+            .set_cgroups_path(Some(PathBuf::from(format!("/{id}"))));
+        TestBundle { dir, id, spec }
     }
 
     fn path(&self) -> &Path {
@@ -51,7 +54,7 @@ impl TestBundle {
     /// Runs the container; returns how it ended and what it wrote to stdout and stderr.
     fn run(&self) -> (Result<ExitReport, RuntimeError>, String) {
         self.write();
-        let _cleanup = CgroupCleanup(self.id.clone());
+        let _cleanup = testkit::CgroupGuard(self.id.clone());
         let out_path = self.path().join("output");
         let out = File::create(&out_path).unwrap();
         let bundle = Bundle::load(self.path()).unwrap();
@@ -77,26 +80,6 @@ impl TestBundle {
 
     fn linux(&mut self) -> &mut oci_spec::runtime::Linux {
         self.spec.linux_mut().as_mut().unwrap()
-    }
-}
-
-/// Removes `berth/<id>` from every cgroup controller if a test left it behind.
-struct CgroupCleanup(String);
-
-impl Drop for CgroupCleanup {
-    fn drop(&mut self) {
-        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-            let Ok(entries) = std::fs::read_dir(root) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let dir = entry.path().join("berth").join(&self.0);
-                if dir.exists() {
-                    let _ = std::fs::remove_dir(&dir);
-                }
-            }
-            let _ = std::fs::remove_dir(PathBuf::from(root).join("berth").join(&self.0));
-        }
     }
 }
 
@@ -152,12 +135,17 @@ fn a_container_killed_by_a_signal_reports_128_plus_n() {
     let b = TestBundle::new("signal", "echo started; sleep 100");
     // The init of a pid namespace ignores every signal it has no handler for, except
     // SIGKILL sent from outside: find the container through its cgroup and kill it.
-    let procs = PathBuf::from("/sys/fs/cgroup/pids/berth")
-        .join(&b.id)
-        .join("cgroup.procs");
+    // The container's own cgroup: under the pids controller (v1) or the unified root (v2).
+    let candidates: Vec<PathBuf> = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|root| PathBuf::from(root).join(&b.id).join("cgroup.procs"))
+        .collect();
     let killer = std::thread::spawn(move || {
         for _ in 0..3000 {
-            if let Ok(text) = std::fs::read_to_string(&procs) {
+            let text = candidates
+                .iter()
+                .find_map(|p| std::fs::read_to_string(p).ok());
+            if let Some(text) = text {
                 if let Some(pid) = text.lines().next().and_then(|l| l.parse::<i32>().ok()) {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                     // SAFETY: sending a signal to a process id; no memory is involved.

@@ -152,3 +152,48 @@ pub fn unique_name(tag: &str) -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("berth-t{}-{n}-{tag}", std::process::id())
 }
+
+/// Removes the cgroup `rel` (a path under the hierarchy roots) from every cgroup v1
+/// controller and from cgroup v2, children first; missing ones are skipped. For tests
+/// that give each container its own top-level cgroup (`linux.cgroupsPath = /<name>`),
+/// so that nothing shared is left behind.
+pub fn remove_cgroup(rel: &str) {
+    fn remove_tree(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_tree(&entry.path());
+                }
+            }
+        }
+        // cgroup directories are removed with rmdir even though they list files.
+        let _ = std::fs::remove_dir(dir);
+    }
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() || rel.contains("..") {
+        return;
+    }
+    let mut roots = vec![
+        PathBuf::from("/sys/fs/cgroup"),
+        PathBuf::from("/sys/fs/cgroup/unified"),
+    ];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().map(|e| e.path()));
+    }
+    for root in roots {
+        let dir = root.join(rel);
+        if dir.is_dir() {
+            remove_tree(&dir);
+        }
+    }
+}
+
+/// Removes its cgroup (see [`remove_cgroup`]) when dropped, even if the test failed.
+#[derive(Debug)]
+pub struct CgroupGuard(pub String);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        remove_cgroup(&self.0);
+    }
+}
