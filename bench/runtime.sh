@@ -23,6 +23,9 @@ work="$(mktemp -d)"
 cleanup() {
   runc --root "$work/runc" delete --force runc-bench >/dev/null 2>&1 || true
   rm -rf "$work"
+  # berth's cgroup parents, if the runs left them empty (rmdir never removes a
+  # non-empty cgroup, so a running berth is safe).
+  rmdir /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth 2>/dev/null || true
 }
 trap cleanup EXIT
 
