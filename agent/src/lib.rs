@@ -2,7 +2,9 @@
 //! (namespaces, cgroups, capabilities, seccomp, mounts), the per-container shim, health
 //! checks, restart policies and logs.
 //!
-//! Built so far: the image store (`image`) and the runtime core (`runtime`).
+//! Built so far: the image store (`image`), the runtime core (`runtime`), and
+//! `container`, which turns an image and a Compose service into a runnable bundle.
 
+pub mod container;
 pub mod image;
 pub mod runtime;

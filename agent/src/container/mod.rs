@@ -1,0 +1,190 @@
+//! From an image and a Compose service to a runnable OCI bundle: the container's
+//! overlayfs root filesystem (`rootfs.rs`), its `config.json` built from the image's
+//! config and the service with Docker's semantics (`spec.rs`), the user resolved from
+//! the image's own /etc/passwd and /etc/group (`user.rs`), and the host side of its
+//! mounts: named volumes seeded from the image, bind sources, secrets and configs
+//! written as files (`mounts.rs`).
+//!
+//! Where to start reading: [`prepare`] does all of it for one container and returns a
+//! [`runtime::Bundle`] ready for [`runtime::run`]; [`remove`] undoes it.
+//!
+//! On disk, under the agent's state directory:
+//! - `containers/<id>/` is the bundle directory: `rootfs/` (the overlay mount point),
+//!   `upper/` and `work/` (the overlay's writable layer), `secrets/` and `configs/`
+//!   (the files bind-mounted into the container);
+//! - `volumes/<name>/_data` is a named volume, shared by every container using it.
+//!
+//! Every path that comes from the image (the user database, a volume's seed content, the
+//! working directory) is opened inside the rootfs with `openat2(RESOLVE_IN_ROOT)`, so a
+//! symlink in the image can never make the agent read or write the host's files.
+
+mod inroot;
+pub mod mounts;
+pub mod rootfs;
+pub mod spec;
+pub mod user;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use spec::bundle_for;
+
+use crate::image::{Image, ImageError, Store};
+use crate::runtime::{self, RuntimeError};
+
+pub use rootfs::Rootfs;
+
+/// Why a container could not be prepared. A mistake in the stack names the service
+/// and the field, like the loader's diagnostics: `services.web.user: ...`.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("services.{service}.{field}: {reason}")]
+    Field {
+        service: String,
+        field: String,
+        reason: String,
+    },
+    #[error("container {id}: {op} {path}: {source}")]
+    Io {
+        id: String,
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// What a container needs besides its image and service: where it lives, its names,
+/// and the stack's top-level objects its service refers to.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerContext {
+    /// The container id: names its directory and (by default) its cgroup.
+    pub id: String,
+    /// The service's key in the stack, for error messages.
+    pub service: String,
+    /// The agent's state directory.
+    pub state_dir: PathBuf,
+    /// The hostname when the service sets none (Docker uses the container id's prefix).
+    pub hostname: String,
+    /// `linux.cgroupsPath`; `None` keeps the runtime's default (`berth/<id>`).
+    pub cgroups_path: Option<PathBuf>,
+    /// The stack's top-level `volumes:`, by key (the volume's real name is inside).
+    pub volumes: BTreeMap<String, spec_model::Volume>,
+    /// The stack's top-level `secrets:` and `configs:`, by key.
+    pub secrets: BTreeMap<String, spec_model::FileObject>,
+    pub configs: BTreeMap<String, spec_model::FileObject>,
+    /// The environment `environment:`-sourced secrets and configs are read from.
+    pub environment: BTreeMap<String, String>,
+}
+
+use ::spec::model as spec_model;
+
+impl ContainerContext {
+    /// `<state>/containers/<id>`: the bundle directory.
+    pub fn dir(&self) -> PathBuf {
+        container_dir(&self.state_dir, &self.id)
+    }
+
+    pub(crate) fn field(
+        &self,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> ContainerError {
+        ContainerError::Field {
+            service: self.service.clone(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(
+        &self,
+        op: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(io::Error) -> ContainerError {
+        let (id, path) = (self.id.clone(), path.to_path_buf());
+        move |source| ContainerError::Io {
+            id,
+            op,
+            path,
+            source,
+        }
+    }
+}
+
+/// `<state>/containers/<id>`.
+pub fn container_dir(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("containers").join(id)
+}
+
+/// A container made ready to run: its bundle (config in memory, rootfs mounted).
+#[derive(Debug)]
+pub struct Prepared {
+    pub bundle: runtime::Bundle,
+    pub rootfs: Rootfs,
+}
+
+/// Mounts the container's rootfs from `image`'s layers, builds its spec from `image`
+/// and `service`, and returns the bundle. On error nothing is left mounted.
+pub fn prepare(
+    store: &Store,
+    image: &Image,
+    service: &spec_model::Service,
+    ctx: &ContainerContext,
+) -> Result<Prepared, ContainerError> {
+    check_id(&ctx.id)?;
+    let layers = store.layer_dirs(image)?;
+    let rootfs = Rootfs::mount(&ctx.state_dir, &ctx.id, &layers)?;
+    let built = bundle_for(image, service, ctx)
+        .and_then(|spec| Ok(runtime::Bundle::from_spec(&ctx.dir(), spec)?));
+    match built {
+        Ok(bundle) => Ok(Prepared { bundle, rootfs }),
+        Err(e) => {
+            // The error that stopped us matters more than a failed cleanup.
+            let _ = remove(&ctx.state_dir, &ctx.id);
+            Err(e)
+        }
+    }
+}
+
+/// Unmounts the container's rootfs and deletes its directory (upper layer, secrets).
+/// Volumes stay. Removing a container that is already gone is not an error.
+pub fn remove(state_dir: &Path, id: &str) -> Result<(), ContainerError> {
+    check_id(id)?;
+    rootfs::unmount(state_dir, id)?;
+    let dir = container_dir(state_dir, id);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ContainerError::Io {
+            id: id.to_string(),
+            op: "remove",
+            path: dir,
+            source,
+        }),
+    }
+}
+
+/// A container id names a directory under the state dir: a plain name only (the
+/// runtime's rule for cgroup names), so no id can reach outside `containers/`.
+fn check_id(id: &str) -> Result<(), ContainerError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Unsupported(format!(
+            "container id {id:?} is invalid: use letters, digits, '_', '.' and '-' (up to 128), starting with a letter or digit"
+        ))
+        .into())
+    }
+}

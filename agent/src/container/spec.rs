@@ -1,0 +1,456 @@
+//! A service and its image, turned into the container's OCI spec with Docker's
+//! semantics, starting from [`runtime::default_spec`].
+//!
+//! The image's `Healthcheck` and `ExposedPorts` are not part of the runtime spec: the
+//! health checker and the network read them from [`Image::config`] later.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use ::spec::model::Service;
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxCpu, LinuxDeviceCgroup, LinuxMemory, LinuxPids,
+    PosixRlimitBuilder, PosixRlimitType, Spec,
+};
+
+use super::{inroot, mounts, user, ContainerContext, ContainerError};
+use crate::image::Image;
+use crate::runtime::{self, spec::DEFAULT_CAPABILITIES};
+
+/// The CFS period Docker uses for `--cpus`: 100ms.
+const CPU_PERIOD: u64 = 100_000;
+
+/// The spec of the container `ctx.id` of `service`, whose rootfs is already mounted at
+/// `<ctx.dir()>/rootfs` (the user database and volume seeds are read from it). It
+/// writes the host side of the service's mounts (volumes, secrets) on the way.
+pub fn bundle_for(
+    image: &Image,
+    service: &Service,
+    ctx: &ContainerContext,
+) -> Result<Spec, ContainerError> {
+    let config = &image.config;
+    let args = command(image, service, ctx)?;
+    let mut spec = runtime::default_spec(Path::new("rootfs"), &args)?;
+    let rootfs = ctx.dir().join("rootfs");
+    let root = inroot::open_root(&rootfs).map_err(ctx.io("open rootfs", &rootfs))?;
+
+    if service.init == Some(true) {
+        return Err(ctx.field(
+            "init",
+            "an init process is not supported yet; remove init: true",
+        ));
+    }
+
+    // User: the service's, else the image's; resolved in the image's own files.
+    let user_spec = service
+        .user
+        .clone()
+        .or_else(|| config.user.clone())
+        .filter(|u| !u.is_empty());
+    let resolved = match &user_spec {
+        Some(u) => Some(user::resolve(root.as_fd(), u).map_err(|e| ctx.field("user", e))?),
+        None => None,
+    };
+
+    let hostname = service
+        .hostname
+        .clone()
+        .unwrap_or_else(|| ctx.hostname.clone());
+    let env = environment(
+        &config.env,
+        &service.environment,
+        &hostname,
+        resolved.as_ref(),
+    );
+
+    let cwd = service
+        .working_dir
+        .clone()
+        .or_else(|| config.working_dir.clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(ctx.field("working_dir", format!("{cwd:?} must be an absolute path")));
+    }
+    // Docker creates a missing working directory.
+    inroot::mkdir_all(root.as_fd(), Path::new(&cwd)).map_err(|e| {
+        ctx.field(
+            "working_dir",
+            format!("cannot create {cwd} in the container: {e}"),
+        )
+    })?;
+
+    let process = spec
+        .process_mut()
+        .as_mut()
+        .ok_or_else(|| ctx.field("command", "no process"))?;
+    process.set_env(Some(env));
+    process.set_cwd(PathBuf::from(&cwd));
+    if let Some(u) = &resolved {
+        let mut ou = oci_spec::runtime::User::default();
+        ou.set_uid(u.uid);
+        ou.set_gid(u.gid);
+        ou.set_additional_gids((!u.additional_gids.is_empty()).then(|| u.additional_gids.clone()));
+        process.set_user(ou);
+    }
+    let caps = capabilities(service, ctx)?;
+    let mut c = process.capabilities().clone().unwrap_or_default();
+    c.set_bounding(Some(caps.clone()));
+    c.set_effective(Some(caps.clone()));
+    c.set_permitted(Some(caps));
+    process.set_capabilities(Some(c));
+    let mut rlimits = process.rlimits().clone().unwrap_or_default();
+    for (name, limit) in &service.ulimits {
+        let field = format!("ulimits.{name}");
+        let typ = rlimit_type(name)
+            .ok_or_else(|| ctx.field(&field, format!("unknown ulimit {name:?}")))?;
+        let value = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
+        let (soft, hard) = (value(limit.soft), value(limit.hard));
+        if soft > hard {
+            return Err(ctx.field(
+                &field,
+                format!(
+                    "soft limit {} is above the hard limit {}",
+                    limit.soft, limit.hard
+                ),
+            ));
+        }
+        let rl = PosixRlimitBuilder::default()
+            .typ(typ)
+            .soft(soft)
+            .hard(hard)
+            .build()
+            .map_err(|e| ctx.field(&field, e.to_string()))?;
+        rlimits.retain(|r| r.typ() != typ);
+        rlimits.push(rl);
+    }
+    process.set_rlimits(Some(rlimits));
+
+    spec.set_hostname(Some(hostname));
+    if let Some(d) = &service.domainname {
+        spec.set_domainname(Some(d.clone()));
+    }
+    if service.read_only {
+        if let Some(r) = spec.root_mut().as_mut() {
+            r.set_readonly(Some(true));
+        }
+    }
+
+    // Mounts: the defaults (with /dev/shm sized), then the service's.
+    let mut all = spec.mounts().clone().unwrap_or_default();
+    if let Some(size) = service.shm_size {
+        if size == 0 {
+            return Err(ctx.field("shm_size", "must be more than 0 bytes"));
+        }
+        for m in all
+            .iter_mut()
+            .filter(|m| m.destination() == Path::new("/dev/shm"))
+        {
+            let mut opts = m.options().clone().unwrap_or_default();
+            opts.retain(|o| !o.starts_with("size="));
+            opts.push(format!("size={size}"));
+            m.set_options(Some(opts));
+        }
+    }
+    if service.privileged {
+        // Docker's privileged /sys is writable.
+        for m in all
+            .iter_mut()
+            .filter(|m| m.destination() == Path::new("/sys"))
+        {
+            let opts = m.options().clone().unwrap_or_default();
+            m.set_options(Some(opts.into_iter().filter(|o| o != "ro").collect()));
+        }
+    }
+    let added = mounts::service_mounts(service, ctx, root.as_fd())?;
+    // A service mount replaces a default one at the same place (e.g. its own /dev/shm).
+    all.retain(|d| !added.iter().any(|a| a.destination() == d.destination()));
+    all.extend(added);
+    spec.set_mounts(Some(all));
+
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .ok_or_else(|| ctx.field("command", "no linux section"))?;
+    if let Some(path) = &ctx.cgroups_path {
+        linux.set_cgroups_path(Some(path.clone()));
+    }
+    let mut sysctls = BTreeMap::new();
+    for (key, value) in &service.sysctls {
+        if !namespaced_sysctl(key) {
+            return Err(ctx.field(
+                format!("sysctls.{key}"),
+                "not namespaced: setting it in a container would change the whole host; only kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.* and net.* are allowed",
+            ));
+        }
+        sysctls.insert(key.clone(), value.clone());
+    }
+    if !sysctls.is_empty() {
+        linux.set_sysctl(Some(sysctls.into_iter().collect()));
+    }
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    let limits = service
+        .deploy
+        .as_ref()
+        .and_then(|d| d.resources.as_ref())
+        .and_then(|r| r.limits.as_ref());
+    let memory_limit = service.mem_limit.or(limits.and_then(|l| l.memory));
+    if memory_limit.is_some() || service.mem_reservation.is_some() {
+        let as_i64 =
+            |field: &str, v: u64| i64::try_from(v).map_err(|_| ctx.field(field, "too large"));
+        let mut memory = LinuxMemory::default();
+        memory.set_limit(memory_limit.map(|v| as_i64("mem_limit", v)).transpose()?);
+        memory.set_reservation(
+            service
+                .mem_reservation
+                .map(|v| as_i64("mem_reservation", v))
+                .transpose()?,
+        );
+        resources.set_memory(Some(memory));
+    }
+    let cpus = service.cpus.or(limits.and_then(|l| l.cpus));
+    if cpus.is_some() || service.cpu_shares.is_some() || service.cpuset.is_some() {
+        let mut cpu = LinuxCpu::default();
+        if let Some(cpus) = cpus {
+            if !(cpus.is_finite() && cpus > 0.0) {
+                return Err(ctx.field("cpus", format!("{cpus} must be a positive number of CPUs")));
+            }
+            cpu.set_quota(Some((cpus * CPU_PERIOD as f64).round() as i64));
+            cpu.set_period(Some(CPU_PERIOD));
+        }
+        cpu.set_shares(service.cpu_shares);
+        cpu.set_cpus(service.cpuset.clone());
+        resources.set_cpu(Some(cpu));
+    }
+    if let Some(pids) = service.pids_limit.or(limits.and_then(|l| l.pids)) {
+        let mut p = LinuxPids::default();
+        // Docker: 0 and -1 mean unlimited.
+        p.set_limit(if pids <= 0 { -1 } else { pids });
+        resources.set_pids(Some(p));
+    }
+    if service.privileged {
+        let mut allow = LinuxDeviceCgroup::default();
+        allow.set_allow(true);
+        allow.set_access(Some("rwm".into()));
+        resources.set_devices(Some(vec![allow]));
+    }
+    linux.set_resources(Some(resources));
+    if service.privileged {
+        // FIXME: Docker also gives a privileged container the host's device nodes.
+        linux.set_seccomp(None);
+        linux.set_masked_paths(Some(Vec::new()));
+        linux.set_readonly_paths(Some(Vec::new()));
+    }
+    Ok(spec)
+}
+
+/// Docker's rules: the service's `entrypoint` replaces the image's and drops the
+/// image's `Cmd`; the service's `command` replaces only `Cmd`.
+pub fn command(
+    image: &Image,
+    service: &Service,
+    ctx: &ContainerContext,
+) -> Result<Vec<String>, ContainerError> {
+    let entrypoint = service
+        .entrypoint
+        .clone()
+        .or_else(|| image.config.entrypoint.clone())
+        .unwrap_or_default();
+    let cmd = match (&service.command, &service.entrypoint) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => image.config.cmd.clone().unwrap_or_default(),
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(ctx.field(
+            "command",
+            "nothing to run: the image has no Entrypoint or Cmd; set command (or entrypoint)",
+        ));
+    }
+    Ok(args)
+}
+
+/// The image's `Env` with the service's `environment` over it (a variable without a
+/// value is left as the image has it), plus Docker's defaults: a `PATH`, `HOSTNAME`,
+/// and `HOME` from the user's passwd entry.
+pub fn environment(
+    image_env: &[String],
+    service_env: &BTreeMap<String, Option<String>>,
+    hostname: &str,
+    user: Option<&user::ResolvedUser>,
+) -> Vec<String> {
+    fn set(vars: &mut Vec<(String, String)>, k: &str, v: &str) {
+        match vars.iter_mut().find(|(name, _)| name == k) {
+            Some(entry) => entry.1 = v.to_string(),
+            None => vars.push((k.to_string(), v.to_string())),
+        }
+    }
+    let mut vars: Vec<(String, String)> = Vec::new();
+    if !image_env.iter().any(|e| e.starts_with("PATH=")) {
+        let (k, v) = runtime::spec::DEFAULT_PATH
+            .split_once('=')
+            .unwrap_or(("PATH", ""));
+        set(&mut vars, k, v);
+    }
+    set(&mut vars, "HOSTNAME", hostname);
+    for e in image_env {
+        let (k, v) = e.split_once('=').unwrap_or((e, ""));
+        set(&mut vars, k, v);
+    }
+    for (k, v) in service_env {
+        if let Some(v) = v {
+            set(&mut vars, k, v);
+        }
+    }
+    if !vars.iter().any(|(k, _)| k == "HOME") {
+        let home = user
+            .and_then(|u| u.home.clone())
+            .unwrap_or_else(|| "/root".into());
+        set(&mut vars, "HOME", &home);
+    }
+    vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn parse_capability(name: &str) -> Option<Capability> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    serde_json::from_value(serde_json::Value::String(full)).ok()
+}
+
+/// Docker's `TweakCapabilities`: `cap_add: [ALL]` is every capability but the
+/// dropped ones; `cap_drop: [ALL]` is only the added ones; otherwise the defaults
+/// minus the dropped plus the added. `privileged` is every capability.
+fn capabilities(service: &Service, ctx: &ContainerContext) -> Result<Capabilities, ContainerError> {
+    let all = || -> Capabilities {
+        caps::all()
+            .iter()
+            .filter_map(|c| parse_capability(&c.to_string()))
+            .collect()
+    };
+    if service.privileged {
+        return Ok(all());
+    }
+    let parse = |field: &str, list: &[String]| -> Result<Vec<Option<Capability>>, ContainerError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, name)| {
+                if name.eq_ignore_ascii_case("ALL") {
+                    Ok(None)
+                } else {
+                    parse_capability(name).map(Some).ok_or_else(|| {
+                        ctx.field(
+                            format!("{field}[{i}]"),
+                            format!("unknown capability {name:?}"),
+                        )
+                    })
+                }
+            })
+            .collect()
+    };
+    let add = parse("cap_add", &service.cap_add)?;
+    let drop = parse("cap_drop", &service.cap_drop)?;
+    let added: Vec<Capability> = add.iter().flatten().copied().collect();
+    let dropped: Vec<Capability> = drop.iter().flatten().copied().collect();
+    Ok(if add.contains(&None) {
+        all().into_iter().filter(|c| !dropped.contains(c)).collect()
+    } else if drop.contains(&None) {
+        added.into_iter().collect()
+    } else {
+        DEFAULT_CAPABILITIES
+            .iter()
+            .copied()
+            .filter(|c| !dropped.contains(c))
+            .chain(added)
+            .collect()
+    })
+}
+
+fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
+    use PosixRlimitType::*;
+    Some(match name {
+        "as" => RlimitAs,
+        "core" => RlimitCore,
+        "cpu" => RlimitCpu,
+        "data" => RlimitData,
+        "fsize" => RlimitFsize,
+        "locks" => RlimitLocks,
+        "memlock" => RlimitMemlock,
+        "msgqueue" => RlimitMsgqueue,
+        "nice" => RlimitNice,
+        "nofile" => RlimitNofile,
+        "nproc" => RlimitNproc,
+        "rss" => RlimitRss,
+        "rtprio" => RlimitRtprio,
+        "rttime" => RlimitRttime,
+        "sigpending" => RlimitSigpending,
+        "stack" => RlimitStack,
+        _ => return None,
+    })
+}
+
+/// The sysctls a container's own namespaces scope (runc's list): IPC ones, mqueue,
+/// and the network namespace's `net.*`.
+pub fn namespaced_sysctl(key: &str) -> bool {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    !key.contains("..")
+        && !key.contains('/')
+        && (IPC.contains(&key) || key.starts_with("fs.mqueue.") || key.starts_with("net."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_environment_overlays_the_image() {
+        let image = vec!["PATH=/bin".to_string(), "A=1".into(), "B=2".into()];
+        let service: BTreeMap<String, Option<String>> = [
+            ("B".to_string(), Some("3".to_string())),
+            ("A".into(), None),
+            ("C".into(), Some("x=y".into())),
+        ]
+        .into_iter()
+        .collect();
+        let env = environment(&image, &service, "h", None);
+        assert_eq!(
+            env,
+            [
+                "HOSTNAME=h",
+                "PATH=/bin",
+                "A=1",
+                "B=3",
+                "C=x=y",
+                "HOME=/root"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_namespaced_sysctls_pass() {
+        for (key, ok) in [
+            ("net.ipv4.ip_forward", true),
+            ("kernel.shmmax", true),
+            ("fs.mqueue.msg_max", true),
+            ("vm.swappiness", false),
+            ("kernel.pid_max", false),
+            ("net/../../kernel", false),
+        ] {
+            assert_eq!(namespaced_sysctl(key), ok, "{key}");
+        }
+    }
+}
