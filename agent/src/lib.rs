@@ -6,3 +6,4 @@
 
 pub mod image;
 pub mod runtime;
+pub mod shim;
