@@ -1,11 +1,14 @@
 //! `berth runtime ...`: run OCI bundles directly, like runc (plumbing, hidden from
 //! help). `run` is foreground: the container shares berth's stdio, and its exit
-//! status becomes berth's (128 + n when killed by signal n).
+//! status becomes berth's (128 + n when killed by signal n). `create` starts a
+//! detached container under its own shim (`agent::shim`); `state`, `kill`, `stop`,
+//! `logs`, `list` and `delete` work on it from any later berth process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agent::runtime::{self, Bundle, RunOptions};
+use agent::shim;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -15,6 +18,87 @@ pub enum RuntimeCommand {
     Run(RunArgs),
     /// Write a default config.json (Docker's defaults) into the bundle directory
     Spec(SpecArgs),
+    /// Start a bundle detached, under its own shim; returns once it runs
+    Create(CreateArgs),
+    /// Print a container's state as JSON
+    State(IdArg),
+    /// Send a signal to a container's first process
+    Kill(KillArgs),
+    /// Stop a container: its stop signal, a grace period, then SIGKILL
+    Stop(StopArgs),
+    /// Remove a stopped container's state and logs
+    Delete(IdArg),
+    /// List the containers (the state of each as one JSON line)
+    List,
+    /// Print a container's logs
+    Logs(LogsArgs),
+    /// The shim itself, started by `create` (internal)
+    #[command(hide = true)]
+    Shim(ShimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The bundle directory (config.json and the root filesystem)
+    #[arg(long, short = 'b', default_value = ".", value_name = "DIR")]
+    bundle: PathBuf,
+    /// Rotate the log file when it reaches this many bytes
+    #[arg(long, default_value_t = shim::DEFAULT_LOG_MAX_SIZE, value_name = "BYTES")]
+    log_max_size: u64,
+    /// Keep at most this many log files
+    #[arg(long, default_value_t = shim::DEFAULT_LOG_MAX_FILES, value_name = "N")]
+    log_max_files: u32,
+    /// The container id (letters, digits, '_', '.', '-')
+    id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// The container id
+    id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// The container id
+    id: String,
+    /// The signal, by name (TERM, SIGTERM) or number
+    #[arg(default_value = "TERM")]
+    signal: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait after the stop signal before SIGKILL
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u64,
+    /// The signal to stop with, by name or number
+    #[arg(short = 's', long = "signal", default_value = "TERM")]
+    signal: String,
+    /// The container id
+    id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing new lines until the container stops (no `-f`: berth's global
+    /// `-f` is the Compose file)
+    #[arg(long)]
+    follow: bool,
+    /// Only the last N lines
+    #[arg(long, value_name = "N")]
+    tail: Option<usize>,
+    /// Print the raw json-file lines instead of the text
+    #[arg(long)]
+    json: bool,
+    /// The container id
+    id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ShimArgs {
+    /// The container's state directory
+    dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -39,11 +123,111 @@ pub struct SpecArgs {
     args: Vec<String>,
 }
 
-pub fn run(_state_dir: &std::path::Path, cmd: &RuntimeCommand) -> anyhow::Result<ExitCode> {
+pub fn run(state_dir: &Path, cmd: &RuntimeCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         RuntimeCommand::Run(args) => run_bundle(args),
         RuntimeCommand::Spec(args) => write_spec(args),
+        RuntimeCommand::Create(args) => {
+            let opts = shim::CreateOptions {
+                log_max_size: args.log_max_size,
+                log_max_files: args.log_max_files,
+                ..shim::CreateOptions::new(shim_program()?)
+            };
+            let s = shim::create(state_dir, &args.bundle, &args.id, &opts)?;
+            print_json(&s)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RuntimeCommand::State(a) => {
+            print_json(&shim::state(state_dir, &a.id)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RuntimeCommand::Kill(a) => {
+            shim::kill(state_dir, &a.id, shim::parse_signal(&a.signal)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RuntimeCommand::Stop(a) => {
+            let grace = std::time::Duration::from_secs(a.time);
+            let s = shim::stop(state_dir, &a.id, shim::parse_signal(&a.signal)?, grace)?;
+            print_json(&s)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RuntimeCommand::Delete(a) => {
+            shim::delete(state_dir, &a.id)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RuntimeCommand::List => {
+            let mut text = String::new();
+            for s in shim::list(state_dir)? {
+                text.push_str(&serde_json::to_string(&s)?);
+                text.push('\n');
+            }
+            super::write_stdout(&text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RuntimeCommand::Logs(a) => print_logs(state_dir, a),
+        RuntimeCommand::Shim(a) => {
+            let code = shim::shim_main(&a.dir);
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
     }
+}
+
+/// The shim program: `$BERTH_SHIM` (a path, or `builtin` for this binary), else
+/// `berth-shim` next to this binary (a small program, see bench/README.md), else this
+/// binary as `berth runtime shim`.
+fn shim_program() -> anyhow::Result<shim::ShimProgram> {
+    let chosen = std::env::var_os("BERTH_SHIM");
+    if let Some(path) = chosen.as_ref().filter(|p| p.as_os_str() != "builtin") {
+        return Ok(shim::ShimProgram {
+            program: path.into(),
+            args: Vec::new(),
+        });
+    }
+    let me = std::env::current_exe().context("find the berth binary")?;
+    let sibling = me.with_file_name("berth-shim");
+    if chosen.is_none() && sibling.is_file() {
+        return Ok(shim::ShimProgram {
+            program: sibling,
+            args: Vec::new(),
+        });
+    }
+    Ok(shim::ShimProgram {
+        program: me,
+        args: vec!["runtime".into(), "shim".into()],
+    })
+}
+
+fn print_json(s: &shim::ContainerState) -> anyhow::Result<()> {
+    super::write_stdout(&(serde_json::to_string_pretty(s)? + "\n"))?;
+    Ok(())
+}
+
+fn print_logs(state_dir: &Path, a: &LogsArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let opts = shim::LogOptions {
+        follow: a.follow,
+        tail: a.tail,
+    };
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let mut sink = |e: &shim::LogEntry| -> std::io::Result<()> {
+        let result = if a.json {
+            let line = serde_json::to_string(e).map_err(std::io::Error::other)? + "\n";
+            stdout.write_all(line.as_bytes())
+        } else {
+            match e.stream {
+                shim::Stream::Stdout => stdout.write_all(e.log.as_bytes()),
+                shim::Stream::Stderr => stderr.write_all(e.log.as_bytes()),
+            }
+        };
+        match result {
+            // `berth runtime logs ID | head`: the reader has what it wanted.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
+    };
+    shim::logs(state_dir, &a.id, opts, &mut sink)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_bundle(args: &RunArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,575 @@
+//! The per-container shim and the container lifecycle built on it: containers that
+//! outlive whoever started them.
+//!
+//! [`create`] starts a shim for a bundle and returns once the container runs (or with
+//! the runtime's error). Everything else ([`state`], [`kill`], [`stop`], [`wait`],
+//! [`delete`], [`list`], [`logs`]) is a plain function over the state directory: a
+//! caller keeps nothing in memory, so a caller that restarts (even after `kill -9`)
+//! re-adopts every container by reading `<state>/containers/` again.
+//!
+//! # On disk: `<state>/containers/<id>/` (mode 0700)
+//! - `config.json`: what the shim was asked to run (bundle path, log limits), written
+//!   by `create` before the shim starts;
+//! - `state.json`: written by the shim, always atomically (temporary file + rename):
+//!   status (`created`, `running`, `stopped`), the shim's and the container's pids
+//!   with their start times (so a recycled pid is never signalled), and once the
+//!   container has exited its exit report (code, signal, OOM kill);
+//! - `log.json`, `log.json.1`...: the container's stdout and stderr as Docker's
+//!   json-file lines, rotated by size (`log.rs`).
+//!
+//! # The shim process (`serve.rs`)
+//! The shim is a separate program, exec'd, never a bare fork of the caller: the caller
+//! (the agent, `cargo test`) is multi-threaded, and a forked copy of a multi-threaded
+//! process may run only async-signal-safe code until it execs, while the shim runs
+//! ordinary Rust (the runtime, JSON). Exec'ing also means the shim's memory is its own
+//! small binary's, not a copy-on-write image of the agent's heap. The program is given
+//! by [`ShimProgram`]: the tiny `berth-shim` binary of this crate (`main.rs`), or the
+//! `berth` binary re-executed as `berth runtime shim` (the CLI's fallback when
+//! `berth-shim` is not installed next to it). `bench/shim.sh` measures both.
+//!
+//! Once exec'd the shim double-forks and calls `setsid`, so it is neither the
+//! caller's child nor in its process group or session; it moves itself to the root
+//! cgroup of every hierarchy, so stopping the caller's cgroup (a systemd unit) does not
+//! stop it either; its stdio is /dev/null. It is single-threaded and has no async
+//! runtime. Because [`crate::runtime::run`] waits for the container in the
+//! foreground, the shim forks once more: the child (the *runner*) calls `run` with
+//! the stdout/stderr pipes and sends the exit report back over a pipe; the shim
+//! itself polls the pipes, writes the log and the state, and exits after the
+//! container (whose cgroup `run` removes).
+
+mod log;
+mod serve;
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use log::{LogEntry, Stream};
+pub use serve::main as shim_main;
+
+/// Docker's json-file defaults: 10 MB per file, 3 files.
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
+
+/// Everything the lifecycle functions can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("container {id} does not exist: `berth runtime list` shows the containers")]
+    NotFound { id: String },
+    #[error("container {id} exists already: delete it first (berth runtime delete {id})")]
+    Exists { id: String },
+    #[error("container {id} is not running ({status})")]
+    NotRunning { id: String, status: String },
+    #[error("container {id} is still running: stop it first (berth runtime stop {id})")]
+    StillRunning { id: String },
+    #[error("container {id} failed to start: {message}")]
+    Start { id: String, message: String },
+    #[error("container {id}: timed out waiting for it to stop")]
+    Timeout { id: String },
+    #[error("unknown signal {0:?}: give a name (TERM, KILL, HUP) or a number")]
+    BadSignal(String),
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+}
+
+impl ShimError {
+    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ShimError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The program that becomes the shim: `program args... <container dir>`, with the
+/// readiness pipe as fd 3.
+#[derive(Debug, Clone)]
+pub struct ShimProgram {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+/// How to create a container.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub shim: ShimProgram,
+    /// Rotate the log when it would pass this size (bytes).
+    pub log_max_size: u64,
+    /// Keep at most this many log files (the current one included).
+    pub log_max_files: u32,
+}
+
+impl CreateOptions {
+    pub fn new(shim: ShimProgram) -> CreateOptions {
+        CreateOptions {
+            shim,
+            log_max_size: DEFAULT_LOG_MAX_SIZE,
+            log_max_files: DEFAULT_LOG_MAX_FILES,
+        }
+    }
+}
+
+/// `config.json`: what the shim runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ShimConfig {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+}
+
+/// How a container ended (the runtime's [`crate::runtime::ExitReport`], on disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+}
+
+impl Exit {
+    /// The shell convention: the exit code, or 128 + the signal.
+    pub fn status(&self) -> i32 {
+        crate::runtime::ExitReport {
+            code: self.code,
+            signal: self.signal,
+            oom_killed: self.oom_killed,
+        }
+        .status()
+    }
+}
+
+impl From<crate::runtime::ExitReport> for Exit {
+    fn from(r: crate::runtime::ExitReport) -> Exit {
+        Exit {
+            code: r.code,
+            signal: r.signal,
+            oom_killed: r.oom_killed,
+        }
+    }
+}
+
+/// The recorded status of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The shim is starting it.
+    Created,
+    Running,
+    Stopped,
+    /// The shim is gone without recording an exit (killed by hand): the container's
+    /// fate is not known.
+    Unknown,
+}
+
+/// `state.json`, and what [`state`] returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub status: Status,
+    /// The shim's pid and its start time (clock ticks after boot).
+    pub shim_pid: i32,
+    #[serde(default)]
+    pub shim_start: u64,
+    /// The container's first process, as seen from the host.
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub pid_start: u64,
+    #[serde(default)]
+    pub exit: Option<Exit>,
+    /// Why the container failed to start, or what went wrong in the shim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ContainerState {
+    /// `running (pid 123)`, `stopped (exit 3)`: for messages.
+    pub fn describe(&self) -> String {
+        match (self.status, self.exit) {
+            (Status::Stopped, Some(e)) if e.signal.is_some() => {
+                format!("stopped, killed by signal {}", e.signal.unwrap_or(0))
+            }
+            (Status::Stopped, Some(e)) => format!("stopped, exit {}", e.status()),
+            (Status::Running, _) => format!("running, pid {}", self.pid.unwrap_or(0)),
+            (s, _) => format!("{s:?}").to_lowercase(),
+        }
+    }
+}
+
+fn containers(state: &Path) -> PathBuf {
+    state.join("containers")
+}
+
+fn container_dir(state: &Path, id: &str) -> Result<PathBuf, ShimError> {
+    check_id(id)?;
+    Ok(containers(state).join(id))
+}
+
+/// A container id names its state directory and its cgroup: a plain name (the
+/// runtime's rule, checked here before anything touches the disk).
+fn check_id(id: &str) -> Result<(), ShimError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ShimError::Start {
+            id: id.to_string(),
+            message: "invalid id: use letters, digits, '_', '.' and '-' (up to 128), starting with a letter or digit".into(),
+        })
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically: readers see the old or the new file.
+pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), ShimError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| ShimError::Corrupt {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json).map_err(|e| ShimError::io(format!("write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ShimError::io(format!("rename {}", tmp.display()), e))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ShimError> {
+    let text =
+        std::fs::read(path).map_err(|e| ShimError::io(format!("read {}", path.display()), e))?;
+    serde_json::from_slice(&text).map_err(|e| ShimError::Corrupt {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// The start time of `pid` (field 22 of /proc/<pid>/stat), or None if it is gone.
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that started at `start` (not a recycled pid,
+/// not a zombie).
+fn alive(pid: i32, start: u64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(close) = text.rfind(')') else {
+        return false;
+    };
+    let mut fields = text[close + 1..].split_whitespace();
+    let zombie = fields.next() == Some("Z");
+    !zombie && start_time(pid) == Some(start)
+}
+
+/// Starts container `id` from `bundle` under a new shim. Returns when the container
+/// runs (or has already exited), or with the runtime's error when it could not start;
+/// then nothing is left behind.
+pub fn create(
+    state: &Path,
+    bundle: &Path,
+    id: &str,
+    opts: &CreateOptions,
+) -> Result<ContainerState, ShimError> {
+    let dir = container_dir(state, id)?;
+    // Fail early, in the caller, on a bundle the runtime would refuse.
+    let bundle = std::fs::canonicalize(bundle)
+        .map_err(|e| ShimError::io(format!("bundle {}", bundle.display()), e))?;
+    crate::runtime::Bundle::load(&bundle)?;
+    let parent = containers(state);
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| ShimError::io(format!("create {}", parent.display()), e))?;
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(ShimError::Exists { id: id.to_string() })
+        }
+        Err(e) => return Err(ShimError::io(format!("create {}", dir.display()), e)),
+    }
+    let result = start_shim(&dir, &bundle, id, opts);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn start_shim(
+    dir: &Path,
+    bundle: &Path,
+    id: &str,
+    opts: &CreateOptions,
+) -> Result<ContainerState, ShimError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| ShimError::io(format!("chmod {}", dir.display()), e))?;
+    write_json_atomic(
+        &dir.join("config.json"),
+        &ShimConfig {
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            log_max_size: opts.log_max_size.max(1024),
+            log_max_files: opts.log_max_files.max(1),
+        },
+    )?;
+
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ShimError::io("create a pipe", e.into()))?;
+    let ready_fd = ready_w.as_raw_fd();
+    let mut cmd = std::process::Command::new(&opts.shim.program);
+    cmd.args(&opts.shim.args)
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2,
+    // which is async-signal-safe; it allocates nothing. dup2 clears close-on-exec on
+    // fd 3, so the readiness pipe (and nothing else of ours) survives the exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(ready_fd, serve::READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        ShimError::io(
+            format!(
+                "container {id}: start the shim {}",
+                opts.shim.program.display()
+            ),
+            e,
+        )
+    })?;
+    drop(ready_w);
+    // The exec'd shim forks its daemon and exits at once: reap it.
+    let _ = child.wait();
+
+    let mut answer = String::new();
+    std::fs::File::from(ready_r)
+        .read_to_string(&mut answer)
+        .map_err(|e| ShimError::io(format!("container {id}: read the shim's answer"), e))?;
+    if let Some(message) = answer.strip_prefix("error ") {
+        return Err(ShimError::Start {
+            id: id.to_string(),
+            message: message.trim_end().to_string(),
+        });
+    }
+    if !answer.starts_with("ok") {
+        return Err(ShimError::Start {
+            id: id.to_string(),
+            message: format!(
+                "the shim {} exited without reporting (it must accept a container directory and fd 3)",
+                opts.shim.program.display()
+            ),
+        });
+    }
+    read_json(&dir.join("state.json"))
+}
+
+/// The container's state, re-checked against the live processes: a container whose
+/// shim has vanished without recording an exit is [`Status::Unknown`].
+pub fn state(state: &Path, id: &str) -> Result<ContainerState, ShimError> {
+    let dir = container_dir(state, id)?;
+    let path = dir.join("state.json");
+    if !dir.is_dir() {
+        return Err(ShimError::NotFound { id: id.to_string() });
+    }
+    let mut s: ContainerState = match read_json(&path) {
+        Ok(s) => s,
+        // A directory without state: a create in progress, or one that died before
+        // its shim wrote anything.
+        Err(ShimError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let config: ShimConfig = read_json(&dir.join("config.json"))?;
+            return Ok(ContainerState {
+                id: id.to_string(),
+                bundle: config.bundle,
+                status: Status::Unknown,
+                shim_pid: 0,
+                shim_start: 0,
+                pid: None,
+                pid_start: 0,
+                exit: None,
+                error: Some("no state recorded".into()),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    if matches!(s.status, Status::Created | Status::Running) && !alive(s.shim_pid, s.shim_start) {
+        // The shim may have written the exit just now: read again before deciding.
+        s = read_json(&path)?;
+        if matches!(s.status, Status::Created | Status::Running) {
+            s.status = Status::Unknown;
+            s.error = Some(format!("its shim (pid {}) is gone", s.shim_pid));
+        }
+    }
+    Ok(s)
+}
+
+/// Every container under `<state>/containers/`, sorted by id: what a restarted caller
+/// adopts.
+pub fn list(state: &Path) -> Result<Vec<ContainerState>, ShimError> {
+    let dir = containers(state);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ShimError::io(format!("read {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match self::state(state, &name) {
+            Ok(s) => out.push(s),
+            Err(ShimError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Sends `signal` to the container's first process.
+pub fn kill(state: &Path, id: &str, signal: i32) -> Result<(), ShimError> {
+    let s = self::state(state, id)?;
+    let pid = match (s.status, s.pid) {
+        (Status::Running, Some(pid)) if alive(pid, s.pid_start) => pid,
+        _ => {
+            return Err(ShimError::NotRunning {
+                id: id.to_string(),
+                status: s.describe(),
+            })
+        }
+    };
+    // SAFETY: kill takes plain integers; the pid was checked to be the container's
+    // process (same start time) just above.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(ShimError::io(
+                format!("container {id}: send signal {signal} to pid {pid}"),
+                e,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the container has stopped (or its fate is unknown) and returns its
+/// state; `timeout` None waits as long as it takes.
+pub fn wait(
+    state: &Path,
+    id: &str,
+    timeout: Option<Duration>,
+) -> Result<ContainerState, ShimError> {
+    let start = Instant::now();
+    loop {
+        let s = self::state(state, id)?;
+        if matches!(s.status, Status::Stopped | Status::Unknown) {
+            return Ok(s);
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            return Err(ShimError::Timeout { id: id.to_string() });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Docker's stop: `signal`, up to `grace` for the container to exit, then SIGKILL.
+/// Returns the final state. Stopping a stopped container is not an error.
+pub fn stop(
+    state: &Path,
+    id: &str,
+    signal: i32,
+    grace: Duration,
+) -> Result<ContainerState, ShimError> {
+    match kill(state, id, signal) {
+        Ok(()) => {}
+        Err(ShimError::NotRunning { .. }) => return self::state(state, id),
+        Err(e) => return Err(e),
+    }
+    match wait(state, id, Some(grace)) {
+        Ok(s) => return Ok(s),
+        Err(ShimError::Timeout { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    match kill(state, id, libc::SIGKILL) {
+        Ok(()) | Err(ShimError::NotRunning { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    wait(state, id, None)
+}
+
+/// Removes a stopped container's state (its log included).
+pub fn delete(state: &Path, id: &str) -> Result<(), ShimError> {
+    let s = self::state(state, id)?;
+    if matches!(s.status, Status::Created | Status::Running) {
+        return Err(ShimError::StillRunning { id: id.to_string() });
+    }
+    let dir = container_dir(state, id)?;
+    std::fs::remove_dir_all(&dir).map_err(|e| ShimError::io(format!("remove {}", dir.display()), e))
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, any case) or number (`15`).
+pub fn parse_signal(text: &str) -> Result<i32, ShimError> {
+    if let Ok(n) = text.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| ShimError::BadSignal(text.to_string()))
+}
+
+/// What [`logs`] reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogOptions {
+    /// Keep reading as the container writes, until it stops.
+    pub follow: bool,
+    /// Only the last N entries already written.
+    pub tail: Option<usize>,
+}
+
+/// Calls `sink` with each log entry of the container, oldest first.
+pub fn logs(
+    state: &Path,
+    id: &str,
+    opts: LogOptions,
+    sink: &mut dyn FnMut(&LogEntry) -> std::io::Result<()>,
+) -> Result<(), ShimError> {
+    let dir = container_dir(state, id)?;
+    if !dir.is_dir() {
+        return Err(ShimError::NotFound { id: id.to_string() });
+    }
+    log::read(&dir, opts, sink, &mut || {
+        self::state(state, id)
+            .map(|s| matches!(s.status, Status::Created | Status::Running))
+            .unwrap_or(false)
+    })
+}

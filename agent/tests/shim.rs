@@ -1,0 +1,289 @@
+//! The container lifecycle through the shim, on the real kernel, as root: each test
+//! creates a busybox container under the `berth-shim` binary of this crate, with a
+//! state directory, a bundle and a top-level cgroup of its own, and checks what the
+//! lifecycle functions report. `TestContainer`'s guard kills whatever is left (the
+//! container, its shim) and removes the cgroup even when the test fails.
+
+// Helpers are test code: a panic is how they fail (clippy.toml covers #[test] fns only).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agent::runtime;
+use agent::shim::{self, CreateOptions, LogEntry, LogOptions, ShimError, ShimProgram, Status};
+
+/// Generous: the VM may be slow, the tests only wait for states to be reached.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct TestContainer {
+    id: String,
+    // Dropped in this order, after `Drop::drop`: the cgroup, then the directories.
+    _cgroup: testkit::CgroupGuard,
+    state: tempfile::TempDir,
+    bundle: tempfile::TempDir,
+}
+
+impl TestContainer {
+    fn new(tag: &str, script: &str) -> TestContainer {
+        let bundle = tempfile::tempdir().unwrap();
+        testkit::busybox_rootfs(&bundle.path().join("rootfs")).unwrap();
+        let args = ["sh".to_string(), "-c".to_string(), script.to_string()];
+        let mut spec = runtime::default_spec(Path::new("rootfs"), &args).unwrap();
+        let id = testkit::unique_name(tag);
+        spec.linux_mut()
+            .as_mut()
+            .unwrap()
+            .set_cgroups_path(Some(PathBuf::from(format!("/{id}"))));
+        std::fs::write(
+            bundle.path().join("config.json"),
+            serde_json::to_string(&spec).unwrap(),
+        )
+        .unwrap();
+        TestContainer {
+            _cgroup: testkit::CgroupGuard(id.clone()),
+            id,
+            state: tempfile::tempdir().unwrap(),
+            bundle,
+        }
+    }
+
+    fn options() -> CreateOptions {
+        CreateOptions::new(ShimProgram {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_berth-shim")),
+            args: Vec::new(),
+        })
+    }
+
+    fn create(&self) -> shim::ContainerState {
+        self.create_with(&Self::options()).unwrap()
+    }
+
+    fn create_with(&self, opts: &CreateOptions) -> Result<shim::ContainerState, ShimError> {
+        shim::create(self.state(), self.bundle.path(), &self.id, opts)
+    }
+
+    fn state(&self) -> &Path {
+        self.state.path()
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.state().join("containers").join(&self.id)
+    }
+
+    fn logs(&self) -> Vec<LogEntry> {
+        let mut out = Vec::new();
+        shim::logs(self.state(), &self.id, LogOptions::default(), &mut |e| {
+            out.push(e.clone());
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    /// Waits until the log holds a line equal to `line` (its newline included).
+    fn wait_for_log(&self, line: &str) -> Vec<LogEntry> {
+        let start = Instant::now();
+        loop {
+            let logs = self.logs();
+            if logs.iter().any(|e| e.log == line) {
+                return logs;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no {line:?} in the log: {logs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait(&self) -> shim::ContainerState {
+        shim::wait(self.state(), &self.id, Some(DEADLINE)).unwrap()
+    }
+}
+
+impl Drop for TestContainer {
+    fn drop(&mut self) {
+        if let Ok(s) = shim::state(self.state(), &self.id) {
+            let _ = shim::kill(self.state(), &self.id, libc::SIGKILL);
+            let _ = shim::wait(self.state(), &self.id, Some(Duration::from_secs(10)));
+            if s.shim_pid > 0 && s.status != Status::Stopped {
+                // SAFETY: signalling a pid; the shim is ours (its start time was
+                // checked by `state`) and is killed only if it did not finish.
+                unsafe { libc::kill(s.shim_pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+#[test]
+fn a_created_container_runs_detached_and_logs_stdout_and_stderr_as_json_lines() {
+    let c = TestContainer::new("logs", "echo to-stdout; echo to-stderr >&2; sleep 1000");
+    let created = c.create();
+    assert_eq!(created.status, Status::Running, "{created:?}");
+    let pid = created.pid.unwrap();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
+    c.wait_for_log("to-stderr\n");
+    let logs = c.wait_for_log("to-stdout\n");
+    assert!(logs
+        .iter()
+        .any(|e| e.stream == shim::Stream::Stdout && e.log == "to-stdout\n"));
+    assert!(logs
+        .iter()
+        .any(|e| e.stream == shim::Stream::Stderr && e.log == "to-stderr\n"));
+    // The file itself is Docker's json-file format, one object per line.
+    let text = std::fs::read_to_string(c.dir().join("log.json")).unwrap();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 3, "{line}");
+        let time = v["time"].as_str().unwrap();
+        assert!(time.ends_with('Z') && time.len() == 30, "{time}");
+        assert!(["stdout", "stderr"].contains(&v["stream"].as_str().unwrap()));
+    }
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(c.dir()).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+
+    let listed = shim::list(c.state()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].status),
+        (c.id.as_str(), Status::Running)
+    );
+    let err = shim::delete(c.state(), &c.id).unwrap_err().to_string();
+    assert!(
+        err.contains(&c.id) && err.contains("stop it first"),
+        "{err}"
+    );
+    let again = c.create_with(&TestContainer::options()).unwrap_err();
+    assert!(matches!(again, ShimError::Exists { .. }), "{again}");
+}
+
+#[test]
+fn the_exit_code_is_recorded_and_delete_removes_the_state() {
+    let c = TestContainer::new("exit3", "echo bye; exit 3");
+    c.create();
+    let s = c.wait();
+    assert_eq!(s.status, Status::Stopped);
+    let exit = s.exit.unwrap();
+    assert_eq!((exit.code, exit.signal, exit.status()), (Some(3), None, 3));
+    assert!(c.logs().iter().any(|e| e.log == "bye\n"));
+    let err = shim::kill(c.state(), &c.id, libc::SIGTERM)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not running") && err.contains("exit 3"),
+        "{err}"
+    );
+    shim::delete(c.state(), &c.id).unwrap();
+    assert!(!c.dir().exists());
+    let err = shim::state(c.state(), &c.id).unwrap_err();
+    assert!(matches!(err, ShimError::NotFound { .. }), "{err}");
+}
+
+#[test]
+fn stop_lets_a_container_that_handles_sigterm_exit_within_the_grace_period() {
+    let c = TestContainer::new(
+        "trap",
+        "trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+    );
+    c.create();
+    c.wait_for_log("ready\n");
+    let s = shim::stop(c.state(), &c.id, libc::SIGTERM, DEADLINE).unwrap();
+    let exit = s.exit.unwrap();
+    assert_eq!((exit.code, exit.signal), (Some(0), None), "{s:?}");
+    assert!(c.logs().iter().any(|e| e.log == "got-term\n"));
+}
+
+#[test]
+fn stop_kills_a_container_that_ignores_sigterm_once_the_grace_period_is_over() {
+    // A pid namespace's init ignores signals it has no handler for: SIGTERM does nothing.
+    let c = TestContainer::new("ignore", "echo ready; sleep 1000");
+    c.create();
+    c.wait_for_log("ready\n");
+    let s = shim::stop(c.state(), &c.id, libc::SIGTERM, Duration::from_millis(500)).unwrap();
+    let exit = s.exit.unwrap();
+    assert_eq!(exit.signal, Some(libc::SIGKILL), "{s:?}");
+    assert_eq!(exit.status(), 137);
+}
+
+#[test]
+fn log_rotation_keeps_at_most_max_files() {
+    let c = TestContainer::new("rotate", "seq 1 3000; echo done");
+    let opts = CreateOptions {
+        log_max_size: 8192,
+        log_max_files: 2,
+        ..TestContainer::options()
+    };
+    c.create_with(&opts).unwrap();
+    assert_eq!(c.wait().exit.unwrap().code, Some(0));
+    let mut logs: Vec<String> = std::fs::read_dir(c.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("log.json"))
+        .collect();
+    logs.sort();
+    assert_eq!(logs, ["log.json", "log.json.1"]);
+    for name in &logs {
+        assert!(std::fs::metadata(c.dir().join(name)).unwrap().len() <= 8192);
+    }
+    let entries = c.logs();
+    assert_eq!(entries.last().unwrap().log, "done\n");
+    // The oldest lines were rotated away; what is kept is contiguous.
+    let tail = shim::logs(
+        c.state(),
+        &c.id,
+        LogOptions {
+            follow: false,
+            tail: Some(2),
+        },
+        &mut |_| Ok(()),
+    );
+    assert!(tail.is_ok());
+    assert!(
+        entries.len() < 3001 && entries.len() > 100,
+        "{}",
+        entries.len()
+    );
+}
+
+#[test]
+fn follow_reads_until_the_container_stops() {
+    let c = TestContainer::new(
+        "follow",
+        "for i in 1 2 3 4 5; do echo line $i; sleep 0.1; done",
+    );
+    c.create();
+    let mut seen = Vec::new();
+    let opts = LogOptions {
+        follow: true,
+        tail: None,
+    };
+    shim::logs(c.state(), &c.id, opts, &mut |e| {
+        seen.push(e.log.clone());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        (1..=5).map(|i| format!("line {i}\n")).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_container_that_cannot_start_returns_the_runtimes_error_and_leaves_nothing() {
+    let c = TestContainer::new("nostart", "true");
+    let config = c.bundle.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"sh\",", "\"no-such-program\",")).unwrap();
+    let err = c.create_with(&TestContainer::options()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ShimError::Start { .. }), "{text}");
+    assert!(
+        text.contains(&c.id) && text.contains("no-such-program") && text.contains("ENOENT"),
+        "{text}"
+    );
+    assert!(!c.dir().exists());
+}
