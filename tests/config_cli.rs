@@ -96,6 +96,14 @@ fn global_flags_work_before_and_after_the_verb() {
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
         assert!(text(&out.stdout).starts_with("name: demo\n"));
     }
+    // Files given before and after the verb add up, in order.
+    std::fs::write(dir.path().join("b.yaml"), "services:\n  two: {image: y}\n").expect("write");
+    let out = berth(
+        dir.path(),
+        &["-f", "a.yaml", "config", "-f", "b.yaml", "--services"],
+        None,
+    );
+    assert_eq!(text(&out.stdout), "one\ntwo\n", "{}", text(&out.stderr));
 }
 
 #[test]

@@ -10,6 +10,8 @@ use super::{print_diagnostics, write_stdout, ProjectArgs};
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
     /// Only check the files; print nothing but problems
     #[arg(short, long)]
     quiet: bool,

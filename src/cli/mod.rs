@@ -32,23 +32,26 @@ struct Cli {
     command: Command,
 }
 
-/// Options that say which project a command works on (Compose's global options).
+/// Options that say which project a command works on, as Compose's: accepted before
+/// the verb (`berth -f a.yaml config`) and after a verb that works on a project
+/// (`berth config -f a.yaml`). They are not global, so that a verb may use `-f` for
+/// something else (`logs -f` follows, as in `docker compose -f x.yaml logs -f`).
 #[derive(Debug, Clone, Args)]
 pub struct ProjectArgs {
     /// Compose file(s), merged in order [default: compose.yaml or docker-compose.yml]
-    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Project name [default: name: in the file, else the directory name]
-    #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
+    #[arg(short = 'p', long = "project-name", value_name = "NAME")]
     pub project_name: Option<String>,
     /// Enable services of this profile (repeatable; replaces COMPOSE_PROFILES)
-    #[arg(long = "profile", global = true, value_name = "PROFILE")]
+    #[arg(long = "profile", value_name = "PROFILE")]
     pub profiles: Vec<String>,
     /// Read variables from this file instead of .env (repeatable; later files win)
-    #[arg(long = "env-file", global = true, value_name = "FILE")]
+    #[arg(long = "env-file", value_name = "FILE")]
     pub env_files: Vec<PathBuf>,
     /// Directory relative paths are resolved against [default: the first file's directory]
-    #[arg(long = "project-directory", global = true, value_name = "DIR")]
+    #[arg(long = "project-directory", value_name = "DIR")]
     pub project_directory: Option<PathBuf>,
 }
 
@@ -67,13 +70,34 @@ enum Command {
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Config(args) => config::run(&cli.project, &args),
+        Command::Config(args) => config::run(&cli.project.with(&args.project), &args),
         Command::Image(cmd) => image::run(&cli.state_dir, &cmd),
         Command::Runtime(cmd) => runtime::run(&cli.state_dir, &cmd),
     }
 }
 
 impl ProjectArgs {
+    /// These options (given before the verb) with those given after it: lists add up,
+    /// single values given after the verb win.
+    pub fn with(&self, after: &ProjectArgs) -> ProjectArgs {
+        fn join<T: Clone>(a: &[T], b: &[T]) -> Vec<T> {
+            a.iter().chain(b).cloned().collect()
+        }
+        ProjectArgs {
+            files: join(&self.files, &after.files),
+            project_name: after
+                .project_name
+                .clone()
+                .or_else(|| self.project_name.clone()),
+            profiles: join(&self.profiles, &after.profiles),
+            env_files: join(&self.env_files, &after.env_files),
+            project_directory: after
+                .project_directory
+                .clone()
+                .or_else(|| self.project_directory.clone()),
+        }
+    }
+
     /// Load options from the command line and this process's environment.
     pub fn load_options(&self, services: &[String]) -> anyhow::Result<spec::LoadOptions> {
         Ok(spec::LoadOptions {

@@ -81,9 +81,8 @@ pub struct StopArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// Keep printing new lines until the container stops (no `-f`: berth's global
-    /// `-f` is the Compose file)
-    #[arg(long)]
+    /// Keep printing new lines until the container stops
+    #[arg(short = 'f', long)]
     follow: bool,
     /// Only the last N lines
     #[arg(long, value_name = "N")]
