@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in docker-registry skopeo umoci hyperfine busybox; do
-  command -v "$tool" >/dev/null || { echo "bench/pull.sh: $tool is missing (apt-get install -y docker-registry skopeo umoci hyperfine busybox-static)" >&2; exit 2; }
+for tool in docker-registry skopeo hyperfine busybox python3; do
+  command -v "$tool" >/dev/null || { echo "bench/pull.sh: $tool is missing (apt-get install -y docker-registry skopeo hyperfine busybox-static)" >&2; exit 2; }
 done
 if [ -z "${BERTH:-}" ]; then
   cargo build --release -q -p berth
@@ -25,18 +25,40 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The image: busybox plus LAYERS layers of random data (so compression cannot help).
+# The image: busybox plus LAYERS layers of random data (so compression cannot help),
+# written as an OCI layout by a few lines of Python (umoci 0.4.7's `insert` writes
+# truncated layers, which berth, GNU tar and Python's tarfile all rightly refuse).
 layout="$work/layout"
-umoci init --layout "$layout" >/dev/null
-umoci new --image "$layout:bench" >/dev/null
-mkdir -p "$work/bb/bin"
-cp "$(command -v busybox)" "$work/bb/bin/busybox"
-umoci insert --image "$layout:bench" "$work/bb/bin" /bin >/dev/null
-for i in $(seq 1 "$LAYERS"); do
-  head -c "$((LAYER_MB * 1024 * 1024))" /dev/urandom > "$work/rand$i.bin"
-  umoci insert --image "$layout:bench" "$work/rand$i.bin" "/data/rand$i.bin" >/dev/null
-  rm "$work/rand$i.bin"
-done
+python3 - "$layout" "$(command -v busybox)" "$LAYERS" "$LAYER_MB" <<'PY'
+import gzip, hashlib, io, json, os, sys, tarfile
+layout, busybox, layers, mb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+os.makedirs(f"{layout}/blobs/sha256")
+def blob(data):
+    h = hashlib.sha256(data).hexdigest()
+    open(f"{layout}/blobs/sha256/{h}", "wb").write(data)
+    return f"sha256:{h}", len(data)
+def layer(name, data, mode):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo(name); info.size = len(data); info.mode = mode
+        t.addfile(info, io.BytesIO(data))
+    diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+    digest, size = blob(gzip.compress(raw.getvalue(), compresslevel=1))
+    return diff_id, {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}
+parts = [layer("bin/busybox", open(busybox, "rb").read(), 0o755)]
+parts += [layer(f"data/rand{i}.bin", os.urandom(mb << 20), 0o644) for i in range(layers)]
+config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/busybox", "true"]},
+                     "rootfs": {"type": "layers", "diff_ids": [d for d, _ in parts]}}).encode()
+cdigest, csize = blob(config)
+manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": csize},
+                       "layers": [l for _, l in parts]}).encode()
+mdigest, msize = blob(manifest)
+json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+           "digest": mdigest, "size": msize, "annotations": {"org.opencontainers.image.ref.name": "bench"}}]},
+          open(f"{layout}/index.json", "w"))
+open(f"{layout}/oci-layout", "w").write('{"imageLayoutVersion":"1.0.0"}')
+PY
 
 # A registry on a free loopback port.
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
