@@ -4,8 +4,8 @@
 //! stores; an image index is resolved to this machine's platform, as `load` does. The
 //! config and the layers are streamed into the store's blob writer, which checks each
 //! digest before a blob becomes visible. Layers are fetched concurrently (a few at a
-//! time), a layer already in the store is not fetched, and a layer listed twice is
-//! fetched once. The image is registered only once every blob is in, through the same
+//! time) and each is unpacked as soon as it has arrived, while the others download; a
+//! layer already in the store is not fetched, and a layer listed twice is fetched once. The image is registered only once every blob is in, through the same
 //! path `load` uses, so a failed pull leaves no half image behind.
 //!
 //! Transport: HTTPS, except for registries on the loopback interface and those the
@@ -184,20 +184,6 @@ pub async fn pull_async(
         )
     })?;
 
-    // Config and layers, each once, each verified by the store on the way in.
-    let mut wanted: Vec<&super::oci::Descriptor> = vec![&manifest.config];
-    let mut seen = BTreeSet::new();
-    seen.insert(manifest.config.digest.clone());
-    for layer in &manifest.layers {
-        if seen.insert(layer.digest.clone()) {
-            wanted.push(layer);
-        }
-    }
-    let missing: Vec<&super::oci::Descriptor> = wanted
-        .into_iter()
-        .filter(|d| !store.has_blob(&d.digest))
-        .collect();
-
     let bars = MultiProgress::with_draw_target(if opts.progress {
         ProgressDrawTarget::stderr()
     } else {
@@ -207,13 +193,68 @@ pub async fn pull_async(
         ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {msg}")
             .map(|s| s.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let fetches = missing.iter().map(|desc| {
+    let new_bar = |desc: &super::oci::Descriptor| {
         let bar = bars.add(ProgressBar::new(desc.size));
         bar.set_style(style.clone());
         bar.set_prefix(short(&desc.digest));
-        fetch_blob(&client, &target, store, desc, bar, reference)
+        bar
+    };
+
+    // The config first (it is small, and names each layer's uncompressed digest).
+    if !store.has_blob(&manifest.config.digest) {
+        fetch_blob(
+            &client,
+            &target,
+            store,
+            &manifest.config,
+            new_bar(&manifest.config),
+            reference,
+        )
+        .await?;
+    }
+    let config: super::oci::ConfigFile =
+        serde_json::from_slice(&store.read_blob(&manifest.config.digest)?)
+            .map_err(|e| pull_error(reference, format!("the image config is invalid: {e}")))?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(pull_error(
+            reference,
+            format!(
+                "the manifest lists {} layers but the config {}",
+                manifest.layers.len(),
+                config.rootfs.diff_ids.len()
+            ),
+        ));
+    }
+
+    // Then the layers, each once: downloaded (unless the store has it), verified by the
+    // store's writer, and unpacked right away on a blocking thread, so unpacking one
+    // layer overlaps with downloading the others.
+    let mut seen = BTreeSet::new();
+    let layers: Vec<(&super::oci::Descriptor, &Digest)> = manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .filter(|(l, _)| seen.insert(l.digest.clone()))
+        .collect();
+    let jobs = layers.into_iter().map(|(desc, diff_id)| {
+        let bar = new_bar(desc);
+        let (client, target) = (&client, &target);
+        async move {
+            if store.has_blob(&desc.digest) {
+                bar.finish_and_clear();
+            } else {
+                fetch_blob(client, target, store, desc, bar.clone(), reference).await?;
+            }
+            let (s, blob, diff) = (store.clone(), desc.digest.clone(), diff_id.clone());
+            bar.set_message("unpacking");
+            tokio::task::spawn_blocking(move || s.unpack_layer(&blob, &diff))
+                .await
+                .map_err(|e| pull_error(reference, format!("unpacking was interrupted: {e}")))??;
+            bar.finish_with_message("done");
+            Ok::<(), ImageError>(())
+        }
     });
-    futures_util::stream::iter(fetches)
+    futures_util::stream::iter(jobs)
         .buffer_unordered(CONCURRENT_LAYERS)
         .try_collect::<Vec<()>>()
         .await?;
@@ -288,7 +329,6 @@ async fn fetch_blob(
     }
     // The store checks the digest before the blob becomes visible.
     writer.commit()?;
-    bar.finish_with_message("done");
     Ok(())
 }
 
