@@ -170,21 +170,8 @@ pub fn remove(state_dir: &Path, id: &str) -> Result<(), ContainerError> {
     }
 }
 
-/// A container id names a directory under the state dir: a plain name only (the
-/// runtime's rule for cgroup names), so no id can reach outside `containers/`.
+/// A container id names a directory under the state dir, so it follows the runtime's
+/// rule for ids (a plain name): no id can reach outside `containers/`.
 fn check_id(id: &str) -> Result<(), ContainerError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(RuntimeError::Unsupported(format!(
-            "container id {id:?} is invalid: use letters, digits, '_', '.' and '-' (up to 128), starting with a letter or digit"
-        ))
-        .into())
-    }
+    Ok(crate::runtime::check_id(id)?)
 }

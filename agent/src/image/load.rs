@@ -105,20 +105,12 @@ fn load_oci(
             // A multi-platform image: take this machine's.
             let inner: Index = json(format!("image index {manifest_digest}"), &manifest_bytes)?;
             let arch = host_architecture();
-            let chosen = inner
-                .manifests
-                .iter()
-                .find(|m| {
-                    m.platform
-                        .as_ref()
-                        .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-                })
-                .ok_or_else(|| {
-                    invalid(
-                        &archive.path,
-                        format!("image {} has no linux/{arch} variant", reference.familiar()),
-                    )
-                })?;
+            let chosen = inner.for_this_platform().ok_or_else(|| {
+                invalid(
+                    &archive.path,
+                    format!("image {} has no linux/{arch} variant", reference.familiar()),
+                )
+            })?;
             manifest_digest = chosen.digest.clone();
             manifest_bytes = copy_json_blob(store, archive, &manifest_digest)?;
         }

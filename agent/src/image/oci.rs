@@ -62,6 +62,18 @@ pub struct Index {
     pub manifests: Vec<Descriptor>,
 }
 
+impl Index {
+    /// The entry of a multi-platform index for this machine (linux and its architecture).
+    pub fn for_this_platform(&self) -> Option<&Descriptor> {
+        let arch = host_architecture();
+        self.manifests.iter().find(|m| {
+            m.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {

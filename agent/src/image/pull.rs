@@ -151,17 +151,9 @@ pub async fn pull_async(
     if let Ok(index) = serde_json::from_slice::<Index>(&bytes) {
         if index_like(&bytes) {
             let arch = host_architecture();
-            let chosen = index
-                .manifests
-                .iter()
-                .find(|m| {
-                    m.platform
-                        .as_ref()
-                        .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-                })
-                .ok_or_else(|| {
-                    pull_error(reference, format!("the image has no linux/{arch} variant"))
-                })?;
+            let chosen = index.for_this_platform().ok_or_else(|| {
+                pull_error(reference, format!("the image has no linux/{arch} variant"))
+            })?;
             target = target.clone_with_digest(chosen.digest.to_string());
             let (platform_bytes, _) = client
                 .pull_manifest_raw(&target, &auth, MANIFEST_TYPES)

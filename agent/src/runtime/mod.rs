@@ -44,7 +44,7 @@ mod syscalls_x86_64;
 use std::path::PathBuf;
 
 pub use bundle::Bundle;
-pub use process::{run, ExitReport, RunOptions, Stdio};
+pub use process::{check_id, run, ExitReport, RunOptions, Stdio};
 pub use spec::default_spec;
 
 /// Everything that can stop a container from starting or being cleaned up.
@@ -54,6 +54,9 @@ pub enum RuntimeError {
     Bundle { path: PathBuf, message: String },
     #[error("config.json: {0}")]
     Unsupported(String),
+    /// A container id that cannot name a cgroup or a state directory.
+    #[error("container id {0:?} is invalid: use letters, digits, '_', '.' and '-' (up to 128), starting with a letter or digit")]
+    InvalidId(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

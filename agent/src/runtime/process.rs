@@ -71,9 +71,7 @@ pub fn check_id(id: &str) -> Result<(), RuntimeError> {
     if ok {
         Ok(())
     } else {
-        Err(RuntimeError::unsupported(format!(
-            "container id {id:?} is invalid: use letters, digits, '_', '.' and '-' (up to 128), starting with a letter or digit"
-        )))
+        Err(RuntimeError::InvalidId(id.to_string()))
     }
 }
 

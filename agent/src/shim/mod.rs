@@ -218,23 +218,13 @@ fn container_dir(state: &Path, id: &str) -> Result<PathBuf, ShimError> {
     Ok(containers(state).join(id))
 }
 
-/// A container id names its state directory and its cgroup: a plain name (the
-/// runtime's rule, checked here before anything touches the disk).
+/// A container id names its state directory and its cgroup: the runtime's rule for ids
+/// (a plain name), checked here before anything touches the disk.
 fn check_id(id: &str) -> Result<(), ShimError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ShimError::Start {
-            id: id.to_string(),
-            message: "invalid id: use letters, digits, '_', '.' and '-' (up to 128), starting with a letter or digit".into(),
-        })
-    }
+    crate::runtime::check_id(id).map_err(|e| ShimError::Start {
+        id: id.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Writes `value` as JSON to `path` atomically: readers see the old or the new file.
