@@ -394,22 +394,11 @@ fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
     })
 }
 
-/// The sysctls a container's own namespaces scope (runc's list): IPC ones, mqueue,
-/// and the network namespace's `net.*`.
+/// The sysctls a service may set, as Docker allows them: those of the container's own
+/// IPC (and mqueue) and network namespaces (the runtime's list).
 pub fn namespaced_sysctl(key: &str) -> bool {
-    const IPC: &[&str] = &[
-        "kernel.msgmax",
-        "kernel.msgmnb",
-        "kernel.msgmni",
-        "kernel.sem",
-        "kernel.shmall",
-        "kernel.shmmax",
-        "kernel.shmmni",
-        "kernel.shm_rmid_forced",
-    ];
-    !key.contains("..")
-        && !key.contains('/')
-        && (IPC.contains(&key) || key.starts_with("fs.mqueue.") || key.starts_with("net."))
+    use crate::runtime::SysctlNamespace::{Ipc, Net};
+    matches!(crate::runtime::sysctl_namespace(key), Some(Ipc | Net))
 }
 
 #[cfg(test)]

@@ -44,7 +44,9 @@ mod syscalls_x86_64;
 use std::path::PathBuf;
 
 pub use bundle::Bundle;
-pub use process::{check_id, run, ExitReport, RunOptions, Stdio};
+pub use process::{
+    check_id, run, sysctl_namespace, ExitReport, RunOptions, Stdio, SysctlNamespace,
+};
 pub use spec::default_spec;
 
 /// Everything that can stop a container from starting or being cleaned up.

@@ -217,8 +217,17 @@ fn cgroup_path(spec_path: Option<&Path>, id: &str) -> Result<PathBuf, RuntimeErr
     Ok(rel)
 }
 
-/// Sysctls a container may set: the ones its own namespaces scope (runc's list).
-fn check_sysctl(key: &str, ns: &NamespacePlan) -> Result<(), RuntimeError> {
+/// The namespace a sysctl belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SysctlNamespace {
+    Ipc,
+    Net,
+    Uts,
+}
+
+/// Which of the container's own namespaces scopes `key` (runc's list), if any: a sysctl
+/// outside them would change the host.
+pub fn sysctl_namespace(key: &str) -> Option<SysctlNamespace> {
     const IPC: &[&str] = &[
         "kernel.msgmax",
         "kernel.msgmnb",
@@ -229,12 +238,31 @@ fn check_sysctl(key: &str, ns: &NamespacePlan) -> Result<(), RuntimeError> {
         "kernel.shmmni",
         "kernel.shm_rmid_forced",
     ];
-    let ok = (IPC.contains(&key) || key.starts_with("fs.mqueue."))
-        && ns.clone_flags & libc::CLONE_NEWIPC != 0
-        || key.starts_with("net.")
-            && (ns.new_net || ns.join.iter().any(|j| j.1 == libc::CLONE_NEWNET))
-        || key == "kernel.domainname" && ns.clone_flags & libc::CLONE_NEWUTS != 0;
-    if ok && !key.contains("..") && !key.contains('/') {
+    if key.contains("..") || key.contains('/') {
+        return None;
+    }
+    if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+        Some(SysctlNamespace::Ipc)
+    } else if key.starts_with("net.") {
+        Some(SysctlNamespace::Net)
+    } else if key == "kernel.domainname" {
+        Some(SysctlNamespace::Uts)
+    } else {
+        None
+    }
+}
+
+/// Sysctls a container may set: those scoped by namespaces this container has of its own.
+fn check_sysctl(key: &str, ns: &NamespacePlan) -> Result<(), RuntimeError> {
+    let ok = match sysctl_namespace(key) {
+        Some(SysctlNamespace::Ipc) => ns.clone_flags & libc::CLONE_NEWIPC != 0,
+        Some(SysctlNamespace::Net) => {
+            ns.new_net || ns.join.iter().any(|j| j.1 == libc::CLONE_NEWNET)
+        }
+        Some(SysctlNamespace::Uts) => ns.clone_flags & libc::CLONE_NEWUTS != 0,
+        None => false,
+    };
+    if ok {
         Ok(())
     } else {
         Err(RuntimeError::unsupported(format!(
