@@ -3,6 +3,8 @@
 //! libraries return typed errors.
 
 mod cli;
+mod client;
+mod daemon;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -6,6 +6,7 @@
 //! `container`, which turns an image and a Compose service into a runnable bundle.
 
 pub mod container;
+pub mod executor;
 pub mod image;
 pub mod runtime;
 pub mod shim;

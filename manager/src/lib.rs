@@ -1,5 +1,73 @@
-//! The manager: desired state replicated with Raft, the orchestrator (services -> tasks),
-//! the scheduler (tasks -> nodes), the dispatcher (assignments to agents) and the HTTP API.
+//! The manager: desired state and the loops that act on it.
 //!
-//! Nothing lives here yet: the store and the Raft group arrive with the cluster issue, the
-//! reconcile loop with `berth up`. See ARCHITECTURE.md for where each piece will go.
+//! - `store`: stacks and tasks, changed in transactions, persisted, watched (the Raft
+//!   issue replicates it behind the same `Backend` seam);
+//! - `orchestrator`: the pure function from stacks and tasks to the changes that make
+//!   them match (DESIGN invariant 2);
+//! - `api`: the HTTP API (axum) over a unix socket; the only module that knows HTTP and
+//!   JSON (DESIGN invariant 8). What it needs of the node it runs on (logs, volumes) it
+//!   asks through the `Node` trait, so the manager never depends on the agent.
+//!
+//! The scheduler and dispatcher are trivial on one node (every task goes to it) and
+//! arrive with the cluster issue.
+
+pub mod api;
+pub mod orchestrator;
+pub mod store;
+
+use orchestrator::{Change, Plan};
+use store::State;
+
+/// Applies an orchestrator plan to a state (inside a store transaction).
+pub fn apply(state: &mut State, plan: &Plan) {
+    for change in &plan.changes {
+        match change {
+            Change::Create(task) => {
+                state.tasks.insert(task.id.clone(), task.clone());
+            }
+            Change::SetDesired { task, desired } => {
+                if let Some(t) = state.tasks.get_mut(task) {
+                    t.desired = *desired;
+                }
+            }
+            Change::Delete { task } => {
+                state.tasks.remove(task);
+            }
+        }
+    }
+}
+
+/// Runs the orchestrator whenever the store changes, or when a plan asked to be woken
+/// (a restart back-off), until the process ends.
+pub async fn run_orchestrator(store: std::sync::Arc<store::Store>) {
+    let mut watch = store.watch();
+    loop {
+        let now = now_ms();
+        let plan = store.read(|s| {
+            let tasks: Vec<_> = s.tasks.values().cloned().collect();
+            orchestrator::reconcile(&s.stacks, &tasks, now)
+        });
+        if !plan.changes.is_empty() {
+            let before = store.read(|s| s.version);
+            match store.update(|s| {
+                apply(s, &plan);
+                Ok(())
+            }) {
+                Ok(()) if store.read(|s| s.version) != before => continue,
+                Ok(()) => {}
+                Err(e) => eprintln!("berth daemon: orchestrator: {e}"),
+            }
+        }
+        let sleep = plan
+            .wake_at
+            .map(|at| std::time::Duration::from_millis(at.saturating_sub(now).max(1)))
+            .unwrap_or(std::time::Duration::from_secs(60));
+        let _ = tokio::time::timeout(sleep, watch.changed()).await;
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

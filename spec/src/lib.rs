@@ -18,6 +18,7 @@ mod merge;
 pub mod model;
 mod profiles;
 pub mod short_syntax;
+pub mod task;
 pub mod units;
 mod validate;
 pub mod yaml;

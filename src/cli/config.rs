@@ -79,7 +79,7 @@ pub fn run(project: &ProjectArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode>
 }
 
 /// Keeps the named services and, transitively, the services they depend on.
-fn keep_with_dependencies(stack: &mut spec::Stack, names: &[String]) {
+pub(super) fn keep_with_dependencies(stack: &mut spec::Stack, names: &[String]) {
     let mut keep: BTreeSet<String> = BTreeSet::new();
     let mut todo: Vec<String> = names.to_vec();
     while let Some(name) = todo.pop() {

@@ -4,6 +4,7 @@
 mod config;
 mod image;
 mod runtime;
+mod stack;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,24 @@ enum Command {
     /// Manage the local image store (import, load, pull, ls, rm, inspect)
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Create and start the project's containers (and the daemon, if none runs)
+    Up(stack::UpArgs),
+    /// Stop and remove the project's containers (-v: and its named volumes)
+    Down(stack::DownArgs),
+    /// List the project's containers
+    Ps(stack::PsArgs),
+    /// Show the output of the project's containers
+    Logs(stack::LogsArgs),
+    /// Stop services (their containers are kept)
+    Stop(stack::ServicesArgs),
+    /// Start stopped services
+    Start(stack::ServicesArgs),
+    /// Restart services (their containers are recreated)
+    Restart(stack::ServicesArgs),
+    /// List the deployed stacks
+    Ls(stack::LsArgs),
+    /// Run the berth daemon in the foreground (berth up starts one when none runs)
+    Daemon,
     /// Run OCI bundles directly, like runc (plumbing)
     #[command(subcommand, hide = true)]
     Runtime(runtime::RuntimeCommand),
@@ -73,6 +92,36 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Config(args) => config::run(&cli.project.with(&args.project), &args),
         Command::Image(cmd) => image::run(&cli.state_dir, &cmd),
         Command::Runtime(cmd) => runtime::run(&cli.state_dir, &cmd),
+        Command::Up(args) => stack::up(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Down(args) => stack::down(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Ps(args) => stack::ps(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Logs(args) => {
+            let mut project = cli.project.clone();
+            if args.project_name.is_some() {
+                project.project_name = args.project_name.clone();
+            }
+            stack::logs(&cli.state_dir, &project, &args)
+        }
+        Command::Stop(args) => stack::services_verb(
+            &cli.state_dir,
+            &cli.project.with(&args.project),
+            &args,
+            "stop",
+        ),
+        Command::Start(args) => stack::services_verb(
+            &cli.state_dir,
+            &cli.project.with(&args.project),
+            &args,
+            "start",
+        ),
+        Command::Restart(args) => stack::services_verb(
+            &cli.state_dir,
+            &cli.project.with(&args.project),
+            &args,
+            "restart",
+        ),
+        Command::Ls(args) => stack::ls(&cli.state_dir, &args),
+        Command::Daemon => stack::daemon(&cli.state_dir),
     }
 }
 

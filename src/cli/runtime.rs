@@ -174,7 +174,7 @@ pub fn run(state_dir: &Path, cmd: &RuntimeCommand) -> anyhow::Result<ExitCode> {
 /// The shim program: `$BERTH_SHIM` (a path, or `builtin` for this binary), else
 /// `berth-shim` next to this binary (a small program, see bench/README.md), else this
 /// binary as `berth runtime shim`.
-fn shim_program() -> anyhow::Result<shim::ShimProgram> {
+pub(super) fn shim_program() -> anyhow::Result<shim::ShimProgram> {
     let chosen = std::env::var_os("BERTH_SHIM");
     if let Some(path) = chosen.as_ref().filter(|p| p.as_os_str() != "builtin") {
         return Ok(shim::ShimProgram {

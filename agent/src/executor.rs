@@ -1,0 +1,273 @@
+//! The agent's executor: makes one task's container match the task's desired state and
+//! reports what it observed. Blocking functions over the disk and the kernel; the
+//! daemon runs them on worker threads, one task at a time per task.
+//!
+//! A task's container has the task's id. On disk (under the agent's state directory):
+//! `containers/<id>/` is its bundle (`agent::container`), `run/containers/<id>/` its
+//! shim's state and logs (`agent::shim`). Both survive the daemon, so a restarted
+//! daemon observes every container again from the disk alone (DESIGN invariant 6).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use spec::model::{Service, Stack};
+use spec::task::{Task, TaskState, TaskStatus};
+
+use crate::container::{self, ContainerContext};
+use crate::image::{Reference, Store};
+use crate::shim::{self, CreateOptions, ShimError, Status};
+
+/// Docker's default grace period before SIGKILL.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What the executor needs, shared by all tasks.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    pub state_dir: PathBuf,
+    pub shim: shim::ShimProgram,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Executor {
+    /// Where the shims keep container state: `<state>/run`.
+    pub fn shim_root(&self) -> PathBuf {
+        self.state_dir.join("run")
+    }
+
+    /// The ids of every container on this node (those with shim state).
+    pub fn containers(&self) -> Vec<String> {
+        shim::list(&self.shim_root())
+            .map(|l| l.into_iter().map(|s| s.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// What the container of `task` is doing now, as a status; `None` when it has no
+    /// container (never started, or already removed).
+    pub fn observe(&self, task: &Task) -> Option<TaskStatus> {
+        let s = match shim::state(&self.shim_root(), &task.id) {
+            Ok(s) => s,
+            Err(ShimError::NotFound { .. }) => return None,
+            Err(e) => {
+                return Some(TaskStatus {
+                    state: Some(TaskState::Failed),
+                    message: e.to_string(),
+                    ..task.status.clone()
+                })
+            }
+        };
+        let mut status = task.status.clone();
+        match s.status {
+            Status::Created => status.state = Some(TaskState::Starting),
+            Status::Running => {
+                status.state = Some(TaskState::Running);
+                status.pid = s.pid;
+                status.message.clear();
+            }
+            Status::Stopped | Status::Unknown => {
+                let exit = s.exit;
+                status.exit_code = exit.map(|e| e.status());
+                status.oom_killed = exit.is_some_and(|e| e.oom_killed);
+                status.pid = None;
+                status.finished_at.get_or_insert_with(now_ms);
+                let code = exit.map(|e| e.status());
+                status.state = Some(match (task.desired, code) {
+                    (spec::task::DesiredState::Running, Some(0)) => TaskState::Complete,
+                    (spec::task::DesiredState::Running, _) => TaskState::Failed,
+                    _ => TaskState::Shutdown,
+                });
+                status.message = match (exit, &s.error) {
+                    (_, Some(e)) => e.clone(),
+                    (Some(e), None) if e.oom_killed => {
+                        format!("exited with code {}: killed by the OOM killer", e.status())
+                    }
+                    (Some(e), None) => format!("exited with code {}", e.status()),
+                    (None, None) => "its shim died; the container's end is unknown".into(),
+                };
+            }
+        }
+        Some(status)
+    }
+
+    /// Creates and starts the container of `task` from `service` of `stack`.
+    pub fn start(
+        &self,
+        task: &Task,
+        stack: &Stack,
+        service: &Service,
+        env: &BTreeMap<String, String>,
+    ) -> TaskStatus {
+        let mut status = TaskStatus {
+            started_at: Some(now_ms()),
+            ..task.status.clone()
+        };
+        match self.try_start(task, stack, service, env) {
+            Ok(s) => {
+                status.state = Some(TaskState::Running);
+                status.pid = s.pid;
+                status.message.clear();
+                if s.status == Status::Stopped {
+                    // It ran and exited before create returned: observe says how.
+                    return self.observe(task).unwrap_or(status);
+                }
+            }
+            Err((state, message)) => {
+                status.state = Some(state);
+                status.message = message;
+                status.finished_at = Some(now_ms());
+            }
+        }
+        status
+    }
+
+    fn try_start(
+        &self,
+        task: &Task,
+        stack: &Stack,
+        service: &Service,
+        env: &BTreeMap<String, String>,
+    ) -> Result<shim::ContainerState, (TaskState, String)> {
+        let reject = |m: String| (TaskState::Rejected, m);
+        let image_name = service.image.as_deref().ok_or_else(|| {
+            reject(format!(
+                "services.{}: no image: berth cannot build images yet (build: is ignored); \
+                 give an image",
+                task.service
+            ))
+        })?;
+        let store = Store::open(&self.state_dir).map_err(|e| reject(e.to_string()))?;
+        let reference = Reference::parse(image_name)
+            .map_err(|e| reject(format!("services.{}.image: {e}", task.service)))?;
+        let image = store
+            .image(&reference)
+            .map_err(|e| reject(format!("services.{}.image: {e}", task.service)))?;
+        let ctx = ContainerContext {
+            id: task.id.clone(),
+            service: task.service.clone(),
+            state_dir: self.state_dir.clone(),
+            hostname: service
+                .container_name
+                .clone()
+                .unwrap_or_else(|| task.name()),
+            cgroups_path: None,
+            volumes: stack.volumes.clone(),
+            secrets: stack.secrets.clone(),
+            configs: stack.configs.clone(),
+            environment: env.clone(),
+        };
+        // A container left by an earlier attempt of this very task (a crash between
+        // prepare and create) is cleared first.
+        let _ = container::remove(&self.state_dir, &task.id);
+        let prepared =
+            container::prepare(&store, &image, service, &ctx).map_err(|e| reject(e.to_string()))?;
+        // The shim loads the bundle from disk: it may outlive this process.
+        let config = ctx.dir().join("config.json");
+        let written = serde_json::to_vec(&prepared.bundle.spec)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&config, bytes));
+        if let Err(e) = written {
+            let _ = container::remove(&self.state_dir, &task.id);
+            return Err((
+                TaskState::Failed,
+                format!("write {}: {e}", config.display()),
+            ));
+        }
+        let opts = create_options(&self.shim, service);
+        match shim::create(&self.shim_root(), &ctx.dir(), &task.id, &opts) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                drop(prepared);
+                let _ = container::remove(&self.state_dir, &task.id);
+                Err((TaskState::Failed, e.to_string()))
+            }
+        }
+    }
+
+    /// Stops the container of `task` (its stop signal, the grace period, SIGKILL),
+    /// keeping it.
+    pub fn stop(
+        &self,
+        task: &Task,
+        service: Option<&Service>,
+        grace: Option<Duration>,
+    ) -> TaskStatus {
+        let signal = service
+            .and_then(|s| s.stop_signal.as_deref())
+            .and_then(|s| shim::parse_signal(s).ok())
+            .unwrap_or(libc::SIGTERM);
+        let grace = grace
+            .or_else(|| service.and_then(|s| s.stop_grace_period))
+            .unwrap_or(DEFAULT_STOP_GRACE);
+        let mut status = task.status.clone();
+        match shim::stop(&self.shim_root(), &task.id, signal, grace) {
+            Ok(_) | Err(ShimError::NotFound { .. }) => {}
+            Err(e) => status.message = e.to_string(),
+        }
+        if let Some(observed) = self.observe(task) {
+            status = observed;
+        }
+        status.state = Some(status.state().advance(TaskState::Shutdown));
+        status
+    }
+
+    /// Stops and deletes the container of `task`: its shim state, logs, rootfs and
+    /// bundle. Named volumes stay.
+    pub fn remove(
+        &self,
+        task: &Task,
+        service: Option<&Service>,
+        grace: Option<Duration>,
+    ) -> TaskStatus {
+        let mut status = self.stop(task, service, grace);
+        let deleted = match shim::delete(&self.shim_root(), &task.id) {
+            Ok(()) | Err(ShimError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+        .and_then(|()| container::remove(&self.state_dir, &task.id).map_err(|e| e.to_string()));
+        match deleted {
+            Ok(()) => status.state = Some(TaskState::Removed),
+            Err(e) => status.message = format!("could not remove the container: {e}"),
+        }
+        status
+    }
+
+    /// Removes a container no task knows (left by a crash before its task was
+    /// recorded): stop it at once, delete it.
+    pub fn remove_stray(&self, id: &str) {
+        let root = self.shim_root();
+        let _ = shim::stop(&root, id, libc::SIGKILL, Duration::from_secs(5));
+        let _ = shim::delete(&root, id);
+        let _ = container::remove(&self.state_dir, id);
+    }
+
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.shim_root().join("containers").join(id)
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+/// The shim's options from the service's `logging` (json-file's max-size and max-file).
+fn create_options(program: &shim::ShimProgram, service: &Service) -> CreateOptions {
+    let mut opts = CreateOptions::new(program.clone());
+    if let Some(logging) = &service.logging {
+        if let Some(size) = logging
+            .options
+            .get("max-size")
+            .and_then(|s| spec::units::parse_bytes(s).ok())
+        {
+            opts.log_max_size = size;
+        }
+        if let Some(n) = logging.options.get("max-file").and_then(|s| s.parse().ok()) {
+            opts.log_max_files = n;
+        }
+    }
+    opts
+}

@@ -1,0 +1,369 @@
+//! The HTTP API (axum), served on the daemon's unix socket. Handlers turn requests into
+//! store transactions (DESIGN invariant 8: nothing else knows HTTP or JSON); what the
+//! manager cannot do itself (read a container's log, delete a volume) it asks of the
+//! node through [`Node`].
+//!
+//! Routes (all JSON):
+//! - `GET /v1/ping`
+//! - `GET /v1/state`: stacks and tasks
+//! - `PUT /v1/stacks/{name}`: deploy ([`UpRequest`] -> [`UpResponse`])
+//! - `DELETE /v1/stacks/{name}?volumes=&timeout=`: take down; returns once every
+//!   container of the stack is gone ([`DownResponse`])
+//! - `POST /v1/stacks/{name}/{stop|start|restart}` ([`ServicesRequest`])
+//! - `GET /v1/tasks/{id}/logs?follow=&tail=`: newline-delimited [`LogLine`]s, streamed
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use spec::model::Stack;
+use spec::task::{DesiredState, StackRecord};
+
+use crate::store::{Store, StoreError};
+
+/// What the API needs from the node it runs on.
+pub trait Node: Send + Sync + 'static {
+    /// Calls `sink` with each log line of container `task`, following new lines while
+    /// `follow` and the container runs; stops early when `sink` returns false.
+    fn logs(
+        &self,
+        task: &str,
+        follow: bool,
+        tail: Option<usize>,
+        sink: &mut dyn FnMut(LogLine) -> bool,
+    ) -> Result<(), String>;
+
+    /// Deletes the stack's named volumes that it does not mark external; returns their
+    /// names.
+    fn remove_volumes(&self, stack: &Stack) -> Result<Vec<String>, String>;
+}
+
+/// One log line, as the API streams it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    pub time: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpRequest {
+    pub record: StackRecord,
+    #[serde(default)]
+    pub remove_orphans: bool,
+    /// Recreate every container, changed or not.
+    #[serde(default)]
+    pub force_recreate: bool,
+    /// Keep existing containers even if their definition changed.
+    #[serde(default)]
+    pub no_recreate: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpResponse {
+    /// Services of the earlier deployment that this one no longer has.
+    pub orphans: Vec<String>,
+    /// The orphans removed (with `remove_orphans`).
+    pub removed_orphans: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DownQuery {
+    #[serde(default)]
+    pub volumes: bool,
+    /// Seconds to wait for each container to stop before SIGKILL.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DownResponse {
+    pub removed_containers: Vec<String>,
+    pub removed_volumes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServicesRequest {
+    /// Empty: every service of the stack.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogsQuery {
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default)]
+    pub tail: Option<usize>,
+}
+
+/// An API error: a status and a message for the user.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: u16,
+    pub error: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status: status.as_u16(),
+            error: error.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Rejected(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self)).into_response()
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    store: Arc<Store>,
+    node: Arc<dyn Node>,
+}
+
+/// The API's routes over `store`, asking `node` for what lives on the node.
+pub fn router(store: Arc<Store>, node: Arc<dyn Node>) -> Router {
+    Router::new()
+        .route("/v1/ping", get(|| async { "ok" }))
+        .route("/v1/state", get(state))
+        .route("/v1/stacks/{name}", put(up).delete(down))
+        .route("/v1/stacks/{name}/{verb}", post(services_verb))
+        .route("/v1/tasks/{id}/logs", get(logs))
+        .with_state(Ctx { store, node })
+}
+
+async fn state(AxState(cx): AxState<Ctx>) -> Json<crate::store::State> {
+    Json(cx.store.snapshot())
+}
+
+async fn up(
+    AxState(cx): AxState<Ctx>,
+    Path(name): Path<String>,
+    Json(req): Json<UpRequest>,
+) -> Result<Json<UpResponse>, ApiError> {
+    if req.record.stack.name != name {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the stack is named {:?}, not {name:?}",
+                req.record.stack.name
+            ),
+        ));
+    }
+    let resp = cx.store.update(|s| {
+        let mut record = req.record.clone();
+        let mut resp = UpResponse::default();
+        if let Some(old) = s.stacks.get(&name) {
+            let gone: BTreeSet<&String> = old
+                .stack
+                .services
+                .keys()
+                .chain(old.orphans.keys())
+                .filter(|k| !record.stack.services.contains_key(*k))
+                .collect();
+            for k in gone {
+                resp.orphans.push(k.clone());
+                if req.remove_orphans {
+                    resp.removed_orphans.push(k.clone());
+                } else if let Some(svc) = old.stack.services.get(k).or(old.orphans.get(k)) {
+                    record.orphans.insert(k.clone(), svc.clone());
+                }
+            }
+            // `up` starts what `stop` stopped, as Compose's.
+            record.stopped.clear();
+            if req.no_recreate {
+                // Keep each service's old definition where tasks run: adopt it.
+                for (k, svc) in record.stack.services.iter_mut() {
+                    if let Some(o) = old.stack.services.get(k) {
+                        *svc = o.clone();
+                    }
+                }
+            }
+        }
+        if req.force_recreate {
+            for t in s.tasks.values_mut() {
+                if t.stack == name && t.desired == DesiredState::Running {
+                    t.desired = DesiredState::Remove;
+                }
+            }
+        }
+        s.stacks.insert(name.clone(), record);
+        Ok(resp)
+    })?;
+    Ok(Json(resp))
+}
+
+async fn down(
+    AxState(cx): AxState<Ctx>,
+    Path(name): Path<String>,
+    Query(q): Query<DownQuery>,
+) -> Result<Json<DownResponse>, ApiError> {
+    let grace = q.timeout.map(|t| t.saturating_mul(1000));
+    let (record, containers) = cx.store.update(|s| {
+        let record = s.stacks.remove(&name);
+        let mut containers = Vec::new();
+        for t in s.tasks.values_mut().filter(|t| t.stack == name) {
+            containers.push(t.name());
+            t.desired = DesiredState::Remove;
+            if grace.is_some() {
+                t.stop_grace_ms = grace;
+            }
+        }
+        Ok((record, containers))
+    })?;
+    if record.is_none() && containers.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no stack named {name:?} is deployed (berth ls lists them)"),
+        ));
+    }
+    // Wait for the agent to remove every container of the stack.
+    let mut watch = cx.store.watch();
+    loop {
+        let left = cx
+            .store
+            .read(|s| s.tasks.values().filter(|t| t.stack == name).count());
+        if left == 0 {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), watch.changed()).await;
+    }
+    let mut resp = DownResponse {
+        removed_containers: containers
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        removed_volumes: Vec::new(),
+    };
+    if let (true, Some(record)) = (q.volumes, record) {
+        let node = cx.node.clone();
+        resp.removed_volumes =
+            tokio::task::spawn_blocking(move || node.remove_volumes(&record.stack))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    }
+    Ok(Json(resp))
+}
+
+async fn services_verb(
+    AxState(cx): AxState<Ctx>,
+    Path((name, verb)): Path<(String, String)>,
+    Json(req): Json<ServicesRequest>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let done = cx.store.update(|s| {
+        let record = s.stacks.get_mut(&name).ok_or_else(|| {
+            StoreError::Rejected(format!(
+                "no stack named {name:?} is deployed (berth up deploys it)"
+            ))
+        })?;
+        let all: Vec<String> = record.stack.services.keys().cloned().collect();
+        for svc in &req.services {
+            if !all.contains(svc) {
+                return Err(StoreError::Rejected(format!(
+                    "stack {name:?} has no service {svc:?} (it has: {})",
+                    all.join(", ")
+                )));
+            }
+        }
+        let chosen = if req.services.is_empty() {
+            all
+        } else {
+            req.services.clone()
+        };
+        match verb.as_str() {
+            "stop" => {
+                for svc in &chosen {
+                    if !record.stopped.contains(svc) {
+                        record.stopped.push(svc.clone());
+                    }
+                }
+            }
+            "start" => record.stopped.retain(|s| !chosen.contains(s)),
+            "restart" => {
+                record.stopped.retain(|s| !chosen.contains(s));
+                for t in s.tasks.values_mut() {
+                    if t.stack == name
+                        && chosen.contains(&t.service)
+                        && t.desired == DesiredState::Running
+                    {
+                        t.desired = DesiredState::Remove;
+                    }
+                }
+            }
+            other => {
+                return Err(StoreError::Rejected(format!(
+                    "unknown verb {other:?}: stop, start or restart"
+                )))
+            }
+        }
+        Ok(chosen)
+    })?;
+    Ok(Json(done))
+}
+
+async fn logs(
+    AxState(cx): AxState<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    if !cx.store.read(|s| s.tasks.contains_key(&id)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no task {id:?}"),
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(256);
+    let node = cx.node.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = node.logs(&id, q.follow, q.tail, &mut |line| {
+            let text = serde_json::to_string(&line).unwrap_or_default() + "\n";
+            tx.blocking_send(Ok(text)).is_ok()
+        });
+        if let Err(e) = result {
+            let line = LogLine {
+                time: String::new(),
+                stream: "error".into(),
+                line: e,
+            };
+            let _ = tx.blocking_send(Ok(serde_json::to_string(&line).unwrap_or_default() + "\n"));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok(Response::new(Body::from_stream(stream)))
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    store: Arc<Store>,
+    node: Arc<dyn Node>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(store, node)).await
+}

@@ -1,0 +1,402 @@
+//! The orchestrator: from the deployed stacks and the tasks the store holds, the changes
+//! that make the tasks match the stacks. A plain function (DESIGN invariant 2):
+//! `(stacks, tasks, now) -> Plan`, no store, no clock, no I/O; the daemon applies the
+//! plan in one store transaction and runs it again whenever something changed or the
+//! plan asked to be woken. Running it on its own result changes nothing.
+//!
+//! Per service of each stack, per slot `1..=replicas`:
+//! - no live task (one whose desired state is `running`) → create one, once the
+//!   service's `depends_on` conditions hold;
+//! - a live task made from an older definition (its `spec_hash` differs) → remove it,
+//!   and create the new task once it is gone (Compose recreates: stop, then start);
+//! - a live task that has ended → restart it per the restart policy (a new task in the
+//!   same slot, after a back-off), or leave it ended;
+//! - tasks of slots above `replicas`, of services no longer deployed (and not kept as
+//!   orphans), of stacks taken down → remove;
+//! - removed tasks whose container is gone → delete the record; old ended tasks beyond
+//!   [`HISTORY`] per slot → remove.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest, Sha256};
+use spec::model::{Condition, Restart, RestartCondition, RestartPolicy, Service, Stack};
+use spec::task::{DesiredState, Health, StackRecord, Task, TaskState};
+
+/// Ended tasks kept per slot, for `ps -a` and logs of what came before.
+pub const HISTORY: usize = 2;
+/// Restart back-off without a `delay`: doubles from this...
+const BACKOFF_START_MS: u64 = 100;
+/// ...up to this, as Docker's.
+const BACKOFF_MAX_MS: u64 = 10_000;
+/// A task that ran this long resets the back-off.
+const BACKOFF_RESET_MS: u64 = 10_000;
+
+/// A change to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Create(Task),
+    SetDesired { task: String, desired: DesiredState },
+    Delete { task: String },
+}
+
+/// What to do now, and when to look again even if nothing changes (a restart back-off).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    pub wake_at: Option<u64>,
+}
+
+impl Plan {
+    fn wake(&mut self, at: u64) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+/// The plan for `stacks` given `tasks` at time `now` (unix ms).
+pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u64) -> Plan {
+    let mut plan = Plan::default();
+    // Tasks by (stack, service, slot), newest generation last.
+    let mut slots: BTreeMap<(&str, &str, u32), Vec<&Task>> = BTreeMap::new();
+    for t in tasks {
+        slots
+            .entry((t.stack.as_str(), t.service.as_str(), t.slot))
+            .or_default()
+            .push(t);
+    }
+    for list in slots.values_mut() {
+        list.sort_by_key(|t| t.generation);
+    }
+
+    // Records of removed tasks whose container is gone are done with.
+    for t in tasks {
+        if t.desired == DesiredState::Remove && t.status.state() == TaskState::Removed {
+            plan.changes.push(Change::Delete { task: t.id.clone() });
+        }
+    }
+
+    let mut wanted: BTreeSet<(&str, &str, u32)> = BTreeSet::new();
+    for (stack_name, record) in stacks {
+        let services = record.stack.services.iter().chain(
+            record
+                .orphans
+                .iter()
+                .filter(|(k, _)| !record.stack.services.contains_key(*k)),
+        );
+        for (name, service) in services {
+            let replicas = replicas(record, name, service);
+            let stopped = record.stopped.iter().any(|s| s == name);
+            let hash = spec_hash(&record.stack, service);
+            for slot in 1..=replicas {
+                wanted.insert((stack_name.as_str(), name.as_str(), slot));
+                let history = slots
+                    .get(&(stack_name.as_str(), name.as_str(), slot))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let ready = || dependencies_ready(record, service, tasks);
+                plan_slot(
+                    &mut plan,
+                    SlotCx {
+                        stack: stack_name,
+                        service_name: name,
+                        service,
+                        slot,
+                        hash: &hash,
+                        stopped,
+                        now,
+                    },
+                    history,
+                    ready,
+                );
+            }
+        }
+    }
+
+    // Everything not wanted goes.
+    for (key, list) in &slots {
+        if !wanted.contains(key) {
+            for t in list {
+                remove(&mut plan, t);
+            }
+        }
+    }
+    plan
+}
+
+/// The number of slots of a service: `up --scale`, else `deploy.replicas`, else
+/// `scale`, else 1.
+pub fn replicas(record: &StackRecord, name: &str, service: &Service) -> u32 {
+    record
+        .scale
+        .get(name)
+        .copied()
+        .or_else(|| service.deploy.as_ref().and_then(|d| d.replicas))
+        .or(service.scale)
+        .unwrap_or(1)
+}
+
+/// What a task is made from: the service's definition and the top-level objects it
+/// refers to, so that changing a secret's file or a network recreates its users.
+pub fn spec_hash(stack: &Stack, service: &Service) -> String {
+    let mut h = Sha256::new();
+    let mut put = |label: &str, value: serde_json::Result<String>| {
+        h.update(label.as_bytes());
+        h.update(value.unwrap_or_default().as_bytes());
+        h.update([0]);
+    };
+    put("service", serde_json::to_string(service));
+    for s in &service.secrets {
+        put(
+            "secret",
+            serde_json::to_string(&stack.secrets.get(&s.source)),
+        );
+    }
+    for c in &service.configs {
+        put(
+            "config",
+            serde_json::to_string(&stack.configs.get(&c.source)),
+        );
+    }
+    for n in service.networks.keys() {
+        put("network", serde_json::to_string(&stack.networks.get(n)));
+    }
+    for v in service.volumes.iter().filter_map(|m| m.source.as_ref()) {
+        if let Some(vol) = stack.volumes.get(v) {
+            put("volume", serde_json::to_string(vol));
+        }
+    }
+    hex_prefix(&h.finalize(), 12)
+}
+
+fn hex_prefix(bytes: &[u8], n: usize) -> String {
+    bytes
+        .iter()
+        .take(n / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+struct SlotCx<'a> {
+    stack: &'a str,
+    service_name: &'a str,
+    service: &'a Service,
+    slot: u32,
+    hash: &'a str,
+    stopped: bool,
+    now: u64,
+}
+
+fn plan_slot(plan: &mut Plan, cx: SlotCx, history: &[&Task], ready: impl FnOnce() -> bool) {
+    let live: Vec<&Task> = history
+        .iter()
+        .copied()
+        .filter(|t| t.desired == DesiredState::Running)
+        .collect();
+    // More than one live task in a slot cannot come from this function; keep the newest.
+    for extra in live.iter().rev().skip(1) {
+        remove(plan, extra);
+    }
+    let current = live.last().copied();
+    // Tasks on their way out (removed, not yet gone) hold the slot: the container name
+    // and the ports are still taken.
+    let leaving = history
+        .iter()
+        .any(|t| t.desired == DesiredState::Remove && t.status.state() != TaskState::Removed);
+    let next_generation = history.last().map_or(1, |t| t.generation + 1);
+
+    match current {
+        Some(t) if cx.stopped => shut_down(plan, t),
+        Some(t) if t.spec_hash != cx.hash => remove(plan, t),
+        Some(t) if t.status.state().is_terminal() => {
+            let due = restart_after(cx.service, t);
+            if let Some(at) = due.filter(|at| *at > cx.now) {
+                plan.wake(at);
+            } else if due.is_some() && !leaving && ready() {
+                shut_down(plan, t);
+                let restarts = if ran_long(t) { 0 } else { t.restarts + 1 };
+                let next = new_task(&cx, next_generation, restarts);
+                plan.changes.push(Change::Create(next));
+            }
+        }
+        Some(_) => {}
+        None if cx.stopped || leaving => {}
+        None => {
+            if ready() {
+                plan.changes
+                    .push(Change::Create(new_task(&cx, next_generation, 0)));
+            }
+        }
+    }
+
+    // Trim history: ended tasks beyond HISTORY, oldest first.
+    let ended: Vec<&&Task> = history
+        .iter()
+        .filter(|t| t.desired == DesiredState::Shutdown && t.status.state().is_terminal())
+        .collect();
+    for t in ended.iter().take(ended.len().saturating_sub(HISTORY)) {
+        remove(plan, t);
+    }
+}
+
+fn new_task(cx: &SlotCx, generation: u32, restarts: u32) -> Task {
+    Task {
+        id: Task::make_id(cx.stack, cx.service_name, cx.slot, generation),
+        stack: cx.stack.to_string(),
+        service: cx.service_name.to_string(),
+        slot: cx.slot,
+        generation,
+        spec_hash: cx.hash.to_string(),
+        desired: DesiredState::Running,
+        status: Default::default(),
+        created_at: cx.now,
+        restarts,
+        stop_grace_ms: None,
+    }
+}
+
+fn remove(plan: &mut Plan, t: &Task) {
+    if t.desired != DesiredState::Remove {
+        plan.changes.push(Change::SetDesired {
+            task: t.id.clone(),
+            desired: DesiredState::Remove,
+        });
+    }
+}
+
+fn shut_down(plan: &mut Plan, t: &Task) {
+    if t.desired == DesiredState::Running {
+        plan.changes.push(Change::SetDesired {
+            task: t.id.clone(),
+            desired: DesiredState::Shutdown,
+        });
+    }
+}
+
+fn ran_long(t: &Task) -> bool {
+    match (t.status.started_at, t.status.finished_at) {
+        (Some(s), Some(f)) => f.saturating_sub(s) >= BACKOFF_RESET_MS,
+        _ => false,
+    }
+}
+
+/// The restart policy of a service, as one of deploy's: `deploy.restart_policy` wins
+/// over `restart:`; Compose's default is not to restart.
+fn policy(service: &Service) -> RestartPolicy {
+    if let Some(p) = service
+        .deploy
+        .as_ref()
+        .and_then(|d| d.restart_policy.clone())
+    {
+        return p;
+    }
+    let (condition, max_attempts) = match service.restart.unwrap_or(Restart::No) {
+        Restart::No => (RestartCondition::None, None),
+        Restart::Always | Restart::UnlessStopped => (RestartCondition::Any, None),
+        Restart::OnFailure { max_retries } => (RestartCondition::OnFailure, max_retries),
+    };
+    RestartPolicy {
+        condition,
+        delay: None,
+        max_attempts,
+        window: None,
+    }
+}
+
+/// When an ended task `t` should be followed by a new one, if ever.
+fn restart_after(service: &Service, t: &Task) -> Option<u64> {
+    let p = policy(service);
+    let failed = match t.status.state() {
+        TaskState::Complete => false,
+        TaskState::Shutdown => return None,
+        // Failed, Rejected, or a container that vanished behind berth's back.
+        _ => true,
+    };
+    let restart = match p.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => failed,
+        RestartCondition::Any => true,
+    };
+    // A task the agent could not even start (no image, bad mount) is retried only by a
+    // new `up`: retrying cannot make the image appear.
+    if !restart || t.status.state() == TaskState::Rejected {
+        return None;
+    }
+    if p.max_attempts.is_some_and(|max| t.restarts >= max) {
+        return None;
+    }
+    let ended = t.status.finished_at.unwrap_or(t.created_at);
+    let delay = match p.delay {
+        Some(d) => d.as_millis() as u64,
+        None if ran_long(t) => BACKOFF_START_MS,
+        None => BACKOFF_START_MS
+            .saturating_mul(1u64 << t.restarts.min(20))
+            .min(BACKOFF_MAX_MS),
+    };
+    Some(ended.saturating_add(delay))
+}
+
+/// Whether every `depends_on` condition of `service` holds now.
+fn dependencies_ready(record: &StackRecord, service: &Service, tasks: &[Task]) -> bool {
+    service.depends_on.iter().all(|(dep, d)| {
+        if !record.stack.services.contains_key(dep) {
+            // Validation made sure a missing dependency is an optional one.
+            return true;
+        }
+        let of_dep = tasks
+            .iter()
+            .filter(|t| t.stack == record.stack.name && &t.service == dep)
+            .filter(|t| t.desired != DesiredState::Remove);
+        dependency_state(of_dep, d.condition) == DependencyState::Met
+    })
+}
+
+/// Where a dependency stands, for the orchestrator and for `up`'s messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DependencyState {
+    Met,
+    Waiting,
+    /// It can no longer be met (a dependency that had to complete successfully failed).
+    Failed,
+}
+
+pub fn dependency_state<'a>(
+    tasks: impl Iterator<Item = &'a Task>,
+    condition: Condition,
+) -> DependencyState {
+    let latest: BTreeMap<u32, &Task> = tasks.fold(BTreeMap::new(), |mut m, t| {
+        let e = m.entry(t.slot).or_insert(t);
+        if t.generation > e.generation {
+            *e = t;
+        }
+        m
+    });
+    if latest.is_empty() {
+        return DependencyState::Waiting;
+    }
+    let each = |t: &Task| match condition {
+        Condition::ServiceStarted => match t.status.state() {
+            TaskState::Running | TaskState::Complete => DependencyState::Met,
+            s if s.is_terminal() => DependencyState::Waiting,
+            _ => DependencyState::Waiting,
+        },
+        Condition::ServiceHealthy => match (t.status.state(), t.status.health) {
+            (TaskState::Running, Health::Healthy | Health::None) => DependencyState::Met,
+            _ => DependencyState::Waiting,
+        },
+        Condition::ServiceCompletedSuccessfully => match (t.status.state(), t.status.exit_code) {
+            (TaskState::Complete, Some(0)) => DependencyState::Met,
+            (s, _) if s.is_terminal() && t.desired != DesiredState::Running => {
+                DependencyState::Waiting
+            }
+            (s, _) if s.is_terminal() => DependencyState::Failed,
+            _ => DependencyState::Waiting,
+        },
+    };
+    let states: Vec<DependencyState> = latest.values().map(|t| each(t)).collect();
+    if states.contains(&DependencyState::Failed) {
+        DependencyState::Failed
+    } else if states.iter().all(|s| *s == DependencyState::Met) {
+        DependencyState::Met
+    } else {
+        DependencyState::Waiting
+    }
+}

@@ -1,0 +1,165 @@
+//! The store: berth's desired and observed state (stacks and tasks) as typed objects,
+//! changed only in transactions, persisted before a transaction returns, and watched by
+//! the orchestrator, the agent and the API.
+//!
+//! Persistence is behind [`Backend`]: today [`FileBackend`] writes the whole state as
+//! one JSON file (temporary file, fsync, rename, fsync of the directory), so a crash
+//! leaves the previous or the next state, never half of one. The Raft issue puts a
+//! replicated log behind the same seam; callers do not change.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use spec::task::{StackRecord, Task};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a berth state file ({message}); move it away to start afresh")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Everything the store holds. `version` counts committed transactions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u64,
+    pub stacks: BTreeMap<String, StackRecord>,
+    pub tasks: BTreeMap<String, Task>,
+}
+
+/// Where committed states go and come back from.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    fn load(&self) -> Result<Option<State>, StoreError>;
+    fn save(&self, state: &State) -> Result<(), StoreError>;
+}
+
+/// One JSON file, replaced atomically on every commit.
+#[derive(Debug)]
+pub struct FileBackend {
+    path: PathBuf,
+}
+
+impl FileBackend {
+    pub fn new(path: impl Into<PathBuf>) -> FileBackend {
+        FileBackend { path: path.into() }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Backend for FileBackend {
+    fn load(&self) -> Result<Option<State>, StoreError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        message: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&self.path)(e)),
+        }
+    }
+
+    fn save(&self, state: &State) -> Result<(), StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(&bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    }
+}
+
+/// The store. Reads see the last committed state; [`Store::update`] runs a closure on
+/// a copy and commits it only if the closure succeeds and the backend saved it.
+#[derive(Debug)]
+pub struct Store {
+    state: Mutex<State>,
+    backend: Box<dyn Backend>,
+    changed: watch::Sender<u64>,
+}
+
+impl Store {
+    pub fn open(backend: Box<dyn Backend>) -> Result<Store, StoreError> {
+        let state = backend.load()?.unwrap_or_default();
+        let (changed, _) = watch::channel(state.version);
+        Ok(Store {
+            state: Mutex::new(state),
+            backend,
+            changed,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the last committed state in place
+        // (transactions work on a copy), so the state behind a poisoned lock is good.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A snapshot of the committed state.
+    pub fn snapshot(&self) -> State {
+        self.lock().clone()
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Runs `f` on a copy of the state and commits the copy (persisted, version bumped,
+    /// watchers woken) if `f` returns Ok and changed anything.
+    pub fn update<R>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut guard = self.lock();
+        let mut next = guard.clone();
+        let result = f(&mut next)?;
+        next.version = guard.version;
+        if next != *guard {
+            next.version += 1;
+            self.backend.save(&next)?;
+            *guard = next;
+            self.changed.send_replace(guard.version);
+        }
+        Ok(result)
+    }
+
+    /// A receiver that sees the version of every commit.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}

@@ -1,0 +1,738 @@
+//! The Compose lifecycle verbs (`up`, `down`, `ps`, `logs`, `ls`, `start`, `stop`,
+//! `restart`) and `daemon`. Each loads the project where it needs to (as `config`
+//! does), then talks to the daemon over its socket (`crate::client`), starting one when
+//! `up` finds none.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use manager::api::{DownResponse, LogLine, ServicesRequest, UpRequest, UpResponse};
+use manager::orchestrator::{dependency_state, replicas, spec_hash, DependencyState};
+use manager::store::State;
+use spec::task::{DesiredState, StackRecord, Task, TaskState};
+
+use super::{print_diagnostics, write_stdout, ProjectArgs};
+use crate::client::Client;
+use crate::daemon;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Detached: return once the containers run (attached mode is not built yet; up
+    /// always detaches)
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Also wait until services with a healthcheck are healthy
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    wait_timeout: u64,
+    /// Run N replicas of a service, over the file (SERVICE=N; repeatable)
+    #[arg(long, value_name = "SERVICE=N")]
+    scale: Vec<String>,
+    /// Remove containers of services the file no longer has
+    #[arg(long)]
+    remove_orphans: bool,
+    /// Recreate every container, even unchanged ones
+    #[arg(long, conflicts_with = "no_recreate")]
+    force_recreate: bool,
+    /// Keep existing containers even if their service changed
+    #[arg(long)]
+    no_recreate: bool,
+    /// Only these services (and what they depend on)
+    #[arg(value_name = "SERVICE")]
+    services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Also remove the stack's named volumes
+    #[arg(short = 'v', long)]
+    volumes: bool,
+    /// Seconds to wait for each container to stop before killing it
+    #[arg(short = 't', long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// Accepted for Compose compatibility: down always removes every container of the
+    /// stack, orphans included
+    #[arg(long)]
+    remove_orphans: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Also show stopped containers
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only the container names
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    #[arg(value_name = "SERVICE")]
+    services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Project name (files go before the verb: berth -f FILE logs -f)
+    #[arg(short = 'p', long = "project-name", value_name = "NAME")]
+    pub project_name: Option<String>,
+    /// Keep printing new lines
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only the last N lines of each container
+    #[arg(short = 'n', long, value_name = "N")]
+    tail: Option<usize>,
+    /// Show timestamps
+    #[arg(short = 't', long)]
+    timestamps: bool,
+    /// Do not prefix lines with the container name
+    #[arg(long)]
+    no_log_prefix: bool,
+    #[arg(value_name = "SERVICE")]
+    services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    #[arg(value_name = "SERVICE")]
+    services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only the stack names
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+/// The project's name without loading more than needed: `-p`, else the files.
+fn project_name(project: &ProjectArgs) -> anyhow::Result<String> {
+    if let Some(name) = &project.project_name {
+        return Ok(name.clone());
+    }
+    Ok(load(project, &[])?.stack.name)
+}
+
+fn load(project: &ProjectArgs, services: &[String]) -> anyhow::Result<spec::Project> {
+    let opts = project.load_options(services)?;
+    match spec::load(&opts) {
+        Ok(p) => {
+            print_diagnostics(&p.warnings, &[]);
+            Ok(p)
+        }
+        Err(e) => {
+            print_diagnostics(&e.warnings, &e.errors);
+            Err(anyhow::anyhow!(
+                "the project has errors (above); nothing was changed"
+            ))
+        }
+    }
+}
+
+/// A client of the running daemon; `start` starts one when none answers.
+fn connect(state_dir: &Path, start: bool) -> anyhow::Result<Client> {
+    let client = Client::new(&daemon::socket_path(state_dir));
+    if client.ping() {
+        return Ok(client);
+    }
+    if !start {
+        bail!(
+            "no berth daemon is running for {} (berth up starts one)",
+            state_dir.display()
+        );
+    }
+    start_daemon(state_dir)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if client.ping() {
+            return Ok(client);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!(
+        "started a berth daemon but it does not answer; see its log {}",
+        daemon::log_path(state_dir).display()
+    )
+}
+
+/// Starts `berth daemon` in the background, detached from this terminal, its output
+/// in `<state>/daemon.log`.
+fn start_daemon(state_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("create {}", state_dir.display()))?;
+    let log_path = daemon::log_path(state_dir);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
+    let me = std::env::current_exe().context("find the berth binary")?;
+    let mut cmd = std::process::Command::new(me);
+    cmd.arg("--state-dir")
+        .arg(state_dir)
+        .arg("daemon")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our session so
+    // that closing the terminal does not signal it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().context("start berth daemon")?;
+    super::write_stderr(&format!(
+        "berth: started the berth daemon (log: {})\n",
+        log_path.display()
+    ));
+    Ok(())
+}
+
+pub fn daemon(state_dir: &Path) -> anyhow::Result<ExitCode> {
+    daemon::run(state_dir, super::runtime::shim_program()?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
+    let loaded = load(project, &args.services)?;
+    let mut stack = loaded.stack;
+    if !args.services.is_empty() {
+        super::config::keep_with_dependencies(&mut stack, &args.services);
+    }
+    check_images(state_dir, &stack)?;
+    let mut scale = BTreeMap::new();
+    for s in &args.scale {
+        let (svc, n) = s
+            .split_once('=')
+            .and_then(|(k, v)| Some((k, v.parse::<u32>().ok()?)))
+            .with_context(|| format!("--scale {s:?}: expected SERVICE=NUMBER"))?;
+        if !stack.services.contains_key(svc) {
+            bail!("--scale {s:?}: the project has no service {svc:?}");
+        }
+        scale.insert(svc.to_string(), n);
+    }
+    let secret_env = secret_environment(&stack, &project.load_options(&[])?.environment);
+    let client = connect(state_dir, true)?;
+    let name = stack.name.clone();
+    let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+    if !args.services.is_empty() {
+        // Services not named keep what is deployed.
+        if let Some(old) = state.stacks.get(&name) {
+            for (k, svc) in &old.stack.services {
+                stack
+                    .services
+                    .entry(k.clone())
+                    .or_insert_with(|| svc.clone());
+            }
+        }
+    }
+    let record = StackRecord {
+        stack,
+        files: loaded
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect(),
+        project_dir: loaded.project_dir.display().to_string(),
+        orphans: BTreeMap::new(),
+        scale,
+        secret_env,
+        stopped: Vec::new(),
+    };
+    let req = UpRequest {
+        record: record.clone(),
+        remove_orphans: args.remove_orphans,
+        force_recreate: args.force_recreate,
+        no_recreate: args.no_recreate,
+    };
+    let started = Instant::now();
+    let resp: UpResponse = client.call("PUT", &format!("/v1/stacks/{name}"), Some(&req))?;
+    let kept: Vec<&String> = resp
+        .orphans
+        .iter()
+        .filter(|o| !resp.removed_orphans.contains(o))
+        .collect();
+    if !kept.is_empty() {
+        super::write_stderr(&format!(
+            "berth: warning: found containers of services no longer in the project ({}); \
+             run up --remove-orphans to remove them\n",
+            kept.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let _ = args.detach;
+    wait_up(&client, &record, args, started)
+}
+
+/// Every service's image must be in the store before anything is deployed, so that a
+/// missing image stops `up` before it changes anything.
+fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Result<()> {
+    let store = agent::image::Store::open(state_dir)?;
+    let mut missing = Vec::new();
+    for (name, svc) in &stack.services {
+        let Some(image) = &svc.image else {
+            missing.push(format!(
+                "services.{name}: no image (berth cannot build images yet; give image:)"
+            ));
+            continue;
+        };
+        let found = agent::image::Reference::parse(image)
+            .map_err(|e| e.to_string())
+            .and_then(|r| store.image(&r).map_err(|e| e.to_string()));
+        if let Err(e) = found {
+            missing.push(format!("services.{name}.image: {e}"));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}\nnothing was changed", missing.join("\n"))
+    }
+}
+
+/// The variables `environment:`-sourced secrets and configs read.
+fn secret_environment(
+    stack: &spec::Stack,
+    env: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    stack
+        .secrets
+        .values()
+        .chain(stack.configs.values())
+        .filter_map(|o| o.environment.as_ref())
+        .filter_map(|k| Some((k.clone(), env.get(k)?.clone())))
+        .collect()
+}
+
+/// Follows the stack until every service has started (and, with `--wait`, is healthy),
+/// printing a line per container as Compose does; fails on the first container that
+/// could not start.
+fn wait_up(
+    client: &Client,
+    record: &StackRecord,
+    args: &UpArgs,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    let name = &record.stack.name;
+    let deadline = started + Duration::from_secs(args.wait_timeout);
+    let mut printed: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+        let Some(deployed) = state.stacks.get(name) else {
+            bail!("stack {name} was taken down while starting");
+        };
+        let tasks: Vec<&Task> = state.tasks.values().filter(|t| &t.stack == name).collect();
+        let mut pending = Vec::new();
+        let mut lines = String::new();
+        for (svc_name, svc) in &deployed.stack.services {
+            if deployed.stopped.contains(svc_name) {
+                continue;
+            }
+            let hash = spec_hash(&deployed.stack, svc);
+            let wants_health = args.wait
+                && svc
+                    .healthcheck
+                    .as_ref()
+                    .is_some_and(|h| !h.disable && h.test.first().is_some_and(|t| t != "NONE"));
+            for slot in 1..=replicas(deployed, svc_name, svc) {
+                let current = tasks
+                    .iter()
+                    .filter(|t| t.service == *svc_name && t.slot == slot && t.spec_hash == hash)
+                    .max_by_key(|t| t.generation);
+                let Some(t) = current else {
+                    // Not created yet: its dependencies are not met.
+                    for (dep, d) in &svc.depends_on {
+                        let of_dep = state.tasks.values().filter(|t| {
+                            &t.stack == name
+                                && &t.service == dep
+                                && t.desired != DesiredState::Remove
+                        });
+                        if dependency_state(of_dep, d.condition) == DependencyState::Failed {
+                            bail!("service {dep:?} did not complete successfully, so {svc_name:?} was not started");
+                        }
+                    }
+                    pending.push(format!("{name}-{svc_name}-{slot}"));
+                    continue;
+                };
+                let st = t.status.state();
+                if st == TaskState::Rejected
+                    || (st == TaskState::Failed && t.status.started_at.is_none())
+                {
+                    super::write_stderr(&lines);
+                    bail!(
+                        "container {} could not start: {}",
+                        t.name(),
+                        t.status.message
+                    );
+                }
+                let healthy = !wants_health || t.status.health == spec::task::Health::Healthy;
+                let up = t.status.started_at.is_some() && st >= TaskState::Running;
+                if up && healthy {
+                    if printed.insert(t.name()) {
+                        let what = if wants_health { "Healthy" } else { "Started" };
+                        lines.push_str(&format!(" ✔ Container {:<30} {what}\n", t.name()));
+                    }
+                } else {
+                    if wants_health && t.status.health == spec::task::Health::Unhealthy {
+                        bail!("container {} is unhealthy", t.name());
+                    }
+                    pending.push(t.name());
+                }
+            }
+        }
+        super::write_stderr(&lines);
+        if pending.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {}s waiting for {}",
+                args.wait_timeout,
+                pending.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn down(state_dir: &Path, project: &ProjectArgs, args: &DownArgs) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let mut path = format!("/v1/stacks/{name}?volumes={}", args.volumes);
+    if let Some(t) = args.timeout {
+        path.push_str(&format!("&timeout={t}"));
+    }
+    let _ = args.remove_orphans;
+    let resp: DownResponse = client.call("DELETE", &path, None::<&()>)?;
+    let mut text = String::new();
+    for c in &resp.removed_containers {
+        text.push_str(&format!(" ✔ Container {c:<30} Removed\n"));
+    }
+    for v in &resp.removed_volumes {
+        text.push_str(&format!(" ✔ Volume {v:<33} Removed\n"));
+    }
+    super::write_stderr(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+    let now = manager::now_ms();
+    let mut tasks: Vec<&Task> = state
+        .tasks
+        .values()
+        .filter(|t| t.stack == name)
+        .filter(|t| args.services.is_empty() || args.services.contains(&t.service))
+        .filter(|t| t.desired != DesiredState::Remove)
+        .filter(|t| args.all || !t.status.state().is_terminal() || latest_of_slot(&state, t))
+        .collect();
+    tasks.sort_by(|a, b| {
+        (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation))
+    });
+    if !args.all {
+        tasks.retain(|t| !t.status.state().is_terminal() || t.desired == DesiredState::Running);
+    }
+    let text = match (args.quiet, args.format) {
+        (true, _) => tasks.iter().map(|t| t.name() + "\n").collect(),
+        (false, Format::Json) => {
+            let rows: Vec<serde_json::Value> = tasks
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "Name": t.name(), "ID": t.id, "Service": t.service, "Project": t.stack,
+                        "Image": image_of(&state, t), "State": state_word(t.status.state()),
+                        "Status": status_text(t, now), "Health": health_word(t),
+                        "ExitCode": t.status.exit_code.unwrap_or(0),
+                    })
+                })
+                .collect();
+            serde_json::to_string(&rows)? + "\n"
+        }
+        (false, Format::Table) => {
+            let mut rows = vec![[
+                "NAME".to_string(),
+                "IMAGE".into(),
+                "SERVICE".into(),
+                "STATUS".into(),
+            ]];
+            for t in &tasks {
+                rows.push([
+                    t.name(),
+                    image_of(&state, t),
+                    t.service.clone(),
+                    status_text(t, now),
+                ]);
+            }
+            table(&rows)
+        }
+    };
+    write_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn latest_of_slot(state: &State, t: &Task) -> bool {
+    !state.tasks.values().any(|o| {
+        o.stack == t.stack
+            && o.service == t.service
+            && o.slot == t.slot
+            && o.generation > t.generation
+    })
+}
+
+fn image_of(state: &State, t: &Task) -> String {
+    state
+        .stacks
+        .get(&t.stack)
+        .and_then(|r| {
+            r.stack
+                .services
+                .get(&t.service)
+                .or(r.orphans.get(&t.service))
+        })
+        .and_then(|s| s.image.clone())
+        .unwrap_or_default()
+}
+
+fn state_word(s: TaskState) -> &'static str {
+    match s {
+        TaskState::New | TaskState::Preparing | TaskState::Starting => "created",
+        TaskState::Running => "running",
+        TaskState::Complete | TaskState::Failed | TaskState::Shutdown => "exited",
+        TaskState::Rejected => "dead",
+        TaskState::Removed => "removed",
+    }
+}
+
+fn health_word(t: &Task) -> &'static str {
+    match t.status.health {
+        spec::task::Health::None => "",
+        spec::task::Health::Starting => "starting",
+        spec::task::Health::Healthy => "healthy",
+        spec::task::Health::Unhealthy => "unhealthy",
+    }
+}
+
+/// Docker's STATUS column: `Up 3 seconds (healthy)`, `Exited (1) 2 minutes ago`.
+fn status_text(t: &Task, now: u64) -> String {
+    let st = t.status.state();
+    let health = match health_word(t) {
+        "" => String::new(),
+        h => format!(" ({h})"),
+    };
+    match st {
+        TaskState::Running => format!(
+            "Up {}{health}",
+            ago(now.saturating_sub(t.status.started_at.unwrap_or(now)))
+        ),
+        TaskState::Complete | TaskState::Failed | TaskState::Shutdown => format!(
+            "Exited ({}) {} ago",
+            t.status.exit_code.unwrap_or(0),
+            ago(now.saturating_sub(t.status.finished_at.unwrap_or(now)))
+        ),
+        TaskState::Rejected => format!("Error: {}", t.status.message),
+        TaskState::Removed => format!("Removed: {}", t.status.message),
+        _ => "Created".into(),
+    }
+}
+
+fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => "less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "About an hour".into(),
+        _ => format!("{} hours", s / 3600),
+    }
+}
+
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn logs(state_dir: &Path, project: &ProjectArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+    let mut tasks: Vec<Task> = state
+        .tasks
+        .values()
+        .filter(|t| t.stack == name && t.desired != DesiredState::Remove)
+        .filter(|t| args.services.is_empty() || args.services.contains(&t.service))
+        .filter(|t| t.status.started_at.is_some())
+        .cloned()
+        .collect();
+    tasks.sort_by(|a, b| {
+        (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation))
+    });
+    if tasks.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = tasks.iter().map(|t| t.name().len()).max().unwrap_or(0);
+    let out = std::sync::Mutex::new(());
+    std::thread::scope(|scope| {
+        for t in &tasks {
+            let (client, out) = (&client, &out);
+            scope.spawn(move || {
+                let mut path = format!("/v1/tasks/{}/logs?follow={}", t.id, args.follow);
+                if let Some(n) = args.tail {
+                    path.push_str(&format!("&tail={n}"));
+                }
+                let Ok(resp) = client.request("GET", &path, None) else {
+                    return;
+                };
+                for line in resp.body.lines() {
+                    let Ok(line) = line else { break };
+                    let Ok(entry) = serde_json::from_str::<LogLine>(&line) else {
+                        continue;
+                    };
+                    let mut text = String::new();
+                    if !args.no_log_prefix {
+                        text.push_str(&format!("{:<width$} | ", t.name()));
+                    }
+                    if args.timestamps {
+                        text.push_str(&entry.time);
+                        text.push(' ');
+                    }
+                    text.push_str(entry.line.strip_suffix('\n').unwrap_or(&entry.line));
+                    text.push('\n');
+                    let _guard = out.lock();
+                    if write_stdout(&text).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn ls(state_dir: &Path, args: &LsArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(state_dir, false)?;
+    let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+    let mut rows = vec![["NAME".to_string(), "STATUS".into(), "CONFIG FILES".into()]];
+    let mut names = String::new();
+    for (name, record) in &state.stacks {
+        let running = state
+            .tasks
+            .values()
+            .filter(|t| &t.stack == name && t.status.state() == TaskState::Running)
+            .count();
+        let exited = state
+            .tasks
+            .values()
+            .filter(|t| {
+                &t.stack == name
+                    && t.desired == DesiredState::Running
+                    && t.status.state().is_terminal()
+            })
+            .count();
+        let mut status = format!("running({running})");
+        if exited > 0 {
+            status.push_str(&format!(", exited({exited})"));
+        }
+        rows.push([name.clone(), status, record.files.join(",")]);
+        names.push_str(name);
+        names.push('\n');
+    }
+    write_stdout(&if args.quiet { names } else { table(&rows) })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn services_verb(
+    state_dir: &Path,
+    project: &ProjectArgs,
+    args: &ServicesArgs,
+    verb: &str,
+) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let req = ServicesRequest {
+        services: args.services.clone(),
+    };
+    let done: Vec<String> =
+        client.call("POST", &format!("/v1/stacks/{name}/{verb}"), Some(&req))?;
+    // Wait until the change shows: stopped services have no running task; started or
+    // restarted ones have one.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+        let settled = done.iter().all(|svc| {
+            let mut of = state
+                .tasks
+                .values()
+                .filter(|t| t.stack == name && &t.service == svc);
+            match verb {
+                "stop" => {
+                    of.all(|t| t.desired != DesiredState::Running || t.status.state().is_terminal())
+                }
+                _ => of.any(|t| {
+                    t.desired == DesiredState::Running && t.status.state() == TaskState::Running
+                }),
+            }
+        });
+        if settled || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let word = match verb {
+        "stop" => "Stopped",
+        "start" => "Started",
+        _ => "Restarted",
+    };
+    let text: String = done
+        .iter()
+        .map(|s| format!(" ✔ Service {s:<32} {word}\n"))
+        .collect();
+    super::write_stderr(&text);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,341 @@
+//! `berth daemon`: one process holding a manager (store, orchestrator, API) and an agent
+//! (executor) for a single node (DESIGN invariant 4: single-host mode is the cluster
+//! code with one node).
+//!
+//! Three loops share the store:
+//! - the orchestrator (`manager::run_orchestrator`) turns stacks into tasks;
+//! - the agent loop below makes containers match the tasks and reports what it saw, in
+//!   batches (one store commit per batch, not per container);
+//! - the API serves the CLI on `<state>/berth.sock` (mode 0600).
+//!
+//! Killing the daemon (even `kill -9`) stops no container: each runs under its own
+//! shim. A new daemon reads the store and the containers' state from disk and carries on.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent::executor::Executor;
+use anyhow::Context;
+use manager::api::{LogLine, Node};
+use manager::store::{FileBackend, Store};
+use spec::model::{Service, Stack};
+use spec::task::{DesiredState, StackRecord, Task, TaskState, TaskStatus};
+
+/// How often the agent looks at every container even when the store did not change:
+/// how soon a container that exited or was removed behind berth's back is noticed.
+const OBSERVE_EVERY: Duration = Duration::from_millis(500);
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("berth.sock")
+}
+
+pub fn log_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("daemon.log")
+}
+
+/// Runs the daemon in the foreground until SIGINT or SIGTERM (containers keep running).
+pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<()> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("create the state directory {}", state_dir.display()))?;
+    set_mode(state_dir, 0o700)?;
+    let _lock = lock_daemon(state_dir)?;
+    let store = Arc::new(
+        Store::open(Box::new(FileBackend::new(
+            state_dir.join("manager/state.json"),
+        )))
+        .context("open the store")?,
+    );
+    let executor = Executor {
+        state_dir: state_dir.to_path_buf(),
+        shim,
+    };
+    remove_strays(&store, &executor);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(async move {
+        let sock = socket_path(state_dir);
+        let _ = std::fs::remove_file(&sock);
+        let listener = tokio::net::UnixListener::bind(&sock)
+            .with_context(|| format!("listen on {}", sock.display()))?;
+        set_mode(&sock, 0o600)?;
+        eprintln!("berth daemon: listening on {}", sock.display());
+        let node: Arc<dyn Node> = Arc::new(LocalNode {
+            executor: executor.clone(),
+        });
+        tokio::spawn(manager::run_orchestrator(store.clone()));
+        tokio::spawn(agent_loop(store.clone(), executor));
+        let api = manager::api::serve(listener, store, node);
+        tokio::select! {
+            r = api => r.context("serve the API")?,
+            _ = shutdown_signal() => eprintln!("berth daemon: stopping (containers keep running)"),
+        }
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("set the mode of {}", path.display()))
+}
+
+/// One daemon per state directory: an exclusive lock held for the daemon's life.
+fn lock_daemon(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = state_dir.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: flock on a valid fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another berth daemon is running with state directory {} (its log: {})",
+            state_dir.display(),
+            log_path(state_dir).display()
+        );
+    }
+    Ok(file)
+}
+
+/// Containers on disk that no task knows (a crash between creating one and recording
+/// it) are removed at start.
+fn remove_strays(store: &Store, executor: &Executor) {
+    let known: HashSet<String> = store.read(|s| s.tasks.keys().cloned().collect());
+    for id in executor.containers() {
+        if !known.contains(&id) {
+            eprintln!("berth daemon: removing container {id}, which no task knows");
+            executor.remove_stray(&id);
+        }
+    }
+}
+
+/// The service a task is made from (orphans included), with its stack.
+fn service_of<'a>(
+    stacks: &'a BTreeMap<String, StackRecord>,
+    task: &Task,
+) -> Option<(&'a StackRecord, &'a Service)> {
+    let record = stacks.get(&task.stack)?;
+    let service = record
+        .stack
+        .services
+        .get(&task.service)
+        .or_else(|| record.orphans.get(&task.service))?;
+    Some((record, service))
+}
+
+/// One action on one task's container, run on a blocking thread.
+type Job = Box<dyn FnOnce(&Executor) -> TaskStatus + Send>;
+
+/// The agent: for every task, act if its container does not match its desired state
+/// (start, stop, remove: each on a blocking thread, one at a time per task), observe
+/// it otherwise; report every status change in batches.
+async fn agent_loop(store: Arc<Store>, executor: Executor) {
+    let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, TaskStatus)>();
+    let mut watch = store.watch();
+    loop {
+        let snapshot = store.snapshot();
+        let mut reports = Vec::new();
+        for task in snapshot.tasks.values() {
+            if busy.lock().map(|b| b.contains(&task.id)).unwrap_or(true) {
+                continue;
+            }
+            let state = task.status.state();
+            let found = service_of(&snapshot.stacks, task);
+            let grace = task.stop_grace_ms.map(Duration::from_millis);
+            let job: Option<Job> = match task.desired {
+                DesiredState::Running if state == TaskState::New => match found {
+                    Some((record, service)) => {
+                        let (t, stack, service) =
+                            (task.clone(), record.stack.clone(), service.clone());
+                        let env = record.secret_env.clone();
+                        Some(Box::new(move |ex| ex.start(&t, &stack, &service, &env)))
+                    }
+                    None => None,
+                },
+                DesiredState::Shutdown
+                    if !state.is_terminal() || state_is_live(&executor, task) =>
+                {
+                    let (t, service) = (task.clone(), found.map(|f| f.1.clone()));
+                    Some(Box::new(move |ex| ex.stop(&t, service.as_ref(), grace)))
+                }
+                DesiredState::Remove if state != TaskState::Removed => {
+                    let (t, service) = (task.clone(), found.map(|f| f.1.clone()));
+                    Some(Box::new(move |ex| ex.remove(&t, service.as_ref(), grace)))
+                }
+                _ => {
+                    // Nothing to do: look at it.
+                    if task.desired == DesiredState::Running
+                        && matches!(state, TaskState::Starting | TaskState::Running)
+                    {
+                        let observed = executor.observe(task).unwrap_or_else(|| vanished(task));
+                        if observed != task.status {
+                            reports.push((task.id.clone(), observed));
+                        }
+                    }
+                    None
+                }
+            };
+            if let Some(job) = job {
+                if let Ok(mut b) = busy.lock() {
+                    b.insert(task.id.clone());
+                }
+                if task.desired == DesiredState::Running {
+                    reports.push((
+                        task.id.clone(),
+                        TaskStatus {
+                            state: Some(TaskState::Preparing),
+                            ..task.status.clone()
+                        },
+                    ));
+                }
+                let (ex, tx, busy, id) =
+                    (executor.clone(), tx.clone(), busy.clone(), task.id.clone());
+                tokio::task::spawn_blocking(move || {
+                    let status = job(&ex);
+                    let _ = tx.send((id.clone(), status));
+                    if let Ok(mut b) = busy.lock() {
+                        b.remove(&id);
+                    }
+                });
+            }
+        }
+        commit(&store, reports);
+
+        // Wait for a store change, a finished job, or the observation tick.
+        tokio::select! {
+            _ = watch.changed() => {}
+            Some(first) = rx.recv() => {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                commit(&store, batch);
+            }
+            _ = tokio::time::sleep(OBSERVE_EVERY) => {}
+        }
+    }
+}
+
+/// A task whose container is gone though the task should run: removed behind berth's
+/// back. It counts as failed for the restart policy.
+fn vanished(task: &Task) -> TaskStatus {
+    TaskStatus {
+        state: Some(TaskState::Removed),
+        message: "its container was removed outside berth".into(),
+        pid: None,
+        finished_at: Some(manager::now_ms()),
+        ..task.status.clone()
+    }
+}
+
+fn state_is_live(executor: &Executor, task: &Task) -> bool {
+    executor
+        .observe(task)
+        .is_some_and(|s| s.state() == TaskState::Running)
+}
+
+/// Records reported statuses in one transaction; a state never moves back.
+fn commit(store: &Store, reports: Vec<(String, TaskStatus)>) {
+    if reports.is_empty() {
+        return;
+    }
+    let result = store.update(|s| {
+        for (id, mut status) in reports {
+            if let Some(t) = s.tasks.get_mut(&id) {
+                let state = t.status.state().advance(status.state());
+                status.state = Some(state);
+                t.status = status;
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        eprintln!("berth daemon: recording task status: {e}");
+    }
+}
+
+/// The node as the API sees it.
+struct LocalNode {
+    executor: Executor,
+}
+
+impl Node for LocalNode {
+    fn logs(
+        &self,
+        task: &str,
+        follow: bool,
+        tail: Option<usize>,
+        sink: &mut dyn FnMut(LogLine) -> bool,
+    ) -> Result<(), String> {
+        let opts = agent::shim::LogOptions { follow, tail };
+        let mut write = |e: &agent::shim::LogEntry| {
+            let line = LogLine {
+                time: e.time.clone(),
+                stream: match e.stream {
+                    agent::shim::Stream::Stdout => "stdout".into(),
+                    agent::shim::Stream::Stderr => "stderr".into(),
+                },
+                line: e.log.clone(),
+            };
+            if sink(line) {
+                Ok(())
+            } else {
+                Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            }
+        };
+        match agent::shim::logs(&self.executor.shim_root(), task, opts, &mut write) {
+            Ok(()) => Ok(()),
+            Err(agent::shim::ShimError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn remove_volumes(&self, stack: &Stack) -> Result<Vec<String>, String> {
+        let mut removed = Vec::new();
+        for (key, v) in &stack.volumes {
+            if v.external {
+                continue;
+            }
+            let name = if v.name.is_empty() {
+                key.clone()
+            } else {
+                v.name.clone()
+            };
+            let dir = self.executor.state_dir.join("volumes").join(&name);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed.push(name),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("remove volume {name}: {e}")),
+            }
+        }
+        Ok(removed)
+    }
+}
