@@ -196,11 +196,11 @@ fn plan_slot(plan: &mut Plan, cx: SlotCx, history: &[&Task], ready: impl FnOnce(
         remove(plan, extra);
     }
     let current = live.last().copied();
-    // Tasks on their way out (removed, not yet gone) hold the slot: the container name
-    // and the ports are still taken.
+    // A task on its way out whose process may still run holds the slot: its published
+    // ports and its DNS name are still taken.
     let leaving = history
         .iter()
-        .any(|t| t.desired == DesiredState::Remove && t.status.state() != TaskState::Removed);
+        .any(|t| t.desired == DesiredState::Remove && !t.status.state().is_terminal());
     let next_generation = history.last().map_or(1, |t| t.generation + 1);
 
     match current {

@@ -163,3 +163,70 @@ impl Store {
         self.changed.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(Box::new(FileBackend::new(dir.join("state.json")))).expect("open")
+    }
+
+    #[test]
+    fn commits_persist_and_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let mut watch = store.watch();
+        store
+            .update(|s| {
+                s.stacks.insert(
+                    "a".into(),
+                    serde_json::from_str(r#"{"stack":{"name":"a"}}"#).unwrap(),
+                );
+                Ok(())
+            })
+            .unwrap();
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(*watch.borrow_and_update(), 1);
+        let again = open(tmp.path());
+        assert_eq!(again.snapshot(), store.snapshot());
+        assert_eq!(again.snapshot().version, 1);
+        // The file is the owner's only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(tmp.path().join("state.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_failed_or_empty_transaction_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let err = store.update(|s| {
+            s.stacks.insert(
+                "a".into(),
+                serde_json::from_str(r#"{"stack":{"name":"a"}}"#).unwrap(),
+            );
+            Err::<(), _>(StoreError::Rejected("no".into()))
+        });
+        assert!(err.is_err());
+        store.update(|_| Ok(())).unwrap();
+        assert_eq!(store.snapshot(), State::default());
+        assert!(!tmp.path().join("state.json").exists());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("state.json"), "{not json").unwrap();
+        let err =
+            Store::open(Box::new(FileBackend::new(tmp.path().join("state.json")))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("state.json is not a berth state file"),
+            "{err}"
+        );
+    }
+}
