@@ -51,6 +51,10 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
     let executor = Executor {
         state_dir: state_dir.to_path_buf(),
         shim,
+        cgroup_parent: std::env::var("BERTH_CGROUP_PARENT")
+            .ok()
+            .filter(|p| !p.is_empty() && !p.contains(".."))
+            .unwrap_or_else(|| "berth".into()),
     };
     remove_strays(&store, &executor);
 

@@ -26,6 +26,9 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct Executor {
     pub state_dir: PathBuf,
     pub shim: shim::ShimProgram,
+    /// The cgroup every container's cgroup is made under (`berth` by default, like
+    /// Docker's `docker`); each container gets `<parent>/<id>`.
+    pub cgroup_parent: String,
 }
 
 pub fn now_ms() -> u64 {
@@ -113,7 +116,9 @@ impl Executor {
                 status.message.clear();
                 if s.status == Status::Stopped {
                     // It ran and exited before create returned: observe says how.
-                    return self.observe(task).unwrap_or(status);
+                    let mut observed = self.observe(task).unwrap_or(status.clone());
+                    observed.started_at = status.started_at;
+                    return observed;
                 }
             }
             Err((state, message)) => {
@@ -154,7 +159,10 @@ impl Executor {
                 .container_name
                 .clone()
                 .unwrap_or_else(|| task.name()),
-            cgroups_path: None,
+            cgroups_path: Some(PathBuf::from(format!(
+                "/{}/{}",
+                self.cgroup_parent, task.id
+            ))),
             volumes: stack.volumes.clone(),
             secrets: stack.secrets.clone(),
             configs: stack.configs.clone(),

@@ -1,0 +1,465 @@
+//! `berth up`/`down` and the other Compose verbs, end to end: the real binary, a real
+//! daemon, real containers (busybox-static), as root. Each test has its own state
+//! directory and project name; the fixture's `Drop` kills the daemon and removes every
+//! container it left, so a failing test leaves nothing mounted or running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Fixture {
+    tmp: tempfile::TempDir,
+    project: String,
+    daemon: Option<Child>,
+}
+
+impl Fixture {
+    /// A state directory with the `busybox:local` image, and a project directory
+    /// holding `compose` (with `PROJECT` replaced by this test's project name).
+    fn new(tag: &str, compose: &str) -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let project = testkit::unique_name(tag).replace('_', "-").to_lowercase();
+        let f = Fixture {
+            tmp,
+            project,
+            daemon: None,
+        };
+        std::fs::create_dir_all(f.dir()).expect("project dir");
+        f.write_compose(compose);
+        let tar = testkit::busybox_rootfs_tar(f.tmp.path()).expect("busybox tar");
+        f.ok(&[
+            "image",
+            "import",
+            tar.to_str().expect("utf-8"),
+            "busybox:local",
+        ]);
+        f
+    }
+
+    fn state(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.tmp.path().join("project")
+    }
+
+    fn write_compose(&self, compose: &str) {
+        let text = format!("name: {}\n{compose}", self.project);
+        std::fs::write(self.dir().join("compose.yaml"), text).expect("write compose.yaml");
+    }
+
+    fn berth(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .env("BERTH_CGROUP_PARENT", &self.project)
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args)
+            .current_dir(self.dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run berth")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.berth(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// Starts the daemon in the foreground of a child we own (so the fixture can kill it).
+    fn start_daemon(&mut self) {
+        std::fs::create_dir_all(self.state()).expect("state dir");
+        let log = std::fs::File::create(self.tmp.path().join("daemon.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .env("BERTH_CGROUP_PARENT", &self.project)
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("daemon")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start berth daemon");
+        self.daemon = Some(child);
+        wait_for(
+            || self.state().join("berth.sock").exists(),
+            "the daemon's socket",
+        );
+        wait_for(
+            || self.berth(&["ls"]).status.success(),
+            "the daemon to answer",
+        );
+    }
+
+    fn kill_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    /// `ps --format json`, as (name, id, state) rows.
+    fn ps(&self, all: bool) -> Vec<(String, String, String)> {
+        let mut args = vec!["ps", "--format", "json"];
+        if all {
+            args.push("-a");
+        }
+        let out = self.ok(&args);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("ps json");
+        rows.iter()
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (s("Name"), s("ID"), s("State"))
+            })
+            .collect()
+    }
+
+    fn container_pid(&self, id: &str) -> i32 {
+        let path = self
+            .state()
+            .join("run/containers")
+            .join(id)
+            .join("state.json");
+        let text = std::fs::read_to_string(&path).expect("state.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["pid"].as_i64().expect("pid") as i32
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.kill_daemon();
+        // Whatever the test left: stop and remove every container, unmount its rootfs.
+        let executor = agent::executor::Executor {
+            state_dir: self.state(),
+            shim: agent::shim::ShimProgram {
+                program: PathBuf::from(env!("CARGO_BIN_EXE_berth")),
+                args: vec!["runtime".into(), "shim".into()],
+            },
+            cgroup_parent: self.project.clone(),
+        };
+        for id in executor.containers() {
+            executor.remove_stray(&id);
+        }
+        if let Ok(entries) = std::fs::read_dir(self.state().join("containers")) {
+            for e in entries.flatten() {
+                if let Some(id) = e.file_name().to_str() {
+                    let _ = agent::container::remove(&self.state(), id);
+                }
+            }
+        }
+        testkit::remove_cgroup(&self.project);
+    }
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Sleeps that end at once on SIGTERM, so `down` is quick.
+const SLEEPER: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
+
+#[test]
+fn up_ps_logs_idempotent_up_recreate_and_down() {
+    let compose = format!(
+        r#"services:
+  web:
+    image: busybox:local
+    command: ["sh", "-c", "echo hello from web; {SLEEPER}"]
+  worker:
+    image: busybox:local
+    command: ["sh", "-c", "echo worker $$HOSTNAME; {SLEEPER}"]
+    deploy:
+      replicas: 2
+    depends_on: [web]
+"#
+    );
+    let mut f = Fixture::new("up", &compose);
+    f.start_daemon();
+    let out = f.berth(&["up", "-d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for n in ["web-1", "worker-1", "worker-2"] {
+        assert!(stderr.contains(&format!("{}-{n}", f.project)), "{stderr}");
+    }
+    let ps = f.ps(false);
+    assert_eq!(ps.len(), 3, "{ps:?}");
+    assert!(ps.iter().all(|(_, _, s)| s == "running"), "{ps:?}");
+
+    wait_for(
+        || f.ok(&["logs"]).matches("worker ").count() == 2,
+        "the workers' output",
+    );
+    let logs = f.ok(&["logs", "web"]);
+    assert!(
+        logs.contains(&format!("{}-web-1", f.project)) && logs.contains("| hello from web"),
+        "{logs}"
+    );
+    let worker_logs = f.ok(&["logs", "--no-log-prefix", "worker"]);
+    assert!(
+        worker_logs.contains(&format!("worker {}-worker-1", f.project)),
+        "{worker_logs}"
+    );
+
+    // A second up with no change touches nothing.
+    let ids: Vec<String> = ps.iter().map(|r| r.1.clone()).collect();
+    f.ok(&["up", "-d"]);
+    let again: Vec<String> = f.ps(false).iter().map(|r| r.1.clone()).collect();
+    assert_eq!(again, ids);
+
+    // A changed service is recreated; the others are left alone.
+    f.write_compose(&compose.replace("echo worker", "echo changed worker"));
+    f.ok(&["up", "-d"]);
+    let after = f.ps(false);
+    let web: Vec<_> = after.iter().filter(|r| r.0.ends_with("-web-1")).collect();
+    assert_eq!(web[0].1, ids[0], "web was recreated: {after:?}");
+    assert!(
+        after
+            .iter()
+            .filter(|r| r.0.contains("-worker-"))
+            .all(|r| !ids.contains(&r.1)),
+        "{after:?}"
+    );
+    assert_eq!(after.len(), 3);
+
+    f.ok(&["down"]);
+    assert!(f.ps(true).is_empty());
+    let left: Vec<_> = std::fs::read_dir(f.state().join("run/containers"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "containers left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(f.state().to_str().expect("utf-8")),
+        "rootfs left mounted"
+    );
+}
+
+#[test]
+fn restart_policies_and_drift() {
+    let compose = format!(
+        r#"services:
+  always:
+    image: busybox:local
+    command: ["sh", "-c", "{SLEEPER}"]
+    restart: always
+  once:
+    image: busybox:local
+    command: ["sh", "-c", "exit 3"]
+"#
+    );
+    let mut f = Fixture::new("restart", &compose);
+    f.start_daemon();
+    f.ok(&["up", "-d"]);
+    let first = f
+        .ps(false)
+        .into_iter()
+        .find(|r| r.0.ends_with("-always-1"))
+        .expect("always-1");
+    // Killed behind berth's back: a new container takes the slot.
+    let pid = f.container_pid(&first.1);
+    // SAFETY: kill with plain integers on a pid of our test's container.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    wait_for(
+        || {
+            f.ps(false)
+                .iter()
+                .any(|r| r.0.ends_with("-always-1") && r.1 != first.1 && r.2 == "running")
+        },
+        "the always service to be restarted",
+    );
+    // Removed behind berth's back: the same.
+    let second = f
+        .ps(false)
+        .into_iter()
+        .find(|r| r.0.ends_with("-always-1") && r.2 == "running")
+        .expect("restarted");
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("--state-dir")
+        .arg(f.state().join("run"))
+        .args(["runtime", "stop", "-t", "1", &second.1])
+        .output()
+        .expect("runtime stop");
+    assert!(out.status.success());
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("--state-dir")
+        .arg(f.state().join("run"))
+        .args(["runtime", "delete", &second.1])
+        .output()
+        .expect("runtime delete");
+    wait_for(
+        || {
+            f.ps(false)
+                .iter()
+                .any(|r| r.0.ends_with("-always-1") && r.1 != second.1 && r.2 == "running")
+        },
+        "the removed container to be replaced",
+    );
+    // restart: no (the default) leaves an exited container exited.
+    let once: Vec<_> = f
+        .ps(true)
+        .into_iter()
+        .filter(|r| r.0.ends_with("-once-1"))
+        .collect();
+    assert_eq!(once.len(), 1, "{once:?}");
+    assert_eq!(once[0].2, "exited");
+    let table = f.ok(&["ps", "-a"]);
+    assert!(table.contains("Exited (3)"), "{table}");
+    f.ok(&["down", "-t", "1"]);
+}
+
+#[test]
+fn the_daemon_can_be_killed_and_restarted_without_touching_containers() {
+    let compose = format!(
+        "services:\n  web:\n    image: busybox:local\n    command: [\"sh\", \"-c\", \"{SLEEPER}\"]\n"
+    );
+    let mut f = Fixture::new("adopt", &compose);
+    f.start_daemon();
+    f.ok(&["up", "-d"]);
+    let before = f.ps(false);
+    let pid = f.container_pid(&before[0].1);
+    f.kill_daemon();
+    assert!(alive(pid), "the container died with the daemon");
+    // `up` starts a new daemon, which adopts the container: nothing is recreated.
+    let out = f.berth(&["up", "-d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("started the berth daemon"));
+    assert_eq!(f.ps(false), before);
+    assert!(alive(pid));
+    f.ok(&["down"]);
+    assert!(!alive(pid));
+    // The daemon `up` started is not our child.
+    kill_daemon_of(&f.state());
+}
+
+/// Kills the daemon that serves `state` (one started by `up`, not by the fixture).
+fn kill_daemon_of(state: &Path) {
+    let want = state.to_str().expect("utf-8").to_string();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "daemon") && args.iter().any(|a| a == &want) {
+            // SAFETY: plain integers; the pid is a berth daemon of this test.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn named_volumes_survive_down_and_go_with_down_v() {
+    let compose = r#"services:
+  db:
+    image: busybox:local
+    command: ["sh", "-c", "cat /data/seen 2>/dev/null; echo run >> /data/seen; trap 'exit 0' TERM; sleep 1000 & wait"]
+    volumes:
+      - data:/data
+volumes:
+  data: {}
+"#;
+    let mut f = Fixture::new("vol", compose);
+    f.start_daemon();
+    f.ok(&["up", "-d"]);
+    let volume = f
+        .state()
+        .join("volumes")
+        .join(format!("{}_data", f.project));
+    wait_for(
+        || volume.join("_data/seen").exists(),
+        "the first run to write its file",
+    );
+    f.ok(&["down"]);
+    assert!(volume.join("_data/seen").exists(), "volume removed by down");
+    f.ok(&["up", "-d"]);
+    wait_for(
+        || f.ok(&["logs"]).contains("run"),
+        "the second run to see the first's file",
+    );
+    f.ok(&["down", "-v"]);
+    assert!(!volume.exists(), "down -v kept the volume");
+}
+
+#[test]
+fn a_missing_image_stops_up_before_anything_changes() {
+    let compose = "services:\n  web:\n    image: busybox:local\n  api:\n    image: nothere:1\n";
+    let mut f = Fixture::new("noimg", compose);
+    f.start_daemon();
+    let out = f.berth(&["up", "-d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("services.api.image"), "{err}");
+    assert!(
+        err.contains("berth image pull") || err.contains("pull it"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(f.ok(&["ls", "-q"]), "");
+}
+
+#[test]
+fn depends_on_completed_successfully_orders_and_fails_clearly() {
+    let compose = format!(
+        r#"services:
+  migrate:
+    image: busybox:local
+    command: ["sh", "-c", "sleep 0.3; echo migrated > /shared/done"]
+    volumes: [shared:/shared]
+  app:
+    image: busybox:local
+    command: ["sh", "-c", "cat /shared/done; {SLEEPER}"]
+    volumes: [shared:/shared]
+    depends_on:
+      migrate:
+        condition: service_completed_successfully
+volumes:
+  shared: {{}}
+"#
+    );
+    let mut f = Fixture::new("deps", &compose);
+    f.start_daemon();
+    f.ok(&["up", "-d"]);
+    wait_for(
+        || f.ok(&["logs", "app"]).contains("migrated"),
+        "app to see migrate's file",
+    );
+    f.ok(&["down", "-v"]);
+
+    f.write_compose(&compose.replace("echo migrated > /shared/done", "exit 4"));
+    let out = f.berth(&["up", "-d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"migrate\" did not complete successfully"),
+        "{err}"
+    );
+    f.ok(&["down", "-v"]);
+}
