@@ -463,3 +463,35 @@ volumes:
     );
     f.ok(&["down", "-v"]);
 }
+
+#[test]
+fn attached_up_streams_prefixed_output_and_exit_code_from() {
+    let compose = format!(
+        r#"services:
+  server:
+    image: busybox:local
+    command: ["sh", "-c", "echo serving; {SLEEPER}"]
+  client:
+    image: busybox:local
+    command: ["sh", "-c", "sleep 0.3; echo client done; exit 7"]
+"#
+    );
+    let mut f = Fixture::new("attach", &compose);
+    f.start_daemon();
+    let out = f.berth(&["up", "--exit-code-from", "client"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("{}-client-1 | client done", f.project)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| serving"), "{stdout}");
+    assert!(stderr.contains("Aborting on container exit"), "{stderr}");
+    // The stack is stopped, not removed.
+    assert!(f.ps(false).is_empty());
+    let all = f.ps(true);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().all(|r| r.2 == "exited"), "{all:?}");
+    f.ok(&["down"]);
+}

@@ -24,10 +24,16 @@ use crate::daemon;
 pub struct UpArgs {
     #[command(flatten)]
     pub project: ProjectArgs,
-    /// Detached: return once the containers run (attached mode is not built yet; up
-    /// always detaches)
+    /// Detached: return once the containers run (without it, up shows their output
+    /// until they all exit or Ctrl-C stops them)
     #[arg(short = 'd', long)]
     detach: bool,
+    /// Stop every container when one exits (attached mode)
+    #[arg(long, conflicts_with = "detach")]
+    abort_on_container_exit: bool,
+    /// Exit with this service's exit code (implies --abort-on-container-exit)
+    #[arg(long, value_name = "SERVICE", conflicts_with = "detach")]
+    exit_code_from: Option<String>,
     /// Also wait until services with a healthcheck are healthy
     #[arg(long)]
     wait: bool,
@@ -285,8 +291,150 @@ pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Res
                 .join(", ")
         ));
     }
-    let _ = args.detach;
-    wait_up(&client, &record, args, started)
+    let code = wait_up(&client, &record, args, started)?;
+    if args.detach || args.wait {
+        return Ok(code);
+    }
+    attach(&client, &name, args)
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Attached `up`: every container's output, prefixed with its name, until all have
+/// exited (or one has, with --abort-on-container-exit), or Ctrl-C; then the stack's
+/// containers are stopped (not removed), as Compose does.
+fn attach(client: &Client, name: &str, args: &UpArgs) -> anyhow::Result<ExitCode> {
+    // SAFETY: the handler only increments an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+    let abort = args.abort_on_container_exit || args.exit_code_from.is_some();
+    let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let out = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let mut following: BTreeSet<String> = BTreeSet::new();
+    let mut services: Vec<String> = Vec::new();
+    let exit_code = loop {
+        let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+        let tasks: Vec<&Task> = state
+            .tasks
+            .values()
+            .filter(|t| t.stack == name && t.desired == DesiredState::Running)
+            .collect();
+        let width = tasks.iter().map(|t| t.name().len()).max().unwrap_or(0);
+        for t in &tasks {
+            if t.status.started_at.is_some() && following.insert(t.id.clone()) {
+                if !services.contains(&t.service) {
+                    services.push(t.service.clone());
+                }
+                let index = services.iter().position(|s| s == &t.service).unwrap_or(0);
+                let prefix = prefix(&t.name(), width, color.then_some(index));
+                let (client, id, out) = (client.clone(), t.id.clone(), out.clone());
+                std::thread::spawn(move || follow(&client, &id, &prefix, &out));
+            }
+        }
+        let ended: Vec<&&Task> = tasks
+            .iter()
+            .filter(|t| t.status.state().is_terminal())
+            .collect();
+        if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break 130;
+        }
+        if abort && !ended.is_empty() {
+            let code = match &args.exit_code_from {
+                Some(svc) => tasks
+                    .iter()
+                    .find(|t| &t.service == svc && t.status.state().is_terminal())
+                    .and_then(|t| t.status.exit_code),
+                None => ended[0].status.exit_code,
+            };
+            if args.exit_code_from.is_none() || code.is_some() {
+                let t = ended[0];
+                super::write_stderr(&format!(
+                    "{} exited with code {}\nAborting on container exit...\n",
+                    t.name(),
+                    t.status.exit_code.unwrap_or(0)
+                ));
+                break code.unwrap_or(0);
+            }
+        }
+        // Every container has exited and none will restart.
+        if !tasks.is_empty() && ended.len() == tasks.len() && !restart_pending(&state) {
+            std::thread::sleep(Duration::from_millis(300));
+            break 0;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    super::write_stderr("Gracefully stopping... (press Ctrl+C again to force)\n");
+    let req = ServicesRequest {
+        services: Vec::new(),
+    };
+    let _: Vec<String> = client.call("POST", &format!("/v1/stacks/{name}/stop"), Some(&req))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+        let running = state
+            .tasks
+            .values()
+            .filter(|t| {
+                t.stack == name
+                    && !t.status.state().is_terminal()
+                    && t.desired != DesiredState::Running
+            })
+            .count();
+        if running == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(ExitCode::from(exit_code.clamp(0, 255) as u8))
+}
+
+/// Whether the orchestrator is about to start something (a restart after its back-off).
+fn restart_pending(state: &State) -> bool {
+    let tasks: Vec<Task> = state.tasks.values().cloned().collect();
+    let plan = manager::orchestrator::reconcile(&state.stacks, &tasks, manager::now_ms());
+    plan.wake_at.is_some() || !plan.changes.is_empty()
+}
+
+fn prefix(name: &str, width: usize, color: Option<usize>) -> String {
+    const COLORS: [u8; 6] = [36, 33, 32, 35, 34, 31];
+    let text = format!("{name:<width$} | ");
+    match color {
+        Some(i) => format!("\x1b[{}m{text}\x1b[0m", COLORS[i % COLORS.len()]),
+        None => text,
+    }
+}
+
+/// Prints a container's output as it comes, each line after `prefix`.
+fn follow(client: &Client, id: &str, prefix: &str, out: &std::sync::Mutex<()>) {
+    let Ok(resp) = client.request("GET", &format!("/v1/tasks/{id}/logs?follow=true"), None) else {
+        return;
+    };
+    for line in resp.body.lines() {
+        let Ok(line) = line else { break };
+        let Ok(entry) = serde_json::from_str::<LogLine>(&line) else {
+            continue;
+        };
+        let text = format!(
+            "{prefix}{}\n",
+            entry.line.strip_suffix('\n').unwrap_or(&entry.line)
+        );
+        let _guard = out.lock();
+        if write_stdout(&text).is_err() {
+            break;
+        }
+    }
 }
 
 /// Every service's image must be in the store before anything is deployed, so that a
@@ -451,14 +599,14 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
         .filter(|t| t.stack == name)
         .filter(|t| args.services.is_empty() || args.services.contains(&t.service))
         .filter(|t| t.desired != DesiredState::Remove)
-        .filter(|t| args.all || !t.status.state().is_terminal() || latest_of_slot(&state, t))
+        // One row per container name: the slot's newest task (history stays in the
+        // store); without -a, running ones only, as Compose's ps.
+        .filter(|t| latest_of_slot(&state, t))
+        .filter(|t| args.all || !t.status.state().is_terminal())
         .collect();
     tasks.sort_by(|a, b| {
         (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation))
     });
-    if !args.all {
-        tasks.retain(|t| !t.status.state().is_terminal() || t.desired == DesiredState::Running);
-    }
     let text = match (args.quiet, args.format) {
         (true, _) => tasks.iter().map(|t| t.name() + "\n").collect(),
         (false, Format::Json) => {
