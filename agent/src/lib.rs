@@ -7,6 +7,7 @@
 
 pub mod container;
 pub mod executor;
+pub mod health;
 pub mod image;
 pub mod runtime;
 pub mod shim;
