@@ -322,6 +322,14 @@ impl Node for LocalNode {
         }
     }
 
+    fn kill(&self, task: &str, signal: &str) -> Result<(), String> {
+        let signal = agent::shim::parse_signal(signal).map_err(|e| e.to_string())?;
+        match agent::shim::kill(&self.executor.shim_root(), task, signal) {
+            Ok(()) | Err(agent::shim::ShimError::NotRunning { .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     fn remove_volumes(&self, stack: &Stack) -> Result<Vec<String>, String> {
         let mut removed = Vec::new();
         for (key, v) in &stack.volumes {

@@ -409,7 +409,9 @@ volumes:
 
 #[test]
 fn a_missing_image_stops_up_before_anything_changes() {
-    let compose = "services:\n  web:\n    image: busybox:local\n  api:\n    image: nothere:1\n";
+    // A loopback registry that is not there: the pull fails at once, offline too.
+    let compose =
+        "services:\n  web:\n    image: busybox:local\n  api:\n    image: 127.0.0.1:1/nothere:1\n";
     let mut f = Fixture::new("noimg", compose);
     f.start_daemon();
     let out = f.berth(&["up", "-d"]);
@@ -493,5 +495,75 @@ fn attached_up_streams_prefixed_output_and_exit_code_from() {
     let all = f.ps(true);
     assert_eq!(all.len(), 2, "{all:?}");
     assert!(all.iter().all(|r| r.2 == "exited"), "{all:?}");
+    f.ok(&["down"]);
+}
+
+#[test]
+fn up_pulls_missing_images_and_kill_rm_events_images_work() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tar = testkit::busybox_rootfs_tar(&tmp.path().join("img")).expect("rootfs tar");
+    let layout = tmp.path().join("layout");
+    testkit::oci::oci_layout(&tar, &layout, "1").expect("layout");
+    let registry = testkit::registry::Registry::start().expect("registry");
+    registry
+        .push_layout(&layout, "1", "tools/busybox:1", None)
+        .expect("push");
+    let image = format!("{}/tools/busybox:1", registry.addr);
+    // The test image's entrypoint is `/bin/sh -c`: the command is the script.
+    let compose = format!("services:\n  svc:\n    image: {image}\n    command: [\"{SLEEPER}\"]\n");
+    let mut f = Fixture::new("pull", &compose);
+    f.start_daemon();
+
+    // Events, in the background, from before the stack exists.
+    let mut events = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .env("BERTH_CGROUP_PARENT", &f.project)
+        .arg("--state-dir")
+        .arg(f.state())
+        .args(["events", "--json"])
+        .current_dir(f.dir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("events");
+
+    let out = f.berth(&["up", "-d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Pulling"));
+    let images = f.ok(&["images"]);
+    assert!(
+        images.contains("tools/busybox") && !images.contains("(missing)"),
+        "{images}"
+    );
+
+    // kill: the container dies of the signal; restart is "no", so it stays exited.
+    f.ok(&["kill", "-s", "KILL", "svc"]);
+    wait_for(
+        || f.ps(true).iter().any(|r| r.2 == "exited"),
+        "the killed container to exit",
+    );
+    let table = f.ok(&["ps", "-a"]);
+    assert!(table.contains("Exited (137)"), "{table}");
+    // stop then rm: the container record goes.
+    f.ok(&["stop"]);
+    f.ok(&["rm"]);
+    assert!(f.ps(true).is_empty(), "{:?}", f.ps(true));
+
+    let _ = events.kill();
+    let output = events.wait_with_output().expect("events output");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let actions: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["action"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for want in ["create", "start", "die", "destroy"] {
+        assert!(
+            actions.iter().any(|a| a == want),
+            "no {want} event in {actions:?}"
+        );
+    }
     f.ok(&["down"]);
 }

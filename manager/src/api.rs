@@ -9,7 +9,8 @@
 //! - `PUT /v1/stacks/{name}`: deploy ([`UpRequest`] -> [`UpResponse`])
 //! - `DELETE /v1/stacks/{name}?volumes=&timeout=`: take down; returns once every
 //!   container of the stack is gone ([`DownResponse`])
-//! - `POST /v1/stacks/{name}/{stop|start|restart}` ([`ServicesRequest`])
+//! - `POST /v1/stacks/{name}/{stop|start|restart|rm|kill}` ([`ServicesRequest`])
+//! - `GET /v1/events`: newline-delimited [`Event`]s, streamed as tasks change
 //! - `GET /v1/tasks/{id}/logs?follow=&tail=`: newline-delimited [`LogLine`]s, streamed
 
 use std::collections::BTreeSet;
@@ -39,6 +40,9 @@ pub trait Node: Send + Sync + 'static {
         tail: Option<usize>,
         sink: &mut dyn FnMut(LogLine) -> bool,
     ) -> Result<(), String>;
+
+    /// Sends `signal` (a name or number) to the main process of container `task`.
+    fn kill(&self, task: &str, signal: &str) -> Result<(), String>;
 
     /// Deletes the stack's named volumes that it does not mark external; returns their
     /// names.
@@ -95,6 +99,9 @@ pub struct ServicesRequest {
     /// Empty: every service of the stack.
     #[serde(default)]
     pub services: Vec<String>,
+    /// For `kill`: the signal (default SIGKILL, as Compose's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -152,6 +159,7 @@ pub fn router(store: Arc<Store>, node: Arc<dyn Node>) -> Router {
         .route("/v1/stacks/{name}", put(up).delete(down))
         .route("/v1/stacks/{name}/{verb}", post(services_verb))
         .route("/v1/tasks/{id}/logs", get(logs))
+        .route("/v1/events", get(events))
         .with_state(Ctx { store, node })
 }
 
@@ -315,15 +323,141 @@ async fn services_verb(
                     }
                 }
             }
+            // Removes the stopped containers of the services (Compose's rm).
+            "rm" => {
+                for t in s.tasks.values_mut() {
+                    if t.stack == name
+                        && chosen.contains(&t.service)
+                        && t.desired == DesiredState::Shutdown
+                    {
+                        t.desired = DesiredState::Remove;
+                    }
+                }
+            }
+            "kill" => {}
             other => {
                 return Err(StoreError::Rejected(format!(
-                    "unknown verb {other:?}: stop, start or restart"
+                    "unknown verb {other:?}: stop, start, restart, rm or kill"
                 )))
             }
         }
         Ok(chosen)
     })?;
+    if verb == "kill" {
+        let signal = req.signal.clone().unwrap_or_else(|| "KILL".into());
+        let targets: Vec<String> = cx.store.read(|s| {
+            s.tasks
+                .values()
+                .filter(|t| t.stack == name && done.contains(&t.service))
+                .filter(|t| t.desired == DesiredState::Running && !t.status.state().is_terminal())
+                .map(|t| t.id.clone())
+                .collect()
+        });
+        let node = cx.node.clone();
+        tokio::task::spawn_blocking(move || {
+            targets.iter().try_for_each(|id| node.kill(id, &signal))
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    }
     Ok(Json(done))
+}
+
+/// A change of a container's state, as `berth events` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix milliseconds.
+    pub time: u64,
+    /// `create`, `start`, `die`, `health_status: healthy`, `destroy`, ...
+    pub action: String,
+    pub stack: String,
+    pub service: String,
+    pub container: String,
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// The events between two states of the store.
+pub fn events_between(
+    before: &crate::store::State,
+    after: &crate::store::State,
+    now: u64,
+) -> Vec<Event> {
+    use spec::task::{Health, TaskState};
+    let mut out = Vec::new();
+    let mut push = |t: &spec::task::Task, action: &str| {
+        out.push(Event {
+            time: now,
+            action: action.to_string(),
+            stack: t.stack.clone(),
+            service: t.service.clone(),
+            container: t.name(),
+            id: t.id.clone(),
+            exit_code: if action == "die" {
+                t.status.exit_code
+            } else {
+                None
+            },
+        })
+    };
+    for (id, t) in &after.tasks {
+        let old = before.tasks.get(id);
+        let (was, is) = (old.map(|o| o.status.state()), t.status.state());
+        if old.is_none() {
+            push(t, "create");
+        }
+        if was != Some(is) {
+            let was_live = was.is_some_and(|w| !w.is_terminal());
+            if is == TaskState::Running {
+                push(t, "start");
+            } else if is.is_terminal() && was_live {
+                push(t, "die");
+            }
+            if is == TaskState::Removed {
+                push(t, "destroy");
+            }
+        }
+        let was_health = old.map(|o| o.status.health).unwrap_or_default();
+        if t.status.health != was_health && t.status.health != Health::None {
+            let word = match t.status.health {
+                Health::Healthy => "healthy",
+                Health::Unhealthy => "unhealthy",
+                _ => "starting",
+            };
+            push(t, &format!("health_status: {word}"));
+        }
+    }
+    for (id, t) in &before.tasks {
+        if !after.tasks.contains_key(id) && t.status.state() != TaskState::Removed {
+            push(t, "destroy");
+        }
+    }
+    out
+}
+
+async fn events(AxState(cx): AxState<Ctx>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(256);
+    let store = cx.store.clone();
+    tokio::spawn(async move {
+        let mut watch = store.watch();
+        let mut before = store.snapshot();
+        while watch.changed().await.is_ok() {
+            let after = store.snapshot();
+            for e in events_between(&before, &after, crate::now_ms()) {
+                let line = serde_json::to_string(&e).unwrap_or_default() + "\n";
+                if tx.send(Ok(line)).await.is_err() {
+                    return;
+                }
+            }
+            before = after;
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Response::new(Body::from_stream(stream))
 }
 
 async fn logs(

@@ -79,6 +79,16 @@ enum Command {
     Restart(stack::ServicesArgs),
     /// List the deployed stacks
     Ls(stack::LsArgs),
+    /// Send a signal to the services' containers
+    Kill(stack::KillArgs),
+    /// Remove the services' stopped containers
+    Rm(stack::ServicesArgs),
+    /// Stream the project's container events
+    Events(stack::EventsArgs),
+    /// List the images the project's services use
+    Images(stack::ImagesArgs),
+    /// Pull the images of the project's services
+    Pull(stack::PullArgs),
     /// Run the berth daemon in the foreground (berth up starts one when none runs)
     Daemon,
     /// Run OCI bundles directly, like runc (plumbing)
@@ -121,6 +131,20 @@ pub fn run() -> anyhow::Result<ExitCode> {
             "restart",
         ),
         Command::Ls(args) => stack::ls(&cli.state_dir, &args),
+        Command::Kill(args) => stack::kill(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Rm(args) => stack::services_verb(
+            &cli.state_dir,
+            &cli.project.with(&args.project),
+            &args,
+            "rm",
+        ),
+        Command::Events(args) => {
+            stack::events(&cli.state_dir, &cli.project.with(&args.project), &args)
+        }
+        Command::Images(args) => {
+            stack::images(&cli.state_dir, &cli.project.with(&args.project), &args)
+        }
+        Command::Pull(args) => stack::pull(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Daemon => stack::daemon(&cli.state_dir),
     }
 }

@@ -376,9 +376,7 @@ fn attach(client: &Client, name: &str, args: &UpArgs) -> anyhow::Result<ExitCode
         std::thread::sleep(Duration::from_millis(100));
     };
     super::write_stderr("Gracefully stopping... (press Ctrl+C again to force)\n");
-    let req = ServicesRequest {
-        services: Vec::new(),
-    };
+    let req = ServicesRequest::default();
     let _: Vec<String> = client.call("POST", &format!("/v1/stacks/{name}/stop"), Some(&req))?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline && INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) < 2 {
@@ -437,8 +435,10 @@ fn follow(client: &Client, id: &str, prefix: &str, out: &std::sync::Mutex<()>) {
     }
 }
 
-/// Every service's image must be in the store before anything is deployed, so that a
-/// missing image stops `up` before it changes anything.
+/// Every service's image must be in the store before anything is deployed: missing
+/// ones are pulled (Compose's default `pull_policy: missing`; `always` pulls every
+/// time, `never` does not), so that a missing image stops `up` before it changes
+/// anything.
 fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Result<()> {
     let store = agent::image::Store::open(state_dir)?;
     let mut missing = Vec::new();
@@ -449,11 +449,41 @@ fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Result<()> {
             ));
             continue;
         };
-        let found = agent::image::Reference::parse(image)
-            .map_err(|e| e.to_string())
-            .and_then(|r| store.image(&r).map_err(|e| e.to_string()));
-        if let Err(e) = found {
-            missing.push(format!("services.{name}.image: {e}"));
+        let policy = svc.pull_policy.as_deref().unwrap_or("missing");
+        let reference = match agent::image::Reference::parse(image) {
+            Ok(r) => r,
+            Err(e) => {
+                missing.push(format!("services.{name}.image: {e}"));
+                continue;
+            }
+        };
+        let present = store.image(&reference).is_ok();
+        let pull = match policy {
+            "always" => true,
+            "never" => false,
+            "build" => {
+                missing.push(format!(
+                    "services.{name}.pull_policy: build is not supported (berth cannot build images yet)"
+                ));
+                continue;
+            }
+            _ => !present,
+        };
+        if pull {
+            super::write_stderr(&format!(" ⠿ {name} Pulling {image}\n"));
+            if let Err(e) = pull_one(&store, image, &[], true) {
+                missing.push(format!(
+                    "services.{name}.image: {image} is not in the store and could not be pulled ({e:#}); \
+                     import it with berth image import, load it with berth image load, or pull it \
+                     with berth image pull"
+                ));
+            }
+        } else if !present {
+            missing.push(format!(
+                "services.{name}.image: image {:?} not found and pull_policy is never; import it \
+                 with berth image import, load it with berth image load, or pull it",
+                reference.familiar()
+            ));
         }
     }
     if missing.is_empty() {
@@ -845,6 +875,7 @@ pub fn services_verb(
     let client = connect(state_dir, false)?;
     let req = ServicesRequest {
         services: args.services.clone(),
+        signal: None,
     };
     let done: Vec<String> =
         client.call("POST", &format!("/v1/stacks/{name}/{verb}"), Some(&req))?;
@@ -859,6 +890,7 @@ pub fn services_verb(
                 .values()
                 .filter(|t| t.stack == name && &t.service == svc);
             match verb {
+                "rm" => of.all(|t| t.desired != DesiredState::Remove),
                 "stop" => {
                     of.all(|t| t.desired != DesiredState::Running || t.status.state().is_terminal())
                 }
@@ -875,6 +907,7 @@ pub fn services_verb(
     let word = match verb {
         "stop" => "Stopped",
         "start" => "Started",
+        "rm" => "Removed",
         _ => "Restarted",
     };
     let text: String = done
@@ -883,4 +916,194 @@ pub fn services_verb(
         .collect();
     super::write_stderr(&text);
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// The signal to send
+    #[arg(short = 's', long, default_value = "SIGKILL")]
+    signal: String,
+    #[arg(value_name = "SERVICE")]
+    services: Vec<String>,
+}
+
+pub fn kill(state_dir: &Path, project: &ProjectArgs, args: &KillArgs) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let req = ServicesRequest {
+        services: args.services.clone(),
+        signal: Some(args.signal.clone()),
+    };
+    let done: Vec<String> = client.call("POST", &format!("/v1/stacks/{name}/kill"), Some(&req))?;
+    let text: String = done
+        .iter()
+        .map(|s| format!(" ✔ Service {s:<32} Killed\n"))
+        .collect();
+    super::write_stderr(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// One JSON object per line
+    #[arg(long)]
+    json: bool,
+    #[arg(value_name = "SERVICE")]
+    services: Vec<String>,
+}
+
+/// Streams the project's container events until interrupted.
+pub fn events(
+    state_dir: &Path,
+    project: &ProjectArgs,
+    args: &EventsArgs,
+) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let resp = client.request("GET", "/v1/events", None)?;
+    for line in resp.body.lines() {
+        let line = line?;
+        let Ok(e) = serde_json::from_str::<manager::api::Event>(&line) else {
+            continue;
+        };
+        if e.stack != name || (!args.services.is_empty() && !args.services.contains(&e.service)) {
+            continue;
+        }
+        let text = if args.json {
+            line + "\n"
+        } else {
+            let exit = e
+                .exit_code
+                .map(|c| format!(" (exitCode={c})"))
+                .unwrap_or_default();
+            format!(
+                "{} container {} {} (service={}){exit}\n",
+                e.time, e.action, e.container, e.service
+            )
+        };
+        if write_stdout(&text).is_err() {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Only the image ids
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+/// The images the project's services use, as `docker compose images`.
+pub fn images(
+    state_dir: &Path,
+    project: &ProjectArgs,
+    args: &ImagesArgs,
+) -> anyhow::Result<ExitCode> {
+    let loaded = load(project, &[])?;
+    let store = agent::image::Store::open(state_dir)?;
+    let mut rows = vec![[
+        "SERVICE".to_string(),
+        "REPOSITORY".into(),
+        "TAG".into(),
+        "IMAGE ID".into(),
+        "SIZE".into(),
+    ]];
+    let mut ids = String::new();
+    for (svc, service) in &loaded.stack.services {
+        let Some(name) = &service.image else { continue };
+        let reference = agent::image::Reference::parse(name)?;
+        match store.image(&reference) {
+            Ok(image) => {
+                let id = image.id().short().to_string();
+                ids.push_str(&id);
+                ids.push('\n');
+                rows.push([
+                    svc.clone(),
+                    reference.familiar_repository(),
+                    reference.tag.clone().unwrap_or_default(),
+                    id,
+                    format!("{:.1}MB", image.size() as f64 / 1e6),
+                ]);
+            }
+            Err(_) => rows.push([
+                svc.clone(),
+                reference.familiar_repository(),
+                reference.tag.clone().unwrap_or_default(),
+                "(missing)".into(),
+                String::new(),
+            ]),
+        }
+    }
+    write_stdout(&if args.quiet { ids } else { table(&rows) })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Registry that may be reached over plain HTTP (host[:port]; repeatable)
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+    /// Carry on when an image cannot be pulled
+    #[arg(long)]
+    ignore_pull_failures: bool,
+    /// No progress output
+    #[arg(short, long)]
+    quiet: bool,
+    #[arg(value_name = "SERVICE")]
+    services: Vec<String>,
+}
+
+/// Pulls the images of the project's services.
+pub fn pull(state_dir: &Path, project: &ProjectArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
+    let loaded = load(project, &args.services)?;
+    let store = agent::image::Store::open(state_dir)?;
+    let mut failed = false;
+    for (svc, service) in &loaded.stack.services {
+        if !args.services.is_empty() && !args.services.contains(svc) {
+            continue;
+        }
+        let Some(name) = &service.image else { continue };
+        match pull_one(&store, name, &args.insecure, !args.quiet) {
+            Ok(()) => super::write_stderr(&format!(" ✔ {svc} Pulled\n")),
+            Err(e) if args.ignore_pull_failures => {
+                super::write_stderr(&format!("berth: warning: services.{svc}.image: {e:#}\n"))
+            }
+            Err(e) => {
+                failed = true;
+                super::write_stderr(&format!("berth: services.{svc}.image: {e:#}\n"));
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn pull_one(
+    store: &agent::image::Store,
+    name: &str,
+    insecure: &[String],
+    progress: bool,
+) -> anyhow::Result<()> {
+    let reference = agent::image::Reference::parse(name)?;
+    let opts = agent::image::pull::PullOptions {
+        credentials: agent::image::pull::Credentials::Auto,
+        insecure_registries: insecure.to_vec(),
+        progress: progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        docker_config_dir: None,
+    };
+    agent::image::pull::pull(store, &reference, &opts)?;
+    Ok(())
 }
