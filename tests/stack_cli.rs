@@ -36,6 +36,42 @@ impl Fixture {
         f
     }
 
+    /// A state directory with the examples' image (made by examples/make-image.sh).
+    fn for_examples(tag: &str) -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let project = testkit::unique_name(tag).replace('_', "-").to_lowercase();
+        let f = Fixture {
+            tmp,
+            project,
+            daemon: None,
+        };
+        std::fs::create_dir_all(f.dir()).expect("project dir");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("examples/make-image.sh"))
+            .arg(env!("CARGO_BIN_EXE_berth"))
+            .env("BERTH_STATE_DIR", f.state())
+            .output()
+            .expect("run examples/make-image.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        f
+    }
+
+    /// berth with an example's compose file, under this test's project name.
+    fn example(&self, name: &str, args: &[&str]) -> Output {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name)
+            .join("compose.yaml");
+        let file = file.to_str().expect("utf-8").to_string();
+        let mut all = vec!["-f", &file, "-p", &self.project];
+        all.extend_from_slice(args);
+        self.berth(&all)
+    }
+
     fn state(&self) -> PathBuf {
         self.tmp.path().join("state")
     }
@@ -566,4 +602,31 @@ fn up_pulls_missing_images_and_kill_rm_events_images_work() {
         );
     }
     f.ok(&["down"]);
+}
+
+#[test]
+fn example_secrets_files_have_the_owner_and_mode_asked_for() {
+    let mut f = Fixture::for_examples("secrets");
+    f.start_daemon();
+    let out = f.example("secrets", &["up"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "I am app (1000:1000)",
+        "/run/secrets/db_password: 400 app:app",
+        "/run/secrets/api_token: 440 root:app",
+        "/etc/app/app.conf: 444 root:root",
+        "password is 15 bytes long",
+        // From the example's .env: environment-sourced secrets read the project's env.
+        "api token: token-from-the-environment",
+        "log level: level = info",
+        "secrets are read-only",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    assert!(f.example("secrets", &["down"]).status.success());
 }

@@ -23,17 +23,7 @@ echo "==> building berth"
 berth="${CARGO_TARGET_DIR:-$root/target}/release/berth"
 
 echo "==> making the image berth-examples/busybox from busybox-static"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp" "$work/rootfs/www"
-cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
-for applet in $("$work/rootfs/bin/busybox" --list); do
-  [ "$applet" = busybox ] || ln -sf busybox "$work/rootfs/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$work/rootfs/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' > "$work/rootfs/etc/group"
-tar -C "$work/rootfs" -cf "$work/busybox.tar" .
-"$berth" image import "$work/busybox.tar" berth-examples/busybox:latest >/dev/null
+"$here/../make-image.sh" "$berth"
 
 echo "==> berth up -d --wait"
 "$berth" -f "$here/compose.yaml" up -d --wait

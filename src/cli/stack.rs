@@ -240,7 +240,7 @@ pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Res
         }
         scale.insert(svc.to_string(), n);
     }
-    let secret_env = secret_environment(&stack, &project.load_options(&[])?.environment);
+    let secret_env = secret_environment(&stack, &loaded.environment);
     let client = connect(state_dir, true)?;
     let name = stack.name.clone();
     let state: State = client.call("GET", "/v1/state", None::<&()>)?;

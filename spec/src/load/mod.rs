@@ -64,6 +64,10 @@ pub struct Project {
     pub project_dir: PathBuf,
     /// Every profile named by any service, enabled or not (for `config --profiles`).
     pub all_profiles: Vec<String>,
+    /// The project's environment: the process environment over `.env` (or
+    /// `--env-file`), with `COMPOSE_PROJECT_NAME`; what `environment:`-sourced secrets
+    /// and configs read.
+    pub environment: BTreeMap<String, String>,
 }
 
 /// State shared by a load and the loads of the projects it includes.
@@ -242,6 +246,7 @@ pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
         files: files.into_iter().map(|f| f.path).collect(),
         project_dir,
         all_profiles: all_profiles.into_iter().collect(),
+        environment: env,
     })
 }
 
