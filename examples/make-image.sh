@@ -6,7 +6,8 @@ set -euo pipefail
 berth="${1:-berth}"
 busybox="$(command -v busybox || true)"
 # The image has no libc: only a statically linked busybox works in it.
-if [ -z "$busybox" ] || ! LC_ALL=C ldd "$busybox" 2>&1 | grep -q "not a dynamic"; then
+linkage="$( [ -n "$busybox" ] && LC_ALL=C ldd "$busybox" 2>&1 || true)"
+if [ -z "$busybox" ] || [[ "$linkage" != *"not a dynamic"* ]]; then
   echo "examples/make-image.sh: a static busybox is needed: apt-get install -y busybox-static" >&2
   exit 2
 fi
