@@ -630,3 +630,26 @@ fn example_secrets_files_have_the_owner_and_mode_asked_for() {
     }
     assert!(f.example("secrets", &["down"]).status.success());
 }
+
+#[test]
+fn example_workers_share_the_queue_and_scale() {
+    let mut f = Fixture::for_examples("workers");
+    f.start_daemon();
+    for (args, workers) in [(vec!["up"], 3), (vec!["up", "--scale", "worker=5"], 5)] {
+        let out = f.example("workers", &args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let counts: Vec<u32> = stdout
+            .lines()
+            .filter_map(|l| l.split(" did ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert_eq!(counts.len(), workers, "{stdout}");
+        assert_eq!(counts.iter().sum::<u32>(), 30, "each job once: {stdout}");
+        assert!(f.example("workers", &["down", "-v"]).status.success());
+    }
+}
