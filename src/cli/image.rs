@@ -115,7 +115,12 @@ pub fn run(state_dir: &Path, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 {
                     Ok((r, swept)) => {
                         let mut text = format!("Untagged: {}\n", r.familiar());
-                        if swept.blobs + swept.layers > 0 {
+                        if swept.deferred {
+                            text.push_str(
+                                "Unused blobs and layers are kept for now: a pull is in progress; \
+                                 the next image rm deletes them\n",
+                            );
+                        } else if swept.blobs + swept.layers > 0 {
                             text.push_str(&format!(
                                 "Deleted: {} blobs, {} layers\n",
                                 swept.blobs, swept.layers
