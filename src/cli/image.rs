@@ -95,7 +95,17 @@ pub fn run(state_dir: &Path, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
             let opts = image::pull::PullOptions {
                 credentials,
                 insecure_registries: insecure.clone(),
-                progress: !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                // Bars redraw with `\r` and escape codes: only for a terminal. A log or a
+                // pipe gets one plain line per layer event instead.
+                progress: if *quiet {
+                    image::pull::Progress::Off
+                } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    image::pull::Progress::Bars
+                } else {
+                    image::pull::Progress::Lines(std::sync::Arc::new(std::sync::Mutex::new(
+                        std::io::stderr(),
+                    )))
+                },
                 docker_config_dir: None,
             };
             let pulled = image::pull::pull(&store, &reference, &opts)?;

@@ -118,8 +118,28 @@ impl Registry {
         repo_tag: &str,
         creds: Option<(&str, &str)>,
     ) -> io::Result<()> {
+        self.skopeo_copy(layout, tag, repo_tag, creds, false)
+    }
+
+    /// [`Registry::push_layout`] of an image index with every image it lists
+    /// (`skopeo copy --all`), for multi-platform images.
+    pub fn push_layout_all(&self, layout: &Path, tag: &str, repo_tag: &str) -> io::Result<()> {
+        self.skopeo_copy(layout, tag, repo_tag, None, true)
+    }
+
+    fn skopeo_copy(
+        &self,
+        layout: &Path,
+        tag: &str,
+        repo_tag: &str,
+        creds: Option<(&str, &str)>,
+        all: bool,
+    ) -> io::Result<()> {
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if all {
+            cmd.arg("--all");
+        }
         if let Some((user, password)) = creds {
             cmd.arg(format!("--dest-creds={user}:{password}"));
         }

@@ -19,13 +19,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use futures_util::{StreamExt, TryStreamExt};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 
 use super::images::Image;
 use super::oci::{host_architecture, Index, Manifest, MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX};
+pub use super::progress::Progress;
+use super::progress::{short, BlobProgress, Reporter};
 use super::reference::Reference;
 use super::store::{BlobLock, InFlight, Store};
 use super::{Digest, ImageError};
@@ -71,8 +72,8 @@ pub struct PullOptions {
     pub credentials: Credentials,
     /// Registries (`host[:port]`) that may be reached over plain HTTP.
     pub insecure_registries: Vec<String>,
-    /// Draw per-layer progress bars on standard error (when it is a terminal).
-    pub progress: bool,
+    /// Per-layer progress: bars for a terminal, plain lines for anything else.
+    pub progress: Progress,
     /// Where `docker login` keeps credentials; default `$DOCKER_CONFIG` or `~/.docker`.
     pub docker_config_dir: Option<PathBuf>,
 }
@@ -196,35 +197,22 @@ pub async fn pull_async(
         )
     })?;
 
-    let bars = MultiProgress::with_draw_target(if opts.progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let style =
-        ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {msg}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let new_bar = |desc: &super::oci::Descriptor| {
-        let bar = bars.add(ProgressBar::new(desc.size));
-        bar.set_style(style.clone());
-        bar.set_prefix(short(&desc.digest));
-        bar
-    };
-
+    let report = Reporter::new(&opts.progress);
     // The config first (it is small, and names each layer's uncompressed digest).
     if !store.has_blob(&manifest.config.digest) {
         let _lock = lock_blob(store, &in_flight, &manifest.config.digest, reference).await?;
         if !store.has_blob(&manifest.config.digest) {
+            let progress = report.blob(&manifest.config.digest, manifest.config.size);
             fetch_blob(
                 &client,
                 &target,
                 store,
                 &manifest.config,
-                new_bar(&manifest.config),
+                &progress,
                 reference,
             )
             .await?;
+            progress.finish();
         }
     }
     let config: super::oci::ConfigFile =
@@ -252,25 +240,29 @@ pub async fn pull_async(
         .filter(|(l, _)| seen.insert(l.digest.clone()))
         .collect();
     let jobs = layers.into_iter().map(|(desc, diff_id)| {
-        let bar = new_bar(desc);
+        let progress = report.blob(&desc.digest, desc.size);
         let (client, target, in_flight) = (&client, &target, &in_flight);
         async move {
             if store.has_blob(&desc.digest) && store.layer_dir(diff_id).is_dir() {
-                bar.finish_and_clear();
+                progress.present();
                 return Ok(());
             }
             // Held across download and unpack: another puller of this layer waits here,
             // then finds both done and skips them.
             let _lock = lock_blob(store, in_flight, &desc.digest, reference).await?;
+            if store.has_blob(&desc.digest) && store.layer_dir(diff_id).is_dir() {
+                progress.present();
+                return Ok(());
+            }
             if !store.has_blob(&desc.digest) {
-                fetch_blob(client, target, store, desc, bar.clone(), reference).await?;
+                fetch_blob(client, target, store, desc, &progress, reference).await?;
             }
             let (s, blob, diff) = (store.clone(), desc.digest.clone(), diff_id.clone());
-            bar.set_message("unpacking");
+            progress.unpacking();
             tokio::task::spawn_blocking(move || s.unpack_layer(&blob, &diff))
                 .await
                 .map_err(|e| pull_error(reference, format!("unpacking was interrupted: {e}")))??;
-            bar.finish_with_message("done");
+            progress.unpacked();
             Ok::<(), ImageError>(())
         }
     });
@@ -309,12 +301,6 @@ fn index_like(bytes: &[u8]) -> bool {
     }
 }
 
-fn short(digest: &Digest) -> String {
-    let text = digest.to_string();
-    let hex = text.split_once(':').map(|(_, h)| h).unwrap_or(&text);
-    hex.chars().take(12).collect()
-}
-
 /// Takes `digest`'s blob lock on a blocking thread (it may wait for another puller).
 async fn lock_blob(
     store: &Store,
@@ -338,7 +324,7 @@ async fn fetch_blob(
     target: &oci_client::Reference,
     store: &Store,
     desc: &super::oci::Descriptor,
-    bar: ProgressBar,
+    progress: &BlobProgress,
     reference: &Reference,
 ) -> Result<(), ImageError> {
     let descriptor = OciDescriptor {
@@ -369,10 +355,11 @@ async fn fetch_blob(
             path: store.root().to_path_buf(),
             source: e,
         })?;
-        bar.inc(chunk.len() as u64);
+        progress.inc(chunk.len() as u64);
     }
     // The store checks the digest before the blob becomes visible.
     writer.commit()?;
+    progress.downloaded();
     Ok(())
 }
 
