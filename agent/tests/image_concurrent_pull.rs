@@ -2,7 +2,7 @@
 //! the real registry behind `testkit::registry::Proxy`, which counts the registry's
 //! requests and holds chosen ones so each interleaving is forced, not hoped for.
 //!
-//! Two images share a large base layer (busybox plus 8 MiB of incompressible data):
+//! Two images share a large base layer (busybox plus 4 MiB of incompressible data):
 //! - two pulls at once fetch the shared layer once: the first puller holds the layer's
 //!   blob lock (`images/locks/<hex>`), the second waits on it (seen in /proc/locks),
 //!   then finds the layer in the store and skips it;
@@ -55,7 +55,7 @@ fn layer_tar(dir: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
 fn two_images_sharing_a_base(dir: &Path) -> Images {
     let base_root = dir.join("base/root");
     testkit::busybox_rootfs(&base_root).expect("busybox rootfs");
-    std::fs::write(base_root.join("noise.bin"), noise(8 << 20)).expect("noise");
+    std::fs::write(base_root.join("noise.bin"), noise(4 << 20)).expect("noise");
     let base = dir.join("base/layer.tar");
     testkit::tar_dir(&base_root, &base).expect("base tar");
     let a = layer_tar(dir, "a", &[("etc/a.txt", b"image a\n")]);
