@@ -629,6 +629,39 @@ mod tests {
     }
 
     #[test]
+    fn collection_is_deferred_while_a_pull_is_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let orphan = store.put_blob(b"no image uses this", None).unwrap();
+        let pull = store.in_flight().unwrap();
+        let lock = store.blob_lock_path(&orphan);
+        drop(store.lock_blob(&pull, &orphan).unwrap());
+        assert!(lock.is_file());
+
+        let index = store.lock().unwrap();
+        let swept = store
+            .sweep(&index, &BTreeSet::new(), &BTreeSet::new())
+            .unwrap();
+        assert_eq!(
+            swept,
+            Sweep {
+                blobs: 0,
+                layers: 0,
+                deferred: true
+            }
+        );
+        assert!(store.has_blob(&orphan) && lock.is_file());
+
+        drop(pull);
+        let swept = store
+            .sweep(&index, &BTreeSet::new(), &BTreeSet::new())
+            .unwrap();
+        assert_eq!((swept.blobs, swept.deferred), (1, false));
+        assert!(!store.has_blob(&orphan));
+        assert!(!lock.exists(), "blob lock files go with collection");
+    }
+
+    #[test]
     fn store_dirs_are_root_only() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
