@@ -3,6 +3,9 @@
 # a local registry (Debian's docker-registry on 127.0.0.1), side by side with hyperfine.
 # Each run starts from an empty store/destination, so every layer is downloaded,
 # verified and (for berth) unpacked. Prints both means, MB/s and the ratio.
+# Then two `berth image pull` processes of the same image at once into one store: the
+# registry's access log counts how often each layer blob was served (once each, thanks
+# to the per-blob lock), and the wall time is printed next to a single pull's.
 # Run as root from the repository root: bench/pull.sh   (BERTH=/path skips the build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,7 +75,8 @@ storage:
 http:
   addr: 127.0.0.1:$port
 YML
-docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
+# Its access log (stdout) is what the concurrent-pull part counts blob GETs in.
+docker-registry serve "$work/registry.yml" >>"$work/registry.log" 2>&1 &
 registry_pid=$!
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
@@ -97,3 +101,23 @@ print(f"berth image pull: {b*1000:.0f} ms ({mb/b:.0f} MB/s, download + verify + 
 print(f"skopeo copy:      {s*1000:.0f} ms ({mb/s:.0f} MB/s, download + verify)")
 print(f"berth / skopeo:   {b/s:.2f}")
 PY
+
+# Two processes pulling the same image into one empty store at once; the registry's
+# access log says how many times each blob was served (200s only).
+blob_gets() { grep -c '"GET /v2/bench/image/blobs/sha256:[0-9a-f]* HTTP/1.1" 200' "$work/registry.log" || true; }
+rm -rf "$work/berth-state"
+: >"$work/registry.log"
+start=$(date +%s%N)
+"$BERTH" --state-dir "$work/berth-state" image pull -q "$ref" >/dev/null &
+first=$!
+"$BERTH" --state-dir "$work/berth-state" image pull -q "$ref" >/dev/null
+wait "$first"
+end=$(date +%s%N)
+concurrent_gets="$(blob_gets)"
+rm -rf "$work/berth-state"
+: >"$work/registry.log"
+single_start=$(date +%s%N)
+"$BERTH" --state-dir "$work/berth-state" image pull -q "$ref" >/dev/null
+single_end=$(date +%s%N)
+echo "blob GETs: two concurrent pulls $concurrent_gets, one pull $(blob_gets) (config + $((LAYERS + 1)) layers)"
+echo "wall time: two concurrent pulls into one store $(( (end - start) / 1000000 )) ms, one pull $(( (single_end - single_start) / 1000000 )) ms"

@@ -1,6 +1,14 @@
 //! Layer unpacking on the real kernel, as root: every entry type, the tar-slip corpus
 //! (each malicious layer must fail naming its entry and change nothing outside the
 //! root), and whiteouts/opaque directories checked through a real overlayfs mount.
+//!
+//! Writes through a symlink (`a -> /etc` or `a -> ../../..`, then `a/passwd`) resolve
+//! inside the layer, as Docker's unpacking does (it extracts in a chroot of the layer
+//! directory): in one layer the write lands at `<root>/etc/passwd` or `<root>/passwd`;
+//! across layers each layer is unpacked on its own, so the upper layer's `a/passwd`
+//! makes a real directory `a` there, which hides the lower symlink in the overlay
+//! (Docker's overlay2 gives the same tree). The host's `/etc/passwd` and `/passwd` are
+//! checked, with a guard that restores them should the unpacker ever regress.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -535,4 +543,138 @@ fn whiteouts_and_opaque_dirs_work_in_overlayfs() {
     assert_eq!(fs::read_to_string(merged.join("etc/keep")).unwrap(), "2");
     assert_eq!(names("data"), ["new"]);
     assert!(!merged.join("data/sub/x").exists());
+}
+
+/// Remembers a host file's content and puts it back on drop if a test changed it
+/// (removes it if it did not exist), so a regression cannot damage the host.
+struct HostFileGuard {
+    path: PathBuf,
+    before: Option<Vec<u8>>,
+}
+
+impl HostFileGuard {
+    fn new(path: &str) -> HostFileGuard {
+        HostFileGuard {
+            path: PathBuf::from(path),
+            before: fs::read(path).ok(),
+        }
+    }
+    fn unchanged(&self) -> bool {
+        fs::read(&self.path).ok() == self.before
+    }
+}
+
+impl Drop for HostFileGuard {
+    fn drop(&mut self) {
+        if !self.unchanged() {
+            match &self.before {
+                Some(bytes) => {
+                    let _ = fs::write(&self.path, bytes);
+                }
+                None => {
+                    let _ = fs::remove_file(&self.path);
+                }
+            }
+        }
+    }
+}
+
+const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\n";
+
+#[test]
+fn writes_through_a_symlink_in_the_same_layer_stay_in_the_root() {
+    let host_passwd = HostFileGuard::new("/etc/passwd");
+    let host_root_passwd = HostFileGuard::new("/passwd");
+    let fx = Fixture::new();
+    let before = fx.outside();
+
+    // a -> /etc: resolved in the root, the write replaces the layer's own etc/passwd.
+    let layer = tar_of(&[
+        E::Dir("etc/"),
+        E::File("etc/passwd", PASSWD),
+        E::Symlink("a", "/etc"),
+        E::File("a/passwd", b"written through a\n"),
+    ]);
+    unpack(&layer[..], &fx.root()).unwrap();
+    assert_eq!(
+        fs::read(fx.root().join("etc/passwd")).unwrap(),
+        b"written through a\n"
+    );
+    assert_eq!(
+        fs::read_link(fx.root().join("a")).unwrap(),
+        Path::new("/etc")
+    );
+    assert!(host_passwd.unchanged(), "the host's /etc/passwd changed");
+    assert_eq!(fx.outside(), before);
+
+    // a -> ../../..: `..` stops at the root, so a/passwd is <root>/passwd.
+    fs::remove_dir_all(fx.root()).unwrap();
+    fs::create_dir(fx.root()).unwrap();
+    let layer = tar_of(&[
+        E::Symlink("a", "../../.."),
+        E::File("a/passwd", b"written through a\n"),
+    ]);
+    unpack(&layer[..], &fx.root()).unwrap();
+    assert_eq!(
+        fs::read(fx.root().join("passwd")).unwrap(),
+        b"written through a\n"
+    );
+    assert!(host_root_passwd.unchanged(), "/passwd appeared on the host");
+    assert!(host_passwd.unchanged());
+    assert_eq!(fx.outside(), before);
+}
+
+#[test]
+fn writes_through_a_lower_layers_symlink_stay_in_the_upper_layer() {
+    let host_passwd = HostFileGuard::new("/etc/passwd");
+    let host_root_passwd = HostFileGuard::new("/passwd");
+    let fx = Fixture::new();
+    let (lower, upper, merged) = (
+        fx.root().join("lower"),
+        fx.root().join("upper"),
+        fx.root().join("merged"),
+    );
+    for d in [&lower, &upper, &merged] {
+        fs::create_dir(d).unwrap();
+    }
+    let before = fx.outside();
+    let layer1 = tar_of(&[
+        E::Dir("etc/"),
+        E::File("etc/passwd", PASSWD),
+        E::Symlink("a", "/etc"),
+        E::Symlink("up", "../../.."),
+    ]);
+    let layer2 = tar_of(&[
+        E::File("a/passwd", b"pwned\n"),
+        E::File("up/passwd", b"pwned\n"),
+    ]);
+    unpack(&layer1[..], &lower).unwrap();
+    unpack(&layer2[..], &upper).unwrap();
+    // The upper layer knows nothing of the lower one's symlinks: real directories.
+    for d in ["a", "up"] {
+        assert!(fs::symlink_metadata(upper.join(d)).unwrap().is_dir(), "{d}");
+        assert_eq!(fs::read(upper.join(d).join("passwd")).unwrap(), b"pwned\n");
+    }
+    assert_eq!(fs::read(lower.join("etc/passwd")).unwrap(), PASSWD);
+
+    let opts = format!("lowerdir={}:{}", upper.display(), lower.display());
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(opts.as_str()),
+    )
+    .unwrap_or_else(|e| panic!("mount -t overlay -o {opts}: {e}"));
+    let mount = Mount(merged.clone());
+    // In the image, the directory hides the symlink; the image's /etc/passwd is intact.
+    assert_eq!(fs::read(merged.join("etc/passwd")).unwrap(), PASSWD);
+    assert!(fs::symlink_metadata(merged.join("a")).unwrap().is_dir());
+    assert_eq!(fs::read(merged.join("a/passwd")).unwrap(), b"pwned\n");
+    assert!(!merged.join("passwd").exists());
+    drop(mount);
+
+    assert!(host_passwd.unchanged(), "the host's /etc/passwd changed");
+    assert!(host_root_passwd.unchanged(), "/passwd appeared on the host");
+    assert_eq!(fx.outside(), before);
 }

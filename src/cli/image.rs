@@ -95,7 +95,7 @@ pub fn run(state_dir: &Path, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
             let opts = image::pull::PullOptions {
                 credentials,
                 insecure_registries: insecure.clone(),
-                progress: !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                progress: progress_mode(*quiet),
                 docker_config_dir: None,
             };
             let pulled = image::pull::pull(&store, &reference, &opts)?;
@@ -115,7 +115,12 @@ pub fn run(state_dir: &Path, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 {
                     Ok((r, swept)) => {
                         let mut text = format!("Untagged: {}\n", r.familiar());
-                        if swept.blobs + swept.layers > 0 {
+                        if swept.deferred {
+                            text.push_str(
+                                "Unused blobs and layers are kept for now: a pull is in progress; \
+                                 the next image rm deletes them\n",
+                            );
+                        } else if swept.blobs + swept.layers > 0 {
                             text.push_str(&format!(
                                 "Deleted: {} blobs, {} layers\n",
                                 swept.blobs, swept.layers
@@ -142,6 +147,20 @@ pub fn run(state_dir: &Path, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bars redraw with `\r` and escape codes: only for a terminal. A log or a pipe gets
+/// one plain line per layer event instead.
+pub(super) fn progress_mode(quiet: bool) -> image::pull::Progress {
+    if quiet {
+        image::pull::Progress::Off
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        image::pull::Progress::Bars
+    } else {
+        image::pull::Progress::Lines(std::sync::Arc::new(
+            std::sync::Mutex::new(std::io::stderr()),
+        ))
+    }
 }
 
 /// `docker images`' table: REPOSITORY TAG IMAGE ID SIZE.

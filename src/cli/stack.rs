@@ -1101,7 +1101,7 @@ fn pull_one(
     let opts = agent::image::pull::PullOptions {
         credentials: agent::image::pull::Credentials::Auto,
         insecure_registries: insecure.to_vec(),
-        progress: progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        progress: super::image::progress_mode(!progress),
         docker_config_dir: None,
     };
     agent::image::pull::pull(store, &reference, &opts)?;

@@ -6,6 +6,7 @@
 
 pub mod oci;
 pub mod registry;
+pub mod tokenserver;
 
 use std::io;
 use std::os::unix::fs::symlink;

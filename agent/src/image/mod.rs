@@ -11,6 +11,7 @@ mod images;
 mod import;
 mod load;
 pub mod oci;
+pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod store;

@@ -19,15 +19,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use futures_util::{StreamExt, TryStreamExt};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 
 use super::images::Image;
 use super::oci::{host_architecture, Index, Manifest, MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX};
+pub use super::progress::Progress;
+use super::progress::{short, BlobProgress, Reporter};
 use super::reference::Reference;
-use super::store::Store;
+use super::store::{BlobLock, InFlight, Store};
 use super::{Digest, ImageError};
 
 /// How many layers download at once: enough to fill a link, few enough not to be
@@ -71,8 +72,8 @@ pub struct PullOptions {
     pub credentials: Credentials,
     /// Registries (`host[:port]`) that may be reached over plain HTTP.
     pub insecure_registries: Vec<String>,
-    /// Draw per-layer progress bars on standard error (when it is a terminal).
-    pub progress: bool,
+    /// Per-layer progress: bars for a terminal, plain lines for anything else.
+    pub progress: Progress,
     /// Where `docker login` keeps credentials; default `$DOCKER_CONFIG` or `~/.docker`.
     pub docker_config_dir: Option<PathBuf>,
 }
@@ -129,8 +130,28 @@ pub async fn pull_async(
         &reference.domain,
         opts.docker_config_dir.as_deref(),
     );
-    let net = |e: oci_client::errors::OciDistributionError| pull_error(reference, describe(&e));
+    let net = |e: oci_client::errors::OciDistributionError| {
+        pull_error(reference, describe(&e, &reference.domain))
+    };
+    // From the first blob written until the image is registered, garbage collection
+    // must leave this pull's blobs and layers alone.
+    let in_flight = {
+        let s = store.clone();
+        let guard = tokio::task::spawn_blocking(move || s.in_flight())
+            .await
+            .map_err(|e| pull_error(reference, format!("waiting for the store: {e}")))??;
+        std::sync::Arc::new(guard)
+    };
 
+    // With credentials, authenticate up front: oci-client would otherwise swallow a
+    // token server's refusal and carry on anonymously, and the user would see "denied"
+    // instead of "wrong credentials".
+    if !matches!(auth, RegistryAuth::Anonymous) {
+        client
+            .auth(&target, &auth, oci_client::RegistryOperation::Pull)
+            .await
+            .map_err(net)?;
+    }
     // The manifest, raw: its digest is checked against the bytes themselves.
     let (mut bytes, _) = client
         .pull_manifest_raw(&target, &auth, MANIFEST_TYPES)
@@ -176,33 +197,23 @@ pub async fn pull_async(
         )
     })?;
 
-    let bars = MultiProgress::with_draw_target(if opts.progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let style =
-        ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {msg}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let new_bar = |desc: &super::oci::Descriptor| {
-        let bar = bars.add(ProgressBar::new(desc.size));
-        bar.set_style(style.clone());
-        bar.set_prefix(short(&desc.digest));
-        bar
-    };
-
+    let report = Reporter::new(&opts.progress);
     // The config first (it is small, and names each layer's uncompressed digest).
     if !store.has_blob(&manifest.config.digest) {
-        fetch_blob(
-            &client,
-            &target,
-            store,
-            &manifest.config,
-            new_bar(&manifest.config),
-            reference,
-        )
-        .await?;
+        let _lock = lock_blob(store, &in_flight, &manifest.config.digest, reference).await?;
+        if !store.has_blob(&manifest.config.digest) {
+            let progress = report.blob(&manifest.config.digest, manifest.config.size);
+            fetch_blob(
+                &client,
+                &target,
+                store,
+                &manifest.config,
+                &progress,
+                reference,
+            )
+            .await?;
+            progress.finish();
+        }
     }
     let config: super::oci::ConfigFile =
         serde_json::from_slice(&store.read_blob(&manifest.config.digest)?)
@@ -229,20 +240,29 @@ pub async fn pull_async(
         .filter(|(l, _)| seen.insert(l.digest.clone()))
         .collect();
     let jobs = layers.into_iter().map(|(desc, diff_id)| {
-        let bar = new_bar(desc);
-        let (client, target) = (&client, &target);
+        let progress = report.blob(&desc.digest, desc.size);
+        let (client, target, in_flight) = (&client, &target, &in_flight);
         async move {
-            if store.has_blob(&desc.digest) {
-                bar.finish_and_clear();
-            } else {
-                fetch_blob(client, target, store, desc, bar.clone(), reference).await?;
+            if store.has_blob(&desc.digest) && store.layer_dir(diff_id).is_dir() {
+                progress.present();
+                return Ok(());
+            }
+            // Held across download and unpack: another puller of this layer waits here,
+            // then finds both done and skips them.
+            let _lock = lock_blob(store, in_flight, &desc.digest, reference).await?;
+            if store.has_blob(&desc.digest) && store.layer_dir(diff_id).is_dir() {
+                progress.present();
+                return Ok(());
+            }
+            if !store.has_blob(&desc.digest) {
+                fetch_blob(client, target, store, desc, &progress, reference).await?;
             }
             let (s, blob, diff) = (store.clone(), desc.digest.clone(), diff_id.clone());
-            bar.set_message("unpacking");
+            progress.unpacking();
             tokio::task::spawn_blocking(move || s.unpack_layer(&blob, &diff))
                 .await
                 .map_err(|e| pull_error(reference, format!("unpacking was interrupted: {e}")))??;
-            bar.finish_with_message("done");
+            progress.unpacked();
             Ok::<(), ImageError>(())
         }
     });
@@ -253,6 +273,8 @@ pub async fn pull_async(
 
     let lock = store.lock()?;
     let images = store.commit_image(&lock, std::slice::from_ref(reference), &bytes)?;
+    drop(lock);
+    drop(in_flight);
     images
         .into_iter()
         .next()
@@ -279,10 +301,22 @@ fn index_like(bytes: &[u8]) -> bool {
     }
 }
 
-fn short(digest: &Digest) -> String {
-    let text = digest.to_string();
-    let hex = text.split_once(':').map(|(_, h)| h).unwrap_or(&text);
-    hex.chars().take(12).collect()
+/// Takes `digest`'s blob lock on a blocking thread (it may wait for another puller).
+async fn lock_blob(
+    store: &Store,
+    in_flight: &std::sync::Arc<InFlight>,
+    digest: &Digest,
+    reference: &Reference,
+) -> Result<BlobLock, ImageError> {
+    let (s, f, d) = (store.clone(), in_flight.clone(), digest.clone());
+    tokio::task::spawn_blocking(move || s.lock_blob(&f, &d))
+        .await
+        .map_err(|e| {
+            pull_error(
+                reference,
+                format!("waiting for layer {}: {e}", short(digest)),
+            )
+        })?
 }
 
 async fn fetch_blob(
@@ -290,7 +324,7 @@ async fn fetch_blob(
     target: &oci_client::Reference,
     store: &Store,
     desc: &super::oci::Descriptor,
-    bar: ProgressBar,
+    progress: &BlobProgress,
     reference: &Reference,
 ) -> Result<(), ImageError> {
     let descriptor = OciDescriptor {
@@ -305,7 +339,11 @@ async fn fetch_blob(
         .map_err(|e| {
             pull_error(
                 reference,
-                format!("layer {}: {}", short(&desc.digest), describe(&e)),
+                format!(
+                    "layer {}: {}",
+                    short(&desc.digest),
+                    describe(&e, &reference.domain)
+                ),
             )
         })?;
     let mut writer = store.blob_writer(Some(desc.digest.clone()))?;
@@ -317,21 +355,44 @@ async fn fetch_blob(
             path: store.root().to_path_buf(),
             source: e,
         })?;
-        bar.inc(chunk.len() as u64);
+        progress.inc(chunk.len() as u64);
     }
     // The store checks the digest before the blob becomes visible.
     writer.commit()?;
+    progress.downloaded();
     Ok(())
 }
 
-/// The registry's own message when it gave one, else the client's.
-fn describe(e: &oci_client::errors::OciDistributionError) -> String {
+/// The registry's own message when it gave one, else the client's, with what to do
+/// for the errors a user can fix. `registry` is the host the reference names.
+fn describe(e: &oci_client::errors::OciDistributionError, registry: &str) -> String {
     use oci_client::errors::OciDistributionError as E;
+    let login = format!(
+        "give credentials with --username and --password-stdin, or run docker login {registry}"
+    );
     match e {
-        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
-            format!(
-                "{e}; give credentials with --username and --password-stdin, or run docker login"
-            )
+        // The token server (or the registry's basic auth) turned the credentials down.
+        E::AuthenticationFailure(reason) => {
+            let reason = reason.trim();
+            let reason: String = reason.chars().take(200).collect();
+            if reason.is_empty() {
+                format!("registry {registry} refused the credentials; {login}")
+            } else {
+                format!("registry {registry} refused the credentials ({reason}); {login}")
+            }
+        }
+        // Authenticated (or anonymous) but not allowed this repository.
+        E::UnauthorizedError { .. } => format!(
+            "registry {registry} denied access to this repository (no credentials, or \
+             credentials that may not pull it); check the name, then {login}"
+        ),
+        E::RegistryError { envelope, .. } if envelope.errors.iter().any(|e| {
+            matches!(e.code, oci_client::errors::OciErrorCode::Unauthorized | oci_client::errors::OciErrorCode::Denied)
+        }) => format!(
+            "registry {registry} denied access to this repository ({envelope}); check the name, then {login}"
+        ),
+        E::RegistryTokenDecodeError(reason) => {
+            format!("registry {registry}'s token server sent an unreadable token: {reason}")
         }
         E::ImageManifestNotFoundError(_) => format!("{e}; check the name and the tag"),
         _ => e.to_string(),

@@ -5,6 +5,8 @@
 //! layers/<diff_id hex>/  unpacked layers, overlayfs lower dirs, shared by images
 //! index.json             references: "docker.io/library/busybox:latest" -> manifest digest
 //! lock                   flock held by whoever changes the index or collects garbage
+//! gc.lock                flock: shared by every pull in flight, exclusive by garbage collection
+//! locks/<hex>            flock per blob, held while one puller downloads and unpacks it
 //! ```
 //!
 //! Blobs are written through [`BlobWriter`]: a temp file in the blob directory, hashed
@@ -12,6 +14,23 @@
 //! the directory fsynced. Writers share nothing but the directory, so several (a puller
 //! fetching layers concurrently) can stream at once; two writers of the same blob both
 //! succeed and one copy is kept.
+//!
+//! Locking. Three kinds of flock, so they hold across processes (two `berth image pull`
+//! at once) as well as threads (each lock opens its own file description):
+//! - `gc.lock`, shared, for the whole of a pull ([`Store::in_flight`]): a pull writes
+//!   blobs and layers before the image that references them is registered, and garbage
+//!   collection must not take them away meanwhile. Collection only runs when it can
+//!   take `gc.lock` exclusively at once; when a pull is in flight it is deferred (the
+//!   next `image rm` collects), so `image rm` never waits for a slow download.
+//! - `locks/<hex>`, exclusive, around fetching and unpacking one blob
+//!   ([`Store::lock_blob`]): a second puller of the same layer waits, then finds it
+//!   present and skips it, so a layer is downloaded once however many pulls want it.
+//!   Lock files are removed only by garbage collection, which holds `gc.lock`
+//!   exclusively, so no puller can hold or be about to take one.
+//! - `lock`, exclusive, to change `index.json` or collect garbage ([`Store::lock`]).
+//!
+//! Order: `gc.lock` (shared) before a blob lock before `lock`; collection takes `lock`
+//! then only *tries* `gc.lock`, so no cycle can form.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -39,6 +58,18 @@ pub struct Store {
 /// The exclusive store lock; released on drop.
 #[derive(Debug)]
 pub struct StoreLock {
+    _lock: Flock<File>,
+}
+
+/// A pull in flight: garbage collection is deferred while one exists; released on drop.
+#[derive(Debug)]
+pub struct InFlight {
+    _lock: Flock<File>,
+}
+
+/// One blob being fetched (and unpacked) by this puller; released on drop.
+#[derive(Debug)]
+pub struct BlobLock {
     _lock: Flock<File>,
 }
 
@@ -113,7 +144,7 @@ impl Store {
         make_dir(&root)?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
             .map_err(io_err("setting permissions of", &root))?;
-        for sub in ["blobs", "blobs/sha256", "layers"] {
+        for sub in ["blobs", "blobs/sha256", "layers", "locks"] {
             make_dir(&root.join(sub))?;
         }
         Ok(Store { root })
@@ -126,17 +157,39 @@ impl Store {
 
     /// Takes the store's exclusive lock, for changing references or collecting garbage.
     pub fn lock(&self) -> Result<StoreLock, ImageError> {
-        let path = self.root.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err("opening", &path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_err("locking", &path)(e.into()))?;
+        let lock = flock(&self.root.join("lock"), FlockArg::LockExclusive)?
+            .ok_or_else(|| io_err("locking", &self.root)(io::ErrorKind::WouldBlock.into()))?;
         Ok(StoreLock { _lock: lock })
+    }
+
+    /// Marks a pull in flight until dropped (see the module doc); waits only while a
+    /// garbage collection runs.
+    pub fn in_flight(&self) -> Result<InFlight, ImageError> {
+        let lock = flock(&self.gc_lock_path(), FlockArg::LockShared)?
+            .ok_or_else(|| io_err("locking", &self.root)(io::ErrorKind::WouldBlock.into()))?;
+        Ok(InFlight { _lock: lock })
+    }
+
+    fn gc_lock_path(&self) -> PathBuf {
+        self.root.join("gc.lock")
+    }
+
+    /// The lock file of one blob.
+    pub fn blob_lock_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("locks").join(digest.hex())
+    }
+
+    /// Takes the lock of one blob, waiting while another puller holds it. The caller
+    /// holds an [`InFlight`] (so collection cannot remove the lock file meanwhile) and
+    /// checks [`Store::has_blob`] again once it has the lock.
+    pub fn lock_blob(
+        &self,
+        _in_flight: &InFlight,
+        digest: &Digest,
+    ) -> Result<BlobLock, ImageError> {
+        let lock = flock(&self.blob_lock_path(digest), FlockArg::LockExclusive)?
+            .ok_or_else(|| io_err("locking", &self.root)(io::ErrorKind::WouldBlock.into()))?;
+        Ok(BlobLock { _lock: lock })
     }
 
     fn blob_dir(&self) -> PathBuf {
@@ -366,8 +419,10 @@ impl Store {
         Ok(target)
     }
 
-    /// Deletes blobs and unpacked layers not in `keep_blobs` / `keep_layers`. The caller
-    /// holds the lock. Temp files of writers in progress are left alone.
+    /// Deletes blobs and unpacked layers not in `keep_blobs` / `keep_layers`, unless a
+    /// pull is in flight, in which case nothing is deleted and the sweep says
+    /// `deferred`. The caller holds the lock. Temp files of writers in progress are left
+    /// alone.
     pub fn sweep(
         &self,
         _lock: &StoreLock,
@@ -375,6 +430,18 @@ impl Store {
         keep_layers: &BTreeSet<Digest>,
     ) -> Result<Sweep, ImageError> {
         let mut swept = Sweep::default();
+        // Never wait here: a pull holding gc.lock may be waiting for `lock`, which our
+        // caller holds.
+        let Some(_no_pulls) = flock(&self.gc_lock_path(), FlockArg::LockExclusiveNonblock)? else {
+            swept.deferred = true;
+            return Ok(swept);
+        };
+        // No puller holds or waits for a blob lock now; their files can go.
+        let locks = self.root.join("locks");
+        for entry in fs::read_dir(&locks).map_err(io_err("listing", &locks))? {
+            let path = entry.map_err(io_err("listing", &locks))?.path();
+            fs::remove_file(&path).map_err(io_err("removing", &path))?;
+        }
         for blob in self.blobs()?.difference(keep_blobs) {
             let path = self.blob_path(blob);
             fs::remove_file(&path).map_err(io_err("removing", &path))?;
@@ -393,6 +460,24 @@ impl Store {
 pub struct Sweep {
     pub blobs: usize,
     pub layers: usize,
+    /// A pull was in flight, so nothing was deleted; the next collection will.
+    pub deferred: bool,
+}
+
+/// Takes a flock on `path` (created if needed); `None` if a non-blocking lock is busy.
+fn flock(path: &Path, how: FlockArg) -> Result<Option<Flock<File>>, ImageError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("opening", path))?;
+    match Flock::lock(file, how) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(io_err("locking", path)(e.into())),
+    }
 }
 
 fn remove_tree(path: &Path) -> Result<(), ImageError> {
@@ -541,6 +626,39 @@ mod tests {
             assert_eq!(h.join().unwrap().unwrap(), Digest::of(&data));
         }
         assert_eq!(fs::read_dir(store.blob_dir()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn collection_is_deferred_while_a_pull_is_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let orphan = store.put_blob(b"no image uses this", None).unwrap();
+        let pull = store.in_flight().unwrap();
+        let lock = store.blob_lock_path(&orphan);
+        drop(store.lock_blob(&pull, &orphan).unwrap());
+        assert!(lock.is_file());
+
+        let index = store.lock().unwrap();
+        let swept = store
+            .sweep(&index, &BTreeSet::new(), &BTreeSet::new())
+            .unwrap();
+        assert_eq!(
+            swept,
+            Sweep {
+                blobs: 0,
+                layers: 0,
+                deferred: true
+            }
+        );
+        assert!(store.has_blob(&orphan) && lock.is_file());
+
+        drop(pull);
+        let swept = store
+            .sweep(&index, &BTreeSet::new(), &BTreeSet::new())
+            .unwrap();
+        assert_eq!((swept.blobs, swept.deferred), (1, false));
+        assert!(!store.has_blob(&orphan));
+        assert!(!lock.exists(), "blob lock files go with collection");
     }
 
     #[test]
