@@ -653,3 +653,23 @@ fn example_workers_share_the_queue_and_scale() {
         assert!(f.example("workers", &["down", "-v"]).status.success());
     }
 }
+
+#[test]
+fn an_image_in_use_cannot_be_removed_until_its_containers_are() {
+    let compose = format!(
+        "services:\n  web:\n    image: busybox:local\n    command: [\"sh\", \"-c\", \"{SLEEPER}\"]\n"
+    );
+    let mut f = Fixture::new("inuse", &compose);
+    f.start_daemon();
+    f.ok(&["up", "-d"]);
+    let out = f.berth(&["image", "rm", "busybox:local"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is used by container(s)") && err.contains(&f.project),
+        "{err}"
+    );
+    f.ok(&["down"]);
+    f.ok(&["image", "rm", "busybox:local"]);
+    assert!(!f.ok(&["image", "ls"]).contains("busybox"));
+}

@@ -122,6 +122,8 @@ impl Executor {
                 }
             }
             Err((state, message)) => {
+                // Nothing of the container is left: neither is its claim on the image.
+                let _ = self.unpin(&task.id);
                 status.state = Some(state);
                 status.message = message;
                 status.finished_at = Some(now_ms());
@@ -171,6 +173,10 @@ impl Executor {
         // A container left by an earlier attempt of this very task (a crash between
         // prepare and create) is cleared first.
         let _ = container::remove(&self.state_dir, &task.id);
+        // Its layers are the container's lower dirs now: keep them from collection.
+        store
+            .pin(&task.id, &image)
+            .map_err(|e| (TaskState::Failed, e.to_string()))?;
         let prepared =
             container::prepare(&store, &image, service, &ctx).map_err(|e| reject(e.to_string()))?;
         // The shim loads the bundle from disk: it may outlive this process.
@@ -236,7 +242,8 @@ impl Executor {
             Ok(()) | Err(ShimError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
-        .and_then(|()| container::remove(&self.state_dir, &task.id).map_err(|e| e.to_string()));
+        .and_then(|()| container::remove(&self.state_dir, &task.id).map_err(|e| e.to_string()))
+        .and_then(|()| self.unpin(&task.id));
         match deleted {
             Ok(()) => status.state = Some(TaskState::Removed),
             Err(e) => status.message = format!("could not remove the container: {e}"),
@@ -251,6 +258,13 @@ impl Executor {
         let _ = shim::stop(&root, id, libc::SIGKILL, Duration::from_secs(5));
         let _ = shim::delete(&root, id);
         let _ = container::remove(&self.state_dir, id);
+        let _ = self.unpin(id);
+    }
+
+    fn unpin(&self, id: &str) -> Result<(), String> {
+        Store::open(&self.state_dir)
+            .and_then(|s| s.unpin(id))
+            .map_err(|e| e.to_string())
     }
 
     pub fn log_path(&self, id: &str) -> PathBuf {

@@ -1,7 +1,7 @@
 //! Images as the rest of the agent sees them: a reference resolved to its manifest,
 //! config and layers, plus listing, removal and garbage collection.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -179,20 +179,49 @@ impl Store {
         Ok(images)
     }
 
-    /// Removes `reference`, then everything no remaining image uses.
+    /// Removes `reference`, then everything no remaining image uses. An image that a
+    /// container uses (see [`Store::pin`]) keeps its last reference: removing it is an
+    /// error naming the containers, as Docker's `rmi` is.
     pub fn remove_image(&self, reference: &Reference) -> Result<Sweep, ImageError> {
         let lock = self.lock()?;
+        if let Ok(image) = self.image(reference) {
+            let others = self
+                .references()?
+                .iter()
+                .filter(|(name, d)| **d == image.manifest_digest && **name != reference.to_string())
+                .count();
+            let users: Vec<String> = self
+                .pins()?
+                .into_iter()
+                .filter(|(_, d)| *d == image.manifest_digest)
+                .map(|(c, _)| c)
+                .collect();
+            if others == 0 && !users.is_empty() {
+                return Err(ImageError::InUse {
+                    image: reference.familiar(),
+                    containers: users.join(", "),
+                });
+            }
+        }
         if !self.remove_reference(&lock, reference)? {
             return Err(ImageError::NotFound(reference.familiar()));
         }
         self.collect_garbage(&lock)
     }
 
-    /// Deletes blobs and unpacked layers that no reference reaches.
+    /// Deletes blobs and unpacked layers that no reference and no container reaches.
     pub fn collect_garbage(&self, lock: &StoreLock) -> Result<Sweep, ImageError> {
         let mut blobs = BTreeSet::new();
         let mut layers = BTreeSet::new();
-        for image in self.images()? {
+        let mut images = self.images()?;
+        // The reference only labels the image read; a pin has none of its own.
+        let label = Reference::parse("berth/pinned")?;
+        for manifest in self.pins()?.into_values() {
+            if let Ok(image) = self.read_image(label.clone(), &manifest) {
+                images.push(image);
+            }
+        }
+        for image in images {
             blobs.insert(image.manifest_digest);
             blobs.insert(image.config_digest);
             for layer in image.layers {
@@ -201,5 +230,69 @@ impl Store {
             }
         }
         self.sweep(lock, &blobs, &layers)
+    }
+
+    fn pins_dir(&self) -> PathBuf {
+        self.root().join("pins")
+    }
+
+    /// Records that container `container` uses `image`, so that garbage collection
+    /// keeps its layers (an overlayfs lower dir must not vanish under a container) and
+    /// `remove_image` refuses to drop its last name. Undone by [`Store::unpin`].
+    pub fn pin(&self, container: &str, image: &Image) -> Result<(), ImageError> {
+        let _lock = self.lock()?;
+        // Under the lock: the image cannot be collected between this check and the pin.
+        self.read_blob(&image.manifest_digest)?;
+        let dir = self.pins_dir();
+        let io = |op: &'static str, path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| ImageError::Io { op, path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let path = dir.join(container);
+        std::fs::write(&path, image.manifest_digest.to_string()).map_err(io("write", &path))
+    }
+
+    /// Forgets a [`Store::pin`]; a missing pin is not an error.
+    pub fn unpin(&self, container: &str) -> Result<(), ImageError> {
+        let path = self.pins_dir().join(container);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ImageError::Io {
+                op: "remove",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Container -> manifest digest, for every pin.
+    fn pins(&self) -> Result<BTreeMap<String, Digest>, ImageError> {
+        let dir = self.pins_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(source) => {
+                return Err(ImageError::Io {
+                    op: "read",
+                    path: dir,
+                    source,
+                })
+            }
+        };
+        let mut out = BTreeMap::new();
+        for e in entries.flatten() {
+            let (Some(name), Ok(text)) = (
+                e.file_name().to_str().map(String::from),
+                std::fs::read_to_string(e.path()),
+            ) else {
+                continue;
+            };
+            if let Ok(d) = text.trim().parse::<Digest>() {
+                out.insert(name, d);
+            }
+        }
+        Ok(out)
     }
 }

@@ -44,6 +44,8 @@ pub enum ImageError {
     },
     #[error("image {0:?} not found; import it with berth image import, load it with berth image load, or pull it")]
     NotFound(String),
+    #[error("image {image:?} is used by container(s) {containers}: remove them first (berth down, or berth rm)")]
+    InUse { image: String, containers: String },
     #[error(transparent)]
     Reference(#[from] reference::ReferenceError),
     #[error(transparent)]
