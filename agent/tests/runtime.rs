@@ -389,3 +389,26 @@ fn which(program: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(program))
         .find(|p| p.is_file())
 }
+
+#[test]
+fn spawn_returns_once_the_program_runs_and_wait_reports_and_cleans_up() {
+    let b = TestBundle::new(
+        "spawn",
+        "while [ ! -e /tmp/go ]; do sleep 0.01; done; exit 7",
+    );
+    b.write();
+    let _cleanup = testkit::CgroupGuard(b.id.clone());
+    let bundle = Bundle::load(b.path()).unwrap();
+    let container = runtime::spawn(&bundle, &b.id, &RunOptions::default()).unwrap();
+    let pid = container.pid();
+    // spawn returned after execve: the process is busybox, not a copy of this test.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(exe.ends_with("busybox"), "{exe:?}");
+    let cgroup = Path::new("/sys/fs/cgroup/pids").join(&b.id);
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+    std::fs::write(format!("/proc/{pid}/root/tmp/go"), "").unwrap();
+    let report = container.wait().unwrap();
+    assert_eq!((report.code, report.signal), (Some(7), None));
+    assert!(!cgroup.exists());
+}
