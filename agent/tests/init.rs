@@ -193,3 +193,67 @@ fn with_init_the_programs_handler_runs_and_its_status_is_the_containers() {
     assert_eq!(report.code, Some(3), "{report:?} {}", c.output());
     assert!(c.output().contains("got-term"), "{}", c.output());
 }
+
+#[test]
+fn compose_init_true_runs_the_service_under_berths_init() {
+    use agent::container::{self, ContainerContext};
+    use agent::image::{self, Store};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("src/rootfs");
+    testkit::busybox_rootfs(&root).unwrap();
+    let tar = tmp.path().join("src/rootfs.tar");
+    testkit::tar_dir(&root, &tar).unwrap();
+    let state = tmp.path().join("state");
+    let store = Store::open(&state).unwrap();
+    let img = image::import(&store, &tar, "test/busybox:1").unwrap();
+    let id = testkit::unique_name("compose");
+    let _cgroup = testkit::CgroupGuard(id.clone());
+    let ctx = ContainerContext {
+        service: "web".into(),
+        state_dir: state.clone(),
+        hostname: "web-1".into(),
+        cgroups_path: Some(PathBuf::from(format!("/{id}"))),
+        id: id.clone(),
+        ..ContainerContext::default()
+    };
+    let service = spec::model::Service {
+        image: Some("test/busybox:1".into()),
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/1/comm; echo me=$$".into(),
+        ]),
+        init: Some(true),
+        ..spec::model::Service::default()
+    };
+    /// Unmounts the rootfs and removes the container's directory, even on failure.
+    struct Remove(PathBuf, String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = container::remove(&self.0, &self.1);
+        }
+    }
+    let _remove = Remove(state.clone(), id.clone());
+    let prepared = container::prepare(&store, &img, &service, &ctx).unwrap();
+    let annotations = prepared.bundle.spec.annotations().clone().unwrap();
+    assert_eq!(annotations[runtime::INIT_ANNOTATION], "true");
+    let out_path = tmp.path().join("out");
+    let out = File::create(&out_path).unwrap();
+    let opts = RunOptions {
+        stdio: Stdio {
+            stdin: None,
+            stdout: Some(out.as_fd()),
+            stderr: Some(out.as_fd()),
+        },
+        ..RunOptions::default()
+    };
+    let result = runtime::run(&prepared.bundle, &id, &opts);
+    let text = std::fs::read_to_string(out_path).unwrap();
+    assert_eq!(result.unwrap().status(), 0, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    // PID 1 is berth's init, named so (not the caller's command line, a host path),
+    // and the program is not PID 1.
+    assert_eq!(lines[0].trim(), "berth-init", "{text}");
+    assert_eq!(lines[1], "berth-init", "{text}");
+    assert_ne!(lines[2], "me=1", "{text}");
+}

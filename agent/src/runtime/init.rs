@@ -56,6 +56,10 @@ pub(crate) struct InitPlan {
     /// Run berth's minimal init as PID 1 (the bundle's `berth.init` annotation): it
     /// forks the program, forwards signals to it and reaps every zombie.
     pub init: bool,
+    /// With `init`: where this process's argv lives (arg_start, arg_end from
+    /// /proc/self/stat), which PID 1 overwrites with `berth-init`, so that the
+    /// container's `ps` does not show the caller's command line (a host path).
+    pub own_args: Option<(usize, usize)>,
     /// For `exec` with a terminal: the socket on which to send the master of a pty
     /// opened in the container's own /dev/pts (see `exec.rs`).
     pub tty_socket: Option<RawFd>,
@@ -580,6 +584,16 @@ fn init_and_exec(plan: &InitPlan, error_pipe: RawFd) -> Result<std::convert::Inf
         // the program execs, and the shim's pipes must not be held open by us.
         let _ = error_pipe;
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        // Our copy of the caller's argv (this process's own memory: no CLONE_VM)
+        // becomes "berth-init", and so does the command name.
+        if let Some((start, end)) = plan.own_args {
+            const NAME: &[u8] = b"berth-init\0";
+            if end > start + NAME.len() {
+                std::ptr::write_bytes(start as *mut u8, 0, end - start);
+                std::ptr::copy_nonoverlapping(NAME.as_ptr(), start as *mut u8, NAME.len());
+            }
+        }
+        libc::prctl(libc::PR_SET_NAME, c"berth-init".as_ptr(), 0, 0, 0);
         supervise(pid as libc::pid_t, &all)
     }
 }

@@ -407,6 +407,9 @@ fn plan_init(
     plan.readonly = paths(linux.readonly_paths())?;
     plan.kill_with_parent = opts.kill_with_parent;
     plan.init = wants_init(spec)?;
+    if plan.init {
+        plan.own_args = own_args();
+    }
     Ok(plan)
 }
 
@@ -483,12 +486,23 @@ pub(crate) fn plan_process(
         envp_ptrs: Vec::new(),
         kill_with_parent: false,
         init: false,
+        own_args: None,
         tty_socket: None,
     })
 }
 
 /// The annotation that asks for berth's init as PID 1 (Compose's `init: true`).
 pub const INIT_ANNOTATION: &str = "berth.init";
+
+/// Where this process's argv strings are (fields 48 and 49 of /proc/self/stat).
+fn own_args() -> Option<(usize, usize)> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(45);
+    let start = fields.next()?.parse().ok()?;
+    let end = fields.next()?.parse().ok()?;
+    (start != 0 && end > start).then_some((start, end))
+}
 
 fn wants_init(spec: &Spec) -> Result<bool, RuntimeError> {
     match spec
