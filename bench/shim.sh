@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Memory of the per-container shim: creates 10 detached containers running `sleep`,
-# prints the RSS (and PSS) of each shim and of its runner process, for the small
-# `berth-shim` program and for `berth runtime shim` (the berth binary re-executed),
-# then stops and deletes them. Run as root from the repository root: bench/shim.sh
+# prints the RSS (and PSS) of each shim (the container's parent: there is no other
+# berth process per container; the script checks that the shim's only child is the
+# container), for the small `berth-shim` program and for `berth runtime shim` (the
+# berth binary re-executed), then stops and deletes them. Run as root from the
+# repository root: bench/shim.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +43,6 @@ kb() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/$3"; }
 measure() { # label, BERTH_SHIM value
   local label="$1" shim="$2" i id state pid runner
   echo "== $label ($(du -h "${shim/builtin/$BERTH}" | cut -f1) binary)"
-  printf "%-8s %8s %10s %12s %10s %12s\n" container shim-pid shim-RSS runner-RSS shim-PSS runner-PSS
   for i in $(seq 1 "$N"); do
     id="shimbench-$label-$i-$$"
     ids+=("$id")
@@ -56,14 +57,17 @@ PY
     ids_pids+=("$pid")
   done
   sleep 1
-  local total=0 n=0
+  local total=0 totalpss=0 n=0 children pss
+  printf "%-8s %8s %10s %10s %s\n" container shim-pid shim-RSS shim-PSS "shim's children"
   for pid in "${ids_pids[@]}"; do
-    runner="$(cat "/proc/$pid/task/$pid/children" | awk '{print $1}')"
+    children="$(cat "/proc/$pid/task/$pid/children")"
     local rss; rss="$(kb "$pid" VmRSS status)"
-    printf '%-8s %8s %7s kB %9s kB %7s kB %9s kB\n' "#$((n + 1))" "$pid" "$rss" \
-      "$(kb "$runner" VmRSS status)" "$(kb "$pid" Pss smaps_rollup)" "$(kb "$runner" Pss smaps_rollup)"
-    total=$((total + rss)); n=$((n + 1))
+    pss="$(kb "$pid" Pss smaps_rollup)"
+    printf '%-8s %8s %7s kB %7s kB %s\n' "#$((n + 1))" "$pid" "$rss" "$pss" \
+      "$children($(tr '\0' ' ' < "/proc/${children%% *}/cmdline"))"
+    total=$((total + rss)); totalpss=$((totalpss + pss)); n=$((n + 1))
   done
+  echo "mean shim PSS: $((totalpss / n)) kB"
   echo "mean shim RSS: $((total / n)) kB"
   ids_pids=()
 }

@@ -389,3 +389,133 @@ fn which(program: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(program))
         .find(|p| p.is_file())
 }
+
+#[test]
+fn spawn_returns_once_the_program_runs_and_wait_reports_and_cleans_up() {
+    let b = TestBundle::new(
+        "spawn",
+        "while [ ! -e /tmp/go ]; do sleep 0.01; done; exit 7",
+    );
+    b.write();
+    let _cleanup = testkit::CgroupGuard(b.id.clone());
+    let bundle = Bundle::load(b.path()).unwrap();
+    let container = runtime::spawn(&bundle, &b.id, &RunOptions::default()).unwrap();
+    let pid = container.pid();
+    // spawn returned after execve: the process is busybox, not a copy of this test.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(exe.ends_with("busybox"), "{exe:?}");
+    let cgroup = Path::new("/sys/fs/cgroup/pids").join(&b.id);
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+    std::fs::write(format!("/proc/{pid}/root/tmp/go"), "").unwrap();
+    let report = container.wait().unwrap();
+    assert_eq!((report.code, report.signal), (Some(7), None));
+    assert!(!cgroup.exists());
+}
+
+#[test]
+fn a_user_namespace_maps_root_inside_to_an_unprivileged_uid_outside() {
+    use oci_spec::runtime::LinuxIdMappingBuilder;
+    let mut b = TestBundle::new(
+        "userns",
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; stat -c %u /bin/busybox; \
+         echo ready; while [ ! -e /tmp/go ]; do sleep 0.01; done",
+    );
+    let map = || {
+        vec![LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(100_000u32)
+            .size(65_536u32)
+            .build()
+            .unwrap()]
+    };
+    let linux = b.linux();
+    let mut namespaces = linux.namespaces().clone().unwrap();
+    namespaces.push(
+        oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::User)
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(namespaces));
+    linux.set_uid_mappings(Some(map()));
+    linux.set_gid_mappings(Some(map()));
+    b.write();
+    let _cleanup = testkit::CgroupGuard(b.id.clone());
+    let out_path = b.path().join("output");
+    let out = File::create(&out_path).unwrap();
+    let bundle = Bundle::load(b.path()).unwrap();
+    let opts = RunOptions {
+        stdio: Stdio {
+            stdin: None,
+            stdout: Some(out.as_fd()),
+            stderr: Some(out.as_fd()),
+        },
+        ..RunOptions::default()
+    };
+    let container = runtime::spawn(&bundle, &b.id, &opts).unwrap();
+    let pid = container.pid();
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&out_path)
+        .unwrap()
+        .contains("ready")
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{}",
+            std::fs::read_to_string(&out_path).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Seen from the host, the container's root is uid 100000, not root.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().collect::<Vec<_>>(),
+        ["Uid:", "100000", "100000", "100000", "100000"]
+    );
+    // exec joins the user namespace too: root inside, uid 100000 outside.
+    let exec_out_path = b.path().join("exec-output");
+    let exec_out = File::create(&exec_out_path).unwrap();
+    let target = runtime::ExecTarget {
+        id: &b.id,
+        pid,
+        pid_start: runtime::start_time(pid).unwrap(),
+    };
+    let exec_opts = runtime::ExecOptions {
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "id -u; grep Uid /proc/self/uid_map /proc/self/status".into(),
+        ],
+        stdio: Stdio {
+            stdin: None,
+            stdout: Some(exec_out.as_fd()),
+            stderr: Some(exec_out.as_fd()),
+        },
+        ..runtime::ExecOptions::default()
+    };
+    let p = runtime::exec(&bundle, target, &exec_opts).unwrap();
+    let exec_pid = p.pid();
+    let host_view = std::fs::read_to_string(format!("/proc/{exec_pid}/status")).unwrap_or_default();
+    assert_eq!(p.wait().unwrap().status(), 0);
+    let exec_text = std::fs::read_to_string(&exec_out_path).unwrap();
+    assert!(exec_text.starts_with("0\n"), "{exec_text}");
+    if let Some(uid) = host_view.lines().find(|l| l.starts_with("Uid:")) {
+        assert!(uid.contains("100000"), "{uid}");
+    }
+    std::fs::write(format!("/proc/{pid}/root/tmp/go"), "").unwrap();
+    let report = container.wait().unwrap();
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    assert_eq!(report.status(), 0, "{text}");
+    let lines: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // Inside: the mapping, root, and the host's root-owned files as the overflow uid.
+    assert_eq!(lines[0], ["0", "100000", "65536"], "{text}");
+    assert_eq!(lines[1], ["0", "100000", "65536"], "{text}");
+    assert_eq!(lines[2], ["0"], "{text}");
+    assert_eq!(lines[3], ["0"], "{text}");
+    assert_eq!(lines[4], ["65534"], "{text}");
+}

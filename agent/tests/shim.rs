@@ -287,3 +287,93 @@ fn a_container_that_cannot_start_returns_the_runtimes_error_and_leaves_nothing()
     );
     assert!(!c.dir().exists());
 }
+
+/// Field `n` (1-based, as in proc(5)) of /proc/<pid>/stat.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    rest.split_whitespace().nth(n - 3).map(str::to_string)
+}
+
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    ["memory", "pids", "cpu", "unified", ""]
+        .iter()
+        .map(|c| Path::new("/sys/fs/cgroup").join(c).join(id))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_containers_first_process_is_the_shims_own_child() {
+    let c = TestContainer::new("parent", "sleep 1000");
+    let s = c.create();
+    let pid = s.pid.unwrap();
+    // No runner process in between: the shim cloned the container itself.
+    assert_eq!(stat_field(pid, 4).unwrap(), s.shim_pid.to_string());
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", s.shim_pid)).unwrap();
+    assert_eq!(
+        children.split_whitespace().collect::<Vec<_>>(),
+        [pid.to_string()]
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.shim_pid)).unwrap();
+    assert!(status.contains("Threads:\t1\n"), "{status}");
+    assert_eq!(s.cgroup, Some(PathBuf::from(&c.id)));
+}
+
+#[test]
+fn a_shim_killed_by_hand_takes_its_container_with_it_and_delete_cleans_up() {
+    let c = TestContainer::new("shimkill", "sleep 1000 & sleep 1000 & echo ready; wait");
+    let s = c.create();
+    c.wait_for_log("ready\n");
+    let pid = s.pid.unwrap();
+    let pid_start = stat_field(pid, 22).unwrap();
+    assert!(!cgroup_dirs(&c.id).is_empty());
+    // SAFETY: signalling the shim this test started.
+    unsafe { libc::kill(s.shim_pid, libc::SIGKILL) };
+    // The container's init (and with it its pid namespace) dies with the shim.
+    wait_until("the container has died", || {
+        stat_field(pid, 22).as_deref() != Some(pid_start.as_str())
+            || stat_field(pid, 3).as_deref() == Some("Z")
+    });
+    let after = shim::state(c.state(), &c.id).unwrap();
+    assert_eq!(after.status, Status::Stopped, "{after:?}");
+    let error = after.error.clone().unwrap();
+    assert!(
+        error.contains("shim") && error.contains("killed") && error.contains("delete"),
+        "{error}"
+    );
+    assert_eq!(after.exit, None);
+    assert_eq!(shim::list(c.state()).unwrap()[0].status, Status::Stopped);
+    assert_eq!(
+        shim::wait(c.state(), &c.id, Some(DEADLINE)).unwrap().status,
+        Status::Stopped
+    );
+    let err = shim::kill(c.state(), &c.id, libc::SIGTERM)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not running") && err.contains("shim"), "{err}");
+    // The shim could not remove the (now empty) cgroup; delete does.
+    wait_until("the cgroup is empty", || {
+        cgroup_dirs(&c.id).iter().all(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .map(|p| p.trim().is_empty())
+                .unwrap_or(true)
+        })
+    });
+    assert!(
+        !cgroup_dirs(&c.id).is_empty(),
+        "the cgroup should still be there"
+    );
+    shim::delete(c.state(), &c.id).unwrap();
+    assert!(cgroup_dirs(&c.id).is_empty(), "{:?}", cgroup_dirs(&c.id));
+    assert!(!c.dir().exists());
+}

@@ -32,6 +32,8 @@ pub enum RuntimeCommand {
     List,
     /// Print a container's logs
     Logs(LogsArgs),
+    /// Run a command in a running container, like `docker exec`
+    Exec(ExecArgs),
     /// The shim itself, started by `create` (internal)
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -92,6 +94,27 @@ pub struct LogsArgs {
     json: bool,
     /// The container id
     id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Run the command on a new terminal (relayed to this one)
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass this one's value)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Run as this user (name or uid, with an optional :group)
+    #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// The working directory inside the container
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// The container id
+    id: String,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +187,7 @@ pub fn run(state_dir: &Path, cmd: &RuntimeCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RuntimeCommand::Logs(a) => print_logs(state_dir, a),
+        RuntimeCommand::Exec(a) => exec_in(state_dir, a),
         RuntimeCommand::Shim(a) => {
             let code = shim::shim_main(&a.dir);
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
@@ -227,6 +251,41 @@ fn print_logs(state_dir: &Path, a: &LogsArgs) -> anyhow::Result<ExitCode> {
     };
     shim::logs(state_dir, &a.id, opts, &mut sink)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `berth runtime exec`: exits with the process's status (128 + n if signal n killed
+/// it). With `-t` the command gets a terminal of this one's size, relayed with this
+/// terminal in raw mode (restored afterwards), resized when this one is.
+fn exec_in(state_dir: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode> {
+    use std::os::fd::AsRawFd;
+    let mut env = Vec::new();
+    for e in &a.env {
+        if e.contains('=') {
+            env.push(e.clone());
+        } else if let Ok(v) = std::env::var(e) {
+            env.push(format!("{e}={v}"));
+        }
+    }
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let tty = a.tty.then(|| {
+        runtime::window_size(stdin.as_raw_fd())
+            .or_else(|| runtime::window_size(stdout.as_raw_fd()))
+            .unwrap_or(runtime::WindowSize { rows: 24, cols: 80 })
+    });
+    let opts = runtime::ExecOptions {
+        args: a.cmd.clone(),
+        env,
+        cwd: a.workdir.clone(),
+        tty,
+        ..runtime::ExecOptions::default()
+    };
+    let mut process = shim::exec(state_dir, &a.id, a.user.as_deref(), opts)?;
+    if let Some(master) = process.take_master() {
+        runtime::relay_stdio(&master)?;
+    }
+    let report = process.wait()?;
+    Ok(ExitCode::from(report.status().clamp(0, 255) as u8))
 }
 
 fn run_bundle(args: &RunArgs) -> anyhow::Result<ExitCode> {

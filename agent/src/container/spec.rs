@@ -35,11 +35,12 @@ pub fn bundle_for(
     let rootfs = ctx.dir().join("rootfs");
     let root = inroot::open_root(&rootfs).map_err(ctx.io("open rootfs", &rootfs))?;
 
+    // `init: true`: berth's own init is PID 1 (forwards signals, reaps zombies), asked
+    // of the runtime with an annotation (see `runtime::INIT_ANNOTATION`).
     if service.init == Some(true) {
-        return Err(ctx.field(
-            "init",
-            "an init process is not supported yet; remove init: true",
-        ));
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
+        annotations.insert(runtime::INIT_ANNOTATION.to_string(), "true".to_string());
+        spec.set_annotations(Some(annotations));
     }
 
     // User: the service's, else the image's; resolved in the image's own files.

@@ -50,6 +50,19 @@ pub(crate) struct InitPlan {
     /// in the parent (the child sees the same addresses in its copy of memory).
     pub argv_ptrs: Vec<*const libc::c_char>,
     pub envp_ptrs: Vec<*const libc::c_char>,
+    /// Kill the container (SIGKILL) when the process that started it dies: the
+    /// shim's contract (see `shim`), so that no container outlives its shim unseen.
+    pub kill_with_parent: bool,
+    /// Run berth's minimal init as PID 1 (the bundle's `berth.init` annotation): it
+    /// forks the program, forwards signals to it and reaps every zombie.
+    pub init: bool,
+    /// With `init`: where this process's argv lives (arg_start, arg_end from
+    /// /proc/self/stat), which PID 1 overwrites with `berth-init`, so that the
+    /// container's `ps` does not show the caller's command line (a host path).
+    pub own_args: Option<(usize, usize)>,
+    /// For `exec` with a terminal: the socket on which to send the master of a pty
+    /// opened in the container's own /dev/pts (see `exec.rs`).
+    pub tty_socket: Option<RawFd>,
 }
 
 impl InitPlan {
@@ -103,6 +116,10 @@ pub(crate) enum Step {
     CwdOutsideRoot,
     CloseFds,
     Exec,
+    ParentDeath,
+    InitFork,
+    Fork,
+    Tty,
 }
 
 const STEPS: &[Step] = &[
@@ -139,6 +156,10 @@ const STEPS: &[Step] = &[
     Step::CwdOutsideRoot,
     Step::CloseFds,
     Step::Exec,
+    Step::ParentDeath,
+    Step::InitFork,
+    Step::Fork,
+    Step::Tty,
 ];
 
 /// What the child writes to the error pipe when a step fails.
@@ -251,9 +272,19 @@ fn at(step: Step, index: usize) -> impl Fn(c_int) -> Failure {
 }
 
 /// The child's entry point: runs the plan and execs, or reports the failed step on
-/// `error_pipe` and exits. Never returns.
-pub(crate) fn child_main(plan: &InitPlan, sync_pipe: RawFd, error_pipe: RawFd) -> ! {
-    let failure = match run(plan, sync_pipe) {
+/// `error_pipe` and exits. Never returns. `parent_end` is the parent's end of the sync
+/// pipe, which this copy of the parent's descriptors closes at once: the pipe must
+/// hang up when the parent dies.
+pub(crate) fn child_main(
+    plan: &InitPlan,
+    sync_pipe: RawFd,
+    parent_end: RawFd,
+    error_pipe: RawFd,
+) -> ! {
+    // SAFETY: closing a descriptor number this copy of the process owns.
+    unsafe { libc::close(parent_end) };
+    reset_signals();
+    let failure = match run(plan, sync_pipe, error_pipe) {
         Ok(never) => match never {},
         Err(f) => f,
     };
@@ -266,7 +297,27 @@ pub(crate) fn child_main(plan: &InitPlan, sync_pipe: RawFd, error_pipe: RawFd) -
     }
 }
 
-fn run(plan: &InitPlan, sync_pipe: RawFd) -> Result<std::convert::Infallible, Failure> {
+/// The caller's blocked signals and ignored SIGPIPE (Rust ignores it, the shim blocks
+/// SIGCHLD for its signalfd) would be inherited through execve: the program gets a
+/// clean slate, as under Docker.
+pub(crate) fn reset_signals() {
+    // SAFETY: sigemptyset fills a stack sigset; sigprocmask and sigaction are system
+    // calls over stack data; both are async-signal-safe.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
+    }
+}
+
+fn run(
+    plan: &InitPlan,
+    sync_pipe: RawFd,
+    error_pipe: RawFd,
+) -> Result<std::convert::Infallible, Failure> {
     // SAFETY: every call in this block is a system call on descriptors this process
     // owns, or on NUL-terminated strings, integer masks and stack buffers prepared by
     // the parent that outlive the call. Nothing allocates.
@@ -395,6 +446,20 @@ fn run(plan: &InitPlan, sync_pipe: RawFd) -> Result<std::convert::Infallible, Fa
             )
             .map_err(at(Step::ReadonlyRoot, 0))?;
         }
+    }
+    finish(plan, sync_pipe, error_pipe)
+}
+
+/// The part of the init that `exec` shares: oom score, rlimits, umask, no_new_privs,
+/// identity and capabilities, cwd, descriptors, seccomp, then execve (through berth's
+/// init when the plan asks for it).
+pub(crate) fn finish(
+    plan: &InitPlan,
+    sync_pipe: RawFd,
+    error_pipe: RawFd,
+) -> Result<std::convert::Infallible, Failure> {
+    // SAFETY: as in `run`: system calls over data prepared by the parent.
+    unsafe {
         if let Some(adj) = &plan.oom_score_adj {
             let fd = libc::open(
                 c"/proc/self/oom_score_adj".as_ptr(),
@@ -465,11 +530,252 @@ fn run(plan: &InitPlan, sync_pipe: RawFd) -> Result<std::convert::Infallible, Fa
                 libc::CLOSE_RANGE_CLOEXEC,
             ),
         )?;
+        if plan.kill_with_parent {
+            // After the identity change, which clears the parent-death signal. The
+            // parent holds the sync pipe's write end until we have exec'd: a hang-up
+            // now means it died before the signal was armed.
+            check(
+                Step::ParentDeath,
+                0,
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as c_long,
+            )?;
+            let mut pfd = libc::pollfd {
+                fd: sync_pipe,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut pfd, 1, 0) > 0 && pfd.revents & libc::POLLHUP != 0 {
+                return Err(fail(Step::ParentDeath, 1, libc::ESRCH));
+            }
+        }
         if plan.no_new_privs {
             install_seccomp(&plan.seccomp)?;
         }
+        if plan.init {
+            return init_and_exec(plan, error_pipe);
+        }
         exec(plan)
     }
+}
+
+/// berth's init (like tini, docker-init): PID 1 forks the program and stays, so that
+/// signals reach it (a pid namespace's init ignores signals it has no handler for) and
+/// orphans are reaped. Runs with the container's identity, capabilities and seccomp
+/// filter already in place, allocation-free like the rest of this file.
+fn init_and_exec(plan: &InitPlan, error_pipe: RawFd) -> Result<std::convert::Infallible, Failure> {
+    // SAFETY: signal-mask calls over stack sigsets, a fork-like raw clone (no
+    // CLONE_VM: the child has its own copy of memory), close_range, and `supervise`,
+    // which makes only system calls.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        // Blocked before the fork: no signal can slip between it and the wait loop.
+        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as c_long, 0, 0, 0, 0);
+        if pid < 0 {
+            return Err(fail(Step::InitFork, 0, errno()));
+        }
+        if pid == 0 {
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            return exec(plan);
+        }
+        // PID 1 keeps no descriptor beyond stdio: the error pipe must reach EOF when
+        // the program execs, and the shim's pipes must not be held open by us.
+        let _ = error_pipe;
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        // Our copy of the caller's argv (this process's own memory: no CLONE_VM)
+        // becomes "berth-init", and so does the command name.
+        if let Some((start, end)) = plan.own_args {
+            const NAME: &[u8] = b"berth-init\0";
+            if end > start + NAME.len() {
+                std::ptr::write_bytes(start as *mut u8, 0, end - start);
+                std::ptr::copy_nonoverlapping(NAME.as_ptr(), start as *mut u8, NAME.len());
+            }
+        }
+        libc::prctl(libc::PR_SET_NAME, c"berth-init".as_ptr(), 0, 0, 0);
+        supervise(pid as libc::pid_t, &all)
+    }
+}
+
+/// PID 1's loop: every signal but SIGCHLD goes to the program; SIGCHLD reaps every
+/// zombie; when the program is reaped, exit with its status (128 + n if signal n killed
+/// it, the shell convention, since PID 1 cannot die of its own signal).
+fn supervise(child: libc::pid_t, all: &libc::sigset_t) -> ! {
+    loop {
+        // SAFETY: sigwaitinfo with a valid set and no info buffer.
+        let sig = unsafe { libc::sigwaitinfo(all, std::ptr::null_mut()) };
+        if sig < 0 {
+            continue;
+        }
+        if sig != libc::SIGCHLD {
+            // SAFETY: kill with plain integers.
+            unsafe { libc::kill(child, sig) };
+            continue;
+        }
+        let mut exit = None;
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into our stack variable.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            if pid == child {
+                exit = Some(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                });
+            }
+        }
+        if let Some(code) = exit {
+            // SAFETY: ends PID 1; the kernel kills what is left of the namespace.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+/// The descriptors of an `exec`'s child (see `exec.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExecFds {
+    /// A pidfd of the container's first process, to join its namespaces through.
+    pub pidfd: RawFd,
+    /// Which namespaces to join (CLONE_NEW* flags): those that differ from ours.
+    pub ns_flags: c_int,
+    /// Where the intermediate process writes the pid of the process it forks.
+    pub pid_pipe: RawFd,
+    pub sync_pipe: RawFd,
+    /// The parent's end of the sync pipe, closed here at once.
+    pub parent_end: RawFd,
+    pub error_pipe: RawFd,
+}
+
+/// The entry point of `exec`'s child: join the container's namespaces, fork once more
+/// (the pid namespace applies to children only; CLONE_PARENT makes the new process
+/// the caller's child, so the caller waits for it), report its pid and exit; the new
+/// process sets up its terminal or stdio, waits until the parent has put it in the
+/// container's cgroup, then runs the shared end of the init (`finish`). Never returns.
+pub(crate) fn exec_child_main(plan: &InitPlan, fds: ExecFds) -> ! {
+    // SAFETY: closing a descriptor this copy of the process owns.
+    unsafe { libc::close(fds.parent_end) };
+    reset_signals();
+    let failure = match exec_child(plan, fds) {
+        Ok(never) => match never {},
+        Err(f) => f,
+    };
+    let bytes = failure.to_bytes();
+    // SAFETY: as in `child_main`.
+    unsafe {
+        libc::write(fds.error_pipe, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
+}
+
+fn exec_child(plan: &InitPlan, fds: ExecFds) -> Result<std::convert::Infallible, Failure> {
+    // SAFETY: system calls over descriptors we own and data the parent prepared; the
+    // raw clone has no CLONE_VM, so each side has its own copy of memory and stack.
+    unsafe {
+        if fds.ns_flags != 0 {
+            check(
+                Step::Setns,
+                0,
+                libc::setns(fds.pidfd, fds.ns_flags) as c_long,
+            )?;
+        }
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as c_long,
+            0,
+            0,
+            0,
+            0,
+        );
+        if pid < 0 {
+            return Err(fail(Step::Fork, 0, errno()));
+        }
+        if pid > 0 {
+            let pid = pid as i32;
+            let bytes = pid.to_ne_bytes();
+            libc::write(fds.pid_pipe, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(0)
+        }
+        libc::close(fds.pid_pipe);
+        if let Some(socket) = plan.tty_socket {
+            open_tty(socket)?;
+        } else {
+            for (i, fd) in plan.stdio.iter().enumerate() {
+                if let Some(fd) = fd {
+                    check(Step::Stdio, i, libc::dup2(*fd, i as c_int) as c_long)?;
+                }
+            }
+        }
+        let mut byte = 0u8;
+        let n = libc::read(fds.sync_pipe, (&mut byte as *mut u8).cast(), 1);
+        if n != 1 {
+            return Err(fail(
+                Step::Sync,
+                0,
+                if n < 0 { errno() } else { libc::EPIPE },
+            ));
+        }
+        finish(plan, fds.sync_pipe, fds.error_pipe)
+    }
+}
+
+/// Opens a pty in the container's own /dev/pts (so `tty` names a device the
+/// container can see), makes its slave our controlling terminal and stdio, and sends
+/// the master to the caller over `socket` (SCM_RIGHTS).
+fn open_tty(socket: RawFd) -> StepResult {
+    // SAFETY: open/ioctl/setsid/dup2/sendmsg over our own descriptors; the message
+    // header, iovec and control buffer live on this stack frame for the call.
+    unsafe {
+        let master = libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        check(Step::Tty, 0, master as c_long)?;
+        let unlock: c_int = 0;
+        check(
+            Step::Tty,
+            1,
+            libc::ioctl(master, libc::TIOCSPTLCK, &unlock) as c_long,
+        )?;
+        let slave = libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
+        check(Step::Tty, 2, slave as c_long)?;
+        check(Step::Tty, 3, libc::setsid() as c_long)?;
+        check(
+            Step::Tty,
+            4,
+            libc::ioctl(slave, libc::TIOCSCTTY, 0) as c_long,
+        )?;
+        for i in 0..3 {
+            check(Step::Tty, 5, libc::dup2(slave, i) as c_long)?;
+        }
+        if slave > 2 {
+            libc::close(slave);
+        }
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut control = [0u64; 8];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), master);
+        check(Step::Tty, 6, libc::sendmsg(socket, &msg, 0) as c_long)?;
+        libc::close(master);
+        libc::close(socket);
+    }
+    Ok(())
 }
 
 fn install_seccomp(programs: &[BpfProgram]) -> StepResult {

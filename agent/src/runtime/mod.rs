@@ -31,6 +31,7 @@
 pub mod bundle;
 pub mod caps;
 pub mod cgroups;
+mod exec;
 mod init;
 mod mounts;
 pub mod namespaces;
@@ -44,8 +45,13 @@ mod syscalls_x86_64;
 use std::path::PathBuf;
 
 pub use bundle::Bundle;
+pub use exec::{
+    exec, relay, relay_stdio, set_window_size, window_size, ExecOptions, ExecProcess, ExecTarget,
+    WindowSize,
+};
 pub use process::{
-    check_id, run, sysctl_namespace, ExitReport, RunOptions, Stdio, SysctlNamespace,
+    cgroup_of, check_id, remove_cgroup, run, spawn, sysctl_namespace, Container, ExitReport,
+    RunOptions, Stdio, SysctlNamespace, INIT_ANNOTATION,
 };
 pub use spec::default_spec;
 
@@ -71,12 +77,27 @@ pub enum RuntimeError {
     Spec(#[from] oci_spec::OciSpecError),
     #[error(transparent)]
     Cgroup(#[from] cgroups::CgroupError),
+    /// `exec` into a container whose first process is gone (or was never started).
+    #[error("container {id} is not running")]
+    NotRunning { id: String },
+    /// `exec` of a program the container does not have (Docker's words).
+    #[error("container {id}: exec: {program:?}: executable file not found in $PATH")]
+    ExecNotFound { id: String, program: String },
     #[error("container {id}: {step}: {errno}")]
     Init {
         id: String,
         step: String,
         errno: nix::errno::Errno,
     },
+}
+
+/// The start time of `pid` (field 22 of /proc/<pid>/stat, clock ticks after boot), or
+/// None if it is gone: with the pid, it names a process for good (pids are recycled).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 impl RuntimeError {

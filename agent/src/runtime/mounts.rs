@@ -115,7 +115,7 @@ pub(crate) struct DeviceNode {
 }
 
 /// Everything the child does to build its root filesystem before `pivot_root`.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct RootfsPlan {
     pub rootfs: CString,
     /// Propagation of `/` in the new mount namespace (rprivate unless the spec says).

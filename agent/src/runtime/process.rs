@@ -36,6 +36,11 @@ pub struct RunOptions<'a> {
     /// the container while it runs (the CLI does; a library caller with its own
     /// signal handling does not).
     pub forward_signals: bool,
+    /// SIGKILL the container's first process when the thread that called [`spawn`]
+    /// dies (`PR_SET_PDEATHSIG`): the shim's choice, so a killed shim never leaves a
+    /// container running unseen. Only for single-threaded callers: the kernel counts
+    /// the death of the calling *thread*.
+    pub kill_with_parent: bool,
 }
 
 /// How a container ended.
@@ -76,8 +81,77 @@ pub fn check_id(id: &str) -> Result<(), RuntimeError> {
 }
 
 /// Runs the bundle's process as container `id` in the foreground and returns how it
-/// ended, like `runc run`.
+/// ended, like `runc run`: [`spawn`] then [`Container::wait`].
 pub fn run(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<ExitReport, RuntimeError> {
+    let container = spawn(bundle, id, opts)?;
+    let forwarding = opts
+        .forward_signals
+        .then(|| SignalForwarding::start(container.pid));
+    let report = container.wait();
+    drop(forwarding);
+    report
+}
+
+/// A started container: its first process has exec'd the bundle's program. It is the
+/// caller's child; [`Container::wait`] (or [`Container::exited`], for a caller that
+/// reaps its children itself) reports how it ended and removes its cgroup. Dropped
+/// before that, it kills the container and removes the cgroup.
+#[derive(Debug)]
+pub struct Container {
+    id: String,
+    pid: Pid,
+    child: ChildGuard,
+    cgroup: CgroupGuard,
+}
+
+impl Container {
+    /// The container's first process, as seen from the caller.
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Waits for the container's first process to end, then reports and cleans up.
+    pub fn wait(mut self) -> Result<ExitReport, RuntimeError> {
+        let status = self.child.wait()?;
+        self.finish(status)
+    }
+
+    /// Reports and cleans up after the caller reaped the first process itself (a
+    /// subreaper's `waitpid(-1)` loop) and got `status`.
+    pub fn exited(mut self, status: WaitStatus) -> Result<ExitReport, RuntimeError> {
+        self.child.0 = None;
+        self.finish(status)
+    }
+
+    fn finish(self, status: WaitStatus) -> Result<ExitReport, RuntimeError> {
+        let oom_killed = self
+            .cgroup
+            .0
+            .as_ref()
+            .map(|c| c.oom_kills().unwrap_or(0))
+            .unwrap_or(0)
+            > 0;
+        let (code, signal) = match status {
+            WaitStatus::Exited(_, code) => (Some(code), None),
+            WaitStatus::Signaled(_, sig, _) => (None, Some(sig as i32)),
+            _ => (None, None),
+        };
+        self.cgroup.delete()?;
+        Ok(ExitReport {
+            code,
+            signal,
+            oom_killed,
+        })
+    }
+}
+
+/// Starts the bundle's process as container `id` and returns once it has exec'd the
+/// program (or with the step that failed, nothing left behind).
+pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, RuntimeError> {
     check_id(id)?;
     let hierarchy = match &opts.hierarchy {
         Some(h) => h.clone(),
@@ -107,7 +181,7 @@ pub fn run(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<ExitReport, R
     // whole address space, this buffer included.
     let mut stack = vec![0u8; 1 << 20];
     let clone_flags = nix::sched::CloneFlags::from_bits_retain(ns.clone_flags);
-    let (sync_fd, err_fd) = (sync_r.as_raw_fd(), err_w.as_raw_fd());
+    let (sync_fd, parent_end, err_fd) = (sync_r.as_raw_fd(), sync_w.as_raw_fd(), err_w.as_raw_fd());
     let plan_ref = &plan;
     // SAFETY: the callback runs in the child, which has a copy of this process's memory
     // (no CLONE_VM) and only this thread. It runs `child_main`, which does only
@@ -116,7 +190,7 @@ pub fn run(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<ExitReport, R
     // assumes the parent's threads. The 1 MiB stack outlives the call in the child.
     let pid = unsafe {
         nix::sched::clone(
-            Box::new(move || init::child_main(plan_ref, sync_fd, err_fd)),
+            Box::new(move || init::child_main(plan_ref, sync_fd, parent_end, err_fd)),
             &mut stack,
             clone_flags,
             Some(libc::SIGCHLD),
@@ -137,13 +211,14 @@ pub fn run(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<ExitReport, R
     let mut sync_w = std::fs::File::from(sync_w);
     std::io::Write::write_all(&mut sync_w, &[1])
         .map_err(|e| RuntimeError::io("start the container's init", e))?;
-    drop(sync_w);
 
     // EOF means execve succeeded (the pipe is close-on-exec); a record means a step
-    // failed.
+    // failed. The sync pipe stays open until then: the child reads a hang-up as this
+    // process's death (`kill_with_parent`).
     let mut buf = [0u8; init::FAILURE_SIZE];
     let mut err_file = std::fs::File::from(err_r);
     let n = read_full(&mut err_file, &mut buf)?;
+    drop(sync_w);
     if n == init::FAILURE_SIZE {
         let failure = init::Failure::from_bytes(&buf);
         child.reap();
@@ -153,40 +228,34 @@ pub fn run(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<ExitReport, R
             errno: nix::errno::Errno::from_raw(failure.errno),
         });
     }
+    Ok(Container {
+        id: id.to_string(),
+        pid,
+        child,
+        cgroup,
+    })
+}
 
-    let forwarding = opts.forward_signals.then(|| SignalForwarding::start(pid));
-    let status = child.wait()?;
-    drop(forwarding);
+/// The container's cgroup (relative to the hierarchy's roots), as [`spawn`] names it:
+/// for `exec` to join it and for cleaning up after a container whose shim died.
+pub fn cgroup_of(bundle: &Bundle, id: &str) -> Result<PathBuf, RuntimeError> {
+    let linux = bundle.spec.linux().clone().unwrap_or_default();
+    cgroup_path(linux.cgroups_path().as_deref(), id)
+}
 
-    let oom_kills = cgroup
-        .0
-        .as_ref()
-        .map(|c| c.oom_kills().unwrap_or(0))
-        .unwrap_or(0);
-    let report = match status {
-        WaitStatus::Exited(_, code) => ExitReport {
-            code: Some(code),
-            signal: None,
-            oom_killed: oom_kills > 0,
-        },
-        WaitStatus::Signaled(_, sig, _) => ExitReport {
-            code: None,
-            signal: Some(sig as i32),
-            oom_killed: oom_kills > 0,
-        },
-        _ => ExitReport {
-            code: None,
-            signal: None,
-            oom_killed: oom_kills > 0,
-        },
-    };
-    cgroup.delete()?;
-    Ok(report)
+/// Kills what is left in a container's cgroup `rel` (as [`cgroup_of`] named it) and
+/// removes it: the cleanup of a container whose [`Container`] handle was lost with
+/// its process (a shim killed by hand). A missing cgroup is not an error.
+pub fn remove_cgroup(rel: &Path) -> Result<(), RuntimeError> {
+    let rel = cgroup_path(Some(rel), "")?;
+    Cgroup::open(&Hierarchy::detect()?, &rel)
+        .delete()
+        .map_err(RuntimeError::from)
 }
 
 /// The cgroup path relative to the hierarchy root: the spec's `linux.cgroupsPath`
 /// (absolute paths are taken from the root), or `berth/<id>`.
-fn cgroup_path(spec_path: Option<&Path>, id: &str) -> Result<PathBuf, RuntimeError> {
+pub(crate) fn cgroup_path(spec_path: Option<&Path>, id: &str) -> Result<PathBuf, RuntimeError> {
     let Some(p) = spec_path else {
         return Ok(Path::new("berth").join(id));
     };
@@ -284,7 +353,74 @@ fn plan_init(
         .as_ref()
         .ok_or_else(|| RuntimeError::unsupported("process is missing"))?;
     let linux = spec.linux().clone().unwrap_or_default();
+    let mut plan = plan_process(process, &linux, opts.stdio)?;
 
+    let has_uts = ns.clone_flags & libc::CLONE_NEWUTS != 0
+        || ns.join.iter().any(|j| j.1 == libc::CLONE_NEWUTS);
+    let name = |value: &Option<String>, what: &str| -> Result<Option<CString>, RuntimeError> {
+        match value.as_deref().filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(_) if !has_uts => Err(RuntimeError::unsupported(format!(
+                "{what} needs a uts namespace"
+            ))),
+            Some(v) => Ok(Some(cstring(v.as_bytes())?)),
+        }
+    };
+
+    for (key, value) in linux.sysctl().iter().flatten() {
+        check_sysctl(key, ns)?;
+        plan.sysctls.push((
+            cstring(key.replace('.', "/").as_bytes())?,
+            value.as_bytes().to_vec(),
+        ));
+    }
+
+    plan.rootfs = mounts::plan(
+        &bundle.dir,
+        &bundle.rootfs,
+        spec.mounts().as_deref().unwrap_or_default(),
+        linux.devices().as_deref().unwrap_or_default(),
+        linux.rootfs_propagation().as_deref(),
+        spec.root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
+        Some(hierarchy),
+    )?;
+    let paths = |list: &Option<Vec<String>>| {
+        list.iter()
+            .flatten()
+            .map(|p| cstring(p.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let map_has_root = |maps: &Option<Vec<LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .any(|m| m.container_id() == 0 && m.size() > 0)
+    };
+    plan.become_userns_root =
+        ns.user && map_has_root(linux.uid_mappings()) && map_has_root(linux.gid_mappings());
+    plan.unshare_cgroup = ns.cgroup;
+    plan.hostname = name(spec.hostname(), "hostname")?;
+    plan.domainname = name(spec.domainname(), "domainname")?;
+    plan.masked = paths(linux.masked_paths())?;
+    plan.readonly = paths(linux.readonly_paths())?;
+    plan.kill_with_parent = opts.kill_with_parent;
+    plan.init = wants_init(spec)?;
+    if plan.init {
+        plan.own_args = own_args();
+    }
+    Ok(plan)
+}
+
+/// The part of the plan about the process itself (what `exec` needs too): program,
+/// environment, cwd, limits, identity, capabilities, seccomp. The container-level
+/// fields (mounts, hostname, sysctls, paths) are left empty.
+pub(crate) fn plan_process(
+    process: &oci_spec::runtime::Process,
+    linux: &oci_spec::runtime::Linux,
+    stdio: Stdio,
+) -> Result<InitPlan, RuntimeError> {
     let args = process.args().clone().unwrap_or_default();
     let argv = args
         .iter()
@@ -316,75 +452,23 @@ fn plan_init(
             cwd.display()
         )));
     }
-
-    let has_uts = ns.clone_flags & libc::CLONE_NEWUTS != 0
-        || ns.join.iter().any(|j| j.1 == libc::CLONE_NEWUTS);
-    let name = |value: &Option<String>, what: &str| -> Result<Option<CString>, RuntimeError> {
-        match value.as_deref().filter(|v| !v.is_empty()) {
-            None => Ok(None),
-            Some(_) if !has_uts => Err(RuntimeError::unsupported(format!(
-                "{what} needs a uts namespace"
-            ))),
-            Some(v) => Ok(Some(cstring(v.as_bytes())?)),
-        }
-    };
-
-    let mut sysctls = Vec::new();
-    for (key, value) in linux.sysctl().iter().flatten() {
-        check_sysctl(key, ns)?;
-        sysctls.push((
-            cstring(key.replace('.', "/").as_bytes())?,
-            value.as_bytes().to_vec(),
-        ));
-    }
-
-    let rootfs = mounts::plan(
-        &bundle.dir,
-        &bundle.rootfs,
-        spec.mounts().as_deref().unwrap_or_default(),
-        linux.devices().as_deref().unwrap_or_default(),
-        linux.rootfs_propagation().as_deref(),
-        spec.root()
-            .as_ref()
-            .and_then(|r| r.readonly())
-            .unwrap_or(false),
-        Some(hierarchy),
-    )?;
-
     let seccomp = match linux.seccomp() {
         Some(profile) => seccomp::compile(profile)?,
         None => Vec::new(),
     };
     let user = process.user();
-    let paths = |list: &Option<Vec<String>>| {
-        list.iter()
-            .flatten()
-            .map(|p| cstring(p.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let map_has_root = |maps: &Option<Vec<LinuxIdMapping>>| {
-        maps.iter()
-            .flatten()
-            .any(|m| m.container_id() == 0 && m.size() > 0)
-    };
     let fd = |f: Option<BorrowedFd>| f.map(|f| f.as_raw_fd());
     Ok(InitPlan {
-        stdio: [
-            fd(opts.stdio.stdin),
-            fd(opts.stdio.stdout),
-            fd(opts.stdio.stderr),
-        ],
+        stdio: [fd(stdio.stdin), fd(stdio.stdout), fd(stdio.stderr)],
         joins: Vec::new(),
-        become_userns_root: ns.user
-            && map_has_root(linux.uid_mappings())
-            && map_has_root(linux.gid_mappings()),
-        unshare_cgroup: ns.cgroup,
-        rootfs,
-        hostname: name(spec.hostname(), "hostname")?,
-        domainname: name(spec.domainname(), "domainname")?,
-        sysctls,
-        masked: paths(linux.masked_paths())?,
-        readonly: paths(linux.readonly_paths())?,
+        become_userns_root: false,
+        unshare_cgroup: false,
+        rootfs: mounts::RootfsPlan::default(),
+        hostname: None,
+        domainname: None,
+        sysctls: Vec::new(),
+        masked: Vec::new(),
+        readonly: Vec::new(),
         oom_score_adj: process.oom_score_adj().map(|a| a.to_string().into_bytes()),
         rlimits: rlimits::plan(process.rlimits().as_deref().unwrap_or_default())?,
         umask: user.umask(),
@@ -400,7 +484,39 @@ fn plan_init(
         envp,
         argv_ptrs: Vec::new(),
         envp_ptrs: Vec::new(),
+        kill_with_parent: false,
+        init: false,
+        own_args: None,
+        tty_socket: None,
     })
+}
+
+/// The annotation that asks for berth's init as PID 1 (Compose's `init: true`).
+pub const INIT_ANNOTATION: &str = "berth.init";
+
+/// Where this process's argv strings are (fields 48 and 49 of /proc/self/stat).
+fn own_args() -> Option<(usize, usize)> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(45);
+    let start = fields.next()?.parse().ok()?;
+    let end = fields.next()?.parse().ok()?;
+    (start != 0 && end > start).then_some((start, end))
+}
+
+fn wants_init(spec: &Spec) -> Result<bool, RuntimeError> {
+    match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(INIT_ANNOTATION))
+        .map(String::as_str)
+    {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(RuntimeError::unsupported(format!(
+            "annotations.{INIT_ANNOTATION} is {other:?}: use \"true\" or \"false\""
+        ))),
+    }
 }
 
 fn write_id_maps(pid: Pid, linux: &oci_spec::runtime::Linux) -> Result<(), RuntimeError> {
@@ -432,13 +548,13 @@ fn write_id_maps(pid: Pid, linux: &oci_spec::runtime::Linux) -> Result<(), Runti
 }
 
 /// A close-on-exec pipe: (read end, write end).
-fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::io("create a pipe", e.into()))
 }
 
 /// Reads until `buf` is full or EOF; returns how much was read.
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, RuntimeError> {
+pub(crate) fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, RuntimeError> {
     let mut n = 0;
     while n < buf.len() {
         match file.read(&mut buf[n..]) {
@@ -452,6 +568,7 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, RuntimeE
 }
 
 /// Deletes the cgroup when dropped (on every early return).
+#[derive(Debug)]
 struct CgroupGuard(Option<Cgroup>);
 
 impl CgroupGuard {
@@ -472,10 +589,11 @@ impl Drop for CgroupGuard {
 }
 
 /// Kills and reaps the child when dropped before it was waited for.
-struct ChildGuard(Option<Pid>);
+#[derive(Debug)]
+pub(crate) struct ChildGuard(pub(crate) Option<Pid>);
 
 impl ChildGuard {
-    fn wait(&mut self) -> Result<WaitStatus, RuntimeError> {
+    pub(crate) fn wait(&mut self) -> Result<WaitStatus, RuntimeError> {
         let Some(pid) = self.0 else {
             return Err(RuntimeError::io(
                 "wait",
@@ -494,7 +612,7 @@ impl ChildGuard {
         }
     }
 
-    fn reap(&mut self) {
+    pub(crate) fn reap(&mut self) {
         if let Some(pid) = self.0 {
             let _ = self.wait();
             self.0 = None;

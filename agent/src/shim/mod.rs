@@ -31,16 +31,32 @@
 //! caller's child nor in its process group or session; it moves itself to the root
 //! cgroup of every hierarchy, so stopping the caller's cgroup (a systemd unit) does not
 //! stop it either; its stdio is /dev/null. It is single-threaded and has no async
-//! runtime. Because [`crate::runtime::run`] waits for the container in the
-//! foreground, the shim forks once more: the child (the *runner*) calls `run` with
-//! the stdout/stderr pipes and sends the exit report back over a pipe; the shim
-//! itself polls the pipes, writes the log and the state, and exits after the
-//! container (whose cgroup `run` removes).
+//! runtime. It starts the container with [`crate::runtime::spawn`], so the
+//! container's first process is the shim's own child (two processes per container:
+//! the shim and the container), and it is a child subreaper, so orphans of a
+//! container without a pid namespace are its to reap. One `poll` loop reads the
+//! stdout/stderr pipes into the log and SIGCHLD (a signalfd) to reap; when the
+//! container has exited it records the exit report (the runtime removes the cgroup)
+//! and exits.
+//!
+//! # When the shim is killed by hand
+//! The container dies with it: the runtime arms the parent-death signal (SIGKILL) on
+//! the container's first process, which takes its whole pid namespace with it. A
+//! container nobody records is one nobody can see stop, so it must not outlive its
+//! shim. [`state`] then reports it `stopped`, with an error saying its shim was
+//! killed and its exit status is unknown (never a stale `running`), and [`delete`]
+//! removes what the shim could not: the cgroup (killing anything left in it, e.g. the
+//! processes of a container without a pid namespace) and the state directory.
+//!
+//! # exec
+//! [`exec`] starts another process in a running container (`berth runtime exec`):
+//! it reads the container's pid and bundle from here and calls
+//! [`crate::runtime::exec`]; the shim is not involved.
 
 mod log;
 mod serve;
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -68,6 +84,8 @@ pub enum ShimError {
     StillRunning { id: String },
     #[error("container {id} failed to start: {message}")]
     Start { id: String, message: String },
+    #[error("container {id}: exec: {message}")]
+    Exec { id: String, message: String },
     #[error("container {id}: timed out waiting for it to stop")]
     Timeout { id: String },
     #[error("unknown signal {0:?}: give a name (TERM, KILL, HUP) or a number")]
@@ -188,6 +206,10 @@ pub struct ContainerState {
     pub pid: Option<i32>,
     #[serde(default)]
     pub pid_start: u64,
+    /// The container's cgroup, relative to the hierarchy roots: what `delete` removes
+    /// if the shim could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
     #[serde(default)]
     pub exit: Option<Exit>,
     /// Why the container failed to start, or what went wrong in the shim.
@@ -204,6 +226,10 @@ impl ContainerState {
             }
             (Status::Stopped, Some(e)) => format!("stopped, exit {}", e.status()),
             (Status::Running, _) => format!("running, pid {}", self.pid.unwrap_or(0)),
+            (Status::Stopped, None) => match &self.error {
+                Some(e) => format!("stopped: {e}"),
+                None => "stopped".into(),
+            },
             (s, _) => format!("{s:?}").to_lowercase(),
         }
     }
@@ -399,6 +425,7 @@ pub fn state(state: &Path, id: &str) -> Result<ContainerState, ShimError> {
                 shim_start: 0,
                 pid: None,
                 pid_start: 0,
+                cgroup: None,
                 exit: None,
                 error: Some("no state recorded".into()),
             });
@@ -409,8 +436,17 @@ pub fn state(state: &Path, id: &str) -> Result<ContainerState, ShimError> {
         // The shim may have written the exit just now: read again before deciding.
         s = read_json(&path)?;
         if matches!(s.status, Status::Created | Status::Running) {
-            s.status = Status::Unknown;
-            s.error = Some(format!("its shim (pid {}) is gone", s.shim_pid));
+            if s.pid.is_some_and(|p| alive(p, s.pid_start)) {
+                // Only for a moment: the kernel kills the container with its shim
+                // (parent-death signal). Still running, so still stoppable.
+                s.error = Some(format!("its shim (pid {}) is gone", s.shim_pid));
+            } else {
+                s.status = Status::Stopped;
+                s.error = Some(format!(
+                    "its shim (pid {}) was killed, and the container with it: the exit status is unknown (berth runtime delete {id} cleans up)",
+                    s.shim_pid
+                ));
+            }
         }
     }
     Ok(s)
@@ -515,8 +551,69 @@ pub fn delete(state: &Path, id: &str) -> Result<(), ShimError> {
     if matches!(s.status, Status::Created | Status::Running) {
         return Err(ShimError::StillRunning { id: id.to_string() });
     }
+    // A shim that exited normally removed the cgroup; one killed by hand could not.
+    if let Some(cgroup) = &s.cgroup {
+        crate::runtime::remove_cgroup(cgroup)?;
+    }
     let dir = container_dir(state, id)?;
     std::fs::remove_dir_all(&dir).map_err(|e| ShimError::io(format!("remove {}", dir.display()), e))
+}
+
+/// Starts a process in running container `id` (`berth runtime exec`): `user` is
+/// Docker's `USER[:GROUP]` (names resolved in the container's own /etc/passwd and
+/// /etc/group), the rest as in [`crate::runtime::ExecOptions`]. The process is the
+/// caller's child: wait for it with [`crate::runtime::ExecProcess::wait`].
+pub fn exec(
+    state: &Path,
+    id: &str,
+    user: Option<&str>,
+    mut opts: crate::runtime::ExecOptions,
+) -> Result<crate::runtime::ExecProcess, ShimError> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let s = self::state(state, id)?;
+    let not_running = |s: &ContainerState| ShimError::NotRunning {
+        id: id.to_string(),
+        status: s.describe(),
+    };
+    let pid = match (s.status, s.pid) {
+        (Status::Running, Some(pid)) if alive(pid, s.pid_start) => pid,
+        _ => return Err(not_running(&s)),
+    };
+    let bundle = crate::runtime::Bundle::load(&s.bundle)?;
+    if let Some(user) = user {
+        let root = format!("/proc/{pid}/root");
+        let c = CString::new(root.clone()).map_err(|e| ShimError::io(&root, e.into()))?;
+        // SAFETY: open of a NUL-terminated path; the result is checked, then owned.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(not_running(&s));
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let resolved =
+            crate::container::user::resolve(&root_fd, user).map_err(|message| ShimError::Exec {
+                id: id.to_string(),
+                message: format!("user {user:?}: {message}"),
+            })?;
+        opts.user = Some((resolved.uid, resolved.gid, resolved.additional_gids));
+    }
+    let target = crate::runtime::ExecTarget {
+        id,
+        pid,
+        pid_start: s.pid_start,
+    };
+    match crate::runtime::exec(&bundle, target, &opts) {
+        Ok(p) => Ok(p),
+        Err(crate::runtime::RuntimeError::NotRunning { .. }) => {
+            Err(not_running(&self::state(state, id)?))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A signal by name (`TERM`, `SIGTERM`, any case) or number (`15`).

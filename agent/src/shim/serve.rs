@@ -1,11 +1,10 @@
 //! The shim process itself (see the module doc of `shim` for why it looks like this):
-//! detach, fork the runner, pump the container's output into the log, record the
-//! state, exit after the container.
+//! detach, spawn the container as its own child, pump the container's output into the
+//! log, reap, record the state, exit after the container.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::log::{LineBuffer, LogWriter, Stream};
@@ -28,7 +27,7 @@ pub fn main(dir: &Path) -> i32 {
     // `create` for it alone; nothing else in this process uses it.
     let ready = unsafe { OwnedFd::from_raw_fd(READY_FD) };
     let mut ready = Ready(Some(File::from(ready)));
-    // The container and the runner must not inherit it.
+    // The container must not inherit it.
     // SAFETY: fcntl on fd 3, which this process owns (above).
     unsafe { libc::fcntl(READY_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     let config: ShimConfig = match read_json(&dir.join("config.json")) {
@@ -117,6 +116,7 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
         shim_start: start_time(shim_pid).unwrap_or(0),
         pid: None,
         pid_start: 0,
+        cgroup: None,
         exit: None,
         error: None,
     };
@@ -135,62 +135,89 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
         Ok(l) => l,
         Err(e) => return fail(&mut state, ready, format!("open the log: {e}")),
     };
+    // Orphans of a container without its own pid namespace become ours to reap, not
+    // the host init's.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let sigchld = match ChildSignals::open() {
+        Ok(s) => s,
+        Err(e) => return fail(&mut state, ready, format!("watch for SIGCHLD: {e}")),
+    };
     let pipes = (|| -> nix::Result<_> {
         let flags = nix::fcntl::OFlag::O_CLOEXEC;
-        Ok((
-            nix::unistd::pipe2(flags)?,
-            nix::unistd::pipe2(flags)?,
-            nix::unistd::pipe2(flags)?,
-        ))
+        Ok((nix::unistd::pipe2(flags)?, nix::unistd::pipe2(flags)?))
     })();
-    let ((out_r, out_w), (err_r, err_w), (res_r, res_w)) = match pipes {
+    let ((out_r, out_w), (err_r, err_w)) = match pipes {
         Ok(p) => p,
         Err(e) => return fail(&mut state, ready, format!("create pipes: {e}")),
     };
 
-    // SAFETY: single-threaded; the child runs ordinary code and ends in _exit.
-    let runner = match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
-            drop((out_r, err_r, res_r));
-            ready.0 = None;
-            let code = run_container(config, out_w, err_w, res_w);
-            // SAFETY: the runner is done; its report is written.
-            unsafe { libc::_exit(code) }
+    // The container's init is this process's own child.
+    let started = (|| {
+        let stdin = File::open("/dev/null").map_err(|e| runtime::RuntimeError::Io {
+            context: "open /dev/null".into(),
+            source: e,
+        })?;
+        let bundle = Bundle::load(&config.bundle)?;
+        let cgroup = runtime::cgroup_of(&bundle, &config.id)?;
+        let opts = RunOptions {
+            stdio: Stdio {
+                stdin: Some(stdin.as_fd()),
+                stdout: Some(out_w.as_fd()),
+                stderr: Some(err_w.as_fd()),
+            },
+            kill_with_parent: true,
+            ..RunOptions::default()
+        };
+        runtime::spawn(&bundle, &config.id, &opts).map(|c| (c, cgroup))
+    })();
+    drop((out_w, err_w));
+    let mut container = match started {
+        Ok((c, cgroup)) => {
+            state.status = Status::Running;
+            state.pid = Some(c.pid());
+            state.pid_start = start_time(c.pid()).unwrap_or(0);
+            state.cgroup = Some(cgroup);
+            Some(c)
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => child,
-        Err(e) => return fail(&mut state, ready, format!("fork the runner: {e}")),
+        Err(e) => return fail(&mut state, ready, e.to_string()),
     };
-    drop((out_w, err_w, res_w));
+    let mut log_error = None;
+    if let Err(e) = write_json_atomic(&state_path, &state) {
+        log_error.get_or_insert_with(|| e.to_string());
+    }
+    ready.send(&format!("ok {}\n", state.pid.unwrap_or(0)));
+    // Starting the container (bundle, seccomp programs, plan, the clone stack) used
+    // most of the heap the shim will ever use: give it back to the system for the
+    // container's lifetime.
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
 
-    let own_exe = exe_id(shim_pid);
     let mut streams = [
         Some((File::from(out_r), Stream::Stdout, LineBuffer::default())),
         Some((File::from(err_r), Stream::Stderr, LineBuffer::default())),
     ];
-    let mut result_pipe = Some(File::from(res_r));
-    let mut result = String::new();
+    let mut report = None;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut log_error = None;
-    while streams.iter().any(Option::is_some) || result_pipe.is_some() {
+    // Until the container has exited and both pipes are closed (a process it left
+    // behind may hold them a little longer; its cgroup's removal kills it).
+    while container.is_some() || streams.iter().any(Option::is_some) {
         let mut fds: Vec<libc::pollfd> = streams
             .iter()
             .flatten()
             .map(|s| s.0.as_raw_fd())
-            .chain(result_pipe.iter().map(|f| f.as_raw_fd()))
+            .chain(container.is_some().then(|| sigchld.fd.as_raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
             })
             .collect();
-        // Until the container is seen running, look at it every 20 ms.
-        let timeout = if state.status == Status::Created {
-            20
-        } else {
-            -1
-        };
         // SAFETY: fds is a valid array of pollfd of the given length, alive for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             break;
         }
@@ -221,131 +248,76 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
                 }
             }
         }
-        if let Some(f) = result_pipe.as_mut() {
-            if ready_fds.contains(&f.as_raw_fd()) {
-                match f.read(&mut buf) {
-                    Ok(0) | Err(_) => result_pipe = None,
-                    Ok(k) => result.push_str(&String::from_utf8_lossy(&buf[..k])),
+        if ready_fds.contains(&sigchld.fd.as_raw_fd()) {
+            sigchld.drain();
+            // Reap every zombie: the container's init, and orphans adopted as subreaper.
+            let pid = container.as_ref().map(|c| c.pid());
+            while let Ok(status) =
+                nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+            {
+                if status == nix::sys::wait::WaitStatus::StillAlive {
+                    break;
                 }
-            }
-        }
-        if state.status == Status::Created {
-            if let Some(pid) = started_container(runner.as_raw(), own_exe) {
-                state.status = Status::Running;
-                state.pid = Some(pid);
-                state.pid_start = start_time(pid).unwrap_or(0);
-                if let Err(e) = write_json_atomic(&state_path, &state) {
-                    log_error.get_or_insert_with(|| e.to_string());
+                if status.pid().map(|p| p.as_raw()) == pid {
+                    if let Some(c) = container.take() {
+                        report = Some(c.exited(status));
+                    }
                 }
-                ready.send(&format!("ok {pid}\n"));
             }
         }
     }
-    let _ = nix::sys::wait::waitpid(runner, None);
+    if let Some(c) = container.take() {
+        report = Some(c.wait());
+    }
 
-    if let Some(message) = result.strip_prefix("error ") {
-        return fail(&mut state, ready, message.trim_end().to_string());
-    }
     state.status = Status::Stopped;
-    state.exit = parse_exit(&result);
-    state.error = match state.exit {
-        Some(_) => log_error,
-        None => Some("the runner died without reporting how the container ended".into()),
-    };
-    if let Err(e) = write_json_atomic(&state_path, &state) {
-        ready.send(&format!("error {e}"));
-        return 1;
+    match report {
+        Some(Ok(r)) => {
+            state.exit = Some(Exit::from(r));
+            state.error = log_error;
+        }
+        Some(Err(e)) => state.error = Some(format!("clean up after the container: {e}")),
+        None => state.error = Some("the shim lost track of the container".into()),
     }
-    // A container that exited before it was seen running still ran.
-    ready.send(&format!("ok {}\n", state.pid.unwrap_or(0)));
-    0
-}
-
-/// The runner: runs the container in the foreground and writes how it ended.
-fn run_container(config: &ShimConfig, out: OwnedFd, err: OwnedFd, result: OwnedFd) -> i32 {
-    // Rust ignores SIGPIPE; the container must get the default, as under Docker.
-    // SAFETY: setting a signal disposition to its default; no handler is involved.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let mut result = File::from(result);
-    let outcome = (|| {
-        let stdin = File::open("/dev/null").map_err(|e| runtime::RuntimeError::Io {
-            context: "open /dev/null".into(),
-            source: e,
-        })?;
-        let bundle = Bundle::load(&config.bundle)?;
-        let opts = RunOptions {
-            stdio: Stdio {
-                stdin: Some(stdin.as_fd()),
-                stdout: Some(out.as_fd()),
-                stderr: Some(err.as_fd()),
-            },
-            ..RunOptions::default()
-        };
-        runtime::run(&bundle, &config.id, &opts)
-    })();
-    let text = match outcome {
-        Ok(r) => format!(
-            "exit {} {} {}\n",
-            r.code.map_or("-".to_string(), |c| c.to_string()),
-            r.signal.map_or("-".to_string(), |s| s.to_string()),
-            u8::from(r.oom_killed)
-        ),
-        Err(e) => format!("error {e}\n"),
-    };
-    match result.write_all(text.as_bytes()) {
+    match write_json_atomic(&state_path, &state) {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
 
-fn parse_exit(text: &str) -> Option<Exit> {
-    let mut parts = text.strip_prefix("exit ")?.split_whitespace();
-    let num = |s: Option<&str>| s.and_then(|s| s.parse::<i32>().ok());
-    Some(Exit {
-        code: num(parts.next()),
-        signal: num(parts.next()),
-        oom_killed: parts.next() == Some("1"),
-    })
+/// SIGCHLD as a readable descriptor (a signalfd), so the poll loop sees a child's
+/// exit like any other event. SIGCHLD is blocked in this process; the runtime gives
+/// the container a clean signal mask.
+struct ChildSignals {
+    fd: OwnedFd,
 }
 
-/// (device, inode) of a process's executable.
-fn exe_id(pid: i32) -> Option<(u64, u64)> {
-    let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
-    Some((m.dev(), m.ino()))
-}
-
-/// The runner's child once it has exec'd the container's program: before that it
-/// is a copy of this program (same executable), after it is not.
-fn started_container(runner: i32, own_exe: Option<(u64, u64)>) -> Option<i32> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{runner}/task/{runner}/children")).ok()?;
-    let pid: i32 = children.split_whitespace().next()?.parse().ok()?;
-    let exe = exe_id(pid)?;
-    (Some(exe) != own_exe).then_some(pid)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_lines() {
-        assert_eq!(
-            parse_exit("exit 3 - 0\n"),
-            Some(Exit {
-                code: Some(3),
-                signal: None,
-                oom_killed: false
+impl ChildSignals {
+    fn open() -> std::io::Result<ChildSignals> {
+        // SAFETY: sigset calls on a stack set; sigprocmask and signalfd are system
+        // calls; the returned descriptor is checked and then owned.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(ChildSignals {
+                fd: OwnedFd::from_raw_fd(fd),
             })
-        );
-        assert_eq!(
-            parse_exit("exit - 9 1\n"),
-            Some(Exit {
-                code: None,
-                signal: Some(9),
-                oom_killed: true
-            })
-        );
-        assert_eq!(parse_exit(""), None);
+        }
+    }
+
+    /// Consumes the pending notifications (several exits may make one).
+    fn drain(&self) {
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        // SAFETY: reading into a stack buffer of the right size from our descriptor.
+        while unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {
+        }
     }
 }

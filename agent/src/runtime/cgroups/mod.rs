@@ -167,6 +167,14 @@ impl Cgroup {
         }
     }
 
+    /// An existing cgroup `rel` (a container's, to join or remove); nothing is created.
+    pub fn open(h: &Hierarchy, rel: &Path) -> Cgroup {
+        match h {
+            Hierarchy::V1 { root } => Cgroup::V1(v1::CgroupV1::open(root, rel)),
+            Hierarchy::V2 { root } => Cgroup::V2(v2::CgroupV2::open(root, rel)),
+        }
+    }
+
     /// Moves process `pid` (and its future children) into the cgroup.
     pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
         match self {

@@ -39,6 +39,22 @@ pub struct CgroupV1 {
 
 impl CgroupV1 {
     pub fn create(root: &Path, rel: &Path, res: &Resources) -> Result<CgroupV1, CgroupError> {
+        let cg = Self::open(root, rel);
+        for (controller, dir) in &cg.dirs {
+            if cg.unique.contains(dir) {
+                create_levels(&root.join(controller), rel, controller == "cpuset")?;
+            }
+        }
+        if let Err(e) = cg.apply(res) {
+            let _ = cg.delete();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// The cgroup `rel` as it is (for joining or removing an existing one): nothing is
+    /// created.
+    pub fn open(root: &Path, rel: &Path) -> CgroupV1 {
         let mut dirs: Vec<(String, PathBuf)> = Vec::new();
         let mut unique = Vec::new();
         let mut seen = Vec::new();
@@ -51,16 +67,10 @@ impl CgroupV1 {
             dirs.push((controller.to_string(), dir.clone()));
             if !seen.contains(&real) {
                 seen.push(real);
-                create_levels(&base, rel, *controller == "cpuset")?;
                 unique.push(dir);
             }
         }
-        let cg = CgroupV1 { dirs, unique };
-        if let Err(e) = cg.apply(res) {
-            let _ = cg.delete();
-            return Err(e);
-        }
-        Ok(cg)
+        CgroupV1 { dirs, unique }
     }
 
     /// The directory of `controller` (or of the mount it shares), if the host has it.

@@ -45,6 +45,13 @@ impl CgroupV2 {
         Ok(cg)
     }
 
+    /// The cgroup `rel` as it is: nothing is created.
+    pub fn open(root: &Path, rel: &Path) -> CgroupV2 {
+        CgroupV2 {
+            dir: root.join(rel),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

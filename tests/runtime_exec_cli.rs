@@ -1,0 +1,120 @@
+//! `berth runtime exec` through the real binary (as root): the process's exit status
+//! is berth's, the overrides reach it, `-t` gives it a terminal, and mistakes are
+//! messages naming the container. The shim is `berth runtime shim`
+//! (`BERTH_SHIM=builtin`), as in `runtime_lifecycle_cli.rs`.
+
+// Helpers are test code: a panic is how they fail (clippy.toml covers #[test] fns only).
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output, Stdio};
+
+/// A running `sleep` container with a bundle, a state directory and a cgroup of its
+/// own; the guard kills it and removes the cgroup even when the test fails.
+struct Running {
+    id: String,
+    _cgroup: testkit::CgroupGuard,
+    _bundle: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(tag: &str) -> Running {
+        let bundle = tempfile::tempdir().unwrap();
+        let dir = bundle.path();
+        testkit::busybox_rootfs(&dir.join("rootfs")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["runtime", "spec", "--bundle"])
+            .arg(dir)
+            .args(["--", "sleep", "1000"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let id = testkit::unique_name(tag);
+        let config = dir.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        spec["linux"]["cgroupsPath"] = serde_json::Value::from(format!("/{id}"));
+        std::fs::write(&config, spec.to_string()).unwrap();
+        let c = Running {
+            _cgroup: testkit::CgroupGuard(id.clone()),
+            id,
+            _bundle: bundle,
+            state: tempfile::tempdir().unwrap(),
+        };
+        let bundle_dir = c._bundle.path().to_str().unwrap().to_string();
+        let out = c.run(&["runtime", "create", "--bundle", &bundle_dir, &c.id]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .env("BERTH_STATE_DIR", self.state.path())
+            .env("BERTH_SHIM", "builtin")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.run(&["runtime", "stop", "-t", "0", &self.id]);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn exec_exits_with_the_processs_status_and_applies_the_overrides() {
+    let c = Running::start("cliexec");
+    let out = c.run(&[
+        "runtime",
+        "exec",
+        "-e",
+        "GREETING=hi there",
+        "-w",
+        "/tmp",
+        "-u",
+        "app",
+        &c.id,
+        "sh",
+        "-c",
+        "echo $GREETING; pwd; id -u; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi there\n/tmp\n1000\n");
+
+    // -t without a terminal on this side: a terminal of 24x80 inside.
+    let out = c.run(&["runtime", "exec", "-t", &c.id, "sh", "-c", "tty; stty size"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout).replace('\r', "");
+    assert!(stdout.starts_with("/dev/pts/"), "{stdout:?}");
+    assert!(stdout.ends_with("24 80\n"), "{stdout:?}");
+}
+
+#[test]
+fn exec_mistakes_are_messages_naming_the_container() {
+    let c = Running::start("cliexecerr");
+    let out = c.run(&["runtime", "exec", &c.id, "no-such-program"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&c.id) && err.contains("exec: \"no-such-program\": executable file not found"),
+        "{err}"
+    );
+    let out = c.run(&["runtime", "exec", "nothere", "true"]);
+    assert!(text(&out.stderr).contains("container nothere does not exist"));
+    let out = c.run(&["runtime", "stop", "-t", "0", &c.id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = c.run(&["runtime", "exec", &c.id, "true"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&c.id) && err.contains("is not running"),
+        "{err}"
+    );
+}
