@@ -75,7 +75,8 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
             executor: executor.clone(),
         });
         tokio::spawn(manager::run_orchestrator(store.clone()));
-        tokio::spawn(agent_loop(store.clone(), executor));
+        tokio::spawn(agent_loop(store.clone(), executor.clone()));
+        tokio::spawn(health_loop(store.clone(), executor));
         let api = manager::api::serve(listener, store, node);
         tokio::select! {
             r = api => r.context("serve the API")?,
@@ -272,6 +273,11 @@ fn commit(store: &Store, reports: Vec<(String, TaskStatus)>) {
             if let Some(t) = s.tasks.get_mut(&id) {
                 let state = t.status.state().advance(status.state());
                 status.state = Some(state);
+                // Health is the health loop's to write; the agent only sets the
+                // first value (`starting` for a task that has a check).
+                if t.status.health != spec::task::Health::None {
+                    status.health = t.status.health;
+                }
                 t.status = status;
             }
         }
@@ -349,5 +355,122 @@ impl Node for LocalNode {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Runs every running task's healthcheck on its schedule (`agent::health::Checker`)
+/// and records health changes in the store.
+async fn health_loop(store: Arc<Store>, executor: Executor) {
+    use agent::health::{probe_command, Checker};
+    struct Probing {
+        checker: Checker,
+        command: Vec<String>,
+        busy: bool,
+    }
+    let mut checks: BTreeMap<String, Probing> = BTreeMap::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool, u64)>();
+    let mut watch = store.watch();
+    let mut arrived: Vec<(String, bool, u64)> = Vec::new();
+    loop {
+        let snapshot = store.snapshot();
+        let now = manager::now_ms();
+        let mut changes: Vec<(String, spec::task::Health)> = Vec::new();
+        // Forget tasks that no longer run; start checking new ones.
+        checks.retain(|id, _| {
+            snapshot
+                .tasks
+                .get(id)
+                .is_some_and(|t| t.status.state() == TaskState::Running)
+        });
+        for task in snapshot.tasks.values() {
+            if task.status.state() != TaskState::Running || checks.contains_key(&task.id) {
+                continue;
+            }
+            let Some((_, service)) = service_of(&snapshot.stacks, task) else {
+                continue;
+            };
+            let Some(check) = executor.healthcheck(service) else {
+                continue;
+            };
+            let Some(command) = probe_command(&check) else {
+                continue;
+            };
+            let checker = Checker::new(&check, task.status.started_at.unwrap_or(now));
+            if task.status.health != checker.status() {
+                changes.push((task.id.clone(), checker.status()));
+            }
+            checks.insert(
+                task.id.clone(),
+                Probing {
+                    checker,
+                    command,
+                    busy: false,
+                },
+            );
+        }
+        // Probes that are due.
+        for (id, p) in checks.iter_mut() {
+            if p.busy || p.checker.next_probe() > now {
+                continue;
+            }
+            p.busy = true;
+            let (ex, tx, id, command, timeout) = (
+                executor.clone(),
+                tx.clone(),
+                id.clone(),
+                p.command.clone(),
+                p.checker.timeout(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let healthy = ex.probe(&id, &command, timeout);
+                let _ = tx.send((id, healthy, manager::now_ms()));
+            });
+        }
+        while let Ok(msg) = rx.try_recv() {
+            arrived.push(msg);
+        }
+        for (id, healthy, at) in arrived.drain(..) {
+            if let Some(p) = checks.get_mut(&id) {
+                p.busy = false;
+                let before = p.checker.status();
+                let after = p.checker.record(healthy, at);
+                if before != after
+                    || snapshot
+                        .tasks
+                        .get(&id)
+                        .is_some_and(|t| t.status.health != after)
+                {
+                    changes.push((id, after));
+                }
+            }
+        }
+        if !changes.is_empty() {
+            let result = store.update(|s| {
+                for (id, health) in &changes {
+                    if let Some(t) = s.tasks.get_mut(id) {
+                        if t.status.state() == TaskState::Running {
+                            t.status.health = *health;
+                        }
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                eprintln!("berth daemon: recording health: {e}");
+            }
+        }
+        let next = checks
+            .values()
+            .filter(|p| !p.busy)
+            .map(|p| p.checker.next_probe())
+            .min()
+            .map_or(1000, |at| {
+                at.saturating_sub(manager::now_ms()).clamp(5, 1000)
+            });
+        tokio::select! {
+            _ = watch.changed() => {}
+            Some(msg) = rx.recv() => arrived.push(msg),
+            _ = tokio::time::sleep(Duration::from_millis(next)) => {}
+        }
     }
 }

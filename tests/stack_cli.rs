@@ -673,3 +673,58 @@ fn an_image_in_use_cannot_be_removed_until_its_containers_are() {
     f.ok(&["image", "rm", "busybox:local"]);
     assert!(!f.ok(&["image", "ls"]).contains("busybox"));
 }
+
+#[test]
+fn healthchecks_gate_service_healthy_and_show_in_ps() {
+    let compose = format!(
+        r#"services:
+  store:
+    image: busybox:local
+    command: ["sh", "-c", "sleep 0.5; touch /shared/ready; {SLEEPER}"]
+    volumes: [shared:/shared]
+    healthcheck:
+      test: ["CMD-SHELL", "test -f /shared/ready"]
+      interval: 1s
+      start_period: 5s
+      start_interval: 100ms
+  app:
+    image: busybox:local
+    command: ["sh", "-c", "test -f /shared/ready && echo saw-ready || echo too-early; {SLEEPER}"]
+    volumes: [shared:/shared]
+    depends_on:
+      store:
+        condition: service_healthy
+  sick:
+    image: busybox:local
+    command: ["sh", "-c", "{SLEEPER}"]
+    healthcheck:
+      test: ["CMD", "false"]
+      interval: 100ms
+      retries: 2
+volumes:
+  shared: {{}}
+"#
+    );
+    let mut f = Fixture::new("health", &compose);
+    f.start_daemon();
+    let out = f.berth(&["up", "-d", "--wait", "--wait-timeout", "20", "store", "app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = f.ok(&["ps"]);
+    assert!(table.contains("(healthy)"), "{table}");
+    // app started only once store was healthy.
+    let logs = f.ok(&["logs", "app"]);
+    assert!(logs.contains("saw-ready"), "{logs}");
+    let out = f.berth(&["up", "-d", "--wait", "--wait-timeout", "10"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sick-1 is unhealthy"), "{err}");
+    wait_for(
+        || f.ok(&["ps"]).contains("(unhealthy)"),
+        "ps to show unhealthy",
+    );
+    f.ok(&["down"]);
+}

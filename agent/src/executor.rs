@@ -114,6 +114,11 @@ impl Executor {
                 status.state = Some(TaskState::Running);
                 status.pid = s.pid;
                 status.message.clear();
+                // Known from the first report on, so that nothing waiting for this
+                // service to be healthy mistakes "not checked yet" for "no check".
+                if self.healthcheck(service).is_some() {
+                    status.health = spec::task::Health::Starting;
+                }
                 if s.status == Status::Stopped {
                     // It ran and exited before create returned: observe says how.
                     let mut observed = self.observe(task).unwrap_or(status.clone());
@@ -292,4 +297,85 @@ fn create_options(program: &shim::ShimProgram, service: &Service) -> CreateOptio
         }
     }
     opts
+}
+
+impl Executor {
+    /// The healthcheck of a task: the service's, else its image's (Docker's rule), or
+    /// `None` when there is none or it is disabled.
+    pub fn healthcheck(&self, service: &Service) -> Option<spec::model::Healthcheck> {
+        if let Some(check) = &service.healthcheck {
+            return crate::health::probe_command(check).map(|_| check.clone());
+        }
+        let store = Store::open(&self.state_dir).ok()?;
+        let image = store
+            .image(&Reference::parse(service.image.as_deref()?).ok()?)
+            .ok()?;
+        let hc = image.config.healthcheck?;
+        // Docker stores durations in nanoseconds, 0 meaning "the default".
+        let dur = |ns: Option<i64>| {
+            ns.filter(|n| *n > 0)
+                .map(|n| Duration::from_nanos(n as u64))
+        };
+        let check = spec::model::Healthcheck {
+            test: hc.test,
+            interval: dur(hc.interval),
+            timeout: dur(hc.timeout),
+            retries: hc.retries.and_then(|r| u32::try_from(r).ok()),
+            start_period: dur(hc.start_period),
+            start_interval: dur(hc.start_interval),
+            disable: false,
+        };
+        crate::health::probe_command(&check).map(|_| check)
+    }
+
+    /// Runs one health probe in the container of `task`: `command` exits 0 within
+    /// `timeout` (a probe that runs longer is killed and counts as a failure).
+    pub fn probe(&self, task: &str, command: &[String], timeout: Duration) -> bool {
+        let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        else {
+            return false;
+        };
+        use std::os::fd::AsFd;
+        let opts = crate::runtime::ExecOptions {
+            args: command.to_vec(),
+            stdio: crate::runtime::Stdio {
+                stdin: Some(null.as_fd()),
+                stdout: Some(null.as_fd()),
+                stderr: Some(null.as_fd()),
+            },
+            ..Default::default()
+        };
+        let Ok(process) = shim::exec(&self.shim_root(), task, None, opts) else {
+            return false;
+        };
+        // A pidfd names this very process even once it has been reaped, so the
+        // timeout can never signal a recycled pid.
+        // SAFETY: pidfd_open takes a pid and flags; the result is checked.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, process.pid(), 0) } as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(process.wait());
+        });
+        let result = match rx.recv_timeout(timeout) {
+            Ok(Ok(report)) => report.status() == 0,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                if pidfd >= 0 {
+                    // SAFETY: signal through our own pidfd.
+                    unsafe {
+                        libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, 0, 0)
+                    };
+                }
+                false
+            }
+        };
+        if pidfd >= 0 {
+            // SAFETY: our fd, closed once.
+            unsafe { libc::close(pidfd) };
+        }
+        result
+    }
 }
