@@ -728,3 +728,41 @@ volumes:
     );
     f.ok(&["down"]);
 }
+
+#[test]
+fn exec_runs_in_the_service_container() {
+    let compose = format!(
+        "services:\n  web:\n    image: busybox:local\n    hostname: webhost\n    environment:\n      GREETING: hi\n    command: [\"sh\", \"-c\", \"{SLEEPER}\"]\n"
+    );
+    let mut f = Fixture::new("exec", &compose);
+    f.start_daemon();
+    f.ok(&["up", "-d"]);
+    let out = f.ok(&[
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "echo $(hostname) $GREETING $EXTRA $(id -u) $(pwd)",
+    ]);
+    assert_eq!(out.trim(), "webhost hi 0 /");
+    let out = f.ok(&[
+        "exec",
+        "-e",
+        "EXTRA=x",
+        "-u",
+        "app",
+        "-w",
+        "/tmp",
+        "web",
+        "sh",
+        "-c",
+        "echo $EXTRA $(id -un) $(pwd)",
+    ]);
+    assert_eq!(out.trim(), "x app /tmp");
+    let out = f.berth(&["exec", "-T", "web", "sh", "-c", "exit 9"]);
+    assert_eq!(out.status.code(), Some(9));
+    let out = f.berth(&["exec", "nope", "true"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no running container"));
+    f.ok(&["down"]);
+}

@@ -83,6 +83,8 @@ enum Command {
     Kill(stack::KillArgs),
     /// Remove the services' stopped containers
     Rm(stack::ServicesArgs),
+    /// Run a command in a running container of a service
+    Exec(stack::ExecArgs),
     /// Stream the project's container events
     Events(stack::EventsArgs),
     /// List the images the project's services use
@@ -138,6 +140,13 @@ pub fn run() -> anyhow::Result<ExitCode> {
             &args,
             "rm",
         ),
+        Command::Exec(args) => {
+            let mut project = cli.project.clone();
+            if args.project_name.is_some() {
+                project.project_name = args.project_name.clone();
+            }
+            stack::exec(&cli.state_dir, &project, &args)
+        }
         Command::Events(args) => {
             stack::events(&cli.state_dir, &cli.project.with(&args.project), &args)
         }

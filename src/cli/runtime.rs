@@ -257,9 +257,39 @@ fn print_logs(state_dir: &Path, a: &LogsArgs) -> anyhow::Result<ExitCode> {
 /// it). With `-t` the command gets a terminal of this one's size, relayed with this
 /// terminal in raw mode (restored afterwards), resized when this one is.
 fn exec_in(state_dir: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode> {
+    exec_command(
+        state_dir,
+        &a.id,
+        &ExecRequest {
+            tty: a.tty,
+            env: &a.env,
+            user: a.user.as_deref(),
+            workdir: a.workdir.as_deref(),
+            cmd: &a.cmd,
+        },
+    )
+}
+
+/// What `runtime exec` and the Compose `exec` run.
+pub(super) struct ExecRequest<'a> {
+    pub tty: bool,
+    /// `KEY=VALUE`, or `KEY` for this process's value.
+    pub env: &'a [String],
+    pub user: Option<&'a str>,
+    pub workdir: Option<&'a Path>,
+    pub cmd: &'a [String],
+}
+
+/// Runs a command in running container `id` (shim state under `shim_root`), relaying
+/// a terminal if asked; returns its exit status.
+pub(super) fn exec_command(
+    shim_root: &Path,
+    id: &str,
+    r: &ExecRequest,
+) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsRawFd;
     let mut env = Vec::new();
-    for e in &a.env {
+    for e in r.env {
         if e.contains('=') {
             env.push(e.clone());
         } else if let Ok(v) = std::env::var(e) {
@@ -268,19 +298,19 @@ fn exec_in(state_dir: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode> {
     }
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    let tty = a.tty.then(|| {
+    let tty = r.tty.then(|| {
         runtime::window_size(stdin.as_raw_fd())
             .or_else(|| runtime::window_size(stdout.as_raw_fd()))
             .unwrap_or(runtime::WindowSize { rows: 24, cols: 80 })
     });
     let opts = runtime::ExecOptions {
-        args: a.cmd.clone(),
+        args: r.cmd.to_vec(),
         env,
-        cwd: a.workdir.clone(),
+        cwd: r.workdir.map(Path::to_path_buf),
         tty,
         ..runtime::ExecOptions::default()
     };
-    let mut process = shim::exec(state_dir, &a.id, a.user.as_deref(), opts)?;
+    let mut process = shim::exec(shim_root, id, r.user, opts)?;
     if let Some(master) = process.take_master() {
         runtime::relay_stdio(&master)?;
     }

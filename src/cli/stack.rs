@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -1106,4 +1106,67 @@ fn pull_one(
     };
     agent::image::pull::pull(store, &reference, &opts)?;
     Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Project name (files go before the verb: berth -f FILE exec ...)
+    #[arg(short = 'p', long = "project-name", value_name = "NAME")]
+    pub project_name: Option<String>,
+    /// No terminal, even when standard input is one
+    #[arg(short = 'T', long = "no-TTY")]
+    no_tty: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass this one's value)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Run as this user (name or uid, with an optional :group)
+    #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// The working directory inside the container
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Which replica (1 is the first)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    index: u32,
+    /// Accepted for Compose compatibility (berth's exec is never detached)
+    #[arg(short = 'i', long, hide = true)]
+    interactive: bool,
+    #[arg(value_name = "SERVICE")]
+    service: String,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
+}
+
+/// `exec`: a command in a running container of a service, with a terminal when
+/// standard input is one (unless -T), as Compose's.
+pub fn exec(state_dir: &Path, project: &ProjectArgs, args: &ExecArgs) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+    let task = state
+        .tasks
+        .values()
+        .filter(|t| t.stack == name && t.service == args.service && t.slot == args.index)
+        .filter(|t| t.desired == DesiredState::Running && t.status.state() == TaskState::Running)
+        .max_by_key(|t| t.generation)
+        .with_context(|| {
+            format!(
+                "service {:?} of {name} has no running container {} (berth ps shows what runs)",
+                args.service, args.index
+            )
+        })?;
+    let tty = !args.no_tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let _ = args.interactive;
+    super::runtime::exec_command(
+        &state_dir.join("run"),
+        &task.id,
+        &super::runtime::ExecRequest {
+            tty,
+            env: &args.env,
+            user: args.user.as_deref(),
+            workdir: args.workdir.as_deref(),
+            cmd: &args.cmd,
+        },
+    )
 }
