@@ -147,6 +147,7 @@ fn service_of<'a>(
         .stack
         .services
         .get(&task.service)
+        .or_else(|| record.oneoffs.get(&task.service))
         .or_else(|| record.orphans.get(&task.service))?;
     Some((record, service))
 }

@@ -766,3 +766,57 @@ fn exec_runs_in_the_service_container() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no running container"));
     f.ok(&["down"]);
 }
+
+#[test]
+fn run_makes_a_one_off_container_with_its_exit_status() {
+    let compose = format!(
+        r#"services:
+  db:
+    image: busybox:local
+    command: ["sh", "-c", "{SLEEPER}"]
+  tool:
+    image: busybox:local
+    command: ["echo", "default command"]
+    environment:
+      MODE: file
+    depends_on: [db]
+"#
+    );
+    let mut f = Fixture::new("run", &compose);
+    f.start_daemon();
+    // The dependency is started first; the command and env are the run's.
+    let out = f.berth(&[
+        "run",
+        "--rm",
+        "-e",
+        "MODE=cli",
+        "tool",
+        "sh",
+        "-c",
+        "echo mode=$MODE; exit 5",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "mode=cli");
+    let ps = f.ps(true);
+    assert_eq!(ps.len(), 1, "only db is left: {ps:?}");
+    assert!(ps[0].0.ends_with("-db-1"));
+    // Without --rm the one-off stays (exited) until down.
+    let out = f.berth(&["run", "tool"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "default command"
+    );
+    assert!(f
+        .ps(true)
+        .iter()
+        .any(|r| r.0.contains("-tool-run-") && r.2 == "exited"));
+    f.ok(&["down"]);
+    assert!(f.ps(true).is_empty());
+}

@@ -10,6 +10,8 @@
 //! - `DELETE /v1/stacks/{name}?volumes=&timeout=`: take down; returns once every
 //!   container of the stack is gone ([`DownResponse`])
 //! - `POST /v1/stacks/{name}/{stop|start|restart|rm|kill}` ([`ServicesRequest`])
+//! - `POST /v1/stacks/{name}/runs` ([`RunRequest`] -> the one-off's name), and
+//!   `DELETE /v1/stacks/{name}/run/{key}` to remove it (`berth run --rm`)
 //! - `GET /v1/events`: newline-delimited [`Event`]s, streamed as tasks change
 //! - `GET /v1/tasks/{id}/logs?follow=&tail=`: newline-delimited [`LogLine`]s, streamed
 
@@ -158,6 +160,11 @@ pub fn router(store: Arc<Store>, node: Arc<dyn Node>) -> Router {
         .route("/v1/state", get(state))
         .route("/v1/stacks/{name}", put(up).delete(down))
         .route("/v1/stacks/{name}/{verb}", post(services_verb))
+        .route(
+            "/v1/stacks/{name}/run/{key}",
+            axum::routing::delete(remove_run),
+        )
+        .route("/v1/stacks/{name}/runs", post(run))
         .route("/v1/tasks/{id}/logs", get(logs))
         .route("/v1/events", get(events))
         .with_state(Ctx { store, node })
@@ -200,8 +207,10 @@ async fn up(
                     record.orphans.insert(k.clone(), svc.clone());
                 }
             }
-            // `up` starts what `stop` stopped, as Compose's.
+            // `up` starts what `stop` stopped, as Compose's; one-off containers of
+            // `run` are not the file's to remove.
             record.stopped.clear();
+            record.oneoffs = old.oneoffs.clone();
             if req.no_recreate {
                 // Keep each service's old definition where tasks run: adopt it.
                 for (k, svc) in record.stack.services.iter_mut() {
@@ -500,4 +509,93 @@ pub async fn serve(
     node: Arc<dyn Node>,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(store, node)).await
+}
+
+/// `berth run`: a one-off container of a service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub service: String,
+    /// The service as the caller's file has it (else the deployed one).
+    #[serde(default)]
+    pub definition: Option<spec::model::Service>,
+    /// Replaces the service's command, if given.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` added to the environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Publish the service's ports too (Compose's --service-ports).
+    #[serde(default)]
+    pub service_ports: bool,
+}
+
+async fn run(
+    AxState(cx): AxState<Ctx>,
+    Path(name): Path<String>,
+    Json(req): Json<RunRequest>,
+) -> Result<Json<String>, ApiError> {
+    let key = format!("{}-run-{:06x}", req.service, crate::now_ms() % 0x100_0000);
+    let created = cx.store.update(|s| {
+        let record = s
+            .stacks
+            .get_mut(&name)
+            .ok_or_else(|| StoreError::Rejected(format!("no stack named {name:?} is deployed")))?;
+        let mut service = req
+            .definition
+            .clone()
+            .or_else(|| record.stack.services.get(&req.service).cloned())
+            .ok_or_else(|| {
+                StoreError::Rejected(format!("stack {name:?} has no service {:?}", req.service))
+            })?;
+        if let Some(c) = &req.command {
+            service.command = Some(c.clone());
+        }
+        if let Some(e) = &req.entrypoint {
+            service.entrypoint = Some(e.clone());
+        }
+        for kv in &req.env {
+            let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+            service
+                .environment
+                .insert(k.to_string(), Some(v.to_string()));
+        }
+        if req.user.is_some() {
+            service.user = req.user.clone();
+        }
+        if req.workdir.is_some() {
+            service.working_dir = req.workdir.clone();
+        }
+        // A one-off runs once, under its own name, without the service's ports.
+        service.restart = None;
+        service.container_name = None;
+        service.scale = None;
+        if let Some(d) = service.deploy.as_mut() {
+            d.restart_policy = None;
+            d.replicas = None;
+        }
+        if !req.service_ports {
+            service.ports.clear();
+        }
+        record.oneoffs.insert(key.clone(), service);
+        Ok(key.clone())
+    })?;
+    Ok(Json(created))
+}
+
+async fn remove_run(
+    AxState(cx): AxState<Ctx>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Json<bool>, ApiError> {
+    let removed = cx.store.update(|s| {
+        Ok(s.stacks
+            .get_mut(&name)
+            .is_some_and(|r| r.oneoffs.remove(&key).is_some()))
+    })?;
+    Ok(Json(removed))
 }

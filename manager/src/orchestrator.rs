@@ -76,14 +76,23 @@ pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u6
 
     let mut wanted: BTreeSet<(&str, &str, u32)> = BTreeSet::new();
     for (stack_name, record) in stacks {
-        let services = record.stack.services.iter().chain(
-            record
-                .orphans
-                .iter()
-                .filter(|(k, _)| !record.stack.services.contains_key(*k)),
-        );
+        let services = record
+            .stack
+            .services
+            .iter()
+            .chain(
+                record
+                    .orphans
+                    .iter()
+                    .filter(|(k, _)| !record.stack.services.contains_key(*k)),
+            )
+            .chain(record.oneoffs.iter());
         for (name, service) in services {
-            let replicas = replicas(record, name, service);
+            let replicas = if record.oneoffs.contains_key(name) {
+                1
+            } else {
+                replicas(record, name, service)
+            };
             let stopped = record.stopped.iter().any(|s| s == name);
             let hash = spec_hash(&record.stack, service);
             for slot in 1..=replicas {

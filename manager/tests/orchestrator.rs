@@ -36,6 +36,7 @@ fn stack(services: &[(&str, Service)]) -> StackRecord {
         files: vec![],
         project_dir: String::new(),
         orphans: BTreeMap::new(),
+        oneoffs: BTreeMap::new(),
         scale: BTreeMap::new(),
         secret_env: BTreeMap::new(),
         stopped: vec![],

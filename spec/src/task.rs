@@ -25,6 +25,10 @@ pub struct StackRecord {
     /// until `up --remove-orphans` or `down` (as Compose does).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub orphans: BTreeMap<String, crate::model::Service>,
+    /// One-off containers of `berth run`, by their name (`<service>-run-<hex>`): each a
+    /// copy of its service with the run's command, never restarted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub oneoffs: BTreeMap<String, crate::model::Service>,
     /// Per-service replica counts given with `up --scale`, over the file's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scale: BTreeMap<String, u32>,

@@ -85,6 +85,8 @@ enum Command {
     Rm(stack::ServicesArgs),
     /// Run a command in a running container of a service
     Exec(stack::ExecArgs),
+    /// Run a one-off container of a service
+    Run(stack::RunArgs),
     /// Stream the project's container events
     Events(stack::EventsArgs),
     /// List the images the project's services use
@@ -147,6 +149,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
             stack::exec(&cli.state_dir, &project, &args)
         }
+        Command::Run(args) => stack::run(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Events(args) => {
             stack::events(&cli.state_dir, &cli.project.with(&args.project), &args)
         }
