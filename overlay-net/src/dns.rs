@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
+pub use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 
@@ -299,7 +300,9 @@ struct Serve {
 impl Serve {
     fn run(self) {
         // A timeout too, in case the wake-up datagram is lost.
-        let _ = self.socket.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = self
+            .socket
+            .set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 4096];
         while !self.stop.load(Ordering::SeqCst) {
             let Ok((n, peer)) = self.socket.recv_from(&mut buf) else {
@@ -341,7 +344,9 @@ fn forward(socket: &UdpSocket, packet: &[u8], peer: SocketAddr, upstream: &[Sock
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let Ok(s) = UdpSocket::bind(bind) else { continue };
+        let Ok(s) = UdpSocket::bind(bind) else {
+            continue;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         if s.send_to(packet, up).is_err() {
             continue;
@@ -354,6 +359,27 @@ fn forward(socket: &UdpSocket, packet: &[u8], peer: SocketAddr, upstream: &[Sock
             }
         }
     }
+    // No upstream answered: say so at once rather than let the client time out.
+    if let Some(reply) = servfail(packet) {
+        let _ = socket.send_to(&reply, peer);
+    }
+}
+
+/// A SERVFAIL reply to a query packet.
+fn servfail(packet: &[u8]) -> Option<Vec<u8>> {
+    let query = Message::from_vec(packet).ok()?;
+    let mut reply = Message::new();
+    reply
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(query.op_code())
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .set_response_code(ResponseCode::ServFail);
+    for q in query.queries() {
+        reply.add_query(q.clone());
+    }
+    reply.to_vec().ok()
 }
 
 /// The `nameserver` lines of a resolv.conf, as port-53 socket addresses.
@@ -364,6 +390,50 @@ pub fn parse_nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
         .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()
+}
+
+/// A minimal stub resolver for tests, benchmarks and health probes: asks `server` for
+/// the A records of `name` over UDP. `Ok(Ok(addresses))` on NOERROR, `Ok(Err(code))`
+/// on another response code.
+pub fn query_a(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    name: &str,
+    id: u16,
+) -> io::Result<Result<Vec<Ipv4Addr>, ResponseCode>> {
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+    let invalid =
+        |e: hickory_proto::ProtoError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    let mut m = Message::new();
+    m.set_id(id).set_recursion_desired(true);
+    m.add_query(Query::query(
+        Name::from_ascii(name).map_err(invalid)?,
+        RecordType::A,
+    ));
+    socket.send_to(&m.to_vec().map_err(invalid)?, server)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf)?;
+        if from != server {
+            continue;
+        }
+        let reply = Message::from_vec(&buf[..n]).map_err(invalid)?;
+        if reply.id() != id {
+            continue;
+        }
+        if reply.response_code() != ResponseCode::NoError {
+            return Ok(Err(reply.response_code()));
+        }
+        return Ok(Ok(reply
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()));
+    }
 }
 
 #[cfg(test)]
@@ -449,17 +519,29 @@ mod tests {
     #[test]
     fn packets_get_answers_nxdomain_or_forwarding() {
         let r = records();
-        let reply = respond(&r, "front", &query("web.", RecordType::A), 0).unwrap().unwrap();
+        let reply = respond(&r, "front", &query("web.", RecordType::A), 0)
+            .unwrap()
+            .unwrap();
         let m = Message::from_vec(&reply).unwrap();
         assert_eq!(m.id(), 77);
         assert_eq!(m.response_code(), ResponseCode::NoError);
         let got: Vec<String> = m.answers().iter().map(|a| a.data().to_string()).collect();
         assert_eq!(got, ["10.0.0.2", "10.0.0.3"]);
-        let reply = respond(&r, "front", &query("web.", RecordType::AAAA), 0).unwrap().unwrap();
+        let reply = respond(&r, "front", &query("web.", RecordType::AAAA), 0)
+            .unwrap()
+            .unwrap();
         let m = Message::from_vec(&reply).unwrap();
-        assert_eq!((m.response_code(), m.answers().len()), (ResponseCode::NoError, 0));
-        let reply = respond(&r, "front", &query("nope.", RecordType::A), 0).unwrap().unwrap();
-        assert_eq!(Message::from_vec(&reply).unwrap().response_code(), ResponseCode::NXDomain);
+        assert_eq!(
+            (m.response_code(), m.answers().len()),
+            (ResponseCode::NoError, 0)
+        );
+        let reply = respond(&r, "front", &query("nope.", RecordType::A), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&reply).unwrap().response_code(),
+            ResponseCode::NXDomain
+        );
         let packet = query("example.com.", RecordType::A);
         assert_eq!(respond(&r, "front", &packet, 0), Some(Err(packet.clone())));
         assert_eq!(respond(&r, "front", b"garbage", 0), None);
@@ -470,7 +552,10 @@ mod tests {
         let text = "# c\nnameserver 10.255.255.53\nsearch x\nnameserver ::1\nnameserver bogus\n";
         assert_eq!(
             parse_nameservers(text),
-            vec!["10.255.255.53:53".parse().unwrap(), "[::1]:53".parse().unwrap()]
+            vec![
+                "10.255.255.53:53".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
         );
     }
 }

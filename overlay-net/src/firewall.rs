@@ -179,24 +179,63 @@ mod tests {
             internal: false,
         };
         let s = network_script(&r);
-        assert!(s.contains("ip saddr 10.89.0.0/24 oifname != \"berthb123456\" masquerade"), "{s}");
-        assert!(s.contains("iifname \"berthb123456\" oifname \"berth*\" oifname != \"berthb123456\" drop"), "{s}");
-        assert!(!s.contains("oifname \"berthb123456\" iifname != \"berthb123456\" drop"), "{s}");
+        assert!(
+            s.contains("ip saddr 10.89.0.0/24 oifname != \"berthb123456\" masquerade"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "iifname \"berthb123456\" oifname \"berth*\" oifname != \"berthb123456\" drop"
+            ),
+            "{s}"
+        );
+        assert!(
+            !s.contains("oifname \"berthb123456\" iifname != \"berthb123456\" drop"),
+            "{s}"
+        );
         r.internal = true;
         let s = network_script(&r);
         assert!(!s.contains("masquerade"), "{s}");
-        assert!(s.contains("iifname \"berthb123456\" oifname != \"berthb123456\" drop"), "{s}");
+        assert!(
+            s.contains("iifname \"berthb123456\" oifname != \"berthb123456\" drop"),
+            "{s}"
+        );
     }
 
     #[test]
     fn ports_dnat_from_outside_and_from_the_host() {
         let rules = [
-            PortRule { proto: "tcp", host_ip: None, host_port: 8080, container_ip: Ipv4Addr::new(10, 89, 0, 2), container_port: 80 },
-            PortRule { proto: "udp", host_ip: Some(Ipv4Addr::LOCALHOST), host_port: 5353, container_ip: Ipv4Addr::new(10, 89, 0, 2), container_port: 53 },
+            PortRule {
+                proto: "tcp",
+                host_ip: None,
+                host_port: 8080,
+                container_ip: Ipv4Addr::new(10, 89, 0, 2),
+                container_port: 80,
+            },
+            PortRule {
+                proto: "udp",
+                host_ip: Some(Ipv4Addr::LOCALHOST),
+                host_port: 5353,
+                container_ip: Ipv4Addr::new(10, 89, 0, 2),
+                container_port: 53,
+            },
         ];
         let s = ports_script("berthnabcdef", &rules);
-        assert_eq!(s.matches("fib daddr type local tcp dport 8080 dnat to 10.89.0.2:80").count(), 2, "{s}");
-        assert_eq!(s.matches("ip daddr 127.0.0.1 udp dport 5353 dnat to 10.89.0.2:53").count(), 2, "{s}");
-        assert!(s.contains("ip saddr 127.0.0.0/8 ip daddr 10.89.0.2 udp dport 53 masquerade"), "{s}");
+        assert_eq!(
+            s.matches("fib daddr type local tcp dport 8080 dnat to 10.89.0.2:80")
+                .count(),
+            2,
+            "{s}"
+        );
+        assert_eq!(
+            s.matches("ip daddr 127.0.0.1 udp dport 5353 dnat to 10.89.0.2:53")
+                .count(),
+            2,
+            "{s}"
+        );
+        assert!(
+            s.contains("ip saddr 127.0.0.0/8 ip daddr 10.89.0.2 udp dport 53 masquerade"),
+            "{s}"
+        );
     }
 }

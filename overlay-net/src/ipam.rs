@@ -23,7 +23,9 @@ pub enum IpamError {
         gateway: Ipv4Addr,
         subnet: Subnet,
     },
-    #[error("network {network}: subnet {subnet} overlaps {other}; choose another ipam.config.subnet")]
+    #[error(
+        "network {network}: subnet {subnet} overlaps {other}; choose another ipam.config.subnet"
+    )]
     Overlap {
         network: String,
         subnet: Subnet,
@@ -68,7 +70,7 @@ impl Subnet {
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
     }
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -94,7 +96,11 @@ impl Subnet {
         } else {
             0
         };
-        let step = if len <= 32 { 1u64 << (32 - u32::from(len)) } else { 0 };
+        let step = if len <= 32 {
+            1u64 << (32 - u32::from(len))
+        } else {
+            0
+        };
         (0..count).map(move |i| {
             Subnet::new(
                 Ipv4Addr::from((u64::from(u32::from(self.addr)) + i * step) as u32),
@@ -209,7 +215,7 @@ pub fn plan_network(
                     .iter()
                     .chain(other_networks)
                     // A default route (0.0.0.0/0) overlaps everything and must not count.
-                    .any(|t| t.len() > 0 && t.overlaps(candidate))
+                    .any(|t| t.prefix_len() > 0 && t.overlaps(candidate))
             })
             .ok_or_else(|| IpamError::PoolExhausted {
                 network: network.to_string(),
@@ -242,7 +248,8 @@ pub fn plan_network(
 /// True when `ip` can be a host in `subnet`: inside it, and neither its network nor its
 /// broadcast address (a /31 or /32 has no such reserved addresses).
 fn usable(subnet: &Subnet, ip: Ipv4Addr) -> bool {
-    subnet.contains(ip) && (subnet.len() >= 31 || (ip != subnet.addr() && ip != subnet.last()))
+    subnet.contains(ip)
+        && (subnet.prefix_len() >= 31 || (ip != subnet.addr() && ip != subnet.last()))
 }
 
 /// Chooses a container's address on a network: `requested` (a service's `ipv4_address`)
@@ -277,7 +284,7 @@ pub fn plan_address(
         }
         return Ok(address);
     }
-    let size = 1u32 << (32 - u32::from(net.subnet.len()).min(31));
+    let size = 1u32 << (32 - u32::from(net.subnet.prefix_len()).min(31));
     (1..size)
         .filter_map(|i| net.subnet.nth(i))
         .find(|ip| usable(&net.subnet, *ip) && *ip != net.gateway && !used.contains(ip))
@@ -319,9 +326,15 @@ mod tests {
         assert!(!s("10.1.0.0/16").overlaps(&s("10.2.0.0/16")));
         assert_eq!(s("10.1.2.0/24").last(), Ipv4Addr::new(10, 1, 2, 255));
         for bad in ["10.0.0.0", "10.0.0.0/33", "x/24", "10.0.0/24"] {
-            assert!(matches!(bad.parse::<Subnet>(), Err(IpamError::BadSubnet(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<Subnet>(), Err(IpamError::BadSubnet(_))),
+                "{bad}"
+            );
         }
-        let kids: Vec<String> = s("10.0.0.0/23").children(24).map(|c| c.to_string()).collect();
+        let kids: Vec<String> = s("10.0.0.0/23")
+            .children(24)
+            .map(|c| c.to_string())
+            .collect();
         assert_eq!(kids, ["10.0.0.0/24", "10.0.1.0/24"]);
     }
 
@@ -356,15 +369,33 @@ mod tests {
     #[test]
     fn requested_subnet_and_gateway_are_honored_or_explained() {
         let pool = Pool::default();
-        let a = plan_network("n", Some(("172.30.5.0/24", Some("172.30.5.254"))), &pool, &[], &[])
-            .unwrap();
+        let a = plan_network(
+            "n",
+            Some(("172.30.5.0/24", Some("172.30.5.254"))),
+            &pool,
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(a.subnet, s("172.30.5.0/24"));
         assert_eq!(a.gateway, Ipv4Addr::new(172, 30, 5, 254));
-        let e = plan_network("n", Some(("172.30.5.0/24", Some("172.30.6.1"))), &pool, &[], &[])
-            .unwrap_err();
+        let e = plan_network(
+            "n",
+            Some(("172.30.5.0/24", Some("172.30.6.1"))),
+            &pool,
+            &[],
+            &[],
+        )
+        .unwrap_err();
         assert!(matches!(e, IpamError::GatewayOutside { .. }), "{e}");
-        let e = plan_network("n", Some(("172.30.5.0/24", None)), &pool, &[], &[s("172.30.0.0/16")])
-            .unwrap_err();
+        let e = plan_network(
+            "n",
+            Some(("172.30.5.0/24", None)),
+            &pool,
+            &[],
+            &[s("172.30.0.0/16")],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("overlaps 172.30.0.0/16"), "{e}");
     }
 
@@ -375,27 +406,48 @@ mod tests {
             gateway: Ipv4Addr::new(10, 5, 0, 1),
         };
         let mut used = BTreeSet::new();
-        assert_eq!(plan_address("n", "web", &net, &used, None).unwrap(), Ipv4Addr::new(10, 5, 0, 2));
+        assert_eq!(
+            plan_address("n", "web", &net, &used, None).unwrap(),
+            Ipv4Addr::new(10, 5, 0, 2)
+        );
         used.insert(Ipv4Addr::new(10, 5, 0, 2));
         used.insert(Ipv4Addr::new(10, 5, 0, 4));
-        assert_eq!(plan_address("n", "web", &net, &used, None).unwrap(), Ipv4Addr::new(10, 5, 0, 3));
+        assert_eq!(
+            plan_address("n", "web", &net, &used, None).unwrap(),
+            Ipv4Addr::new(10, 5, 0, 3)
+        );
         assert_eq!(
             plan_address("n", "web", &net, &used, Some("10.5.0.6")).unwrap(),
             Ipv4Addr::new(10, 5, 0, 6)
         );
-        for (req, what) in [("10.5.0.4", "already used"), ("10.5.0.1", "not usable"), ("10.5.0.7", "not usable"), ("10.6.0.3", "not usable")] {
+        for (req, what) in [
+            ("10.5.0.4", "already used"),
+            ("10.5.0.1", "not usable"),
+            ("10.5.0.7", "not usable"),
+            ("10.6.0.3", "not usable"),
+        ] {
             let e = plan_address("n", "web", &net, &used, Some(req)).unwrap_err();
-            assert!(e.to_string().contains(what) && e.to_string().contains("service web"), "{req}: {e}");
+            assert!(
+                e.to_string().contains(what) && e.to_string().contains("service web"),
+                "{req}: {e}"
+            );
         }
         used.extend([3, 5, 6].map(|i| Ipv4Addr::new(10, 5, 0, i)));
-        assert!(matches!(plan_address("n", "web", &net, &used, None), Err(IpamError::SubnetFull { .. })));
+        assert!(matches!(
+            plan_address("n", "web", &net, &used, None),
+            Err(IpamError::SubnetFull { .. })
+        ));
     }
 
     #[test]
     fn proc_net_route_is_read() {
-        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
 eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
 eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
-        assert_eq!(parse_proc_net_route(text), vec![s("0.0.0.0/0"), s("192.0.2.0/24")]);
+        assert_eq!(
+            parse_proc_net_route(text),
+            vec![s("0.0.0.0/0"), s("192.0.2.0/24")]
+        );
     }
 }

@@ -143,13 +143,27 @@ fn in_netns<T: Send + 'static>(
         rt.block_on(f(&handle))
     })
     .join()
-    .unwrap_or_else(|_| Err(LinkError::new("configure", netns.display(), "thread panicked")))
+    .unwrap_or_else(|_| {
+        Err(LinkError::new(
+            "configure",
+            netns.display(),
+            "thread panicked",
+        ))
+    })
 }
 
 impl Links for Rtnetlink {
-    fn ensure_bridge(&self, name: &str, gateway: Ipv4Addr, prefix_len: u8) -> Result<(), LinkError> {
+    fn ensure_bridge(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), LinkError> {
         self.with(async |h| {
-            let index = match index_of(h, name).await.map_err(|e| LinkError::new("look up bridge", name, e))? {
+            let index = match index_of(h, name)
+                .await
+                .map_err(|e| LinkError::new("look up bridge", name, e))?
+            {
                 Some(i) => i,
                 None => {
                     h.link()
@@ -180,7 +194,10 @@ impl Links for Rtnetlink {
 
     fn delete_link(&self, name: &str) -> Result<(), LinkError> {
         self.with(async |h| {
-            let Some(index) = index_of(h, name).await.map_err(|e| LinkError::new("look up link", name, e))? else {
+            let Some(index) = index_of(h, name)
+                .await
+                .map_err(|e| LinkError::new("look up link", name, e))?
+            else {
                 return Ok(());
             };
             let mut links = h.link();
@@ -196,7 +213,11 @@ impl Links for Rtnetlink {
         self.with(async |h| {
             let mut links = h.link().get().execute();
             let mut names = Vec::new();
-            while let Some(link) = links.try_next().await.map_err(|e| LinkError::new("list", "links", e))? {
+            while let Some(link) = links
+                .try_next()
+                .await
+                .map_err(|e| LinkError::new("list", "links", e))?
+            {
                 for attr in link.attributes {
                     if let LinkAttribute::IfName(n) = attr {
                         names.push(n);
@@ -244,7 +265,13 @@ impl Links for Rtnetlink {
             })
         })
         .join()
-        .unwrap_or_else(|_| Err(LinkError::new("create netns", path.display(), "thread panicked")));
+        .unwrap_or_else(|_| {
+            Err(LinkError::new(
+                "create netns",
+                path.display(),
+                "thread panicked",
+            ))
+        });
         if made.is_err() {
             let _ = self.delete_netns(path);
         }
@@ -265,7 +292,8 @@ impl Links for Rtnetlink {
     }
 
     fn add_veth(&self, p: &VethPlan) -> Result<(), LinkError> {
-        let ns = File::open(&p.netns).map_err(|e| LinkError::new("open netns", p.netns.display(), e))?;
+        let ns =
+            File::open(&p.netns).map_err(|e| LinkError::new("open netns", p.netns.display(), e))?;
         self.with(async |h| {
             h.link()
                 .add(LinkVeth::new(&p.host, &p.peer).build())
@@ -276,12 +304,21 @@ impl Links for Rtnetlink {
             let host = must_index(h, &p.host).await?;
             let peer = must_index(h, &p.peer).await?;
             h.link()
-                .set(LinkUnspec::new_with_index(host).controller(bridge).up().build())
+                .set(
+                    LinkUnspec::new_with_index(host)
+                        .controller(bridge)
+                        .up()
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|e| LinkError::new("attach veth to bridge", &p.host, e))?;
             h.link()
-                .set(LinkUnspec::new_with_index(peer).setns_by_fd(ns.as_raw_fd()).build())
+                .set(
+                    LinkUnspec::new_with_index(peer)
+                        .setns_by_fd(ns.as_raw_fd())
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|e| LinkError::new("move veth into netns", &p.peer, e))
@@ -290,7 +327,11 @@ impl Links for Rtnetlink {
         in_netns(&p.netns, async move |h| {
             let idx = must_index(h, &p2.peer).await?;
             h.link()
-                .set(LinkUnspec::new_with_index(idx).name(p2.ifname.clone()).build())
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .name(p2.ifname.clone())
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|e| LinkError::new("rename veth to", &p2.ifname, e))?;
@@ -306,7 +347,12 @@ impl Links for Rtnetlink {
                 .map_err(|e| LinkError::new("bring up", &p2.ifname, e))?;
             if let Some(gw) = p2.default_via {
                 h.route()
-                    .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(idx).build())
+                    .add(
+                        RouteMessageBuilder::<Ipv4Addr>::new()
+                            .gateway(gw)
+                            .output_interface(idx)
+                            .build(),
+                    )
                     .execute()
                     .await
                     .map_err(|e| LinkError::new("add default route via", gw, e))?;

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use spec::model::{IpamPool, Port, ServiceNetwork};
 
 use crate::dns::{DnsServer, Endpoint};
-use crate::firewall::{network_script, ports_script, Firewall, FirewallError, NetworkRules, NftCli};
+use crate::firewall::{
+    network_script, ports_script, Firewall, FirewallError, NetworkRules, NftCli,
+};
 use crate::ipam::{plan_address, plan_network, Addressing, IpamError, Pool};
 use crate::kernel::{LinkError, Links, Rtnetlink, VethPlan};
 use crate::names;
@@ -295,7 +297,8 @@ impl NetworkManager {
             let mut st = mgr.lock();
             for net in networks {
                 if existing.contains(&net.bridge) {
-                    let addr = SocketAddr::new(IpAddr::V4(net.addressing.gateway), mgr.cfg.dns_port);
+                    let addr =
+                        SocketAddr::new(IpAddr::V4(net.addressing.gateway), mgr.cfg.dns_port);
                     // A failure here is reported on the next ensure_network.
                     let _ = mgr.dns.listen(&net.name, addr);
                 }
@@ -342,7 +345,10 @@ impl NetworkManager {
     /// rules, DNS listener). Calling it again with the same request changes nothing.
     pub fn ensure_network(&self, req: &NetworkRequest) -> Result<NetworkInfo, NetError> {
         let mut st = self.lock();
-        let requested = req.ipam.as_ref().map(|p| (p.subnet.clone(), p.gateway.clone()));
+        let requested = req
+            .ipam
+            .as_ref()
+            .map(|p| (p.subnet.clone(), p.gateway.clone()));
         let info = match st.networks.get(&req.name) {
             Some(existing) => {
                 if existing.internal != req.internal || existing.requested != requested {
@@ -377,7 +383,7 @@ impl NetworkManager {
         self.links.ensure_bridge(
             &info.bridge,
             info.addressing.gateway,
-            info.addressing.subnet.len(),
+            info.addressing.subnet.prefix_len(),
         )?;
         if !info.internal {
             // NAT for outbound traffic needs forwarding on, as Docker sets it.
@@ -455,20 +461,40 @@ impl NetworkManager {
                 .flat_map(|c| &c.interfaces)
                 .filter(|itf| &itf.network == name)
                 .map(|itf| itf.address)
-                .chain(interfaces.iter().filter(|itf: &&Interface| &itf.network == name).map(|itf| itf.address))
+                .chain(
+                    interfaces
+                        .iter()
+                        .filter(|itf: &&Interface| &itf.network == name)
+                        .map(|itf| itf.address),
+                )
                 .collect();
-            let address = plan_address(name, &req.service, &net.addressing, &used, opts.ipv4_address.as_deref())?;
+            let address = plan_address(
+                name,
+                &req.service,
+                &net.addressing,
+                &used,
+                opts.ipv4_address.as_deref(),
+            )?;
             interfaces.push(Interface {
                 network: name.clone(),
                 ifname: format!("eth{i}"),
                 host_veth: names::veth_host(&self.cfg.prefix, &req.container_id, name),
                 address,
-                prefix_len: net.addressing.subnet.len(),
+                prefix_len: net.addressing.subnet.prefix_len(),
             });
         }
-        let hostname = req.hostname.clone().unwrap_or_else(|| req.container_name.clone());
+        let hostname = req
+            .hostname
+            .clone()
+            .unwrap_or_else(|| req.container_name.clone());
         let gateway = nets.first().map(|n| n.addressing.gateway);
-        let hosts = resolv::hosts(&req.service, &hostname, interfaces.first().map(|i| i.address), gateway, &req.extra_hosts)?;
+        let hosts = resolv::hosts(
+            &req.service,
+            &hostname,
+            interfaces.first().map(|i| i.address),
+            gateway,
+            &req.extra_hosts,
+        )?;
         let upstream: Vec<SocketAddr> = req
             .dns
             .iter()
@@ -491,14 +517,21 @@ impl NetworkManager {
                     .filter(|n| !n.is_empty())
                     .map(|n| n.to_ascii_lowercase())
                     .collect(),
-                aliases: opts.aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
+                aliases: opts
+                    .aliases
+                    .iter()
+                    .map(|a| a.to_ascii_lowercase())
+                    .collect(),
                 healthy: req.healthy,
                 upstream: upstream.clone(),
             })
             .collect();
         let record = ContainerRecord {
             id: req.container_id.clone(),
-            netns: self.cfg.netns_dir.join(names::netns_file(&self.cfg.prefix, &req.container_id)),
+            netns: self
+                .cfg
+                .netns_dir
+                .join(names::netns_file(&self.cfg.prefix, &req.container_id)),
             interfaces,
             endpoints,
             published: Vec::new(),
@@ -510,7 +543,11 @@ impl NetworkManager {
             return Err(e);
         }
         {
-            let mut records = self.dns.records().write().unwrap_or_else(|p| p.into_inner());
+            let mut records = self
+                .dns
+                .records()
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             for ep in &record.endpoints {
                 records.insert(ep.clone());
             }
@@ -562,12 +599,14 @@ impl NetworkManager {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove_container(id);
-        self.firewall.delete_table(&names::ports_table(&self.cfg.prefix, id))?;
+        self.firewall
+            .delete_table(&names::ports_table(&self.cfg.prefix, id))?;
         st.reservations.remove(id);
         for itf in &record.interfaces {
             // Deleting one end of a veth deletes both.
             self.links.delete_link(&itf.host_veth)?;
-            self.links.delete_link(&names::veth_peer(&self.cfg.prefix, id, &itf.network))?;
+            self.links
+                .delete_link(&names::veth_peer(&self.cfg.prefix, id, &itf.network))?;
         }
         self.links.delete_netns(&record.netns)?;
         remove_file(&self.container_file(id))?;
@@ -588,7 +627,12 @@ impl NetworkManager {
     /// Publishes a container's `ports:` (`service` names it in errors): host ports are
     /// reserved, then DNAT'd to the container's first address. Replaces what was
     /// published before for this container.
-    pub fn publish(&self, container_id: &str, service: &str, ports: &[Port]) -> Result<Vec<Published>, NetError> {
+    pub fn publish(
+        &self,
+        container_id: &str,
+        service: &str,
+        ports: &[Port],
+    ) -> Result<Vec<Published>, NetError> {
         let mut st = self.lock();
         let record = st
             .containers
@@ -636,7 +680,11 @@ impl NetworkManager {
     /// container attachments (namespaces, veths, port tables), networks (bridges,
     /// tables), and any prefixed link, table or namespace file with no record at all
     /// (left by a crash between making it and recording it, or by a lost state dir).
-    pub fn gc(&self, live_networks: &[&str], live_containers: &[&str]) -> Result<GcReport, NetError> {
+    pub fn gc(
+        &self,
+        live_networks: &[&str],
+        live_containers: &[&str],
+    ) -> Result<GcReport, NetError> {
         let mut report = GcReport::default();
         let dead: Vec<String> = {
             let st = self.lock();

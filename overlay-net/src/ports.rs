@@ -91,8 +91,16 @@ fn proto_name(service: &str, p: Protocol) -> Result<&'static str, PortError> {
     }
 }
 
-fn reserve_one(proto: &'static str, ip: Option<Ipv4Addr>, port: u16) -> nix::Result<(OwnedFd, u16)> {
-    let ty = if proto == "udp" { SockType::Datagram } else { SockType::Stream };
+fn reserve_one(
+    proto: &'static str,
+    ip: Option<Ipv4Addr>,
+    port: u16,
+) -> nix::Result<(OwnedFd, u16)> {
+    let ty = if proto == "udp" {
+        SockType::Datagram
+    } else {
+        SockType::Stream
+    };
     let fd = socket(AddressFamily::Inet, ty, SockFlag::SOCK_CLOEXEC, None)?;
     let addr = SockaddrIn::from(SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port));
     bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
@@ -103,7 +111,11 @@ fn reserve_one(proto: &'static str, ip: Option<Ipv4Addr>, port: u16) -> nix::Res
 /// Reserves the host ports of `ports` for a container at `container_ip`: a published
 /// range means "one free port of it", as in Compose; no published port means one the
 /// kernel picks. All or nothing: on error, what was reserved is released.
-pub fn reserve(service: &str, ports: &[Port], container_ip: Ipv4Addr) -> Result<Vec<Reservation>, PortError> {
+pub fn reserve(
+    service: &str,
+    ports: &[Port],
+    container_ip: Ipv4Addr,
+) -> Result<Vec<Reservation>, PortError> {
     let mut out = Vec::new();
     for port in ports {
         let proto = proto_name(service, port.protocol)?;
@@ -120,7 +132,10 @@ pub fn reserve(service: &str, ports: &[Port], container_ip: Ipv4Addr) -> Result<
                 Err(e) => last_err = Some(e),
             }
         }
-        let shown = port.published.map(|r| r.to_string()).unwrap_or_else(|| "0".to_string());
+        let shown = port
+            .published
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "0".to_string());
         let (fd, host_port) = match (got, last_err) {
             (Some(ok), _) => ok,
             (None, Some(nix::errno::Errno::EADDRINUSE)) => {
@@ -128,7 +143,9 @@ pub fn reserve(service: &str, ports: &[Port], container_ip: Ipv4Addr) -> Result<
                     service: service.to_string(),
                     port: shown,
                     proto,
-                    host: ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".to_string()),
+                    host: ip
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "0.0.0.0".to_string()),
                 })
             }
             (None, e) => {
@@ -155,7 +172,10 @@ pub fn reserve(service: &str, ports: &[Port], container_ip: Ipv4Addr) -> Result<
 
 /// The address a client on the host uses for a published port (for reports and tests).
 pub fn local_addr(p: &Published) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(p.host_ip.unwrap_or(Ipv4Addr::LOCALHOST)), p.host_port)
+    SocketAddr::new(
+        IpAddr::V4(p.host_ip.unwrap_or(Ipv4Addr::LOCALHOST)),
+        p.host_port,
+    )
 }
 
 #[cfg(test)]
@@ -180,8 +200,14 @@ mod tests {
         let p = |ip| port(None, Protocol::Tcp, ip);
         assert_eq!(host_ip("web", &p(None)).unwrap(), None);
         assert_eq!(host_ip("web", &p(Some("0.0.0.0"))).unwrap(), None);
-        assert_eq!(host_ip("web", &p(Some("127.0.0.1"))).unwrap(), Some(Ipv4Addr::LOCALHOST));
-        assert!(host_ip("web", &p(Some("::1"))).unwrap_err().to_string().contains("IPv6"));
+        assert_eq!(
+            host_ip("web", &p(Some("127.0.0.1"))).unwrap(),
+            Some(Ipv4Addr::LOCALHOST)
+        );
+        assert!(host_ip("web", &p(Some("::1")))
+            .unwrap_err()
+            .to_string()
+            .contains("IPv6"));
         assert!(host_ip("web", &p(Some("nope"))).is_err());
     }
 
@@ -190,9 +216,17 @@ mod tests {
         let ip = Ipv4Addr::new(10, 0, 0, 2);
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = held.local_addr().unwrap().port();
-        let e = reserve("web", &[port(Some((taken, taken)), Protocol::Tcp, Some("127.0.0.1"))], ip).unwrap_err();
+        let e = reserve(
+            "web",
+            &[port(Some((taken, taken)), Protocol::Tcp, Some("127.0.0.1"))],
+            ip,
+        )
+        .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("service web") && msg.contains(&format!("{taken}/tcp")), "{msg}");
+        assert!(
+            msg.contains("service web") && msg.contains(&format!("{taken}/tcp")),
+            "{msg}"
+        );
         // The kernel picks a port when none is published; the reservation then holds it.
         let r = reserve("web", &[port(None, Protocol::Udp, Some("127.0.0.1"))], ip).unwrap();
         let got = r[0].published.host_port;
@@ -202,7 +236,15 @@ mod tests {
         assert!(std::net::UdpSocket::bind(("127.0.0.1", got)).is_ok());
         // A range skips the taken port.
         if taken < u16::MAX {
-            let r = reserve("web", &[port(Some((taken, taken + 1)), Protocol::Tcp, Some("127.0.0.1"))], ip);
+            let r = reserve(
+                "web",
+                &[port(
+                    Some((taken, taken + 1)),
+                    Protocol::Tcp,
+                    Some("127.0.0.1"),
+                )],
+                ip,
+            );
             if let Ok(r) = r {
                 assert_eq!(r[0].published.host_port, taken + 1);
             }

@@ -77,7 +77,11 @@ mod tests {
             resolv_conf(gw, &[], &[]),
             "# written by berth\nnameserver 10.89.0.1\noptions ndots:0\n"
         );
-        let s = resolv_conf(gw, &["corp.example".into(), "example".into()], &["ndots:2".into(), "rotate".into()]);
+        let s = resolv_conf(
+            gw,
+            &["corp.example".into(), "example".into()],
+            &["ndots:2".into(), "rotate".into()],
+        );
         assert!(s.contains("search corp.example example\n"), "{s}");
         assert!(s.contains("options ndots:2 rotate\n"), "{s}");
     }
@@ -90,7 +94,11 @@ mod tests {
             "web-1",
             Some(Ipv4Addr::new(10, 89, 0, 2)),
             Some(gw),
-            &["db.local:10.0.0.5".into(), "v6=[::1]".into(), "host.internal:host-gateway".into()],
+            &[
+                "db.local:10.0.0.5".into(),
+                "v6=[::1]".into(),
+                "host.internal:host-gateway".into(),
+            ],
         )
         .unwrap();
         assert!(h.contains("10.89.0.2\tweb-1\n"), "{h}");
