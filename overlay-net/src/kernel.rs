@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use crate::ipam::Subnet;
 
@@ -36,13 +38,12 @@ impl LinkError {
     }
 }
 
-/// One container interface to make: a veth whose host end joins `bridge` and whose
-/// other end becomes `ifname` with `address` inside the namespace at `netns`.
+/// One container interface to make: a veth whose host end `host` joins `bridge` and
+/// whose other end is `ifname` with `address` inside the namespace at `netns`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VethPlan {
     pub bridge: String,
     pub host: String,
-    pub peer: String,
     pub netns: PathBuf,
     pub ifname: String,
     pub address: Ipv4Addr,
@@ -62,12 +63,11 @@ pub trait Links: Send + Sync {
     fn link_names(&self) -> Result<Vec<String>, LinkError>;
     /// Destinations of the host's IPv4 routes.
     fn host_routes(&self) -> Result<Vec<Subnet>, LinkError>;
-    /// Creates a network namespace kept alive by a bind mount at `path`, loopback up.
-    fn create_netns(&self, path: &Path) -> Result<(), LinkError>;
+    /// Creates a network namespace kept alive by a bind mount at `path`, with loopback
+    /// up and the container interfaces of `veths` (see [`VethPlan`]).
+    fn create_netns(&self, path: &Path, veths: &[VethPlan]) -> Result<(), LinkError>;
     /// Unmounts and removes a namespace file; a missing one is not an error.
     fn delete_netns(&self, path: &Path) -> Result<(), LinkError>;
-    /// Makes one container interface (see [`VethPlan`]).
-    fn add_veth(&self, plan: &VethPlan) -> Result<(), LinkError>;
 }
 
 /// The real kernel, through rtnetlink on a private single-threaded tokio runtime.
@@ -127,29 +127,6 @@ impl Rtnetlink {
         let (rt, handle) = &*guard;
         rt.block_on(f(handle))
     }
-}
-
-/// Runs `f` on a thread inside the namespace at `netns`, with a netlink handle there.
-fn in_netns<T: Send + 'static>(
-    netns: &Path,
-    f: impl AsyncFnOnce(&Handle) -> Result<T, LinkError> + Send + 'static,
-) -> Result<T, LinkError> {
-    let file = File::open(netns).map_err(|e| LinkError::new("open netns", netns.display(), e))?;
-    let shown = netns.display().to_string();
-    std::thread::spawn(move || {
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| LinkError::new("join netns", &shown, e))?;
-        let (rt, handle) = connect()?;
-        rt.block_on(f(&handle))
-    })
-    .join()
-    .unwrap_or_else(|_| {
-        Err(LinkError::new(
-            "configure",
-            netns.display(),
-            "thread panicked",
-        ))
-    })
 }
 
 impl Links for Rtnetlink {
@@ -234,15 +211,22 @@ impl Links for Rtnetlink {
         Ok(crate::ipam::parse_proc_net_route(&text))
     }
 
-    fn create_netns(&self, path: &Path) -> Result<(), LinkError> {
+    fn create_netns(&self, path: &Path, veths: &[VethPlan]) -> Result<(), LinkError> {
         use nix::mount::{mount, MsFlags};
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| LinkError::new("create", dir.display(), e))?;
         }
         File::create(path).map_err(|e| LinkError::new("create", path.display(), e))?;
+        // The host's namespace, for the host ends of the veths made from inside.
+        let host_ns = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| LinkError::new("open", "/proc/thread-self/ns/net", e))?;
         let target = path.to_path_buf();
+        let plans = veths.to_vec();
+        // One thread does all the work inside: unshare affects only the calling thread
+        // and leaves the process where it was; the veths are created from inside with
+        // their host end placed in the host namespace, which is cheaper than moving a
+        // device between namespaces (that waits for an RCU grace period, ~20 ms here).
         let made = std::thread::spawn(move || {
-            // unshare on this thread only: it leaves the process where it was.
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| LinkError::new("unshare", "network namespace", e))?;
             mount(
@@ -254,15 +238,7 @@ impl Links for Rtnetlink {
             )
             .map_err(|e| LinkError::new("bind-mount netns at", target.display(), e))?;
             let (rt, handle) = connect()?;
-            rt.block_on(async {
-                let lo = must_index(&handle, "lo").await?;
-                handle
-                    .link()
-                    .set(LinkUnspec::new_with_index(lo).up().build())
-                    .execute()
-                    .await
-                    .map_err(|e| LinkError::new("bring up", "lo", e))
-            })
+            rt.block_on(configure_inside(&handle, host_ns.as_raw_fd(), &plans))
         })
         .join()
         .unwrap_or_else(|_| {
@@ -272,10 +248,31 @@ impl Links for Rtnetlink {
                 "thread panicked",
             ))
         });
-        if made.is_err() {
+        if let Err(e) = made {
             let _ = self.delete_netns(path);
+            for v in veths {
+                let _ = self.delete_link(&v.host);
+            }
+            return Err(e);
         }
-        made
+        // The host ends join their bridges.
+        self.with(async |h| {
+            for v in veths {
+                let bridge = must_index(h, &v.bridge).await?;
+                let host = must_index(h, &v.host).await?;
+                h.link()
+                    .set(
+                        LinkUnspec::new_with_index(host)
+                            .controller(bridge)
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(|e| LinkError::new("attach veth to bridge", &v.host, e))?;
+            }
+            Ok(())
+        })
     }
 
     fn delete_netns(&self, path: &Path) -> Result<(), LinkError> {
@@ -290,74 +287,62 @@ impl Links for Rtnetlink {
             Err(e) => Err(LinkError::new("remove", path.display(), e)),
         }
     }
+}
 
-    fn add_veth(&self, p: &VethPlan) -> Result<(), LinkError> {
-        let ns =
-            File::open(&p.netns).map_err(|e| LinkError::new("open netns", p.netns.display(), e))?;
-        self.with(async |h| {
-            h.link()
-                .add(LinkVeth::new(&p.host, &p.peer).build())
-                .execute()
-                .await
-                .map_err(|e| LinkError::new("create veth", &p.host, e))?;
-            let bridge = must_index(h, &p.bridge).await?;
-            let host = must_index(h, &p.host).await?;
-            let peer = must_index(h, &p.peer).await?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(host)
-                        .controller(bridge)
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| LinkError::new("attach veth to bridge", &p.host, e))?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(peer)
-                        .setns_by_fd(ns.as_raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| LinkError::new("move veth into netns", &p.peer, e))
-        })?;
-        let p2 = p.clone();
-        in_netns(&p.netns, async move |h| {
-            let idx = must_index(h, &p2.peer).await?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(idx)
-                        .name(p2.ifname.clone())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| LinkError::new("rename veth to", &p2.ifname, e))?;
-            h.address()
-                .add(idx, IpAddr::V4(p2.address), p2.prefix_len)
-                .execute()
-                .await
-                .map_err(|e| LinkError::new("add address to", &p2.ifname, e))?;
-            h.link()
-                .set(LinkUnspec::new_with_index(idx).up().build())
-                .execute()
-                .await
-                .map_err(|e| LinkError::new("bring up", &p2.ifname, e))?;
-            if let Some(gw) = p2.default_via {
-                h.route()
-                    .add(
-                        RouteMessageBuilder::<Ipv4Addr>::new()
-                            .gateway(gw)
-                            .output_interface(idx)
-                            .build(),
-                    )
-                    .execute()
-                    .await
-                    .map_err(|e| LinkError::new("add default route via", gw, e))?;
-            }
-            Ok(())
-        })
+/// Inside a new namespace: loopback up, then per plan a veth named `ifname` here whose
+/// other end (`host`) is created in the namespace of `host_ns`, its address, and the
+/// default route on the one plan that carries it.
+async fn configure_inside(
+    h: &Handle,
+    host_ns: std::os::fd::RawFd,
+    plans: &[VethPlan],
+) -> Result<(), LinkError> {
+    let lo = must_index(h, "lo").await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(lo).up().build())
+        .execute()
+        .await
+        .map_err(|e| LinkError::new("bring up", "lo", e))?;
+    for p in plans {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(p.host.clone())
+            .setns_by_fd(host_ns)
+            .build();
+        let veth = LinkVeth::new(&p.ifname, &p.host)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        h.link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(|e| LinkError::new("create veth", &p.host, e))?;
+        let idx = must_index(h, &p.ifname).await?;
+        h.address()
+            .add(idx, IpAddr::V4(p.address), p.prefix_len)
+            .execute()
+            .await
+            .map_err(|e| LinkError::new("add address to", &p.ifname, e))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await
+            .map_err(|e| LinkError::new("bring up", &p.ifname, e))?;
     }
+    // Routes last: the gateway must be on a link that is up.
+    for p in plans {
+        if let Some(gw) = p.default_via {
+            let idx = must_index(h, &p.ifname).await?;
+            h.route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .gateway(gw)
+                        .output_interface(idx)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| LinkError::new("add default route via", gw, e))?;
+        }
+    }
+    Ok(())
 }

@@ -566,20 +566,23 @@ impl NetworkManager {
     }
 
     fn plumb(&self, record: &ContainerRecord, nets: &[NetworkInfo]) -> Result<(), NetError> {
-        self.links.create_netns(&record.netns)?;
         let route_via = nets.iter().position(|n| !n.internal);
-        for (i, (itf, net)) in record.interfaces.iter().zip(nets).enumerate() {
-            self.links.add_veth(&VethPlan {
+        let plans: Vec<VethPlan> = record
+            .interfaces
+            .iter()
+            .zip(nets)
+            .enumerate()
+            .map(|(i, (itf, net))| VethPlan {
                 bridge: net.bridge.clone(),
                 host: itf.host_veth.clone(),
-                peer: names::veth_peer(&self.cfg.prefix, &record.id, &itf.network),
                 netns: record.netns.clone(),
                 ifname: itf.ifname.clone(),
                 address: itf.address,
                 prefix_len: itf.prefix_len,
                 default_via: (route_via == Some(i)).then_some(net.addressing.gateway),
-            })?;
-        }
+            })
+            .collect();
+        self.links.create_netns(&record.netns, &plans)?;
         Ok(())
     }
 
@@ -605,8 +608,6 @@ impl NetworkManager {
         for itf in &record.interfaces {
             // Deleting one end of a veth deletes both.
             self.links.delete_link(&itf.host_veth)?;
-            self.links
-                .delete_link(&names::veth_peer(&self.cfg.prefix, id, &itf.network))?;
         }
         self.links.delete_netns(&record.netns)?;
         remove_file(&self.container_file(id))?;
@@ -731,7 +732,7 @@ impl NetworkManager {
         let ours = |name: &str| {
             name.strip_prefix(prefix.as_str()).is_some_and(|rest| {
                 rest.len() == 7
-                    && rest.starts_with(['b', 'v', 'p', 'n'])
+                    && rest.starts_with(['b', 'v', 'n'])
                     && rest[1..].chars().all(|c| c.is_ascii_hexdigit())
             })
         };

@@ -52,11 +52,6 @@ pub fn veth_host(prefix: &str, container: &str, network: &str) -> String {
     format!("{prefix}v{}", short_hash(&[container, network], 6))
 }
 
-/// The container end before it is moved and renamed `ethN` inside the container.
-pub fn veth_peer(prefix: &str, container: &str, network: &str) -> String {
-    format!("{prefix}p{}", short_hash(&[container, network], 6))
-}
-
 /// The nftables table holding a container's published ports.
 pub fn ports_table(prefix: &str, container: &str) -> String {
     format!("{prefix}n{}", short_hash(&[container], 6))
@@ -77,7 +72,6 @@ mod tests {
         for name in [
             bridge("berthnet", long),
             veth_host("berthnet", long, long),
-            veth_peer("berthnet", long, long),
             ports_table("berthnet", long),
         ] {
             assert!(name.len() <= 15, "{name}");
