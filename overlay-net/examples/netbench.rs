@@ -122,31 +122,34 @@ fn run(mgr: &NetworkManager, n: usize) -> Result<(), Box<dyn std::error::Error>>
         "dns sequential query latency (service with 50 tasks)",
         latency,
     );
-    for clients in [1usize, 4, 16] {
+    for clients in [1usize, 2, 4, 8] {
         let dur = Duration::from_secs(2);
         let threads: Vec<_> = (0..clients)
             .map(|_| {
                 in_netns(&netns, move || {
                     let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-                    s.set_read_timeout(Some(Duration::from_secs(1)))
-                        .expect("timeout");
+                    s.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
                     let start = Instant::now();
-                    let mut count = 0u64;
+                    let mut lat = Vec::new();
                     let mut id = 0u16;
                     while start.elapsed() < dur {
                         id = id.wrapping_add(1);
+                        let t = Instant::now();
                         if let Ok(Ok(_)) = query_a(&s, server, "app", id) {
-                            count += 1;
+                            lat.push(t.elapsed());
                         }
                     }
-                    count
+                    lat
                 })
             })
             .collect();
-        let total: u64 = threads.into_iter().map(|t| t.join().expect("client")).sum();
+        let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("client")).collect();
+        all.sort();
         println!(
-            "dns throughput: {clients} clients -> {:.0} qps",
-            total as f64 / dur.as_secs_f64()
+            "dns load: {clients} clients in lockstep -> {:.0} qps, p50={:.3}ms p99={:.3}ms",
+            all.len() as f64 / dur.as_secs_f64(),
+            pct(&all, 0.5).as_secs_f64() * 1e3,
+            pct(&all, 0.99).as_secs_f64() * 1e3
         );
     }
 
