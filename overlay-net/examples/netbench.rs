@@ -128,7 +128,8 @@ fn run(mgr: &NetworkManager, n: usize) -> Result<(), Box<dyn std::error::Error>>
             .map(|_| {
                 in_netns(&netns, move || {
                     let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-                    s.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+                    s.set_read_timeout(Some(Duration::from_secs(1)))
+                        .expect("timeout");
                     let start = Instant::now();
                     let mut lat = Vec::new();
                     let mut id = 0u16;
@@ -143,7 +144,10 @@ fn run(mgr: &NetworkManager, n: usize) -> Result<(), Box<dyn std::error::Error>>
                 })
             })
             .collect();
-        let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("client")).collect();
+        let mut all: Vec<Duration> = threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("client"))
+            .collect();
         all.sort();
         println!(
             "dns load: {clients} clients in lockstep -> {:.0} qps, p50={:.3}ms p99={:.3}ms",

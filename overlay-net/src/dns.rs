@@ -185,7 +185,9 @@ pub fn respond(
 
 struct Listener {
     stop: Arc<AtomicBool>,
+    /// The address asked for (port 0: any) and the one bound.
     addr: SocketAddr,
+    bound: SocketAddr,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -232,6 +234,7 @@ impl DnsServer {
             stop(old);
         }
         let socket = UdpSocket::bind(addr)?;
+        let bound = socket.local_addr()?;
         let stop_flag = Arc::new(AtomicBool::new(false));
         let ctx = Serve {
             socket,
@@ -249,6 +252,7 @@ impl DnsServer {
             Listener {
                 stop: stop_flag,
                 addr,
+                bound,
                 thread: Some(thread),
             },
         );
@@ -280,8 +284,8 @@ impl Drop for DnsServer {
 fn stop(mut l: Listener) {
     l.stop.store(true, Ordering::SeqCst);
     // Wake the blocked recv with an empty datagram instead of waiting for its timeout.
-    if let Ok(s) = UdpSocket::bind(SocketAddr::new(l.addr.ip(), 0)) {
-        let _ = s.send_to(&[], l.addr);
+    if let Ok(s) = UdpSocket::bind(SocketAddr::new(l.bound.ip(), 0)) {
+        let _ = s.send_to(&[], l.bound);
     }
     if let Some(t) = l.thread.take() {
         let _ = t.join();

@@ -29,7 +29,11 @@ pub struct LinkError {
 }
 
 impl LinkError {
-    fn new(op: &'static str, object: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
+    pub fn new(
+        op: &'static str,
+        object: impl std::fmt::Display,
+        e: impl std::fmt::Display,
+    ) -> Self {
         LinkError {
             op,
             object: object.to_string(),

@@ -762,3 +762,262 @@ impl NetworkManager {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The manager's bookkeeping over fake kernel seams: what it asks the kernel for,
+    //! what it records, and what it refuses. The real kernel is tested in
+    //! `agent/tests/network.rs`.
+
+    use super::*;
+    use crate::ipam::Subnet;
+    use std::sync::Arc;
+
+    #[derive(Debug, Default)]
+    struct Kernel {
+        links: BTreeSet<String>,
+        netns: BTreeSet<PathBuf>,
+        plans: Vec<VethPlan>,
+        tables: BTreeMap<String, String>,
+        bridges_created: usize,
+        fail_netns: bool,
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct Fake(Arc<Mutex<Kernel>>);
+
+    impl Fake {
+        fn k(&self) -> MutexGuard<'_, Kernel> {
+            self.0.lock().expect("fake kernel lock")
+        }
+    }
+
+    impl Links for Fake {
+        fn ensure_bridge(&self, name: &str, _: Ipv4Addr, _: u8) -> Result<(), LinkError> {
+            let mut k = self.k();
+            if k.links.insert(name.to_string()) {
+                k.bridges_created += 1;
+            }
+            Ok(())
+        }
+        fn delete_link(&self, name: &str) -> Result<(), LinkError> {
+            self.k().links.remove(name);
+            Ok(())
+        }
+        fn link_names(&self) -> Result<Vec<String>, LinkError> {
+            Ok(self.k().links.iter().cloned().collect())
+        }
+        fn host_routes(&self) -> Result<Vec<Subnet>, LinkError> {
+            Ok(vec!["0.0.0.0/0".parse().expect("route")])
+        }
+        fn create_netns(&self, path: &Path, veths: &[VethPlan]) -> Result<(), LinkError> {
+            let mut k = self.k();
+            if k.fail_netns {
+                return Err(LinkError::new(
+                    "create netns",
+                    path.display(),
+                    "injected failure",
+                ));
+            }
+            k.netns.insert(path.to_path_buf());
+            for v in veths {
+                k.links.insert(v.host.clone());
+                k.plans.push(v.clone());
+            }
+            Ok(())
+        }
+        fn delete_netns(&self, path: &Path) -> Result<(), LinkError> {
+            self.k().netns.remove(path);
+            Ok(())
+        }
+    }
+
+    impl Firewall for Fake {
+        fn apply(&self, script: &str) -> Result<(), FirewallError> {
+            // Scripts start with "add table ip NAME"; the last table statement wins.
+            let name = script
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("add table ip "))
+                .unwrap_or("?")
+                .to_string();
+            if script.contains(&format!("delete table ip {name}\n")) && !script.contains('{') {
+                self.k().tables.remove(&name);
+            } else {
+                self.k().tables.insert(name, script.to_string());
+            }
+            Ok(())
+        }
+        fn tables(&self) -> Result<Vec<String>, FirewallError> {
+            Ok(self.k().tables.keys().cloned().collect())
+        }
+    }
+
+    fn open(state: &Path, fake: &Fake) -> NetworkManager {
+        let mut cfg = NetConfig::new(state);
+        cfg.prefix = "fk".into();
+        cfg.netns_dir = state.join("netns");
+        // Loopback addresses, so the DNS server can really bind its gateways.
+        cfg.pool = Pool {
+            ranges: vec![Subnet::new(Ipv4Addr::new(127, 66, 0, 0), 16)],
+            len: 24,
+        };
+        cfg.dns_port = 0;
+        cfg.upstream = Some(Vec::new());
+        NetworkManager::with_kernel(cfg, Box::new(fake.clone()), Box::new(fake.clone()))
+            .expect("open manager")
+    }
+
+    fn net(name: &str, internal: bool) -> NetworkRequest {
+        NetworkRequest {
+            name: name.into(),
+            project: "p".into(),
+            internal,
+            ipam: None,
+        }
+    }
+
+    fn attach_req(id: &str, nets: &[(&str, Option<&str>)]) -> AttachRequest {
+        AttachRequest {
+            container_id: id.into(),
+            container_name: format!("p-{id}"),
+            project: "p".into(),
+            service: "web".into(),
+            networks: nets
+                .iter()
+                .map(|(n, ip)| {
+                    (
+                        n.to_string(),
+                        ServiceNetwork {
+                            ipv4_address: ip.map(String::from),
+                            ..ServiceNetwork::default()
+                        },
+                    )
+                })
+                .collect(),
+            healthy: true,
+            ..AttachRequest::default()
+        }
+    }
+
+    #[test]
+    fn networks_are_idempotent_recorded_and_refuse_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::default();
+        let m = open(dir.path(), &fake);
+        let a = m.ensure_network(&net("p_front", false)).unwrap();
+        assert_eq!(a.addressing.subnet.to_string(), "127.66.0.0/24");
+        assert_eq!(m.ensure_network(&net("p_front", false)).unwrap(), a);
+        assert_eq!(fake.k().bridges_created, 1);
+        let b = m.ensure_network(&net("p_back", true)).unwrap();
+        assert_eq!(b.addressing.subnet.to_string(), "127.66.1.0/24");
+        assert!(
+            fake.k().tables[&b.bridge].contains("oifname != "),
+            "internal drop rule"
+        );
+        assert!(!fake.k().tables[&b.bridge].contains("masquerade"));
+        assert!(matches!(
+            m.ensure_network(&net("p_front", true)),
+            Err(NetError::NetworkChanged { .. })
+        ));
+        assert!(m.network_file(&a.bridge).is_file());
+        m.remove_network("p_back").unwrap();
+        assert!(!fake.k().links.contains(&b.bridge));
+        assert!(!fake.k().tables.contains_key(&b.bridge));
+        assert!(!m.network_file(&b.bridge).exists());
+    }
+
+    #[test]
+    fn attach_plans_interfaces_routes_and_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::default();
+        let m = open(dir.path(), &fake);
+        m.ensure_network(&net("p_private", true)).unwrap();
+        let front = m.ensure_network(&net("p_front", false)).unwrap();
+        let att = m
+            .attach(&attach_req(
+                "c1",
+                &[("p_private", None), ("p_front", Some("127.66.1.9"))],
+            ))
+            .unwrap();
+        let names: Vec<_> = att.interfaces.iter().map(|i| i.ifname.as_str()).collect();
+        assert_eq!(names, ["eth0", "eth1"]);
+        assert_eq!(att.interfaces[1].address, Ipv4Addr::new(127, 66, 1, 9));
+        let plans = fake.k().plans.clone();
+        // The default route goes through the first network that is not internal.
+        assert_eq!(plans[0].default_via, None);
+        assert_eq!(plans[1].default_via, Some(front.addressing.gateway));
+        assert!(
+            att.resolv_conf.contains("nameserver 127.66.0.1"),
+            "{}",
+            att.resolv_conf
+        );
+        assert!(att.hosts.contains("127.66.0.2\tp-c1"), "{}", att.hosts);
+
+        // The same address again is refused, and nothing of c2 is left.
+        let e = m
+            .attach(&attach_req("c2", &[("p_front", Some("127.66.1.9"))]))
+            .unwrap_err();
+        assert!(e.to_string().contains("already used"), "{e}");
+        assert!(!m.container_file("c2").exists());
+        // A kernel failure half-way is rolled back too.
+        fake.k().fail_netns = true;
+        assert!(m.attach(&attach_req("c3", &[("p_front", None)])).is_err());
+        assert!(!m.container_file("c3").exists());
+        fake.k().fail_netns = false;
+
+        let e = m.remove_network("p_front").unwrap_err();
+        assert!(e.to_string().contains("c1"), "{e}");
+        assert!(matches!(
+            m.attach(&attach_req("c1", &[])),
+            Err(NetError::AlreadyAttached(_))
+        ));
+        assert!(matches!(
+            m.attach(&attach_req("../x", &[])),
+            Err(NetError::BadId(_))
+        ));
+        assert!(matches!(
+            m.attach(&attach_req("c4", &[("nope", None)])),
+            Err(NetError::UnknownNetwork(_))
+        ));
+        m.detach("c1").unwrap();
+        assert!(fake.k().netns.is_empty());
+        assert!(!fake.k().links.iter().any(|l| l.starts_with("fkv")));
+        m.remove_network("p_front").unwrap();
+    }
+
+    #[test]
+    fn a_reopened_manager_knows_its_objects_and_gc_keeps_only_the_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::default();
+        {
+            let m = open(dir.path(), &fake);
+            m.ensure_network(&net("p_a", false)).unwrap();
+            m.ensure_network(&net("p_b", false)).unwrap();
+            m.attach(&attach_req("keep", &[("p_a", None)])).unwrap();
+            m.attach(&attach_req("drop", &[("p_b", None)])).unwrap();
+        }
+        // Objects nobody recorded, and one of another prefix that must stay.
+        fake.k().links.extend([
+            "fkb123456".to_string(),
+            "fkv00ff00".to_string(),
+            "eth0".to_string(),
+            "fkbzzzzzz".to_string(),
+        ]);
+        fake.k()
+            .tables
+            .insert("fkn abcdef".replace(' ', ""), String::new());
+        fake.k().tables.insert("otherb123456".into(), String::new());
+        let m = open(dir.path(), &fake);
+        assert_eq!(m.networks().len(), 2);
+        let report = m.gc(&["p_a"], &["keep"]).unwrap();
+        assert_eq!(report.containers, ["drop"]);
+        assert_eq!(report.networks, ["p_b"]);
+        assert_eq!(report.links, ["fkb123456", "fkv00ff00"]);
+        assert_eq!(report.tables, ["fknabcdef"]);
+        let k = fake.k();
+        assert!(k.links.contains("eth0") && k.links.contains("fkbzzzzzz"));
+        assert!(k.tables.contains_key("otherb123456"));
+        assert_eq!(k.netns.len(), 1);
+    }
+}
