@@ -33,6 +33,13 @@ pub enum IpamError {
     },
     #[error("network {network}: no free subnet left in the address pool {pool}; free a network or configure a larger pool")]
     PoolExhausted { network: String, pool: String },
+    #[error("network {network}: ipam {field} {value} is not inside subnet {subnet}")]
+    NotInSubnet {
+        network: String,
+        field: String,
+        value: String,
+        subnet: Subnet,
+    },
     #[error("network {network}: no free address left in {subnet}")]
     SubnetFull { network: String, subnet: Subnet },
     #[error("network {network}: ipv4_address {address} of service {service} is not usable in subnet {subnet} (it is the network, broadcast or gateway address, or outside the subnet)")]
@@ -181,6 +188,9 @@ impl fmt::Display for Pool {
 pub struct Addressing {
     pub subnet: Subnet,
     pub gateway: Ipv4Addr,
+    /// `ipam.config.ip_range`: where automatic addresses come from (inside `subnet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<Subnet>,
 }
 
 /// Chooses a network's subnet and gateway. `requested` is the first `ipam.config` entry
@@ -242,7 +252,46 @@ pub fn plan_network(
             subnet,
         })?,
     };
-    Ok(Addressing { subnet, gateway })
+    Ok(Addressing {
+        subnet,
+        gateway,
+        ip_range: None,
+    })
+}
+
+/// Applies `ipam.config`'s `ip_range` to `net` and returns the `aux_addresses`, which
+/// are never given to containers. Both must lie inside the subnet.
+pub fn plan_range(
+    network: &str,
+    net: &mut Addressing,
+    ip_range: Option<&str>,
+    aux_addresses: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<Ipv4Addr>, IpamError> {
+    let outside = |field: String, value: String| IpamError::NotInSubnet {
+        network: network.to_string(),
+        field,
+        value,
+        subnet: net.subnet,
+    };
+    if let Some(range) = ip_range {
+        let range: Subnet = range.parse()?;
+        if !(net.subnet.contains(range.addr()) && range.prefix_len() >= net.subnet.prefix_len()) {
+            return Err(outside("ip_range".to_string(), range.to_string()));
+        }
+        net.ip_range = Some(range);
+    }
+    let mut reserved = Vec::new();
+    for (name, addr) in aux_addresses {
+        let ip: Ipv4Addr = addr
+            .trim()
+            .parse()
+            .map_err(|_| IpamError::BadAddress(addr.clone()))?;
+        if !net.subnet.contains(ip) {
+            return Err(outside(format!("aux_addresses.{name}"), addr.clone()));
+        }
+        reserved.push(ip);
+    }
+    Ok(reserved)
 }
 
 /// True when `ip` can be a host in `subnet`: inside it, and neither its network nor its
@@ -253,8 +302,9 @@ fn usable(subnet: &Subnet, ip: Ipv4Addr) -> bool {
 }
 
 /// Chooses a container's address on a network: `requested` (a service's `ipv4_address`)
-/// when it is usable and free, else the lowest free address. `used` holds the other
-/// endpoints' addresses; the gateway is never given out.
+/// when it is usable and free, else the lowest free address of the `ip_range` (or the
+/// subnet). `used` holds the other endpoints' and the reserved addresses; the gateway is
+/// never given out.
 pub fn plan_address(
     network: &str,
     service: &str,
@@ -284,9 +334,10 @@ pub fn plan_address(
         }
         return Ok(address);
     }
-    let size = 1u32 << (32 - u32::from(net.subnet.prefix_len()).min(31));
-    (1..size)
-        .filter_map(|i| net.subnet.nth(i))
+    let from = net.ip_range.unwrap_or(net.subnet);
+    let size = 1u64 << (32 - u32::from(from.prefix_len()));
+    (0..size)
+        .filter_map(|i| from.nth(i as u32))
         .find(|ip| usable(&net.subnet, *ip) && *ip != net.gateway && !used.contains(ip))
         .ok_or_else(|| IpamError::SubnetFull {
             network: network.to_string(),
@@ -401,9 +452,10 @@ mod tests {
 
     #[test]
     fn addresses_are_lowest_free_or_the_requested_one() {
-        let net = Addressing {
+        let mut net = Addressing {
             subnet: s("10.5.0.0/29"),
             gateway: Ipv4Addr::new(10, 5, 0, 1),
+            ip_range: None,
         };
         let mut used = BTreeSet::new();
         assert_eq!(
@@ -437,6 +489,44 @@ mod tests {
             plan_address("n", "web", &net, &used, None),
             Err(IpamError::SubnetFull { .. })
         ));
+    }
+
+    #[test]
+    fn ip_range_and_aux_addresses_limit_automatic_addresses() {
+        let mut net = Addressing {
+            subnet: s("10.7.0.0/24"),
+            gateway: Ipv4Addr::new(10, 7, 0, 1),
+            ip_range: None,
+        };
+        let aux = [("router".to_string(), "10.7.0.130".to_string())].into();
+        let reserved = plan_range("n", &mut net, Some("10.7.0.128/25"), &aux).unwrap();
+        let used: BTreeSet<Ipv4Addr> = reserved
+            .into_iter()
+            .chain([Ipv4Addr::new(10, 7, 0, 128), Ipv4Addr::new(10, 7, 0, 129)])
+            .collect();
+        assert_eq!(
+            plan_address("n", "web", &net, &used, None).unwrap(),
+            Ipv4Addr::new(10, 7, 0, 131)
+        );
+        // A static address may still be anywhere in the subnet, as in Docker.
+        assert_eq!(
+            plan_address("n", "web", &net, &used, Some("10.7.0.9")).unwrap(),
+            Ipv4Addr::new(10, 7, 0, 9)
+        );
+        let e = plan_range(
+            "n",
+            &mut net.clone(),
+            Some("10.8.0.0/25"),
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("ip_range 10.8.0.0/25 is not inside"),
+            "{e}"
+        );
+        let bad = [("x".to_string(), "10.9.0.1".to_string())].into();
+        let e = plan_range("n", &mut net, None, &bad).unwrap_err();
+        assert!(e.to_string().contains("aux_addresses.x"), "{e}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::dns::{DnsServer, Endpoint};
 use crate::firewall::{
     network_script, ports_script, Firewall, FirewallError, NetworkRules, NftCli,
 };
-use crate::ipam::{plan_address, plan_network, Addressing, IpamError, Pool};
+use crate::ipam::{plan_address, plan_network, plan_range, Addressing, IpamError, Pool};
 use crate::kernel::{LinkError, Links, Rtnetlink, VethPlan};
 use crate::names;
 use crate::ports::{self, PortError, Published, Reservation};
@@ -124,8 +124,11 @@ pub struct NetworkInfo {
     pub bridge: String,
     pub addressing: Addressing,
     pub internal: bool,
+    /// `aux_addresses`: never given to containers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<Ipv4Addr>,
     #[serde(default)]
-    requested: Option<(Option<String>, Option<String>)>,
+    requested: Option<IpamPool>,
 }
 
 /// A container to connect, before it starts.
@@ -345,10 +348,7 @@ impl NetworkManager {
     /// rules, DNS listener). Calling it again with the same request changes nothing.
     pub fn ensure_network(&self, req: &NetworkRequest) -> Result<NetworkInfo, NetError> {
         let mut st = self.lock();
-        let requested = req
-            .ipam
-            .as_ref()
-            .map(|p| (p.subnet.clone(), p.gateway.clone()));
+        let requested = req.ipam.clone();
         let info = match st.networks.get(&req.name) {
             Some(existing) => {
                 if existing.internal != req.internal || existing.requested != requested {
@@ -365,13 +365,24 @@ impl NetworkManager {
                     .ipam
                     .as_ref()
                     .and_then(|p| p.subnet.as_deref().map(|s| (s, p.gateway.as_deref())));
-                let addressing = plan_network(&req.name, wanted, &self.cfg.pool, &routes, &others)?;
+                let mut addressing =
+                    plan_network(&req.name, wanted, &self.cfg.pool, &routes, &others)?;
+                let reserved = match &req.ipam {
+                    Some(p) => plan_range(
+                        &req.name,
+                        &mut addressing,
+                        p.ip_range.as_deref(),
+                        &p.aux_addresses,
+                    )?,
+                    None => Vec::new(),
+                };
                 let info = NetworkInfo {
                     name: req.name.clone(),
                     project: req.project.clone(),
                     bridge: names::bridge(&self.cfg.prefix, &req.name),
                     addressing,
                     internal: req.internal,
+                    reserved,
                     requested,
                 };
                 write_json(&self.network_file(&info.bridge), &info)?;
@@ -467,6 +478,7 @@ impl NetworkManager {
                         .filter(|itf: &&Interface| &itf.network == name)
                         .map(|itf| itf.address),
                 )
+                .chain(net.reserved.iter().copied())
                 .collect();
             let address = plan_address(
                 name,
