@@ -452,7 +452,7 @@ mod tests {
 
     #[test]
     fn addresses_are_lowest_free_or_the_requested_one() {
-        let mut net = Addressing {
+        let net = Addressing {
             subnet: s("10.5.0.0/29"),
             gateway: Ipv4Addr::new(10, 5, 0, 1),
             ip_range: None,
