@@ -329,9 +329,20 @@ impl Serve {
                     };
                     drop(records);
                     let upstream = client_upstream.unwrap_or_else(|| self.upstream.to_vec());
-                    if let Ok(socket) = self.socket.try_clone() {
-                        // Forwarding waits on the network: never on the answering thread.
-                        std::thread::spawn(move || forward(&socket, &packet, peer, &upstream));
+                    // Forwarding waits on the network: never on the answering thread,
+                    // and with a bound on how many wait at once.
+                    if FORWARDS.fetch_add(1, Ordering::SeqCst) >= MAX_FORWARDS {
+                        FORWARDS.fetch_sub(1, Ordering::SeqCst);
+                        if let Some(reply) = servfail(&packet) {
+                            let _ = self.socket.send_to(&reply, peer);
+                        }
+                    } else if let Ok(socket) = self.socket.try_clone() {
+                        std::thread::spawn(move || {
+                            forward(&socket, &packet, peer, &upstream);
+                            FORWARDS.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    } else {
+                        FORWARDS.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
                 None => {}
@@ -339,6 +350,11 @@ impl Serve {
         }
     }
 }
+
+/// Forwarded queries in flight in this process, and the most allowed: past it, SERVFAIL
+/// (a client retries) rather than one more thread.
+static FORWARDS: AtomicUsize = AtomicUsize::new(0);
+const MAX_FORWARDS: usize = 128;
 
 /// Relays one query to the first upstream that answers within 2 s per try.
 fn forward(socket: &UdpSocket, packet: &[u8], peer: SocketAddr, upstream: &[SocketAddr]) {
