@@ -639,7 +639,8 @@ impl NetworkManager {
 
     /// Publishes a container's `ports:` (`service` names it in errors): host ports are
     /// reserved, then DNAT'd to the container's first address. Replaces what was
-    /// published before for this container.
+    /// published before for this container. Reservations are sockets of this process:
+    /// a restarted daemon calls `publish` again for its live containers (after `gc`).
     pub fn publish(
         &self,
         container_id: &str,
