@@ -1,4 +1,21 @@
-//! Container networking: per-node bridges and veths, IPAM, the WireGuard mesh between
-//! nodes, the DNS server for service discovery and published ports.
+//! Container networking on one node: a bridge per network, a veth per container
+//! attachment, IPAM, nftables isolation/NAT/published ports, and the DNS server for
+//! service discovery. [`NetworkManager`] is the entry point; see ARCHITECTURE.md.
 //!
-//! Nothing lives here yet: it arrives with the networking issue. See ARCHITECTURE.md.
+//! Pure planning (`ipam`, `names`, `firewall` scripts, `dns::Records`, `resolv`) is
+//! separate from the kernel seams (`kernel::Links`, `firewall::Firewall`), so the
+//! WireGuard overlay of a later issue reuses the planning and adds peers.
+
+pub mod dns;
+pub mod firewall;
+pub mod ipam;
+pub mod kernel;
+pub mod manager;
+pub mod names;
+pub mod ports;
+pub mod resolv;
+
+pub use manager::{
+    AttachRequest, Attachment, GcReport, Interface, NetConfig, NetError, NetworkInfo,
+    NetworkManager, NetworkRequest,
+};

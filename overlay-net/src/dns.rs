@@ -1,0 +1,581 @@
+//! Service discovery: berth's DNS server.
+//!
+//! [`Records`] is the pure part: which addresses a name has on one network. The
+//! [`DnsServer`] is the thin shell around it: one UDP socket per network bound to the
+//! network's gateway address (so the socket a query arrives on tells which network
+//! asked), one thread per socket, messages encoded and decoded with hickory-proto.
+//! Updates take a write lock on the records and are visible to the next query.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, MessageType};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{RData, Record, RecordType};
+
+/// One container on one network, as DNS sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Endpoint {
+    pub container: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub project: String,
+    pub service: String,
+    /// The container's own names (container name, hostname): always resolvable.
+    pub names: Vec<String>,
+    /// Network aliases: like the service name, only while healthy.
+    pub aliases: Vec<String>,
+    pub healthy: bool,
+    /// The service's `dns:` servers, used instead of the host's for forwarding.
+    pub upstream: Vec<SocketAddr>,
+}
+
+/// What the server does with an A query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The name is ours; these addresses (possibly none: NOERROR with no records).
+    Addresses(Vec<Ipv4Addr>),
+    /// The name is in our domain but unknown.
+    NxDomain,
+    /// Not ours: ask the upstream resolvers.
+    Forward,
+}
+
+/// Every endpoint of every network, keyed by (network, container).
+#[derive(Debug, Default, Clone)]
+pub struct Records {
+    endpoints: BTreeMap<(String, String), Endpoint>,
+}
+
+impl Records {
+    pub fn insert(&mut self, ep: Endpoint) {
+        self.endpoints
+            .insert((ep.network.clone(), ep.container.clone()), ep);
+    }
+
+    /// Removes a container from every network.
+    pub fn remove_container(&mut self, container: &str) {
+        self.endpoints.retain(|(_, c), _| c != container);
+    }
+
+    /// Marks a container healthy or not on every network; false if it is unknown.
+    pub fn set_healthy(&mut self, container: &str, healthy: bool) -> bool {
+        let mut found = false;
+        for ((_, c), ep) in self.endpoints.iter_mut() {
+            if c == container {
+                ep.healthy = healthy;
+                found = true;
+            }
+        }
+        found
+    }
+
+    fn on<'a, 'n>(&'a self, network: &'n str) -> impl Iterator<Item = &'a Endpoint> + use<'a, 'n> {
+        self.endpoints
+            .iter()
+            .filter(move |((n, _), _)| n == network)
+            .map(|(_, ep)| ep)
+    }
+
+    /// The endpoint with address `ip` on `network` (the client of a query).
+    pub fn client(&self, network: &str, ip: Ipv4Addr) -> Option<&Endpoint> {
+        self.on(network).find(|ep| ep.ip == ip)
+    }
+
+    /// Answers `name` (any case, with or without the final dot) for a client on
+    /// `network`. Service names and aliases give the healthy members' addresses,
+    /// rotated by `rotation`; `tasks.<service>` gives them all in address order;
+    /// `<service>.<project>` works like `<service>`; container names and hostnames give
+    /// that container. Single-label names and names under a project of this network
+    /// are ours (NXDOMAIN when unknown); anything else is forwarded.
+    pub fn answer(&self, network: &str, name: &str, rotation: usize) -> Answer {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let (tasks, wanted) = match name.strip_prefix("tasks.") {
+            Some(rest) => (true, rest),
+            None => (false, name.as_str()),
+        };
+        let is_service = |ep: &Endpoint| {
+            ep.service == wanted
+                || ep.aliases.iter().any(|a| a == wanted)
+                || wanted
+                    .strip_suffix(ep.project.as_str())
+                    .and_then(|s| s.strip_suffix('.'))
+                    .is_some_and(|s| s == ep.service)
+        };
+        let mut service: Vec<Ipv4Addr> = self
+            .on(network)
+            .filter(|ep| ep.healthy && is_service(ep))
+            .map(|ep| ep.ip)
+            .collect();
+        let mut known = self.on(network).any(is_service);
+        if !tasks {
+            for ep in self.on(network) {
+                if ep.names.iter().any(|n| n == wanted) {
+                    known = true;
+                    if !service.contains(&ep.ip) {
+                        service.push(ep.ip);
+                    }
+                }
+            }
+        }
+        if known {
+            service.sort();
+            if !tasks && !service.is_empty() {
+                let len = service.len();
+                service.rotate_left(rotation % len);
+            }
+            return Answer::Addresses(service);
+        }
+        let ours = !name.contains('.')
+            || tasks
+            || self
+                .on(network)
+                .any(|ep| name.ends_with(&format!(".{}", ep.project)));
+        if ours {
+            Answer::NxDomain
+        } else {
+            Answer::Forward
+        }
+    }
+}
+
+/// The answer to one query packet, or `None` when it must be forwarded (or is not a
+/// query we can read). Pure: records, the asking network and client, and the bytes.
+pub fn respond(
+    records: &Records,
+    network: &str,
+    packet: &[u8],
+    rotation: usize,
+) -> Option<Result<Vec<u8>, Vec<u8>>> {
+    let query = Message::from_vec(packet).ok()?;
+    let q = query.queries().first()?.clone();
+    let answer = records.answer(network, &q.name().to_ascii(), rotation);
+    let mut reply = Message::new();
+    reply
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(query.op_code())
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .add_query(q.clone());
+    match answer {
+        Answer::Forward => return Some(Err(packet.to_vec())),
+        Answer::NxDomain => {
+            reply.set_authoritative(true);
+            reply.set_response_code(ResponseCode::NXDomain);
+        }
+        Answer::Addresses(ips) => {
+            reply.set_authoritative(true);
+            if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
+                for ip in ips {
+                    // TTL 0: answers change as tasks come and go; clients must not cache.
+                    reply.add_answer(Record::from_rdata(q.name().clone(), 0, RData::A(A(ip))));
+                }
+            }
+        }
+    }
+    reply.to_vec().ok().map(Ok)
+}
+
+struct Listener {
+    stop: Arc<AtomicBool>,
+    /// The address asked for (port 0: any) and the one bound.
+    addr: SocketAddr,
+    bound: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The running server: records plus one listening thread per network.
+pub struct DnsServer {
+    records: Arc<RwLock<Records>>,
+    upstream: Arc<Vec<SocketAddr>>,
+    rotation: Arc<AtomicUsize>,
+    listeners: Mutex<BTreeMap<String, Listener>>,
+}
+
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsServer")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DnsServer {
+    /// A server with no networks yet; unknown names go to `upstream`.
+    pub fn new(upstream: Vec<SocketAddr>) -> DnsServer {
+        DnsServer {
+            records: Arc::default(),
+            upstream: Arc::new(upstream),
+            rotation: Arc::default(),
+            listeners: Mutex::default(),
+        }
+    }
+
+    /// The records, for cheap updates (a write lock held for a map insert).
+    pub fn records(&self) -> &RwLock<Records> {
+        &self.records
+    }
+
+    /// Starts answering for `network` on `addr` (the network's gateway, port 53);
+    /// already listening there is a no-op.
+    pub fn listen(&self, network: &str, addr: SocketAddr) -> io::Result<()> {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if listeners.get(network).is_some_and(|l| l.addr == addr) {
+            return Ok(());
+        }
+        if let Some(old) = listeners.remove(network) {
+            stop(old);
+        }
+        let socket = UdpSocket::bind(addr)?;
+        let bound = socket.local_addr()?;
+        let stop_flag = Arc::new(AtomicBool::new(false));
+        let ctx = Serve {
+            socket,
+            network: network.to_string(),
+            records: self.records.clone(),
+            upstream: self.upstream.clone(),
+            rotation: self.rotation.clone(),
+            stop: stop_flag.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("dns-{network}"))
+            .spawn(move || ctx.run())?;
+        listeners.insert(
+            network.to_string(),
+            Listener {
+                stop: stop_flag,
+                addr,
+                bound,
+                thread: Some(thread),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops answering for `network`.
+    pub fn unlisten(&self, network: &str) {
+        let old = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(network);
+        if let Some(old) = old {
+            stop(old);
+        }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let all = std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, l) in all {
+            stop(l);
+        }
+    }
+}
+
+fn stop(mut l: Listener) {
+    l.stop.store(true, Ordering::SeqCst);
+    // Wake the blocked recv with an empty datagram instead of waiting for its timeout.
+    if let Ok(s) = UdpSocket::bind(SocketAddr::new(l.bound.ip(), 0)) {
+        let _ = s.send_to(&[], l.bound);
+    }
+    if let Some(t) = l.thread.take() {
+        let _ = t.join();
+    }
+}
+
+struct Serve {
+    socket: UdpSocket,
+    network: String,
+    records: Arc<RwLock<Records>>,
+    upstream: Arc<Vec<SocketAddr>>,
+    rotation: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Serve {
+    fn run(self) {
+        // A timeout too, in case the wake-up datagram is lost.
+        let _ = self
+            .socket
+            .set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 4096];
+        while !self.stop.load(Ordering::SeqCst) {
+            let Ok((n, peer)) = self.socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+            let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+            match respond(&records, &self.network, &buf[..n], rotation) {
+                Some(Ok(reply)) => {
+                    drop(records);
+                    let _ = self.socket.send_to(&reply, peer);
+                }
+                Some(Err(packet)) => {
+                    let client_upstream = match peer.ip() {
+                        IpAddr::V4(ip) => records
+                            .client(&self.network, ip)
+                            .map(|ep| ep.upstream.clone())
+                            .filter(|u| !u.is_empty()),
+                        IpAddr::V6(_) => None,
+                    };
+                    drop(records);
+                    let upstream = client_upstream.unwrap_or_else(|| self.upstream.to_vec());
+                    // Forwarding waits on the network: never on the answering thread,
+                    // and with a bound on how many wait at once.
+                    if FORWARDS.fetch_add(1, Ordering::SeqCst) >= MAX_FORWARDS {
+                        FORWARDS.fetch_sub(1, Ordering::SeqCst);
+                        if let Some(reply) = servfail(&packet) {
+                            let _ = self.socket.send_to(&reply, peer);
+                        }
+                    } else if let Ok(socket) = self.socket.try_clone() {
+                        std::thread::spawn(move || {
+                            forward(&socket, &packet, peer, &upstream);
+                            FORWARDS.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    } else {
+                        FORWARDS.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Forwarded queries in flight in this process, and the most allowed: past it, SERVFAIL
+/// (a client retries) rather than one more thread.
+static FORWARDS: AtomicUsize = AtomicUsize::new(0);
+const MAX_FORWARDS: usize = 128;
+
+/// Relays one query to the first upstream that answers within 2 s per try.
+fn forward(socket: &UdpSocket, packet: &[u8], peer: SocketAddr, upstream: &[SocketAddr]) {
+    for up in upstream {
+        let bind: SocketAddr = if up.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let Ok(s) = UdpSocket::bind(bind) else {
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.send_to(packet, up).is_err() {
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            if from == *up {
+                let _ = socket.send_to(&buf[..n], peer);
+                return;
+            }
+        }
+    }
+    // No upstream answered: say so at once rather than let the client time out.
+    if let Some(reply) = servfail(packet) {
+        let _ = socket.send_to(&reply, peer);
+    }
+}
+
+/// A SERVFAIL reply to a query packet.
+fn servfail(packet: &[u8]) -> Option<Vec<u8>> {
+    let query = Message::from_vec(packet).ok()?;
+    let mut reply = Message::new();
+    reply
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(query.op_code())
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .set_response_code(ResponseCode::ServFail);
+    for q in query.queries() {
+        reply.add_query(q.clone());
+    }
+    reply.to_vec().ok()
+}
+
+/// The `nameserver` lines of a resolv.conf, as port-53 socket addresses.
+pub fn parse_nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// A minimal stub resolver for tests, benchmarks and health probes: asks `server` for
+/// the A records of `name` over UDP. `Ok(Ok(addresses))` on NOERROR, `Ok(Err(code))`
+/// on another response code.
+pub fn query_a(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    name: &str,
+    id: u16,
+) -> io::Result<Result<Vec<Ipv4Addr>, ResponseCode>> {
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+    let invalid =
+        |e: hickory_proto::ProtoError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    let mut m = Message::new();
+    m.set_id(id).set_recursion_desired(true);
+    m.add_query(Query::query(
+        Name::from_ascii(name).map_err(invalid)?,
+        RecordType::A,
+    ));
+    socket.send_to(&m.to_vec().map_err(invalid)?, server)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf)?;
+        if from != server {
+            continue;
+        }
+        let reply = Message::from_vec(&buf[..n]).map_err(invalid)?;
+        if reply.id() != id {
+            continue;
+        }
+        if reply.response_code() != ResponseCode::NoError {
+            return Ok(Err(reply.response_code()));
+        }
+        return Ok(Ok(reply
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+
+    fn ep(container: &str, network: &str, ip: u8, service: &str, healthy: bool) -> Endpoint {
+        Endpoint {
+            container: container.into(),
+            network: network.into(),
+            ip: Ipv4Addr::new(10, 0, 0, ip),
+            project: "shop".into(),
+            service: service.into(),
+            names: vec![container.into(), format!("{container}-host")],
+            aliases: vec![format!("{service}-alias")],
+            healthy,
+            upstream: vec![],
+        }
+    }
+
+    fn records() -> Records {
+        let mut r = Records::default();
+        r.insert(ep("web-1", "front", 2, "web", true));
+        r.insert(ep("web-2", "front", 3, "web", true));
+        r.insert(ep("web-3", "front", 4, "web", false));
+        r.insert(ep("db-1", "back", 2, "db", true));
+        r
+    }
+
+    fn ips(v: &[u8]) -> Answer {
+        Answer::Addresses(v.iter().map(|i| Ipv4Addr::new(10, 0, 0, *i)).collect())
+    }
+
+    #[test]
+    fn names_resolve_per_network() {
+        let r = records();
+        let cases = [
+            ("front", "web", 0, ips(&[2, 3])),
+            ("front", "web.", 1, ips(&[3, 2])),
+            ("front", "WEB.shop", 0, ips(&[2, 3])),
+            ("front", "tasks.web", 1, ips(&[2, 3])),
+            ("front", "web-alias", 0, ips(&[2, 3])),
+            // A container resolves by its own names even while unhealthy.
+            ("front", "web-3", 0, ips(&[4])),
+            ("front", "web-3-host", 0, ips(&[4])),
+            // Another network's members are unknown here.
+            ("front", "db", 0, Answer::NxDomain),
+            ("front", "db.shop", 0, Answer::NxDomain),
+            ("front", "tasks.db", 0, Answer::NxDomain),
+            ("back", "db", 5, ips(&[2])),
+            ("back", "web", 0, Answer::NxDomain),
+            ("front", "example.com", 0, Answer::Forward),
+        ];
+        for (net, name, rot, want) in cases {
+            assert_eq!(r.answer(net, name, rot), want, "{net} {name}");
+        }
+    }
+
+    #[test]
+    fn health_and_removal_change_answers() {
+        let mut r = records();
+        assert!(r.set_healthy("web-3", true));
+        assert_eq!(r.answer("front", "tasks.web", 0), ips(&[2, 3, 4]));
+        r.remove_container("web-1");
+        r.remove_container("web-2");
+        assert!(r.set_healthy("web-3", false));
+        // Still a known service, with no healthy member: empty NOERROR, not NXDOMAIN.
+        assert_eq!(r.answer("front", "web", 0), ips(&[]));
+        r.remove_container("web-3");
+        assert_eq!(r.answer("front", "web", 0), Answer::NxDomain);
+        assert!(!r.set_healthy("nobody", true));
+    }
+
+    fn query(name: &str, rtype: RecordType) -> Vec<u8> {
+        let mut m = Message::new();
+        m.set_id(77).set_recursion_desired(true);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn packets_get_answers_nxdomain_or_forwarding() {
+        let r = records();
+        let reply = respond(&r, "front", &query("web.", RecordType::A), 0)
+            .unwrap()
+            .unwrap();
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.id(), 77);
+        assert_eq!(m.response_code(), ResponseCode::NoError);
+        let got: Vec<String> = m.answers().iter().map(|a| a.data().to_string()).collect();
+        assert_eq!(got, ["10.0.0.2", "10.0.0.3"]);
+        let reply = respond(&r, "front", &query("web.", RecordType::AAAA), 0)
+            .unwrap()
+            .unwrap();
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(
+            (m.response_code(), m.answers().len()),
+            (ResponseCode::NoError, 0)
+        );
+        let reply = respond(&r, "front", &query("nope.", RecordType::A), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&reply).unwrap().response_code(),
+            ResponseCode::NXDomain
+        );
+        let packet = query("example.com.", RecordType::A);
+        assert_eq!(respond(&r, "front", &packet, 0), Some(Err(packet.clone())));
+        assert_eq!(respond(&r, "front", b"garbage", 0), None);
+    }
+
+    #[test]
+    fn nameservers_are_read() {
+        let text = "# c\nnameserver 10.255.255.53\nsearch x\nnameserver ::1\nnameserver bogus\n";
+        assert_eq!(
+            parse_nameservers(text),
+            vec![
+                "10.255.255.53:53".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+    }
+}

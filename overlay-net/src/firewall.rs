@@ -1,0 +1,241 @@
+//! nftables rules, planned as text by pure functions and applied by a `Firewall`.
+//!
+//! Each berth network owns one `ip` table named like its bridge, and each container
+//! with published ports one table of its own, so removing a network or a container's
+//! ports is deleting one table, and `gc` finds leftovers by prefix alone.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use crate::ipam::Subnet;
+
+/// Why nftables refused or could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("could not run nft (install the nftables package: apt-get install -y nftables): {0}")]
+    Spawn(std::io::Error),
+    #[error("nft failed: {stderr}\nscript:\n{script}")]
+    Failed { stderr: String, script: String },
+    #[error("could not read `nft -j list tables` output: {0}")]
+    Parse(String),
+}
+
+/// The kernel seam for packet filtering and NAT.
+pub trait Firewall: Send + Sync {
+    /// Applies an nft script atomically (all or nothing).
+    fn apply(&self, script: &str) -> Result<(), FirewallError>;
+    /// Names of the `ip` family tables.
+    fn tables(&self) -> Result<Vec<String>, FirewallError>;
+    /// Deletes an `ip` table; a missing one is not an error.
+    fn delete_table(&self, name: &str) -> Result<(), FirewallError> {
+        // `add` then `delete` in one transaction: deletes whether or not it existed.
+        self.apply(&format!("add table ip {name}\ndelete table ip {name}\n"))
+    }
+}
+
+/// The real firewall: the `nft` tool, fed scripts on stdin (`nft -f -`).
+#[derive(Debug, Default)]
+pub struct NftCli;
+
+impl NftCli {
+    fn run(args: &[&str], input: &str) -> Result<String, FirewallError> {
+        let mut child = Command::new("nft")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(FirewallError::Spawn)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .map_err(FirewallError::Spawn)?;
+        }
+        let out = child.wait_with_output().map_err(FirewallError::Spawn)?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(FirewallError::Failed {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                script: input.to_string(),
+            })
+        }
+    }
+}
+
+impl Firewall for NftCli {
+    fn apply(&self, script: &str) -> Result<(), FirewallError> {
+        NftCli::run(&["-f", "-"], script).map(|_| ())
+    }
+
+    fn tables(&self) -> Result<Vec<String>, FirewallError> {
+        let out = NftCli::run(&["-j", "list", "tables", "ip"], "")?;
+        let json: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| FirewallError::Parse(e.to_string()))?;
+        let items = json
+            .get("nftables")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| FirewallError::Parse("no \"nftables\" array".to_string()))?;
+        Ok(items
+            .iter()
+            .filter_map(|item| item.get("table")?.get("name")?.as_str().map(String::from))
+            .collect())
+    }
+}
+
+/// What a network's table must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRules<'a> {
+    pub prefix: &'a str,
+    pub bridge: &'a str,
+    pub subnet: Subnet,
+    pub internal: bool,
+}
+
+/// The nft script that (re)creates a network's table: isolation from the other berth
+/// networks of this prefix, masquerade of outbound traffic unless internal, and no
+/// traffic in or out of the bridge at all for an internal network.
+pub fn network_script(r: &NetworkRules) -> String {
+    let NetworkRules {
+        prefix,
+        bridge,
+        subnet,
+        internal,
+    } = r;
+    let mut forward = format!(
+        // Every berth bridge name starts with the prefix: a packet from this bridge
+        // routed to any other berth bridge is dropped, as Compose isolates networks.
+        "    iifname \"{bridge}\" oifname \"{prefix}*\" oifname != \"{bridge}\" drop\n"
+    );
+    let mut post = String::new();
+    if *internal {
+        forward.push_str(&format!(
+            "    iifname \"{bridge}\" oifname != \"{bridge}\" drop\n    oifname \"{bridge}\" iifname != \"{bridge}\" drop\n"
+        ));
+    } else {
+        post = format!(
+            "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname != \"{bridge}\" masquerade\n  }}\n"
+        );
+    }
+    // Flush by delete-after-add so re-applying replaces the table in one transaction.
+    format!(
+        "add table ip {bridge}\ndelete table ip {bridge}\ntable ip {bridge} {{\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{forward}  }}\n{post}}}\n"
+    )
+}
+
+/// One published port, resolved: a host port (or range start) to a container address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRule {
+    pub proto: &'static str,
+    /// `None`: every local address of the host.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
+/// The nft script for a container's published ports: DNAT from the network
+/// (prerouting) and from the host itself (output, which also covers 127.0.0.1 with the
+/// bridge's `route_localnet`), and masquerade of loopback-sourced connections so the
+/// container's replies come back through the bridge.
+pub fn ports_script(table: &str, rules: &[PortRule]) -> String {
+    let mut dnat = String::new();
+    let mut post = String::new();
+    for r in rules {
+        let dst = match r.host_ip {
+            Some(ip) => format!("ip daddr {ip}"),
+            None => "fib daddr type local".to_string(),
+        };
+        dnat.push_str(&format!(
+            "    {dst} {proto} dport {hp} dnat to {cip}:{cp}\n",
+            proto = r.proto,
+            hp = r.host_port,
+            cip = r.container_ip,
+            cp = r.container_port
+        ));
+        post.push_str(&format!(
+            "    ip saddr 127.0.0.0/8 ip daddr {cip} {proto} dport {cp} masquerade\n",
+            proto = r.proto,
+            cip = r.container_ip,
+            cp = r.container_port
+        ));
+    }
+    format!(
+        "add table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}  }}\n}}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_masquerades_unless_internal_and_is_isolated() {
+        let mut r = NetworkRules {
+            prefix: "berth",
+            bridge: "berthb123456",
+            subnet: "10.89.0.0/24".parse().unwrap(),
+            internal: false,
+        };
+        let s = network_script(&r);
+        assert!(
+            s.contains("ip saddr 10.89.0.0/24 oifname != \"berthb123456\" masquerade"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "iifname \"berthb123456\" oifname \"berth*\" oifname != \"berthb123456\" drop"
+            ),
+            "{s}"
+        );
+        assert!(
+            !s.contains("oifname \"berthb123456\" iifname != \"berthb123456\" drop"),
+            "{s}"
+        );
+        r.internal = true;
+        let s = network_script(&r);
+        assert!(!s.contains("masquerade"), "{s}");
+        assert!(
+            s.contains("iifname \"berthb123456\" oifname != \"berthb123456\" drop"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn ports_dnat_from_outside_and_from_the_host() {
+        let rules = [
+            PortRule {
+                proto: "tcp",
+                host_ip: None,
+                host_port: 8080,
+                container_ip: Ipv4Addr::new(10, 89, 0, 2),
+                container_port: 80,
+            },
+            PortRule {
+                proto: "udp",
+                host_ip: Some(Ipv4Addr::LOCALHOST),
+                host_port: 5353,
+                container_ip: Ipv4Addr::new(10, 89, 0, 2),
+                container_port: 53,
+            },
+        ];
+        let s = ports_script("berthnabcdef", &rules);
+        assert_eq!(
+            s.matches("fib daddr type local tcp dport 8080 dnat to 10.89.0.2:80")
+                .count(),
+            2,
+            "{s}"
+        );
+        assert_eq!(
+            s.matches("ip daddr 127.0.0.1 udp dport 5353 dnat to 10.89.0.2:53")
+                .count(),
+            2,
+            "{s}"
+        );
+        assert!(
+            s.contains("ip saddr 127.0.0.0/8 ip daddr 10.89.0.2 udp dport 53 masquerade"),
+            "{s}"
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! The kernel seam for links, addresses, routes and network namespaces: the [`Links`]
+//! trait, and [`Rtnetlink`], its real implementation over netlink (rtnetlink).
+//!
+//! Operations inside a container's namespace run on a short-lived thread that joins it
+//! with `setns` and opens its own netlink socket there: a netlink socket talks to the
+//! namespace it was created in, and `setns` changes only the calling thread.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+use crate::ipam::Subnet;
+
+/// A kernel call that failed, naming the object.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {object}: {message}")]
+pub struct LinkError {
+    pub op: &'static str,
+    pub object: String,
+    pub message: String,
+}
+
+impl LinkError {
+    pub fn new(
+        op: &'static str,
+        object: impl std::fmt::Display,
+        e: impl std::fmt::Display,
+    ) -> Self {
+        LinkError {
+            op,
+            object: object.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One container interface to make: a veth whose host end `host` joins `bridge` and
+/// whose other end is `ifname` with `address` inside the namespace at `netns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethPlan {
+    pub bridge: String,
+    pub host: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The default route's gateway, for the one interface that carries it.
+    pub default_via: Option<Ipv4Addr>,
+}
+
+/// What the network manager needs from the kernel besides nftables.
+pub trait Links: Send + Sync {
+    /// Creates the bridge if missing, gives it `gateway/prefix_len`, brings it up.
+    fn ensure_bridge(&self, name: &str, gateway: Ipv4Addr, prefix_len: u8)
+        -> Result<(), LinkError>;
+    /// Deletes a link in the host namespace; a missing one is not an error.
+    fn delete_link(&self, name: &str) -> Result<(), LinkError>;
+    /// Names of the host namespace's links.
+    fn link_names(&self) -> Result<Vec<String>, LinkError>;
+    /// Destinations of the host's IPv4 routes.
+    fn host_routes(&self) -> Result<Vec<Subnet>, LinkError>;
+    /// Creates a network namespace kept alive by a bind mount at `path`, with loopback
+    /// up and the container interfaces of `veths` (see [`VethPlan`]).
+    fn create_netns(&self, path: &Path, veths: &[VethPlan]) -> Result<(), LinkError>;
+    /// Unmounts and removes a namespace file; a missing one is not an error.
+    fn delete_netns(&self, path: &Path) -> Result<(), LinkError>;
+}
+
+/// The real kernel, through rtnetlink on a private single-threaded tokio runtime.
+pub struct Rtnetlink {
+    host: Mutex<(tokio::runtime::Runtime, Handle)>,
+}
+
+impl std::fmt::Debug for Rtnetlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rtnetlink")
+    }
+}
+
+fn connect() -> Result<(tokio::runtime::Runtime, Handle), LinkError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| LinkError::new("start", "netlink runtime", e))?;
+    let handle = rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok::<_, std::io::Error>(handle)
+    });
+    let handle = handle.map_err(|e| LinkError::new("open", "netlink socket", e))?;
+    Ok((rt, handle))
+}
+
+async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(Some(link.header.index)),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn must_index(handle: &Handle, name: &str) -> Result<u32, LinkError> {
+    index_of(handle, name)
+        .await
+        .map_err(|e| LinkError::new("look up link", name, e))?
+        .ok_or_else(|| LinkError::new("look up link", name, "no such link"))
+}
+
+impl Rtnetlink {
+    pub fn new() -> Result<Rtnetlink, LinkError> {
+        Ok(Rtnetlink {
+            host: Mutex::new(connect()?),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl AsyncFnOnce(&Handle) -> Result<T, LinkError>,
+    ) -> Result<T, LinkError> {
+        let guard = self.host.lock().unwrap_or_else(|p| p.into_inner());
+        let (rt, handle) = &*guard;
+        rt.block_on(f(handle))
+    }
+}
+
+impl Links for Rtnetlink {
+    fn ensure_bridge(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), LinkError> {
+        self.with(async |h| {
+            let index = match index_of(h, name)
+                .await
+                .map_err(|e| LinkError::new("look up bridge", name, e))?
+            {
+                Some(i) => i,
+                None => {
+                    h.link()
+                        .add(LinkBridge::new(name).build())
+                        .execute()
+                        .await
+                        .map_err(|e| LinkError::new("create bridge", name, e))?;
+                    must_index(h, name).await?
+                }
+            };
+            h.address()
+                .add(index, IpAddr::V4(gateway), prefix_len)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| LinkError::new("add address to bridge", name, e))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(|e| LinkError::new("bring up bridge", name, e))
+        })?;
+        // Lets connections to a published port on 127.0.0.1, DNAT'd in the output hook,
+        // leave through the bridge (the kernel drops loopback sources elsewhere).
+        let sysctl = format!("/proc/sys/net/ipv4/conf/{name}/route_localnet");
+        std::fs::write(&sysctl, "1").map_err(|e| LinkError::new("write", sysctl, e))
+    }
+
+    fn delete_link(&self, name: &str) -> Result<(), LinkError> {
+        self.with(async |h| {
+            let Some(index) = index_of(h, name)
+                .await
+                .map_err(|e| LinkError::new("look up link", name, e))?
+            else {
+                return Ok(());
+            };
+            let mut links = h.link();
+            match links.del(index).execute().await {
+                Ok(()) => Ok(()),
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+                Err(e) => Err(LinkError::new("delete link", name, e)),
+            }
+        })
+    }
+
+    fn link_names(&self) -> Result<Vec<String>, LinkError> {
+        self.with(async |h| {
+            let mut links = h.link().get().execute();
+            let mut names = Vec::new();
+            while let Some(link) = links
+                .try_next()
+                .await
+                .map_err(|e| LinkError::new("list", "links", e))?
+            {
+                for attr in link.attributes {
+                    if let LinkAttribute::IfName(n) = attr {
+                        names.push(n);
+                    }
+                }
+            }
+            Ok(names)
+        })
+    }
+
+    fn host_routes(&self) -> Result<Vec<Subnet>, LinkError> {
+        let text = std::fs::read_to_string("/proc/net/route")
+            .map_err(|e| LinkError::new("read", "/proc/net/route", e))?;
+        Ok(crate::ipam::parse_proc_net_route(&text))
+    }
+
+    fn create_netns(&self, path: &Path, veths: &[VethPlan]) -> Result<(), LinkError> {
+        use nix::mount::{mount, MsFlags};
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| LinkError::new("create", dir.display(), e))?;
+        }
+        File::create(path).map_err(|e| LinkError::new("create", path.display(), e))?;
+        // The host's namespace, for the host ends of the veths made from inside.
+        let host_ns = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| LinkError::new("open", "/proc/thread-self/ns/net", e))?;
+        let target = path.to_path_buf();
+        let plans = veths.to_vec();
+        // One thread does all the work inside: unshare affects only the calling thread
+        // and leaves the process where it was; the veths are created from inside with
+        // their host end placed in the host namespace, which is cheaper than moving a
+        // device between namespaces (that waits for an RCU grace period, ~20 ms here).
+        let made = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| LinkError::new("unshare", "network namespace", e))?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| LinkError::new("bind-mount netns at", target.display(), e))?;
+            let (rt, handle) = connect()?;
+            rt.block_on(configure_inside(&handle, host_ns.as_raw_fd(), &plans))
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(LinkError::new(
+                "create netns",
+                path.display(),
+                "thread panicked",
+            ))
+        });
+        if let Err(e) = made {
+            let _ = self.delete_netns(path);
+            for v in veths {
+                let _ = self.delete_link(&v.host);
+            }
+            return Err(e);
+        }
+        // The host ends join their bridges.
+        self.with(async |h| {
+            for v in veths {
+                let bridge = must_index(h, &v.bridge).await?;
+                let host = must_index(h, &v.host).await?;
+                h.link()
+                    .set(
+                        LinkUnspec::new_with_index(host)
+                            .controller(bridge)
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(|e| LinkError::new("attach veth to bridge", &v.host, e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_netns(&self, path: &Path) -> Result<(), LinkError> {
+        use nix::mount::{umount2, MntFlags};
+        match umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(LinkError::new("unmount netns", path.display(), e)),
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LinkError::new("remove", path.display(), e)),
+        }
+    }
+}
+
+/// Inside a new namespace: loopback up, then per plan a veth named `ifname` here whose
+/// other end (`host`) is created in the namespace of `host_ns`, its address, and the
+/// default route on the one plan that carries it.
+async fn configure_inside(
+    h: &Handle,
+    host_ns: std::os::fd::RawFd,
+    plans: &[VethPlan],
+) -> Result<(), LinkError> {
+    let lo = must_index(h, "lo").await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(lo).up().build())
+        .execute()
+        .await
+        .map_err(|e| LinkError::new("bring up", "lo", e))?;
+    for p in plans {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(p.host.clone())
+            .setns_by_fd(host_ns)
+            .build();
+        let veth = LinkVeth::new(&p.ifname, &p.host)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        h.link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(|e| LinkError::new("create veth", &p.host, e))?;
+        let idx = must_index(h, &p.ifname).await?;
+        h.address()
+            .add(idx, IpAddr::V4(p.address), p.prefix_len)
+            .execute()
+            .await
+            .map_err(|e| LinkError::new("add address to", &p.ifname, e))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await
+            .map_err(|e| LinkError::new("bring up", &p.ifname, e))?;
+    }
+    // Routes last: the gateway must be on a link that is up.
+    for p in plans {
+        if let Some(gw) = p.default_via {
+            let idx = must_index(h, &p.ifname).await?;
+            h.route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .gateway(gw)
+                        .output_interface(idx)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| LinkError::new("add default route via", gw, e))?;
+        }
+    }
+    Ok(())
+}
