@@ -48,8 +48,10 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
         )))
         .context("open the store")?,
     );
+    let net = open_network(state_dir)?;
     let executor = Executor {
         state_dir: state_dir.to_path_buf(),
+        net: Some(net.clone()),
         shim,
         cgroup_parent: std::env::var("BERTH_CGROUP_PARENT")
             .ok()
@@ -57,6 +59,7 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
             .unwrap_or_else(|| "berth".into()),
     };
     remove_strays(&store, &executor);
+    readopt_network(&store, &net);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -123,6 +126,76 @@ fn lock_daemon(state_dir: &Path) -> anyhow::Result<std::fs::File> {
         );
     }
     Ok(file)
+}
+
+/// The node's networking: object names start with `$BERTH_NET_PREFIX` (default
+/// `berth`), default subnets come from `$BERTH_NET_POOL` (default 10.89.0.0/16 in
+/// /24s), network namespaces are files under `<state>/netns`.
+fn open_network(state_dir: &Path) -> anyhow::Result<Arc<overlay_net::NetworkManager>> {
+    let mut cfg = overlay_net::NetConfig::new(state_dir);
+    if let Ok(prefix) = std::env::var("BERTH_NET_PREFIX") {
+        cfg.prefix = prefix;
+    }
+    if let Ok(pool) = std::env::var("BERTH_NET_POOL") {
+        let range = pool
+            .parse()
+            .map_err(|e| anyhow::anyhow!("BERTH_NET_POOL={pool:?}: {e}"))?;
+        cfg.pool = overlay_net::ipam::Pool {
+            ranges: vec![range],
+            len: 24,
+        };
+    }
+    cfg.netns_dir = state_dir.join("netns");
+    let net = overlay_net::NetworkManager::open(cfg).context("set up container networking")?;
+    Ok(Arc::new(net))
+}
+
+/// After a restart: remove what a crash left of the network (attachments of
+/// containers that no longer run, networks of stacks no longer deployed), and hold the
+/// published ports of the running containers again (their reservations died with the
+/// old daemon).
+fn readopt_network(store: &Store, net: &overlay_net::NetworkManager) {
+    let state = store.snapshot();
+    let live_networks: Vec<String> = state
+        .stacks
+        .values()
+        .flat_map(|r| {
+            let project = r.stack.name.clone();
+            r.stack.networks.iter().map(move |(k, n)| {
+                if n.name.is_empty() {
+                    format!("{project}_{k}")
+                } else {
+                    n.name.clone()
+                }
+            })
+        })
+        .collect();
+    let running: Vec<&Task> = state
+        .tasks
+        .values()
+        .filter(|t| t.status.state() == TaskState::Running)
+        .collect();
+    let live_containers: Vec<&str> = running.iter().map(|t| t.id.as_str()).collect();
+    let nets: Vec<&str> = live_networks.iter().map(String::as_str).collect();
+    match net.gc(&nets, &live_containers) {
+        Ok(report) if report != overlay_net::GcReport::default() => {
+            eprintln!("berth daemon: removed network leftovers: {report:?}")
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("berth daemon: network cleanup: {e}"),
+    }
+    for t in running {
+        if let Some((_, service)) = service_of(&state.stacks, t) {
+            if !service.ports.is_empty() {
+                if let Err(e) = net.publish(&t.id, &t.service, &service.ports) {
+                    eprintln!("berth daemon: {}: publish ports again: {e}", t.name());
+                }
+            }
+            if let Some(h) = Some(t.status.health).filter(|h| *h != spec::task::Health::None) {
+                net.set_healthy(&t.id, h == spec::task::Health::Healthy);
+            }
+        }
+    }
 }
 
 /// Containers on disk that no task knows (a crash between creating one and recording
@@ -198,6 +271,11 @@ async fn agent_loop(store: Arc<Store>, executor: Executor) {
                         && matches!(state, TaskState::Starting | TaskState::Running)
                     {
                         let observed = executor.observe(task).unwrap_or_else(|| vanished(task));
+                        if observed.state().is_terminal() {
+                            // Ended or gone: its address, ports and DNS name are free.
+                            let (ex, id) = (executor.clone(), task.id.clone());
+                            tokio::task::spawn_blocking(move || ex.release(&id));
+                        }
                         if observed != task.status {
                             reports.push((task.id.clone(), observed));
                         }
@@ -337,6 +415,29 @@ impl Node for LocalNode {
         }
     }
 
+    fn remove_networks(&self, stack: &Stack) -> Result<Vec<String>, String> {
+        let Some(net) = &self.executor.net else {
+            return Ok(Vec::new());
+        };
+        let mut removed = Vec::new();
+        for (key, n) in &stack.networks {
+            if n.external {
+                continue;
+            }
+            let name = if n.name.is_empty() {
+                format!("{}_{key}", stack.name)
+            } else {
+                n.name.clone()
+            };
+            if net.networks().iter().any(|i| i.name == name) {
+                net.remove_network(&name)
+                    .map_err(|e| format!("network {name}: {e}"))?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
     fn remove_volumes(&self, stack: &Stack) -> Result<Vec<String>, String> {
         let mut removed = Vec::new();
         for (key, v) in &stack.volumes {
@@ -444,6 +545,9 @@ async fn health_loop(store: Arc<Store>, executor: Executor) {
                     changes.push((id, after));
                 }
             }
+        }
+        for (id, health) in &changes {
+            executor.set_healthy(id, *health == spec::task::Health::Healthy);
         }
         if !changes.is_empty() {
             let result = store.update(|s| {

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 struct Fixture {
     tmp: tempfile::TempDir,
     project: String,
+    /// The daemon's network object prefix and address pool, unique to this test.
+    net_prefix: String,
+    net_pool: String,
     daemon: Option<Child>,
 }
 
@@ -22,6 +25,8 @@ impl Fixture {
         let f = Fixture {
             tmp,
             project,
+            net_prefix: testkit::netns::short_prefix(),
+            net_pool: format!("10.{}.0.0/16", testkit::netns::pool_octet()),
             daemon: None,
         };
         std::fs::create_dir_all(f.dir()).expect("project dir");
@@ -43,6 +48,8 @@ impl Fixture {
         let f = Fixture {
             tmp,
             project,
+            net_prefix: testkit::netns::short_prefix(),
+            net_pool: format!("10.{}.0.0/16", testkit::netns::pool_octet()),
             daemon: None,
         };
         std::fs::create_dir_all(f.dir()).expect("project dir");
@@ -88,6 +95,8 @@ impl Fixture {
     fn berth(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_berth"))
             .env("BERTH_CGROUP_PARENT", &self.project)
+            .env("BERTH_NET_PREFIX", &self.net_prefix)
+            .env("BERTH_NET_POOL", &self.net_pool)
             .arg("--state-dir")
             .arg(self.state())
             .args(args)
@@ -114,6 +123,8 @@ impl Fixture {
         let log = std::fs::File::create(self.tmp.path().join("daemon.log")).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .env("BERTH_CGROUP_PARENT", &self.project)
+            .env("BERTH_NET_PREFIX", &self.net_prefix)
+            .env("BERTH_NET_POOL", &self.net_pool)
             .arg("--state-dir")
             .arg(self.state())
             .arg("daemon")
@@ -178,6 +189,7 @@ impl Drop for Fixture {
                 args: vec!["runtime".into(), "shim".into()],
             },
             cgroup_parent: self.project.clone(),
+            net: None,
         };
         for id in executor.containers() {
             executor.remove_stray(&id);
@@ -188,6 +200,13 @@ impl Drop for Fixture {
                     let _ = agent::container::remove(&self.state(), id);
                 }
             }
+        }
+        // Every network object the test's daemons made, by prefix.
+        let mut cfg = overlay_net::NetConfig::new(self.state());
+        cfg.prefix = self.net_prefix.clone();
+        cfg.netns_dir = self.state().join("netns");
+        if let Ok(net) = overlay_net::NetworkManager::open(cfg) {
+            let _ = net.gc(&[], &[]);
         }
         testkit::remove_cgroup(&self.project);
     }

@@ -25,6 +25,9 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Executor {
     pub state_dir: PathBuf,
+    /// The node's container networking; `None` runs containers with a network
+    /// namespace of their own and only loopback (tests of the runtime alone).
+    pub net: Option<std::sync::Arc<overlay_net::NetworkManager>>,
     pub shim: shim::ShimProgram,
     /// The cgroup every container's cgroup is made under (`berth` by default, like
     /// Docker's `docker`); each container gets `<parent>/<id>`.
@@ -184,12 +187,19 @@ impl Executor {
             .map_err(|e| (TaskState::Failed, e.to_string()))?;
         let prepared =
             container::prepare(&store, &image, service, &ctx).map_err(|e| reject(e.to_string()))?;
+        let mut spec = prepared.bundle.spec.clone();
+        if let Err(e) = self.connect(task, stack, service, &ctx, &mut spec) {
+            self.release(&task.id);
+            let _ = container::remove(&self.state_dir, &task.id);
+            return Err((TaskState::Rejected, e));
+        }
         // The shim loads the bundle from disk: it may outlive this process.
         let config = ctx.dir().join("config.json");
-        let written = serde_json::to_vec(&prepared.bundle.spec)
+        let written = serde_json::to_vec(&spec)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&config, bytes));
         if let Err(e) = written {
+            self.release(&task.id);
             let _ = container::remove(&self.state_dir, &task.id);
             return Err((
                 TaskState::Failed,
@@ -201,6 +211,7 @@ impl Executor {
             Ok(s) => Ok(s),
             Err(e) => {
                 drop(prepared);
+                self.release(&task.id);
                 let _ = container::remove(&self.state_dir, &task.id);
                 Err((TaskState::Failed, e.to_string()))
             }
@@ -230,6 +241,8 @@ impl Executor {
         if let Some(observed) = self.observe(task) {
             status = observed;
         }
+        // A stopped container holds no address, port or DNS name: its successor may.
+        self.release(&task.id);
         status.state = Some(status.state().advance(TaskState::Shutdown));
         status
     }
@@ -259,6 +272,7 @@ impl Executor {
     /// Removes a container no task knows (left by a crash before its task was
     /// recorded): stop it at once, delete it.
     pub fn remove_stray(&self, id: &str) {
+        self.release(id);
         let root = self.shim_root();
         let _ = shim::stop(&root, id, libc::SIGKILL, Duration::from_secs(5));
         let _ = shim::delete(&root, id);
@@ -377,5 +391,128 @@ impl Executor {
             unsafe { libc::close(pidfd) };
         }
         result
+    }
+}
+
+impl Executor {
+    /// Connects the container of `task` to its service's networks before it starts:
+    /// the networks exist (made if needed), a network namespace with one interface per
+    /// network is made, the spec joins it and bind-mounts the `/etc/resolv.conf` and
+    /// `/etc/hosts` written for it, and its ports are published.
+    fn connect(
+        &self,
+        task: &Task,
+        stack: &Stack,
+        service: &Service,
+        ctx: &ContainerContext,
+        spec: &mut oci_spec::runtime::Spec,
+    ) -> Result<(), String> {
+        let Some(net) = &self.net else { return Ok(()) };
+        if service.networks.is_empty() {
+            if service.ports.is_empty() {
+                return Ok(());
+            }
+            return Err(format!(
+                "services.{}.ports: publishing ports needs a network (network_mode: none?)",
+                task.service
+            ));
+        }
+        let mut networks = Vec::new();
+        for (key, opts) in &service.networks {
+            let def = stack
+                .networks
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| spec::model::Network {
+                    name: format!("{}_{key}", stack.name),
+                    ..Default::default()
+                });
+            if def.external {
+                return Err(format!(
+                    "services.{}.networks.{key}: external networks are not supported yet",
+                    task.service
+                ));
+            }
+            let req = overlay_net::NetworkRequest::from_spec(&stack.name, &def);
+            net.ensure_network(&req)
+                .map_err(|e| format!("networks.{key}: {e}"))?;
+            networks.push((def.name.clone(), opts.clone()));
+        }
+        let req = overlay_net::AttachRequest {
+            container_id: task.id.clone(),
+            container_name: service
+                .container_name
+                .clone()
+                .unwrap_or_else(|| task.name()),
+            project: stack.name.clone(),
+            service: task.service.clone(),
+            hostname: Some(
+                service
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| ctx.hostname.clone()),
+            ),
+            networks,
+            dns: service.dns.clone(),
+            dns_search: service.dns_search.clone(),
+            dns_opt: service.dns_opt.clone(),
+            extra_hosts: service.extra_hosts.clone(),
+            healthy: self.healthcheck(service).is_none(),
+        };
+        let attachment = net
+            .attach(&req)
+            .map_err(|e| format!("services.{}.networks: {e}", task.service))?;
+        let dir = ctx.dir();
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for (file, text) in [
+            ("resolv.conf", &attachment.resolv_conf),
+            ("hosts", &attachment.hosts),
+        ] {
+            let path = dir.join(file);
+            std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+            // Not where the service mounts its own.
+            let target = PathBuf::from("/etc").join(file);
+            if mounts.iter().any(|m| m.destination() == &target) {
+                continue;
+            }
+            let mut m = oci_spec::runtime::Mount::default();
+            m.set_destination(target);
+            m.set_typ(Some("bind".into()));
+            m.set_source(Some(path));
+            m.set_options(Some(vec!["rbind".into(), "rprivate".into()]));
+            mounts.push(m);
+        }
+        spec.set_mounts(Some(mounts));
+        if let Some(linux) = spec.linux_mut() {
+            let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+            for ns in namespaces.iter_mut() {
+                if ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network {
+                    ns.set_path(Some(attachment.netns.clone()));
+                }
+            }
+            linux.set_namespaces(Some(namespaces));
+        }
+        if !service.ports.is_empty() {
+            net.publish(&task.id, &task.service, &service.ports)
+                .map_err(|e| format!("services.{}.ports: {e}", task.service))?;
+        }
+        Ok(())
+    }
+
+    /// Disconnects a container from its networks (a no-op when it is not connected).
+    pub fn release(&self, id: &str) {
+        if let Some(net) = &self.net {
+            if let Err(e) = net.detach(id) {
+                eprintln!("berth: container {id}: disconnecting it: {e}");
+            }
+        }
+    }
+
+    /// Marks a container healthy or not for DNS (its service name answers only with
+    /// healthy containers).
+    pub fn set_healthy(&self, id: &str, healthy: bool) {
+        if let Some(net) = &self.net {
+            net.set_healthy(id, healthy);
+        }
     }
 }

@@ -46,6 +46,9 @@ pub trait Node: Send + Sync + 'static {
     /// Sends `signal` (a name or number) to the main process of container `task`.
     fn kill(&self, task: &str, signal: &str) -> Result<(), String>;
 
+    /// Deletes the stack's networks (not external ones); returns their names.
+    fn remove_networks(&self, stack: &Stack) -> Result<Vec<String>, String>;
+
     /// Deletes the stack's named volumes that it does not mark external; returns their
     /// names.
     fn remove_volumes(&self, stack: &Stack) -> Result<Vec<String>, String>;
@@ -93,6 +96,8 @@ pub struct DownQuery {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DownResponse {
     pub removed_containers: Vec<String>,
+    #[serde(default)]
+    pub removed_networks: Vec<String>,
     pub removed_volumes: Vec<String>,
 }
 
@@ -274,8 +279,18 @@ async fn down(
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect(),
-        removed_volumes: Vec::new(),
+        ..DownResponse::default()
     };
+    if let Some(record) = &record {
+        // Networks go once their containers have, unless another deployment of the
+        // same name came back meanwhile.
+        let node = cx.node.clone();
+        let stack = record.stack.clone();
+        resp.removed_networks = tokio::task::spawn_blocking(move || node.remove_networks(&stack))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    }
     if let (true, Some(record)) = (q.volumes, record) {
         let node = cx.node.clone();
         resp.removed_volumes =

@@ -612,6 +612,9 @@ pub fn down(state_dir: &Path, project: &ProjectArgs, args: &DownArgs) -> anyhow:
     for c in &resp.removed_containers {
         text.push_str(&format!(" ✔ Container {c:<30} Removed\n"));
     }
+    for n in &resp.removed_networks {
+        text.push_str(&format!(" ✔ Network {n:<32} Removed\n"));
+    }
     for v in &resp.removed_volumes {
         text.push_str(&format!(" ✔ Volume {v:<33} Removed\n"));
     }
