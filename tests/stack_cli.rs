@@ -69,6 +69,10 @@ impl Fixture {
 
     /// berth with an example's compose file, under this test's project name.
     fn example(&self, name: &str, args: &[&str]) -> Output {
+        self.example_env(name, args, &[])
+    }
+
+    fn example_env(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         let file = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("examples")
             .join(name)
@@ -76,7 +80,7 @@ impl Fixture {
         let file = file.to_str().expect("utf-8").to_string();
         let mut all = vec!["-f", &file, "-p", &self.project];
         all.extend_from_slice(args);
-        self.berth(&all)
+        self.berth_env(&all, env)
     }
 
     fn state(&self) -> PathBuf {
@@ -93,7 +97,12 @@ impl Fixture {
     }
 
     fn berth(&self, args: &[&str]) -> Output {
+        self.berth_env(args, &[])
+    }
+
+    fn berth_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_berth"))
+            .envs(env.iter().copied())
             .env("BERTH_CGROUP_PARENT", &self.project)
             .env("BERTH_NET_PREFIX", &self.net_prefix)
             .env("BERTH_NET_POOL", &self.net_pool)
@@ -838,4 +847,73 @@ fn run_makes_a_one_off_container_with_its_exit_status() {
         .any(|r| r.0.contains("-tool-run-") && r.2 == "exited"));
     f.ok(&["down"]);
     assert!(f.ps(true).is_empty());
+}
+
+/// `GET path` on 127.0.0.1:port; the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(text)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn example_quickstart_answers_on_its_published_port() {
+    let mut f = Fixture::for_examples("quick");
+    f.start_daemon();
+    let port = free_port().to_string();
+    let env = [("WEB_PORT", port.as_str())];
+    let out = f.example_env(
+        "quickstart",
+        &["up", "-d", "--wait", "--wait-timeout", "60"],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port: u16 = port.parse().expect("port");
+    // web -> api (by name, 2 replicas) -> store (by name, healthy, a volume).
+    let first = http_get(port, "/");
+    assert!(
+        first.contains("Hello from berth!") && first.contains("visit number 1,"),
+        "{first}"
+    );
+    let second = http_get(port, "/");
+    assert!(second.contains("visit number 2,"), "{second}");
+    // The count lives in the named volume: it survives down and up.
+    assert!(f
+        .example_env("quickstart", &["down"], &env)
+        .status
+        .success());
+    let out = f.example_env(
+        "quickstart",
+        &["up", "-d", "--wait", "--wait-timeout", "60"],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third = http_get(port, "/");
+    assert!(third.contains("visit number 3,"), "{third}");
+    assert!(f
+        .example_env("quickstart", &["down", "-v"], &env)
+        .status
+        .success());
 }

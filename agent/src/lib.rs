@@ -11,3 +11,7 @@ pub mod health;
 pub mod image;
 pub mod runtime;
 pub mod shim;
+
+/// Changes with every build of this crate: `berth-shim --build-id` prints it, so that
+/// `berth` uses a `berth-shim` only if it was built from the same agent code.
+pub const BUILD_ID: &str = env!("BERTH_AGENT_BUILD");

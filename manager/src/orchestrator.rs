@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
-use spec::model::{Condition, Restart, RestartCondition, RestartPolicy, Service, Stack};
+use spec::model::{Condition, Restart, RestartCondition, RestartPolicy, Service};
 use spec::task::{DesiredState, Health, StackRecord, Task, TaskState};
 
 /// Ended tasks kept per slot, for `ps -a` and logs of what came before.
@@ -94,7 +94,7 @@ pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u6
                 replicas(record, name, service)
             };
             let stopped = record.stopped.iter().any(|s| s == name);
-            let hash = spec_hash(&record.stack, service);
+            let hash = spec_hash(record, service);
             for slot in 1..=replicas {
                 wanted.insert((stack_name.as_str(), name.as_str(), slot));
                 let history = slots
@@ -143,9 +143,11 @@ pub fn replicas(record: &StackRecord, name: &str, service: &Service) -> u32 {
         .unwrap_or(1)
 }
 
-/// What a task is made from: the service's definition and the top-level objects it
-/// refers to, so that changing a secret's file or a network recreates its users.
-pub fn spec_hash(stack: &Stack, service: &Service) -> String {
+/// What a task is made from: the service's definition, the top-level objects it refers
+/// to, and the content of the files its secrets and configs come from, so that changing
+/// a network, a secret's definition or a config file's text recreates its users.
+pub fn spec_hash(record: &StackRecord, service: &Service) -> String {
+    let stack = &record.stack;
     let mut h = Sha256::new();
     let mut put = |label: &str, value: serde_json::Result<String>| {
         h.update(label.as_bytes());
@@ -158,11 +160,27 @@ pub fn spec_hash(stack: &Stack, service: &Service) -> String {
             "secret",
             serde_json::to_string(&stack.secrets.get(&s.source)),
         );
+        put(
+            "content",
+            Ok(record
+                .contents
+                .get(&format!("secrets.{}", s.source))
+                .cloned()
+                .unwrap_or_default()),
+        );
     }
     for c in &service.configs {
         put(
             "config",
             serde_json::to_string(&stack.configs.get(&c.source)),
+        );
+        put(
+            "content",
+            Ok(record
+                .contents
+                .get(&format!("configs.{}", c.source))
+                .cloned()
+                .unwrap_or_default()),
         );
     }
     for n in service.networks.keys() {

@@ -38,6 +38,7 @@ fn stack(services: &[(&str, Service)]) -> StackRecord {
         orphans: BTreeMap::new(),
         oneoffs: BTreeMap::new(),
         scale: BTreeMap::new(),
+        contents: BTreeMap::new(),
         secret_env: BTreeMap::new(),
         stopped: vec![],
     }
@@ -189,7 +190,7 @@ fn a_changed_service_is_recreated_after_its_old_task_is_gone() {
     let new = &s.tasks["app-web-1.2"];
     assert_eq!(
         new.spec_hash,
-        spec_hash(&s.stacks["app"].stack, &service("web:2"))
+        spec_hash(&s.stacks["app"], &service("web:2"))
     );
     // db was not touched.
     assert_eq!(s.tasks["app-db-1.1"].desired, DesiredState::Running);

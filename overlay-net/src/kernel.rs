@@ -293,6 +293,12 @@ impl Links for Rtnetlink {
     }
 }
 
+/// A locally administered unicast MAC made from an IPv4 address: `02:42:a.b.c.d`.
+pub fn mac_for(ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 /// Inside a new namespace: loopback up, then per plan a veth named `ifname` here whose
 /// other end (`host`) is created in the namespace of `host_ns`, its address, and the
 /// default route on the one plan that carries it.
@@ -312,7 +318,11 @@ async fn configure_inside(
             .name(p.host.clone())
             .setns_by_fd(host_ns)
             .build();
+        // The MAC follows from the address (as Docker's does): a successor given the
+        // same address answers to the MAC its peers' ARP caches already hold, instead
+        // of leaving them talking to a vanished one until their entries go stale.
         let veth = LinkVeth::new(&p.ifname, &p.host)
+            .address(mac_for(p.address).to_vec())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         h.link()

@@ -36,6 +36,10 @@ pub struct StackRecord {
     /// environment of the `up` that deployed the stack.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_env: BTreeMap<String, String>,
+    /// A digest of each file-sourced secret's and config's content
+    /// (`secrets.<key>` -> hex), read by `up`: a changed file recreates its users.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contents: BTreeMap<String, String>,
     /// Services stopped by `berth stop`: their tasks are shut down, not restarted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<String>,

@@ -208,7 +208,18 @@ pub(super) fn shim_program() -> anyhow::Result<shim::ShimProgram> {
     }
     let me = std::env::current_exe().context("find the berth binary")?;
     let sibling = me.with_file_name("berth-shim");
-    if chosen.is_none() && sibling.is_file() {
+    // A berth-shim from another build of the agent (a rebuilt berth next to a stale
+    // shim) may not speak this berth's protocol: it is used only if it says it was
+    // built from the same agent code.
+    let fresh = || {
+        std::process::Command::new(&sibling)
+            .arg("--build-id")
+            .output()
+            .is_ok_and(|o| {
+                o.status.success() && o.stdout.trim_ascii() == agent::BUILD_ID.as_bytes()
+            })
+    };
+    if chosen.is_none() && sibling.is_file() && fresh() {
         return Ok(shim::ShimProgram {
             program: sibling,
             args: Vec::new(),

@@ -255,6 +255,7 @@ pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Res
             }
         }
     }
+    let contents = file_contents(&stack);
     let record = StackRecord {
         stack,
         files: loaded
@@ -266,6 +267,7 @@ pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Res
         orphans: BTreeMap::new(),
         oneoffs: BTreeMap::new(),
         scale,
+        contents,
         secret_env,
         stopped: Vec::new(),
     };
@@ -494,6 +496,26 @@ fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Result<()> {
     }
 }
 
+/// A digest of every file-sourced secret and config, so that editing one recreates
+/// the containers that use it (an unreadable file is left to the container's start
+/// to report).
+fn file_contents(stack: &spec::Stack) -> BTreeMap<String, String> {
+    use sha2::Digest;
+    let mut out = BTreeMap::new();
+    for (kind, objects) in [("secrets", &stack.secrets), ("configs", &stack.configs)] {
+        for (key, o) in objects {
+            let Some(bytes) = o.file.as_ref().and_then(|f| std::fs::read(f).ok()) else {
+                continue;
+            };
+            out.insert(
+                format!("{kind}.{key}"),
+                hex::encode(sha2::Sha256::digest(&bytes)),
+            );
+        }
+    }
+    out
+}
+
 /// The variables `environment:`-sourced secrets and configs read.
 fn secret_environment(
     stack: &spec::Stack,
@@ -532,7 +554,7 @@ fn wait_up(
             if deployed.stopped.contains(svc_name) {
                 continue;
             }
-            let hash = spec_hash(&deployed.stack, svc);
+            let hash = spec_hash(deployed, svc);
             let wants_health = args.wait
                 && svc
                     .healthcheck
@@ -542,6 +564,7 @@ fn wait_up(
                 let current = tasks
                     .iter()
                     .filter(|t| t.service == *svc_name && t.slot == slot && t.spec_hash == hash)
+                    .filter(|t| t.desired == DesiredState::Running)
                     .max_by_key(|t| t.generation);
                 let Some(t) = current else {
                     // Not created yet: its dependencies are not met.
@@ -895,8 +918,9 @@ pub fn services_verb(
                 .filter(|t| t.stack == name && &t.service == svc);
             match verb {
                 "rm" => of.all(|t| t.desired != DesiredState::Remove),
+                // Stopped: every container of the service has ended.
                 "stop" => {
-                    of.all(|t| t.desired != DesiredState::Running || t.status.state().is_terminal())
+                    of.all(|t| t.desired == DesiredState::Remove || t.status.state().is_terminal())
                 }
                 _ => of.any(|t| {
                     t.desired == DesiredState::Running && t.status.state() == TaskState::Running
@@ -1249,6 +1273,7 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
             orphans: BTreeMap::new(),
             oneoffs: BTreeMap::new(),
             scale: BTreeMap::new(),
+            contents: file_contents(&stack),
             stopped: Vec::new(),
         };
         let req = UpRequest {

@@ -115,11 +115,18 @@ pub fn service_mounts(
         for (i, fm) in list.iter().enumerate() {
             let field = format!("{kind}[{i}]");
             let source = file_object(kind, fm, ctx, root, &field)?;
+            // Configs may be programs (an entrypoint script, a CGI): their mode says
+            // whether they run. Secrets never do.
+            let options: &[&str] = if kind == "secrets" {
+                &["bind", "rprivate", "ro", "nosuid", "nodev", "noexec"]
+            } else {
+                &["bind", "rprivate", "ro", "nosuid", "nodev"]
+            };
             mounts.push(mount(
                 &fm.target,
                 "bind",
                 &source.to_string_lossy(),
-                strings(&["bind", "rprivate", "ro", "nosuid", "nodev", "noexec"]),
+                strings(options),
             ));
         }
     }

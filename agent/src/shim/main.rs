@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--build-id") {
+        println!("{}", agent::BUILD_ID);
+        return ExitCode::SUCCESS;
+    }
     let [dir] = args.as_slice() else {
         eprintln!("usage: berth-shim CONTAINER-STATE-DIR (started by berth, with fd 3 open)");
         return ExitCode::from(2);
