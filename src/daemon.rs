@@ -415,6 +415,21 @@ impl Node for LocalNode {
         }
     }
 
+    fn freeze(&self, task: &str, frozen: bool) -> Result<(), String> {
+        self.executor.freeze(task, frozen)
+    }
+
+    fn inspect(&self, task: &str, what: &str) -> Result<serde_json::Value, String> {
+        let value = match what {
+            "top" => serde_json::to_value(self.executor.top(task)?),
+            _ => {
+                let s = self.executor.stats(task)?;
+                Ok(serde_json::json!({ "memory_bytes": s.memory_bytes, "cpu_nanos": s.cpu_nanos }))
+            }
+        };
+        value.map_err(|e| e.to_string())
+    }
+
     fn remove_networks(&self, stack: &Stack) -> Result<Vec<String>, String> {
         let Some(net) = &self.executor.net else {
             return Ok(Vec::new());

@@ -917,3 +917,47 @@ fn example_quickstart_answers_on_its_published_port() {
         .status
         .success());
 }
+
+#[test]
+fn top_stats_pause_and_unpause() {
+    let compose = "services:\n  ticker:\n    image: busybox:local\n    init: true\n    command: [\"sh\", \"-c\", \"i=0; while true; do i=$$((i+1)); echo $$i > /tmp/n; sleep 0.05; done\"]\n";
+    let mut f = Fixture::new("pause", compose);
+    f.start_daemon();
+    f.ok(&["up", "-d"]);
+    let top = f.ok(&["top"]);
+    assert!(
+        top.contains("-ticker-1") && top.contains("PID") && top.contains("sleep 0.05"),
+        "{top}"
+    );
+    let stats = f.ok(&["stats", "--no-stream"]);
+    assert!(
+        stats.contains("-ticker-1") && stats.contains("MiB"),
+        "{stats}"
+    );
+    let count = || -> u64 {
+        f.ok(&["exec", "-T", "ticker", "cat", "/tmp/n"])
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    f.ok(&["pause"]);
+    // exec cannot join a frozen cgroup's processes' work; read the file from the host.
+    let state: serde_json::Value =
+        serde_json::from_str(&f.ok(&["ps", "--format", "json"])).expect("ps");
+    let id = state[0]["ID"].as_str().expect("id").to_string();
+    let pid = f.container_pid(&id);
+    let read = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/root/tmp/n"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let frozen = read();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(), frozen, "the counter moved while paused");
+    f.ok(&["unpause"]);
+    wait_for(|| read() > frozen, "the counter to move again");
+    assert!(count() > frozen);
+    f.ok(&["down"]);
+}

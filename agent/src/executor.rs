@@ -516,3 +516,88 @@ impl Executor {
         }
     }
 }
+
+/// A process of a container, for `top`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Process {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// CPU time used, in clock ticks.
+    pub ticks: u64,
+    pub command: String,
+}
+
+impl Executor {
+    /// The cgroup of a running container, as its shim recorded it.
+    fn cgroup(&self, id: &str) -> Result<crate::runtime::cgroups::Cgroup, String> {
+        let s = shim::state(&self.shim_root(), id).map_err(|e| e.to_string())?;
+        if s.status != Status::Running {
+            return Err(format!("container {id} is not running ({})", s.describe()));
+        }
+        let rel = s
+            .cgroup
+            .ok_or_else(|| format!("container {id}: its shim recorded no cgroup"))?;
+        let h = crate::runtime::cgroups::Hierarchy::detect().map_err(|e| e.to_string())?;
+        Ok(crate::runtime::cgroups::Cgroup::open(&h, &rel))
+    }
+
+    /// Memory in use and CPU time so far (cgroup accounting).
+    pub fn stats(&self, id: &str) -> Result<crate::runtime::cgroups::Stats, String> {
+        self.cgroup(id)?.stats().map_err(|e| e.to_string())
+    }
+
+    /// The container's processes, from its cgroup and /proc.
+    pub fn top(&self, id: &str) -> Result<Vec<Process>, String> {
+        let pids = self.cgroup(id)?.procs().map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for pid in pids {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The command name may hold spaces and parentheses: fields follow the last ')'.
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let num = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Uid:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                })
+                .unwrap_or(0);
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let mut command = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            if command.is_empty() {
+                command = format!("[{}]", &stat[stat.find('(').map_or(0, |i| i + 1)..close]);
+            }
+            out.push(Process {
+                pid,
+                ppid: num(1) as i32,
+                uid,
+                ticks: num(11) + num(12),
+                command,
+            });
+        }
+        out.sort_by_key(|p| p.pid);
+        Ok(out)
+    }
+
+    /// Freezes (`pause`) or thaws (`unpause`) every process of the container.
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), String> {
+        self.cgroup(id)?.freeze(frozen).map_err(|e| e.to_string())
+    }
+}

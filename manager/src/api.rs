@@ -12,6 +12,7 @@
 //! - `POST /v1/stacks/{name}/{stop|start|restart|rm|kill}` ([`ServicesRequest`])
 //! - `POST /v1/stacks/{name}/runs` ([`RunRequest`] -> the one-off's name), and
 //!   `DELETE /v1/stacks/{name}/run/{key}` to remove it (`berth run --rm`)
+//! - `GET /v1/tasks/{id}/{top|stats}`: a container's processes, its memory and CPU
 //! - `GET /v1/events`: newline-delimited [`Event`]s, streamed as tasks change
 //! - `GET /v1/tasks/{id}/logs?follow=&tail=`: newline-delimited [`LogLine`]s, streamed
 
@@ -45,6 +46,12 @@ pub trait Node: Send + Sync + 'static {
 
     /// Sends `signal` (a name or number) to the main process of container `task`.
     fn kill(&self, task: &str, signal: &str) -> Result<(), String>;
+
+    /// Freezes or thaws a container's processes.
+    fn freeze(&self, task: &str, frozen: bool) -> Result<(), String>;
+
+    /// A container's processes and resource use, as JSON (`top`, `stats`).
+    fn inspect(&self, task: &str, what: &str) -> Result<serde_json::Value, String>;
 
     /// Deletes the stack's networks (not external ones); returns their names.
     fn remove_networks(&self, stack: &Stack) -> Result<Vec<String>, String>;
@@ -172,6 +179,7 @@ pub fn router(store: Arc<Store>, node: Arc<dyn Node>) -> Router {
         .route("/v1/stacks/{name}/runs", post(run))
         .route("/v1/tasks/{id}/logs", get(logs))
         .route("/v1/events", get(events))
+        .route("/v1/tasks/{id}/{what}", get(inspect))
         .with_state(Ctx { store, node })
 }
 
@@ -358,15 +366,32 @@ async fn services_verb(
                     }
                 }
             }
-            "kill" => {}
+            "kill" | "pause" | "unpause" => {}
             other => {
                 return Err(StoreError::Rejected(format!(
-                    "unknown verb {other:?}: stop, start, restart, rm or kill"
+                    "unknown verb {other:?}: stop, start, restart, rm, kill, pause or unpause"
                 )))
             }
         }
         Ok(chosen)
     })?;
+    if verb == "pause" || verb == "unpause" {
+        let targets: Vec<String> = cx.store.read(|s| {
+            s.tasks
+                .values()
+                .filter(|t| t.stack == name && done.contains(&t.service))
+                .filter(|t| t.status.state() == spec::task::TaskState::Running)
+                .map(|t| t.id.clone())
+                .collect()
+        });
+        let (node, frozen) = (cx.node.clone(), verb == "pause");
+        tokio::task::spawn_blocking(move || {
+            targets.iter().try_for_each(|id| node.freeze(id, frozen))
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    }
     if verb == "kill" {
         let signal = req.signal.clone().unwrap_or_else(|| "KILL".into());
         let targets: Vec<String> = cx.store.read(|s| {
@@ -613,4 +638,28 @@ async fn remove_run(
             .is_some_and(|r| r.oneoffs.remove(&key).is_some()))
     })?;
     Ok(Json(removed))
+}
+
+async fn inspect(
+    AxState(cx): AxState<Ctx>,
+    Path((id, what)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if what != "top" && what != "stats" {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such view {what:?}: top or stats"),
+        ));
+    }
+    if !cx.store.read(|s| s.tasks.contains_key(&id)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no task {id:?}"),
+        ));
+    }
+    let node = cx.node.clone();
+    let value = tokio::task::spawn_blocking(move || node.inspect(&id, &what))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+    Ok(Json(value))
 }

@@ -85,6 +85,14 @@ enum Command {
     Rm(stack::ServicesArgs),
     /// Run a command in a running container of a service
     Exec(stack::ExecArgs),
+    /// Show the processes of the project's containers
+    Top(stack::ServicesArgs),
+    /// Show CPU and memory use of the project's containers
+    Stats(stack::StatsArgs),
+    /// Freeze the services' containers
+    Pause(stack::ServicesArgs),
+    /// Thaw the services' containers
+    Unpause(stack::ServicesArgs),
     /// Run a one-off container of a service
     Run(stack::RunArgs),
     /// Stream the project's container events
@@ -149,6 +157,22 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
             stack::exec(&cli.state_dir, &project, &args)
         }
+        Command::Top(args) => stack::top(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Stats(args) => {
+            stack::stats(&cli.state_dir, &cli.project.with(&args.project), &args)
+        }
+        Command::Pause(args) => stack::services_verb(
+            &cli.state_dir,
+            &cli.project.with(&args.project),
+            &args,
+            "pause",
+        ),
+        Command::Unpause(args) => stack::services_verb(
+            &cli.state_dir,
+            &cli.project.with(&args.project),
+            &args,
+            "unpause",
+        ),
         Command::Run(args) => stack::run(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Events(args) => {
             stack::events(&cli.state_dir, &cli.project.with(&args.project), &args)

@@ -936,6 +936,8 @@ pub fn services_verb(
         "stop" => "Stopped",
         "start" => "Started",
         "rm" => "Removed",
+        "pause" => "Paused",
+        "unpause" => "Unpaused",
         _ => "Restarted",
     };
     let text: String = done
@@ -1396,4 +1398,106 @@ fn remove_run(client: &Client, name: &str, key: &str) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The running containers of the project (of `services`, if given), newest per slot.
+fn running_tasks(state: &State, name: &str, services: &[String]) -> Vec<Task> {
+    let mut tasks: Vec<Task> = state
+        .tasks
+        .values()
+        .filter(|t| t.stack == name && t.status.state() == TaskState::Running)
+        .filter(|t| services.is_empty() || services.contains(&t.service))
+        .cloned()
+        .collect();
+    tasks.sort_by(|a, b| (&a.service, a.slot).cmp(&(&b.service, b.slot)));
+    tasks
+}
+
+/// `top`: each running container's processes.
+pub fn top(
+    state_dir: &Path,
+    project: &ProjectArgs,
+    args: &ServicesArgs,
+) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+    // SAFETY: sysconf with a valid name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut text = String::new();
+    for t in running_tasks(&state, &name, &args.services) {
+        let procs: Vec<agent::executor::Process> =
+            client.call("GET", &format!("/v1/tasks/{}/top", t.id), None::<&()>)?;
+        text.push_str(&t.name());
+        text.push('\n');
+        let mut rows = vec![[
+            "UID".to_string(),
+            "PID".into(),
+            "PPID".into(),
+            "TIME".into(),
+            "CMD".into(),
+        ]];
+        for p in procs {
+            let secs = p.ticks / hz;
+            rows.push([
+                p.uid.to_string(),
+                p.pid.to_string(),
+                p.ppid.to_string(),
+                format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60),
+                p.command,
+            ]);
+        }
+        text.push_str(&table(&rows));
+        text.push('\n');
+    }
+    write_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Print one sample and exit (berth stats always does for now)
+    #[arg(long)]
+    no_stream: bool,
+    #[arg(value_name = "SERVICE")]
+    services: Vec<String>,
+}
+
+/// `stats`: CPU (over a half-second sample) and memory of each running container.
+pub fn stats(
+    state_dir: &Path,
+    project: &ProjectArgs,
+    args: &StatsArgs,
+) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+    let tasks = running_tasks(&state, &name, &args.services);
+    let sample = |t: &Task| -> Option<(u64, u64)> {
+        let v: serde_json::Value = client
+            .call("GET", &format!("/v1/tasks/{}/stats", t.id), None::<&()>)
+            .ok()?;
+        Some((v["cpu_nanos"].as_u64()?, v["memory_bytes"].as_u64()?))
+    };
+    let first: Vec<Option<(u64, u64)>> = tasks.iter().map(sample).collect();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let wall = start.elapsed().as_nanos().max(1) as f64;
+    let mut rows = vec![["NAME".to_string(), "CPU %".into(), "MEM USAGE".into()]];
+    for (t, before) in tasks.iter().zip(first) {
+        let (Some((cpu0, _)), Some((cpu1, mem))) = (before, sample(t)) else {
+            continue;
+        };
+        let cpu = cpu1.saturating_sub(cpu0) as f64 / wall * 100.0;
+        rows.push([
+            t.name(),
+            format!("{cpu:.2}%"),
+            format!("{:.1}MiB", mem as f64 / 1048576.0),
+        ]);
+    }
+    let _ = args.no_stream;
+    write_stdout(&table(&rows))?;
+    Ok(ExitCode::SUCCESS)
 }

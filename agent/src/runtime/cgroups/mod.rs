@@ -175,6 +175,41 @@ impl Cgroup {
         }
     }
 
+    /// The processes in the cgroup (host pids), for `top`.
+    pub fn procs(&self) -> Result<Vec<i32>, CgroupError> {
+        let dir = match self {
+            Cgroup::V1(c) => c
+                .dir("pids")
+                .or_else(|| c.dir("memory"))
+                .ok_or_else(|| CgroupError::Unsupported("no pids or memory controller".into()))?
+                .to_path_buf(),
+            Cgroup::V2(c) => c.dir().to_path_buf(),
+        };
+        let path = dir.join("cgroup.procs");
+        let text = std::fs::read_to_string(&path).map_err(|e| CgroupError::io(&path, e))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Freezes or thaws every process of the cgroup (`pause`/`unpause`): the v1
+    /// freezer controller, or v2's `cgroup.freeze`.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let (path, value) = match self {
+            Cgroup::V1(c) => (
+                c.dir("freezer")
+                    .ok_or_else(|| {
+                        CgroupError::Unsupported("the freezer controller is not mounted".into())
+                    })?
+                    .join("freezer.state"),
+                if frozen { "FROZEN" } else { "THAWED" },
+            ),
+            Cgroup::V2(c) => (
+                c.dir().join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+            ),
+        };
+        std::fs::write(&path, value).map_err(|e| CgroupError::io(&path, e))
+    }
+
     /// Moves process `pid` (and its future children) into the cgroup.
     pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
         match self {
