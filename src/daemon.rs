@@ -63,7 +63,11 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(64)
+        // Container jobs run on blocking threads: enough for a stack's starts and stops
+        // at once (a stop may wait out its grace period), and idle ones go after two
+        // seconds so that the daemon's memory falls back once a burst is over.
+        .max_blocking_threads(32)
+        .thread_keep_alive(Duration::from_secs(2))
         .enable_all()
         .build()
         .context("start the async runtime")?;

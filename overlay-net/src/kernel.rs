@@ -70,7 +70,9 @@ pub trait Links: Send + Sync {
     /// Creates a network namespace kept alive by a bind mount at `path`, with loopback
     /// up and the container interfaces of `veths` (see [`VethPlan`]).
     fn create_netns(&self, path: &Path, veths: &[VethPlan]) -> Result<(), LinkError>;
-    /// Unmounts and removes a namespace file; a missing one is not an error.
+    /// Unmounts and removes a namespace file; a missing one is not an error. Once no
+    /// process holds the namespace, the kernel destroys it with the veths made in it
+    /// (both ends), asynchronously.
     fn delete_netns(&self, path: &Path) -> Result<(), LinkError>;
 }
 

@@ -614,13 +614,18 @@ impl NetworkManager {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove_container(id);
-        self.firewall
-            .delete_table(&names::ports_table(&self.cfg.prefix, id))?;
-        st.reservations.remove(id);
-        for itf in &record.interfaces {
-            // Deleting one end of a veth deletes both.
-            self.links.delete_link(&itf.host_veth)?;
+        // A ports table exists only while ports are published (publish and unpublish
+        // keep the record in step); running `nft` costs a process.
+        if !record.published.is_empty() {
+            self.firewall
+                .delete_table(&names::ports_table(&self.cfg.prefix, id))?;
         }
+        st.reservations.remove(id);
+        // Dropping the namespace is enough: the kernel then destroys it, and the veths
+        // with it (both ends), in its own batched cleanup. Deleting each veth first
+        // costs a synchronous teardown per link (about 10 ms each, serialized here),
+        // which made `down` of 50 containers take 2.5 s. `gc` removes any prefixed link
+        // that somehow outlives its namespace.
         self.links.delete_netns(&record.netns)?;
         remove_file(&self.container_file(id))?;
         st.containers.remove(id);
@@ -790,6 +795,9 @@ mod tests {
     struct Kernel {
         links: BTreeSet<String>,
         netns: BTreeSet<PathBuf>,
+        /// The host ends of the veths made with each namespace: the kernel destroys
+        /// them with it.
+        netns_links: BTreeMap<PathBuf, Vec<String>>,
         plans: Vec<VethPlan>,
         tables: BTreeMap<String, String>,
         bridges_created: usize,
@@ -836,11 +844,19 @@ mod tests {
             for v in veths {
                 k.links.insert(v.host.clone());
                 k.plans.push(v.clone());
+                k.netns_links
+                    .entry(path.to_path_buf())
+                    .or_default()
+                    .push(v.host.clone());
             }
             Ok(())
         }
         fn delete_netns(&self, path: &Path) -> Result<(), LinkError> {
-            self.k().netns.remove(path);
+            let mut k = self.k();
+            k.netns.remove(path);
+            for link in k.netns_links.remove(path).unwrap_or_default() {
+                k.links.remove(&link);
+            }
             Ok(())
         }
     }
