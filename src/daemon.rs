@@ -426,6 +426,13 @@ impl Node for LocalNode {
     fn inspect(&self, task: &str, what: &str) -> Result<serde_json::Value, String> {
         let value = match what {
             "top" => serde_json::to_value(self.executor.top(task)?),
+            "ports" => serde_json::to_value(
+                self.executor
+                    .net
+                    .as_ref()
+                    .map(|n| n.published(task))
+                    .unwrap_or_default(),
+            ),
             _ => {
                 let s = self.executor.stats(task)?;
                 Ok(serde_json::json!({ "memory_bytes": s.memory_bytes, "cpu_nanos": s.cpu_nanos }))

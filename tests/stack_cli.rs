@@ -895,6 +895,11 @@ fn example_quickstart_answers_on_its_published_port() {
     );
     let second = http_get(port, "/");
     assert!(second.contains("visit number 2,"), "{second}");
+    let published = f.example_env("quickstart", &["port", "web", "80"], &env);
+    assert_eq!(
+        String::from_utf8_lossy(&published.stdout).trim(),
+        format!("0.0.0.0:{port}")
+    );
     // The count lives in the named volume: it survives down and up.
     assert!(f
         .example_env("quickstart", &["down"], &env)
@@ -960,4 +965,46 @@ fn top_stats_pause_and_unpause() {
     wait_for(|| read() > frozen, "the counter to move again");
     assert!(count() > frozen);
     f.ok(&["down"]);
+}
+
+#[test]
+fn logs_follow_timestamps_and_since() {
+    let compose = "services:\n  talker:\n    image: busybox:local\n    init: true\n    command: [\"sh\", \"-c\", \"echo early; sleep 0.5; echo late; sleep 1000\"]\n";
+    let mut f = Fixture::new("logs", compose);
+    f.start_daemon();
+    f.ok(&["up", "-d"]);
+    // -f: a follower started now sees the line written later.
+    let follower = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("--state-dir")
+        .arg(f.state())
+        .args(["logs", "-f", "--no-log-prefix"])
+        .current_dir(f.dir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    wait_for(|| f.ok(&["logs"]).contains("late"), "the late line");
+    // -t: each line starts with its RFC 3339 time; --since that time drops the first.
+    let stamped = f.ok(&["logs", "-t", "--no-log-prefix"]);
+    let late_time = stamped
+        .lines()
+        .find(|l| l.ends_with(" late"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a stamped late line")
+        .to_string();
+    assert!(
+        late_time.ends_with('Z') && late_time.contains('T'),
+        "{stamped}"
+    );
+    let since = f.ok(&["logs", "--no-log-prefix", "--since", &late_time]);
+    assert_eq!(since.trim(), "late");
+    assert_eq!(
+        f.ok(&["logs", "--no-log-prefix", "--since", "1h"]).trim(),
+        "early\nlate"
+    );
+    let bad = f.berth(&["logs", "--since", "yesterday"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("give a duration"));
+    // down ends the follower, which saw both lines.
+    f.ok(&["down"]);
+    let out = follower.wait_with_output().expect("follower output");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "early\nlate");
 }

@@ -12,7 +12,8 @@
 //! - `POST /v1/stacks/{name}/{stop|start|restart|rm|kill}` ([`ServicesRequest`])
 //! - `POST /v1/stacks/{name}/runs` ([`RunRequest`] -> the one-off's name), and
 //!   `DELETE /v1/stacks/{name}/run/{key}` to remove it (`berth run --rm`)
-//! - `GET /v1/tasks/{id}/{top|stats}`: a container's processes, its memory and CPU
+//! - `GET /v1/tasks/{id}/{top|stats|ports}`: a container's processes, its memory and
+//!   CPU, its published ports
 //! - `GET /v1/events`: newline-delimited [`Event`]s, streamed as tasks change
 //! - `GET /v1/tasks/{id}/logs?follow=&tail=`: newline-delimited [`LogLine`]s, streamed
 
@@ -644,10 +645,10 @@ async fn inspect(
     AxState(cx): AxState<Ctx>,
     Path((id, what)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if what != "top" && what != "stats" {
+    if !["top", "stats", "ports"].contains(&what.as_str()) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no such view {what:?}: top or stats"),
+            format!("no such view {what:?}: top, stats or ports"),
         ));
     }
     if !cx.store.read(|s| s.tasks.contains_key(&id)) {

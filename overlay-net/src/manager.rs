@@ -681,6 +681,15 @@ impl NetworkManager {
         Ok(published)
     }
 
+    /// What is published for a container now (empty if nothing, or not attached).
+    pub fn published(&self, container_id: &str) -> Vec<Published> {
+        self.lock()
+            .containers
+            .get(container_id)
+            .map(|r| r.published.clone())
+            .unwrap_or_default()
+    }
+
     /// Removes what [`publish`](Self::publish) set up for a container.
     pub fn unpublish(&self, container_id: &str) -> Result<(), NetError> {
         let mut st = self.lock();

@@ -89,6 +89,8 @@ enum Command {
     Top(stack::ServicesArgs),
     /// Show CPU and memory use of the project's containers
     Stats(stack::StatsArgs),
+    /// Print the host address a container port is published on
+    Port(stack::PortArgs),
     /// Freeze the services' containers
     Pause(stack::ServicesArgs),
     /// Thaw the services' containers
@@ -157,6 +159,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
             stack::exec(&cli.state_dir, &project, &args)
         }
+        Command::Port(args) => stack::port(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Top(args) => stack::top(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Stats(args) => {
             stack::stats(&cli.state_dir, &cli.project.with(&args.project), &args)

@@ -109,6 +109,10 @@ pub struct LogsArgs {
     /// Show timestamps
     #[arg(short = 't', long)]
     timestamps: bool,
+    /// Only lines since this time: a duration back from now (10m, 1h30m) or an
+    /// RFC 3339 time (2026-11-23T10:00:00Z)
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
     /// Do not prefix lines with the container name
     #[arg(long)]
     no_log_prefix: bool,
@@ -821,6 +825,11 @@ pub fn logs(state_dir: &Path, project: &ProjectArgs, args: &LogsArgs) -> anyhow:
     if tasks.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
+    let since = match &args.since {
+        None => None,
+        Some(text) => Some(since_time(text)?),
+    };
+    let since = since.as_deref();
     let width = tasks.iter().map(|t| t.name().len()).max().unwrap_or(0);
     let out = std::sync::Mutex::new(());
     std::thread::scope(|scope| {
@@ -839,6 +848,10 @@ pub fn logs(state_dir: &Path, project: &ProjectArgs, args: &LogsArgs) -> anyhow:
                     let Ok(entry) = serde_json::from_str::<LogLine>(&line) else {
                         continue;
                     };
+                    // RFC 3339 times in UTC compare as strings.
+                    if since.is_some_and(|s| entry.time.as_str() < s) {
+                        continue;
+                    }
                     let mut text = String::new();
                     if !args.no_log_prefix {
                         text.push_str(&format!("{:<width$} | ", t.name()));
@@ -858,6 +871,27 @@ pub fn logs(state_dir: &Path, project: &ProjectArgs, args: &LogsArgs) -> anyhow:
         }
     });
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--since`: a duration back from now, or a time as written (RFC 3339, UTC).
+fn since_time(text: &str) -> anyhow::Result<String> {
+    if let Ok(d) = spec::units::parse_duration(text) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let then = now.saturating_sub(d);
+        return Ok(agent::shim::format_rfc3339(
+            then.as_secs() as i64,
+            then.subsec_nanos(),
+        ));
+    }
+    let b = text.as_bytes();
+    let looks_like_date =
+        b.len() >= 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[7] == b'-';
+    if looks_like_date {
+        return Ok(text.to_string());
+    }
+    bail!("--since {text:?}: give a duration (10m, 1h30m) or a UTC time (2026-11-23T10:00:00Z)")
 }
 
 pub fn ls(state_dir: &Path, args: &LsArgs) -> anyhow::Result<ExitCode> {
@@ -1499,5 +1533,55 @@ pub fn stats(
     }
     let _ = args.no_stream;
     write_stdout(&table(&rows))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// tcp or udp
+    #[arg(long, default_value = "tcp")]
+    protocol: String,
+    /// Which replica (1 is the first)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    index: u32,
+    #[arg(value_name = "SERVICE")]
+    service: String,
+    #[arg(value_name = "PRIVATE_PORT")]
+    private_port: u16,
+}
+
+/// `port`: the host address a container port is published on (`0.0.0.0:8080`).
+pub fn port(state_dir: &Path, project: &ProjectArgs, args: &PortArgs) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+    let task = running_tasks(&state, &name, std::slice::from_ref(&args.service))
+        .into_iter()
+        .find(|t| t.slot == args.index)
+        .with_context(|| {
+            format!(
+                "service {:?} has no running container {}",
+                args.service, args.index
+            )
+        })?;
+    let published: Vec<overlay_net::ports::Published> =
+        client.call("GET", &format!("/v1/tasks/{}/ports", task.id), None::<&()>)?;
+    let found = published
+        .iter()
+        .find(|p| p.container_port == args.private_port && p.proto == args.protocol)
+        .with_context(|| {
+            format!(
+                "{}/{} of {} is not published",
+                args.private_port,
+                args.protocol,
+                task.name()
+            )
+        })?;
+    let ip = found
+        .host_ip
+        .map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string());
+    write_stdout(&format!("{ip}:{}\n", found.host_port))?;
     Ok(ExitCode::SUCCESS)
 }

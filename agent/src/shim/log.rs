@@ -149,7 +149,8 @@ pub(crate) fn now_rfc3339() -> String {
     format_rfc3339(now.as_secs() as i64, now.subsec_nanos())
 }
 
-fn format_rfc3339(secs: i64, nanos: u32) -> String {
+/// Unix seconds and nanoseconds as RFC 3339 in UTC, the log's timestamp format.
+pub fn format_rfc3339(secs: i64, nanos: u32) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Howard Hinnant's civil_from_days.

@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use log::{LogEntry, Stream};
+pub use log::{format_rfc3339, LogEntry, Stream};
 pub use serve::main as shim_main;
 
 /// Docker's json-file defaults: 10 MB per file, 3 files.
