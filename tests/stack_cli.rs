@@ -17,42 +17,33 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// A state directory with the `busybox:local` image, and a project directory
-    /// holding `compose` (with `PROJECT` replaced by this test's project name).
-    fn new(tag: &str, compose: &str) -> Fixture {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let project = testkit::unique_name(tag).replace('_', "-").to_lowercase();
+    /// An empty state directory and project directory, with this test's names.
+    fn empty(tag: &str) -> Fixture {
         let f = Fixture {
-            tmp,
-            project,
+            tmp: tempfile::tempdir().expect("tempdir"),
+            project: testkit::unique_name(tag).replace('_', "-").to_lowercase(),
             net_prefix: testkit::netns::short_prefix(),
             net_pool: format!("10.{}.0.0/16", testkit::netns::pool_octet()),
             daemon: None,
         };
         std::fs::create_dir_all(f.dir()).expect("project dir");
+        f
+    }
+
+    /// A state directory with the `busybox:local` image, and a project directory
+    /// holding `compose` (its `name:` set to this test's project name).
+    fn new(tag: &str, compose: &str) -> Fixture {
+        let f = Fixture::empty(tag);
         f.write_compose(compose);
         let tar = testkit::busybox_rootfs_tar(f.tmp.path()).expect("busybox tar");
-        f.ok(&[
-            "image",
-            "import",
-            tar.to_str().expect("utf-8"),
-            "busybox:local",
-        ]);
+        let tar = tar.to_str().expect("utf-8");
+        f.ok(&["image", "import", tar, "busybox:local"]);
         f
     }
 
     /// A state directory with the examples' image (made by examples/make-image.sh).
     fn for_examples(tag: &str) -> Fixture {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let project = testkit::unique_name(tag).replace('_', "-").to_lowercase();
-        let f = Fixture {
-            tmp,
-            project,
-            net_prefix: testkit::netns::short_prefix(),
-            net_pool: format!("10.{}.0.0/16", testkit::netns::pool_octet()),
-            daemon: None,
-        };
-        std::fs::create_dir_all(f.dir()).expect("project dir");
+        let f = Fixture::empty(tag);
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let out = Command::new(root.join("examples/make-image.sh"))
             .arg(env!("CARGO_BIN_EXE_berth"))

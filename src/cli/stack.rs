@@ -228,7 +228,7 @@ pub fn daemon(state_dir: &Path) -> anyhow::Result<ExitCode> {
 
 pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let loaded = load(project, &args.services)?;
-    let mut stack = loaded.stack;
+    let mut stack = loaded.stack.clone();
     if !args.services.is_empty() {
         super::config::keep_with_dependencies(&mut stack, &args.services);
     }
@@ -244,7 +244,6 @@ pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Res
         }
         scale.insert(svc.to_string(), n);
     }
-    let secret_env = secret_environment(&stack, &loaded.environment);
     let client = connect(state_dir, true)?;
     let name = stack.name.clone();
     let state: State = client.call("GET", "/v1/state", None::<&()>)?;
@@ -259,21 +258,9 @@ pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Res
             }
         }
     }
-    let contents = file_contents(&stack);
     let record = StackRecord {
-        stack,
-        files: loaded
-            .files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect(),
-        project_dir: loaded.project_dir.display().to_string(),
-        orphans: BTreeMap::new(),
-        oneoffs: BTreeMap::new(),
         scale,
-        contents,
-        secret_env,
-        stopped: Vec::new(),
+        ..record_for(&loaded, stack)
     };
     let req = UpRequest {
         record: record.clone(),
@@ -497,6 +484,25 @@ fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("{}\nnothing was changed", missing.join("\n"))
+    }
+}
+
+/// What the store keeps of a deployment of `stack` from the project `loaded`.
+fn record_for(loaded: &spec::Project, stack: spec::Stack) -> StackRecord {
+    StackRecord {
+        contents: file_contents(&loaded.stack),
+        secret_env: secret_environment(&loaded.stack, &loaded.environment),
+        files: loaded
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect(),
+        project_dir: loaded.project_dir.display().to_string(),
+        stack,
+        orphans: BTreeMap::new(),
+        oneoffs: BTreeMap::new(),
+        scale: BTreeMap::new(),
+        stopped: Vec::new(),
     }
 }
 
@@ -974,12 +980,17 @@ pub fn services_verb(
         "unpause" => "Unpaused",
         _ => "Restarted",
     };
+    report_services(&done, word);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// ` ✔ Service web    Stopped`, one line per service.
+fn report_services(done: &[String], word: &str) {
     let text: String = done
         .iter()
         .map(|s| format!(" ✔ Service {s:<32} {word}\n"))
         .collect();
     super::write_stderr(&text);
-    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Args)]
@@ -1001,11 +1012,7 @@ pub fn kill(state_dir: &Path, project: &ProjectArgs, args: &KillArgs) -> anyhow:
         signal: Some(args.signal.clone()),
     };
     let done: Vec<String> = client.call("POST", &format!("/v1/stacks/{name}/kill"), Some(&req))?;
-    let text: String = done
-        .iter()
-        .map(|s| format!(" ✔ Service {s:<32} Killed\n"))
-        .collect();
-    super::write_stderr(&text);
+    report_services(&done, "Killed");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1297,21 +1304,7 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
         // Deploy what the one-off depends on (not the service itself).
         let mut deps = needed.clone();
         deps.services.remove(&args.service);
-        let record = StackRecord {
-            secret_env: secret_environment(&stack, &loaded.environment),
-            stack: deps,
-            files: loaded
-                .files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect(),
-            project_dir: loaded.project_dir.display().to_string(),
-            orphans: BTreeMap::new(),
-            oneoffs: BTreeMap::new(),
-            scale: BTreeMap::new(),
-            contents: file_contents(&stack),
-            stopped: Vec::new(),
-        };
+        let record = record_for(&loaded, deps);
         let req = UpRequest {
             record,
             remove_orphans: false,
