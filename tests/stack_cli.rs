@@ -999,3 +999,33 @@ fn logs_follow_timestamps_and_since() {
     let out = follower.wait_with_output().expect("follower output");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "early\nlate");
 }
+
+#[test]
+fn down_stops_services_in_reverse_dependency_order() {
+    let svc = |name: &str, dep: Option<&str>| {
+        let deps = dep
+            .map(|d| format!("    depends_on: [{d}]\n"))
+            .unwrap_or_default();
+        format!(
+            "  {name}:\n    image: busybox:local\n    volumes: [shared:/shared]\n{deps}    command: [\"sh\", \"-c\", \"trap 'echo {name} >> /shared/order; exit 0' TERM; sleep 1000 & wait\"]\n"
+        )
+    };
+    let compose = format!(
+        "services:\n{}{}{}volumes:\n  shared: {{}}\n",
+        svc("web", Some("api")),
+        svc("api", Some("db")),
+        svc("db", None)
+    );
+    let mut f = Fixture::new("order", &compose);
+    f.start_daemon();
+    f.ok(&["up", "-d"]);
+    f.ok(&["down"]);
+    let order = std::fs::read_to_string(
+        f.state()
+            .join("volumes")
+            .join(format!("{}_shared", f.project))
+            .join("_data/order"),
+    )
+    .expect("the order file");
+    assert_eq!(order, "web\napi\ndb\n");
+}

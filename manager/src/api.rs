@@ -253,6 +253,51 @@ async fn down(
     Query(q): Query<DownQuery>,
 ) -> Result<Json<DownResponse>, ApiError> {
     let grace = q.timeout.map(|t| t.saturating_mul(1000));
+    // Stop in waves, dependents before what they depend on (as Compose does): each
+    // wave's services are marked stopped, and the next starts once their containers
+    // have ended.
+    let waves = cx
+        .store
+        .read(|s| {
+            s.stacks
+                .get(&name)
+                .map(|r| crate::orchestrator::stop_waves(&r.stack))
+        })
+        .unwrap_or_default();
+    for wave in waves {
+        cx.store.update(|s| {
+            for t in s.tasks.values_mut().filter(|t| t.stack == name) {
+                if grace.is_some() {
+                    t.stop_grace_ms = grace;
+                }
+            }
+            if let Some(r) = s.stacks.get_mut(&name) {
+                for svc in &wave {
+                    if !r.stopped.contains(svc) {
+                        r.stopped.push(svc.clone());
+                    }
+                }
+                // One-off containers and orphans go with the first wave.
+                r.oneoffs.clear();
+                r.orphans.clear();
+            }
+            Ok(())
+        })?;
+        let mut watch = cx.store.watch();
+        loop {
+            let running = cx.store.read(|s| {
+                s.tasks
+                    .values()
+                    .filter(|t| t.stack == name && wave.contains(&t.service))
+                    .filter(|t| !t.status.state().is_terminal())
+                    .count()
+            });
+            if running == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), watch.changed()).await;
+        }
+    }
     let (record, containers) = cx.store.update(|s| {
         let record = s.stacks.remove(&name);
         let mut containers = Vec::new();

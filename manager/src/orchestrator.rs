@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
-use spec::model::{Condition, Restart, RestartCondition, RestartPolicy, Service};
+use spec::model::{Condition, Restart, RestartCondition, RestartPolicy, Service, Stack};
 use spec::task::{DesiredState, Health, StackRecord, Task, TaskState};
 
 /// Ended tasks kept per slot, for `ps -a` and logs of what came before.
@@ -426,4 +426,38 @@ pub fn dependency_state<'a>(
     } else {
         DependencyState::Waiting
     }
+}
+
+/// The order `down` stops services in: first those nothing depends on, then what they
+/// depend on, and so on (the reverse of start order, as Compose stops them). Each wave
+/// may stop at once.
+pub fn stop_waves(stack: &Stack) -> Vec<Vec<String>> {
+    // depth(s) = 0 if no service depends on s, else 1 + the deepest dependent's depth.
+    let mut depth: BTreeMap<&str, usize> = stack.services.keys().map(|k| (k.as_str(), 0)).collect();
+    // Validation rejects cycles; the bound keeps a bad input from looping forever.
+    for _ in 0..=stack.services.len() {
+        let mut changed = false;
+        for (name, svc) in &stack.services {
+            let d = depth[name.as_str()];
+            for dep in svc.depends_on.keys() {
+                if let Some(dd) = depth.get_mut(dep.as_str()) {
+                    if *dd < d + 1 {
+                        *dd = d + 1;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut waves: Vec<Vec<String>> = Vec::new();
+    for (name, d) in depth {
+        if waves.len() <= d {
+            waves.resize(d + 1, Vec::new());
+        }
+        waves[d].push(name.to_string());
+    }
+    waves
 }

@@ -458,3 +458,25 @@ fn history_is_trimmed_to_the_newest_ended_tasks() {
     let kept: Vec<&String> = s.tasks.keys().collect();
     assert_eq!(kept, ["app-crash-1.4", "app-crash-1.5", "app-crash-1.6"]);
 }
+
+#[test]
+fn down_stops_dependents_before_what_they_depend_on() {
+    let dep = |on: &str| {
+        let mut s = service("x:1");
+        s.depends_on.insert(on.into(), Dependency::default());
+        s
+    };
+    let mut web = dep("api");
+    web.depends_on.insert("cache".into(), Dependency::default());
+    let rec = stack(&[
+        ("web", web),
+        ("api", dep("db")),
+        ("cache", service("redis:7")),
+        ("db", service("db:1")),
+        ("lone", service("x:1")),
+    ]);
+    assert_eq!(
+        manager::orchestrator::stop_waves(&rec.stack),
+        vec![vec!["lone", "web"], vec!["api", "cache"], vec!["db"]]
+    );
+}
