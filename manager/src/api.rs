@@ -225,6 +225,7 @@ async fn up(
             // `run` are not the file's to remove.
             record.stopped.clear();
             record.oneoffs = old.oneoffs.clone();
+            record.restarted = old.restarted.clone();
             if req.no_recreate {
                 // Keep each service's old definition where tasks run: adopt it.
                 for (k, svc) in record.stack.services.iter_mut() {
@@ -392,6 +393,9 @@ async fn services_verb(
             "start" => record.stopped.retain(|s| !chosen.contains(s)),
             "restart" => {
                 record.stopped.retain(|s| !chosen.contains(s));
+                for svc in &chosen {
+                    *record.restarted.entry(svc.clone()).or_default() += 1;
+                }
                 for t in s.tasks.values_mut() {
                     if t.stack == name
                         && chosen.contains(&t.service)

@@ -23,7 +23,7 @@ pub fn apply(state: &mut State, plan: &Plan) {
     for change in &plan.changes {
         match change {
             Change::Create(task) => {
-                state.tasks.insert(task.id.clone(), task.clone());
+                state.tasks.insert(task.id.clone(), (**task).clone());
             }
             Change::SetDesired { task, desired } => {
                 if let Some(t) = state.tasks.get_mut(task) {

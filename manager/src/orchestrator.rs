@@ -34,7 +34,7 @@ const BACKOFF_RESET_MS: u64 = 10_000;
 /// A change to the store.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    Create(Task),
+    Create(Box<Task>),
     SetDesired { task: String, desired: DesiredState },
     Delete { task: String },
 }
@@ -67,13 +67,6 @@ pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u6
         list.sort_by_key(|t| t.generation);
     }
 
-    // Records of removed tasks whose container is gone are done with.
-    for t in tasks {
-        if t.desired == DesiredState::Remove && t.status.state() == TaskState::Removed {
-            plan.changes.push(Change::Delete { task: t.id.clone() });
-        }
-    }
-
     let mut wanted: BTreeSet<(&str, &str, u32)> = BTreeSet::new();
     for (stack_name, record) in stacks {
         let services = record
@@ -95,6 +88,12 @@ pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u6
             };
             let stopped = record.stopped.iter().any(|s| s == name);
             let hash = spec_hash(record, service);
+            let deps_seen: BTreeMap<String, String> = service
+                .depends_on
+                .iter()
+                .filter(|(_, d)| d.restart)
+                .filter_map(|(dep, _)| Some((dep.clone(), dependency_marker(record, dep)?)))
+                .collect();
             for slot in 1..=replicas {
                 wanted.insert((stack_name.as_str(), name.as_str(), slot));
                 let history = slots
@@ -112,6 +111,7 @@ pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u6
                         hash: &hash,
                         stopped,
                         now,
+                        deps_seen: &deps_seen,
                     },
                     history,
                     ready,
@@ -125,6 +125,22 @@ pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u6
         if !wanted.contains(key) {
             for t in list {
                 remove(&mut plan, t);
+            }
+        }
+    }
+
+    // Records of removed tasks whose container is gone are done with, except the
+    // newest of a slot that is still wanted: it carries the slot's generation count,
+    // so that a container id is never used twice.
+    for (key, list) in &slots {
+        let keep_last = wanted.contains(key);
+        for (i, t) in list.iter().enumerate() {
+            let newest = i + 1 == list.len();
+            if t.desired == DesiredState::Remove
+                && t.status.state() == TaskState::Removed
+                && !(newest && keep_last)
+            {
+                plan.changes.push(Change::Delete { task: t.id.clone() });
             }
         }
     }
@@ -210,6 +226,7 @@ struct SlotCx<'a> {
     hash: &'a str,
     stopped: bool,
     now: u64,
+    deps_seen: &'a BTreeMap<String, String>,
 }
 
 fn plan_slot(plan: &mut Plan, cx: SlotCx, history: &[&Task], ready: impl FnOnce() -> bool) {
@@ -233,15 +250,22 @@ fn plan_slot(plan: &mut Plan, cx: SlotCx, history: &[&Task], ready: impl FnOnce(
     match current {
         Some(t) if cx.stopped => shut_down(plan, t),
         Some(t) if t.spec_hash != cx.hash => remove(plan, t),
+        // A dependency with `restart: true` was updated or restarted since this task
+        // started: recreate it, as Compose does.
+        Some(t) if dependency_moved(t, cx.deps_seen) => remove(plan, t),
         Some(t) if t.status.state().is_terminal() => {
             let due = restart_after(cx.service, t);
             if let Some(at) = due.filter(|at| *at > cx.now) {
                 plan.wake(at);
             } else if due.is_some() && !leaving && ready() {
                 shut_down(plan, t);
-                let restarts = if ran_long(t) { 0 } else { t.restarts + 1 };
+                let restarts = if ran_long(t, policy(cx.service).window) {
+                    0
+                } else {
+                    t.restarts + 1
+                };
                 let next = new_task(&cx, next_generation, restarts);
-                plan.changes.push(Change::Create(next));
+                plan.changes.push(Change::Create(Box::new(next)));
             }
         }
         Some(_) => {}
@@ -249,7 +273,7 @@ fn plan_slot(plan: &mut Plan, cx: SlotCx, history: &[&Task], ready: impl FnOnce(
         None => {
             if ready() {
                 plan.changes
-                    .push(Change::Create(new_task(&cx, next_generation, 0)));
+                    .push(Change::Create(Box::new(new_task(&cx, next_generation, 0))));
             }
         }
     }
@@ -277,7 +301,21 @@ fn new_task(cx: &SlotCx, generation: u32, restarts: u32) -> Task {
         created_at: cx.now,
         restarts,
         stop_grace_ms: None,
+        deps_seen: cx.deps_seen.clone(),
     }
+}
+
+/// What a dependent follows of dependency `dep`: its definition's hash and how many
+/// times `berth restart` restarted it. `None` if the stack has no such service.
+pub fn dependency_marker(record: &StackRecord, dep: &str) -> Option<String> {
+    let service = record.stack.services.get(dep)?;
+    let restarts = record.restarted.get(dep).copied().unwrap_or(0);
+    Some(format!("{}/{restarts}", spec_hash(record, service)))
+}
+
+fn dependency_moved(t: &Task, now: &BTreeMap<String, String>) -> bool {
+    now.iter()
+        .any(|(dep, marker)| t.deps_seen.get(dep).is_some_and(|seen| seen != marker))
 }
 
 fn remove(plan: &mut Plan, t: &Task) {
@@ -298,9 +336,12 @@ fn shut_down(plan: &mut Plan, t: &Task) {
     }
 }
 
-fn ran_long(t: &Task) -> bool {
+/// A task that ran this long succeeded as far as restarts go: the back-off and the
+/// attempt count start over (`deploy.restart_policy.window`, else 10 s as Docker).
+fn ran_long(t: &Task, window: Option<std::time::Duration>) -> bool {
+    let needed = window.map_or(BACKOFF_RESET_MS, |w| w.as_millis() as u64);
     match (t.status.started_at, t.status.finished_at) {
-        (Some(s), Some(f)) => f.saturating_sub(s) >= BACKOFF_RESET_MS,
+        (Some(s), Some(f)) => f.saturating_sub(s) >= needed,
         _ => false,
     }
 }
@@ -347,13 +388,15 @@ fn restart_after(service: &Service, t: &Task) -> Option<u64> {
     if !restart || t.status.state() == TaskState::Rejected {
         return None;
     }
-    if p.max_attempts.is_some_and(|max| t.restarts >= max) {
+    // A task that outlived the window succeeded: its attempts start over.
+    let attempts = if ran_long(t, p.window) { 0 } else { t.restarts };
+    if p.max_attempts.is_some_and(|max| attempts >= max) {
         return None;
     }
     let ended = t.status.finished_at.unwrap_or(t.created_at);
     let delay = match p.delay {
         Some(d) => d.as_millis() as u64,
-        None if ran_long(t) => BACKOFF_START_MS,
+        None if ran_long(t, p.window) => BACKOFF_START_MS,
         None => BACKOFF_START_MS
             .saturating_mul(1u64 << t.restarts.min(20))
             .min(BACKOFF_MAX_MS),

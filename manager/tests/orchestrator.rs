@@ -39,6 +39,7 @@ fn stack(services: &[(&str, Service)]) -> StackRecord {
         oneoffs: BTreeMap::new(),
         scale: BTreeMap::new(),
         contents: BTreeMap::new(),
+        restarted: BTreeMap::new(),
         secret_env: BTreeMap::new(),
         stopped: vec![],
     }
@@ -479,4 +480,97 @@ fn down_stops_dependents_before_what_they_depend_on() {
         manager::orchestrator::stop_waves(&rec.stack),
         vec![vec!["lone", "web"], vec!["api", "cache"], vec!["db"]]
     );
+}
+
+#[test]
+fn depends_on_restart_true_recreates_the_dependent_when_its_dependency_changes() {
+    let mut app = service("app:1");
+    app.depends_on.insert(
+        "db".into(),
+        Dependency {
+            condition: Condition::ServiceStarted,
+            restart: true,
+            required: true,
+        },
+    );
+    let mut plain = service("plain:1");
+    plain.depends_on.insert("db".into(), Dependency::default());
+    let mut s = state(&[stack(&[
+        ("db", service("db:1")),
+        ("app", app.clone()),
+        ("plain", plain.clone()),
+    ])]);
+    for _ in 0..3 {
+        settle(&mut s, NOW);
+        run_all(&mut s);
+    }
+    assert_eq!(s.tasks.len(), 3);
+    // Nothing moves while nothing changes.
+    assert_eq!(plan(&s, NOW), Plan::default());
+    // db is updated: db and app are recreated, plain is left alone.
+    s.stacks.insert(
+        "app".into(),
+        stack(&[("db", service("db:2")), ("app", app), ("plain", plain)]),
+    );
+    for _ in 0..4 {
+        settle(&mut s, NOW);
+        run_all(&mut s);
+    }
+    let live: Vec<&String> = s
+        .tasks
+        .values()
+        .filter(|t| t.desired == DesiredState::Running)
+        .map(|t| &t.id)
+        .collect();
+    assert_eq!(live, ["app-app-1.2", "app-db-1.2", "app-plain-1.1"]);
+    // An explicit restart of db (berth restart db) does the same.
+    s.stacks
+        .get_mut("app")
+        .unwrap()
+        .restarted
+        .insert("db".into(), 1);
+    for _ in 0..4 {
+        settle(&mut s, NOW);
+        run_all(&mut s);
+    }
+    assert!(
+        s.tasks.contains_key("app-app-1.3"),
+        "{:?}",
+        s.tasks.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn the_restart_window_decides_when_attempts_start_over() {
+    let mut svc = service("job:1");
+    svc.deploy = Some(Deploy {
+        restart_policy: Some(spec::model::RestartPolicy {
+            condition: spec::model::RestartCondition::OnFailure,
+            max_attempts: Some(1),
+            window: Some(Duration::from_secs(60)),
+            delay: Some(Duration::from_millis(1)),
+        }),
+        ..Deploy::default()
+    });
+    let mut s = state(&[stack(&[("job", svc)])]);
+    settle(&mut s, NOW);
+    run_all(&mut s);
+    // Ran 30 s (inside the window): the one attempt is used.
+    exit(&mut s, "app-job-1.1", 1, NOW + 30_000);
+    settle(&mut s, NOW + 30_010);
+    assert_eq!(s.tasks["app-job-1.2"].restarts, 1);
+    run_all_at(&mut s, NOW + 30_010);
+    // Ran 90 s (past the window): a success as far as attempts go, so it restarts.
+    exit(&mut s, "app-job-1.2", 1, NOW + 120_010);
+    settle(&mut s, NOW + 120_020);
+    assert_eq!(s.tasks["app-job-1.3"].restarts, 0);
+    run_all_at(&mut s, NOW + 120_020);
+    // A quick failure now is the one allowed attempt; the next is not restarted.
+    exit(&mut s, "app-job-1.3", 1, NOW + 121_000);
+    settle(&mut s, NOW + 121_010);
+    run_all_at(&mut s, NOW + 121_010);
+    exit(&mut s, "app-job-1.4", 1, NOW + 122_000);
+    let later = plan(&s, NOW + 200_000);
+    assert!(created(&later.changes).is_empty(), "{later:?}");
+    assert_eq!(later.wake_at, None);
 }

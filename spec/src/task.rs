@@ -40,6 +40,10 @@ pub struct StackRecord {
     /// (`secrets.<key>` -> hex), read by `up`: a changed file recreates its users.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub contents: BTreeMap<String, String>,
+    /// How many times `berth restart` restarted each service: with the service's hash,
+    /// what a dependent with `depends_on.<svc>.restart: true` follows.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restarted: BTreeMap<String, u32>,
     /// Services stopped by `berth stop`: their tasks are shut down, not restarted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<String>,
@@ -157,6 +161,11 @@ pub struct Task {
     /// else the service's `stop_grace_period`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_ms: Option<u64>,
+    /// For each dependency with `restart: true`, the state of it this task was started
+    /// against (see `orchestrator::dependency_marker`): when the dependency is updated
+    /// or restarted, the task is recreated.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deps_seen: BTreeMap<String, String>,
 }
 
 impl Task {

@@ -502,6 +502,7 @@ fn record_for(loaded: &spec::Project, stack: spec::Stack) -> StackRecord {
         orphans: BTreeMap::new(),
         oneoffs: BTreeMap::new(),
         scale: BTreeMap::new(),
+        restarted: BTreeMap::new(),
         stopped: Vec::new(),
     }
 }
@@ -957,7 +958,9 @@ pub fn services_verb(
                 .values()
                 .filter(|t| t.stack == name && &t.service == svc);
             match verb {
-                "rm" => of.all(|t| t.desired != DesiredState::Remove),
+                "rm" => of.all(|t| {
+                    t.desired != DesiredState::Remove || t.status.state() == TaskState::Removed
+                }),
                 // Stopped: every container of the service has ended.
                 "stop" => {
                     of.all(|t| t.desired == DesiredState::Remove || t.status.state().is_terminal())
