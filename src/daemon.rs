@@ -40,7 +40,10 @@ pub fn log_path(state_dir: &Path) -> PathBuf {
 pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create the state directory {}", state_dir.display()))?;
-    set_mode(state_dir, 0o700)?;
+    // Only root may look inside; with a socket group, its members may reach the socket
+    // (traverse, not list: everything below stays root's).
+    let shared = std::env::var("BERTH_SOCKET_GROUP").is_ok_and(|g| !g.is_empty());
+    set_mode(state_dir, if shared { 0o711 } else { 0o700 })?;
     let _lock = lock_daemon(state_dir)?;
     let store = Arc::new(
         Store::open(Box::new(FileBackend::new(
@@ -76,7 +79,7 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
         let _ = std::fs::remove_file(&sock);
         let listener = tokio::net::UnixListener::bind(&sock)
             .with_context(|| format!("listen on {}", sock.display()))?;
-        set_mode(&sock, 0o600)?;
+        share_socket(&sock)?;
         eprintln!("berth daemon: listening on {}", sock.display());
         let node: Arc<dyn Node> = Arc::new(LocalNode {
             executor: executor.clone(),
@@ -104,6 +107,25 @@ async fn shutdown_signal() {
         }
         _ => std::future::pending().await,
     }
+}
+
+/// The socket is root's only (0600), unless `$BERTH_SOCKET_GROUP` names a group
+/// whose members may use berth too (root:group, 0660), like Docker's `docker` group.
+fn share_socket(sock: &Path) -> anyhow::Result<()> {
+    let Some(group) = std::env::var("BERTH_SOCKET_GROUP")
+        .ok()
+        .filter(|g| !g.is_empty())
+    else {
+        return set_mode(sock, 0o600);
+    };
+    let gid = nix::unistd::Group::from_name(&group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid)
+        .with_context(|| format!("BERTH_SOCKET_GROUP={group:?}: no such group"))?;
+    nix::unistd::chown(sock, None, Some(gid))
+        .with_context(|| format!("give {} to group {group}", sock.display()))?;
+    set_mode(sock, 0o660)
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {

@@ -119,9 +119,14 @@ impl Fixture {
 
     /// Starts the daemon in the foreground of a child we own (so the fixture can kill it).
     fn start_daemon(&mut self) {
+        self.start_daemon_env(&[]);
+    }
+
+    fn start_daemon_env(&mut self, env: &[(&str, &str)]) {
         std::fs::create_dir_all(self.state()).expect("state dir");
         let log = std::fs::File::create(self.tmp.path().join("daemon.log")).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .envs(env.iter().copied())
             .env("BERTH_CGROUP_PARENT", &self.project)
             .env("BERTH_NET_PREFIX", &self.net_prefix)
             .env("BERTH_NET_POOL", &self.net_pool)
@@ -1028,4 +1033,50 @@ fn down_stops_services_in_reverse_dependency_order() {
     )
     .expect("the order file");
     assert_eq!(order, "web\napi\ndb\n");
+}
+
+#[test]
+fn the_socket_is_roots_unless_a_group_is_given() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    let mut f = Fixture::new("sock", "services: {}\n");
+    f.start_daemon();
+    let sock = f.state().join("berth.sock");
+    assert_eq!(mode(&sock), 0o600);
+    assert_eq!(mode(&f.state()), 0o700);
+    f.kill_daemon();
+    // Debian's nogroup exists on every machine of this kind.
+    let gid = std::fs::read_to_string("/etc/group")
+        .expect("/etc/group")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("nogroup:x:")?
+                .split(':')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .expect("nogroup");
+    f.start_daemon_env(&[("BERTH_SOCKET_GROUP", "nogroup")]);
+    assert_eq!(mode(&sock), 0o660);
+    assert_eq!(std::fs::metadata(&sock).expect("stat").gid(), gid);
+    assert_eq!(mode(&f.state()), 0o711);
+    f.kill_daemon();
+    let _ = std::fs::remove_file(&sock);
+    let mut bad = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .env("BERTH_SOCKET_GROUP", "no-such-group-here")
+        .arg("--state-dir")
+        .arg(f.state())
+        .arg("daemon")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("daemon");
+    let status = bad.wait().expect("wait");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut bad.stderr.take().expect("stderr"), &mut err).expect("read");
+    assert!(!status.success());
+    assert!(
+        err.contains("no-such-group-here") && err.contains("no such group"),
+        "{err}"
+    );
 }

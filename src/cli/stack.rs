@@ -270,6 +270,23 @@ pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Res
     };
     let started = Instant::now();
     let resp: UpResponse = client.call("PUT", &format!("/v1/stacks/{name}"), Some(&req))?;
+    if !state.stacks.contains_key(&name) {
+        // A first deployment makes the networks its services use (the agent does,
+        // when their first container starts).
+        let used: BTreeSet<&String> = record
+            .stack
+            .services
+            .values()
+            .flat_map(|s| s.networks.keys())
+            .collect();
+        let text: String = used
+            .iter()
+            .filter_map(|k| record.stack.networks.get(*k))
+            .filter(|n| !n.external)
+            .map(|n| format!(" ✔ Network {:<32} Created\n", n.name))
+            .collect();
+        super::write_stderr(&text);
+    }
     let kept: Vec<&String> = resp
         .orphans
         .iter()
