@@ -45,6 +45,8 @@ cleanup() {
   fi
   umount "$state"/containers/*/rootfs 2>/dev/null || true
   rm -rf "$work"
+  # berth's cgroup parents, once empty (rmdir never removes a non-empty cgroup).
+  rmdir /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth 2>/dev/null || true
 }
 trap cleanup EXIT
 
