@@ -891,6 +891,9 @@ fn example_quickstart_answers_on_its_published_port() {
     );
     let second = http_get(port, "/");
     assert!(second.contains("visit number 2,"), "{second}");
+    let ps =
+        String::from_utf8_lossy(&f.example_env("quickstart", &["ps"], &env).stdout).to_string();
+    assert!(ps.contains(&format!("0.0.0.0:{port}->80/tcp")), "{ps}");
     let published = f.example_env("quickstart", &["port", "web", "80"], &env);
     assert_eq!(
         String::from_utf8_lossy(&published.stdout).trim(),

@@ -714,6 +714,7 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
                 "IMAGE".into(),
                 "SERVICE".into(),
                 "STATUS".into(),
+                "PORTS".into(),
             ]];
             for t in &tasks {
                 rows.push([
@@ -721,6 +722,7 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
                     image_of(&state, t),
                     t.service.clone(),
                     status_text(t, now),
+                    ports_text(&client, t),
                 ]);
             }
             table(&rows)
@@ -728,6 +730,26 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
     };
     write_stdout(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Docker's PORTS column: `0.0.0.0:8080->80/tcp, ...` for a running container.
+fn ports_text(client: &Client, t: &Task) -> String {
+    if t.status.state() != TaskState::Running {
+        return String::new();
+    }
+    let published: Vec<overlay_net::ports::Published> = client
+        .call("GET", &format!("/v1/tasks/{}/ports", t.id), None::<&()>)
+        .unwrap_or_default();
+    published
+        .iter()
+        .map(|p| {
+            let ip = p
+                .host_ip
+                .map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string());
+            format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.proto)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn latest_of_slot(state: &State, t: &Task) -> bool {
