@@ -101,20 +101,28 @@ pub struct ExecArgs {
     /// Run the command on a new terminal (relayed to this one)
     #[arg(short = 't', long)]
     tty: bool,
-    /// Set an environment variable (KEY=VALUE, or KEY to pass this one's value)
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
-    /// Run as this user (name or uid, with an optional :group)
-    #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
-    user: Option<String>,
-    /// The working directory inside the container
-    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-    workdir: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: ExecOverrides,
     /// The container id
     id: String,
     /// The command and its arguments
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     cmd: Vec<String>,
+}
+
+/// What an exec changes of the container's process: `runtime exec` and Compose's
+/// `exec` take the same flags.
+#[derive(Debug, Args)]
+pub struct ExecOverrides {
+    /// Set an environment variable (KEY=VALUE, or KEY to pass this one's value)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Run as this user (name or uid, with an optional :group)
+    #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// The working directory inside the container
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -268,27 +276,7 @@ fn print_logs(state_dir: &Path, a: &LogsArgs) -> anyhow::Result<ExitCode> {
 /// it). With `-t` the command gets a terminal of this one's size, relayed with this
 /// terminal in raw mode (restored afterwards), resized when this one is.
 fn exec_in(state_dir: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode> {
-    exec_command(
-        state_dir,
-        &a.id,
-        &ExecRequest {
-            tty: a.tty,
-            env: &a.env,
-            user: a.user.as_deref(),
-            workdir: a.workdir.as_deref(),
-            cmd: &a.cmd,
-        },
-    )
-}
-
-/// What `runtime exec` and the Compose `exec` run.
-pub(super) struct ExecRequest<'a> {
-    pub tty: bool,
-    /// `KEY=VALUE`, or `KEY` for this process's value.
-    pub env: &'a [String],
-    pub user: Option<&'a str>,
-    pub workdir: Option<&'a Path>,
-    pub cmd: &'a [String],
+    exec_command(state_dir, &a.id, a.tty, &a.overrides, &a.cmd)
 }
 
 /// Runs a command in running container `id` (shim state under `shim_root`), relaying
@@ -296,11 +284,13 @@ pub(super) struct ExecRequest<'a> {
 pub(super) fn exec_command(
     shim_root: &Path,
     id: &str,
-    r: &ExecRequest,
+    tty: bool,
+    o: &ExecOverrides,
+    cmd: &[String],
 ) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsRawFd;
     let mut env = Vec::new();
-    for e in r.env {
+    for e in &o.env {
         if e.contains('=') {
             env.push(e.clone());
         } else if let Ok(v) = std::env::var(e) {
@@ -309,19 +299,19 @@ pub(super) fn exec_command(
     }
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    let tty = r.tty.then(|| {
+    let tty = tty.then(|| {
         runtime::window_size(stdin.as_raw_fd())
             .or_else(|| runtime::window_size(stdout.as_raw_fd()))
             .unwrap_or(runtime::WindowSize { rows: 24, cols: 80 })
     });
     let opts = runtime::ExecOptions {
-        args: r.cmd.to_vec(),
+        args: cmd.to_vec(),
         env,
-        cwd: r.workdir.map(Path::to_path_buf),
+        cwd: o.workdir.clone(),
         tty,
         ..runtime::ExecOptions::default()
     };
-    let mut process = shim::exec(shim_root, id, r.user, opts)?;
+    let mut process = shim::exec(shim_root, id, o.user.as_deref(), opts)?;
     if let Some(master) = process.take_master() {
         runtime::relay_stdio(&master)?;
     }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -1229,15 +1229,8 @@ pub struct ExecArgs {
     /// No terminal, even when standard input is one
     #[arg(short = 'T', long = "no-TTY")]
     no_tty: bool,
-    /// Set an environment variable (KEY=VALUE, or KEY to pass this one's value)
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
-    /// Run as this user (name or uid, with an optional :group)
-    #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
-    user: Option<String>,
-    /// The working directory inside the container
-    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-    workdir: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: super::runtime::ExecOverrides,
     /// Which replica (1 is the first)
     #[arg(long, default_value_t = 1, value_name = "N")]
     index: u32,
@@ -1274,13 +1267,9 @@ pub fn exec(state_dir: &Path, project: &ProjectArgs, args: &ExecArgs) -> anyhow:
     super::runtime::exec_command(
         &state_dir.join("run"),
         &task.id,
-        &super::runtime::ExecRequest {
-            tty,
-            env: &args.env,
-            user: args.user.as_deref(),
-            workdir: args.workdir.as_deref(),
-            cmd: &args.cmd,
-        },
+        tty,
+        &args.overrides,
+        &args.cmd,
     )
 }
 
