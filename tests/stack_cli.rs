@@ -847,8 +847,16 @@ fn run_makes_a_one_off_container_with_its_exit_status() {
 
 /// `GET path` on 127.0.0.1:port; the body.
 fn http_get(port: u16, path: &str) -> String {
+    http_get_at(
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+        path,
+    )
+}
+
+/// `GET path` on `addr`; the body.
+fn http_get_at(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
@@ -860,7 +868,8 @@ fn http_get(port: u16, path: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    // Dual-stack: free on IPv4 and IPv6, as a published port needs.
+    std::net::TcpListener::bind("[::]:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
@@ -894,6 +903,13 @@ fn example_quickstart_answers_on_its_published_port() {
     let ps =
         String::from_utf8_lossy(&f.example_env("quickstart", &["ps"], &env).stdout).to_string();
     assert!(ps.contains(&format!("0.0.0.0:{port}->80/tcp")), "{ps}");
+    // Also on the host's IPv6 addresses, through berth's relay.
+    assert!(ps.contains(&format!("[::]:{port}->80/tcp")), "{ps}");
+    let third = http_get_at(
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        "/",
+    );
+    assert!(third.contains("visit number 3,"), "{third}");
     let published = f.example_env("quickstart", &["port", "web", "80"], &env);
     assert_eq!(
         String::from_utf8_lossy(&published.stdout).trim(),
@@ -914,8 +930,8 @@ fn example_quickstart_answers_on_its_published_port() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let third = http_get(port, "/");
-    assert!(third.contains("visit number 3,"), "{third}");
+    let fourth = http_get(port, "/");
+    assert!(fourth.contains("visit number 4,"), "{fourth}");
     assert!(f
         .example_env("quickstart", &["down", "-v"], &env)
         .status

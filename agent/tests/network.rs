@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -437,10 +437,11 @@ fn port(published: u16, target: u16, protocol: Protocol, host_ip: Option<&str>) 
     }
 }
 
+/// A port free for TCP and UDP on IPv4 and IPv6 (the `[::]` sockets are dual-stack).
 fn free_port() -> u16 {
-    let s = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let s = std::net::TcpListener::bind("[::]:0").unwrap();
     let p = s.local_addr().unwrap().port();
-    let u = UdpSocket::bind(("0.0.0.0", p));
+    let u = UdpSocket::bind(("::", p));
     if u.is_ok() {
         p
     } else {
@@ -491,7 +492,8 @@ fn published_tcp_and_udp_ports_reach_the_container_from_the_host() {
             ],
         )
         .unwrap();
-    assert_eq!(published.len(), 2);
+    // Each on 0.0.0.0 and on [::], as Docker publishes.
+    assert_eq!(published.len(), 4, "{published:?}");
 
     // TCP from loopback and from another of the host's addresses.
     for host in [Ipv4Addr::LOCALHOST, front.addressing.gateway] {
@@ -525,6 +527,85 @@ fn published_tcp_and_udp_ports_reach_the_container_from_the_host() {
         .unwrap();
     let (n, _) = client.recv_from(&mut buf).expect("reply came back");
     assert_eq!(&buf[..n], b"udp-pong");
+
+    // The same ports on the host's IPv6 loopback, through the relay.
+    let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), tcp);
+    let body = http_get(v6).unwrap_or_else(|e| panic!("{v6}: {e}"));
+    assert!(body.contains("published-hello"), "{body}");
+    let client6 = UdpSocket::bind("[::1]:0").unwrap();
+    client6.send_to(b"udp6-ping", ("::1", udp)).unwrap();
+    let (n, from) = inside
+        .recv_from(&mut buf)
+        .expect("udp datagram over IPv6 reached the container");
+    assert_eq!(&buf[..n], b"udp6-ping");
+    inside.send_to(b"udp6-pong", from).unwrap();
+    client6
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let (n, _) = client6.recv_from(&mut buf).expect("IPv6 reply came back");
+    assert_eq!(&buf[..n], b"udp6-pong");
+    assert!(
+        published
+            .iter()
+            .any(|p| p.host() == format!("[::]:{tcp}") && p.proto == "tcp"),
+        "{published:?}"
+    );
+
+    // A container of another network reaches the published port at the host's
+    // address, though not the container itself; a sibling on the container's own
+    // network does too (its reply comes back from the address it called).
+    let other = net.network("other", false);
+    let web_ip = web.ip();
+    let mut outsider = Container::start(
+        &net,
+        "outsider",
+        &[&other],
+        &format!(
+            "for i in $(seq 40); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {gw} {tcp} | grep -q published-hello && echo via-host=ok && break; sleep 0.05; done; \
+             printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {web_ip} 80; echo direct=$?",
+            gw = other.addressing.gateway
+        ),
+    );
+    let (_, out) = outsider.finish();
+    assert!(
+        out.contains("via-host=ok"),
+        "published port not reached from another network:\n{out}"
+    );
+    assert!(out.contains("direct=1"), "isolation broken:\n{out}");
+    let mut sibling = Container::start(
+        &net,
+        "sibling",
+        &[&front],
+        &format!(
+            "for i in $(seq 40); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {gw} {tcp} | grep -q published-hello && echo via-host=ok && break; sleep 0.05; done",
+            gw = front.addressing.gateway
+        ),
+    );
+    let (_, out) = sibling.finish();
+    assert!(
+        out.contains("via-host=ok"),
+        "published port not reached from its own network:\n{out}"
+    );
+
+    // An IPv6 host address publishes there only.
+    let only6 = free_port();
+    let published = net
+        .mgr
+        .publish(
+            &web.id,
+            "web",
+            &[port(only6, 80, Protocol::Tcp, Some("::1"))],
+        )
+        .unwrap();
+    assert_eq!(published.len(), 1, "{published:?}");
+    let body = http_get(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), only6)).unwrap();
+    assert!(body.contains("published-hello"), "{body}");
+    assert!(
+        http_get(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), only6)).is_err(),
+        "published on [::1] only, yet 127.0.0.1:{only6} answered"
+    );
+    // The earlier publication was replaced: its IPv6 port is free again.
+    assert!(std::net::TcpListener::bind(("::1", tcp)).is_ok());
 
     // A host port someone holds is a clear error naming service and port.
     let holder = std::net::TcpListener::bind("0.0.0.0:0").unwrap();

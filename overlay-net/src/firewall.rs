@@ -103,17 +103,27 @@ pub fn network_script(r: &NetworkRules) -> String {
         subnet,
         internal,
     } = r;
-    let mut forward = format!(
-        // Every berth bridge name starts with the prefix: a packet from this bridge
-        // routed to any other berth bridge is dropped, as Compose isolates networks.
-        "    iifname \"{bridge}\" oifname \"{prefix}*\" oifname != \"{bridge}\" drop\n"
-    );
+    let mut forward = String::new();
     let mut post = String::new();
     if *internal {
+        // Nothing in or out, published ports of other networks included.
         forward.push_str(&format!(
             "    iifname \"{bridge}\" oifname != \"{bridge}\" drop\n    oifname \"{bridge}\" iifname != \"{bridge}\" drop\n"
         ));
-    } else {
+    }
+    forward.push_str(
+        // A connection to a published port (DNAT'd by a container's port table) may
+        // cross networks, as it does through Docker's proxy: a container reaches
+        // another stack's published port at the host's address. The accept ends only
+        // this table's chain; another network's table still applies its own drops.
+        "    ct status dnat accept\n",
+    );
+    forward.push_str(&format!(
+        // Every berth bridge name starts with the prefix: a packet from this bridge
+        // routed to any other berth bridge is dropped, as Compose isolates networks.
+        "    iifname \"{bridge}\" oifname \"{prefix}*\" oifname != \"{bridge}\" drop\n"
+    ));
+    if !*internal {
         post = format!(
             "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname != \"{bridge}\" masquerade\n  }}\n"
         );
@@ -138,8 +148,12 @@ pub struct PortRule {
 /// The nft script for a container's published ports: DNAT from the network
 /// (prerouting) and from the host itself (output, which also covers 127.0.0.1 with the
 /// bridge's `route_localnet`), and masquerade of loopback-sourced connections so the
-/// container's replies come back through the bridge.
-pub fn ports_script(table: &str, rules: &[PortRule]) -> String {
+/// container's replies come back through the bridge. Connections from berth networks
+/// (names starting with `prefix`) are masqueraded too: a client on the container's own
+/// network would otherwise get the reply straight from the container, not from the
+/// address it called, and drop it (unless `br_netfilter` happens to be loaded and
+/// un-NATs bridged replies, as it is on some hosts and not on others).
+pub fn ports_script(table: &str, prefix: &str, rules: &[PortRule]) -> String {
     let mut dnat = String::new();
     let mut post = String::new();
     for r in rules {
@@ -155,7 +169,7 @@ pub fn ports_script(table: &str, rules: &[PortRule]) -> String {
             cp = r.container_port
         ));
         post.push_str(&format!(
-            "    ip saddr 127.0.0.0/8 ip daddr {cip} {proto} dport {cp} masquerade\n",
+            "    ip saddr 127.0.0.0/8 ip daddr {cip} {proto} dport {cp} masquerade\n    iifname \"{prefix}*\" ip daddr {cip} {proto} dport {cp} ct status dnat masquerade\n",
             proto = r.proto,
             cip = r.container_ip,
             cp = r.container_port
@@ -193,8 +207,19 @@ mod tests {
             !s.contains("oifname \"berthb123456\" iifname != \"berthb123456\" drop"),
             "{s}"
         );
+        // Published ports cross networks; isolation still drops everything else.
+        let dnat = s.find("ct status dnat accept").expect("dnat accepted");
+        let isolation = s.find("oifname \"berth*\"").expect("isolation");
+        assert!(dnat < isolation, "{s}");
         r.internal = true;
         let s = network_script(&r);
+        // An internal network drops before anything is accepted.
+        assert!(
+            s.find("oifname != \"berthb123456\" drop")
+                .expect("internal drop")
+                < s.find("ct status dnat accept").expect("dnat"),
+            "{s}"
+        );
         assert!(!s.contains("masquerade"), "{s}");
         assert!(
             s.contains("iifname \"berthb123456\" oifname != \"berthb123456\" drop"),
@@ -220,7 +245,7 @@ mod tests {
                 container_port: 53,
             },
         ];
-        let s = ports_script("berthnabcdef", &rules);
+        let s = ports_script("berthnabcdef", "berth", &rules);
         assert_eq!(
             s.matches("fib daddr type local tcp dport 8080 dnat to 10.89.0.2:80")
                 .count(),
@@ -235,6 +260,12 @@ mod tests {
         );
         assert!(
             s.contains("ip saddr 127.0.0.0/8 ip daddr 10.89.0.2 udp dport 53 masquerade"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "iifname \"berth*\" ip daddr 10.89.0.2 tcp dport 80 ct status dnat masquerade"
+            ),
             "{s}"
         );
     }

@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod manager;
 pub mod names;
 pub mod ports;
+pub mod proxy;
 pub mod resolv;
 
 pub use manager::{

@@ -666,7 +666,7 @@ impl NetworkManager {
         st.reservations.remove(container_id);
         let held = ports::reserve(service, ports, ip)?;
         let published: Vec<Published> = held.iter().map(|r| r.published.clone()).collect();
-        let rules: Vec<_> = published.iter().map(Published::rule).collect();
+        let rules: Vec<_> = published.iter().filter_map(Published::rule).collect();
         let table = names::ports_table(&self.cfg.prefix, container_id);
         let mut updated = record;
         updated.published = published.clone();
@@ -675,7 +675,8 @@ impl NetworkManager {
         if rules.is_empty() {
             self.firewall.delete_table(&table)?;
         } else {
-            self.firewall.apply(&ports_script(&table, &rules))?;
+            self.firewall
+                .apply(&ports_script(&table, &self.cfg.prefix, &rules))?;
         }
         st.reservations.insert(container_id.to_string(), held);
         Ok(published)

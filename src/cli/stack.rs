@@ -742,12 +742,7 @@ fn ports_text(client: &Client, t: &Task) -> String {
         .unwrap_or_default();
     published
         .iter()
-        .map(|p| {
-            let ip = p
-                .host_ip
-                .map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string());
-            format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.proto)
-        })
+        .map(|p| format!("{}->{}/{}", p.host(), p.container_port, p.proto))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -1603,9 +1598,6 @@ pub fn port(state_dir: &Path, project: &ProjectArgs, args: &PortArgs) -> anyhow:
                 task.name()
             )
         })?;
-    let ip = found
-        .host_ip
-        .map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string());
-    write_stdout(&format!("{ip}:{}\n", found.host_port))?;
+    write_stdout(&format!("{}\n", found.host()))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,224 @@
+//! Published ports on the host's IPv6 addresses: a userspace relay.
+//!
+//! Containers are IPv4-only and nftables cannot translate between address families
+//! (there is no NAT64 in it), so a client that connects to `[::1]:8080` or to the
+//! host's global IPv6 address is served the way Docker's `docker-proxy` serves it: berth
+//! listens on the IPv6 address (with `IPV6_V6ONLY`, so the IPv4 side stays with the
+//! DNAT rules) and relays every TCP connection or UDP flow to the container's IPv4
+//! address. The container sees the bridge's gateway as the client, as it does behind
+//! docker-proxy.
+//!
+//! The relays run as tasks of one small tokio runtime on a thread of their own, started
+//! on first use. A [`Relay`] value owns its listener: dropping it stops the relay and
+//! frees the port, so unpublishing is dropping the reservation, as for IPv4.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use nix::sys::socket::{
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrIn6,
+};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// How long a UDP flow (one client address) lives without traffic, as in docker-proxy.
+const UDP_IDLE: Duration = Duration::from_secs(90);
+/// How long a relayed TCP connection may take to reach the container.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The runtime the relays run on, started on first use and kept for the process.
+fn runtime() -> io::Result<Handle> {
+    static HANDLE: OnceLock<Handle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("berth-proxy".to_string())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// An IPv6 socket bound (and, for TCP, listening) on a host port: the port is held from
+/// here on, so a taken port is an error before any rule or relay exists.
+#[derive(Debug)]
+pub struct Bound {
+    fd: OwnedFd,
+    udp: bool,
+    port: u16,
+}
+
+impl Bound {
+    /// Binds `addr` for `proto` ("tcp" or "udp"); port 0 lets the kernel pick.
+    pub fn new(proto: &str, addr: SocketAddrV6) -> nix::Result<Bound> {
+        let udp = proto == "udp";
+        let ty = if udp {
+            SockType::Datagram
+        } else {
+            SockType::Stream
+        };
+        let fd = socket(
+            AddressFamily::Inet6,
+            ty,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        // IPv4 connections belong to the DNAT rules and the IPv4 reservation.
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        if !udp {
+            // As any server: a restarted daemon rebinds while old connections linger.
+            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        }
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn6::from(addr),
+        )?;
+        if !udp {
+            listen(&fd, Backlog::new(128)?)?;
+        }
+        let bound: SockaddrIn6 =
+            nix::sys::socket::getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+        Ok(Bound {
+            fd,
+            udp,
+            port: bound.port(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Starts relaying what arrives to `target`.
+    pub fn relay(self, target: SocketAddrV4) -> io::Result<Relay> {
+        let handle = runtime()?;
+        let _guard = handle.enter();
+        let task = if self.udp {
+            let socket = UdpSocket::from_std(std::net::UdpSocket::from(self.fd))?;
+            handle.spawn(relay_udp(Arc::new(socket), target))
+        } else {
+            let listener = TcpListener::from_std(std::net::TcpListener::from(self.fd))?;
+            handle.spawn(relay_tcp(listener, target))
+        };
+        Ok(Relay { task })
+    }
+}
+
+/// A running relay; dropping it stops it and closes its listener.
+#[derive(Debug)]
+pub struct Relay {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay_tcp(listener: TcpListener, target: SocketAddrV4) {
+    // Connections in flight end with the relay, as they would with the DNAT rules.
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((client, _)) = accepted else {
+                    // Out of descriptors or similar: back off rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                conns.spawn(async move {
+                    let _ = client.set_nodelay(true);
+                    let connect = TcpStream::connect(SocketAddr::V4(target));
+                    // A container that does not answer closes the client's connection,
+                    // as a refused DNAT'd connection would.
+                    let Ok(Ok(upstream)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await
+                    else {
+                        return;
+                    };
+                    let _ = upstream.set_nodelay(true);
+                    let (mut a, mut b) = (client, upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// One client address's flow: a socket connected to the container, so replies can be
+/// told apart by the socket they arrive on.
+type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>>;
+
+async fn relay_udp(listener: Arc<UdpSocket>, target: SocketAddrV4) {
+    let flows: Flows = Arc::default();
+    let mut replies = tokio::task::JoinSet::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        tokio::select! {
+            received = listener.recv_from(&mut buf) => {
+                let Ok((n, client)) = received else { continue };
+                let existing = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&client).cloned();
+                let upstream = match existing {
+                    Some(s) => s,
+                    None => {
+                        let Ok(s) = new_flow(target).await else { continue };
+                        let s = Arc::new(s);
+                        flows
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(client, s.clone());
+                        replies.spawn(relay_replies(
+                            listener.clone(),
+                            s.clone(),
+                            client,
+                            flows.clone(),
+                        ));
+                        s
+                    }
+                };
+                let _ = upstream.send(&buf[..n]).await;
+            }
+            Some(_) = replies.join_next(), if !replies.is_empty() => {}
+        }
+    }
+}
+
+async fn new_flow(target: SocketAddrV4) -> io::Result<UdpSocket> {
+    let s = UdpSocket::bind(SocketAddr::V4(SocketAddrV4::new(
+        std::net::Ipv4Addr::UNSPECIFIED,
+        0,
+    )))
+    .await?;
+    s.connect(SocketAddr::V4(target)).await?;
+    Ok(s)
+}
+
+/// Sends the container's datagrams back to `client` until the flow is idle.
+async fn relay_replies(
+    listener: Arc<UdpSocket>,
+    upstream: Arc<UdpSocket>,
+    client: SocketAddr,
+    flows: Flows,
+) {
+    let mut buf = vec![0u8; 65536];
+    // An error (e.g. ICMP port unreachable from the container) ends the flow too; the
+    // client's next datagram starts a new one.
+    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
+        let _ = listener.send_to(&buf[..n], client).await;
+    }
+    flows
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&client);
+}
