@@ -5,17 +5,23 @@
 //! network's gateway address (so the socket a query arrives on tells which network
 //! asked), one thread per socket, messages encoded and decoded with hickory-proto.
 //! Updates take a write lock on the records and are visible to the next query.
+//!
+//! An answer too large for the client's UDP payload (512 bytes, or its EDNS size) goes
+//! out truncated (TC set, no records), and the client asks again over TCP: each network
+//! also has a TCP listener on the same address, answering the same way and forwarding
+//! over TCP what it forwards (RFC 7766).
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use hickory_proto::op::ResponseCode;
-use hickory_proto::op::{Message, MessageType};
+use hickory_proto::op::{Edns, Message, MessageType};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 
@@ -164,6 +170,12 @@ pub fn respond(
         .set_recursion_desired(query.recursion_desired())
         .set_recursion_available(true)
         .add_query(q.clone());
+    if query.extensions().is_some() {
+        // An EDNS query gets an OPT record back, with the payload size we accept.
+        let mut edns = Edns::new();
+        edns.set_max_payload(MAX_UDP_PAYLOAD);
+        reply.set_edns(edns);
+    }
     match answer {
         Answer::Forward => return Some(Err(packet.to_vec())),
         Answer::NxDomain => {
@@ -183,12 +195,37 @@ pub fn respond(
     reply.to_vec().ok().map(Ok)
 }
 
+/// The largest UDP reply we send, whatever a client's EDNS offers (our receive
+/// buffers are this size too).
+const MAX_UDP_PAYLOAD: u16 = 4096;
+
+/// `reply` as it may go over UDP in answer to `query`: unchanged if it fits the
+/// client's payload size (512 bytes without EDNS), else the header and question with
+/// TC set, which sends the client to TCP. Pure.
+pub fn fit_udp(query: &[u8], reply: Vec<u8>) -> Vec<u8> {
+    // Nearly every reply fits the smallest size: no second parse of the query for it.
+    if reply.len() <= 512 {
+        return reply;
+    }
+    let limit = Message::from_vec(query)
+        .map(|q| q.max_payload().min(MAX_UDP_PAYLOAD))
+        .unwrap_or(512) as usize;
+    if reply.len() <= limit {
+        return reply;
+    }
+    match Message::from_vec(&reply).and_then(|m| m.truncate().to_vec()) {
+        Ok(short) => short,
+        Err(_) => reply,
+    }
+}
+
 struct Listener {
     stop: Arc<AtomicBool>,
     /// The address asked for (port 0: any) and the one bound.
     addr: SocketAddr,
     bound: SocketAddr,
     thread: Option<JoinHandle<()>>,
+    tcp: Option<JoinHandle<()>>,
 }
 
 /// The running server: records plus one listening thread per network.
@@ -235,6 +272,8 @@ impl DnsServer {
         }
         let socket = UdpSocket::bind(addr)?;
         let bound = socket.local_addr()?;
+        // The same port over TCP (the UDP one, when the caller let the kernel pick).
+        let tcp = TcpListener::bind(bound)?;
         let stop_flag = Arc::new(AtomicBool::new(false));
         let ctx = Serve {
             socket,
@@ -244,9 +283,14 @@ impl DnsServer {
             rotation: self.rotation.clone(),
             stop: stop_flag.clone(),
         };
+        let answers = ctx.answers();
         let thread = std::thread::Builder::new()
             .name(format!("dns-{network}"))
             .spawn(move || ctx.run())?;
+        let stop_tcp = stop_flag.clone();
+        let tcp = std::thread::Builder::new()
+            .name(format!("dns-tcp-{network}"))
+            .spawn(move || serve_tcp(tcp, answers, stop_tcp))?;
         listeners.insert(
             network.to_string(),
             Listener {
@@ -254,9 +298,19 @@ impl DnsServer {
                 addr,
                 bound,
                 thread: Some(thread),
+                tcp: Some(tcp),
             },
         );
         Ok(())
+    }
+
+    /// Where the server answers for `network` (UDP and TCP), if it does.
+    pub fn address(&self, network: &str) -> Option<SocketAddr> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(network)
+            .map(|l| l.bound)
     }
 
     /// Stops answering for `network`.
@@ -290,6 +344,11 @@ fn stop(mut l: Listener) {
     if let Some(t) = l.thread.take() {
         let _ = t.join();
     }
+    // And the blocked accept with a connection.
+    let _ = TcpStream::connect_timeout(&l.bound, Duration::from_millis(200));
+    if let Some(t) = l.tcp.take() {
+        let _ = t.join();
+    }
 }
 
 struct Serve {
@@ -317,7 +376,7 @@ impl Serve {
             match respond(&records, &self.network, &buf[..n], rotation) {
                 Some(Ok(reply)) => {
                     drop(records);
-                    let _ = self.socket.send_to(&reply, peer);
+                    let _ = self.socket.send_to(&fit_udp(&buf[..n], reply), peer);
                 }
                 Some(Err(packet)) => {
                     let client_upstream = match peer.ip() {
@@ -349,6 +408,122 @@ impl Serve {
             }
         }
     }
+}
+
+/// What a TCP connection needs to answer: the same records and upstreams as the UDP
+/// loop of its network.
+#[derive(Clone)]
+struct Answers {
+    network: String,
+    records: Arc<RwLock<Records>>,
+    upstream: Arc<Vec<SocketAddr>>,
+    rotation: Arc<AtomicUsize>,
+}
+
+impl Serve {
+    fn answers(&self) -> Answers {
+        Answers {
+            network: self.network.clone(),
+            records: self.records.clone(),
+            upstream: self.upstream.clone(),
+            rotation: self.rotation.clone(),
+        }
+    }
+}
+
+/// TCP connections being served in this process, and the most at once: past it, new
+/// connections are closed at once (the client retries or gives up), not given a thread.
+static TCP_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+const MAX_TCP_CONNECTIONS: usize = 64;
+/// How long an idle TCP connection stays open (RFC 7766 suggests seconds).
+const TCP_IDLE: Duration = Duration::from_secs(5);
+
+fn serve_tcp(listener: TcpListener, answers: Answers, stop: Arc<AtomicBool>) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(conn) = conn else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        if TCP_CONNECTIONS.fetch_add(1, Ordering::SeqCst) >= MAX_TCP_CONNECTIONS {
+            TCP_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let answers = answers.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dns-tcp-conn".to_string())
+            .spawn(move || {
+                let _ = answers.serve_connection(conn);
+                TCP_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            TCP_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One DNS message over TCP: a two-byte length, then the message.
+fn read_tcp_message(conn: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len)?;
+    let mut packet = vec![0u8; u16::from_be_bytes(len) as usize];
+    conn.read_exact(&mut packet)?;
+    Ok(packet)
+}
+
+fn write_tcp_message(conn: &mut TcpStream, packet: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(packet.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "DNS message over 64 KiB"))?;
+    let mut out = Vec::with_capacity(packet.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(packet);
+    conn.write_all(&out)
+}
+
+impl Answers {
+    /// Answers queries on one connection, in order, until the client closes it or is
+    /// idle for [`TCP_IDLE`].
+    fn serve_connection(&self, mut conn: TcpStream) -> io::Result<()> {
+        conn.set_read_timeout(Some(TCP_IDLE))?;
+        conn.set_nodelay(true)?;
+        let peer = conn.peer_addr()?;
+        loop {
+            let packet = read_tcp_message(&mut conn)?;
+            let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+            let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+            let reply = match respond(&records, &self.network, &packet, rotation) {
+                Some(Ok(reply)) => Some(reply),
+                Some(Err(packet)) => {
+                    let client_upstream = match peer.ip() {
+                        IpAddr::V4(ip) => records
+                            .client(&self.network, ip)
+                            .map(|ep| ep.upstream.clone())
+                            .filter(|u| !u.is_empty()),
+                        IpAddr::V6(_) => None,
+                    };
+                    drop(records);
+                    let upstream = client_upstream.unwrap_or_else(|| self.upstream.to_vec());
+                    forward_tcp(&packet, &upstream).or_else(|| servfail(&packet))
+                }
+                None => return Ok(()),
+            };
+            if let Some(reply) = reply {
+                write_tcp_message(&mut conn, &reply)?;
+            }
+        }
+    }
+}
+
+/// Asks the first upstream that answers within 2 s over TCP; `None` if none does.
+fn forward_tcp(packet: &[u8], upstream: &[SocketAddr]) -> Option<Vec<u8>> {
+    upstream.iter().find_map(|up| {
+        let mut s = TcpStream::connect_timeout(up, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write_tcp_message(&mut s, packet).ok()?;
+        read_tcp_message(&mut s).ok()
+    })
 }
 
 /// Forwarded queries in flight in this process, and the most allowed: past it, SERVFAIL
