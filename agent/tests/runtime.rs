@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
@@ -371,15 +372,15 @@ fn the_same_bundle_runs_under_runc() {
 
 #[test]
 fn unsupported_fields_fail_clearly() {
-    let mut b = TestBundle::new("terminal", "true");
+    let mut b = TestBundle::new("apparmor", "true");
     b.spec
         .process_mut()
         .as_mut()
         .unwrap()
-        .set_terminal(Some(true));
+        .set_apparmor_profile(Some("docker-default".to_string()));
     b.write();
     let err = Bundle::load(b.path()).unwrap_err().to_string();
-    assert!(err.contains("process.terminal"), "{err}");
+    assert!(err.contains("process.apparmorProfile"), "{err}");
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -388,6 +389,44 @@ fn which(program: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(program))
         .find(|p| p.is_file())
+}
+
+#[test]
+fn a_container_with_a_terminal_gets_a_pty_of_its_own_devpts() {
+    // `read` proves input reaches it; the echo after it, that output comes back.
+    let mut b = TestBundle::new(
+        "terminal",
+        "tty; stty size; read line; echo got=$line; ls /dev/pts",
+    );
+    b.spec
+        .process_mut()
+        .as_mut()
+        .unwrap()
+        .set_terminal(Some(true));
+    b.spec.process_mut().as_mut().unwrap().set_console_size(Some(
+        oci_spec::runtime::BoxBuilder::default()
+            .height(33u64)
+            .width(101u64)
+            .build()
+            .unwrap(),
+    ));
+    b.write();
+    let _cleanup = testkit::CgroupGuard(b.id.clone());
+    let bundle = Bundle::load(b.path()).unwrap();
+    let mut container = runtime::spawn(&bundle, &b.id, &RunOptions::default()).unwrap();
+    let master = container.take_console().expect("a terminal");
+    let mut term = File::from(master);
+    term.write_all(b"hello-tty\n").unwrap();
+    let mut out = Vec::new();
+    // EIO once the last process on the terminal is gone.
+    let _ = term.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).to_string();
+    let report = container.wait().unwrap();
+    assert_eq!(report.code, Some(0), "{out}");
+    // The slave is in the container's own devpts instance (the host's has many).
+    assert!(out.contains("/dev/pts/0"), "{out}");
+    assert!(out.contains("33 101"), "{out}");
+    assert!(out.contains("got=hello-tty"), "{out}");
 }
 
 #[test]

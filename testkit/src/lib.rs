@@ -73,6 +73,8 @@ pub const APPLETS: &[&str] = &[
     "sort",
     "uniq",
     "umount",
+    "tty",
+    "stty",
     "ip",
     "ifconfig",
     "ping",

@@ -67,9 +67,6 @@ fn check_supported(spec: &Spec) -> Result<(), RuntimeError> {
         .process()
         .as_ref()
         .ok_or_else(|| RuntimeError::unsupported("process is missing"))?;
-    if process.terminal() == Some(true) {
-        return no("process.terminal", "; set it to false (stdio is inherited)");
-    }
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(RuntimeError::unsupported(
             "process.args is empty: nothing to run",

@@ -338,7 +338,7 @@ fn namespaces_to_join(pid: i32) -> Result<libc::c_int, RuntimeError> {
 }
 
 /// Receives one descriptor (SCM_RIGHTS) from `socket`; None if the peer closed first.
-fn receive_fd(socket: &OwnedFd) -> Option<OwnedFd> {
+pub(crate) fn receive_fd(socket: &OwnedFd) -> Option<OwnedFd> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut byte = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];

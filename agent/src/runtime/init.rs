@@ -446,6 +446,10 @@ fn run(
             )
             .map_err(at(Step::ReadonlyRoot, 0))?;
         }
+        // A terminal from the container's own /dev/pts, mounted by now.
+        if let Some(socket) = plan.tty_socket {
+            open_tty(socket)?;
+        }
     }
     finish(plan, sync_pipe, error_pipe)
 }

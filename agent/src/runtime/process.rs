@@ -83,10 +83,15 @@ pub fn check_id(id: &str) -> Result<(), RuntimeError> {
 /// Runs the bundle's process as container `id` in the foreground and returns how it
 /// ended, like `runc run`: [`spawn`] then [`Container::wait`].
 pub fn run(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<ExitReport, RuntimeError> {
-    let container = spawn(bundle, id, opts)?;
+    let mut container = spawn(bundle, id, opts)?;
     let forwarding = opts
         .forward_signals
         .then(|| SignalForwarding::start(container.pid));
+    // A container with a terminal is relayed to this process's stdio, as `runc run`
+    // does, until every process on the terminal has closed it.
+    if let Some(master) = container.take_console() {
+        super::exec::relay_stdio(&master)?;
+    }
     let report = container.wait();
     drop(forwarding);
     report
@@ -102,6 +107,7 @@ pub struct Container {
     pid: Pid,
     child: ChildGuard,
     cgroup: CgroupGuard,
+    console: Option<OwnedFd>,
 }
 
 impl Container {
@@ -112,6 +118,14 @@ impl Container {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The master side of the container's terminal, when its spec asks for one
+    /// (`process.terminal`): its stdin, stdout and stderr are the slave, opened in the
+    /// container's own /dev/pts. Whoever takes it relays it (the shim); dropping it
+    /// hangs the terminal up.
+    pub fn take_console(&mut self) -> Option<OwnedFd> {
+        self.console.take()
     }
 
     /// Waits for the container's first process to end, then reports and cleans up.
@@ -163,6 +177,23 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let joins = namespaces::open_joins(&ns)?;
     let mut plan = plan_init(bundle, &ns, &hierarchy, opts)?;
     plan.joins = joins.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+    let process = spec.process().clone().unwrap_or_default();
+    // With a terminal, the init opens a pty in the container's own /dev/pts once its
+    // mounts are made, and sends the master back over this socket (as runc's console
+    // socket).
+    let console = if process.terminal().unwrap_or(false) {
+        let (parent, child) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| RuntimeError::io("create the console socket pair", e.into()))?;
+        plan.tty_socket = Some(child.as_raw_fd());
+        Some((parent, child))
+    } else {
+        None
+    };
     plan.seal();
 
     let resources = match linux.resources() {
@@ -201,6 +232,12 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     drop(sync_r);
     drop(err_w);
     drop(joins);
+    // The child has its copy of the console socket's other end; ours must go, so
+    // that a child failing before it sends the master reads as EOF here.
+    let console = console.map(|(parent, child_end)| {
+        drop(child_end);
+        parent
+    });
 
     if ns.user {
         write_id_maps(pid, &linux)?;
@@ -228,11 +265,33 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
             errno: nix::errno::Errno::from_raw(failure.errno),
         });
     }
+    // The init sent the master before it exec'd, so it is waiting in the socket.
+    let console = match console {
+        Some(socket) => {
+            let master = super::exec::receive_fd(&socket).ok_or_else(|| {
+                RuntimeError::io(
+                    format!("container {id}: receive its terminal"),
+                    std::io::Error::other("the init exec'd without sending its terminal"),
+                )
+            })?;
+            let size = process.console_size().as_ref().map_or(
+                super::exec::WindowSize { rows: 24, cols: 80 },
+                |b| super::exec::WindowSize {
+                    rows: b.height().try_into().unwrap_or(u16::MAX),
+                    cols: b.width().try_into().unwrap_or(u16::MAX),
+                },
+            );
+            super::exec::set_window_size(master.as_raw_fd(), size);
+            Some(master)
+        }
+        None => None,
+    };
     Ok(Container {
         id: id.to_string(),
         pid,
         child,
         cgroup,
+        console,
     })
 }
 
