@@ -26,10 +26,19 @@ struct TestContainer {
 
 impl TestContainer {
     fn new(tag: &str, script: &str) -> TestContainer {
+        TestContainer::new_with(tag, script, false)
+    }
+
+    /// With `terminal`, the container's stdio is a pty (`process.terminal`).
+    fn new_with(tag: &str, script: &str, terminal: bool) -> TestContainer {
         let bundle = tempfile::tempdir().unwrap();
         testkit::busybox_rootfs(&bundle.path().join("rootfs")).unwrap();
         let args = ["sh".to_string(), "-c".to_string(), script.to_string()];
         let mut spec = runtime::default_spec(Path::new("rootfs"), &args).unwrap();
+        spec.process_mut()
+            .as_mut()
+            .unwrap()
+            .set_terminal(Some(terminal));
         let id = testkit::unique_name(tag);
         spec.linux_mut()
             .as_mut()
@@ -376,4 +385,92 @@ fn a_shim_killed_by_hand_takes_its_container_with_it_and_delete_cleans_up() {
     shim::delete(c.state(), &c.id).unwrap();
     assert!(cgroup_dirs(&c.id).is_empty(), "{:?}", cgroup_dirs(&c.id));
     assert!(!c.dir().exists());
+}
+
+/// Reads frames from an attached shim until it closes the connection: (kind, bytes).
+fn read_attached(sock: &mut std::os::unix::net::UnixStream) -> Vec<(u8, String)> {
+    use std::io::Read;
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut all = Vec::new();
+    sock.read_to_end(&mut all).unwrap();
+    let mut d = shim::attach::Decoder::default();
+    d.push(&all)
+        .unwrap()
+        .into_iter()
+        .map(|(k, b)| (k, String::from_utf8_lossy(&b).to_string()))
+        .collect()
+}
+
+#[test]
+fn an_attached_client_drives_a_containers_terminal() {
+    use std::io::Write;
+    let c = TestContainer::new_with(
+        "tty",
+        "echo early; read line; echo got=$line; tty; stty size",
+        true,
+    );
+    let mut opts = TestContainer::options();
+    opts.stdin = true;
+    c.create_with(&opts).unwrap();
+    // Output written before anyone attached is replayed to the first client.
+    c.wait_for_log("early\r\n");
+    let mut sock = shim::attach::connect(c.state(), &c.id).unwrap();
+    sock.write_all(&shim::attach::resize_frame(runtime::WindowSize {
+        rows: 50,
+        cols: 132,
+    }))
+    .unwrap();
+    sock.write_all(&shim::attach::frame(shim::attach::STDIN, b"typed\n"))
+        .unwrap();
+    let frames = read_attached(&mut sock);
+    let text: String = frames.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(
+        frames.iter().all(|(k, _)| *k == shim::attach::STDOUT),
+        "a terminal is one stream: {frames:?}"
+    );
+    assert!(text.starts_with("early"), "{text}");
+    assert!(text.contains("got=typed"), "{text}");
+    assert!(text.contains("/dev/pts/0"), "{text}");
+    assert!(text.contains("50 132"), "{text}");
+    assert_eq!(c.wait().exit.unwrap().code, Some(0));
+    // The log has it too, and the socket is gone with the container.
+    assert!(c.logs().iter().any(|e| e.log.contains("got=typed")));
+    assert!(shim::attach::connect(c.state(), &c.id).is_err());
+}
+
+#[test]
+fn an_open_stdin_without_a_terminal_gets_input_until_the_client_closes_it() {
+    use std::io::Write;
+    let c = TestContainer::new("stdin", "cat; echo err-line >&2; echo cat-ended");
+    let mut opts = TestContainer::options();
+    opts.stdin = true;
+    c.create_with(&opts).unwrap();
+    let mut sock = shim::attach::connect(c.state(), &c.id).unwrap();
+    sock.write_all(&shim::attach::frame(shim::attach::STDIN, b"line one\n"))
+        .unwrap();
+    sock.write_all(&shim::attach::frame(shim::attach::CLOSE_STDIN, &[]))
+        .unwrap();
+    let frames = read_attached(&mut sock);
+    let out: String = frames
+        .iter()
+        .filter(|(k, _)| *k == shim::attach::STDOUT)
+        .map(|(_, t)| t.as_str())
+        .collect();
+    let err: String = frames
+        .iter()
+        .filter(|(k, _)| *k == shim::attach::STDERR)
+        .map(|(_, t)| t.as_str())
+        .collect();
+    assert_eq!(out, "line one\ncat-ended\n");
+    assert_eq!(err, "err-line\n");
+    assert_eq!(c.wait().exit.unwrap().code, Some(0));
+}
+
+#[test]
+fn a_container_without_open_stdin_cannot_be_attached_and_reads_eof() {
+    let c = TestContainer::new("nostdin", "cat; echo eof-at-once; sleep 1000");
+    c.create();
+    c.wait_for_log("eof-at-once\n");
+    let err = shim::attach::connect(c.state(), &c.id).unwrap_err().to_string();
+    assert!(err.contains("attach"), "{err}");
 }

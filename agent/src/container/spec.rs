@@ -88,6 +88,8 @@ pub fn bundle_for(
         .ok_or_else(|| ctx.field("command", "no process"))?;
     process.set_env(Some(env));
     process.set_cwd(PathBuf::from(&cwd));
+    // `tty: true`: the shim relays a pty of the container's own instead of pipes.
+    process.set_terminal(service.tty.then_some(true));
     if let Some(u) = &resolved {
         let mut ou = oci_spec::runtime::User::default();
         ou.set_uid(u.uid);

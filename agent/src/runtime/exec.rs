@@ -462,13 +462,13 @@ pub fn relay_stdio(master: &OwnedFd) -> Result<(), RuntimeError> {
 
 /// This terminal in raw mode (keys go to the container's terminal as typed) until
 /// dropped; nothing when stdin is not a terminal.
-struct RawMode {
+pub(crate) struct RawMode {
     fd: std::os::fd::RawFd,
     saved: Option<nix::sys::termios::Termios>,
 }
 
 impl RawMode {
-    fn enter(fd: std::os::fd::BorrowedFd) -> RawMode {
+    pub(crate) fn enter(fd: std::os::fd::BorrowedFd) -> RawMode {
         use nix::sys::termios;
         let saved = termios::tcgetattr(fd).ok();
         if let Some(old) = &saved {
@@ -493,17 +493,17 @@ impl Drop for RawMode {
     }
 }
 
-static WINCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub(crate) static WINCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_winch(_: libc::c_int) {
     WINCHED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// SIGWINCH noted in [`WINCHED`] while alive; it interrupts the relay's poll.
-struct Winch(Option<libc::sigaction>);
+pub(crate) struct Winch(Option<libc::sigaction>);
 
 impl Winch {
-    fn watch() -> Winch {
+    pub(crate) fn watch() -> Winch {
         // SAFETY: installing a handler that only stores to an atomic; both structs
         // are ours and initialised.
         unsafe {

@@ -31,7 +31,7 @@
 pub mod bundle;
 pub mod caps;
 pub mod cgroups;
-mod exec;
+pub(crate) mod exec;
 mod init;
 mod mounts;
 pub mod namespaces;

@@ -53,6 +53,7 @@
 //! it reads the container's pid and bundle from here and calls
 //! [`crate::runtime::exec`]; the shim is not involved.
 
+pub mod attach;
 mod log;
 mod serve;
 
@@ -127,6 +128,9 @@ pub struct CreateOptions {
     pub log_max_size: u64,
     /// Keep at most this many log files (the current one included).
     pub log_max_files: u32,
+    /// Keep its stdin open for `attach` (Compose's `stdin_open`, `run -i`): a pipe the
+    /// shim holds, or its terminal.
+    pub stdin: bool,
 }
 
 impl CreateOptions {
@@ -135,6 +139,7 @@ impl CreateOptions {
             shim,
             log_max_size: DEFAULT_LOG_MAX_SIZE,
             log_max_files: DEFAULT_LOG_MAX_FILES,
+            stdin: false,
         }
     }
 }
@@ -146,6 +151,9 @@ pub(crate) struct ShimConfig {
     pub bundle: PathBuf,
     pub log_max_size: u64,
     pub log_max_files: u32,
+    /// Keep the container's stdin open for attached clients (a pipe, or its terminal).
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 /// How a container ended (the runtime's [`crate::runtime::ExitReport`], on disk).
@@ -345,6 +353,7 @@ fn start_shim(
             bundle: bundle.to_path_buf(),
             log_max_size: opts.log_max_size.max(1024),
             log_max_files: opts.log_max_files.max(1),
+            stdin: opts.stdin,
         },
     )?;
 

@@ -145,24 +145,51 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
     };
     let pipes = (|| -> nix::Result<_> {
         let flags = nix::fcntl::OFlag::O_CLOEXEC;
-        Ok((nix::unistd::pipe2(flags)?, nix::unistd::pipe2(flags)?))
+        Ok((
+            nix::unistd::pipe2(flags)?,
+            nix::unistd::pipe2(flags)?,
+            nix::unistd::pipe2(flags)?,
+        ))
     })();
-    let ((out_r, out_w), (err_r, err_w)) = match pipes {
+    let ((out_r, out_w), (err_r, err_w), (in_r, in_w)) = match pipes {
         Ok(p) => p,
         Err(e) => return fail(&mut state, ready, format!("create pipes: {e}")),
+    };
+    let bundle = match Bundle::load(&config.bundle) {
+        Ok(b) => b,
+        Err(e) => return fail(&mut state, ready, e.to_string()),
+    };
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    // A client may attach to a terminal, or to an open stdin (`attach.rs`).
+    let listener = if terminal || config.stdin {
+        let path = super::attach::socket_path(dir);
+        let _ = std::fs::remove_file(&path);
+        match std::os::unix::net::UnixListener::bind(&path) {
+            Ok(l) => {
+                let _ = l.set_nonblocking(true);
+                Some(l)
+            }
+            Err(e) => return fail(&mut state, ready, format!("listen on {}: {e}", path.display())),
+        }
+    } else {
+        None
     };
 
     // The container's init is this process's own child.
     let started = (|| {
-        let stdin = File::open("/dev/null").map_err(|e| runtime::RuntimeError::Io {
+        let null = File::open("/dev/null").map_err(|e| runtime::RuntimeError::Io {
             context: "open /dev/null".into(),
             source: e,
         })?;
-        let bundle = Bundle::load(&config.bundle)?;
         let cgroup = runtime::cgroup_of(&bundle, &config.id)?;
         let opts = RunOptions {
             stdio: Stdio {
-                stdin: Some(stdin.as_fd()),
+                stdin: Some(if config.stdin { in_r.as_fd() } else { null.as_fd() }),
                 stdout: Some(out_w.as_fd()),
                 stderr: Some(err_w.as_fd()),
             },
@@ -171,14 +198,18 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
         };
         runtime::spawn(&bundle, &config.id, &opts).map(|c| (c, cgroup))
     })();
-    drop((out_w, err_w));
-    let mut container = match started {
-        Ok((c, cgroup)) => {
+    drop((out_w, err_w, in_r));
+    drop(bundle);
+    // The container's stdin, while it stays open: the pipe, or the terminal.
+    let mut stdin = (config.stdin && !terminal).then(|| File::from(in_w));
+    let (mut container, console) = match started {
+        Ok((mut c, cgroup)) => {
+            let console = c.take_console().map(File::from);
             state.status = Status::Running;
             state.pid = Some(c.pid());
             state.pid_start = start_time(c.pid()).unwrap_or(0);
             state.cgroup = Some(cgroup);
-            Some(c)
+            (Some(c), console)
         }
         Err(e) => return fail(&mut state, ready, e.to_string()),
     };
@@ -196,10 +227,15 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
         libc::malloc_trim(0)
     };
 
-    let mut streams = [
-        Some((File::from(out_r), Stream::Stdout, LineBuffer::default())),
-        Some((File::from(err_r), Stream::Stderr, LineBuffer::default())),
-    ];
+    // A terminal is one stream, read from its master; else the two pipes.
+    let mut streams = match console.as_ref().map(File::try_clone) {
+        Some(Ok(master)) => [Some((master, Stream::Stdout, LineBuffer::default())), None],
+        _ => [
+            Some((File::from(out_r), Stream::Stdout, LineBuffer::default())),
+            Some((File::from(err_r), Stream::Stderr, LineBuffer::default())),
+        ],
+    };
+    let mut attached = Attached::new(config.stdin);
     let mut report = None;
     let mut buf = vec![0u8; 64 * 1024];
     // Until the container has exited and both pipes are closed (a process it left
@@ -210,6 +246,8 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
             .flatten()
             .map(|s| s.0.as_raw_fd())
             .chain(container.is_some().then(|| sigchld.fd.as_raw_fd()))
+            .chain(listener.as_ref().map(|l| l.as_raw_fd()))
+            .chain(attached.client.as_ref().map(|c| c.as_raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -240,12 +278,27 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
                     *slot = None;
                     (stream, rest.into_iter().collect::<Vec<_>>())
                 }
-                Ok(k) => (*stream, lines.push(&buf[..k])),
+                Ok(k) => {
+                    attached.output(*stream, &buf[..k]);
+                    (*stream, lines.push(&buf[..k]))
+                }
             };
             for line in chunk {
                 if let Err(e) = log.write(stream, &line) {
                     log_error.get_or_insert_with(|| format!("write the log: {e}"));
                 }
+            }
+        }
+        if let Some(l) = listener.as_ref() {
+            if ready_fds.contains(&l.as_raw_fd()) {
+                if let Ok((client, _)) = l.accept() {
+                    attached.attach(client);
+                }
+            }
+        }
+        if let Some(fd) = attached.client.as_ref().map(|c| c.as_raw_fd()) {
+            if ready_fds.contains(&fd) {
+                attached.input(&mut buf, &mut stdin, console.as_ref());
             }
         }
         if ready_fds.contains(&sigchld.fd.as_raw_fd()) {
@@ -269,6 +322,11 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
     if let Some(c) = container.take() {
         report = Some(c.wait());
     }
+    // Attached clients see the end of the stream; nobody can attach any more.
+    drop(attached);
+    if listener.is_some() {
+        let _ = std::fs::remove_file(super::attach::socket_path(dir));
+    }
 
     state.status = Status::Stopped;
     match report {
@@ -282,6 +340,105 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
     match write_json_atomic(&state_path, &state) {
         Ok(()) => 0,
         Err(_) => 1,
+    }
+}
+
+/// The attached client, if any (`attach.rs`), and what the container wrote before the
+/// first one came.
+struct Attached {
+    client: Option<std::os::unix::net::UnixStream>,
+    decoder: super::attach::Decoder,
+    /// `Some` until the first client attaches, for containers with an open stdin.
+    replay: Option<Vec<u8>>,
+}
+
+impl Attached {
+    fn new(interactive: bool) -> Attached {
+        Attached {
+            client: None,
+            decoder: super::attach::Decoder::default(),
+            replay: interactive.then(Vec::new),
+        }
+    }
+
+    /// A new client replaces the old one and gets what it missed before anyone came.
+    fn attach(&mut self, client: std::os::unix::net::UnixStream) {
+        let _ = client.set_nonblocking(false);
+        // A client that stops reading must not stop the shim (and its container's
+        // output) for long: a write that waits this long detaches it.
+        let _ = client.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+        self.client = Some(client);
+        self.decoder = super::attach::Decoder::default();
+        if let Some(replay) = self.replay.take() {
+            if !replay.is_empty() {
+                self.send(&replay);
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        if let Some(c) = self.client.as_mut() {
+            if c.write_all(bytes).is_err() {
+                self.client = None;
+            }
+        }
+    }
+
+    /// Output of the container: to the client, or kept for the first one.
+    fn output(&mut self, stream: Stream, data: &[u8]) {
+        let kind = match stream {
+            Stream::Stdout => super::attach::STDOUT,
+            Stream::Stderr => super::attach::STDERR,
+        };
+        let frame = super::attach::frame(kind, data);
+        if self.client.is_some() {
+            self.send(&frame);
+        } else if let Some(replay) = self.replay.as_mut() {
+            if replay.len() + frame.len() <= super::attach::REPLAY_LIMIT {
+                replay.extend_from_slice(&frame);
+            }
+        }
+    }
+
+    /// Input from the client: to the container's stdin or terminal.
+    fn input(&mut self, buf: &mut [u8], stdin: &mut Option<File>, console: Option<&File>) {
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let frames = match client.read(buf) {
+            Ok(0) | Err(_) => {
+                // Detached; the container carries on, its stdin still open.
+                self.client = None;
+                return;
+            }
+            Ok(k) => self.decoder.push(&buf[..k]),
+        };
+        let Ok(frames) = frames else {
+            self.client = None;
+            return;
+        };
+        for (kind, data) in frames {
+            match kind {
+                super::attach::STDIN => {
+                    if let Some(pipe) = stdin.as_mut() {
+                        if pipe.write_all(&data).is_err() {
+                            *stdin = None;
+                        }
+                    } else if let Some(mut master) = console {
+                        let _ = master.write_all(&data);
+                    }
+                }
+                super::attach::RESIZE => {
+                    if let (Some(master), Some(size)) =
+                        (console, super::attach::parse_resize(&data))
+                    {
+                        runtime::set_window_size(master.as_raw_fd(), size);
+                    }
+                }
+                super::attach::CLOSE_STDIN => *stdin = None,
+                _ => {}
+            }
+        }
     }
 }
 

@@ -1,0 +1,223 @@
+//! Attaching to a container's stdio through its shim (`berth run` in the foreground,
+//! with or without a terminal).
+//!
+//! A shim whose container has a terminal or an open stdin listens on
+//! `<state>/containers/<id>/attach.sock` (in the 0700 container directory: root only).
+//! One client at a time is attached; a new one replaces the old. Both directions are
+//! frames of `[kind: u8][length: u32, big-endian][payload]`:
+//! - client to shim: [`STDIN`] bytes for the container's stdin (the terminal's master,
+//!   or the stdin pipe), [`RESIZE`] with rows and columns (two big-endian u16) for the
+//!   terminal, [`CLOSE_STDIN`] when the client's input has ended;
+//! - shim to client: [`STDOUT`] and [`STDERR`] bytes as the container writes them (a
+//!   terminal has only one stream: stdout). What the container wrote before the first
+//!   client attached (up to [`REPLAY_LIMIT`]) is sent first, so a prompt printed at
+//!   once is not lost. The shim closes the connection when the container has exited.
+//!
+//! The framing is pure ([`frame`], [`Decoder`]); [`attach_stdio`] is the CLI's end.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use super::ShimError;
+use crate::runtime::exec::{window_size, RawMode, Winch, WindowSize, WINCHED};
+
+pub const STDIN: u8 = 0;
+pub const RESIZE: u8 = 1;
+pub const CLOSE_STDIN: u8 = 2;
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+
+/// Output kept for the first client, at most.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+/// A frame larger than this is a broken peer, not data.
+const MAX_FRAME: usize = 1 << 20;
+
+pub(crate) fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("attach.sock")
+}
+
+/// One frame's bytes.
+pub fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + payload.len());
+    out.push(kind);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A resize frame.
+pub fn resize_frame(size: WindowSize) -> Vec<u8> {
+    let mut p = size.rows.to_be_bytes().to_vec();
+    p.extend_from_slice(&size.cols.to_be_bytes());
+    frame(RESIZE, &p)
+}
+
+/// The rows and columns of a resize frame's payload.
+pub fn parse_resize(payload: &[u8]) -> Option<WindowSize> {
+    let b: [u8; 4] = payload.try_into().ok()?;
+    Some(WindowSize {
+        rows: u16::from_be_bytes([b[0], b[1]]),
+        cols: u16::from_be_bytes([b[2], b[3]]),
+    })
+}
+
+/// Splits a byte stream into frames, however it was cut.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    /// The complete frames in what has arrived so far; `Err` on a frame too large to
+    /// be one of ours.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, String> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        loop {
+            if self.buf.len() < 5 {
+                break;
+            }
+            let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                as usize;
+            if len > MAX_FRAME {
+                return Err(format!("a frame of {len} bytes"));
+            }
+            if self.buf.len() < 5 + len {
+                break;
+            }
+            let payload = self.buf[5..5 + len].to_vec();
+            out.push((self.buf[0], payload));
+            self.buf.drain(..5 + len);
+        }
+        Ok(out)
+    }
+}
+
+/// Connects to container `id`'s shim.
+pub fn connect(state: &Path, id: &str) -> Result<UnixStream, ShimError> {
+    let dir = super::container_dir(state, id)?;
+    if !dir.exists() {
+        return Err(ShimError::NotFound { id: id.to_string() });
+    }
+    UnixStream::connect(socket_path(&dir)).map_err(|e| {
+        ShimError::io(
+            format!("container {id}: attach (it has no terminal nor open stdin, or has exited)"),
+            e,
+        )
+    })
+}
+
+/// The CLI's end: this process's stdin to the container, its output to this process's
+/// stdout and stderr, until the shim closes the connection (the container exited).
+/// With `tty`, this terminal is in raw mode meanwhile and its size follows along.
+pub fn attach_stdio(mut sock: UnixStream, tty: bool) -> std::io::Result<()> {
+    let stdin = std::io::stdin();
+    let _raw = tty.then(|| RawMode::enter(stdin.as_fd()));
+    let _winch = tty.then(Winch::watch);
+    if tty {
+        if let Some(size) = window_size(stdin.as_raw_fd()) {
+            sock.write_all(&resize_frame(size))?;
+        }
+    }
+    let mut input = Some(stdin.as_raw_fd());
+    let mut decoder = Decoder::default();
+    let mut buf = vec![0u8; 32 * 1024];
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    loop {
+        let mut fds = vec![libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(fd) = input {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // SAFETY: a valid pollfd array of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            if tty && WINCHED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                if let Some(size) = window_size(stdin.as_raw_fd()) {
+                    sock.write_all(&resize_frame(size))?;
+                }
+            }
+            continue;
+        }
+        if fds[0].revents != 0 {
+            let k = match sock.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(k) => k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // The shim went away with the container.
+                Err(_) => return Ok(()),
+            };
+            let frames = decoder
+                .push(&buf[..k])
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            for (kind, data) in frames {
+                if kind == STDERR {
+                    stderr.write_all(&data)?;
+                    stderr.flush()?;
+                } else {
+                    stdout.write_all(&data)?;
+                    stdout.flush()?;
+                }
+            }
+        }
+        if let (Some(fd), Some(p)) = (input, fds.get(1)) {
+            if p.revents != 0 {
+                // SAFETY: reading into our buffer from this process's stdin.
+                let k = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if k <= 0 {
+                    input = None;
+                    // The container's stdin ends too (a terminal's does not: its
+                    // programs see ^D as typed, if they asked for it).
+                    if sock.write_all(&frame(CLOSE_STDIN, &[])).is_err() {
+                        return Ok(());
+                    }
+                } else if sock
+                    .write_all(&frame(STDIN, &buf[..k as usize]))
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_any_cut() {
+        let mut stream = frame(STDIN, b"hello");
+        stream.extend(resize_frame(WindowSize { rows: 40, cols: 120 }));
+        stream.extend(frame(CLOSE_STDIN, &[]));
+        for cut in 0..stream.len() {
+            let mut d = Decoder::default();
+            let mut got = d.push(&stream[..cut]).unwrap();
+            got.extend(d.push(&stream[cut..]).unwrap());
+            assert_eq!(got.len(), 3, "cut at {cut}");
+            assert_eq!(got[0], (STDIN, b"hello".to_vec()));
+            assert_eq!(
+                parse_resize(&got[1].1),
+                Some(WindowSize { rows: 40, cols: 120 })
+            );
+            assert_eq!(got[2], (CLOSE_STDIN, vec![]));
+        }
+        let mut d = Decoder::default();
+        assert!(d.push(&[0, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert_eq!(parse_resize(b"abc"), None);
+    }
+}
