@@ -845,6 +845,109 @@ fn run_makes_a_one_off_container_with_its_exit_status() {
     assert!(f.ps(true).is_empty());
 }
 
+#[test]
+fn run_in_the_foreground_attaches_stdin_and_a_terminal_when_it_has_one() {
+    let compose = r#"services:
+  tool:
+    image: busybox:local
+    command: ["true"]
+"#;
+    let mut f = Fixture::new("runin", compose);
+    f.start_daemon();
+    // Piped stdin reaches the container, and its end ends `cat`; no terminal.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .env("BERTH_CGROUP_PARENT", &f.project)
+        .env("BERTH_NET_PREFIX", &f.net_prefix)
+        .env("BERTH_NET_POOL", &f.net_pool)
+        .arg("--state-dir")
+        .arg(f.state())
+        .args(["run", "--rm", "tool", "sh", "-c", "cat; tty; exit 3"])
+        .current_dir(f.dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run berth");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"piped line 1\npiped line 2\n")
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "piped line 1\npiped line 2\nnot a tty\n");
+
+    // Under a terminal (util-linux `script` gives berth one), the one-off gets a
+    // terminal of its own, sized like ours, and what we type.
+    let berth = format!(
+        "{} --state-dir {} run --rm tool sh -c 'tty; stty size; read x; echo got=$x'",
+        env!("CARGO_BIN_EXE_berth"),
+        f.state().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &berth, "/dev/null"])
+        .env("BERTH_CGROUP_PARENT", &f.project)
+        .env("BERTH_NET_PREFIX", &f.net_prefix)
+        .env("BERTH_NET_POOL", &f.net_pool)
+        .env("COLUMNS", "111")
+        .env("LINES", "37")
+        .current_dir(f.dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script (apt-get install -y bsdutils)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    {
+        use std::io::Write;
+        // Typed after the container asks: the terminal echoes and delivers it.
+        std::thread::sleep(Duration::from_millis(500));
+        stdin.write_all(b"typed\n").expect("write");
+    }
+    let out = child.wait_with_output().expect("wait");
+    drop(stdin);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("/dev/pts/0"), "{stdout}");
+    assert!(stdout.contains("got=typed"), "{stdout}");
+    assert!(f.ps(true).is_empty(), "--rm removed both");
+
+    // `tty: true` keeps a shell waiting on its terminal, `stdin_open: true` keeps `cat`
+    // reading, as with Docker; without them both would read EOF and exit at once.
+    f.write_compose(
+        r#"services:
+  shell:
+    image: busybox:local
+    command: ["sh"]
+    tty: true
+  reader:
+    image: busybox:local
+    command: ["cat"]
+    stdin_open: true
+"#,
+    );
+    f.ok(&["up", "-d", "--wait"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let ps = f.ps(true);
+    assert_eq!(ps.len(), 2, "{ps:?}");
+    assert!(ps.iter().all(|r| r.2 == "running"), "{ps:?}");
+    let tty = f.ok(&["exec", "-T", "shell", "sh", "-c", "ls -l /proc/1/fd/0"]);
+    assert!(tty.contains("/dev/pts/0"), "{tty}");
+    f.ok(&["down", "-t", "1"]);
+}
+
 /// `GET path` on 127.0.0.1:port; the body.
 fn http_get(port: u16, path: &str) -> String {
     http_get_at(

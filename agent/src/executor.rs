@@ -295,9 +295,11 @@ impl Executor {
     }
 }
 
-/// The shim's options from the service's `logging` (json-file's max-size and max-file).
+/// The shim's options from the service's `logging` (json-file's max-size and max-file)
+/// and `stdin_open`.
 fn create_options(program: &shim::ShimProgram, service: &Service) -> CreateOptions {
     let mut opts = CreateOptions::new(program.clone());
+    opts.stdin = service.stdin_open;
     if let Some(logging) = &service.logging {
         if let Some(size) = logging
             .options

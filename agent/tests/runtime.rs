@@ -403,13 +403,17 @@ fn a_container_with_a_terminal_gets_a_pty_of_its_own_devpts() {
         .as_mut()
         .unwrap()
         .set_terminal(Some(true));
-    b.spec.process_mut().as_mut().unwrap().set_console_size(Some(
-        oci_spec::runtime::BoxBuilder::default()
-            .height(33u64)
-            .width(101u64)
-            .build()
-            .unwrap(),
-    ));
+    b.spec
+        .process_mut()
+        .as_mut()
+        .unwrap()
+        .set_console_size(Some(
+            oci_spec::runtime::BoxBuilder::default()
+                .height(33u64)
+                .width(101u64)
+                .build()
+                .unwrap(),
+        ));
     b.write();
     let _cleanup = testkit::CgroupGuard(b.id.clone());
     let bundle = Bundle::load(b.path()).unwrap();

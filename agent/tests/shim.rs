@@ -471,6 +471,8 @@ fn a_container_without_open_stdin_cannot_be_attached_and_reads_eof() {
     let c = TestContainer::new("nostdin", "cat; echo eof-at-once; sleep 1000");
     c.create();
     c.wait_for_log("eof-at-once\n");
-    let err = shim::attach::connect(c.state(), &c.id).unwrap_err().to_string();
+    let err = shim::attach::connect(c.state(), &c.id)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("attach"), "{err}");
 }

@@ -623,6 +623,12 @@ pub struct RunRequest {
     /// Publish the service's ports too (Compose's --service-ports).
     #[serde(default)]
     pub service_ports: bool,
+    /// Keep its stdin open for the caller to attach (`run` in the foreground).
+    #[serde(default)]
+    pub interactive: bool,
+    /// Give it a terminal: `Some(true)` or `Some(false)` override the service's `tty`.
+    #[serde(default)]
+    pub tty: Option<bool>,
 }
 
 async fn run(
@@ -660,6 +666,12 @@ async fn run(
         }
         if req.workdir.is_some() {
             service.working_dir = req.workdir.clone();
+        }
+        if req.interactive {
+            service.stdin_open = true;
+        }
+        if let Some(tty) = req.tty {
+            service.tty = tty;
         }
         // A one-off runs once, under its own name, without the service's ports.
         service.restart = None;

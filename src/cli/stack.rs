@@ -1296,9 +1296,12 @@ pub struct RunArgs {
     /// Do not start the services it depends on
     #[arg(long)]
     no_deps: bool,
-    /// Accepted for Compose compatibility (berth's run has no terminal yet)
-    #[arg(short = 'T', long = "no-TTY", hide = true)]
+    /// Do not give it a terminal (by default it has one when stdin is a terminal)
+    #[arg(short = 'T', long = "no-TTY")]
     no_tty: bool,
+    /// Accepted for Compose compatibility: stdin is always attached in the foreground
+    #[arg(short = 'i', long = "interactive", hide = true)]
+    interactive: bool,
     #[arg(value_name = "SERVICE")]
     service: String,
     /// The command, instead of the service's
@@ -1352,6 +1355,7 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
             None => env.push(format!("{e}={}", std::env::var(e).unwrap_or_default())),
         }
     }
+    let tty = !args.no_tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
     let req = manager::api::RunRequest {
         service: args.service.clone(),
         definition: Some(definition),
@@ -1361,9 +1365,14 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
         user: args.user.clone(),
         workdir: args.workdir.clone(),
         service_ports: args.service_ports,
+        // In the foreground, this process's stdin is the container's (as Compose's
+        // `run`, whose --interactive is on by default); with a terminal when stdin is
+        // one, unless -T.
+        interactive: !args.detach,
+        tty: (!args.detach).then_some(tty),
     };
     let key: String = client.call("POST", &format!("/v1/stacks/{name}/runs"), Some(&req))?;
-    let _ = args.no_tty;
+    let _ = args.interactive;
     // Wait for it to start (or fail to).
     let deadline = Instant::now() + Duration::from_secs(300);
     let task = loop {
@@ -1393,7 +1402,18 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
         write_stdout(&format!("{}\n", task.name()))?;
         return Ok(ExitCode::SUCCESS);
     }
-    // Its output, to the end.
+    // Attached to its stdio through its shim; a container that has already exited
+    // cannot be attached to, and its output is in its log.
+    match agent::shim::attach::connect(&state_dir.join("run"), &task.id) {
+        Ok(sock) => agent::shim::attach::attach_stdio(sock, tty)
+            .with_context(|| format!("attached to {}", task.name()))?,
+        Err(_) => print_log(&client, &task)?,
+    }
+    run_exit(&client, &name, &key, args.rm)
+}
+
+/// A task's whole log, to this process's stdout and stderr, until it ends.
+fn print_log(client: &Client, task: &Task) -> anyhow::Result<()> {
     let resp = client.request(
         "GET",
         &format!("/v1/tasks/{}/logs?follow=true", task.id),
@@ -1416,16 +1436,27 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
             write_stdout(&text)?;
         }
     }
+    Ok(())
+}
+
+/// Waits for one-off `key` to be recorded as ended, removes it with `rm`, and returns
+/// its exit status.
+fn run_exit(client: &Client, name: &str, key: &str, rm: bool) -> anyhow::Result<ExitCode> {
     let code = loop {
         let state: State = client.call("GET", "/v1/state", None::<&()>)?;
-        match state.tasks.get(&task.id) {
+        let task = state
+            .tasks
+            .values()
+            .filter(|t| t.stack == name && t.service == key)
+            .max_by_key(|t| t.generation);
+        match task {
             Some(t) if t.status.state().is_terminal() => break t.status.exit_code.unwrap_or(255),
             None => break 255,
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    if args.rm {
-        remove_run(&client, &name, &key);
+    if rm {
+        remove_run(client, name, key);
     }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

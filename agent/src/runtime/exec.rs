@@ -493,7 +493,8 @@ impl Drop for RawMode {
     }
 }
 
-pub(crate) static WINCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub(crate) static WINCHED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_winch(_: libc::c_int) {
     WINCHED.store(true, std::sync::atomic::Ordering::Relaxed);

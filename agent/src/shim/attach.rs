@@ -79,8 +79,8 @@ impl Decoder {
             if self.buf.len() < 5 {
                 break;
             }
-            let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                as usize;
+            let len =
+                u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
             if len > MAX_FRAME {
                 return Err(format!("a frame of {len} bytes"));
             }
@@ -184,10 +184,7 @@ pub fn attach_stdio(mut sock: UnixStream, tty: bool) -> std::io::Result<()> {
                     if sock.write_all(&frame(CLOSE_STDIN, &[])).is_err() {
                         return Ok(());
                     }
-                } else if sock
-                    .write_all(&frame(STDIN, &buf[..k as usize]))
-                    .is_err()
-                {
+                } else if sock.write_all(&frame(STDIN, &buf[..k as usize])).is_err() {
                     return Ok(());
                 }
             }
@@ -202,7 +199,10 @@ mod tests {
     #[test]
     fn frames_survive_any_cut() {
         let mut stream = frame(STDIN, b"hello");
-        stream.extend(resize_frame(WindowSize { rows: 40, cols: 120 }));
+        stream.extend(resize_frame(WindowSize {
+            rows: 40,
+            cols: 120,
+        }));
         stream.extend(frame(CLOSE_STDIN, &[]));
         for cut in 0..stream.len() {
             let mut d = Decoder::default();
@@ -212,7 +212,10 @@ mod tests {
             assert_eq!(got[0], (STDIN, b"hello".to_vec()));
             assert_eq!(
                 parse_resize(&got[1].1),
-                Some(WindowSize { rows: 40, cols: 120 })
+                Some(WindowSize {
+                    rows: 40,
+                    cols: 120
+                })
             );
             assert_eq!(got[2], (CLOSE_STDIN, vec![]));
         }

@@ -174,7 +174,13 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
                 let _ = l.set_nonblocking(true);
                 Some(l)
             }
-            Err(e) => return fail(&mut state, ready, format!("listen on {}: {e}", path.display())),
+            Err(e) => {
+                return fail(
+                    &mut state,
+                    ready,
+                    format!("listen on {}: {e}", path.display()),
+                )
+            }
         }
     } else {
         None
@@ -189,7 +195,11 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
         let cgroup = runtime::cgroup_of(&bundle, &config.id)?;
         let opts = RunOptions {
             stdio: Stdio {
-                stdin: Some(if config.stdin { in_r.as_fd() } else { null.as_fd() }),
+                stdin: Some(if config.stdin {
+                    in_r.as_fd()
+                } else {
+                    null.as_fd()
+                }),
                 stdout: Some(out_w.as_fd()),
                 stderr: Some(err_w.as_fd()),
             },
