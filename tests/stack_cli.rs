@@ -488,6 +488,51 @@ fn a_missing_image_stops_up_before_anything_changes() {
 }
 
 #[test]
+fn a_failed_up_names_service_and_cause_and_the_next_up_or_down_handles_it() {
+    // Someone else holds the port web wants.
+    let holder = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port();
+    let compose = format!(
+        r#"services:
+  web:
+    image: busybox:local
+    command: ["sh", "-c", "{SLEEPER}"]
+    ports: ["{port}:80"]
+  files:
+    image: busybox:local
+    command: ["sh", "-c", "{SLEEPER}"]
+    volumes:
+      - type: bind
+        source: ./not-there
+        target: /data
+"#
+    );
+    let mut f = Fixture::new("upfail", &compose);
+    f.start_daemon();
+    let out = f.berth(&["up", "-d", "--wait", "--wait-timeout", "30"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("web") && err.contains(&format!("{port}/tcp")) && err.contains("in use"),
+        "{err}"
+    );
+    assert!(
+        err.contains("files") && err.contains("not-there"),
+        "the bad bind source is named: {err}"
+    );
+    // Fix both causes: the next `up` finishes the job with what is there.
+    drop(holder);
+    std::fs::create_dir(f.dir().join("not-there")).expect("mkdir");
+    f.ok(&["up", "-d", "--wait", "--wait-timeout", "30"]);
+    let ps = f.ps(false);
+    assert_eq!(ps.len(), 2, "{ps:?}");
+    assert!(ps.iter().all(|r| r.2 == "running"), "{ps:?}");
+    f.ok(&["down", "-t", "1"]);
+    assert!(f.ps(true).is_empty());
+}
+
+#[test]
 fn depends_on_completed_successfully_orders_and_fails_clearly() {
     let compose = format!(
         r#"services:

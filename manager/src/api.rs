@@ -29,7 +29,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use spec::model::Stack;
-use spec::task::{DesiredState, StackRecord};
+use spec::task::{DesiredState, StackRecord, TaskState};
 
 use crate::store::{Store, StoreError};
 
@@ -235,11 +235,16 @@ async fn up(
                 }
             }
         }
-        if req.force_recreate {
-            for t in s.tasks.values_mut() {
-                if t.stack == name && t.desired == DesiredState::Running {
-                    t.desired = DesiredState::Remove;
-                }
+        for t in s.tasks.values_mut() {
+            if t.stack != name || t.desired != DesiredState::Running {
+                continue;
+            }
+            // A container that could not start (a port in use, a missing bind source)
+            // is tried afresh by the next `up`, as Compose's: its cause may be fixed.
+            let never_started = t.status.state() == TaskState::Rejected
+                || (t.status.state() == TaskState::Failed && t.status.started_at.is_none());
+            if req.force_recreate || never_started {
+                t.desired = DesiredState::Remove;
             }
         }
         s.stacks.insert(name.clone(), record);

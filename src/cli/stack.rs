@@ -559,8 +559,9 @@ fn secret_environment(
 }
 
 /// Follows the stack until every service has started (and, with `--wait`, is healthy),
-/// printing a line per container as Compose does; fails on the first container that
-/// could not start.
+/// printing a line per container as Compose does. Containers that could not start are
+/// reported together, once the others have started or failed too, so one `up` names
+/// every cause.
 fn wait_up(
     client: &Client,
     record: &StackRecord,
@@ -570,7 +571,10 @@ fn wait_up(
     let name = &record.stack.name;
     let deadline = started + Duration::from_secs(args.wait_timeout);
     let mut printed: BTreeSet<String> = BTreeSet::new();
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
     loop {
+        // Containers made but not started yet (neither up nor failed).
+        let mut starting = 0;
         let state: State = client.call("GET", "/v1/state", None::<&()>)?;
         let Some(deployed) = state.stacks.get(name) else {
             bail!("stack {name} was taken down while starting");
@@ -613,12 +617,12 @@ fn wait_up(
                 if st == TaskState::Rejected
                     || (st == TaskState::Failed && t.status.started_at.is_none())
                 {
-                    super::write_stderr(&lines);
-                    bail!(
-                        "container {} could not start: {}",
-                        t.name(),
-                        t.status.message
-                    );
+                    failed.insert(t.name(), t.status.message.clone());
+                    continue;
+                }
+                failed.remove(&t.name());
+                if t.status.started_at.is_none() {
+                    starting += 1;
                 }
                 let healthy = !wants_health || t.status.health == spec::task::Health::Healthy;
                 let up = t.status.started_at.is_some() && st >= TaskState::Running;
@@ -636,7 +640,22 @@ fn wait_up(
             }
         }
         super::write_stderr(&lines);
-        if pending.is_empty() {
+        if !failed.is_empty() && (starting == 0 || Instant::now() >= deadline) {
+            let mut text = String::new();
+            for (name, message) in &failed {
+                text.push_str(&format!(" ✘ Container {name:<30} Error\nberth: container {name} could not start: {message}\n"));
+            }
+            super::write_stderr(&text);
+            bail!(
+                "{} of {name} could not start; fix the cause and run `berth up` again (it starts what is missing), or `berth down`",
+                if failed.len() == 1 {
+                    "a container".to_string()
+                } else {
+                    format!("{} containers", failed.len())
+                }
+            );
+        }
+        if pending.is_empty() && failed.is_empty() {
             return Ok(ExitCode::SUCCESS);
         }
         if Instant::now() >= deadline {
