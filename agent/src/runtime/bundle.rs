@@ -135,13 +135,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_terminal_is_refused_with_a_hint() {
+    fn an_empty_command_is_refused_with_a_reason() {
         let mut spec = super::super::default_spec(Path::new("rootfs"), &["sh".into()]).unwrap();
         if let Some(p) = spec.process_mut() {
-            p.set_terminal(Some(true));
+            p.set_args(Some(Vec::new()));
         }
         let e = check_supported(&spec).unwrap_err().to_string();
-        assert!(e.contains("process.terminal") && e.contains("false"), "{e}");
+        assert!(e.contains("process.args is empty"), "{e}");
     }
 
     #[test]
