@@ -379,15 +379,8 @@ impl Serve {
                     let _ = self.socket.send_to(&fit_udp(&buf[..n], reply), peer);
                 }
                 Some(Err(packet)) => {
-                    let client_upstream = match peer.ip() {
-                        IpAddr::V4(ip) => records
-                            .client(&self.network, ip)
-                            .map(|ep| ep.upstream.clone())
-                            .filter(|u| !u.is_empty()),
-                        IpAddr::V6(_) => None,
-                    };
+                    let upstream = upstream_for(&records, &self.network, peer.ip(), &self.upstream);
                     drop(records);
-                    let upstream = client_upstream.unwrap_or_else(|| self.upstream.to_vec());
                     // Forwarding waits on the network: never on the answering thread,
                     // and with a bound on how many wait at once.
                     if FORWARDS.fetch_add(1, Ordering::SeqCst) >= MAX_FORWARDS {
@@ -496,15 +489,8 @@ impl Answers {
             let reply = match respond(&records, &self.network, &packet, rotation) {
                 Some(Ok(reply)) => Some(reply),
                 Some(Err(packet)) => {
-                    let client_upstream = match peer.ip() {
-                        IpAddr::V4(ip) => records
-                            .client(&self.network, ip)
-                            .map(|ep| ep.upstream.clone())
-                            .filter(|u| !u.is_empty()),
-                        IpAddr::V6(_) => None,
-                    };
+                    let upstream = upstream_for(&records, &self.network, peer.ip(), &self.upstream);
                     drop(records);
-                    let upstream = client_upstream.unwrap_or_else(|| self.upstream.to_vec());
                     forward_tcp(&packet, &upstream).or_else(|| servfail(&packet))
                 }
                 None => return Ok(()),
@@ -524,6 +510,24 @@ fn forward_tcp(packet: &[u8], upstream: &[SocketAddr]) -> Option<Vec<u8>> {
         write_tcp_message(&mut s, packet).ok()?;
         read_tcp_message(&mut s).ok()
     })
+}
+
+/// Where a client's forwarded queries go: its service's `dns:` servers, else the
+/// node's upstream resolvers.
+fn upstream_for(
+    records: &Records,
+    network: &str,
+    client: IpAddr,
+    default: &[SocketAddr],
+) -> Vec<SocketAddr> {
+    let own = match client {
+        IpAddr::V4(ip) => records
+            .client(network, ip)
+            .map(|ep| ep.upstream.clone())
+            .filter(|u| !u.is_empty()),
+        IpAddr::V6(_) => None,
+    };
+    own.unwrap_or_else(|| default.to_vec())
 }
 
 /// Forwarded queries in flight in this process, and the most allowed: past it, SERVFAIL

@@ -168,13 +168,7 @@ pub fn exec(
 
     let tty = match opts.tty {
         Some(_) => {
-            let (parent, child) = nix::sys::socket::socketpair(
-                nix::sys::socket::AddressFamily::Unix,
-                nix::sys::socket::SockType::Stream,
-                None,
-                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-            )
-            .map_err(|e| RuntimeError::io("create a socket pair", e.into()))?;
+            let (parent, child) = console_socket_pair()?;
             plan.tty_socket = Some(child.as_raw_fd());
             Some((parent, child))
         }
@@ -335,6 +329,18 @@ fn namespaces_to_join(pid: i32) -> Result<libc::c_int, RuntimeError> {
         }
     }
     Ok(flags)
+}
+
+/// The socket pair over which a process opening a terminal inside the container sends
+/// its master back (ours first, the child's second).
+pub(crate) fn console_socket_pair() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| RuntimeError::io("create the console socket pair", e.into()))
 }
 
 /// Receives one descriptor (SCM_RIGHTS) from `socket`; None if the peer closed first.

@@ -182,13 +182,7 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     // mounts are made, and sends the master back over this socket (as runc's console
     // socket).
     let console = if process.terminal().unwrap_or(false) {
-        let (parent, child) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| RuntimeError::io("create the console socket pair", e.into()))?;
+        let (parent, child) = super::exec::console_socket_pair()?;
         plan.tty_socket = Some(child.as_raw_fd());
         Some((parent, child))
     } else {
