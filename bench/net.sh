@@ -6,7 +6,8 @@
 #     container's network namespace (through its veth and the bridge) to berth's DNS
 #     server on the gateway;
 #   - published ports: connect+echo round trips and bulk throughput from 127.0.0.1
-#     through nftables DNAT vs a minimal userspace proxy vs the container directly.
+#     through nftables DNAT vs a minimal userspace proxy vs the container directly,
+#     and from [::1] through berth's IPv6 relay.
 # Everything is made under the prefix "bnch" and collected at the end (and at the start,
 # after an interrupted run). Needs nftables and iproute2.
 # Usage: bench/net.sh [N]     (N containers, default 50)

@@ -10,7 +10,7 @@
 //! Everything is made under a prefix of its own and collected at the end.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -262,7 +262,8 @@ fn ports(mgr: &NetworkManager, id: &str) -> Result<(), Box<dyn std::error::Error
             });
         }
     });
-    let probe = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    // Free on IPv4 and IPv6: publishing binds both (the IPv6 side is berth's relay).
+    let probe = |p: u16| TcpListener::bind(("::", p)).is_ok();
     let (dnat_echo, dnat_sink) = (17000u16, 17001u16);
     assert!(
         probe(dnat_echo) && probe(dnat_sink),
@@ -293,6 +294,10 @@ fn ports(mgr: &NetworkManager, id: &str) -> Result<(), Box<dyn std::error::Error
         ("direct to container", direct),
         ("nftables DNAT via 127.0.0.1", dnat),
         ("userspace proxy via 127.0.0.1", pe),
+        (
+            "berth's IPv6 relay via [::1]",
+            SocketAddr::from((Ipv6Addr::LOCALHOST, dnat_echo)),
+        ),
     ] {
         let t = Instant::now();
         let v = round_trips(addr, 2000);
@@ -307,6 +312,10 @@ fn ports(mgr: &NetworkManager, id: &str) -> Result<(), Box<dyn std::error::Error
             SocketAddr::from((Ipv4Addr::LOCALHOST, dnat_sink)),
         ),
         ("userspace proxy via 127.0.0.1", ps),
+        (
+            "berth's IPv6 relay via [::1]",
+            SocketAddr::from((Ipv6Addr::LOCALHOST, dnat_sink)),
+        ),
     ] {
         println!("ports {what}: throughput {:.0} MiB/s", throughput(addr));
     }
