@@ -309,7 +309,16 @@ impl Ca {
         for addr in &req.addresses {
             sans.push(match addr.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(ia5(addr.clone())?),
+                Err(_) => {
+                    // rcgen takes any ASCII; a name webpki would not match is a mistake.
+                    rustls_pki_types::DnsName::try_from(addr.as_str()).map_err(|e| {
+                        CaError::BadAddress {
+                            addr: addr.clone(),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    SanType::DnsName(ia5(addr.clone())?)
+                }
             });
         }
         params.subject_alt_names = sans;

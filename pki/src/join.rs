@@ -14,13 +14,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::ca::{CaCert, CaDigest};
-use crate::tls::TlsError;
+use crate::tls::{refuse, TlsError};
 use crate::token::{JoinToken, TokenError};
 
 /// The CA certificate a join handshake pinned, once the handshake has succeeded.
@@ -54,12 +52,14 @@ pub fn client_config(token: &JoinToken) -> Result<(ClientConfig, PinnedCa), TlsE
         provider: provider.clone(),
         pinned: pinned.clone(),
     };
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
+    // A resumed session would skip the pinning verifier (and leave PinnedCa empty).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok((config, pinned))
 }
 
@@ -68,10 +68,6 @@ struct PinningVerifier {
     digest: CaDigest,
     provider: Arc<CryptoProvider>,
     pinned: PinnedCa,
-}
-
-fn refuse(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
 }
 
 impl ServerCertVerifier for PinningVerifier {

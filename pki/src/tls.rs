@@ -78,16 +78,59 @@ impl DenyList {
     /// After the chain is verified: the certificate must name a berth identity, and
     /// that identity must not be denied.
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<Identity, rustls::Error> {
-        let identity = Identity::from_cert_der(end_entity).map_err(|e| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                Arc::new(e),
-            )))
-        })?;
+        let identity = Identity::from_cert_der(end_entity).map_err(refuse)?;
         if self.contains(&identity.id) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(identity)
     }
+}
+
+/// berth's own reason for refusing a certificate in a handshake, carried inside
+/// `rustls::Error::InvalidCertificate(CertificateError::Other(..))`. rustls prints it
+/// with `Debug`, so `Debug` here is the plain message, for people reading logs; code
+/// finds the typed reason with [`refusal`] and `downcast_ref`.
+pub struct Refusal(Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl Refusal {
+    /// The typed reason (`TokenError`, `IdentityError`), if it is of type `E`.
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.0.downcast_ref()
+    }
+}
+
+/// The refusal that berth's verifiers put in a rustls error, if this is one.
+pub fn refusal(err: &rustls::Error) -> Option<&Refusal> {
+    match err {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            other.0.downcast_ref::<Refusal>()
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn refuse(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        Refusal(Box::new(e)),
+    ))))
 }
 
 /// Whether a server requires a client certificate.
@@ -120,12 +163,18 @@ pub fn server_config(
         inner: builder.build().map_err(TlsError::Verifier)?,
         deny: deny.clone(),
     };
-    ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(creds.chain(), creds.private_key())
-        .map_err(TlsError::Config)
+        .map_err(TlsError::Config)?;
+    // No resumption: a resumed session skips the verifier, and with it the deny list
+    // and the expiry check. Connections between nodes are long-lived, so a full
+    // handshake each time costs little.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
 }
 
 /// The client side of a node or the CLI: presents `creds` and verifies the server
@@ -139,13 +188,16 @@ pub fn client_config(creds: &NodeCredentials, deny: &DenyList) -> Result<ClientC
         inner,
         deny: deny.clone(),
     };
-    ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(vec![creds.cert_der().clone()], creds.private_key())
-        .map_err(TlsError::Config)
+        .map_err(TlsError::Config)?;
+    // No resumption, for the same reason as on the server side.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// The name to verify a server against when any manager will do.
