@@ -17,9 +17,58 @@ use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::ca::{CaCert, CaDigest};
+use std::time::SystemTime;
+
+use crate::ca::{Ca, CaCert, CaDigest, CaError, CertRequest};
+use crate::identity::{Identity, NodeId};
+use crate::node::{NodeCredentials, NodeKey};
 use crate::tls::{refuse, TlsError};
-use crate::token::{JoinToken, TokenError};
+use crate::token::{JoinToken, JoinTokens, TokenError};
+
+/// Why a join did not give a node its credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("no CA was pinned: the join handshake did not succeed")]
+    NotPinned,
+}
+
+/// The manager's side of a join: checks `token` against the cluster's current
+/// tokens and signs the joiner's CSR for a fresh node id with the token's role and
+/// the given addresses. Returns the new identity and the certificate (PEM) to send
+/// back.
+pub fn admit(
+    ca: &Ca,
+    tokens: &JoinTokens,
+    token: &str,
+    csr_pem: &str,
+    addresses: &[String],
+    now: SystemTime,
+) -> Result<(Identity, String), JoinError> {
+    let role = tokens.validate(token)?;
+    let identity = Identity::new(NodeId::generate(), role.role());
+    let mut req = CertRequest::new(identity.clone());
+    req.addresses = addresses.to_vec();
+    let cert = ca.sign_csr(csr_pem, &req, now)?;
+    Ok((identity, cert))
+}
+
+/// The joiner's last step: the certificate the manager sent, with the joiner's key
+/// and the CA pinned during the handshake, checked to belong together (and the CA
+/// against the token once more), ready to [`NodeCredentials::save`].
+pub fn finish(
+    token: &JoinToken,
+    pinned: &PinnedCa,
+    key: &NodeKey,
+    cert_pem: &str,
+) -> Result<NodeCredentials, JoinError> {
+    let ca = pinned.get().ok_or(JoinError::NotPinned)?;
+    token.verify_ca(&ca)?;
+    Ok(NodeCredentials::from_pem(ca, cert_pem, &key.key_pem())?)
+}
 
 /// The CA certificate a join handshake pinned, once the handshake has succeeded.
 #[derive(Debug, Clone, Default)]

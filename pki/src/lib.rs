@@ -8,8 +8,9 @@
 //!   [`NodeCredentials::save`].
 //! - a joining node: parse the [`JoinToken`], dial a manager with
 //!   [`join::client_config`] (which pins the CA by the token's digest during the
-//!   handshake), send the token and a [`NodeKey::csr_pem`]; the manager checks the token
-//!   with [`JoinTokens::validate`] and answers with [`Ca::sign_csr`].
+//!   handshake), send the token and a [`NodeKey::csr_pem`]; the manager answers with
+//!   [`join::admit`] (token checked, CSR signed with a fresh id and the token's role);
+//!   the joiner ends with [`join::finish`].
 //! - every other connection: [`tls::server_config`] / [`tls::client_config`] with a
 //!   shared [`DenyList`] of removed nodes; each endpoint calls [`authorize`] with the
 //!   roles it allows ([`access`]).

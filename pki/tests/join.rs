@@ -39,10 +39,8 @@ async fn join(addr: SocketAddr, token: &str) -> Result<NodeCredentials, String> 
         return Err(answer);
     }
     assert_eq!(server.map(|s| s.role), Some(Role::Manager));
-    let ca = pinned.get().expect("a successful handshake pinned the CA");
-    parsed.verify_ca(&ca).expect("pinned CA matches the token");
     let cert = answer.strip_suffix("END").expect("certificate then END");
-    Ok(NodeCredentials::from_pem(ca, cert, &key.key_pem()).expect("issued credentials"))
+    Ok(pki::join::finish(&parsed, &pinned, &key, cert).expect("issued credentials"))
 }
 
 fn token(server: &TestServer, role: JoinRole) -> String {
@@ -146,6 +144,9 @@ async fn wrong_digest_refuses_the_ca_before_the_secret_is_sent() {
         })
     );
     assert!(pinned.get().is_none(), "nothing was pinned");
+    let key = NodeKey::generate().unwrap();
+    let err = pki::join::finish(&foreign.parse().unwrap(), &pinned, &key, "").unwrap_err();
+    assert!(matches!(err, pki::join::JoinError::NotPinned), "{err}");
     // The client stopped in the handshake: the manager never saw a request.
     assert!(matches!(server.outcome().await, Outcome::Refused { .. }));
 }

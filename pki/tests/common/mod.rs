@@ -140,8 +140,7 @@ pub fn rustls_error(e: &std::io::Error) -> Option<rustls::Error> {
 
 async fn serve(stream: tokio_rustls::server::TlsStream<TcpStream>, state: &ServerState) -> String {
     let (_, conn) = stream.get_ref();
-    // Read the identity now: the endpoints below are authorized by it.
-    let peer = pki::peer_identity(conn);
+    // Authorize now: the endpoints below answer by these.
     let whoami = pki::authorize(conn, &[Role::Manager, Role::Worker, Role::Admin]);
     let raft = pki::authorize(conn, access::RAFT);
     let control = pki::authorize(conn, access::CONTROL_API);
@@ -174,7 +173,7 @@ async fn serve(stream: tokio_rustls::server::TlsStream<TcpStream>, state: &Serve
                     Ok(_) => csr.push_str(&l),
                 }
             }
-            join(state, token, &csr, peer.is_ok())
+            join(state, token, &csr)
         }
         _ => format!("denied: unknown request {line:?}"),
     };
@@ -184,16 +183,11 @@ async fn serve(stream: tokio_rustls::server::TlsStream<TcpStream>, state: &Serve
     answer.lines().next().unwrap_or_default().to_string()
 }
 
-/// The manager's side of a join: check the token, then sign the CSR with a fresh id
-/// and the token's role.
-fn join(state: &ServerState, token: &str, csr: &str, _has_cert: bool) -> String {
-    let role = match state.tokens.lock().expect("tokens lock").validate(token) {
-        Ok(role) => role,
-        Err(e) => return format!("denied: {e}"),
-    };
-    let req = CertRequest::new(Identity::new(NodeId::generate(), role.role()));
-    match state.ca.sign_csr(csr, &req, SystemTime::now()) {
-        Ok(pem) => format!("{pem}END"),
+/// The manager's side of a join, as the daemon will do it.
+fn join(state: &ServerState, token: &str, csr: &str) -> String {
+    let tokens = state.tokens.lock().expect("tokens lock").clone();
+    match pki::join::admit(&state.ca, &tokens, token, csr, &[], SystemTime::now()) {
+        Ok((_, pem)) => format!("{pem}END"),
         Err(e) => format!("denied: {e}"),
     }
 }
