@@ -140,7 +140,7 @@ impl fmt::Display for Role {
 }
 
 /// Which roles may use each kind of endpoint. An endpoint handler calls
-/// [`authorize`](crate::authorize) (or [`Identity::require_role`]) with one of these.
+/// [`authorize`] (or [`Identity::require_role`]) with one of these.
 pub mod access {
     use super::Role;
 

@@ -224,3 +224,41 @@ async fn the_csr_cannot_choose_its_identity() {
     assert!(!names.contains("berth-manager"), "{names}");
     assert!(ca.digest() == server.state.ca.digest());
 }
+
+#[tokio::test]
+async fn a_node_renews_its_certificate_with_the_same_identity() {
+    let server = manager().await;
+    let old = join(server.addr, &token(&server, JoinRole::Worker))
+        .await
+        .unwrap();
+    // Over its current mutual-TLS connection, with a new key.
+    let key = NodeKey::generate().unwrap();
+    let (answer, _) = request(
+        client_config(&old, &DenyList::new()).unwrap(),
+        server.addr,
+        manager_server_name(),
+        &format!("renew\n{}END", key.csr_pem().unwrap()),
+    )
+    .await
+    .unwrap();
+    let cert = answer.strip_suffix("END").expect("a certificate");
+    let new = NodeCredentials::from_pem(old.ca().clone(), cert, &key.key_pem()).unwrap();
+    assert_eq!(new.identity(), old.identity());
+    assert_ne!(new.cert_der(), old.cert_der());
+    assert!(new.not_after() >= old.not_after());
+    // A peer without a certificate cannot renew anything.
+    let parsed: JoinToken = token(&server, JoinRole::Worker).parse().unwrap();
+    let (config, _) = pki::join::client_config(&parsed).unwrap();
+    let (answer, _) = request(
+        config,
+        server.addr,
+        manager_server_name(),
+        &format!("renew\n{}END", key.csr_pem().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        answer.starts_with("denied: the peer presented no certificate"),
+        "{answer}"
+    );
+}

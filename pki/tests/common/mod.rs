@@ -151,7 +151,7 @@ async fn serve(stream: tokio_rustls::server::TlsStream<TcpStream>, state: &Serve
     }
     let line = line.trim_end().to_string();
     let answer = match line.split_once(' ').unwrap_or((line.as_str(), "")) {
-        ("whoami", _) => match whoami {
+        ("whoami", _) => match &whoami {
             Ok(who) => format!("ok {} {}", who.id, who.role),
             Err(e) => format!("denied: {e}"),
         },
@@ -164,16 +164,24 @@ async fn serve(stream: tokio_rustls::server::TlsStream<TcpStream>, state: &Serve
             Err(e) => format!("denied: {e}"),
         },
         ("join", token) => {
-            let mut csr = String::new();
-            loop {
-                let mut l = String::new();
-                match stream.read_line(&mut l).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) if l.trim_end() == "END" => break,
-                    Ok(_) => csr.push_str(&l),
-                }
-            }
+            let csr = read_pem(&mut stream).await;
             join(state, token, &csr)
+        }
+        // A node renews its certificate: same identity as the verified peer's, new key.
+        ("renew", _) => {
+            let csr = read_pem(&mut stream).await;
+            match whoami {
+                Ok(peer) => {
+                    match state
+                        .ca
+                        .sign_csr(&csr, &CertRequest::new(peer), SystemTime::now())
+                    {
+                        Ok(pem) => format!("{pem}END"),
+                        Err(e) => format!("denied: {e}"),
+                    }
+                }
+                Err(e) => format!("denied: {e}"),
+            }
         }
         _ => format!("denied: unknown request {line:?}"),
     };
@@ -181,6 +189,20 @@ async fn serve(stream: tokio_rustls::server::TlsStream<TcpStream>, state: &Serve
     let _ = stream.get_mut().write_all(b"\n").await;
     let _ = stream.get_mut().shutdown().await;
     answer.lines().next().unwrap_or_default().to_string()
+}
+
+/// Lines up to `END`.
+async fn read_pem(stream: &mut BufReader<tokio_rustls::server::TlsStream<TcpStream>>) -> String {
+    let mut pem = String::new();
+    loop {
+        let mut l = String::new();
+        match stream.read_line(&mut l).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) if l.trim_end() == "END" => break,
+            Ok(_) => pem.push_str(&l),
+        }
+    }
+    pem
 }
 
 /// The manager's side of a join, as the daemon will do it.
