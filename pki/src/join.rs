@@ -10,14 +10,13 @@
 //! the verified CA certificate comes out of the handshake ([`PinnedCa::get`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-
-use std::time::SystemTime;
 
 use crate::ca::{Ca, CaCert, CaDigest, CaError, CertRequest};
 use crate::identity::{Identity, NodeId};
