@@ -128,9 +128,16 @@ pub fn network_script(r: &NetworkRules) -> String {
             "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname != \"{bridge}\" masquerade\n  }}\n"
         );
     }
+    // The bridge has `route_localnet` (so loopback clients reach published ports), which
+    // would also let a container address the host's loopback, and through a port
+    // published on 127.0.0.1 a container of another network: nothing for 127.0.0.0/8
+    // may come in from the bridge (as Docker 28's raw-table rule).
+    let raw = format!(
+        "  chain prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n    iifname \"{bridge}\" ip daddr 127.0.0.0/8 drop\n  }}\n"
+    );
     // Flush by delete-after-add so re-applying replaces the table in one transaction.
     format!(
-        "add table ip {bridge}\ndelete table ip {bridge}\ntable ip {bridge} {{\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{forward}  }}\n{post}}}\n"
+        "add table ip {bridge}\ndelete table ip {bridge}\ntable ip {bridge} {{\n{raw}  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{forward}  }}\n{post}}}\n"
     )
 }
 
@@ -155,19 +162,26 @@ pub struct PortRule {
 /// un-NATs bridged replies, as it is on some hosts and not on others).
 pub fn ports_script(table: &str, prefix: &str, rules: &[PortRule]) -> String {
     let mut dnat = String::new();
+    let mut output = String::new();
     let mut post = String::new();
     for r in rules {
         let dst = match r.host_ip {
             Some(ip) => format!("ip daddr {ip}"),
             None => "fib daddr type local".to_string(),
         };
-        dnat.push_str(&format!(
+        let line = format!(
             "    {dst} {proto} dport {hp} dnat to {cip}:{cp}\n",
             proto = r.proto,
             hp = r.host_port,
             cip = r.container_ip,
             cp = r.container_port
-        ));
+        );
+        // A port on a loopback address is for the host's own programs: it is DNAT'd
+        // in the output hook only, never for packets that arrive from a network.
+        if !r.host_ip.is_some_and(|ip| ip.is_loopback()) {
+            dnat.push_str(&line);
+        }
+        output.push_str(&line);
         post.push_str(&format!(
             "    ip saddr 127.0.0.0/8 ip daddr {cip} {proto} dport {cp} masquerade\n    iifname \"{prefix}*\" ip daddr {cip} {proto} dport {cp} ct status dnat masquerade\n",
             proto = r.proto,
@@ -176,7 +190,7 @@ pub fn ports_script(table: &str, prefix: &str, rules: &[PortRule]) -> String {
         ));
     }
     format!(
-        "add table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}  }}\n}}\n"
+        "add table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{output}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}  }}\n}}\n"
     )
 }
 
@@ -205,6 +219,11 @@ mod tests {
         );
         assert!(
             !s.contains("oifname \"berthb123456\" iifname != \"berthb123456\" drop"),
+            "{s}"
+        );
+        // Nothing for the host's loopback comes in from the bridge.
+        assert!(
+            s.contains("iifname \"berthb123456\" ip daddr 127.0.0.0/8 drop"),
             "{s}"
         );
         // Published ports cross networks; isolation still drops everything else.
@@ -252,12 +271,15 @@ mod tests {
             2,
             "{s}"
         );
+        // Loopback: from the host's own programs only (the output hook).
         assert_eq!(
             s.matches("ip daddr 127.0.0.1 udp dport 5353 dnat to 10.89.0.2:53")
                 .count(),
-            2,
+            1,
             "{s}"
         );
+        let output = &s[s.find("chain output").unwrap()..];
+        assert!(output.contains("ip daddr 127.0.0.1 udp dport 5353"), "{s}");
         assert!(
             s.contains("ip saddr 127.0.0.0/8 ip daddr 10.89.0.2 udp dport 53 masquerade"),
             "{s}"
