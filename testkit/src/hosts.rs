@@ -29,6 +29,10 @@
 //! [`Faults::nft_script`], tested without a kernel; the rest is a thin shell over `ip`,
 //! `nft` and `tc` (iproute2 and nftables packages) and `setns`.
 //!
+//! Hosts speak IPv4 only (IPv6 is off in their namespaces), so IPv4 rules cover all
+//! their traffic; ARP is never dropped (a partitioned host still resolves its peers'
+//! addresses, as on a real LAN whose switch works but whose hosts drop packets).
+//!
 //! The underlay bridge has no address of its own: hosts reach each other at layer 2
 //! only, never the root namespace, so a test's traffic stays between its own hosts.
 //! Note that with `br_netfilter` loaded and `bridge-nf-call-iptables = 1`, bridged
@@ -556,7 +560,11 @@ pub struct Cluster {
     made_links: Vec<String>,
     faults: Mutex<Faults>,
     slow: Mutex<BTreeSet<usize>>,
-    dir: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    /// Removes `dir` on drop, unless the test panicked (then its logs are kept).
+    tempdir: Option<tempfile::TempDir>,
+    /// Held (flock) while the cluster lives: see [`sweep_stale`].
+    _owner: File,
 }
 
 impl Cluster {
@@ -566,11 +574,18 @@ impl Cluster {
         if n == 0 || n > 250 {
             return Err(HostsError::BadSize { n });
         }
+        for swept in sweep_stale() {
+            eprintln!("testkit::hosts: removed {swept}");
+        }
         let prefix = crate::netns::short_prefix();
         let dir = tempfile::Builder::new()
-            .prefix(&format!("berth-{prefix}-"))
+            .prefix(&format!("{DIR_PREFIX}{prefix}-"))
             .tempdir()
             .map_err(io_err("making the cluster's temporary directory"))?;
+        let owner = hold_owner_lock(dir.path()).map_err(io_err(format!(
+            "locking {}",
+            dir.path().join(OWNER_LOCK).display()
+        )))?;
         let mut cluster = Cluster {
             bridge: format!("{prefix}br"),
             prefix,
@@ -579,7 +594,9 @@ impl Cluster {
             made_links: Vec::new(),
             faults: Mutex::new(Faults::default()),
             slow: Mutex::new(BTreeSet::new()),
-            dir: Some(dir),
+            dir: dir.path().to_path_buf(),
+            tempdir: Some(dir),
+            _owner: owner,
         };
         cluster.build(n)?;
         Ok(cluster)
@@ -605,6 +622,7 @@ impl Cluster {
             let what = format!("making host {i} ({netns})");
             self.made_netns.push(netns.clone());
             ip(&what, &["netns", "add", &netns])?;
+            disable_ipv6(&netns).map_err(io_err(format!("{what}: turning IPv6 off")))?;
             self.made_links.push(outer.clone());
             // The inner end is made directly in the namespace, already named eth0.
             ip(
@@ -646,10 +664,7 @@ impl Cluster {
 
     /// The cluster's temporary directory (each host has a subdirectory).
     pub fn dir(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .map(|d| d.path())
-            .unwrap_or(Path::new("/"))
+        &self.dir
     }
 
     /// All hosts, by index.
@@ -827,21 +842,47 @@ impl Cluster {
             .iter()
             .filter_map(|n| netns_inode(&Path::new(NETNS_DIR).join(n)))
             .collect();
-        if inodes.is_empty() {
+        kill_in_netns(&inodes);
+    }
+}
+
+/// SIGKILLs every process in these namespaces until none is left (at most a few
+/// seconds: a process in uninterruptible sleep may outlast it).
+fn kill_in_netns(inodes: &BTreeSet<u64>) {
+    if inodes.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = pids_in_netns(inodes);
+        if pids.is_empty() || Instant::now() > deadline {
             return;
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let pids = pids_in_netns(&inodes);
-            if pids.is_empty() || Instant::now() > deadline {
-                return;
-            }
-            for pid in pids {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Turns IPv6 off in a new namespace, before its interface exists: hosts speak IPv4
+/// only, so the IPv4 fault rules cover all their traffic, and no link-local chatter
+/// (duplicate address detection, router solicitations) crosses the underlay.
+fn disable_ipv6(netns: &str) -> io::Result<()> {
+    let file = File::open(Path::new(NETNS_DIR).join(netns))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // /proc/sys/net is the namespace of the thread that opens it.
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                for conf in ["all", "default"] {
+                    std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1")?;
+                }
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// The inode of a namespace file (its identity, as `/proc/<pid>/ns/net` shows it).
@@ -887,9 +928,11 @@ impl Drop for Cluster {
                 .stderr(Stdio::null())
                 .status();
         }
-        if let Some(dir) = self.dir.take() {
+        if let Some(dir) = self.tempdir.take() {
             if std::thread::panicking() {
                 // Keep the logs of a failed test: they are what explains the failure.
+                // Without the lock file, no sweep takes them for a crashed cluster's.
+                let _ = std::fs::remove_file(dir.path().join(OWNER_LOCK));
                 let path = dir.keep();
                 eprintln!(
                     "cluster {}: logs kept in {} (the test panicked)",
@@ -897,6 +940,117 @@ impl Drop for Cluster {
                     path.display()
                 );
             }
+        }
+    }
+}
+
+/// A cluster's directory is `<temp dir>/berth-<prefix>-<random>`.
+const DIR_PREFIX: &str = "berth-";
+
+/// The file in a cluster's directory that its owning process holds locked (flock)
+/// until the cluster is dropped. The kernel releases the lock when the process dies
+/// however it dies, so an unlocked one names a cluster whose owner was killed before
+/// its `Drop` could run (a test killed by a timeout, `kill -9`).
+const OWNER_LOCK: &str = "owner.lock";
+
+/// `flock(LOCK_EX | LOCK_NB)`: whether the lock was taken.
+fn try_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor this function borrows; no memory is involved.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        Ok(true)
+    } else {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// Makes `dir/owner.lock` already locked: locked under another name, then renamed,
+/// so no sweep can ever see it unlocked.
+fn hold_owner_lock(dir: &Path) -> io::Result<File> {
+    let fresh = dir.join(".owner.lock.new");
+    let file = File::create(&fresh)?;
+    if !try_lock(&file)? {
+        return Err(io::Error::other(
+            "a file just made is locked by someone else",
+        ));
+    }
+    std::fs::rename(&fresh, dir.join(OWNER_LOCK))?;
+    Ok(file)
+}
+
+/// The cluster prefix in a directory name `berth-tXXXXX-...`, if it is one.
+fn prefix_of_dir(name: &str) -> Option<&str> {
+    let prefix = name.strip_prefix(DIR_PREFIX)?.get(..6)?;
+    let is_prefix = prefix.starts_with('t')
+        && prefix[1..].bytes().all(|b| b.is_ascii_hexdigit())
+        && name.as_bytes().get(DIR_PREFIX.len() + 6) == Some(&b'-');
+    is_prefix.then_some(prefix)
+}
+
+/// Removes what clusters whose owning process died without dropping them left
+/// (processes, links, namespaces, their directory), and returns what it removed.
+/// [`Cluster::new`] calls it, so a test run killed half way is cleaned up by the next
+/// one. Clusters of live processes, and the kept logs of panicked tests, are left
+/// alone.
+pub fn sweep_stale() -> Vec<String> {
+    let mut swept = Vec::new();
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return swept;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(prefix) = prefix_of_dir(&name) else {
+            continue;
+        };
+        let Ok(lock) = File::open(entry.path().join(OWNER_LOCK)) else {
+            continue;
+        };
+        if !try_lock(&lock).unwrap_or(false) {
+            continue;
+        }
+        remove_by_prefix(prefix);
+        let _ = std::fs::remove_dir_all(entry.path());
+        swept.push(format!(
+            "the cluster {prefix} of a process that died ({})",
+            entry.path().display()
+        ));
+    }
+    swept
+}
+
+/// Kills the processes in, and deletes, every namespace and root-side link named
+/// with `prefix`.
+fn remove_by_prefix(prefix: &str) {
+    let netns: Vec<PathBuf> = std::fs::read_dir(NETNS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect();
+    let inodes: BTreeSet<u64> = netns.iter().filter_map(|p| netns_inode(p)).collect();
+    kill_in_netns(&inodes);
+    for left in crate::netns::leftovers(prefix) {
+        if let Some(link) = left.strip_prefix("link ") {
+            let _ = Command::new("ip")
+                .args(["link", "del", link])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    for path in netns {
+        if let Some(name) = path.file_name() {
+            let _ = Command::new("ip")
+                .arg("netns")
+                .arg("del")
+                .arg(name)
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -942,6 +1096,15 @@ mod tests {
 
     fn addrs() -> Vec<Ipv4Addr> {
         (1..=3).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect()
+    }
+
+    #[test]
+    fn cluster_directories_are_recognized_by_their_prefix() {
+        assert_eq!(prefix_of_dir("berth-t1a2b3-XyZ123"), Some("t1a2b3"));
+        assert_eq!(prefix_of_dir("berth-t1a2bz-XyZ123"), None);
+        assert_eq!(prefix_of_dir("berth-t1a2b3"), None);
+        assert_eq!(prefix_of_dir("berth-t1234-0-net"), None);
+        assert_eq!(prefix_of_dir("other"), None);
     }
 
     #[test]

@@ -136,6 +136,7 @@ fn three_hosts_reach_each_other_and_processes_run_inside_them() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("inet {}/24", addrs[2])), "{text}");
     assert!(text.contains("inet 127.0.0.1/8"), "{text}");
+    assert!(!text.contains("inet6"), "hosts speak IPv4 only: {text}");
     assert!(!text.contains(&addrs[0].to_string()), "{text}");
 
     // TCP across hosts, to a real server process.
@@ -396,4 +397,71 @@ fn dropping_a_cluster_removes_everything_even_when_the_test_panics() {
     // The logs of a failed test are kept, and say where.
     assert!(dir.is_dir());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Kills its child process when dropped, so a failing parent leaves no child.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const CHILD_ROLE: &str = "BERTH_HOSTS_TEST_CHILD";
+
+/// A test process killed with SIGKILL never runs `Drop`; the next cluster's sweep
+/// removes what it left. This test runs itself as a child process (selected by an
+/// environment variable) that makes a cluster with a fault and a process, prints the
+/// prefix, and waits to be killed.
+#[test]
+fn a_cluster_whose_test_was_killed_is_swept_by_the_next_one() {
+    if std::env::var_os(CHILD_ROLE).is_some() {
+        let cluster = Cluster::new(2).unwrap();
+        cluster.partition(0, 1).unwrap();
+        let mut cmd = Command::new(testkit::busybox().unwrap());
+        cmd.args(["sleep", "1000"]);
+        let _sleeper = cluster.host(1).spawn(cmd).unwrap();
+        println!("prefix {}", cluster.prefix());
+        std::thread::sleep(Duration::from_secs(120));
+        panic!("the parent test should have killed this child");
+    }
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_cluster_whose_test_was_killed_is_swept_by_the_next_one",
+                "--nocapture",
+            ])
+            .env(CHILD_ROLE, "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(child.0.stdout.take().unwrap()));
+    let prefix = lines
+        .find_map(|l| l.ok()?.strip_prefix("prefix ").map(str::to_string))
+        .expect("the child printed no prefix");
+    let before = leftovers(&prefix);
+    assert!(before.iter().any(|l| l.starts_with("netns")), "{before:?}");
+    assert!(
+        before.iter().any(|l| l.starts_with("process")),
+        "{before:?}"
+    );
+
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    // Nothing but a sweep cleans up after the child. Another test's `Cluster::new`
+    // may sweep it first (tests run in parallel), so whichever sweep ran, the result
+    // is what is checked.
+    testkit::hosts::sweep_stale();
+    assert_eq!(leftovers(&prefix), Vec::<String>::new());
+    let dirs: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(&prefix))
+        .collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
 }
