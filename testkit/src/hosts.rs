@@ -40,20 +40,29 @@
 //! drops forwarded traffic (dockerd sets the iptables FORWARD policy to DROP) breaks
 //! every cluster.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod cleanup;
+mod faults;
+mod process;
+
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+pub use cleanup::{leftovers, sweep_stale};
+pub use faults::Faults;
+pub use process::Process;
+
+use cleanup::{
+    hold_owner_lock, kill_in_netns, netns_inode, sweep_stale as sweep, DIR_PREFIX, OWNER_LOCK,
+};
 
 /// The nftables table (family `inet`) that holds a host's fault rules, inside its
 /// namespace.
@@ -101,94 +110,6 @@ pub enum HostsError {
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> HostsError {
     let what = what.into();
     move |source| HostsError::Io { what, source }
-}
-
-/// The faults in force between the hosts of a cluster: plain data, turned into each
-/// host's nftables script by [`Faults::nft_script`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Faults {
-    /// `(from, to)`: packets from host `from` to host `to` are dropped.
-    pub blocked: BTreeSet<(usize, usize)>,
-    /// Host index -> percent of packets lost on its link, in each direction.
-    pub loss: BTreeMap<usize, u8>,
-}
-
-impl Faults {
-    /// Drops traffic between `a` and `b` both ways.
-    pub fn partition(&mut self, a: usize, b: usize) {
-        self.partition_one_way(a, b);
-        self.partition_one_way(b, a);
-    }
-
-    /// Drops packets from `from` to `to`; `to` can still send to `from`.
-    pub fn partition_one_way(&mut self, from: usize, to: usize) {
-        if from != to {
-            self.blocked.insert((from, to));
-        }
-    }
-
-    /// Cuts host `i` off from the `n - 1` others, both ways.
-    pub fn isolate(&mut self, i: usize, n: usize) {
-        for j in 0..n {
-            self.partition(i, j);
-        }
-    }
-
-    /// Restores traffic between `a` and `b`, both ways.
-    pub fn heal_link(&mut self, a: usize, b: usize) {
-        self.blocked.remove(&(a, b));
-        self.blocked.remove(&(b, a));
-    }
-
-    /// The nftables script (for `nft -f -`) that makes host `host`'s fault table
-    /// match these faults, given every host's address: it creates the table, deletes
-    /// it and defines it again in one transaction, so rules never pile up and the
-    /// change is atomic. With no fault for this host, the table is just removed.
-    ///
-    /// All rules are in the receiver's input hook: a packet from `j` to `host` is
-    /// dropped if `(j, host)` is blocked, with `j`'s loss probability if `j` is lossy,
-    /// and with `host`'s own loss probability if it came over the underlay. Two lossy
-    /// ends compound, as two lossy links would.
-    pub fn nft_script(&self, host: usize, addrs: &[Ipv4Addr]) -> String {
-        let mut rules = Vec::new();
-        for (j, addr) in addrs.iter().enumerate() {
-            if self.blocked.contains(&(j, host)) {
-                rules.push(format!("ip saddr {addr} drop"));
-            }
-        }
-        for (&j, &percent) in &self.loss {
-            if j != host {
-                if let (Some(addr), Some(matcher)) = (addrs.get(j), loss_matcher(percent)) {
-                    rules.push(format!("ip saddr {addr} {matcher}drop"));
-                }
-            }
-        }
-        if let Some(matcher) = self.loss.get(&host).and_then(|&p| loss_matcher(p)) {
-            rules.push(format!("iifname \"{HOST_IF}\" {matcher}drop"));
-        }
-        let mut script =
-            format!("table inet {FAULT_TABLE} {{}}\ndelete table inet {FAULT_TABLE}\n");
-        if !rules.is_empty() {
-            script.push_str(&format!(
-                "table inet {FAULT_TABLE} {{\n  chain input {{\n    type filter hook input priority -100; policy accept;\n"
-            ));
-            for rule in rules {
-                script.push_str(&format!("    {rule}\n"));
-            }
-            script.push_str("  }\n}\n");
-        }
-        script
-    }
-}
-
-/// The nft match that selects `percent`% of packets at random, empty for 100% (every
-/// packet), `None` for 0% (no rule). nft refuses `< 100` after `mod 100`.
-fn loss_matcher(percent: u8) -> Option<String> {
-    match percent {
-        0 => None,
-        100.. => Some(String::new()),
-        p => Some(format!("numgen random mod 100 < {p} ")),
-    }
 }
 
 /// Runs a command to completion; a failure names what it was for, the command line and
@@ -322,15 +243,13 @@ impl Host {
             command: format!("{cmd:?}"),
             source,
         })?;
-        Ok(Process {
-            pid: child.id(),
+        Ok(Process::new(
             child,
-            host: self.index,
+            self.index,
             name,
             stdout_path,
             stderr_path,
-            status: None,
-        })
+        ))
     }
 
     /// Runs `cmd` inside this host to completion and returns its output; a non-zero
@@ -379,174 +298,6 @@ impl Host {
     }
 }
 
-/// A process started in a host. Dropping the handle kills it (SIGKILL) and reaps it.
-#[derive(Debug)]
-pub struct Process {
-    child: Child,
-    pid: u32,
-    host: usize,
-    name: String,
-    stdout_path: PathBuf,
-    stderr_path: PathBuf,
-    status: Option<ExitStatus>,
-}
-
-impl Process {
-    /// Its pid (in the machine's pid namespace).
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// The host it runs in.
-    pub fn host(&self) -> usize {
-        self.host
-    }
-
-    /// `<program>-<n>`, the stem of its log files.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn error(&self, what: impl Into<String>) -> HostsError {
-        HostsError::Process {
-            name: self.name.clone(),
-            pid: self.pid,
-            host: self.host,
-            what: what.into(),
-        }
-    }
-
-    /// Sends `signal`; an exited (reaped) process is an error, since the pid may
-    /// already be someone else's.
-    pub fn signal(&self, signal: Signal) -> Result<(), HostsError> {
-        if self.status.is_some() {
-            return Err(self.error(format!("cannot send {signal}: it has exited")));
-        }
-        // The pid cannot be reused before we reap it, so this reaches our process.
-        kill(Pid::from_raw(self.pid as i32), signal)
-            .map_err(|e| self.error(format!("sending {signal}: {e}")))
-    }
-
-    /// `kill -9`, then waits for it: the process is gone when this returns.
-    pub fn kill9(&mut self) -> Result<ExitStatus, HostsError> {
-        if let Some(status) = self.status {
-            return Ok(status);
-        }
-        self.signal(Signal::SIGKILL)?;
-        self.wait()
-    }
-
-    /// SIGSTOP, and waits until the kernel reports it stopped, so it answers nothing
-    /// from the moment this returns.
-    pub fn stop(&self) -> Result<(), HostsError> {
-        self.signal(Signal::SIGSTOP)?;
-        self.wait_state(true)
-    }
-
-    /// SIGCONT, and waits until it is no longer stopped.
-    pub fn cont(&self) -> Result<(), HostsError> {
-        self.signal(Signal::SIGCONT)?;
-        self.wait_state(false)
-    }
-
-    /// Whether the kernel reports it stopped (`T` in `/proc/<pid>/stat`).
-    pub fn is_stopped(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .ok()
-            .and_then(|stat| {
-                // "pid (comm) S ...": comm may hold spaces and parentheses.
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "T"))
-            })
-            .unwrap_or(false)
-    }
-
-    fn wait_state(&self, stopped: bool) -> Result<(), HostsError> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.is_stopped() != stopped {
-            if Instant::now() > deadline {
-                let want = if stopped { "stopped" } else { "running" };
-                return Err(self.error(format!("did not become {want} within 5 s")));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
-    }
-
-    /// Its exit status if it has exited (reaping it), `None` if it is still running.
-    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, HostsError> {
-        if self.status.is_none() {
-            self.status = self
-                .child
-                .try_wait()
-                .map_err(|e| self.error(format!("waiting: {e}")))?;
-        }
-        Ok(self.status)
-    }
-
-    /// Waits for it to exit.
-    pub fn wait(&mut self) -> Result<ExitStatus, HostsError> {
-        if let Some(status) = self.status {
-            return Ok(status);
-        }
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| self.error(format!("waiting: {e}")))?;
-        self.status = Some(status);
-        Ok(status)
-    }
-
-    /// Waits at most `timeout` for it to exit (polling every few milliseconds).
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, HostsError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(Some(status));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// What it wrote to stdout so far (lossy UTF-8; empty if the file is gone).
-    pub fn stdout(&self) -> String {
-        read_lossy(&self.stdout_path)
-    }
-
-    /// What it wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        read_lossy(&self.stderr_path)
-    }
-
-    /// The file its stdout goes to.
-    pub fn stdout_path(&self) -> &Path {
-        &self.stdout_path
-    }
-
-    /// The file its stderr goes to.
-    pub fn stderr_path(&self) -> &Path {
-        &self.stderr_path
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// N hosts on one underlay bridge, and the faults between them. Dropping it removes
 /// everything it made (see the module doc).
 #[derive(Debug)]
@@ -574,7 +325,7 @@ impl Cluster {
         if n == 0 || n > 250 {
             return Err(HostsError::BadSize { n });
         }
-        for swept in sweep_stale() {
+        for swept in sweep() {
             eprintln!("testkit::hosts: removed {swept}");
         }
         let prefix = crate::netns::short_prefix();
@@ -846,25 +597,6 @@ impl Cluster {
     }
 }
 
-/// SIGKILLs every process in these namespaces until none is left (at most a few
-/// seconds: a process in uninterruptible sleep may outlast it).
-fn kill_in_netns(inodes: &BTreeSet<u64>) {
-    if inodes.is_empty() {
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let pids = pids_in_netns(inodes);
-        if pids.is_empty() || Instant::now() > deadline {
-            return;
-        }
-        for pid in pids {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Turns IPv6 off in a new namespace, before its interface exists: hosts speak IPv4
 /// only, so the IPv4 fault rules cover all their traffic, and no link-local chatter
 /// (duplicate address detection, router solicitations) crosses the underlay.
@@ -883,32 +615,6 @@ fn disable_ipv6(netns: &str) -> io::Result<()> {
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
-}
-
-/// The inode of a namespace file (its identity, as `/proc/<pid>/ns/net` shows it).
-fn netns_inode(path: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| m.ino())
-}
-
-/// Live processes (zombies have left their namespaces) in any of these namespaces.
-fn pids_in_netns(inodes: &BTreeSet<u64>) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/ns/net"))
-                .ok()
-                .and_then(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    l.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
-                })
-                .is_some_and(|ino: u64| inodes.contains(&ino))
-        })
-        .collect()
 }
 
 impl Drop for Cluster {
@@ -944,137 +650,6 @@ impl Drop for Cluster {
     }
 }
 
-/// A cluster's directory is `<temp dir>/berth-<prefix>-<random>`.
-const DIR_PREFIX: &str = "berth-";
-
-/// The file in a cluster's directory that its owning process holds locked (flock)
-/// until the cluster is dropped. The kernel releases the lock when the process dies
-/// however it dies, so an unlocked one names a cluster whose owner was killed before
-/// its `Drop` could run (a test killed by a timeout, `kill -9`).
-const OWNER_LOCK: &str = "owner.lock";
-
-/// `flock(LOCK_EX | LOCK_NB)`: whether the lock was taken.
-fn try_lock(file: &File) -> io::Result<bool> {
-    // SAFETY: flock on a descriptor this function borrows; no memory is involved.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        Ok(true)
-    } else {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(false)
-        } else {
-            Err(e)
-        }
-    }
-}
-
-/// Makes `dir/owner.lock` already locked: locked under another name, then renamed,
-/// so no sweep can ever see it unlocked.
-fn hold_owner_lock(dir: &Path) -> io::Result<File> {
-    let fresh = dir.join(".owner.lock.new");
-    let file = File::create(&fresh)?;
-    if !try_lock(&file)? {
-        return Err(io::Error::other(
-            "a file just made is locked by someone else",
-        ));
-    }
-    std::fs::rename(&fresh, dir.join(OWNER_LOCK))?;
-    Ok(file)
-}
-
-/// The cluster prefix in a directory name `berth-tXXXXX-...`, if it is one.
-fn prefix_of_dir(name: &str) -> Option<&str> {
-    let prefix = name.strip_prefix(DIR_PREFIX)?.get(..6)?;
-    let is_prefix = prefix.starts_with('t')
-        && prefix[1..].bytes().all(|b| b.is_ascii_hexdigit())
-        && name.as_bytes().get(DIR_PREFIX.len() + 6) == Some(&b'-');
-    is_prefix.then_some(prefix)
-}
-
-/// Removes what clusters whose owning process died without dropping them left
-/// (processes, links, namespaces, their directory), and returns what it removed.
-/// [`Cluster::new`] calls it, so a test run killed half way is cleaned up by the next
-/// one. Clusters of live processes, and the kept logs of panicked tests, are left
-/// alone.
-pub fn sweep_stale() -> Vec<String> {
-    let mut swept = Vec::new();
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return swept;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(prefix) = prefix_of_dir(&name) else {
-            continue;
-        };
-        let Ok(lock) = File::open(entry.path().join(OWNER_LOCK)) else {
-            continue;
-        };
-        if !try_lock(&lock).unwrap_or(false) {
-            continue;
-        }
-        remove_by_prefix(prefix);
-        let _ = std::fs::remove_dir_all(entry.path());
-        swept.push(format!(
-            "the cluster {prefix} of a process that died ({})",
-            entry.path().display()
-        ));
-    }
-    swept
-}
-
-/// Kills the processes in, and deletes, every namespace and root-side link named
-/// with `prefix`.
-fn remove_by_prefix(prefix: &str) {
-    let netns: Vec<PathBuf> = std::fs::read_dir(NETNS_DIR)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .map(|e| e.path())
-        .collect();
-    let inodes: BTreeSet<u64> = netns.iter().filter_map(|p| netns_inode(p)).collect();
-    kill_in_netns(&inodes);
-    for left in crate::netns::leftovers(prefix) {
-        if let Some(link) = left.strip_prefix("link ") {
-            let _ = Command::new("ip")
-                .args(["link", "del", link])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-    for path in netns {
-        if let Some(name) = path.file_name() {
-            let _ = Command::new("ip")
-                .arg("netns")
-                .arg("del")
-                .arg(name)
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// What is left on the machine under `prefix`: links and root nftables tables
-/// ([`crate::netns::leftovers`]), network namespaces, and processes inside them.
-pub fn leftovers(prefix: &str) -> Vec<String> {
-    let mut out = crate::netns::leftovers(prefix);
-    let mut inodes = BTreeSet::new();
-    if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(prefix) {
-                inodes.extend(netns_inode(&entry.path()));
-                out.push(format!("netns {name}"));
-            }
-        }
-    }
-    for pid in pids_in_netns(&inodes) {
-        out.push(format!("process {pid}"));
-    }
-    out
-}
-
 /// Polls `cond` every few milliseconds until it holds or `timeout` passes; returns
 /// whether it held. For waiting on a cluster to converge without fixed sleeps.
 pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -1087,72 +662,5 @@ pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addrs() -> Vec<Ipv4Addr> {
-        (1..=3).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect()
-    }
-
-    #[test]
-    fn cluster_directories_are_recognized_by_their_prefix() {
-        assert_eq!(prefix_of_dir("berth-t1a2b3-XyZ123"), Some("t1a2b3"));
-        assert_eq!(prefix_of_dir("berth-t1a2bz-XyZ123"), None);
-        assert_eq!(prefix_of_dir("berth-t1a2b3"), None);
-        assert_eq!(prefix_of_dir("berth-t1234-0-net"), None);
-        assert_eq!(prefix_of_dir("other"), None);
-    }
-
-    #[test]
-    fn no_fault_removes_the_table() {
-        let script = Faults::default().nft_script(0, &addrs());
-        assert_eq!(
-            script,
-            "table inet berth_faults {}\ndelete table inet berth_faults\n"
-        );
-    }
-
-    #[test]
-    fn a_partition_drops_at_both_receivers_and_nowhere_else() {
-        let mut f = Faults::default();
-        f.partition(0, 1);
-        assert!(f.nft_script(0, &addrs()).contains("ip saddr 10.1.0.2 drop"));
-        assert!(f.nft_script(1, &addrs()).contains("ip saddr 10.1.0.1 drop"));
-        assert!(!f.nft_script(2, &addrs()).contains("drop"));
-        f.heal_link(1, 0);
-        assert_eq!(f, Faults::default());
-    }
-
-    #[test]
-    fn a_one_way_partition_drops_only_at_the_receiver() {
-        let mut f = Faults::default();
-        f.partition_one_way(0, 2);
-        assert!(!f.nft_script(0, &addrs()).contains("drop"));
-        assert!(f.nft_script(2, &addrs()).contains("ip saddr 10.1.0.1 drop"));
-    }
-
-    #[test]
-    fn isolate_blocks_every_pair_with_the_host_but_not_itself() {
-        let mut f = Faults::default();
-        f.isolate(1, 3);
-        let expected: BTreeSet<_> = [(0, 1), (1, 0), (1, 2), (2, 1)].into();
-        assert_eq!(f.blocked, expected);
-    }
-
-    #[test]
-    fn loss_rules_are_on_the_lossy_host_and_on_its_peers() {
-        let mut f = Faults::default();
-        f.loss.insert(1, 30);
-        let own = f.nft_script(1, &addrs());
-        assert!(own.contains("iifname \"eth0\" numgen random mod 100 < 30 drop"));
-        let peer = f.nft_script(0, &addrs());
-        assert!(peer.contains("ip saddr 10.1.0.2 numgen random mod 100 < 30 drop"));
-        // 100% is a plain drop (nft refuses `< 100` after `mod 100`).
-        f.loss.insert(1, 100);
-        assert!(f.nft_script(1, &addrs()).contains("iifname \"eth0\" drop"));
     }
 }
