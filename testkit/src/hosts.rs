@@ -214,9 +214,11 @@ impl Host {
     }
 
     /// Starts `cmd` inside this host's network namespace (the mount namespace and
-    /// everything else stay the host machine's). Unless the caller set them, stdin is
-    /// null and stdout/stderr go to `<dir>/<program>-<n>.stdout` and `.stderr`
-    /// ([`Process::stdout`]). The returned handle kills the process when dropped.
+    /// everything else stay the host machine's). Its stdin is null and its
+    /// stdout/stderr go to `<dir>/<program>-<n>.stdout` and `.stderr`
+    /// ([`Process::stdout`]), replacing whatever `cmd` had: logs are always on disk,
+    /// so they survive the process and explain a failed test. The returned handle
+    /// kills the process when dropped.
     pub fn spawn(&self, mut cmd: Command) -> Result<Process, HostsError> {
         let program = Path::new(cmd.get_program())
             .file_name()

@@ -32,6 +32,26 @@ fn udp_in(cluster: &Cluster, i: usize) -> UdpSocket {
         .expect("binding a UDP socket in the host")
 }
 
+/// Gives a socket a 4 MiB receive buffer (`SO_RCVBUFFORCE`: root may exceed
+/// `rmem_max`), so a burst of datagrams is never dropped because the receiving thread
+/// was not scheduled in time: only the faults under test may lose them.
+fn big_receive_buffer(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    // SAFETY: setsockopt reads one c_int from `size`, which lives across the call, on
+    // a descriptor borrowed from a live socket.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
 /// How many of `count` datagrams sent from host `from` to host `to` arrive; waits
 /// until 300 ms pass without one arriving.
 fn datagrams(cluster: &Cluster, from: usize, to: usize, count: usize) -> usize {
@@ -40,6 +60,7 @@ fn datagrams(cluster: &Cluster, from: usize, to: usize, count: usize) -> usize {
     let dest = rx.local_addr().expect("local address");
     rx.set_read_timeout(Some(Duration::from_millis(300)))
         .expect("read timeout");
+    big_receive_buffer(&rx);
     let receiver = std::thread::spawn(move || {
         let mut seen = std::collections::BTreeSet::new();
         let mut buf = [0u8; 64];
@@ -143,7 +164,7 @@ fn three_hosts_reach_each_other_and_processes_run_inside_them() {
     let server = cluster.host(1).spawn(echo_server(7000)).unwrap();
     let addr = SocketAddr::from((addrs[1], 7000));
     assert!(
-        poll_until(Duration::from_secs(5), || echo(
+        poll_until(Duration::from_secs(10), || echo(
             &cluster,
             0,
             addr,
@@ -195,7 +216,7 @@ fn a_partition_also_stalls_connections_open_before_it() {
     let server = cluster.host(1).spawn(echo_server(7001)).unwrap();
     let addr = SocketAddr::from((cluster.addr(1), 7001));
     let timeout = Duration::from_millis(500);
-    assert!(poll_until(Duration::from_secs(5), || echo(
+    assert!(poll_until(Duration::from_secs(10), || echo(
         &cluster, 0, addr, timeout
     )
     .is_some()));
@@ -246,7 +267,7 @@ fn kill9_stop_and_cont_do_what_they_say() {
     let mut server = cluster.host(1).spawn(echo_server(7002)).unwrap();
     let addr = SocketAddr::from((cluster.addr(1), 7002));
     let quick = Duration::from_millis(300);
-    assert!(poll_until(Duration::from_secs(5), || {
+    assert!(poll_until(Duration::from_secs(10), || {
         echo(&cluster, 0, addr, quick).is_some()
     }));
 
@@ -263,7 +284,7 @@ fn kill9_stop_and_cont_do_what_they_say() {
 
     server.cont().unwrap();
     assert!(!server.is_stopped());
-    assert!(poll_until(Duration::from_secs(5), || {
+    assert!(poll_until(Duration::from_secs(10), || {
         echo(&cluster, 0, addr, quick).as_deref() == Some("hello\n")
     }));
 
@@ -371,7 +392,7 @@ fn dropping_a_cluster_removes_everything_even_when_the_test_panics() {
         let mut cmd = Command::new(testkit::busybox().unwrap());
         cmd.args(["sh", "-c", "busybox sleep 1000 & echo $!; wait"]);
         let shell = cluster.host(1).spawn(cmd).unwrap();
-        assert!(poll_until(Duration::from_secs(5), || shell
+        assert!(poll_until(Duration::from_secs(10), || shell
             .stdout()
             .ends_with('\n')));
         let orphan: u32 = shell.stdout().trim().parse().unwrap();
@@ -389,7 +410,7 @@ fn dropping_a_cluster_removes_everything_even_when_the_test_panics() {
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
     // Unwinding dropped the shell's handle first, which killed the shell only; the
     // cluster killed its orphan, which init then reaps (a zombie meanwhile).
-    assert!(poll_until(Duration::from_secs(5), || {
+    assert!(poll_until(Duration::from_secs(10), || {
         std::fs::read_to_string(format!("/proc/{orphan}/stat"))
             .map(|s| s.contains(") Z "))
             .unwrap_or(true)
