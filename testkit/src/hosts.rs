@@ -3,7 +3,7 @@
 //! its own directory for logs and state. Processes run inside a host
 //! ([`Host::spawn`]), and faults are injected between hosts ([`Cluster::partition`],
 //! [`Cluster::partition_one_way`], [`Cluster::isolate`], [`Cluster::loss`],
-//! [`Cluster::slow_link`]), then healed.
+//! [`Cluster::slow_link`], [`Cluster::freeze`]), then healed.
 //!
 //! Everything the cluster makes is named with one short prefix
 //! ([`crate::netns::short_prefix`]) and removed when the [`Cluster`] is dropped, also
@@ -61,8 +61,11 @@ pub use faults::Faults;
 pub use process::Process;
 
 use cleanup::{
-    hold_owner_lock, kill_in_netns, netns_inode, sweep_stale as sweep, DIR_PREFIX, OWNER_LOCK,
+    hold_owner_lock, kill_in_netns, netns_inode, pids_in_netns, sweep_stale as sweep, DIR_PREFIX,
+    OWNER_LOCK,
 };
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 /// The nftables table (family `inet`) that holds a host's fault rules, inside its
 /// namespace.
@@ -584,6 +587,38 @@ impl Cluster {
             None,
         )
         .map(drop)
+    }
+
+    /// The pids of the live processes in host `i` (those tests started and whatever
+    /// those started).
+    pub fn pids(&self, i: usize) -> Result<Vec<i32>, HostsError> {
+        let host = self.get(i)?;
+        let inode = netns_inode(&host.netns_path()).ok_or_else(|| HostsError::Io {
+            what: format!("host {i}: reading its namespace file"),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })?;
+        Ok(pids_in_netns(&BTreeSet::from([inode])))
+    }
+
+    /// Freezes host `i` as a paused VM would be: SIGSTOP to every process in it. Its
+    /// network stack still answers ARP and completes TCP handshakes, but nothing it
+    /// runs does anything until [`Cluster::thaw`]. Processes started later are not
+    /// frozen.
+    pub fn freeze(&self, i: usize) -> Result<(), HostsError> {
+        self.signal_host(i, Signal::SIGSTOP)
+    }
+
+    /// Resumes every process of host `i` (SIGCONT).
+    pub fn thaw(&self, i: usize) -> Result<(), HostsError> {
+        self.signal_host(i, Signal::SIGCONT)
+    }
+
+    fn signal_host(&self, i: usize, signal: Signal) -> Result<(), HostsError> {
+        for pid in self.pids(i)? {
+            // A process that exited meanwhile is no error.
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+        Ok(())
     }
 
     /// Kills every process whose network namespace is one of this cluster's (the

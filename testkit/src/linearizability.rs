@@ -221,6 +221,17 @@ impl History {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The history as text, one operation a line in call order, numbered as in
+    /// [`History::entries`] (and so as a [`Counterexample`] of it numbers them): for
+    /// writing next to a failed test's logs.
+    pub fn dump(&self) -> String {
+        let mut text = String::new();
+        for (i, entry) in self.entries().iter().enumerate() {
+            let _ = writeln!(text, "#{i} {entry}");
+        }
+        text
+    }
 }
 
 /// One client of a [`History`]: records its calls.

@@ -301,6 +301,33 @@ fn kill9_stop_and_cont_do_what_they_say() {
 }
 
 #[test]
+fn a_frozen_host_answers_nothing_until_thawed() {
+    let cluster = Cluster::new(2).unwrap();
+    // The echo server and the cat it forks per connection are all the host's.
+    let mut server = cluster.host(1).spawn(echo_server(7003)).unwrap();
+    let addr = SocketAddr::from((cluster.addr(1), 7003));
+    let quick = Duration::from_millis(300);
+    assert!(poll_until(Duration::from_secs(10), || {
+        echo(&cluster, 0, addr, quick).is_some()
+    }));
+    // The server, and maybe the `cat` of the probe's connection, not yet gone.
+    assert!(cluster.pids(1).unwrap().contains(&(server.pid() as i32)));
+    assert!(cluster.pids(0).unwrap().is_empty());
+
+    cluster.freeze(1).unwrap();
+    assert!(poll_until(Duration::from_secs(10), || server.is_stopped()));
+    assert_eq!(echo(&cluster, 0, addr, quick), None);
+    cluster.thaw(1).unwrap();
+    assert!(poll_until(Duration::from_secs(10), || {
+        echo(&cluster, 0, addr, quick).as_deref() == Some("hello\n")
+    }));
+    assert!(!server.is_stopped());
+    server.kill9().unwrap();
+    drop(server);
+    drop_and_check(cluster);
+}
+
+#[test]
 fn loss_drops_the_share_it_says() {
     let cluster = Cluster::new(2).unwrap();
     cluster.loss(1, 100).unwrap();

@@ -279,6 +279,10 @@ fn the_recorder_works_across_threads() {
     });
     let entries = history.entries();
     assert_eq!(entries.len(), 4 * 51);
+    let dump = history.dump();
+    assert_eq!(dump.lines().count(), entries.len());
+    assert!(dump.contains("put(\"k\", \"lost\") -> unknown"), "{dump}");
+    assert!(dump.starts_with("#0 client "), "{dump}");
     assert_eq!(entries.iter().filter(|e| e.ret.is_none()).count(), 4);
     assert!(entries.iter().all(|e| e.op != Op::put("k", "refused")));
     check(&history).unwrap();
