@@ -80,11 +80,13 @@ const NETNS_DIR: &str = "/run/netns";
 /// What went wrong making, driving or faulting a cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum HostsError {
-    #[error("{what}: running `{command}` failed: {source} (is iproute2/nftables installed? `apt-get install -y iproute2 nftables`)")]
+    #[error("{what}: running `{command}` failed: {source}{hint}")]
     Spawn {
         what: String,
         command: String,
         source: io::Error,
+        /// What to do about it, when known (a missing tool: which package has it).
+        hint: String,
     },
     #[error("{what}: `{command}` exited with {status}: {stderr}")]
     Command {
@@ -115,10 +117,33 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> HostsError {
     move |source| HostsError::Io { what, source }
 }
 
+fn cmd_program(cmd: &Command) -> String {
+    cmd.get_program().to_string_lossy().into_owned()
+}
+
+/// A failure to start `program`, with the package to install when it is one of the
+/// tools the harness itself runs.
+fn spawn_error(what: String, program: String, command: String, source: io::Error) -> HostsError {
+    let hint = match (source.kind(), program.as_str()) {
+        (io::ErrorKind::NotFound, "ip" | "tc") => {
+            " (install iproute2: apt-get install -y iproute2)"
+        }
+        (io::ErrorKind::NotFound, "nft") => " (install nftables: apt-get install -y nftables)",
+        _ => "",
+    };
+    HostsError::Spawn {
+        what,
+        command,
+        source,
+        hint: hint.to_string(),
+    }
+}
+
 /// Runs a command to completion; a failure names what it was for, the command line and
 /// its stderr.
 fn run(what: &str, cmd: &mut Command, stdin: Option<&str>) -> Result<Output, HostsError> {
     let command = format!("{cmd:?}");
+    let program = cmd_program(cmd);
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -126,11 +151,8 @@ fn run(what: &str, cmd: &mut Command, stdin: Option<&str>) -> Result<Output, Hos
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let spawn_err = |source| HostsError::Spawn {
-        what: what.to_string(),
-        command: command.clone(),
-        source,
-    };
+    let spawn_err =
+        |source| spawn_error(what.to_string(), program.clone(), command.clone(), source);
     let mut child = cmd.spawn().map_err(spawn_err)?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes()).map_err(spawn_err)?;
@@ -243,10 +265,13 @@ impl Host {
             .stderr(create(&stderr_path)?);
         let netns = self.open_netns()?;
         enter_netns(&mut cmd, &netns);
-        let child = cmd.spawn().map_err(|source| HostsError::Spawn {
-            what: format!("host {}: starting {name}", self.index),
-            command: format!("{cmd:?}"),
-            source,
+        let child = cmd.spawn().map_err(|source| {
+            spawn_error(
+                format!("host {}: starting {name}", self.index),
+                cmd_program(&cmd),
+                format!("{cmd:?}"),
+                source,
+            )
         })?;
         Ok(Process::new(
             child,
