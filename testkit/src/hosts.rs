@@ -5,6 +5,32 @@
 //! [`Cluster::partition_one_way`], [`Cluster::isolate`], [`Cluster::loss`],
 //! [`Cluster::slow_link`], [`Cluster::freeze`]), then healed.
 //!
+//! ```
+//! # fn main() -> Result<(), testkit::hosts::HostsError> {
+//! use std::net::TcpStream;
+//! use std::process::Command;
+//! use std::time::Duration;
+//! use testkit::hosts::{poll_until, Cluster};
+//!
+//! let cluster = Cluster::new(3)?;
+//! let mut servers = Vec::new();
+//! for host in cluster.hosts() {
+//!     // In cluster tests, a `berth` manager with its state in `host.dir()`.
+//!     let mut cmd = Command::new("/bin/busybox");
+//!     cmd.args(["httpd", "-f", "-p", "8080", "-h"]).arg(host.dir());
+//!     servers.push(host.spawn(cmd)?);
+//! }
+//! let addr0 = (cluster.addr(0), 8080);
+//! let reachable = || cluster.host(1).run_in(|| TcpStream::connect(addr0).is_ok());
+//! assert!(poll_until(Duration::from_secs(10), || reachable().unwrap_or(false)));
+//! cluster.isolate(0)?; // host 0 is cut off from 1 and 2
+//! servers[2].kill9()?; // and host 2's server crashes
+//! cluster.heal_all()?;
+//! // Dropping `servers` and `cluster` kills and removes everything.
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Everything the cluster makes is named with one short prefix
 //! ([`crate::netns::short_prefix`]) and removed when the [`Cluster`] is dropped, also
 //! when the test panics: every process still inside a host namespace is killed, then

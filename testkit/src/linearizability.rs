@@ -5,6 +5,19 @@
 //! and its return, explains every result, or returns a [`Counterexample`] that says
 //! which operation could not be explained and why.
 //!
+//! ```
+//! use testkit::linearizability::{check, History, Op, Output};
+//!
+//! let history = History::new();
+//! let (alice, bob) = (history.client(), history.client());
+//! let call = alice.invoke(Op::put("x", "1")); // just before sending the request
+//! call.ok(Output::Put); // just after the reply
+//! bob.invoke(Op::get("x")).ok(Output::value(None)); // a stale read: "1" was acknowledged
+//! let counterexample = check(&history).unwrap_err();
+//! assert_eq!(counterexample.key, "x");
+//! println!("{counterexample}"); // which order was tried, and why the read fits nowhere
+//! ```
+//!
 //! The algorithm is Wing & Gong's search as Porcupine (Athalye) and Lowe implement it:
 //! the calls and returns form a doubly linked list in time order; the search takes
 //! any call that comes before the first remaining return, applies it to the model if
