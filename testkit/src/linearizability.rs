@@ -334,27 +334,74 @@ impl fmt::Display for Counterexample {
 
 impl std::error::Error for Counterexample {}
 
-/// Checks a recorded history (see the module doc).
+/// Why a bounded check ([`check_bounded`]) did not say yes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    #[error("{0}")]
+    NotLinearizable(Counterexample),
+    #[error(
+        "the linearizability search on key {key:?} gave up after {steps} steps without \
+         deciding: too many operations of unknown outcome overlap; record fewer (shorter \
+         client timeouts, fewer crashes per run) or allow more steps"
+    )]
+    GaveUp { key: String, steps: u64 },
+}
+
+/// Checks a recorded history (see the module doc). The search always finishes, but a
+/// history with many overlapping operations of unknown outcome that is *not*
+/// linearizable can take exponential time to refute; tests that crash clients a lot
+/// should use [`check_bounded`].
 pub fn check(history: &History) -> Result<(), Counterexample> {
     check_entries(&history.entries())
 }
 
+/// [`check`] that gives up after `max_steps` steps of the search (one step places or
+/// takes back one operation, or moves to the next candidate; a 1,000-operation history
+/// takes a few thousand), so a test fails with a message instead of hanging.
+pub fn check_bounded(history: &History, max_steps: u64) -> Result<(), CheckError> {
+    check_entries_bounded(&history.entries(), max_steps)
+}
+
 /// Checks a list of entries; indices in a [`Counterexample`] refer to this list.
 pub fn check_entries(entries: &[Entry]) -> Result<(), Counterexample> {
+    match check_entries_bounded(entries, u64::MAX) {
+        Ok(()) => Ok(()),
+        Err(CheckError::NotLinearizable(c)) => Err(c),
+        // Not reachable with an unbounded budget, but an answer all the same.
+        Err(e @ CheckError::GaveUp { .. }) => Err(Counterexample {
+            key: String::new(),
+            longest: Vec::new(),
+            stuck: Vec::new(),
+            explanation: e.to_string(),
+        }),
+    }
+}
+
+/// [`check_entries`] with a budget of steps, as [`check_bounded`].
+pub fn check_entries_bounded(entries: &[Entry], max_steps: u64) -> Result<(), CheckError> {
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, entry) in entries.iter().enumerate() {
         if let Some(problem) = malformed(entry) {
-            return Err(Counterexample {
+            return Err(CheckError::NotLinearizable(Counterexample {
                 key: entry.op.key().to_string(),
                 longest: Vec::new(),
                 stuck: vec![i],
                 explanation: format!("operation #{i} ({entry}) is malformed: {problem}"),
-            });
+            }));
         }
         by_key.entry(entry.op.key()).or_default().push(i);
     }
+    let mut budget = max_steps;
     for (key, indices) in by_key {
-        Partition::new(entries, &indices).check(key)?;
+        Partition::new(entries, &indices)
+            .check(key, &mut budget)
+            .map_err(|e| match e {
+                None => CheckError::GaveUp {
+                    key: key.to_string(),
+                    steps: max_steps,
+                },
+                Some(c) => CheckError::NotLinearizable(c),
+            })?;
     }
     Ok(())
 }
@@ -528,7 +575,8 @@ impl<'a> Partition<'a> {
         self.relink(self.call_node[op]);
     }
 
-    fn check(mut self, key: &str) -> Result<(), Counterexample> {
+    /// `Err(None)`: the budget ran out first.
+    fn check(mut self, key: &str, budget: &mut u64) -> Result<(), Option<Counterexample>> {
         let ops = self.kind.len();
         let tail = self.next.len() - 1;
         let required = self.required.iter().filter(|&&r| r).count();
@@ -545,6 +593,10 @@ impl<'a> Partition<'a> {
             if placed_required == required {
                 return Ok(());
             }
+            if *budget == 0 {
+                return Err(None);
+            }
+            *budget -= 1;
             let (op, is_ret) = if cursor == tail {
                 (usize::MAX, true)
             } else {
@@ -573,7 +625,7 @@ impl<'a> Partition<'a> {
                 // A return of an op not placed: everything after it must come later,
                 // so undo the last choice and try the next candidate.
                 let Some((op, before)) = stack.pop() else {
-                    return Err(self.counterexample(key, &longest));
+                    return Err(Some(self.counterexample(key, &longest)));
                 };
                 placed[op / 64] &= !(1 << (op % 64));
                 state = before;

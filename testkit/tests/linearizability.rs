@@ -7,7 +7,10 @@
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use testkit::linearizability::{check, check_entries, Entry, History, Op, Output};
+use testkit::linearizability::{
+    check, check_bounded, check_entries, check_entries_bounded, CheckError, Entry, History, Op,
+    Output,
+};
 
 fn us(t: u64) -> Duration {
     Duration::from_micros(t)
@@ -220,6 +223,33 @@ fn a_write_of_unknown_outcome_may_or_may_not_have_happened() {
     // A read that never returned constrains nothing.
     let h = [put(0, 0, 10, "x", "1"), pending(1, 20, Op::get("x"))];
     assert!(linearizable(&h));
+}
+
+#[test]
+fn a_bounded_check_gives_up_on_a_pathological_history_instead_of_hanging() {
+    // Twelve overlapping writes of unknown outcome, then a read nobody explains: the
+    // search must try every subset of the writes (4,096) before it can say no.
+    let mut h: Vec<Entry> = (0..12)
+        .map(|n| pending(n, 0, Op::put("x", &format!("v{n}"))))
+        .collect();
+    h.push(get(12, 100, 110, "x", Some("never written")));
+    match check_entries_bounded(&h, 1_000) {
+        Err(CheckError::GaveUp { key, steps }) => {
+            assert_eq!((key.as_str(), steps), ("x", 1_000));
+        }
+        other => panic!("expected the search to give up, got {other:?}"),
+    }
+    let err = check_entries_bounded(&h, 1_000).unwrap_err().to_string();
+    assert!(err.contains("gave up after 1000 steps"), "{err}");
+    // Unbounded, it decides.
+    assert!(check_entries(&h).is_err());
+    assert!(matches!(
+        check_entries_bounded(&h, u64::MAX),
+        Err(CheckError::NotLinearizable(_))
+    ));
+    // A linearizable history of 1,000 operations fits a modest budget.
+    let history = History::from_entries(execution(3, 1000, 5, 3, 50));
+    check_bounded(&history, 100_000).unwrap();
 }
 
 #[test]
@@ -437,8 +467,14 @@ fn timing_of_a_thousand_operation_history() {
     let start = Instant::now();
     check_entries(&one_key).unwrap();
     let single = start.elapsed();
+    // How many search steps it needs, to the nearest power of two.
+    let steps = (0..40)
+        .map(|p| 1u64 << p)
+        .find(|&budget| check_entries_bounded(&entries, budget).is_ok())
+        .unwrap();
     eprintln!(
-        "linearizability: 1000 ops, 5 clients, 3 keys: linearizable checked in {ok:?}, \
-         with a corrupted read refuted in {failing:?}; all on 1 key: {single:?}"
+        "linearizability: 1000 ops, 5 clients, 3 keys: linearizable checked in {ok:?} \
+         (at most {steps} steps), with a corrupted read refuted in {failing:?}; \
+         all on 1 key: {single:?}"
     );
 }
