@@ -26,7 +26,13 @@ pub(super) fn kill_in_netns(inodes: &BTreeSet<u64>) {
         if pids.is_empty() || Instant::now() > deadline {
             return;
         }
-        for pid in pids {
+        // Never ourselves: a test process whose main thread joined a host (run_in
+        // uses a thread of its own, so this is only a guard) would kill the test run.
+        let me = std::process::id() as i32;
+        if pids == [me] {
+            return;
+        }
+        for pid in pids.into_iter().filter(|&pid| pid != me) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(5));
