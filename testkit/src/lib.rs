@@ -4,6 +4,8 @@
 //! `.ci/run` installs busybox-static; on a machine without it, the helpers fail with a
 //! message that says so rather than skipping the test.
 
+pub mod hosts;
+pub mod linearizability;
 pub mod netns;
 pub mod oci;
 pub mod registry;
