@@ -37,6 +37,19 @@ pub fn log_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Runs the daemon in the foreground until SIGINT or SIGTERM (containers keep running).
+/// Raises this process's soft limit on open files to its hard limit, as dockerd and
+/// containerd do: the daemon holds sockets for every published port, DNS client and
+/// relayed IPv6 connection, and 1024 (the usual soft limit) runs out under load long
+/// before the machine does. Containers get their own limits from the spec, not this.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create the state directory {}", state_dir.display()))?;
@@ -45,6 +58,7 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
     let shared = std::env::var("BERTH_SOCKET_GROUP").is_ok_and(|g| !g.is_empty());
     set_mode(state_dir, if shared { 0o711 } else { 0o700 })?;
     let _lock = lock_daemon(state_dir)?;
+    raise_open_files_limit();
     let store = Arc::new(
         Store::open(Box::new(FileBackend::new(
             state_dir.join("manager/state.json"),

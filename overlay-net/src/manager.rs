@@ -989,7 +989,8 @@ mod tests {
             &[("p_private", None), ("p_front", Some("127.66.1.9"))],
         ))
         .unwrap();
-        m.attach(&attach_req("inside", &[("p_private", None)])).unwrap();
+        m.attach(&attach_req("inside", &[("p_private", None)]))
+            .unwrap();
         let port = spec::model::Port {
             name: None,
             target: 80,
@@ -999,7 +1000,9 @@ mod tests {
             mode: spec::model::PortMode::Ingress,
             app_protocol: None,
         };
-        let p = m.publish("both", "web", std::slice::from_ref(&port)).unwrap();
+        let p = m
+            .publish("both", "web", std::slice::from_ref(&port))
+            .unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].container_ip, Ipv4Addr::new(127, 66, 1, 9));
         // Only on an internal network: published nowhere, no relay nor rule for it.

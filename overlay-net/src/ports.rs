@@ -222,7 +222,14 @@ pub fn reserve(
         let range = port.published.map(|r| (r.start, r.end)).unwrap_or((0, 0));
         let mut last_err = None;
         let mut got = None;
-        for candidate in range.0..=range.1 {
+        // With no published port the kernel picks one for IPv4, which IPv6 may have
+        // taken: a few fresh picks before calling it in use.
+        let candidates: Vec<u16> = if range == (0, 0) {
+            vec![0; 8]
+        } else {
+            (range.0..=range.1).collect()
+        };
+        for candidate in candidates {
             match hold(proto, ip, candidate, target) {
                 Ok(ok) => {
                     got = Some(ok);

@@ -29,6 +29,13 @@ use tokio::task::JoinHandle;
 
 /// How long a UDP flow (one client address) lives without traffic, as in docker-proxy.
 const UDP_IDLE: Duration = Duration::from_secs(90);
+/// The most UDP flows one published port keeps; a new client past it replaces the
+/// least recently used one. Each flow holds a socket and a receive buffer, and anyone
+/// on the network can start one with a datagram from a new source port.
+const MAX_UDP_FLOWS: usize = 256;
+/// The most TCP connections one published port relays at once; past it new ones are
+/// closed at once. Each holds two of the daemon's descriptors.
+const MAX_TCP_CONNECTIONS: usize = 1024;
 /// How long a relayed TCP connection may take to reach the container.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -103,26 +110,56 @@ impl Bound {
     pub fn relay(self, target: SocketAddrV4) -> io::Result<Relay> {
         let handle = runtime()?;
         let _guard = handle.enter();
+        let (stopped, done) = std::sync::mpsc::channel();
         let task = if self.udp {
             let socket = UdpSocket::from_std(std::net::UdpSocket::from(self.fd))?;
-            handle.spawn(relay_udp(Arc::new(socket), target))
+            // Every flow's task shares the socket: the last one to go signals.
+            let listener = Listener {
+                socket: Arc::new(socket),
+                _stopped: Arc::new(Stopped(stopped)),
+            };
+            handle.spawn(relay_udp(listener, target))
         } else {
             let listener = TcpListener::from_std(std::net::TcpListener::from(self.fd))?;
-            handle.spawn(relay_tcp(listener, target))
+            handle.spawn(async move {
+                let _stopped = Stopped(stopped);
+                relay_tcp(listener, target).await
+            })
         };
-        Ok(Relay { task })
+        Ok(Relay { task, done })
     }
 }
 
-/// A running relay; dropping it stops it and closes its listener.
+/// A UDP relay's socket as its tasks hold it: the socket is dropped before the signal
+/// (fields drop in order), so the signal means the port is closed.
+#[derive(Clone)]
+struct Listener {
+    socket: Arc<UdpSocket>,
+    _stopped: Arc<Stopped>,
+}
+
+/// Dropped with the relay's task (and so after its listener): tells [`Relay::drop`].
+struct Stopped(std::sync::mpsc::Sender<()>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// A running relay; dropping it stops it and closes its listener before returning, so
+/// the port is free for the next publication at once.
 #[derive(Debug)]
 pub struct Relay {
     task: JoinHandle<()>,
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
+        // The runtime drops the task's future on its own thread, soon; a bound anyway.
+        let _ = self.done.recv_timeout(Duration::from_secs(2));
     }
 }
 
@@ -137,6 +174,10 @@ async fn relay_tcp(listener: TcpListener, target: SocketAddrV4) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                if conns.len() >= MAX_TCP_CONNECTIONS {
+                    drop(client);
+                    continue;
+                }
                 conns.spawn(async move {
                     let _ = client.set_nodelay(true);
                     let connect = TcpStream::connect(SocketAddr::V4(target));
@@ -157,39 +198,70 @@ async fn relay_tcp(listener: TcpListener, target: SocketAddrV4) {
 }
 
 /// One client address's flow: a socket connected to the container, so replies can be
-/// told apart by the socket they arrive on.
-type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>>;
+/// told apart by the socket they arrive on, the task relaying its replies, and when
+/// the client last sent (for eviction).
+struct Flow {
+    upstream: Arc<UdpSocket>,
+    replies: tokio::task::AbortHandle,
+    last_sent: tokio::time::Instant,
+}
 
-async fn relay_udp(listener: Arc<UdpSocket>, target: SocketAddrV4) {
+type Flows = Arc<Mutex<HashMap<SocketAddr, Flow>>>;
+
+async fn relay_udp(listener: Listener, target: SocketAddrV4) {
     let flows: Flows = Arc::default();
     let mut replies = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 65536];
     loop {
         tokio::select! {
-            received = listener.recv_from(&mut buf) => {
+            received = listener.socket.recv_from(&mut buf) => {
                 let Ok((n, client)) = received else { continue };
-                let existing = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&client).cloned();
+                let existing = {
+                    let mut flows = flows.lock().unwrap_or_else(|p| p.into_inner());
+                    flows.get_mut(&client).map(|f| {
+                        f.last_sent = tokio::time::Instant::now();
+                        f.upstream.clone()
+                    })
+                };
                 let upstream = match existing {
                     Some(s) => s,
                     None => {
                         let Ok(s) = new_flow(target).await else { continue };
                         let s = Arc::new(s);
-                        flows
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(client, s.clone());
-                        replies.spawn(relay_replies(
+                        let task = replies.spawn(relay_replies(
                             listener.clone(),
                             s.clone(),
                             client,
                             flows.clone(),
                         ));
+                        let mut flows = flows.lock().unwrap_or_else(|p| p.into_inner());
+                        if flows.len() >= MAX_UDP_FLOWS {
+                            evict_oldest(&mut flows);
+                        }
+                        flows.insert(client, Flow {
+                            upstream: s.clone(),
+                            replies: task,
+                            last_sent: tokio::time::Instant::now(),
+                        });
                         s
                     }
                 };
                 let _ = upstream.send(&buf[..n]).await;
             }
             Some(_) = replies.join_next(), if !replies.is_empty() => {}
+        }
+    }
+}
+
+/// Ends the flow whose client sent least recently.
+fn evict_oldest(flows: &mut HashMap<SocketAddr, Flow>) {
+    let oldest = flows
+        .iter()
+        .min_by_key(|(_, f)| f.last_sent)
+        .map(|(client, _)| *client);
+    if let Some(client) = oldest {
+        if let Some(flow) = flows.remove(&client) {
+            flow.replies.abort();
         }
     }
 }
@@ -206,16 +278,46 @@ async fn new_flow(target: SocketAddrV4) -> io::Result<UdpSocket> {
 
 /// Sends the container's datagrams back to `client` until the flow is idle.
 async fn relay_replies(
-    listener: Arc<UdpSocket>,
+    listener: Listener,
     upstream: Arc<UdpSocket>,
     client: SocketAddr,
     flows: Flows,
 ) {
     let mut buf = vec![0u8; 65536];
     // An error (e.g. ICMP port unreachable from the container) ends the flow too; the
-    // client's next datagram starts a new one.
-    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
-        let _ = listener.send_to(&buf[..n], client).await;
+    // client's next datagram starts a new one. Idle means neither side sent.
+    loop {
+        let idle_since = flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&client)
+            .map(|f| f.last_sent);
+        let Some(last_sent) = idle_since else { return };
+        let deadline = last_sent + UDP_IDLE;
+        match tokio::time::timeout_at(deadline, upstream.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                let _ = listener.socket.send_to(&buf[..n], client).await;
+                if let Some(f) = flows
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&client)
+                {
+                    f.last_sent = tokio::time::Instant::now();
+                }
+            }
+            Ok(Err(_)) => break,
+            // Timed out: over unless the client sent meanwhile.
+            Err(_) => {
+                let sent = flows
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&client)
+                    .map(|f| f.last_sent);
+                if sent.is_none_or(|s| s + UDP_IDLE <= tokio::time::Instant::now()) {
+                    break;
+                }
+            }
+        }
     }
     flows
         .lock()
