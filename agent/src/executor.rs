@@ -206,7 +206,10 @@ impl Executor {
                 format!("write {}: {e}", config.display()),
             ));
         }
-        let opts = create_options(&self.shim, service);
+        let mut opts = create_options(&self.shim, service);
+        // A one-off (`berth run`, not a service of the file): its stdin ends with the
+        // attached caller.
+        opts.stdin_once = service.stdin_open && !stack.services.contains_key(&task.service);
         match shim::create(&self.shim_root(), &ctx.dir(), &task.id, &opts) {
             Ok(s) => Ok(s),
             Err(e) => {

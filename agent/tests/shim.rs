@@ -422,7 +422,12 @@ fn an_attached_client_drives_a_containers_terminal() {
     .unwrap();
     sock.write_all(&shim::attach::frame(shim::attach::STDIN, b"typed\n"))
         .unwrap();
-    let frames = read_attached(&mut sock);
+    let mut frames = read_attached(&mut sock);
+    assert_eq!(
+        frames.pop().map(|f| f.0),
+        Some(shim::attach::END),
+        "the stream ends with an end frame"
+    );
     let text: String = frames.iter().map(|(_, t)| t.as_str()).collect();
     assert!(
         frames.iter().all(|(k, _)| *k == shim::attach::STDOUT),
@@ -475,4 +480,62 @@ fn a_container_without_open_stdin_cannot_be_attached_and_reads_eof() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("attach"), "{err}");
+}
+
+#[test]
+fn a_container_that_does_not_read_its_input_still_has_its_output_read() {
+    use std::io::Write;
+    // It writes a lot before reading anything; the client sends a lot meanwhile. With
+    // blocking writes in the shim both would wait on each other forever.
+    let c = TestContainer::new("noread", "seq 1 200000; cat > /dev/null; echo drained");
+    let mut opts = TestContainer::options();
+    opts.stdin = true;
+    c.create_with(&opts).unwrap();
+    let sock = shim::attach::connect(c.state(), &c.id).unwrap();
+    let mut writer = sock.try_clone().unwrap();
+    let input = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..32 {
+            writer
+                .write_all(&shim::attach::frame(shim::attach::STDIN, &chunk))
+                .unwrap();
+        }
+        writer
+            .write_all(&shim::attach::frame(shim::attach::CLOSE_STDIN, &[]))
+            .unwrap();
+    });
+    let mut sock = sock;
+    let frames = read_attached(&mut sock);
+    input.join().unwrap();
+    let out: String = frames
+        .iter()
+        .filter(|(k, _)| *k == shim::attach::STDOUT)
+        .map(|(_, t)| t.as_str())
+        .collect();
+    assert!(out.starts_with("1\n2\n"), "{}", &out[..out.len().min(100)]);
+    assert!(
+        out.contains("\n200000\ndrained\n"),
+        "{}",
+        &out[out.len().saturating_sub(100)..]
+    );
+    assert_eq!(frames.last().map(|f| f.0), Some(shim::attach::END));
+    assert_eq!(c.wait().exit.unwrap().code, Some(0));
+}
+
+#[test]
+fn a_one_offs_stdin_closes_when_its_client_goes() {
+    use std::io::Write;
+    let c = TestContainer::new("once", "cat; echo stdin-closed");
+    let mut opts = TestContainer::options();
+    opts.stdin = true;
+    opts.stdin_once = true;
+    c.create_with(&opts).unwrap();
+    let mut sock = shim::attach::connect(c.state(), &c.id).unwrap();
+    sock.write_all(&shim::attach::frame(shim::attach::STDIN, b"before\n"))
+        .unwrap();
+    // The caller dies without closing stdin.
+    drop(sock);
+    let logs = c.wait_for_log("stdin-closed\n");
+    assert!(logs.iter().any(|e| e.log == "before\n"), "{logs:?}");
+    assert_eq!(c.wait().exit.unwrap().code, Some(0));
 }

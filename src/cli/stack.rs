@@ -1423,10 +1423,16 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
     }
     // Attached to its stdio through its shim; a container that has already exited
     // cannot be attached to, and its output is in its log.
-    match agent::shim::attach::connect(&state_dir.join("run"), &task.id) {
-        Ok(sock) => agent::shim::attach::attach_stdio(sock, tty)
+    use agent::shim::attach::{self, Ended};
+    let shown = match attach::connect(&state_dir.join("run"), &task.id) {
+        Ok(sock) => attach::attach_stdio(sock, tty)
             .with_context(|| format!("attached to {}", task.name()))?,
-        Err(_) => print_log(&client, &task)?,
+        Err(_) => Ended::Cut { received: false },
+    };
+    // Nothing came through the attachment (it ended too fast to attach): the log has
+    // everything it wrote.
+    if shown == (Ended::Cut { received: false }) {
+        print_log(&client, &task)?;
     }
     run_exit(&client, &name, &key, args.rm)
 }

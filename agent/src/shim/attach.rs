@@ -28,6 +28,8 @@ pub const RESIZE: u8 = 1;
 pub const CLOSE_STDIN: u8 = 2;
 pub const STDOUT: u8 = 1;
 pub const STDERR: u8 = 2;
+/// The last frame: the container has exited and everything it wrote was sent.
+pub const END: u8 = 3;
 
 /// Output kept for the first client, at most.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
@@ -109,85 +111,105 @@ pub fn connect(state: &Path, id: &str) -> Result<UnixStream, ShimError> {
     })
 }
 
+/// How an attachment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The shim sent everything and the end frame: the container has exited.
+    Complete,
+    /// The connection closed without the end frame; `received` says whether any
+    /// output came (if none did, the caller can show the container's log instead).
+    Cut { received: bool },
+}
+
 /// The CLI's end: this process's stdin to the container, its output to this process's
-/// stdout and stderr, until the shim closes the connection (the container exited).
+/// stdout and stderr, until the shim ends the stream (the container exited).
 /// With `tty`, this terminal is in raw mode meanwhile and its size follows along.
-pub fn attach_stdio(mut sock: UnixStream, tty: bool) -> std::io::Result<()> {
+///
+/// Input is copied on a thread of its own, so a container that does not read its
+/// input never stops its output from being shown, and the other way round.
+pub fn attach_stdio(sock: UnixStream, tty: bool) -> std::io::Result<Ended> {
+    use std::sync::{Arc, Mutex};
     let stdin = std::io::stdin();
     let _raw = tty.then(|| RawMode::enter(stdin.as_fd()));
     let _winch = tty.then(Winch::watch);
+    let writer = Arc::new(Mutex::new(sock.try_clone()?));
+    let send = move |w: &Mutex<UnixStream>, bytes: &[u8]| {
+        w.lock().unwrap_or_else(|p| p.into_inner()).write_all(bytes)
+    };
+    let resize = {
+        let writer = writer.clone();
+        move || {
+            if tty && WINCHED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                if let Some(size) = window_size(std::io::stdin().as_raw_fd()) {
+                    let _ = send(&writer, &resize_frame(size));
+                }
+            }
+        }
+    };
     if tty {
         if let Some(size) = window_size(stdin.as_raw_fd()) {
-            sock.write_all(&resize_frame(size))?;
+            send(&writer, &resize_frame(size))?;
         }
     }
-    let mut input = Some(stdin.as_raw_fd());
+    // Left running when the container ends first: it is blocked reading our stdin,
+    // and the process exits soon after.
+    let input_writer = writer.clone();
+    let input_resize = resize.clone();
+    std::thread::Builder::new()
+        .name("attach-stdin".to_string())
+        .spawn(move || {
+            let mut buf = vec![0u8; 32 * 1024];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match stdin.read(&mut buf) {
+                    // The container's stdin ends too (a terminal's does not: its
+                    // programs see ^D as typed, if they asked for it).
+                    Ok(0) => {
+                        let _ = send(&input_writer, &frame(CLOSE_STDIN, &[]));
+                        return;
+                    }
+                    Ok(k) => {
+                        if send(&input_writer, &frame(STDIN, &buf[..k])).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => input_resize(),
+                    Err(_) => return,
+                }
+            }
+        })?;
+    let mut reader = sock;
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; 32 * 1024];
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let mut received = false;
     loop {
-        let mut fds = vec![libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        if let Some(fd) = input {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        // SAFETY: a valid pollfd array of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
+        let k = match reader.read(&mut buf) {
+            Ok(0) => return Ok(Ended::Cut { received }),
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                resize();
+                continue;
             }
-            if tty && WINCHED.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                if let Some(size) = window_size(stdin.as_raw_fd()) {
-                    sock.write_all(&resize_frame(size))?;
-                }
-            }
-            continue;
-        }
-        if fds[0].revents != 0 {
-            let k = match sock.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(k) => k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                // The shim went away with the container.
-                Err(_) => return Ok(()),
-            };
-            let frames = decoder
-                .push(&buf[..k])
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            for (kind, data) in frames {
-                if kind == STDERR {
+            // The shim went away with the container.
+            Err(_) => return Ok(Ended::Cut { received }),
+        };
+        let frames = decoder
+            .push(&buf[..k])
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        for (kind, data) in frames {
+            match kind {
+                END => return Ok(Ended::Complete),
+                STDERR => {
                     stderr.write_all(&data)?;
                     stderr.flush()?;
-                } else {
+                }
+                _ => {
                     stdout.write_all(&data)?;
                     stdout.flush()?;
                 }
             }
-        }
-        if let (Some(fd), Some(p)) = (input, fds.get(1)) {
-            if p.revents != 0 {
-                // SAFETY: reading into our buffer from this process's stdin.
-                let k = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-                if k <= 0 {
-                    input = None;
-                    // The container's stdin ends too (a terminal's does not: its
-                    // programs see ^D as typed, if they asked for it).
-                    if sock.write_all(&frame(CLOSE_STDIN, &[])).is_err() {
-                        return Ok(());
-                    }
-                } else if sock.write_all(&frame(STDIN, &buf[..k as usize])).is_err() {
-                    return Ok(());
-                }
-            }
+            received = true;
         }
     }
 }

@@ -131,6 +131,10 @@ pub struct CreateOptions {
     /// Keep its stdin open for `attach` (Compose's `stdin_open`, `run -i`): a pipe the
     /// shim holds, or its terminal.
     pub stdin: bool,
+    /// Close that stdin pipe when the first attached client goes (Docker's
+    /// `StdinOnce`, for `berth run`): a one-off whose caller died must not wait for
+    /// input forever.
+    pub stdin_once: bool,
 }
 
 impl CreateOptions {
@@ -140,6 +144,7 @@ impl CreateOptions {
             log_max_size: DEFAULT_LOG_MAX_SIZE,
             log_max_files: DEFAULT_LOG_MAX_FILES,
             stdin: false,
+            stdin_once: false,
         }
     }
 }
@@ -154,6 +159,9 @@ pub(crate) struct ShimConfig {
     /// Keep the container's stdin open for attached clients (a pipe, or its terminal).
     #[serde(default)]
     pub stdin: bool,
+    /// Close its stdin when the first attached client goes.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// How a container ended (the runtime's [`crate::runtime::ExitReport`], on disk).
@@ -354,6 +362,7 @@ fn start_shim(
             log_max_size: opts.log_max_size.max(1024),
             log_max_files: opts.log_max_files.max(1),
             stdin: opts.stdin,
+            stdin_once: opts.stdin_once,
         },
     )?;
 

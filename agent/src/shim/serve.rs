@@ -211,7 +211,7 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
     drop((out_w, err_w, in_r));
     drop(bundle);
     // The container's stdin, while it stays open: the pipe, or the terminal.
-    let mut stdin = (config.stdin && !terminal).then(|| File::from(in_w));
+    let stdin = (config.stdin && !terminal).then(|| File::from(in_w));
     let (mut container, console) = match started {
         Ok((mut c, cgroup)) => {
             let console = c.take_console().map(File::from);
@@ -245,30 +245,62 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
             Some((File::from(err_r), Stream::Stderr, LineBuffer::default())),
         ],
     };
-    let mut attached = Attached::new(config.stdin);
+    // Input to the container: the stdin pipe, or the terminal (whose master the output
+    // side reads too). Non-blocking, queued: a container that does not read its input
+    // must never stop this loop from reading its output.
+    let input = stdin.or_else(|| {
+        console
+            .as_ref()
+            .filter(|_| config.stdin)
+            .and_then(|c| c.try_clone().ok())
+    });
+    for f in input.iter().chain(console.iter()) {
+        set_nonblocking(f.as_raw_fd());
+    }
+    let mut attached = Attached::new(
+        config.stdin,
+        config.stdin_once,
+        input,
+        console.as_ref().map(|c| c.as_raw_fd()),
+    );
     let mut report = None;
     let mut buf = vec![0u8; 64 * 1024];
     // Until the container has exited and both pipes are closed (a process it left
     // behind may hold them a little longer; its cgroup's removal kills it).
     while container.is_some() || streams.iter().any(Option::is_some) {
-        let mut fds: Vec<libc::pollfd> = streams
-            .iter()
-            .flatten()
-            .map(|s| s.0.as_raw_fd())
-            .chain(container.is_some().then(|| sigchld.fd.as_raw_fd()))
-            .chain(listener.as_ref().map(|l| l.as_raw_fd()))
-            .chain(attached.client.as_ref().map(|c| c.as_raw_fd()))
-            .map(|fd| libc::pollfd {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut watch = |fd: i32, events: libc::c_short| {
+            fds.push(libc::pollfd {
                 fd,
-                events: libc::POLLIN,
+                events,
                 revents: 0,
             })
-            .collect();
+        };
+        // A client that reads slower than the container writes slows the container
+        // down (its pipe fills), as `docker attach` does; the log waits with it.
+        if !attached.backlogged() {
+            for s in streams.iter().flatten() {
+                watch(s.0.as_raw_fd(), libc::POLLIN);
+            }
+        }
+        if container.is_some() {
+            watch(sigchld.fd.as_raw_fd(), libc::POLLIN);
+        }
+        if let Some(l) = listener.as_ref() {
+            watch(l.as_raw_fd(), libc::POLLIN);
+        }
+        if let Some((fd, events)) = attached.client_events() {
+            watch(fd, events);
+        }
+        if let Some(fd) = attached.input_waiting() {
+            watch(fd, libc::POLLOUT);
+        }
         // SAFETY: fds is a valid array of pollfd of the given length, alive for the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             break;
         }
+        let revents = |fd: i32| fds.iter().find(|p| p.fd == fd).map_or(0, |p| p.revents);
         let ready_fds: Vec<i32> = fds
             .iter()
             .filter(|p| p.revents != 0)
@@ -282,6 +314,7 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
                 continue;
             }
             let (stream, chunk) = match file.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Ok(0) | Err(_) => {
                     let rest = lines.finish();
                     let stream = *stream;
@@ -306,9 +339,18 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
                 }
             }
         }
-        if let Some(fd) = attached.client.as_ref().map(|c| c.as_raw_fd()) {
-            if ready_fds.contains(&fd) {
-                attached.input(&mut buf, &mut stdin, console.as_ref());
+        if let Some((fd, _)) = attached.client_events() {
+            let ev = revents(fd);
+            if ev & libc::POLLOUT != 0 {
+                attached.flush_out();
+            }
+            if ev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                attached.read_client(&mut buf);
+            }
+        }
+        if let Some(fd) = attached.input_waiting() {
+            if revents(fd) != 0 {
+                attached.flush_in();
             }
         }
         if ready_fds.contains(&sigchld.fd.as_raw_fd()) {
@@ -332,8 +374,9 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
     if let Some(c) = container.take() {
         report = Some(c.wait());
     }
-    // Attached clients see the end of the stream; nobody can attach any more.
-    drop(attached);
+    // The attached client gets the rest and the end of the stream; nobody can attach
+    // any more.
+    attached.finish();
     if listener.is_some() {
         let _ = std::fs::remove_file(super::attach::socket_path(dir));
     }
@@ -353,45 +396,110 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
     }
 }
 
-/// The attached client, if any (`attach.rs`), and what the container wrote before the
-/// first one came.
+fn set_nonblocking(fd: i32) {
+    // SAFETY: fcntl on a descriptor this process owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// Output queued for a slow client before the container's output is paused.
+const OUT_LIMIT: usize = 1024 * 1024;
+/// Input queued for a container that does not read before the client is not read.
+const IN_LIMIT: usize = 256 * 1024;
+
+/// The attached client, if any (`attach.rs`), the queues both ways, and what the
+/// container wrote before the first client came. Every descriptor here is
+/// non-blocking: the shim's one loop waits on nothing but `poll`.
 struct Attached {
     client: Option<std::os::unix::net::UnixStream>,
     decoder: super::attach::Decoder,
-    /// `Some` until the first client attaches, for containers with an open stdin.
-    replay: Option<Vec<u8>>,
+    /// Frames for the client not written yet.
+    out: Vec<u8>,
+    /// `Some` until the first client attaches, for containers with an open stdin: the
+    /// newest frames, at most `REPLAY_LIMIT` bytes.
+    replay: Option<std::collections::VecDeque<Vec<u8>>>,
+    /// Where input goes (the stdin pipe, or the terminal's master) while it is open.
+    input: Option<File>,
+    pending_in: Vec<u8>,
+    /// Close the stdin pipe once `pending_in` is written.
+    close_input: bool,
+    /// The terminal, for window sizes.
+    terminal: Option<i32>,
+    /// Close stdin when the first client goes (a one-off's: `berth run`).
+    stdin_once: bool,
 }
 
 impl Attached {
-    fn new(interactive: bool) -> Attached {
+    fn new(
+        interactive: bool,
+        stdin_once: bool,
+        input: Option<File>,
+        terminal: Option<i32>,
+    ) -> Attached {
         Attached {
             client: None,
             decoder: super::attach::Decoder::default(),
-            replay: interactive.then(Vec::new),
+            out: Vec::new(),
+            replay: interactive.then(std::collections::VecDeque::new),
+            input,
+            pending_in: Vec::new(),
+            close_input: false,
+            terminal,
+            stdin_once,
         }
     }
 
     /// A new client replaces the old one and gets what it missed before anyone came.
     fn attach(&mut self, client: std::os::unix::net::UnixStream) {
-        let _ = client.set_nonblocking(false);
-        // A client that stops reading must not stop the shim (and its container's
-        // output) for long: a write that waits this long detaches it.
-        let _ = client.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = client.set_nonblocking(true);
         self.client = Some(client);
         self.decoder = super::attach::Decoder::default();
+        self.out.clear();
         if let Some(replay) = self.replay.take() {
-            if !replay.is_empty() {
-                self.send(&replay);
+            for frame in replay {
+                self.out.extend_from_slice(&frame);
             }
+        }
+        self.flush_out();
+    }
+
+    /// The client went away (or failed): its queue goes; a one-off's stdin closes.
+    fn detach(&mut self) {
+        self.client = None;
+        self.out.clear();
+        if self.stdin_once && self.terminal.is_none() {
+            self.close_input = true;
+            self.flush_in();
         }
     }
 
-    fn send(&mut self, bytes: &[u8]) {
-        if let Some(c) = self.client.as_mut() {
-            if c.write_all(bytes).is_err() {
-                self.client = None;
-            }
+    /// What to poll the client for, if one is attached.
+    fn client_events(&self) -> Option<(i32, libc::c_short)> {
+        let c = self.client.as_ref()?;
+        let mut events = 0;
+        if self.pending_in.len() < IN_LIMIT {
+            events |= libc::POLLIN;
         }
+        if !self.out.is_empty() {
+            events |= libc::POLLOUT;
+        }
+        Some((c.as_raw_fd(), events))
+    }
+
+    /// The input descriptor, while input waits for the container to read it.
+    fn input_waiting(&self) -> Option<i32> {
+        self.input
+            .as_ref()
+            .filter(|_| !self.pending_in.is_empty())
+            .map(|f| f.as_raw_fd())
+    }
+
+    fn backlogged(&self) -> bool {
+        self.out.len() >= OUT_LIMIT
     }
 
     /// Output of the container: to the client, or kept for the first one.
@@ -402,53 +510,106 @@ impl Attached {
         };
         let frame = super::attach::frame(kind, data);
         if self.client.is_some() {
-            self.send(&frame);
+            self.out.extend_from_slice(&frame);
+            self.flush_out();
         } else if let Some(replay) = self.replay.as_mut() {
-            if replay.len() + frame.len() <= super::attach::REPLAY_LIMIT {
-                replay.extend_from_slice(&frame);
+            replay.push_back(frame);
+            let mut total: usize = replay.iter().map(Vec::len).sum();
+            while total > super::attach::REPLAY_LIMIT {
+                total -= replay.pop_front().map_or(0, |f| f.len());
             }
         }
     }
 
-    /// Input from the client: to the container's stdin or terminal.
-    fn input(&mut self, buf: &mut [u8], stdin: &mut Option<File>, console: Option<&File>) {
+    /// Writes what the client can take now.
+    fn flush_out(&mut self) {
+        let Some(c) = self.client.as_mut() else {
+            return;
+        };
+        while !self.out.is_empty() {
+            match c.write(&self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return self.detach(),
+            }
+        }
+    }
+
+    /// Reads the client's frames: input is queued for the container.
+    fn read_client(&mut self, buf: &mut [u8]) {
         let Some(client) = self.client.as_mut() else {
             return;
         };
         let frames = match client.read(buf) {
-            Ok(0) | Err(_) => {
-                // Detached; the container carries on, its stdin still open.
-                self.client = None;
-                return;
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                return
             }
+            Ok(0) | Err(_) => return self.detach(),
             Ok(k) => self.decoder.push(&buf[..k]),
         };
         let Ok(frames) = frames else {
-            self.client = None;
-            return;
+            return self.detach();
         };
         for (kind, data) in frames {
             match kind {
-                super::attach::STDIN => {
-                    if let Some(pipe) = stdin.as_mut() {
-                        if pipe.write_all(&data).is_err() {
-                            *stdin = None;
-                        }
-                    } else if let Some(mut master) = console {
-                        let _ = master.write_all(&data);
-                    }
+                super::attach::STDIN if self.input.is_some() && !self.close_input => {
+                    self.pending_in.extend_from_slice(&data)
                 }
                 super::attach::RESIZE => {
                     if let (Some(master), Some(size)) =
-                        (console, super::attach::parse_resize(&data))
+                        (self.terminal, super::attach::parse_resize(&data))
                     {
-                        runtime::set_window_size(master.as_raw_fd(), size);
+                        runtime::set_window_size(master, size);
                     }
                 }
-                super::attach::CLOSE_STDIN => *stdin = None,
+                // A terminal's input does not end: its programs see ^D as typed.
+                super::attach::CLOSE_STDIN if self.terminal.is_none() => self.close_input = true,
                 _ => {}
             }
         }
+        self.flush_in();
+    }
+
+    /// Writes what the container's input can take now.
+    fn flush_in(&mut self) {
+        while let (Some(input), false) = (self.input.as_mut(), self.pending_in.is_empty()) {
+            match input.write(&self.pending_in) {
+                Ok(n) => {
+                    self.pending_in.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // The container closed its stdin: what is queued has nowhere to go.
+                Err(_) => {
+                    self.pending_in.clear();
+                    self.input = None;
+                }
+            }
+        }
+        if self.close_input && self.pending_in.is_empty() {
+            self.input = None;
+        }
+    }
+
+    /// The container has exited: the client gets what is queued and an end frame
+    /// (within a bound: a client that does not read is left behind).
+    fn finish(mut self) {
+        let Some(mut c) = self.client.take() else {
+            return;
+        };
+        self.out
+            .extend_from_slice(&super::attach::frame(super::attach::END, &[]));
+        let _ = c.set_nonblocking(false);
+        let _ = c.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = c.write_all(&self.out);
     }
 }
 
