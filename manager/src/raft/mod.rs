@@ -1,0 +1,31 @@
+//! The Raft core of the replicated store: a state machine replicated over a Raft group
+//! with TiKV's raft-rs, generic over the state it replicates.
+//!
+//! - [`state_machine`]: the [`StateMachine`] trait a replicated state implements
+//!   (deterministic apply, snapshot, restore, hash); [`kv`] is a small one for tests
+//!   and the benchmark.
+//! - [`log`]: berth's own durable log (segments of CRC-framed records, fsynced files
+//!   and directories, torn-tail repair, atomic snapshots, compaction); [`storage`]
+//!   serves it to raft-rs as its `Storage`.
+//! - [`node`]: the driver thread that runs the Ready loop, and [`Node`], the handle
+//!   callers use: `propose` (forwarded to the leader from a follower), conf changes,
+//!   `read_index` for linearizable reads.
+//! - [`transport`]: the [`Transport`] seam for messages between nodes, and
+//!   [`MemNetwork`], an in-memory network with partitions, drops and delays for tests.
+//!
+//! raft-rs never touches disk or network itself; everything here is the application
+//! side of its documented contract.
+
+pub mod kv;
+pub mod log;
+pub mod node;
+pub mod state_machine;
+pub mod storage;
+pub mod transport;
+
+pub use node::{bootstrap, Inbox, Node, NodeConfig, NodeError, Role, Status};
+pub use state_machine::{RestoreError, StateMachine};
+pub use transport::{MemNetwork, Transport};
+
+/// raft-rs's message and configuration types, for callers of this module.
+pub use ::raft::eraftpb;
