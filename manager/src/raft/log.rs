@@ -113,6 +113,8 @@ pub struct LogStore {
     active_len: u64,
     /// Framed records not yet written.
     pending: Vec<u8>,
+    /// fdatasyncs of the log since it was opened (shows how well Readies batch).
+    syncs: u64,
 }
 
 /// Appends one framed record to `out`.
@@ -319,6 +321,7 @@ impl LogStore {
             active: File::open(&log_dir).map_err(io(&log_dir))?,
             active_len: 0,
             pending: Vec::new(),
+            syncs: 0,
         };
         // Always write into a new segment after a restart: the old last segment may
         // have been truncated, and appending to a file whose tail we repaired is one
@@ -411,6 +414,7 @@ impl LogStore {
         self.active.write_all(&self.pending).map_err(io(&path))?;
         // fdatasync also flushes the file size, which is what appending changes.
         self.active.sync_data().map_err(io(&path))?;
+        self.syncs += 1;
         self.active_len += self.pending.len() as u64;
         self.pending.clear();
         if self.active_len >= self.opts.segment_bytes {
@@ -542,6 +546,11 @@ impl LogStore {
             return Some(self.snapshot.get_metadata().term);
         }
         self.entries(idx, idx + 1).first().map(|e| e.term)
+    }
+
+    /// How many times [`LogStore::sync`] fsynced records since the log was opened.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     /// Number of segment files (for tests and status).

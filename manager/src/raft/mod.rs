@@ -12,17 +12,21 @@
 //!   `read_index` for linearizable reads.
 //! - [`transport`]: the [`Transport`] seam for messages between nodes, and
 //!   [`MemNetwork`], an in-memory network with partitions, drops and delays for tests.
+//! - [`local`]: [`LocalCluster`], a group of real nodes in one process on a
+//!   [`MemNetwork`], for tests and the benchmark.
 //!
 //! raft-rs never touches disk or network itself; everything here is the application
 //! side of its documented contract.
 
 pub mod kv;
+pub mod local;
 pub mod log;
 pub mod node;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
 
+pub use local::LocalCluster;
 pub use node::{bootstrap, Inbox, Node, NodeConfig, NodeError, Role, Status};
 pub use state_machine::{RestoreError, StateMachine};
 pub use transport::{MemNetwork, Transport};

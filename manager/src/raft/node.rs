@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -146,6 +147,9 @@ pub struct Status {
     pub led_terms: Vec<u64>,
     /// Snapshots installed from a leader (since it started).
     pub snapshots_installed: u64,
+    /// fsyncs of new log records (since it started): fewer than proposals when
+    /// proposals batch.
+    pub log_syncs: u64,
     /// Set when the node stopped on an error.
     pub stopped: Option<String>,
 }
@@ -199,14 +203,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A running Raft node. Dropping it stops its thread at once, with no flush or
-/// farewell: exactly what a `kill -9` leaves, since everything acknowledged was
-/// already fsynced.
+/// A running Raft node. Dropping it is [`Node::kill`].
 pub struct Node<S: StateMachine> {
     id: u64,
     tx: mpsc::Sender<Input>,
     shared: Arc<Shared<S>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    killed: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl<S: StateMachine> std::fmt::Debug for Node<S> {
@@ -264,8 +267,10 @@ impl<S: StateMachine> Node<S> {
                 ..Status::default()
             }),
         });
+        let killed = Arc::new(AtomicBool::new(false));
         let mut driver = Driver {
             id,
+            killed: killed.clone(),
             raw,
             storage,
             rx,
@@ -294,7 +299,8 @@ impl<S: StateMachine> Node<S> {
             id,
             tx,
             shared,
-            thread: Some(thread),
+            killed,
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -386,12 +392,23 @@ impl<S: StateMachine> Node<S> {
     }
 }
 
-impl<S: StateMachine> Drop for Node<S> {
-    fn drop(&mut self) {
+impl<S: StateMachine> Node<S> {
+    /// Stops the node's thread at the next step it takes, with no flush or farewell:
+    /// what a `kill -9` leaves, since everything acknowledged was already fsynced.
+    /// Waiting callers get [`NodeError::Stopped`].
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
         let _ = self.tx.send(Input::Stop);
-        if let Some(t) = self.thread.take() {
+        let thread = lock(&self.thread).take();
+        if let Some(t) = thread {
             let _ = t.join();
         }
+    }
+}
+
+impl<S: StateMachine> Drop for Node<S> {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -439,6 +456,7 @@ enum Waiting {
 
 struct Driver<S: StateMachine> {
     id: u64,
+    killed: Arc<AtomicBool>,
     raw: RawNode<DiskStorage>,
     storage: DiskStorage,
     rx: mpsc::Receiver<Input>,
@@ -469,12 +487,18 @@ impl<S: StateMachine> Driver<S> {
         let tick = self.cfg.tick;
         let mut next_tick = Instant::now() + tick;
         loop {
+            if self.killed.load(Ordering::SeqCst) {
+                return;
+            }
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
                 Ok(Input::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 Ok(input) => {
                     self.handle(input);
                     for _ in 0..MAX_BATCH {
+                        if self.killed.load(Ordering::Relaxed) {
+                            return;
+                        }
                         match self.rx.try_recv() {
                             Ok(Input::Stop) => return,
                             Ok(input) => self.handle(input),
@@ -762,13 +786,17 @@ impl<S: StateMachine> Driver<S> {
     }
 
     /// Takes a snapshot of the state machine at the applied index and compacts the log
-    /// once `snapshot_entries` entries were applied since the last one.
+    /// once `snapshot_entries` entries were applied since the last one, or when raft
+    /// needs a newer snapshot to send to a peer.
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
         let (snap_index, term) = {
             let log = self.storage.rl();
             (log.snapshot_index(), log.term(self.applied))
         };
-        if self.applied < snap_index + self.cfg.snapshot_entries {
+        let wanted = self.storage.take_snapshot_wanted();
+        if self.applied <= snap_index
+            || (!wanted && self.applied < snap_index + self.cfg.snapshot_entries)
+        {
             return Ok(());
         }
         let Some(term) = term else {
@@ -807,6 +835,7 @@ impl<S: StateMachine> Driver<S> {
             st.led_terms = self.led_terms.clone();
         }
         st.snapshots_installed = self.snapshots_installed;
+        st.log_syncs = log.syncs();
     }
 
     /// Stops the node on an error it cannot recover from, telling every waiter why.

@@ -5,6 +5,7 @@
 //! log. Both live on the driver's thread, so the lock is never contended; it is there
 //! because raft-rs wants an owned value and the driver needs `&mut`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use raft::eraftpb::{Entry, Snapshot};
@@ -16,13 +17,22 @@ use super::log::LogStore;
 #[derive(Debug, Clone)]
 pub struct DiskStorage {
     log: Arc<RwLock<LogStore>>,
+    /// Set when raft wanted a snapshot the stored one cannot serve (it predates the
+    /// peer's addition); the driver then takes a fresh one.
+    snapshot_wanted: Arc<AtomicBool>,
 }
 
 impl DiskStorage {
     pub fn new(log: LogStore) -> DiskStorage {
         DiskStorage {
             log: Arc::new(RwLock::new(log)),
+            snapshot_wanted: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether raft asked for a snapshot that must be taken afresh (and clears it).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
     }
 
     /// Read access. A panic while holding the lock cannot leave the log half-changed
@@ -82,12 +92,23 @@ impl raft::Storage for DiskStorage {
         Ok(self.rl().last_index())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let log = self.rl();
         let snap = log.snapshot();
-        // A snapshot is taken by the driver when the log grows; until one covers the
-        // index asked for, raft retries later.
-        if snap.get_metadata().index < request_index || snap.get_metadata().index == 0 {
+        let meta = snap.get_metadata();
+        let cs = meta.get_conf_state();
+        // A peer refuses a snapshot whose configuration does not name it (a node added
+        // after the snapshot was taken), and one older than it asked for is no use:
+        // ask the driver for a fresh one; raft tries again on a later heartbeat.
+        let names_peer = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+            .any(|&id| id == to);
+        if meta.index < request_index || meta.index == 0 || !names_peer {
+            self.snapshot_wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
