@@ -245,13 +245,13 @@ fn an_isolated_leader_steps_down_and_the_minority_commits_nothing_and_reads_noth
     let old_node = c.node(old).unwrap();
     // While it may still believe it leads: a write there does not commit, and a
     // ReadIndex there is not answered (Safe read-only: it needs a quorum's heartbeat acks).
+    let minority_read = block_timeout(Duration::from_millis(300), old_node.read_index());
+    assert!(!matches!(minority_read, Ok(Ok(_))), "{minority_read:?}");
     let minority_write = block_timeout(
         Duration::from_millis(800),
         old_node.propose(put("minority", "lost")),
     );
     assert!(!matches!(minority_write, Ok(Ok(_))), "{minority_write:?}");
-    let minority_read = block_timeout(Duration::from_millis(300), old_node.read_index());
-    assert!(!matches!(minority_read, Ok(Ok(_))), "{minority_read:?}");
 
     // check_quorum: the cut-off leader steps down by itself.
     assert!(wait_until(SECS5, || old_node.status().role != Role::Leader));
