@@ -1,36 +1,64 @@
 //! [`LocalCluster`]: a Raft group of real nodes (real logs on disk, real fsyncs) in one
-//! process, connected by a [`MemNetwork`]. The Raft tests and the benchmark use it,
-//! and so can tests of anything built on a replicated state machine.
+//! process, connected by a [`MemNetwork`] (faults on demand) or by TCP on loopback
+//! (the real transport). The Raft tests and the benchmark use it, and so can tests of
+//! anything built on a replicated state machine.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::node::{bootstrap, Node, NodeConfig, NodeError, Role};
 use super::state_machine::StateMachine;
-use super::transport::MemNetwork;
+use super::tcp::{RaftListener, TcpListenerHandle, TcpTransport};
+use super::transport::{MemNetwork, Transport};
 
 /// Nodes `id` with their directories under one base directory.
 #[derive(Debug)]
 pub struct LocalCluster<S: StateMachine + Default> {
     // Nodes are declared (so dropped) before the network they send into.
     nodes: BTreeMap<u64, Arc<Node<S>>>,
+    /// The in-memory network; its fault controls do nothing to a TCP cluster.
     pub net: MemNetwork,
+    tcp: Option<Tcp>,
     base: PathBuf,
     template: NodeConfig,
+}
+
+/// The TCP wiring: every node's address (kept across restarts) and its endpoints.
+#[derive(Debug, Default)]
+struct Tcp {
+    addrs: BTreeMap<u64, SocketAddr>,
+    transports: BTreeMap<u64, Arc<TcpTransport>>,
+    listeners: BTreeMap<u64, TcpListenerHandle>,
 }
 
 impl<S: StateMachine + Default> LocalCluster<S> {
     /// Bootstraps voters `ids` (each with a fresh state machine) and starts them.
     /// `template` gives every setting but the id.
     pub fn start(base: &Path, ids: &[u64], template: NodeConfig) -> Result<Self, NodeError> {
+        Self::start_with(base, ids, template, None)
+    }
+
+    /// Like [`LocalCluster::start`], with the nodes talking TCP over 127.0.0.1.
+    pub fn start_tcp(base: &Path, ids: &[u64], template: NodeConfig) -> Result<Self, NodeError> {
+        Self::start_with(base, ids, template, Some(Tcp::default()))
+    }
+
+    fn start_with(
+        base: &Path,
+        ids: &[u64],
+        template: NodeConfig,
+        tcp: Option<Tcp>,
+    ) -> Result<Self, NodeError> {
         for &id in ids {
             bootstrap(&base.join(format!("n{id}")), ids, &S::default())?;
         }
         let mut cluster = LocalCluster {
             nodes: BTreeMap::new(),
             net: MemNetwork::new(),
+            tcp,
             base: base.to_path_buf(),
             template,
         };
@@ -51,8 +79,46 @@ impl<S: StateMachine + Default> LocalCluster<S> {
             id,
             ..self.template.clone()
         };
-        let node = Node::start(cfg, &self.dir(id), S::default(), self.net.transport())?;
-        self.net.register(id, node.inbox());
+        let dir = self.dir(id);
+        let Some(tcp) = self.tcp.as_mut() else {
+            let node = Node::start(cfg, &dir, S::default(), self.net.transport())?;
+            self.net.register(id, node.inbox());
+            self.nodes.insert(id, Arc::new(node));
+            return Ok(());
+        };
+        let tcp_err = |e: super::tcp::TcpError| NodeError::Stopped {
+            id,
+            reason: e.to_string(),
+        };
+        // A restarted node listens where it did before: its peers know that address.
+        let want = tcp
+            .addrs
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = RaftListener::bind(want).map_err(tcp_err)?;
+        let addr = listener.addr();
+        if tcp.addrs.insert(id, addr).is_none() {
+            for t in tcp.transports.values() {
+                t.set_peer(id, addr).map_err(tcp_err)?;
+            }
+        }
+        let peers: Vec<(u64, SocketAddr)> = tcp
+            .addrs
+            .iter()
+            .filter(|(&p, _)| p != id)
+            .map(|(&p, &a)| (p, a))
+            .collect();
+        let transport = TcpTransport::new(&peers).map_err(tcp_err)?;
+        let node = Node::start(
+            cfg,
+            &dir,
+            S::default(),
+            transport.clone() as Arc<dyn Transport>,
+        )?;
+        let handle = listener.serve(node.inbox()).map_err(tcp_err)?;
+        tcp.transports.insert(id, transport);
+        tcp.listeners.insert(id, handle);
         self.nodes.insert(id, Arc::new(node));
         Ok(())
     }
@@ -60,9 +126,18 @@ impl<S: StateMachine + Default> LocalCluster<S> {
     /// Kills node `id` (see [`Node::kill`]) and takes it off the network.
     pub fn crash(&mut self, id: u64) {
         self.net.unregister(id);
+        if let Some(tcp) = self.tcp.as_mut() {
+            tcp.listeners.remove(&id);
+            tcp.transports.remove(&id);
+        }
         if let Some(node) = self.nodes.remove(&id) {
             node.kill();
         }
+    }
+
+    /// Node `id`'s TCP address, in a TCP cluster.
+    pub fn addr(&self, id: u64) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|t| t.addrs.get(&id).copied())
     }
 
     pub fn node(&self, id: u64) -> Option<Arc<Node<S>>> {

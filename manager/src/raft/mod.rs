@@ -12,6 +12,8 @@
 //!   `read_index` for linearizable reads.
 //! - [`transport`]: the [`Transport`] seam for messages between nodes, and
 //!   [`MemNetwork`], an in-memory network with partitions, drops and delays for tests.
+//! - [`tcp`]: [`tcp::TcpTransport`] and [`tcp::RaftListener`], the same messages
+//!   between processes over TCP (length-prefixed protobuf frames).
 //! - [`local`]: [`LocalCluster`], a group of real nodes in one process on a
 //!   [`MemNetwork`], for tests and the benchmark.
 //!
@@ -24,6 +26,7 @@ pub mod log;
 pub mod node;
 pub mod state_machine;
 pub mod storage;
+pub mod tcp;
 pub mod transport;
 
 pub use local::LocalCluster;
