@@ -561,4 +561,21 @@ fn a_fourth_node_is_added_and_a_follower_removed_while_the_cluster_keeps_committ
         assert_eq!(value(&c, id, "c9").as_deref(), Some("v"));
     }
     assert_eq!(hashes(&c).len(), 1);
+
+    // The configuration survives restarts: node 4 (which joined by snapshot) and an
+    // original member come back with the same voters (snapshot + replayed changes).
+    let original = *rest.iter().find(|&&i| i != 4).unwrap();
+    for id in [4, original] {
+        c.crash(id);
+        c.start_node(id).unwrap();
+    }
+    assert!(c.wait_leader(&rest, SECS5).is_some());
+    block(write(&c, rest[0], put("d", "v"), SECS5)).unwrap();
+    assert!(c.wait_converged(SECS5));
+    for id in [4, original] {
+        let mut voters = c.node(id).unwrap().status().voters;
+        voters.sort_unstable();
+        assert_eq!(voters, rest, "node {id}'s configuration after a restart");
+    }
+    assert_eq!(hashes(&c).len(), 1);
 }

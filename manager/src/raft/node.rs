@@ -10,7 +10,8 @@
 //! 2. install a received snapshot (persisted, then `StateMachine::restore`);
 //! 3. apply the committed entries (raft-rs hands out only entries that are both
 //!    committed and persisted here) and answer their proposers;
-//! 4. append the new entries and the hard state and fsync them;
+//! 4. append the new entries and the hard state and fsync them (`must_sync`: not for
+//!    a change of the commit index alone);
 //! 5. only now send `persisted_messages()` (votes and append acks promise what is on disk);
 //! 6. `advance`, then the LightReady: record the commit index, send, apply, `advance_apply`;
 //! 7. answer ReadIndex requests whose read index is applied; take a snapshot and compact
@@ -679,7 +680,13 @@ impl<S: StateMachine> Driver<S> {
             if let Some(hs) = ready.hs() {
                 log.set_hard_state(hs);
             }
-            log.sync()?;
+            // New entries, a new term or a vote must be on disk before anything that
+            // depends on them is sent; a hard state whose only change is the commit
+            // index need not be (the commit index is learnt again from the leader), so
+            // it waits for the next fsync instead of costing one.
+            if ready.must_sync() {
+                log.sync()?;
+            }
         }
         for rs in ready.take_read_states() {
             if let Some((_, reply)) = self
