@@ -579,3 +579,62 @@ fn a_fourth_node_is_added_and_a_follower_removed_while_the_cluster_keeps_committ
     }
     assert_eq!(hashes(&c).len(), 1);
 }
+
+#[test]
+fn a_node_restarted_on_a_log_with_a_torn_tail_repairs_it_and_rejoins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = start(&tmp, &[1, 2, 3], config());
+    let leader = c.wait_leader(&[1, 2, 3], SECS5).expect("leader");
+    for i in 0..20 {
+        block(write(&c, leader, put(&format!("k{i}"), "v"), SECS5)).unwrap();
+    }
+    assert!(c.wait_converged(SECS5));
+    let victim = *c.ids().iter().find(|&&i| i != leader).unwrap();
+    c.crash(victim);
+    // What a power cut in the middle of a write leaves: half a record at the end.
+    let log_dir = c.dir(victim).join("log");
+    let mut segs: Vec<_> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let newest = segs.last().unwrap().clone();
+    let good = std::fs::metadata(&newest).unwrap().len();
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .unwrap()
+        .write_all(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3])
+        .unwrap();
+    for i in 20..30 {
+        block(write(&c, leader, put(&format!("k{i}"), "v"), SECS5)).unwrap();
+    }
+    c.start_node(victim).unwrap();
+    assert_eq!(
+        std::fs::metadata(&newest).unwrap().len(),
+        good,
+        "torn tail cut"
+    );
+    assert!(c.wait_converged(SECS5));
+    assert_eq!(value(&c, victim, "k29").as_deref(), Some("v"));
+    assert_eq!(hashes(&c).len(), 1);
+}
+
+#[test]
+fn a_second_conf_change_before_the_first_is_applied_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = start(&tmp, &[1, 2, 3], config());
+    let leader = c.wait_leader(&[1, 2, 3], SECS5).expect("leader");
+    let node = c.node(leader).unwrap();
+    // Both proposed in the same turn of the leader's loop: the second finds the
+    // first unapplied.
+    let (first, second) = block(async { tokio::join!(node.add_learner(7), node.add_learner(8)) });
+    let first = first.unwrap();
+    assert!(first.learners.contains(&7));
+    let err = second.unwrap_err();
+    assert!(matches!(err, NodeError::ConfChange { .. }), "{err}");
+    assert!(err.to_string().contains("retry"), "{err}");
+    let cs = block(node.add_learner(8)).unwrap();
+    assert!(cs.learners.contains(&8) && cs.learners.contains(&7));
+}

@@ -166,11 +166,19 @@ fn parse(buf: &[u8], off: usize) -> Parsed<'_> {
 }
 
 fn create_dir(path: &Path) -> Result<(), LogError> {
+    let existed = path.is_dir();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
         .map_err(io(path))?;
+    if !existed {
+        // The new directory's own name must survive a power cut too, or the
+        // segments fsynced inside it could vanish with it.
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
     // An existing directory keeps its mode; the log is root's alone whatever made it.
     fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io(path))
 }

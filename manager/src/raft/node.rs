@@ -583,6 +583,19 @@ impl<S: StateMachine> Driver<S> {
                 }
             }
             Input::ConfChange { cc, reply } => {
+                // raft-rs turns a second change proposed before the first is applied
+                // into an empty entry, which would leave the caller waiting for
+                // nothing: refuse it here (a follower's forward can still meet this
+                // at the leader, and then ends in a Timeout).
+                if self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf() {
+                    let _ = reply.send(Err(NodeError::ConfChange {
+                        id: self.id,
+                        reason:
+                            "another configuration change is still being applied; retry when it is"
+                                .into(),
+                    }));
+                    return;
+                }
                 let (seq, ctx) = self.context();
                 match self.raw.propose_conf_change(ctx, cc) {
                     Ok(()) => {
