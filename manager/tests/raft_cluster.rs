@@ -90,14 +90,10 @@ fn hashes(c: &LocalCluster<Kv>) -> BTreeSet<[u8; 32]> {
         .collect()
 }
 
-/// Terms in which more than one node was leader (must be none).
+/// Terms in which more than one node was leader (must be none), crashed nodes'
+/// earlier lives included.
 fn split_terms(c: &LocalCluster<Kv>) -> BTreeMap<u64, BTreeSet<u64>> {
-    let mut by_term: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-    for id in c.ids() {
-        for t in c.node(id).expect("node").status().led_terms {
-            by_term.entry(t).or_default().insert(id);
-        }
-    }
+    let mut by_term = c.leadership();
     by_term.retain(|_, ids| ids.len() > 1);
     by_term
 }
@@ -440,6 +436,12 @@ fn nodes_killed_and_restarted_while_a_client_writes_lose_no_acknowledged_write()
         assert!(st.snapshot_index > 1, "node {id} never snapshotted: {st:?}");
     }
     assert_eq!(hashes(&c).len(), 1);
+    let leadership = c.leadership();
+    assert!(
+        leadership.len() >= 3,
+        "leaders were killed, others elected: {leadership:?}"
+    );
+    assert!(split_terms(&c).is_empty(), "{:?}", split_terms(&c));
 }
 
 #[test]

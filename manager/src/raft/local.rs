@@ -3,7 +3,7 @@
 //! (the real transport). The Raft tests and the benchmark use it, and so can tests of
 //! anything built on a replicated state machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +24,8 @@ pub struct LocalCluster<S: StateMachine + Default> {
     tcp: Option<Tcp>,
     base: PathBuf,
     template: NodeConfig,
+    /// (term, id) of every leadership of nodes since crashed (their status is gone).
+    past_leaders: Vec<(u64, u64)>,
 }
 
 /// The TCP wiring: every node's address (kept across restarts) and its endpoints.
@@ -61,6 +63,7 @@ impl<S: StateMachine + Default> LocalCluster<S> {
             tcp,
             base: base.to_path_buf(),
             template,
+            past_leaders: Vec::new(),
         };
         for &id in ids {
             cluster.start_node(id)?;
@@ -132,7 +135,24 @@ impl<S: StateMachine + Default> LocalCluster<S> {
         }
         if let Some(node) = self.nodes.remove(&id) {
             node.kill();
+            let terms = node.status().led_terms;
+            self.past_leaders.extend(terms.into_iter().map(|t| (t, id)));
         }
+    }
+
+    /// Every term in which some node was leader, with the nodes that led in it, over
+    /// the cluster's whole life (crashed incarnations included). Raft allows one.
+    pub fn leadership(&self) -> BTreeMap<u64, BTreeSet<u64>> {
+        let mut by_term: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+        let live = self
+            .nodes
+            .values()
+            .flat_map(|n| n.status().led_terms.into_iter().map(|t| (t, n.id())))
+            .collect::<Vec<_>>();
+        for (term, id) in self.past_leaders.iter().copied().chain(live) {
+            by_term.entry(term).or_default().insert(id);
+        }
+        by_term
     }
 
     /// Node `id`'s TCP address, in a TCP cluster.
