@@ -178,6 +178,17 @@ fn three_nodes_elect_one_leader_forward_follower_writes_and_converge() {
     // Linearizable reads work on followers too.
     let read = block(c.node(follower).unwrap().read(|kv| kv.values.len())).unwrap();
     assert_eq!(read, 31);
+    // Many at once share read rounds, and each still sees every acknowledged write.
+    let last = block(write(&c, leader, put("last", "1"), SECS5))
+        .unwrap()
+        .index;
+    let node = c.node(follower).unwrap();
+    let reads =
+        block(async { futures_util::future::join_all((0..100).map(|_| node.read_index())).await });
+    for r in reads {
+        assert!(r.unwrap() >= last);
+    }
+    assert_eq!(value(&c, follower, "last").as_deref(), Some("1"));
 }
 
 #[test]
@@ -639,4 +650,40 @@ fn a_second_conf_change_before_the_first_is_applied_is_refused_clearly() {
     assert!(err.to_string().contains("retry"), "{err}");
     let cs = block(node.add_learner(8)).unwrap();
     assert!(cs.learners.contains(&8) && cs.learners.contains(&7));
+}
+
+/// A state machine that panics on the command "boom".
+#[derive(Debug, Default)]
+struct Fragile(Kv);
+
+impl manager::raft::StateMachine for Fragile {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        assert!(command != b"boom", "fragile state machine met a boom");
+        self.0.apply(index, command)
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.snapshot()
+    }
+    fn restore(&mut self, s: &[u8]) -> Result<(), manager::raft::RestoreError> {
+        self.0.restore(s)
+    }
+    fn hash(&self) -> [u8; 32] {
+        self.0.hash()
+    }
+}
+
+#[test]
+fn a_panicking_state_machine_stops_its_node_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = LocalCluster::<Fragile>::start(tmp.path(), &[1], config()).unwrap();
+    c.wait_leader(&[1], SECS5).expect("leader");
+    let node = c.node(1).unwrap();
+    block(node.propose(put("a", "1"))).unwrap();
+    let err = block(node.propose(b"boom".to_vec())).unwrap_err();
+    assert!(matches!(err, NodeError::Stopped { id: 1, .. }), "{err}");
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert!(node.status().stopped.is_some());
+    // Later calls say the same instead of hanging.
+    let err = block(node.propose(put("b", "2"))).unwrap_err();
+    assert!(err.to_string().contains("panicked"), "{err}");
 }

@@ -284,6 +284,7 @@ impl<S: StateMachine> Node<S> {
             next_seq: 0,
             proposals: HashMap::new(),
             reads: HashMap::new(),
+            read_batch: Vec::new(),
             reads_to_apply: Vec::new(),
             conf_state,
             applied,
@@ -292,9 +293,22 @@ impl<S: StateMachine> Node<S> {
             snapshot_reports: Vec::new(),
         };
         driver.publish();
+        let status = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
-            .spawn(move || driver.run())
+            .spawn(move || {
+                // A panic (in a state machine's apply, say) ends this node only; its
+                // callers are told why instead of finding a silent, dead node.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run()));
+                if let Err(panic) = run {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_string());
+                    lock(&status.status).stopped = Some(format!("its driver panicked: {what}"));
+                }
+            })
             .map_err(|source| NodeError::Thread { id, source })?;
         Ok(Node {
             id,
@@ -450,6 +464,8 @@ impl slog::Drain for StderrDrain {
     }
 }
 
+type ReadReply = oneshot::Sender<Result<u64, NodeError>>;
+
 enum Waiting {
     Command(oneshot::Sender<Result<Vec<u8>, NodeError>>),
     Conf(oneshot::Sender<Result<ConfState, NodeError>>),
@@ -469,14 +485,27 @@ struct Driver<S: StateMachine> {
     /// Proposals made here, by sequence, waiting to be applied.
     proposals: HashMap<u64, (Instant, Waiting)>,
     /// ReadIndex requests waiting for the leader's answer.
-    reads: HashMap<u64, (Instant, oneshot::Sender<Result<u64, NodeError>>)>,
+    reads: HashMap<u64, (Instant, Vec<ReadReply>)>,
+    /// ReadIndex requests received in this turn: they share one raft read.
+    read_batch: Vec<ReadReply>,
     /// ReadIndex requests with a read index, waiting for it to be applied.
-    reads_to_apply: Vec<(u64, oneshot::Sender<Result<u64, NodeError>>)>,
+    reads_to_apply: Vec<(u64, ReadReply)>,
     conf_state: ConfState,
     applied: u64,
     led_terms: Vec<u64>,
     snapshots_installed: u64,
     snapshot_reports: Vec<u64>,
+}
+
+impl<S: StateMachine> Drop for Driver<S> {
+    fn drop(&mut self) {
+        // Runs before the waiting callers' reply channels are dropped, so a caller
+        // woken by a panic finds the reason already published.
+        if std::thread::panicking() {
+            lock(&self.shared.status).stopped =
+                Some("its driver panicked (the panic is on standard error)".to_string());
+        }
+    }
 }
 
 /// The most inputs taken in one turn: bounds the latency one turn adds to a tick.
@@ -509,6 +538,7 @@ impl<S: StateMachine> Driver<S> {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
+            self.start_reads();
             let now = Instant::now();
             if now >= next_tick {
                 self.raw.tick();
@@ -607,19 +637,29 @@ impl<S: StateMachine> Driver<S> {
                     }
                 }
             }
-            Input::ReadIndex { reply } => {
-                // raft-rs silently drops a ReadIndex it cannot forward.
-                if self.raw.raft.leader_id == raft::INVALID_ID {
-                    let _ = reply.send(Err(NodeError::NoLeader { id: self.id }));
-                    return;
-                }
-                let (seq, ctx) = self.context();
-                self.raw.read_index(ctx);
-                let deadline = self.deadline();
-                self.reads.insert(seq, (deadline, reply));
-            }
+            Input::ReadIndex { reply } => self.read_batch.push(reply),
             Input::Stop => {}
         }
+    }
+
+    /// Asks raft for one read index on behalf of every ReadIndex request of this turn
+    /// (one quorum round for all of them, not one each).
+    fn start_reads(&mut self) {
+        if self.read_batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.read_batch);
+        // raft-rs silently drops a ReadIndex it cannot forward.
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            for reply in batch {
+                let _ = reply.send(Err(NodeError::NoLeader { id: self.id }));
+            }
+            return;
+        }
+        let (seq, ctx) = self.context();
+        self.raw.read_index(ctx);
+        let deadline = self.deadline();
+        self.reads.insert(seq, (deadline, batch));
     }
 
     /// Answers the requests whose time is up.
@@ -650,7 +690,7 @@ impl<S: StateMachine> Driver<S> {
             .map(|(s, _)| *s)
             .collect();
         for seq in late {
-            if let Some((_, r)) = self.reads.remove(&seq) {
+            for r in self.reads.remove(&seq).map(|(_, b)| b).unwrap_or_default() {
                 let _ = r.send(Err(timeout("the read index")));
             }
         }
@@ -702,11 +742,12 @@ impl<S: StateMachine> Driver<S> {
             }
         }
         for rs in ready.take_read_states() {
-            if let Some((_, reply)) = self
+            if let Some((_, batch)) = self
                 .ours(&rs.request_ctx)
                 .and_then(|s| self.reads.remove(&s))
             {
-                self.reads_to_apply.push((rs.index, reply));
+                self.reads_to_apply
+                    .extend(batch.into_iter().map(|reply| (rs.index, reply)));
             }
         }
         if !ready.persisted_messages().is_empty() {
@@ -875,7 +916,12 @@ impl<S: StateMachine> Driver<S> {
                 }
             }
         }
-        for (_, (_, r)) in self.reads.drain() {
+        for r in self
+            .reads
+            .drain()
+            .flat_map(|(_, (_, b))| b)
+            .chain(self.read_batch.drain(..))
+        {
             let _ = r.send(Err(stopped()));
         }
         for (_, r) in self.reads_to_apply.drain(..) {

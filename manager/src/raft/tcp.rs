@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
@@ -26,6 +26,7 @@ const MAX_FRAME: usize = 512 << 20;
 /// Messages waiting for one peer before new ones are dropped.
 const QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const RECONNECT_DELAY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
@@ -102,8 +103,11 @@ fn frame(msg: &Message, out: &mut impl Write) -> std::io::Result<()> {
 /// message that cannot be sent is dropped: Raft resends what matters.
 fn write_loop(addr: SocketAddr, rx: mpsc::Receiver<Message>) {
     let mut conn: Option<BufWriter<TcpStream>> = None;
+    // After a failed connect, messages are dropped until this instant instead of each
+    // paying for a connect attempt to a peer that is down.
+    let mut retry_at = Instant::now();
     while let Ok(first) = rx.recv() {
-        if conn.is_none() {
+        if conn.is_none() && Instant::now() >= retry_at {
             conn = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
                 .and_then(|s| {
                     s.set_nodelay(true)?;
@@ -111,6 +115,9 @@ fn write_loop(addr: SocketAddr, rx: mpsc::Receiver<Message>) {
                     Ok(BufWriter::with_capacity(256 << 10, s))
                 })
                 .ok();
+            if conn.is_none() {
+                retry_at = Instant::now() + RECONNECT_DELAY;
+            }
         }
         let Some(w) = conn.as_mut() else { continue };
         // Everything already queued goes out in the same write.
