@@ -1,5 +1,5 @@
 //! Commit latency and throughput of the Raft core with fsync, 1 node and 3 nodes over
-//! TCP on 127.0.0.1, in one process (`bench/raft.sh` runs it with BERTH_RAFT_BENCH=1
+//! TCP on 127.0.0.1, and linearizable (ReadIndex) reads on a follower, in one process (`bench/raft.sh` runs it with BERTH_RAFT_BENCH=1
 //! in release mode). Without that variable it runs a small smoke version, which checks
 //! that every write is acknowledged and the figures are computed.
 
@@ -29,16 +29,69 @@ impl Run {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn line(&self) -> String {
-        format!(
-            "{:<34} writes={:<6} p50={:>7.3}ms p99={:>7.3}ms throughput={:>7.0}/s leader-fsyncs/write={:.3}",
+    fn line(&self, what: &str) -> String {
+        let mut line = format!(
+            "{:<38} {what}={:<6} p50={:>7.3}ms p99={:>7.3}ms throughput={:>7.0}/s",
             self.label,
             self.latencies.len(),
             self.pct(0.50).as_secs_f64() * 1e3,
             self.pct(0.99).as_secs_f64() * 1e3,
             self.throughput(),
-            self.fsyncs as f64 / self.latencies.len() as f64,
-        )
+        );
+        if what == "writes" {
+            line += &format!(
+                " leader-fsyncs/write={:.3}",
+                self.fsyncs as f64 / self.latencies.len() as f64
+            );
+        }
+        line
+    }
+}
+
+/// `clients` concurrent linearizable readers (ReadIndex, then a local read) on a
+/// follower, `reads` in all.
+fn measure_reads(c: &LocalCluster<Kv>, label: &str, clients: usize, reads: usize) -> Run {
+    let leader = c
+        .wait_leader(&c.ids(), Duration::from_secs(10))
+        .expect("a leader");
+    let follower = c.ids().into_iter().find(|&i| i != leader).unwrap_or(leader);
+    let node = c.node(follower).expect("follower node");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let latencies = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (node, counter) = (node.clone(), counter.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while (counter.fetch_add(1, Ordering::Relaxed) as usize) < reads {
+                    let t = Instant::now();
+                    let n = node
+                        .read(|kv| kv.values.len())
+                        .await
+                        .expect("read answered");
+                    lat.push(t.elapsed());
+                    assert!(n > 0);
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("client task"));
+        }
+        all
+    });
+    Run {
+        label: format!("{label} clients={clients}"),
+        latencies,
+        elapsed: start.elapsed(),
+        fsyncs: 0,
     }
 }
 
@@ -113,6 +166,7 @@ fn commit_latency_and_throughput() {
         ..NodeConfig::new(0)
     };
     let mut runs = Vec::new();
+    let mut reads = Vec::new();
     {
         let tmp = tempfile::tempdir_in(&base).unwrap();
         let c = LocalCluster::<Kv>::start(tmp.path(), &[1], cfg.clone()).unwrap();
@@ -125,9 +179,16 @@ fn commit_latency_and_throughput() {
         runs.push(measure(&c, "3 nodes, tcp 127.0.0.1", 1, light));
         runs.push(measure(&c, "3 nodes, tcp 127.0.0.1", clients, heavy));
         assert!(c.wait_converged(Duration::from_secs(10)));
+        reads.push(measure_reads(&c, "reads on a follower, tcp", 1, light));
+        reads.push(measure_reads(
+            &c,
+            "reads on a follower, tcp",
+            clients,
+            heavy,
+        ));
     }
     for r in &runs {
-        println!("raft bench: {}", r.line());
+        println!("raft bench: {}", r.line("writes"));
         assert_eq!(
             r.latencies.len(),
             if r.label.contains("clients=1 ") || r.label.ends_with("clients=1") {
@@ -138,6 +199,11 @@ fn commit_latency_and_throughput() {
         );
         assert!(r.pct(0.5) <= r.pct(0.99));
         assert!(r.throughput() > 0.0);
+    }
+    for r in &reads {
+        println!("raft bench: {}", r.line("reads"));
+        assert!(r.latencies.len() == light || r.latencies.len() == heavy);
+        assert!(r.pct(0.5) <= r.pct(0.99));
     }
     // Concurrent writers share fsyncs (the whole point of batching a Ready).
     let heavy_1 = &runs[1];
