@@ -149,6 +149,25 @@ fn measure(c: &LocalCluster<Kv>, label: &str, clients: usize, writes: usize) -> 
     }
 }
 
+/// The disk's own fdatasync latency (p50, p99) for a small append: the floor under a
+/// write's latency, printed with the results because it varies with the machine's load.
+fn fdatasync_floor(dir: &std::path::Path) -> (Duration, Duration) {
+    use std::io::Write as _;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).expect("probe file");
+    let mut lat: Vec<Duration> = (0..200)
+        .map(|_| {
+            let t = Instant::now();
+            f.write_all(&[b'x'; 150]).expect("probe write");
+            f.sync_data().expect("probe fdatasync");
+            t.elapsed()
+        })
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    lat.sort_unstable();
+    (lat[99], lat[197])
+}
+
 #[test]
 fn commit_latency_and_throughput() {
     let full = std::env::var_os("BERTH_RAFT_BENCH").is_some();
@@ -167,6 +186,12 @@ fn commit_latency_and_throughput() {
     };
     let mut runs = Vec::new();
     let mut reads = Vec::new();
+    let (f50, f99) = fdatasync_floor(&base);
+    println!(
+        "raft bench: the disk alone: fdatasync of a 150-byte append p50={:.3}ms p99={:.3}ms",
+        f50.as_secs_f64() * 1e3,
+        f99.as_secs_f64() * 1e3
+    );
     {
         let tmp = tempfile::tempdir_in(&base).unwrap();
         let c = LocalCluster::<Kv>::start(tmp.path(), &[1], cfg.clone()).unwrap();

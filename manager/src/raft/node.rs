@@ -520,7 +520,13 @@ impl<S: StateMachine> Driver<S> {
             if self.killed.load(Ordering::SeqCst) {
                 return;
             }
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            // Work raft has ready (a turn handles one Ready) is not left waiting for
+            // the next input or tick.
+            let wait = if self.raw.has_ready() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             match self.rx.recv_timeout(wait) {
                 Ok(Input::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 Ok(input) => {
