@@ -692,3 +692,45 @@ fn a_panicking_state_machine_stops_its_node_with_a_reason() {
     let err = block(node.propose(put("b", "2"))).unwrap_err();
     assert!(err.to_string().contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_learner_catches_up_is_promoted_and_a_removed_leader_hands_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = start(&tmp, &[1, 2, 3], config());
+    let leader = c.wait_leader(&[1, 2, 3], SECS5).expect("leader");
+    for i in 0..10 {
+        block(write(&c, leader, put(&format!("a{i}"), "v"), SECS5)).unwrap();
+    }
+    c.start_node(4).unwrap();
+    let cs = block(c.node(leader).unwrap().add_learner(4)).unwrap();
+    assert!(cs.learners.contains(&4) && !cs.voters.contains(&4));
+    assert!(c.wait_converged(SECS5), "the learner receives the log");
+    assert_eq!(value(&c, 4, "a9").as_deref(), Some("v"));
+    // A learner never leads.
+    assert!(c.node(4).unwrap().status().led_terms.is_empty());
+    let cs = block(c.node(leader).unwrap().add_voter(4)).unwrap();
+    assert!(
+        cs.voters.contains(&4) && !cs.learners.contains(&4),
+        "{cs:?}"
+    );
+
+    // The leader removes itself: the others elect a leader among themselves and go on.
+    let cs = block(c.node(leader).unwrap().remove_node(leader)).unwrap();
+    assert!(!cs.voters.contains(&leader));
+    let rest: Vec<u64> = c.ids().into_iter().filter(|&i| i != leader).collect();
+    let new = c.wait_leader(&rest, SECS5).unwrap_or_else(|| {
+        let st: Vec<_> = c
+            .ids()
+            .iter()
+            .map(|&i| c.node(i).unwrap().status())
+            .collect();
+        panic!("no leader among {rest:?}: {st:#?}")
+    });
+    assert_ne!(new, leader);
+    c.crash(leader);
+    let r = block(write(&c, new, put("after", "v"), SECS5)).unwrap();
+    assert!(r.ok);
+    assert!(c.wait_converged(SECS5));
+    assert_eq!(hashes(&c).len(), 1);
+    assert!(split_terms(&c).is_empty(), "{:?}", split_terms(&c));
+}

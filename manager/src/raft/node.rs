@@ -550,6 +550,7 @@ impl<S: StateMachine> Driver<S> {
                 self.raw.tick();
                 next_tick = (next_tick + tick).max(now);
                 self.expire(now);
+                self.hand_over_if_removed();
             }
             if let Err(e) = self.on_ready() {
                 self.fail(e.to_string());
@@ -825,6 +826,7 @@ impl<S: StateMachine> Driver<S> {
                     };
                     if let Ok(cs) = &result {
                         self.conf_state = cs.clone();
+                        self.hand_over_if_removed();
                     }
                     if let Some((_, Waiting::Conf(r))) = self
                         .ours(&e.context)
@@ -839,6 +841,33 @@ impl<S: StateMachine> Driver<S> {
             self.applied = e.index;
         }
         Ok(())
+    }
+
+    /// raft-rs leaves a leader that removed itself leading the others (it even keeps
+    /// them from electing anyone, since its heartbeats go on). Hand leadership to the
+    /// most up-to-date voter instead: it campaigns at once and the old leader steps
+    /// down when it sees the new term.
+    ///
+    /// Tried again on every tick until it happens: the chosen voter refuses to campaign
+    /// while it has not applied the removal itself, and raft-rs then drops the
+    /// transfer after an election timeout.
+    fn hand_over_if_removed(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader
+            || self.conf_state.voters.contains(&self.id)
+            || raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let best = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.id && self.conf_state.voters.contains(id))
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id);
+        if let Some(to) = best {
+            self.raw.transfer_leader(to);
+        }
     }
 
     fn answer_reads(&mut self) {
