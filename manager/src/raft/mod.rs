@@ -7,8 +7,8 @@
 //! - [`log`]: berth's own durable log (segments of CRC-framed records, fsynced files
 //!   and directories, torn-tail repair, atomic snapshots, compaction); [`storage`]
 //!   serves it to raft-rs as its `Storage`.
-//! - [`node`]: the driver thread that runs the Ready loop, and [`Node`], the handle
-//!   callers use: `propose` (forwarded to the leader from a follower), conf changes,
+//! - `driver`: the thread that runs one node's Ready loop; [`node`]: [`Node`], the
+//!   handle callers use: `propose` (forwarded to the leader from a follower), conf changes,
 //!   `read_index` for linearizable reads.
 //! - [`transport`]: the [`Transport`] seam for messages between nodes, and
 //!   [`MemNetwork`], an in-memory network with partitions, drops and delays for tests.
@@ -20,6 +20,7 @@
 //! raft-rs never touches disk or network itself; everything here is the application
 //! side of its documented contract.
 
+mod driver;
 pub mod kv;
 pub mod local;
 pub mod log;
