@@ -251,6 +251,9 @@ impl<S: StateMachine> Driver<S> {
 
     /// Answers the requests whose time is up.
     fn expire(&mut self, now: Instant) {
+        // Reads that have their index wait for this node to apply it, which a node cut
+        // off from the leader may never do; forget those whose caller has gone.
+        self.reads_to_apply.retain(|(_, r)| !r.is_closed());
         let (id, after) = (self.id, self.cfg.request_timeout);
         let timeout = |what| NodeError::Timeout { id, what, after };
         let late: Vec<u64> = self
