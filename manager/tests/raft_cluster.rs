@@ -210,7 +210,17 @@ fn many_concurrent_proposals_share_fsyncs() {
         "{:?}",
         results.iter().find(|r| r.is_err())
     );
+    // The status is published at the end of the loop's turn, after the answers.
+    let last = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter_map(|b| KvResponse::decode(b))
+        .map(|r| r.index)
+        .max()
+        .unwrap();
+    assert!(wait_until(SECS5, || node.status().applied >= last));
     let syncs = node.status().log_syncs - before;
+    assert!(syncs >= 1, "the writes were fsynced");
     assert!(
         syncs * 4 < n,
         "{n} proposals took {syncs} fsyncs: they were not batched"
