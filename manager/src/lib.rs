@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod orchestrator;
+pub mod raft;
 pub mod store;
 
 use orchestrator::{Change, Plan};

@@ -1,0 +1,437 @@
+//! [`Node`]: the handle callers use to talk to one Raft node (async methods, replies
+//! over oneshot channels), its settings and its published [`Status`]. The node itself
+//! runs on its own thread, in `driver.rs`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Message};
+use raft::{RawNode, ReadOnlyOption};
+use tokio::sync::oneshot;
+
+use super::driver::Driver;
+use super::log::{LogError, LogOptions, LogStore};
+use super::state_machine::{RestoreError, StateMachine};
+use super::storage::DiskStorage;
+use super::transport::Transport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("raft node {id} knows no leader right now (an election is under way, or it is cut off from a majority); retry shortly")]
+    NoLeader { id: u64 },
+    #[error("raft node {id}: {what} did not complete within {after:?}; it may still commit, so read before retrying a write that is not idempotent")]
+    Timeout {
+        id: u64,
+        what: &'static str,
+        after: Duration,
+    },
+    #[error("raft node {id} has stopped: {reason}")]
+    Stopped { id: u64, reason: String },
+    #[error("an empty command cannot be proposed: raft uses empty entries for itself")]
+    EmptyCommand,
+    #[error("raft node {id} refused the configuration change: {reason}")]
+    ConfChange { id: u64, reason: String },
+    #[error("raft node {id}: {source}")]
+    Raft {
+        id: u64,
+        #[source]
+        source: raft::Error,
+    },
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("raft node {id}: {source}")]
+    Restore {
+        id: u64,
+        #[source]
+        source: RestoreError,
+    },
+    #[error("raft node {id}: cannot start its thread: {source}")]
+    Thread {
+        id: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Tunables of a node. The defaults suit managers on a LAN; tests use short ticks.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// One Raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader's heartbeat before a follower campaigns (randomized by
+    /// raft-rs between this and twice this).
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Applied entries past the last snapshot that make the node take a new snapshot
+    /// and compact its log.
+    pub snapshot_entries: u64,
+    pub segment_bytes: u64,
+    /// How long a proposal or ReadIndex waits before its caller gets a Timeout.
+    pub request_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(id: u64) -> NodeConfig {
+        NodeConfig {
+            id,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_entries: 10_000,
+            segment_bytes: LogOptions::default().segment_bytes,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a node is, as of its last Ready.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    #[default]
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// A node's view of the group, published after every turn of its loop.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub id: u64,
+    pub term: u64,
+    /// The leader this node knows of (0: none).
+    pub leader: u64,
+    pub role: Role,
+    pub commit: u64,
+    pub applied: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub snapshot_index: u64,
+    /// The configuration as of the applied index.
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Every term in which this node became leader (since it started).
+    pub led_terms: Vec<u64>,
+    /// Snapshots installed from a leader (since it started).
+    pub snapshots_installed: u64,
+    /// fsyncs of new log records (since it started): fewer than proposals when
+    /// proposals batch.
+    pub log_syncs: u64,
+    /// Set when the node stopped on an error.
+    pub stopped: Option<String>,
+}
+
+/// Makes the directory of one of a new cluster's first members: its log starts with
+/// `voters` as the configuration and `initial`'s state. Nodes added later start from
+/// an empty directory and get a snapshot from the leader.
+pub fn bootstrap<S: StateMachine>(dir: &Path, voters: &[u64], initial: &S) -> Result<(), LogError> {
+    LogStore::bootstrap(dir, voters, initial.snapshot())
+}
+
+/// What the driver thread is asked to do.
+#[derive(Debug)]
+pub(super) enum Input {
+    Message(Box<Message>),
+    Propose {
+        command: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NodeError>>,
+    },
+    ConfChange {
+        cc: ConfChangeV2,
+        reply: oneshot::Sender<Result<ConfState, NodeError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, NodeError>>,
+    },
+    Stop,
+}
+
+/// Where a transport delivers a node's incoming messages.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    tx: mpsc::Sender<Input>,
+}
+
+impl Inbox {
+    /// Hands `msg` to the node; false if the node has stopped.
+    pub fn deliver(&self, msg: Message) -> bool {
+        self.tx.send(Input::Message(Box::new(msg))).is_ok()
+    }
+}
+
+pub(super) struct Shared<S> {
+    pub(super) sm: Mutex<S>,
+    pub(super) status: Mutex<Status>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The driver never leaves the state machine or the status half-updated across a
+    // panic point it could resume from, so a poisoned lock's contents are usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running Raft node. Dropping it is [`Node::kill`].
+pub struct Node<S: StateMachine> {
+    id: u64,
+    tx: mpsc::Sender<Input>,
+    shared: Arc<Shared<S>>,
+    killed: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl<S: StateMachine> std::fmt::Debug for Node<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).finish()
+    }
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Opens the node's directory (recovering log, hard state and snapshot), restores
+    /// the state machine from the snapshot and starts the driver thread. Committed
+    /// entries after the snapshot are applied again by the driver.
+    pub fn start(
+        cfg: NodeConfig,
+        dir: &Path,
+        mut sm: S,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Node<S>, NodeError> {
+        let id = cfg.id;
+        let log = LogStore::open(
+            dir,
+            LogOptions {
+                segment_bytes: cfg.segment_bytes,
+            },
+        )?;
+        let snap = log.snapshot().clone();
+        let applied = snap.get_metadata().index;
+        if applied > 0 {
+            sm.restore(snap.get_data())
+                .map_err(|source| NodeError::Restore { id, source })?;
+        }
+        let conf_state = snap.get_metadata().get_conf_state().clone();
+        let storage = DiskStorage::new(log);
+        let raft_cfg = raft::Config {
+            id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        let raft_err = |source| NodeError::Raft { id, source };
+        raft_cfg.validate().map_err(raft_err)?;
+        let raw = RawNode::new(&raft_cfg, storage.clone(), &logger(id)).map_err(raft_err)?;
+
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            sm: Mutex::new(sm),
+            status: Mutex::new(Status {
+                id,
+                ..Status::default()
+            }),
+        });
+        let killed = Arc::new(AtomicBool::new(false));
+        let mut driver = Driver {
+            id,
+            killed: killed.clone(),
+            raw,
+            storage,
+            rx,
+            transport,
+            shared: shared.clone(),
+            cfg: cfg.clone(),
+            incarnation: std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+            next_seq: 0,
+            proposals: HashMap::new(),
+            reads: HashMap::new(),
+            read_batch: Vec::new(),
+            reads_to_apply: Vec::new(),
+            conf_state,
+            applied,
+            led_terms: Vec::new(),
+            snapshots_installed: 0,
+            snapshot_reports: Vec::new(),
+        };
+        driver.publish();
+        let status = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{id}"))
+            .spawn(move || {
+                // A panic (in a state machine's apply, say) ends this node only; its
+                // callers are told why instead of finding a silent, dead node.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run()));
+                if let Err(panic) = run {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_string());
+                    lock(&status.status).stopped = Some(format!("its driver panicked: {what}"));
+                }
+            })
+            .map_err(|source| NodeError::Thread { id, source })?;
+        Ok(Node {
+            id,
+            tx,
+            shared,
+            killed,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Where the transport delivers this node's messages.
+    pub fn inbox(&self) -> Inbox {
+        Inbox {
+            tx: self.tx.clone(),
+        }
+    }
+
+    fn stopped(&self) -> NodeError {
+        NodeError::Stopped {
+            id: self.id,
+            reason: self
+                .status()
+                .stopped
+                .unwrap_or_else(|| "it was shut down".to_string()),
+        }
+    }
+
+    fn send(&self, input: Input) -> Result<(), NodeError> {
+        self.tx.send(input).map_err(|_| self.stopped())
+    }
+
+    /// Replicates `command` and returns the state machine's response once it is
+    /// committed and applied on this node. On a follower the proposal goes to the
+    /// leader; without a known leader it fails at once with [`NodeError::NoLeader`].
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Propose { command, reply })?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// Proposes a configuration change; returns the configuration once applied here.
+    pub async fn propose_conf_change(&self, cc: ConfChangeV2) -> Result<ConfState, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::ConfChange { cc, reply })?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// Adds node `id` as a voter (start it on an empty directory; it receives a snapshot).
+    pub async fn add_voter(&self, id: u64) -> Result<ConfState, NodeError> {
+        self.propose_conf_change(single_change(ConfChangeType::AddNode, id))
+            .await
+    }
+
+    pub async fn add_learner(&self, id: u64) -> Result<ConfState, NodeError> {
+        self.propose_conf_change(single_change(ConfChangeType::AddLearnerNode, id))
+            .await
+    }
+
+    pub async fn remove_node(&self, id: u64) -> Result<ConfState, NodeError> {
+        self.propose_conf_change(single_change(ConfChangeType::RemoveNode, id))
+            .await
+    }
+
+    /// A linearizable read point: returns an index once the leader confirmed with a
+    /// quorum (ReadOnlyOption::Safe) that it is still leader, and this node has
+    /// applied up to it. State read after this is at least as fresh as every write
+    /// acknowledged before the call. A node cut off from a majority never returns
+    /// (its caller gets a Timeout).
+    pub async fn read_index(&self) -> Result<u64, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::ReadIndex { reply })?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// A linearizable read of the state machine.
+    pub async fn read<R>(&self, f: impl FnOnce(&S) -> R) -> Result<R, NodeError> {
+        self.read_index().await?;
+        Ok(self.with_state(f))
+    }
+
+    /// A local (possibly stale) read of the state machine.
+    pub fn with_state<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&lock(&self.shared.sm))
+    }
+
+    pub fn hash(&self) -> [u8; 32] {
+        self.with_state(|s| s.hash())
+    }
+
+    pub fn status(&self) -> Status {
+        lock(&self.shared.status).clone()
+    }
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Stops the node's thread at the next step it takes, with no flush or farewell:
+    /// what a `kill -9` leaves, since everything acknowledged was already fsynced.
+    /// Waiting callers get [`NodeError::Stopped`].
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Input::Stop);
+        let thread = lock(&self.thread).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<S: StateMachine> Drop for Node<S> {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
+    let mut single = raft::eraftpb::ConfChangeSingle::default();
+    single.set_change_type(change_type);
+    single.node_id = node_id;
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(single);
+    cc
+}
+
+/// raft-rs logs through slog: nowhere by default, to standard error with
+/// `BERTH_RAFT_LOG=1` (for debugging a test).
+fn logger(id: u64) -> slog::Logger {
+    if std::env::var_os("BERTH_RAFT_LOG").is_some() {
+        slog::Logger::root(StderrDrain { id }, slog::o!())
+    } else {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
+}
+
+struct StderrDrain {
+    id: u64,
+}
+
+impl slog::Drain for StderrDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        eprintln!(
+            "raft[{}] {} {}",
+            self.id,
+            record.level().as_short_str(),
+            record.msg()
+        );
+        Ok(())
+    }
+}
