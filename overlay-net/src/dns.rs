@@ -170,11 +170,16 @@ pub fn respond(
         .set_recursion_desired(query.recursion_desired())
         .set_recursion_available(true)
         .add_query(q.clone());
-    if query.extensions().is_some() {
-        // An EDNS query gets an OPT record back, with the payload size we accept.
+    if let Some(asked) = query.extensions() {
+        // An EDNS query gets an OPT record back, with the payload size we accept; a
+        // version we do not speak (only 0 exists) gets BADVERS (RFC 6891 6.1.3).
         let mut edns = Edns::new();
         edns.set_max_payload(MAX_UDP_PAYLOAD);
         reply.set_edns(edns);
+        if asked.version() > 0 {
+            reply.set_response_code(ResponseCode::BADVERS);
+            return reply.to_vec().ok().map(Ok);
+        }
     }
     match answer {
         Answer::Forward => return Some(Err(packet.to_vec())),
@@ -226,6 +231,8 @@ struct Listener {
     bound: SocketAddr,
     thread: Option<JoinHandle<()>>,
     tcp: Option<JoinHandle<()>>,
+    /// The TCP listener's descriptor, to wake its blocked accept by shutting it down.
+    tcp_socket: Option<TcpListener>,
 }
 
 /// The running server: records plus one listening thread per network.
@@ -274,6 +281,7 @@ impl DnsServer {
         let bound = socket.local_addr()?;
         // The same port over TCP (the UDP one, when the caller let the kernel pick).
         let tcp = TcpListener::bind(bound)?;
+        let tcp_socket = tcp.try_clone()?;
         let stop_flag = Arc::new(AtomicBool::new(false));
         let ctx = Serve {
             socket,
@@ -299,6 +307,7 @@ impl DnsServer {
                 bound,
                 thread: Some(thread),
                 tcp: Some(tcp),
+                tcp_socket: Some(tcp_socket),
             },
         );
         Ok(())
@@ -344,8 +353,14 @@ fn stop(mut l: Listener) {
     if let Some(t) = l.thread.take() {
         let _ = t.join();
     }
-    // And the blocked accept with a connection.
-    let _ = TcpStream::connect_timeout(&l.bound, Duration::from_millis(200));
+    // And the blocked accept: shutting a listening socket down makes accept fail at
+    // once (a wake-up connection could be filtered, or its address gone).
+    if let Some(sock) = l.tcp_socket.take() {
+        let _ = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
     if let Some(t) = l.tcp.take() {
         let _ = t.join();
     }
@@ -366,6 +381,7 @@ impl Serve {
         let _ = self
             .socket
             .set_read_timeout(Some(Duration::from_millis(500)));
+        let own = self.socket.local_addr().map(|a| a.ip()).ok();
         let mut buf = [0u8; 4096];
         while !self.stop.load(Ordering::SeqCst) {
             let Ok((n, peer)) = self.socket.recv_from(&mut buf) else {
@@ -373,6 +389,9 @@ impl Serve {
             };
             let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
             let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+            if !may_ask(&records, &self.network, peer.ip(), own) {
+                continue;
+            }
             match respond(&records, &self.network, &buf[..n], rotation) {
                 Some(Ok(reply)) => {
                     drop(records);
@@ -424,14 +443,18 @@ impl Serve {
     }
 }
 
-/// TCP connections being served in this process, and the most at once: past it, new
-/// connections are closed at once (the client retries or gives up), not given a thread.
-static TCP_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
-const MAX_TCP_CONNECTIONS: usize = 64;
-/// How long an idle TCP connection stays open (RFC 7766 suggests seconds).
+/// TCP connections served at once for one network: past it, new connections are
+/// closed at once (the client retries or gives up), not given a thread.
+const MAX_TCP_CONNECTIONS: usize = 16;
+/// How long a TCP connection may wait for, or take to send, one whole query; and how
+/// long a reply may take to be taken (RFC 7766 suggests seconds).
 const TCP_IDLE: Duration = Duration::from_secs(5);
 
 fn serve_tcp(listener: TcpListener, answers: Answers, stop: Arc<AtomicBool>) {
+    // Connections of this network being served: each network has its own allowance,
+    // so one network's clients cannot take another's.
+    let open = Arc::new(AtomicUsize::new(0));
+    let own = listener.local_addr().map(|a| a.ip()).ok();
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
@@ -440,29 +463,72 @@ fn serve_tcp(listener: TcpListener, answers: Answers, stop: Arc<AtomicBool>) {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
-        if TCP_CONNECTIONS.fetch_add(1, Ordering::SeqCst) >= MAX_TCP_CONNECTIONS {
-            TCP_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+        let allowed = conn.peer_addr().is_ok_and(|peer| {
+            let records = answers.records.read().unwrap_or_else(|p| p.into_inner());
+            may_ask(&records, &answers.network, peer.ip(), own)
+        });
+        if !allowed || open.fetch_add(1, Ordering::SeqCst) >= MAX_TCP_CONNECTIONS {
+            if allowed {
+                open.fetch_sub(1, Ordering::SeqCst);
+            }
             continue;
         }
         let answers = answers.clone();
+        let open_here = open.clone();
         let spawned = std::thread::Builder::new()
             .name("dns-tcp-conn".to_string())
             .spawn(move || {
                 let _ = answers.serve_connection(conn);
-                TCP_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+                open_here.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
-            TCP_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+            open.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
-/// One DNS message over TCP: a two-byte length, then the message.
-fn read_tcp_message(conn: &mut TcpStream) -> io::Result<Vec<u8>> {
+/// Who may ask a network's server: its members, and the host itself (the gateway's
+/// own address, or loopback). The gateway address is the host's, reachable from every
+/// network the host is on: without this any neighbour could use berth as an open
+/// resolver, and take its TCP connections.
+fn may_ask(records: &Records, network: &str, peer: IpAddr, own: Option<IpAddr>) -> bool {
+    let member = match peer {
+        IpAddr::V4(ip) => records.client(network, ip).is_some(),
+        IpAddr::V6(_) => false,
+    };
+    member || peer.is_loopback() || Some(peer) == own || is_local(peer)
+}
+
+/// Whether `ip` is one of this host's addresses (the kernel lets us bind only those).
+fn is_local(ip: IpAddr) -> bool {
+    UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// One DNS message over TCP: a two-byte length, then the message, all of it within
+/// `within` (a client sending a byte at a time cannot hold the connection longer).
+fn read_tcp_message(conn: &mut TcpStream, within: Duration) -> io::Result<Vec<u8>> {
+    let deadline = std::time::Instant::now() + within;
+    let read_all = |conn: &mut TcpStream, buf: &mut [u8]| -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            conn.set_read_timeout(Some(left))?;
+            match conn.read(&mut buf[done..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
     let mut len = [0u8; 2];
-    conn.read_exact(&mut len)?;
+    read_all(conn, &mut len)?;
     let mut packet = vec![0u8; u16::from_be_bytes(len) as usize];
-    conn.read_exact(&mut packet)?;
+    read_all(conn, &mut packet)?;
     Ok(packet)
 }
 
@@ -479,11 +545,11 @@ impl Answers {
     /// Answers queries on one connection, in order, until the client closes it or is
     /// idle for [`TCP_IDLE`].
     fn serve_connection(&self, mut conn: TcpStream) -> io::Result<()> {
-        conn.set_read_timeout(Some(TCP_IDLE))?;
+        conn.set_write_timeout(Some(TCP_IDLE))?;
         conn.set_nodelay(true)?;
         let peer = conn.peer_addr()?;
         loop {
-            let packet = read_tcp_message(&mut conn)?;
+            let packet = read_tcp_message(&mut conn, TCP_IDLE)?;
             let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
             let records = self.records.read().unwrap_or_else(|p| p.into_inner());
             let reply = match respond(&records, &self.network, &packet, rotation) {
@@ -508,7 +574,7 @@ fn forward_tcp(packet: &[u8], upstream: &[SocketAddr]) -> Option<Vec<u8>> {
         let mut s = TcpStream::connect_timeout(up, Duration::from_secs(2)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         write_tcp_message(&mut s, packet).ok()?;
-        read_tcp_message(&mut s).ok()
+        read_tcp_message(&mut s, Duration::from_secs(2)).ok()
     })
 }
 
@@ -550,10 +616,12 @@ fn forward(socket: &UdpSocket, packet: &[u8], peer: SocketAddr, upstream: &[Sock
         if s.send_to(packet, up).is_err() {
             continue;
         }
-        let mut buf = [0u8; 4096];
+        // As large as a datagram can be: the upstream answers within the client's
+        // EDNS size, which may be more than ours; cut to what the client takes.
+        let mut buf = vec![0u8; 65535];
         if let Ok((n, from)) = s.recv_from(&mut buf) {
             if from == *up {
-                let _ = socket.send_to(&buf[..n], peer);
+                let _ = socket.send_to(&fit_udp(packet, buf[..n].to_vec()), peer);
                 return;
             }
         }
@@ -744,6 +812,77 @@ mod tests {
         let packet = query("example.com.", RecordType::A);
         assert_eq!(respond(&r, "front", &packet, 0), Some(Err(packet.clone())));
         assert_eq!(respond(&r, "front", b"garbage", 0), None);
+    }
+
+    #[test]
+    fn only_members_and_the_host_may_ask() {
+        let r = records();
+        let own = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        let ip = |d: u8| IpAddr::V4(Ipv4Addr::new(10, 0, 0, d));
+        assert!(may_ask(&r, "front", ip(2), own), "a member");
+        assert!(
+            may_ask(&r, "front", ip(1), own),
+            "the host, from the gateway"
+        );
+        assert!(may_ask(&r, "front", IpAddr::V4(Ipv4Addr::LOCALHOST), own));
+        // db-1 is 10.0.0.2 on "back" only; 10.0.0.9 is nobody's.
+        assert!(!may_ask(&r, "front", ip(9), own), "a neighbour");
+        assert!(!may_ask(&r, "back", ip(3), own), "another network's member");
+        assert!(!may_ask(&r, "front", "2001:db8::7".parse().unwrap(), own));
+    }
+
+    #[test]
+    fn an_edns_version_we_do_not_speak_gets_badvers() {
+        let r = records();
+        let mut m = Message::new();
+        m.set_id(9).add_query(Query::query(
+            Name::from_ascii("web.").unwrap(),
+            RecordType::A,
+        ));
+        let mut e = Edns::new();
+        e.set_version(1);
+        m.set_edns(e);
+        let reply = respond(&r, "front", &m.to_vec().unwrap(), 0)
+            .unwrap()
+            .unwrap();
+        let reply = Message::from_vec(&reply).unwrap();
+        // BADVERS shares its number (16) with BADSIG, which hickory reads it back as.
+        assert_eq!(
+            u16::from(reply.response_code()),
+            u16::from(ResponseCode::BADVERS)
+        );
+        assert!(reply.answers().is_empty());
+    }
+
+    #[test]
+    fn a_tcp_query_must_arrive_whole_within_its_time() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A client that sends a byte every 50 ms and never finishes.
+        let trickle = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            for _ in 0..40 {
+                // A length of 0xffff, then a body that never completes.
+                if c.write_all(&[0xff]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (mut conn, _) = listener.accept().unwrap();
+        let started = std::time::Instant::now();
+        let err = read_tcp_message(&mut conn, Duration::from_millis(300)).unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ),
+            "{err}"
+        );
+        // Bounded by the whole-message deadline, not by the trickle.
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        drop(conn);
+        trickle.join().unwrap();
     }
 
     #[test]
