@@ -396,8 +396,13 @@ fn a_container_with_a_terminal_gets_a_pty_of_its_own_devpts() {
     // `read` proves input reaches it; the echo after it, that output comes back.
     let mut b = TestBundle::new(
         "terminal",
-        "tty; stty size; read line; echo got=$line; ls /dev/pts",
+        "tty; stty size; read line; echo got=$line; echo owner=$(stat -c %u:%g $(tty))",
     );
+    // A user other than root owns its terminal.
+    let mut user = oci_spec::runtime::User::default();
+    user.set_uid(1000);
+    user.set_gid(1000);
+    b.spec.process_mut().as_mut().unwrap().set_user(user);
     b.spec
         .process_mut()
         .as_mut()
@@ -431,6 +436,7 @@ fn a_container_with_a_terminal_gets_a_pty_of_its_own_devpts() {
     assert!(out.contains("/dev/pts/0"), "{out}");
     assert!(out.contains("33 101"), "{out}");
     assert!(out.contains("got=hello-tty"), "{out}");
+    assert!(out.contains("owner=1000:1000"), "{out}");
 }
 
 #[test]

@@ -539,3 +539,32 @@ fn a_one_offs_stdin_closes_when_its_client_goes() {
     assert!(logs.iter().any(|e| e.log == "before\n"), "{logs:?}");
     assert_eq!(c.wait().exit.unwrap().code, Some(0));
 }
+
+#[test]
+fn a_container_with_a_long_id_can_be_attached() {
+    use std::io::Write;
+    // The socket's full path is past the 108 bytes of a unix socket address.
+    let c = TestContainer::new(&"long".repeat(20), "cat");
+    assert!(
+        c.dir().join("attach.sock").as_os_str().len() > 108,
+        "{}",
+        c.dir().display()
+    );
+    let mut opts = TestContainer::options();
+    opts.stdin = true;
+    c.create_with(&opts).unwrap();
+    let mut sock = shim::attach::connect(c.state(), &c.id).unwrap();
+    sock.write_all(&shim::attach::frame(
+        shim::attach::STDIN,
+        b"via a long path\n",
+    ))
+    .unwrap();
+    sock.write_all(&shim::attach::frame(shim::attach::CLOSE_STDIN, &[]))
+        .unwrap();
+    let frames = read_attached(&mut sock);
+    assert_eq!(
+        frames[0],
+        (shim::attach::STDOUT, "via a long path\n".to_string())
+    );
+    assert_eq!(c.wait().exit.unwrap().code, Some(0));
+}

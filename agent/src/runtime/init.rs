@@ -239,6 +239,16 @@ pub(crate) fn describe(plan: &InitPlan, f: &Failure) -> String {
                 .map(|a| a.to_string_lossy().into_owned())
                 .unwrap_or_default()
         ),
+        Some(Step::Tty) => match i {
+            0 => "open /dev/ptmx for the terminal (process.terminal needs devpts mounted at /dev/pts)".to_string(),
+            1 => "unlock the terminal's pty".to_string(),
+            2 => "open the terminal's pty slave".to_string(),
+            3 => "start a session for the terminal (setsid)".to_string(),
+            4 => "make the pty the controlling terminal".to_string(),
+            5 => "make the pty stdin, stdout and stderr".to_string(),
+            7 => "give the pty to the process's user".to_string(),
+            _ => "send the terminal to the runtime".to_string(),
+        },
         Some(Step::BindRootfs) => format!(
             "bind root filesystem {}",
             plan.rootfs.rootfs.to_string_lossy()
@@ -448,7 +458,7 @@ fn run(
         }
         // A terminal from the container's own /dev/pts, mounted by now.
         if let Some(socket) = plan.tty_socket {
-            open_tty(socket)?;
+            open_tty(socket, plan.uid, plan.gid)?;
         }
     }
     finish(plan, sync_pipe, error_pipe)
@@ -706,7 +716,7 @@ fn exec_child(plan: &InitPlan, fds: ExecFds) -> Result<std::convert::Infallible,
         }
         libc::close(fds.pid_pipe);
         if let Some(socket) = plan.tty_socket {
-            open_tty(socket)?;
+            open_tty(socket, plan.uid, plan.gid)?;
         } else {
             for (i, fd) in plan.stdio.iter().enumerate() {
                 if let Some(fd) = fd {
@@ -730,7 +740,7 @@ fn exec_child(plan: &InitPlan, fds: ExecFds) -> Result<std::convert::Infallible,
 /// Opens a pty in the container's own /dev/pts (so `tty` names a device the
 /// container can see), makes its slave our controlling terminal and stdio, and sends
 /// the master to the caller over `socket` (SCM_RIGHTS).
-fn open_tty(socket: RawFd) -> StepResult {
+fn open_tty(socket: RawFd, uid: libc::uid_t, gid: libc::gid_t) -> StepResult {
     // SAFETY: open/ioctl/setsid/dup2/sendmsg over our own descriptors; the message
     // header, iovec and control buffer live on this stack frame for the call.
     unsafe {
@@ -747,6 +757,9 @@ fn open_tty(socket: RawFd) -> StepResult {
         )?;
         let slave = libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
         check(Step::Tty, 2, slave as c_long)?;
+        // The terminal belongs to the process's user, as a login's does: programs that
+        // reopen it by name (ssh, gpg, script) need that (runc's fixStdioPermissions).
+        check(Step::Tty, 7, libc::fchown(slave, uid, gid) as c_long)?;
         check(Step::Tty, 3, libc::setsid() as c_long)?;
         check(
             Step::Tty,

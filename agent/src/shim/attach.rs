@@ -40,6 +40,24 @@ pub(crate) fn socket_path(dir: &Path) -> PathBuf {
     dir.join("attach.sock")
 }
 
+/// Runs `f` with a path to `dir`'s attach socket short enough for a unix socket
+/// address (108 bytes), however long the state directory and container id are: the
+/// directory opened, and named through `/proc/self/fd`.
+pub(crate) fn with_short_path<T>(
+    dir: &Path,
+    f: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let full = socket_path(dir);
+    if full.as_os_str().len() < 100 {
+        return f(&full);
+    }
+    let handle = std::fs::File::open(dir)?;
+    f(&PathBuf::from(format!(
+        "/proc/self/fd/{}/attach.sock",
+        handle.as_raw_fd()
+    )))
+}
+
 /// One frame's bytes.
 pub fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + payload.len());
@@ -103,7 +121,7 @@ pub fn connect(state: &Path, id: &str) -> Result<UnixStream, ShimError> {
     if !dir.exists() {
         return Err(ShimError::NotFound { id: id.to_string() });
     }
-    UnixStream::connect(socket_path(&dir)).map_err(|e| {
+    with_short_path(&dir, |p| UnixStream::connect(p)).map_err(|e| {
         ShimError::io(
             format!("container {id}: attach (it has no terminal nor open stdin, or has exited)"),
             e,

@@ -169,7 +169,7 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
     let listener = if terminal || config.stdin {
         let path = super::attach::socket_path(dir);
         let _ = std::fs::remove_file(&path);
-        match std::os::unix::net::UnixListener::bind(&path) {
+        match super::attach::with_short_path(dir, |p| std::os::unix::net::UnixListener::bind(p)) {
             Ok(l) => {
                 let _ = l.set_nonblocking(true);
                 Some(l)
