@@ -930,6 +930,39 @@ fn run_in_the_foreground_attaches_stdin_and_a_terminal_when_it_has_one() {
     );
     assert_eq!(stdout, "piped line 1\npiped line 2\nnot a tty\n");
 
+    // Ctrl-C on a one-off without a terminal reaches the container.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .env("BERTH_CGROUP_PARENT", &f.project)
+        .env("BERTH_NET_PREFIX", &f.net_prefix)
+        .env("BERTH_NET_POOL", &f.net_pool)
+        .arg("--state-dir")
+        .arg(f.state())
+        .args([
+            "run",
+            "--rm",
+            "tool",
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 7' INT; echo ready; while true; do sleep 0.1; done",
+        ])
+        .current_dir(f.dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run berth");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).expect("read");
+    assert_eq!(first, "ready\n");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("read");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(7), "{rest}");
+    assert_eq!(rest, "got-int\n");
+
     // Under a terminal (util-linux `script` gives berth one), the one-off gets a
     // terminal of its own, sized like ours, and what we type.
     let berth = format!(

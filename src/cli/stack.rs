@@ -1424,6 +1424,14 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
     // Attached to its stdio through its shim; a container that has already exited
     // cannot be attached to, and its output is in its log.
     use agent::shim::attach::{self, Ended};
+    // Without a terminal, Ctrl-C (and the other signals a shell sends) go to the
+    // one-off, as with Compose; with one, they are keys it reads from its terminal.
+    let _forwarding = match agent::shim::state(&state_dir.join("run"), &task.id) {
+        Ok(s) if !tty => s
+            .pid
+            .map(|pid| agent::runtime::SignalForwarding::start(nix::unistd::Pid::from_raw(pid))),
+        _ => None,
+    };
     let shown = match attach::connect(&state_dir.join("run"), &task.id) {
         Ok(sock) => attach::attach_stdio(sock, tty)
             .with_context(|| format!("attached to {}", task.name()))?,

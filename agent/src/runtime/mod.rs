@@ -51,7 +51,7 @@ pub use exec::{
 };
 pub use process::{
     cgroup_of, check_id, remove_cgroup, run, spawn, sysctl_namespace, Container, ExitReport,
-    RunOptions, Stdio, SysctlNamespace, INIT_ANNOTATION,
+    RunOptions, SignalForwarding, Stdio, SysctlNamespace, INIT_ANNOTATION,
 };
 pub use spec::default_spec;
 

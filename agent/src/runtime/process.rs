@@ -703,13 +703,17 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
-/// Forwards signals to the container while alive; restores the old handlers on drop.
-struct SignalForwarding {
+/// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGUSR1/2 received by this process to
+/// a container's first process while alive (the CLI of `runtime run` and of `run`
+/// without a terminal: Ctrl-C reaches the container, as with Compose); restores the old
+/// handlers on drop.
+#[derive(Debug)]
+pub struct SignalForwarding {
     old: Vec<(libc::c_int, libc::sigaction)>,
 }
 
 impl SignalForwarding {
-    fn start(pid: Pid) -> SignalForwarding {
+    pub fn start(pid: Pid) -> SignalForwarding {
         FORWARD_TO.store(pid.as_raw(), Ordering::Relaxed);
         let mut old = Vec::new();
         for sig in FORWARDED {
