@@ -490,7 +490,11 @@ fn a_container_that_does_not_read_its_input_still_has_its_output_read() {
     let c = TestContainer::new("noread", "seq 1 200000; cat > /dev/null; echo drained");
     let mut opts = TestContainer::options();
     opts.stdin = true;
+    // A one-off: its output waits for its first client rather than being cut.
+    opts.stdin_once = true;
     c.create_with(&opts).unwrap();
+    // Late, as a busy caller may be.
+    std::thread::sleep(Duration::from_millis(300));
     let sock = shim::attach::connect(c.state(), &c.id).unwrap();
     let mut writer = sock.try_clone().unwrap();
     let input = std::thread::spawn(move || {

@@ -296,7 +296,13 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
             watch(fd, libc::POLLOUT);
         }
         // SAFETY: fds is a valid array of pollfd of the given length, alive for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                attached.poll_timeout(),
+            )
+        };
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             break;
         }
@@ -410,6 +416,9 @@ fn set_nonblocking(fd: i32) {
 const OUT_LIMIT: usize = 1024 * 1024;
 /// Input queued for a container that does not read before the client is not read.
 const IN_LIMIT: usize = 256 * 1024;
+/// How long a one-off's output waits for its caller to attach before the oldest of it
+/// is dropped.
+const FIRST_CLIENT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The attached client, if any (`attach.rs`), the queues both ways, and what the
 /// container wrote before the first client came. Every descriptor here is
@@ -431,6 +440,7 @@ struct Attached {
     terminal: Option<i32>,
     /// Close stdin when the first client goes (a one-off's: `berth run`).
     stdin_once: bool,
+    started: std::time::Instant,
 }
 
 impl Attached {
@@ -450,6 +460,7 @@ impl Attached {
             close_input: false,
             terminal,
             stdin_once,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -498,8 +509,30 @@ impl Attached {
             .map(|f| f.as_raw_fd())
     }
 
+    /// Whether to stop reading the container's output for now: a slow client's queue
+    /// is full, or a one-off's first client has not come yet and the replay is full
+    /// (its caller attaches right after the start: its output waits for it, up to
+    /// [`FIRST_CLIENT_WAIT`], rather than being cut).
     fn backlogged(&self) -> bool {
-        self.out.len() >= OUT_LIMIT
+        if self.out.len() >= OUT_LIMIT {
+            return true;
+        }
+        match &self.replay {
+            Some(replay) if self.stdin_once => {
+                self.started.elapsed() < FIRST_CLIENT_WAIT
+                    && replay.iter().map(Vec::len).sum::<usize>() >= super::attach::REPLAY_LIMIT
+            }
+            _ => false,
+        }
+    }
+
+    /// How long `poll` may wait: a paused one-off must notice when its wait is over.
+    fn poll_timeout(&self) -> libc::c_int {
+        if self.backlogged() && self.client.is_none() {
+            200
+        } else {
+            -1
+        }
     }
 
     /// Output of the container: to the client, or kept for the first one.
@@ -514,6 +547,12 @@ impl Attached {
             self.flush_out();
         } else if let Some(replay) = self.replay.as_mut() {
             replay.push_back(frame);
+            // A one-off waiting for its caller keeps all of it (reading pauses at the
+            // limit, so it passes it by one read at most); anything else keeps the
+            // newest.
+            if self.stdin_once && self.started.elapsed() < FIRST_CLIENT_WAIT {
+                return;
+            }
             let mut total: usize = replay.iter().map(Vec::len).sum();
             while total > super::attach::REPLAY_LIMIT {
                 total -= replay.pop_front().map_or(0, |f| f.len());
