@@ -87,7 +87,10 @@ for n in $SIZES; do
   b="cd $dir && $BERTH --state-dir $state"
   d="cd $dir && docker-compose -p bench$n"
   # up: each run starts from nothing; down: each run starts from a running stack.
+  # (--prepare runs before every timed run; --cleanup only once after all of them,
+  # which would time runs 2..N of `up` on a stack already up.)
   hyperfine --runs "$RUNS" --export-json "$results/up-$n.json" \
+    --prepare "$b down -t 1 >/dev/null 2>&1; $d down -t 1 >/dev/null 2>&1" \
     --cleanup "$b down -t 1 >/dev/null 2>&1; $d down -t 1 >/dev/null 2>&1" \
     -n "berth up -d ($n)" "$b up -d 2>/dev/null" \
     -n "docker-compose up -d ($n)" "$d up -d 2>/dev/null"
