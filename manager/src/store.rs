@@ -42,7 +42,7 @@ pub enum StoreError {
     Corrupt { path: PathBuf, message: String },
     #[error("{0}")]
     Rejected(String),
-    #[error("cannot open the store's raft log in {dir}: {source} (a single-host daemon keeps its whole state there: restore the directory from a backup, or move it away to start with an empty store)")]
+    #[error("cannot open the store's raft log in {dir}: {source} (on a single host this directory is the whole store: moving it away starts an empty one)")]
     Open {
         dir: PathBuf,
         #[source]

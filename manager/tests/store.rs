@@ -153,7 +153,7 @@ fn a_corrupt_state_json_or_raft_dir_is_an_error_naming_the_file() {
     std::fs::write(tmp.path().join("raft/snapshot"), b"garbage, not a snapshot").unwrap();
     let err = Store::open(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("raft/snapshot"), "{err}");
-    assert!(err.contains("move it away"), "{err}");
+    assert!(err.contains("moving it away starts an empty one"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
