@@ -20,7 +20,7 @@ use std::time::Duration;
 use agent::executor::Executor;
 use anyhow::Context;
 use manager::api::{LogLine, Node};
-use manager::store::{FileBackend, Store};
+use manager::store::Store;
 use spec::model::{Service, Stack};
 use spec::task::{DesiredState, StackRecord, Task, TaskState, TaskStatus};
 
@@ -59,12 +59,9 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
     set_mode(state_dir, if shared { 0o711 } else { 0o700 })?;
     let _lock = lock_daemon(state_dir)?;
     raise_open_files_limit();
-    let store = Arc::new(
-        Store::open(Box::new(FileBackend::new(
-            state_dir.join("manager/state.json"),
-        )))
-        .context("open the store")?,
-    );
+    // A Raft group of one voter in <state>/manager/raft (a state.json of an older
+    // berth is migrated into it on first start).
+    let store = Arc::new(Store::open(&state_dir.join("manager")).context("open the store")?);
     let net = open_network(state_dir)?;
     let executor = Executor {
         state_dir: state_dir.to_path_buf(),
@@ -387,9 +384,12 @@ fn commit(store: &Store, reports: Vec<(String, TaskStatus)>) {
     if reports.is_empty() {
         return;
     }
+    // The transaction may run again (another manager committed first): it reads
+    // the reports, not takes them.
     let result = store.update(|s| {
-        for (id, mut status) in reports {
-            if let Some(t) = s.tasks.get_mut(&id) {
+        for (id, status) in &reports {
+            let mut status = status.clone();
+            if let Some(t) = s.tasks.get_mut(id) {
                 let state = t.status.state().advance(status.state());
                 status.state = Some(state);
                 // Health is the health loop's to write; the agent only sets the

@@ -394,6 +394,17 @@ async fn services_verb(
                         record.stopped.push(svc.clone());
                     }
                 }
+                // What the orchestrator would do next, done in the same transaction:
+                // a caller that reads the state after `stop` returns (`up` waiting
+                // for the stack to stop) sees the tasks on their way down.
+                for t in s.tasks.values_mut() {
+                    if t.stack == name
+                        && chosen.contains(&t.service)
+                        && t.desired == DesiredState::Running
+                    {
+                        t.desired = DesiredState::Shutdown;
+                    }
+                }
             }
             "start" => record.stopped.retain(|s| !chosen.contains(s)),
             "restart" => {

@@ -1,7 +1,9 @@
 //! The manager: desired state and the loops that act on it.
 //!
-//! - `store`: stacks and tasks, changed in transactions, persisted, watched (the Raft
-//!   issue replicates it behind the same `Backend` seam);
+//! - `store`: stacks and tasks, changed in transactions, replicated through Raft
+//!   (one voter on a single host), watched;
+//! - `replicated`: the store's state as a Raft state machine (transactions with
+//!   optimistic concurrency on the state's version);
 //! - `orchestrator`: the pure function from stacks and tasks to the changes that make
 //!   them match (DESIGN invariant 2);
 //! - `api`: the HTTP API (axum) over a unix socket; the only module that knows HTTP and
@@ -14,6 +16,7 @@
 pub mod api;
 pub mod orchestrator;
 pub mod raft;
+pub mod replicated;
 pub mod store;
 
 use orchestrator::{Change, Plan};

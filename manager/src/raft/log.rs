@@ -463,8 +463,11 @@ impl LogStore {
         let last_seq = self.segments.last().map(|s| s.seq);
         let mut removed = false;
         let mut kept = Vec::new();
+        // Only a prefix of the segments goes: a newer segment may hold a rewrite that
+        // drops entries of an older one (Raft's rule at replay), so deleting it while
+        // the older one stays would bring those entries back on the next open.
         for seg in std::mem::take(&mut self.segments) {
-            if Some(seg.seq) != last_seq && seg.max_index <= index {
+            if kept.is_empty() && Some(seg.seq) != last_seq && seg.max_index <= index {
                 fs::remove_file(&seg.path).map_err(io(&seg.path))?;
                 removed = true;
             } else {
