@@ -92,18 +92,25 @@ impl Fixture {
     }
 
     fn berth_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_berth"))
+        self.command(args)
             .envs(env.iter().copied())
-            .env("BERTH_CGROUP_PARENT", &self.project)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run berth")
+    }
+
+    /// `berth args...` with this test's state, names and project directory, for tests
+    /// that drive the process themselves (stdin, signals).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.env("BERTH_CGROUP_PARENT", &self.project)
             .env("BERTH_NET_PREFIX", &self.net_prefix)
             .env("BERTH_NET_POOL", &self.net_pool)
             .arg("--state-dir")
             .arg(self.state())
             .args(args)
-            .current_dir(self.dir())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run berth")
+            .current_dir(self.dir());
+        cmd
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -900,14 +907,8 @@ fn run_in_the_foreground_attaches_stdin_and_a_terminal_when_it_has_one() {
     let mut f = Fixture::new("runin", compose);
     f.start_daemon();
     // Piped stdin reaches the container, and its end ends `cat`; no terminal.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .env("BERTH_CGROUP_PARENT", &f.project)
-        .env("BERTH_NET_PREFIX", &f.net_prefix)
-        .env("BERTH_NET_POOL", &f.net_pool)
-        .arg("--state-dir")
-        .arg(f.state())
-        .args(["run", "--rm", "tool", "sh", "-c", "cat; tty; exit 3"])
-        .current_dir(f.dir())
+    let mut child = f
+        .command(&["run", "--rm", "tool", "sh", "-c", "cat; tty; exit 3"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -931,13 +932,8 @@ fn run_in_the_foreground_attaches_stdin_and_a_terminal_when_it_has_one() {
     assert_eq!(stdout, "piped line 1\npiped line 2\nnot a tty\n");
 
     // Ctrl-C on a one-off without a terminal reaches the container.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .env("BERTH_CGROUP_PARENT", &f.project)
-        .env("BERTH_NET_PREFIX", &f.net_prefix)
-        .env("BERTH_NET_POOL", &f.net_pool)
-        .arg("--state-dir")
-        .arg(f.state())
-        .args([
+    let mut child = f
+        .command(&[
             "run",
             "--rm",
             "tool",
@@ -945,7 +941,6 @@ fn run_in_the_foreground_attaches_stdin_and_a_terminal_when_it_has_one() {
             "-c",
             "trap 'echo got-int; exit 7' INT; echo ready; while true; do sleep 0.1; done",
         ])
-        .current_dir(f.dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
