@@ -120,11 +120,14 @@ impl Bound {
             };
             handle.spawn(relay_udp(listener, target))
         } else {
-            let listener = TcpListener::from_std(std::net::TcpListener::from(self.fd))?;
-            handle.spawn(async move {
-                let _stopped = Stopped(stopped);
-                relay_tcp(listener, target).await
-            })
+            // One value owns both, so the listener closes before the signal whether the
+            // task is aborted mid-await or before it was ever polled (an async block's
+            // captures drop in no order one can rely on).
+            let listener = TcpOwned {
+                listener: TcpListener::from_std(std::net::TcpListener::from(self.fd))?,
+                _stopped: Stopped(stopped),
+            };
+            handle.spawn(relay_tcp(listener, target))
         };
         Ok(Relay { task, done })
     }
@@ -136,6 +139,12 @@ impl Bound {
 struct Listener {
     socket: Arc<UdpSocket>,
     _stopped: Arc<Stopped>,
+}
+
+/// A TCP relay's listener as its task holds it: the listener drops before the signal.
+struct TcpOwned {
+    listener: TcpListener,
+    _stopped: Stopped,
 }
 
 /// Dropped with the relay's task (and so after its listener): tells [`Relay::drop`].
@@ -163,7 +172,8 @@ impl Drop for Relay {
     }
 }
 
-async fn relay_tcp(listener: TcpListener, target: SocketAddrV4) {
+async fn relay_tcp(owned: TcpOwned, target: SocketAddrV4) {
+    let listener = &owned.listener;
     // Connections in flight end with the relay, as they would with the DNAT rules.
     let mut conns = tokio::task::JoinSet::new();
     loop {
