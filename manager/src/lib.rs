@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod orchestrator;
+pub mod port;
 pub mod raft;
 pub mod replicated;
 pub mod store;

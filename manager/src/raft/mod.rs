@@ -14,6 +14,8 @@
 //!   [`MemNetwork`], an in-memory network with partitions, drops and delays for tests.
 //! - [`tcp`]: [`tcp::TcpTransport`] and [`tcp::RaftListener`], the same messages
 //!   between processes over TCP (length-prefixed protobuf frames).
+//! - [`tls`]: [`tls::TlsTransport`], the same frames over mutual TLS to peers dialed by
+//!   node id; they arrive on the cluster port (`crate::port`).
 //! - [`local`]: [`LocalCluster`], a group of real nodes in one process on a
 //!   [`MemNetwork`], for tests and the benchmark.
 //!
@@ -28,6 +30,7 @@ pub mod node;
 pub mod state_machine;
 pub mod storage;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 
 pub use local::LocalCluster;

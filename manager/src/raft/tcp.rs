@@ -5,7 +5,8 @@
 //! queue drops, as a lossy network would; Raft retries) and batches every queued
 //! message into one write; [`TcpListenerHandle`] accepts connections and gives each a
 //! reader thread that delivers into the node's [`Inbox`]. The mutual-TLS transport
-//! wraps these same streams (the frame format does not change).
+//! (`tls.rs`) runs the same writer loop and framing over rustls streams; its receiving
+//! side is the cluster port (`crate::port`).
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Read, Write};
@@ -22,11 +23,13 @@ use super::node::Inbox;
 use super::transport::Transport;
 
 /// The largest frame accepted: a snapshot travels in one message.
-const MAX_FRAME: usize = 512 << 20;
+pub(crate) const MAX_FRAME: usize = 512 << 20;
 /// Messages waiting for one peer before new ones are dropped.
 const QUEUE: usize = 4096;
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const RECONNECT_DELAY: Duration = Duration::from_millis(50);
+/// A write that makes no progress for this long counts as a dead connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
@@ -61,11 +64,10 @@ impl TcpTransport {
 
     /// Sets (or replaces) the address of peer `id`.
     pub fn set_peer(&self, id: u64, addr: SocketAddr) -> Result<(), TcpError> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name(format!("raft-tx-{id}"))
-            .spawn(move || write_loop(addr, rx))
-            .map_err(TcpError::Thread)?;
+        let tx = spawn_writer(id, move || {
+            Ok(BufWriter::with_capacity(256 << 10, connect(addr)?))
+        })
+        .map_err(TcpError::Thread)?;
         // The old writer (if any) ends when its sender is dropped here.
         self.peers
             .lock()
@@ -93,28 +95,49 @@ impl Transport for TcpTransport {
     }
 }
 
+/// Writes one frame: `len: u32 LE | protobuf bytes`.
 fn frame(msg: &Message, out: &mut impl Write) -> std::io::Result<()> {
     let bytes = msg.write_to_bytes().map_err(std::io::Error::other)?;
     out.write_all(&(bytes.len() as u32).to_le_bytes())?;
     out.write_all(&bytes)
 }
 
-/// Sends one peer's messages; reconnects on the next message after an error. A
-/// message that cannot be sent is dropped: Raft resends what matters.
-fn write_loop(addr: SocketAddr, rx: mpsc::Receiver<Message>) {
-    let mut conn: Option<BufWriter<TcpStream>> = None;
+/// A TCP connection to a peer, set up as every Raft sender wants it: no Nagle (a
+/// heartbeat must not wait for an ACK), and writes that give up on a stuck peer.
+pub(super) fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    s.set_nodelay(true)?;
+    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    Ok(s)
+}
+
+/// Starts peer `id`'s writer thread (see [`write_loop`]) and returns its queue.
+pub(super) fn spawn_writer<W, C>(id: u64, connect: C) -> std::io::Result<SyncSender<Message>>
+where
+    W: Write,
+    C: FnMut() -> std::io::Result<W> + Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    std::thread::Builder::new()
+        .name(format!("raft-tx-{id}"))
+        .spawn(move || write_loop(connect, rx))?;
+    Ok(tx)
+}
+
+/// Sends one peer's messages over connections made by `connect` (plain TCP or TLS);
+/// reconnects on the next message after an error. A message that cannot be sent is
+/// dropped: Raft resends what matters. Ends when every sender of `rx` is gone.
+fn write_loop<W: Write>(
+    mut connect: impl FnMut() -> std::io::Result<W>,
+    rx: mpsc::Receiver<Message>,
+) {
+    let mut conn: Option<W> = None;
     // After a failed connect, messages are dropped until this instant instead of each
     // paying for a connect attempt to a peer that is down.
     let mut retry_at = Instant::now();
     while let Ok(first) = rx.recv() {
         if conn.is_none() && Instant::now() >= retry_at {
-            conn = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-                .and_then(|s| {
-                    s.set_nodelay(true)?;
-                    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-                    Ok(BufWriter::with_capacity(256 << 10, s))
-                })
-                .ok();
+            conn = connect().ok();
             if conn.is_none() {
                 retry_at = Instant::now() + RECONNECT_DELAY;
             }

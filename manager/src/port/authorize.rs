@@ -1,0 +1,156 @@
+//! Who may call which HTTP path on the cluster port: a pure function of the path and
+//! the verified client certificate's identity, applied by the port before a request
+//! reaches the router, so no handler can forget it.
+//!
+//! | path | who |
+//! |---|---|
+//! | `/v1/cluster/join`, `/v1/ping` | anyone, with or without a certificate (a joiner has none yet) |
+//! | `/v1/dispatcher/...` | a worker or a manager (every node runs an agent) |
+//! | anything else | an admin (the CLI) or a manager |
+//!
+//! Only exact, plain paths are relaxed: a dispatcher path with a `.` or `..` segment,
+//! an empty segment or a percent sign is judged as "anything else", so no spelling of
+//! a path can reach the control API with a weaker certificate than it needs.
+
+use pki::{access, Identity, Role};
+
+/// Paths open to a client without a certificate.
+const OPEN: &[&str] = &["/v1/cluster/join", "/v1/ping"];
+/// Paths under this prefix are the dispatcher's (agents).
+const DISPATCHER_PREFIX: &str = "/v1/dispatcher/";
+
+/// Why a request was refused: its HTTP status (401 without a certificate, 403 with the
+/// wrong role) and a message for the caller, sent as `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+/// Which kind of endpoint a path is, for [`authorize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Open,
+    Dispatcher,
+    Control,
+}
+
+fn class(path: &str) -> Class {
+    if OPEN.contains(&path) {
+        return Class::Open;
+    }
+    if let Some(rest) = path.strip_prefix(DISPATCHER_PREFIX) {
+        let plain = !rest.contains('%')
+            && rest
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+        if plain {
+            return Class::Dispatcher;
+        }
+    }
+    Class::Control
+}
+
+/// Ok if `peer` (None: the client presented no certificate) may call `path`.
+pub fn authorize(path: &str, peer: Option<&Identity>) -> Result<(), Refusal> {
+    let (allowed, needs): (&[Role], &str) = match class(path) {
+        Class::Open => return Ok(()),
+        Class::Dispatcher => (access::DISPATCHER, "a worker or manager certificate"),
+        Class::Control => (access::CONTROL_API, "a manager or admin certificate"),
+    };
+    let Some(peer) = peer else {
+        return Err(Refusal {
+            status: 401,
+            message: format!(
+                "{path}: this endpoint needs {needs}; the client presented none (only {} are open without one)",
+                OPEN.join(" and ")
+            ),
+        });
+    };
+    if allowed.contains(&peer.role) {
+        return Ok(());
+    }
+    Err(Refusal {
+        status: 403,
+        message: format!(
+            "{path}: this endpoint needs {needs}; the client presented {} {} certificate for node {}",
+            if peer.role == Role::Admin { "an" } else { "a" },
+            peer.role,
+            peer.id
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pki::NodeId;
+
+    fn who(role: Role) -> Identity {
+        Identity::new(NodeId::new("n1").unwrap(), role)
+    }
+
+    #[test]
+    fn table() {
+        let m = Some(who(Role::Manager));
+        let w = Some(who(Role::Worker));
+        let a = Some(who(Role::Admin));
+        let none: Option<Identity> = None;
+        // (path, peer, expected status: 200 = allowed)
+        let cases: &[(&str, &Option<Identity>, u16)] = &[
+            ("/v1/cluster/join", &none, 200),
+            ("/v1/cluster/join", &w, 200),
+            ("/v1/ping", &none, 200),
+            ("/v1/ping", &a, 200),
+            ("/v1/state", &none, 401),
+            ("/v1/state", &w, 403),
+            ("/v1/state", &a, 200),
+            ("/v1/state", &m, 200),
+            ("/v1/stacks/web", &w, 403),
+            ("/v1/dispatcher/x", &none, 401),
+            ("/v1/dispatcher/x", &w, 200),
+            ("/v1/dispatcher/x", &m, 200),
+            // The dispatcher is the agents': the CLI has no business there.
+            ("/v1/dispatcher/x", &a, 403),
+            ("/v1/dispatcher/tasks/t1/status", &w, 200),
+            // Spellings that could mean another path are the control API's.
+            ("/v1/dispatcher/../state", &w, 403),
+            ("/v1/dispatcher/./x", &w, 403),
+            ("/v1/dispatcher//x", &w, 403),
+            ("/v1/dispatcher/", &w, 403),
+            ("/v1/dispatcher/%2e%2e/state", &w, 403),
+            ("/v1/dispatcher", &w, 403),
+            ("/v1/cluster/join/", &none, 401),
+            ("/v1/cluster/join/../../state", &none, 401),
+            ("/V1/PING", &none, 401),
+            ("", &none, 401),
+        ];
+        for (path, peer, want) in cases {
+            let got = match authorize(path, peer.as_ref()) {
+                Ok(()) => 200,
+                Err(r) => r.status,
+            };
+            assert_eq!(got, *want, "{path} with {peer:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_explain_themselves() {
+        let err = authorize("/v1/state", Some(&who(Role::Worker))).unwrap_err();
+        assert_eq!(
+            err.message,
+            "/v1/state: this endpoint needs a manager or admin certificate; the client presented a worker certificate for node n1"
+        );
+        let err = authorize("/v1/dispatcher/x", Some(&who(Role::Admin))).unwrap_err();
+        assert_eq!(
+            err.message,
+            "/v1/dispatcher/x: this endpoint needs a worker or manager certificate; the client presented an admin certificate for node n1"
+        );
+        let err = authorize("/v1/state", None).unwrap_err();
+        assert_eq!(
+            err.message,
+            "/v1/state: this endpoint needs a manager or admin certificate; the client presented none (only /v1/cluster/join and /v1/ping are open without one)"
+        );
+    }
+}
