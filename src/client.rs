@@ -3,17 +3,48 @@
 //! as they come, chunked or not).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-#[derive(Debug, Clone)]
+/// Where the API is: the local daemon's unix socket, or a manager's cluster port over
+/// mutual TLS (a remote CLI with an admin certificate, or a node calling a manager).
+#[derive(Clone)]
 pub struct Client {
-    pub socket: PathBuf,
+    pub target: Target,
 }
+
+#[derive(Clone)]
+pub enum Target {
+    Unix(PathBuf),
+    Tls {
+        addr: String,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    },
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.target {
+            Target::Unix(p) => write!(f, "Client(unix:{})", p.display()),
+            Target::Tls { addr, .. } => write!(f, "Client(tls:{addr})"),
+        }
+    }
+}
+
+/// A byte stream to the API: a unix socket or a TLS session over TCP.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// How long a remote manager gets to accept a connection and finish the handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A response whose body is read as it arrives.
 pub struct Response {
@@ -24,7 +55,64 @@ pub struct Response {
 impl Client {
     pub fn new(socket: &Path) -> Client {
         Client {
-            socket: socket.to_path_buf(),
+            target: Target::Unix(socket.to_path_buf()),
+        }
+    }
+
+    /// A client of the manager at `addr` (`host:port`) over mutual TLS with `config`,
+    /// expecting the server's certificate to be valid for `server_name`.
+    pub fn tls(
+        addr: &str,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Client {
+        Client {
+            target: Target::Tls {
+                addr: addr.to_string(),
+                config,
+                server_name,
+            },
+        }
+    }
+
+    fn connect(&self) -> anyhow::Result<Box<dyn Stream>> {
+        match &self.target {
+            Target::Unix(socket) => {
+                let s = UnixStream::connect(socket).with_context(|| {
+                    format!(
+                        "no berth daemon answers on {} (berth up starts one; or run berth daemon)",
+                        socket.display()
+                    )
+                })?;
+                Ok(Box::new(s))
+            }
+            Target::Tls {
+                addr,
+                config,
+                server_name,
+            } => {
+                let sock = addr
+                    .to_socket_addrs()
+                    .with_context(|| format!("resolve the manager address {addr}"))?
+                    .next()
+                    .with_context(|| format!("the manager address {addr} resolves to nothing"))?;
+                let tcp = TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT)
+                    .with_context(|| format!("no berth manager answers on {addr}"))?;
+                tcp.set_nodelay(true)?;
+                tcp.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+                let conn = rustls::ClientConnection::new(config.clone(), server_name.clone())
+                    .context("start a TLS session")?;
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                // Finish the handshake now, so a refusal is reported as one and not as a
+                // broken request.
+                while tls.conn.is_handshaking() {
+                    tls.conn
+                        .complete_io(&mut tls.sock)
+                        .map_err(|e| handshake_error(addr, e))?;
+                }
+                tls.sock.set_read_timeout(None)?;
+                Ok(Box::new(tls))
+            }
         }
     }
 
@@ -40,12 +128,7 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Response> {
-        let mut stream = UnixStream::connect(&self.socket).with_context(|| {
-            format!(
-                "no berth daemon answers on {} (berth up starts one; or run berth daemon)",
-                self.socket.display()
-            )
-        })?;
+        let mut stream = self.connect()?;
         let body = body.unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\
@@ -56,9 +139,14 @@ impl Client {
         stream.write_all(&body)?;
         let mut reader = BufReader::new(stream);
         let mut line = String::new();
+        // With TLS 1.3 a server that refuses the client's certificate says so after the
+        // client's side of the handshake is done: here, at the first read.
         reader
             .read_line(&mut line)
-            .context("read the daemon's answer")?;
+            .map_err(|e| match &self.target {
+                Target::Tls { addr, .. } => handshake_error(addr, e),
+                Target::Unix(_) => anyhow::Error::new(e).context("read the daemon's answer"),
+            })?;
         let status: u16 = line
             .split_whitespace()
             .nth(1)
@@ -117,6 +205,33 @@ impl Client {
         serde_json::from_str(&text)
             .with_context(|| format!("the daemon's answer to {method} {path}"))
     }
+}
+
+/// A failed TLS handshake, said the way a user can act on.
+fn handshake_error(addr: &str, e: std::io::Error) -> anyhow::Error {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let why = match tls {
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)) => {
+            "the manager refused this node's certificate: the node was removed from the cluster"
+                .to_string()
+        }
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::CertificateRequired,
+        )) => "the manager refused this client's certificate (is it from this cluster's CA?)"
+            .to_string(),
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            format!(
+                "the manager's certificate is not valid for this client: {c:?} (another cluster?)"
+            )
+        }
+        Some(other) => other.to_string(),
+        None => e.to_string(),
+    };
+    anyhow::anyhow!("TLS with the manager at {addr} failed: {why}")
 }
 
 /// Reads an HTTP/1.1 chunked body.

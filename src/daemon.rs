@@ -20,6 +20,7 @@ use std::time::Duration;
 use agent::executor::Executor;
 use anyhow::Context;
 use manager::api::{LogLine, Node};
+use manager::cluster::NodeRole;
 use manager::store::Store;
 use spec::model::{Service, Stack};
 use spec::task::{DesiredState, StackRecord, Task, TaskState, TaskStatus};
@@ -59,22 +60,7 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
     set_mode(state_dir, if shared { 0o711 } else { 0o700 })?;
     let _lock = lock_daemon(state_dir)?;
     raise_open_files_limit();
-    // A Raft group of one voter in <state>/manager/raft (a state.json of an older
-    // berth is migrated into it on first start).
-    let store = Arc::new(Store::open(&state_dir.join("manager")).context("open the store")?);
-    let net = open_network(state_dir)?;
-    let executor = Executor {
-        state_dir: state_dir.to_path_buf(),
-        net: Some(net.clone()),
-        shim,
-        cgroup_parent: std::env::var("BERTH_CGROUP_PARENT")
-            .ok()
-            .filter(|p| !p.is_empty() && !p.contains(".."))
-            .unwrap_or_else(|| "berth".into()),
-    };
-    remove_strays(&store, &executor);
-    readopt_network(&store, &net);
-
+    let cluster = crate::cluster::files::load(state_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Container jobs run on blocking threads: enough for a stack's starts and stops
@@ -85,26 +71,235 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    rt.block_on(async move {
-        let sock = socket_path(state_dir);
-        let _ = std::fs::remove_file(&sock);
-        let listener = tokio::net::UnixListener::bind(&sock)
-            .with_context(|| format!("listen on {}", sock.display()))?;
-        share_socket(&sock)?;
-        eprintln!("berth daemon: listening on {}", sock.display());
-        let node: Arc<dyn Node> = Arc::new(LocalNode {
-            executor: executor.clone(),
-        });
-        tokio::spawn(manager::run_orchestrator(store.clone()));
-        tokio::spawn(agent_loop(store.clone(), executor.clone()));
-        tokio::spawn(health_loop(store.clone(), executor));
-        let api = manager::api::serve(listener, store, node);
-        tokio::select! {
-            r = api => r.context("serve the API")?,
-            _ = shutdown_signal() => eprintln!("berth daemon: stopping (containers keep running)"),
+    match cluster {
+        Some((config, creds)) if config.role == NodeRole::Worker => {
+            rt.block_on(run_worker(state_dir, config, creds))
         }
-        anyhow::Ok(())
-    })
+        Some((config, creds)) => rt.block_on(run_manager(state_dir, shim, Some((config, creds)))),
+        None => rt.block_on(run_manager(state_dir, shim, None)),
+    }
+}
+
+/// The local API socket, made fresh.
+fn bind_socket(state_dir: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    let sock = socket_path(state_dir);
+    let _ = std::fs::remove_file(&sock);
+    let listener = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("listen on {}", sock.display()))?;
+    share_socket(&sock)?;
+    eprintln!("berth daemon: listening on {}", sock.display());
+    Ok(listener)
+}
+
+/// A single host, or a manager of a cluster (`cluster`): the store, the agent, the API.
+async fn run_manager(
+    state_dir: &Path,
+    shim: agent::shim::ShimProgram,
+    cluster: Option<(crate::cluster::ClusterConfig, pki::NodeCredentials)>,
+) -> anyhow::Result<()> {
+    let manager_dir = state_dir.join("manager");
+    let mut member: Option<Arc<crate::cluster::Member>> = None;
+    let store = match &cluster {
+        // A Raft group of one voter in <state>/manager/raft (a state.json of an older
+        // berth is migrated into it on first start).
+        None => {
+            let dir = manager_dir.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || Store::open(&dir))
+                    .await?
+                    .context("open the store")?,
+            )
+        }
+        Some((config, creds)) => {
+            let deny = pki::DenyList::new();
+            let transport = manager::raft::tls::TlsTransport::new(
+                manager::port::raft_client_config(creds, &deny)
+                    .context("make the Raft transport's TLS settings")?,
+            );
+            for (raft_id, node, addr) in &config.managers {
+                if let (Ok(node), Ok(addr)) = (pki::NodeId::new(node), addr.parse()) {
+                    if *raft_id != config.raft_id {
+                        transport.set_peer(*raft_id, node, addr);
+                    }
+                }
+            }
+            let store = Arc::new(
+                Store::open_member(
+                    &manager_dir,
+                    manager::store::cluster_config(config.raft_id),
+                    transport.clone(),
+                )
+                .context("open this manager's replica of the cluster store")?,
+            );
+            let m = Arc::new(crate::cluster::Member {
+                state_dir: state_dir.to_path_buf(),
+                config: config.clone(),
+                creds: creds.clone(),
+                store: store.clone(),
+                transport,
+                http: manager::port::http_client_config(creds, &deny)
+                    .context("make the cluster client's TLS settings")?,
+                deny,
+                port: Mutex::new(None),
+                ready: Default::default(),
+                heartbeats: Mutex::default(),
+            });
+            member = Some(m);
+            store
+        }
+    };
+    // overlay-net runs its own small runtime for netlink: not on this one's threads.
+    let net = {
+        let dir = state_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || open_network(&dir)).await??
+    };
+    let executor = Executor {
+        state_dir: state_dir.to_path_buf(),
+        net: Some(net.clone()),
+        shim,
+        cgroup_parent: std::env::var("BERTH_CGROUP_PARENT")
+            .ok()
+            .filter(|p| !p.is_empty() && !p.contains(".."))
+            .unwrap_or_else(|| "berth".into()),
+    };
+    let me: Option<String> = member.as_ref().map(|m| m.node_id().to_string());
+    let node: Arc<dyn Node> = Arc::new(LocalNode {
+        executor: executor.clone(),
+    });
+    let api = manager::api::router(store.clone(), node);
+    let local = match &member {
+        None => api.merge(crate::cluster::routes::single_host(
+            state_dir.to_path_buf(),
+            store.clone(),
+        )),
+        Some(m) => {
+            // The cluster port: Raft and the API over mutual TLS.
+            let router = api
+                .clone()
+                .merge(crate::cluster::routes::manager(m.clone()))
+                .layer(axum::middleware::from_fn_with_state(
+                    store.clone(),
+                    crate::cluster::routes::check_record,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    m.clone(),
+                    crate::cluster::routes::until_ready,
+                ));
+            let tls = manager::port::server_config(&m.creds, &m.deny)
+                .context("make the cluster port's TLS settings")?;
+            let listener = tokio::net::TcpListener::bind(m.config.listen)
+                .await
+                .with_context(|| format!("listen on the cluster port {}", m.config.listen))?;
+            let sink = manager::port::RaftSink::default();
+            sink.set(store.node().inbox());
+            let port = manager::port::spawn(listener, tls, sink, router);
+            *m.port.lock().unwrap_or_else(|p| p.into_inner()) = Some(port);
+            eprintln!(
+                "berth daemon: manager {} of cluster {}, cluster port {} (advertised {})",
+                m.node_id(),
+                m.config.cluster_id,
+                m.config.listen,
+                m.config.advertise
+            );
+            tokio::spawn(crate::cluster::membership::run(m.clone()));
+            api.merge(crate::cluster::routes::manager(m.clone())).layer(
+                axum::middleware::from_fn_with_state(
+                    m.clone(),
+                    crate::cluster::routes::until_ready,
+                ),
+            )
+        }
+    };
+    let listener = bind_socket(state_dir)?;
+    let serve = std::future::IntoFuture::into_future(axum::serve(listener, local));
+    tokio::pin!(serve);
+    if member.is_some() {
+        // Nothing may act on the store before it holds everything committed (a task
+        // not yet replayed would make its container look like a stray): wait for a
+        // quorum of managers, serving the API and the port meanwhile.
+        let ready = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || wait_for_quorum(&store))
+        };
+        tokio::select! {
+            r = ready => {
+                r??;
+                if let Some(m) = &member {
+                    m.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            r = &mut serve => return r.context("serve the API"),
+            _ = shutdown_signal() => {
+                eprintln!("berth daemon: stopping (containers keep running)");
+                return Ok(());
+            }
+        }
+    }
+    {
+        let (store, executor, net) = (store.clone(), executor.clone(), net.clone());
+        let me = me.clone();
+        tokio::task::spawn_blocking(move || {
+            remove_strays(&store, &executor, me.as_deref());
+            readopt_network(&store, &net);
+        })
+        .await?;
+    }
+    tokio::spawn(manager::run_orchestrator(store.clone(), me.clone()));
+    tokio::spawn(agent_loop(store.clone(), executor.clone(), me.clone()));
+    tokio::spawn(health_loop(store.clone(), executor, me));
+    tokio::select! {
+        r = &mut serve => r.context("serve the API")?,
+        _ = shutdown_signal() => eprintln!("berth daemon: stopping (containers keep running)"),
+    }
+    Ok(())
+}
+
+/// Waits until the cluster's store answers a linearizable read, saying why meanwhile.
+fn wait_for_quorum(store: &Store) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match store.wait_ready() {
+            Ok(()) => {
+                eprintln!(
+                    "berth daemon: the cluster store is ready ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            Err(manager::store::StoreError::Raft(manager::raft::NodeError::Stopped {
+                reason,
+                ..
+            })) => anyhow::bail!("the store's Raft node stopped: {reason}"),
+            Err(e) => eprintln!(
+                "berth daemon: waiting for a quorum of managers ({:.0} s): {e}",
+                started.elapsed().as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// A worker of a cluster: it heartbeats to the managers and answers `cluster status`
+/// locally. (Running tasks on workers comes with the scheduler and the dispatcher.)
+async fn run_worker(
+    state_dir: &Path,
+    config: crate::cluster::ClusterConfig,
+    creds: pki::NodeCredentials,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "berth daemon: worker {} of cluster {}",
+        config.node_id, config.cluster_id
+    );
+    let listener = bind_socket(state_dir)?;
+    tokio::spawn(crate::cluster::membership::worker_loop(
+        state_dir.to_path_buf(),
+        config.clone(),
+        creds,
+    ));
+    tokio::select! {
+        r = axum::serve(listener, crate::cluster::routes::worker(config)) => r.context("serve the API")?,
+        _ = shutdown_signal() => eprintln!("berth daemon: stopping"),
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -237,8 +432,15 @@ fn readopt_network(store: &Store, net: &overlay_net::NetworkManager) {
 
 /// Containers on disk that no task knows (a crash between creating one and recording
 /// it) are removed at start.
-fn remove_strays(store: &Store, executor: &Executor) {
-    let known: HashSet<String> = store.read(|s| s.tasks.keys().cloned().collect());
+fn remove_strays(store: &Store, executor: &Executor, me: Option<&str>) {
+    // On a cluster, only tasks placed on this node count as known here.
+    let known: HashSet<String> = store.read(|s| {
+        s.tasks
+            .values()
+            .filter(|t| t.node.as_deref() == me)
+            .map(|t| t.id.clone())
+            .collect()
+    });
     for id in executor.containers() {
         if !known.contains(&id) {
             eprintln!("berth daemon: removing container {id}, which no task knows");
@@ -268,12 +470,19 @@ type Job = Box<dyn FnOnce(&Executor) -> TaskStatus + Send>;
 /// The agent: for every task, act if its container does not match its desired state
 /// (start, stop, remove: each on a blocking thread, one at a time per task), observe
 /// it otherwise; report every status change in batches.
-async fn agent_loop(store: Arc<Store>, executor: Executor) {
+/// The store's state with only the tasks this node runs (`me`: its cluster node id;
+/// `None` on a single host, where every task is this node's).
+fn mine(mut state: manager::store::State, me: Option<&str>) -> manager::store::State {
+    state.tasks.retain(|_, t| t.node.as_deref() == me);
+    state
+}
+
+async fn agent_loop(store: Arc<Store>, executor: Executor, me: Option<String>) {
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, TaskStatus)>();
     let mut watch = store.watch();
     loop {
-        let snapshot = store.snapshot();
+        let snapshot = mine(store.snapshot(), me.as_deref());
         let mut reports = Vec::new();
         for task in snapshot.tasks.values() {
             if busy.lock().map(|b| b.contains(&task.id)).unwrap_or(true) {
@@ -524,7 +733,7 @@ impl Node for LocalNode {
 
 /// Runs every running task's healthcheck on its schedule (`agent::health::Checker`)
 /// and records health changes in the store.
-async fn health_loop(store: Arc<Store>, executor: Executor) {
+async fn health_loop(store: Arc<Store>, executor: Executor, me: Option<String>) {
     use agent::health::{probe_command, Checker};
     struct Probing {
         checker: Checker,
@@ -536,7 +745,7 @@ async fn health_loop(store: Arc<Store>, executor: Executor) {
     let mut watch = store.watch();
     let mut arrived: Vec<(String, bool, u64)> = Vec::new();
     loop {
-        let snapshot = store.snapshot();
+        let snapshot = mine(store.snapshot(), me.as_deref());
         let now = manager::now_ms();
         let mut changes: Vec<(String, spec::task::Health)> = Vec::new();
         // Forget tasks that no longer run; start checking new ones.

@@ -14,6 +14,7 @@
 //! arrive with the cluster issue.
 
 pub mod api;
+pub mod cluster;
 pub mod orchestrator;
 pub mod port;
 pub mod raft;
@@ -44,9 +45,18 @@ pub fn apply(state: &mut State, plan: &Plan) {
 
 /// Runs the orchestrator whenever the store changes, or when a plan asked to be woken
 /// (a restart back-off), until the process ends.
-pub async fn run_orchestrator(store: std::sync::Arc<store::Store>) {
+/// Runs the orchestrator over `store` until the process ends. On a cluster (`placement`
+/// is this manager's node id) only the leader orchestrates, and the tasks it creates
+/// run on its node until the scheduler places them.
+pub async fn run_orchestrator(store: std::sync::Arc<store::Store>, placement: Option<String>) {
     let mut watch = store.watch();
     loop {
+        if placement.is_some() && store.node().status().role != raft::Role::Leader {
+            // Leadership changes without a store change: look again soon.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(200), watch.changed()).await;
+            continue;
+        }
         let now = now_ms();
         let plan = store.read(|s| {
             let tasks: Vec<_> = s.tasks.values().cloned().collect();
@@ -56,6 +66,15 @@ pub async fn run_orchestrator(store: std::sync::Arc<store::Store>) {
             let before = store.read(|s| s.version);
             match store.update(|s| {
                 apply(s, &plan);
+                if let Some(node) = &placement {
+                    for change in &plan.changes {
+                        if let Change::Create(task) = change {
+                            if let Some(t) = s.tasks.get_mut(&task.id) {
+                                t.node = Some(node.clone());
+                            }
+                        }
+                    }
+                }
                 Ok(())
             }) {
                 Ok(()) if store.read(|s| s.version) != before => continue,

@@ -302,6 +302,7 @@ fn new_task(cx: &SlotCx, generation: u32, restarts: u32) -> Task {
         restarts,
         stop_grace_ms: None,
         deps_seen: cx.deps_seen.clone(),
+        node: None,
     }
 }
 

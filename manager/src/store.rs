@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use spec::task::{StackRecord, Task};
 use tokio::sync::watch;
 
+use crate::cluster::{ClusterRecord, NodeRecord};
 use crate::raft::{bootstrap, Node, NodeConfig, NodeError, Transport};
 use crate::replicated::{Shared, StoreMachine, Txn, TxnResponse};
 
@@ -62,6 +63,12 @@ pub struct State {
     pub version: u64,
     pub stacks: BTreeMap<String, StackRecord>,
     pub tasks: BTreeMap<String, Task>,
+    /// The cluster this store belongs to (None: a single host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRecord>,
+    /// The cluster's nodes by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, NodeRecord>,
 }
 
 /// One change to the state, as a transaction is replicated: the Raft log carries these,
@@ -72,6 +79,9 @@ pub enum Op {
     DeleteStack(String),
     PutTask(String, Box<Task>),
     DeleteTask(String),
+    SetCluster(Option<Box<ClusterRecord>>),
+    PutNode(String, Box<NodeRecord>),
+    DeleteNode(String),
 }
 
 /// The changes that turn `old` into `new` (the version aside). Pure.
@@ -94,6 +104,10 @@ pub fn diff(old: &State, new: &State) -> Vec<Op> {
     }
     let mut ops = changes(&old.stacks, &new.stacks, Op::PutStack, Op::DeleteStack);
     ops.extend(changes(&old.tasks, &new.tasks, Op::PutTask, Op::DeleteTask));
+    if old.cluster != new.cluster {
+        ops.push(Op::SetCluster(new.cluster.clone().map(Box::new)));
+    }
+    ops.extend(changes(&old.nodes, &new.nodes, Op::PutNode, Op::DeleteNode));
     ops
 }
 
@@ -113,6 +127,13 @@ pub fn apply_ops(state: &mut State, ops: &[Op]) {
             }
             Op::DeleteTask(k) => {
                 state.tasks.remove(k);
+            }
+            Op::SetCluster(c) => state.cluster = c.as_deref().cloned(),
+            Op::PutNode(k, v) => {
+                state.nodes.insert(k.clone(), (**v).clone());
+            }
+            Op::DeleteNode(k) => {
+                state.nodes.remove(k);
             }
         }
     }
@@ -156,6 +177,19 @@ pub fn single_host_config() -> NodeConfig {
         // little, rarely enough that writing it costs little.
         snapshot_entries: 1_000,
         ..NodeConfig::new(SINGLE_HOST_ID)
+    }
+}
+
+/// Settings of a cluster's manager: elections after 0.5-1 s without a leader, so a
+/// loaded host or a slow link does not depose a working leader.
+pub fn cluster_config(raft_id: u64) -> NodeConfig {
+    NodeConfig {
+        tick: Duration::from_millis(50),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        snapshot_entries: 1_000,
+        request_timeout: Duration::from_secs(5),
+        ..NodeConfig::new(raft_id)
     }
 }
 
@@ -208,6 +242,32 @@ impl Store {
             other => other,
         })?;
         Ok(store)
+    }
+
+    /// Opens this manager's replica of a cluster's store under `manager_dir`
+    /// (`<state>/manager/raft/`), as Raft node `cfg.id` sending through `transport`.
+    /// The directory is the single host's group made into the cluster's first member
+    /// (`berth cluster init` keeps it), or empty for a manager that joined: it then
+    /// starts with no configuration and waits for the leader's snapshot. Returns at once;
+    /// [`Store::wait_ready`] waits for the group.
+    pub fn open_member(
+        manager_dir: &Path,
+        cfg: NodeConfig,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Store, StoreError> {
+        let raft_dir = manager_dir.join("raft");
+        let sm = StoreMachine::default();
+        let shared = sm.shared();
+        let node =
+            Node::start(cfg, &raft_dir, sm, transport).map_err(|source| StoreError::Open {
+                dir: raft_dir.clone(),
+                source,
+            })?;
+        Ok(Store {
+            node: Arc::new(node),
+            shared,
+            writer: Mutex::new(()),
+        })
     }
 
     /// A store over a running node of a larger group (a cluster's manager, or a test's

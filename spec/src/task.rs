@@ -166,6 +166,10 @@ pub struct Task {
     /// or restarted, the task is recreated.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deps_seen: BTreeMap<String, String>,
+    /// The cluster node that runs it (its id); `None` on a single host, where the one
+    /// node runs every task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Task {

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Each verb lives in its own module and gets the
 //! options common to all project commands in [`ProjectArgs`], as in `docker compose`.
 
+mod cluster;
 mod config;
 mod image;
 mod runtime;
@@ -29,6 +30,18 @@ struct Cli {
         value_name = "DIR"
     )]
     state_dir: PathBuf,
+    /// Send verbs to this cluster manager (IP[:PORT]) over mutual TLS instead of the
+    /// local daemon
+    #[arg(long, global = true, env = "BERTH_HOST", value_name = "ADDR")]
+    host: Option<String>,
+    /// The admin certificate for --host: a directory with ca.crt, node.crt, node.key
+    #[arg(
+        long = "tls-dir",
+        global = true,
+        env = "BERTH_TLS_DIR",
+        value_name = "DIR"
+    )]
+    tls_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,6 +118,15 @@ enum Command {
     Pull(stack::PullArgs),
     /// Run the berth daemon in the foreground (berth up starts one when none runs)
     Daemon,
+    /// Make a cluster, join one, show it, manage its join tokens
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// List and change the cluster's nodes
+    #[command(subcommand)]
+    Node(cluster::NodeCommand),
+    /// Point verbs at a remote cluster manager, or back at the local daemon
+    #[command(subcommand)]
+    Context(cluster::ContextCommand),
     /// Run OCI bundles directly, like runc (plumbing)
     #[command(subcommand, hide = true)]
     Runtime(runtime::RuntimeCommand),
@@ -112,6 +134,7 @@ enum Command {
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    cluster::set_remote(cli.host.clone(), cli.tls_dir.clone(), &cli.state_dir)?;
     match cli.command {
         Command::Config(args) => config::run(&cli.project.with(&args.project), &args),
         Command::Image(cmd) => image::run(&cli.state_dir, &cmd),
@@ -185,6 +208,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Pull(args) => stack::pull(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Daemon => stack::daemon(&cli.state_dir),
+        Command::Cluster(cmd) => cluster::cluster(&cli.state_dir, &cmd),
+        Command::Node(cmd) => cluster::node(&cli.state_dir, &cmd),
+        Command::Context(cmd) => cluster::context(&cmd),
     }
 }
 

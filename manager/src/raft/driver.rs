@@ -39,7 +39,7 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
-use super::node::{lock, Input, NodeConfig, NodeError, Role, Shared};
+use super::node::{lock, Input, NodeConfig, NodeError, Progress, Role, Shared};
 use super::state_machine::StateMachine;
 use super::storage::DiskStorage;
 use super::transport::Transport;
@@ -512,6 +512,16 @@ impl<S: StateMachine> Driver<S> {
         st.learners = self.conf_state.learners.clone();
         if st.led_terms.len() != self.led_terms.len() {
             st.led_terms = self.led_terms.clone();
+        }
+        st.progress.clear();
+        if raft.state == StateRole::Leader {
+            st.progress
+                .extend(raft.prs().iter().map(|(&id, pr)| Progress {
+                    id,
+                    matched: pr.matched,
+                    recent_active: pr.recent_active || id == self.id,
+                }));
+            st.progress.sort_by_key(|p| p.id);
         }
         st.snapshots_installed = self.snapshots_installed;
         st.log_syncs = log.syncs();

@@ -34,7 +34,7 @@ pub mod tls;
 pub mod transport;
 
 pub use local::LocalCluster;
-pub use node::{bootstrap, Inbox, Node, NodeConfig, NodeError, Role, Status};
+pub use node::{bootstrap, Inbox, Node, NodeConfig, NodeError, Progress, Role, Status};
 pub use state_machine::{RestoreError, StateMachine};
 pub use transport::{MemNetwork, Transport};
 

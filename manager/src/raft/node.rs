@@ -125,6 +125,17 @@ pub struct Status {
     pub log_syncs: u64,
     /// Set when the node stopped on an error.
     pub stopped: Option<String>,
+    /// On the leader: each member's (id, highest index known to match the leader's
+    /// log, heard from within the last election timeout). Empty elsewhere.
+    pub progress: Vec<Progress>,
+}
+
+/// How far one member's log matches the leader's, as the leader sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub id: u64,
+    pub matched: u64,
+    pub recent_active: bool,
 }
 
 /// Makes the directory of one of a new cluster's first members: its log starts with

@@ -1,0 +1,219 @@
+//! The loop every manager runs: after each store change (and every 200 ms, for the
+//! Raft progress that changes without one) it
+//! - gives the Raft transport the managers' addresses (`raft_peers`);
+//! - refuses removed nodes (the deny list) and closes their open connections;
+//! - on the leader, makes the next Raft configuration change the store asks for
+//!   (`manager::cluster::next_conf_step`: new managers in as learners, promoted once
+//!   caught up; demoted ones out);
+//! - notices when this node itself was demoted in the store, gets a worker certificate
+//!   and restarts the daemon as a worker.
+//!
+//! A worker runs [`worker_loop`] instead: it heartbeats to the leader, so `berth node
+//! ls` can tell whether it is up, and learns there that it was promoted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use manager::cluster::{next_conf_step, raft_peers, ConfStep, NodeRole, RaftView};
+use manager::raft::Role;
+
+use super::files::ClusterConfig;
+use super::Member;
+
+const TICK: Duration = Duration::from_millis(200);
+/// How often a worker tells the leader it is up.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A worker not heard from for this long is shown unreachable.
+pub const WORKER_DOWN_AFTER: Duration = Duration::from_secs(5);
+
+pub async fn run(member: Arc<Member>) {
+    let mut watch = member.store.watch();
+    let mut last_error: Option<String> = None;
+    loop {
+        let step = turn(&member);
+        let outcome = match step {
+            Some(step) => {
+                let node = member.store.node();
+                let done = match step {
+                    ConfStep::AddLearner(id) => node.add_learner(id).await.map(|_| ()),
+                    ConfStep::Promote(id) => node.add_voter(id).await.map(|_| ()),
+                    ConfStep::Remove(id) => node.remove_node(id).await.map(|_| ()),
+                };
+                match done {
+                    Ok(()) => {
+                        eprintln!("berth daemon: cluster membership: {step:?} done");
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("{step:?}: {e}")),
+                }
+            }
+            None => Ok(()),
+        };
+        match outcome {
+            Ok(()) => last_error = None,
+            Err(e) if last_error.as_ref() != Some(&e) => {
+                eprintln!("berth daemon: cluster membership: {e}");
+                last_error = Some(e);
+            }
+            Err(_) => {}
+        }
+        if member.store.read(|s| {
+            s.nodes
+                .get(member.node_id())
+                .is_some_and(|n| n.role == NodeRole::Worker)
+        }) {
+            // Demoted: become a worker (a worker certificate, no Raft) and restart.
+            // Ask the other managers, as the store lists them now.
+            let config = super::ClusterConfig {
+                managers: member
+                    .store
+                    .read(|s| raft_peers(&s.nodes, member.node_id())),
+                ..member.config.clone()
+            };
+            match super::ops::renew_from_cluster(&member.state_dir, &config, &member.creds).await {
+                Ok(()) => {
+                    super::restart_daemon(Some(member.store.clone()));
+                    return;
+                }
+                Err(e) => eprintln!("berth daemon: demoted, but cannot become a worker yet: {e:#}"),
+            }
+        }
+        let _ = tokio::time::timeout(TICK, watch.changed()).await;
+    }
+}
+
+/// One look at the store and the Raft group; returns the configuration change to make,
+/// if this node leads and one is due.
+fn turn(member: &Member) -> Option<ConfStep> {
+    let (nodes, removed) = member.store.read(|s| {
+        (
+            s.nodes.clone(),
+            s.cluster
+                .as_ref()
+                .map(|c| c.removed.clone())
+                .unwrap_or_default(),
+        )
+    });
+    // Peers: every manager the store lists, at its address.
+    let peers = raft_peers(&nodes, member.node_id());
+    for (raft_id, node, addr) in &peers {
+        let (Ok(node), Ok(addr)) = (pki::NodeId::new(node), addr.parse()) else {
+            continue;
+        };
+        member.transport.set_peer(*raft_id, node, addr);
+    }
+    // Until the store lists any (a joiner before its snapshot), keep the ones it
+    // joined with.
+    if !peers.is_empty() {
+        for (raft_id, _, _) in member.transport.peers() {
+            if !peers.iter().any(|p| p.0 == raft_id) {
+                member.transport.remove_peer(raft_id);
+            }
+        }
+    }
+    // Removed nodes: refused from now on, and their open connections closed.
+    let denied: Vec<pki::NodeId> = removed
+        .iter()
+        .filter_map(|id| pki::NodeId::new(id).ok())
+        .collect();
+    if denied.iter().any(|id| !member.deny.contains(id)) {
+        member.deny.replace(denied);
+        if let Some(port) = member
+            .port
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            port.close_denied(&member.deny);
+        }
+    }
+    let status = member.store.node().status();
+    if status.role != Role::Leader {
+        return None;
+    }
+    let view = RaftView {
+        voters: status.voters.clone(),
+        learners: status.learners.clone(),
+        matched: status.progress.iter().map(|p| (p.id, p.matched)).collect(),
+        last_index: status.last_index,
+    };
+    next_conf_step(&nodes, &view)
+}
+
+/// A worker's loop: tell the leader it is up, following the leader as it moves.
+pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::NodeCredentials) {
+    let http = match manager::port::http_client_config(&creds, &pki::DenyList::new()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth daemon: cannot make the TLS client settings: {e}");
+            return;
+        }
+    };
+    let mut managers: Vec<String> = config.managers.iter().map(|m| m.2.clone()).collect();
+    let mut next = 0usize;
+    let mut last_error: Option<String> = None;
+    loop {
+        let started = Instant::now();
+        if !managers.is_empty() {
+            let addr = managers[next % managers.len()].clone();
+            let client =
+                crate::client::Client::tls(&addr, http.clone(), pki::tls::manager_server_name());
+            let answer = tokio::task::spawn_blocking(move || {
+                client.call::<Heartbeat>("POST", "/v1/dispatcher/heartbeat", None::<&()>)
+            })
+            .await;
+            match answer {
+                Ok(Ok(hb)) => {
+                    last_error = None;
+                    if hb.role == Some(NodeRole::Manager) {
+                        // Promoted: become a manager (a manager certificate, a Raft
+                        // replica filled by the leader) and restart.
+                        match super::ops::renew_from_cluster(&state_dir, &config, &creds).await {
+                            Ok(()) => {
+                                super::restart_daemon(None);
+                                return;
+                            }
+                            Err(e) => eprintln!(
+                                "berth daemon: promoted, but cannot become a manager yet: {e:#}"
+                            ),
+                        }
+                    }
+                    if !hb.managers.is_empty() {
+                        managers = hb.managers;
+                    }
+                    // Stay with the leader if there is one; it answers node ls.
+                    match hb
+                        .leader
+                        .and_then(|l| managers.iter().position(|m| *m == l))
+                    {
+                        Some(i) if i != next % managers.len() => next = i,
+                        _ => {}
+                    }
+                }
+                Ok(Err(e)) => {
+                    let e = format!("heartbeat to {addr}: {e:#}");
+                    if last_error.as_ref() != Some(&e) {
+                        eprintln!("berth daemon: {e}");
+                        last_error = Some(e);
+                    }
+                    next += 1;
+                }
+                Err(_) => next += 1,
+            }
+        }
+        tokio::time::sleep(HEARTBEAT_EVERY.saturating_sub(started.elapsed())).await;
+    }
+}
+
+/// A manager's answer to a worker's heartbeat.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Heartbeat {
+    /// The leader's address, if this manager is not it.
+    pub leader: Option<String>,
+    /// Every manager's address.
+    pub managers: Vec<String>,
+    /// The worker's role as the store has it (a promotion shows here first).
+    #[serde(default)]
+    pub role: Option<NodeRole>,
+}

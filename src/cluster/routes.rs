@@ -1,0 +1,354 @@
+//! The cluster's HTTP endpoints. On the cluster port the port itself has already
+//! checked the client's certificate and role (`manager::port::authorize`); requests on
+//! the local unix socket come from root on this host and may do everything, including
+//! what only makes sense locally (`init`, `join`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use manager::cluster::NodeRole;
+use manager::port::Peer;
+use manager::store::{Store, StoreError};
+use pki::{JoinRole, Role};
+use serde::{Deserialize, Serialize};
+
+use super::membership::Heartbeat;
+use super::ops::{self, ClusterStatus, NodeChange, Refused};
+use super::{ClusterConfig, Member};
+
+/// An error answer: `{"error": "..."}` with a status, as the rest of the API.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::Rejected(m) => error(StatusCode::BAD_REQUEST, m),
+        other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+    }
+}
+
+fn refused(e: Refused) -> Response {
+    match e {
+        Refused::Token(m) => error(StatusCode::UNAUTHORIZED, m),
+        Refused::Other(e) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    }
+}
+
+/// The routes of a single host's daemon (not in a cluster): becoming a member.
+pub fn single_host(state_dir: std::path::PathBuf, store: Arc<Store>) -> Router {
+    #[derive(Clone)]
+    struct Cx {
+        state_dir: std::path::PathBuf,
+        store: Arc<Store>,
+    }
+    async fn status() -> Json<ClusterStatus> {
+        Json(not_a_member())
+    }
+    async fn init(State(cx): State<Cx>, Json(req): Json<ops::InitRequest>) -> Response {
+        match ops::init(&cx.state_dir, &cx.store, &req) {
+            Ok(answer) => {
+                super::restart_daemon(Some(cx.store.clone()));
+                Json(answer).into_response()
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        }
+    }
+    async fn join(State(cx): State<Cx>, Json(req): Json<ops::JoinLocalRequest>) -> Response {
+        let (state_dir, store) = (cx.state_dir.clone(), cx.store.clone());
+        let joined = tokio::task::spawn_blocking(move || ops::join(&state_dir, &store, &req)).await;
+        match joined {
+            Ok(Ok(answer)) => {
+                super::restart_daemon(Some(cx.store.clone()));
+                Json(answer).into_response()
+            }
+            Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    Router::new()
+        .route("/v1/cluster", get(status))
+        .route("/v1/cluster/init", post(init))
+        .route("/v1/cluster/join-local", post(join))
+        .with_state(Cx { state_dir, store })
+}
+
+fn not_a_member() -> ClusterStatus {
+    ClusterStatus {
+        member: false,
+        ready: false,
+        cluster_id: String::new(),
+        node_id: String::new(),
+        role: String::new(),
+        addr: String::new(),
+        leader: String::new(),
+        raft_role: String::new(),
+        term: 0,
+        commit: 0,
+        applied: 0,
+        managers: 0,
+        workers: 0,
+        version: 0,
+        state_hash: String::new(),
+    }
+}
+
+/// The routes of a worker's daemon (on its unix socket): what it is.
+pub fn worker(config: ClusterConfig) -> Router {
+    let status = ClusterStatus {
+        member: true,
+        cluster_id: config.cluster_id.clone(),
+        node_id: config.node_id.clone(),
+        role: "worker".into(),
+        ready: true,
+        addr: config.advertise.to_string(),
+        leader: String::new(),
+        managers: config.managers.len(),
+        ..not_a_member()
+    };
+    Router::new()
+        .route("/v1/ping", get(|| async { "ok" }))
+        .route("/v1/cluster", get(move || async move { Json(status) }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Fresh {
+    #[serde(default)]
+    fresh: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TokenRequest {
+    #[serde(default)]
+    pub rotate: bool,
+}
+
+/// The routes of a manager, on the unix socket and the cluster port.
+pub fn manager(member: Arc<Member>) -> Router {
+    Router::new()
+        .route("/v1/cluster", get(status))
+        .route("/v1/cluster/join", post(join))
+        .route(
+            "/v1/cluster/join-token/{role}",
+            get(token).post(token_rotate),
+        )
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{name}", get(node).post(change))
+        .route("/v1/dispatcher/heartbeat", post(heartbeat))
+        .route("/v1/dispatcher/renew", post(renew))
+        .with_state(member)
+}
+
+/// On the cluster port: a node certificate counts only as far as the store agrees.
+/// The port checked the certificate's role; a manager demoted since it got that
+/// certificate keeps it until it renews, so manager endpoints also need the store to
+/// still list it as a manager. (Removed nodes never get this far: the deny list
+/// refuses their handshake.)
+pub async fn check_record(
+    State(store): State<Arc<Store>>,
+    peer: Option<Extension<Peer>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(Extension(Peer(Some(identity)))) = &peer {
+        let path = req.uri().path();
+        if identity.role == Role::Manager && !path.starts_with("/v1/dispatcher/") {
+            let id = identity.id.as_str();
+            let role = store.read(|s| s.nodes.get(id).map(|n| n.role));
+            if role != Some(NodeRole::Manager) {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "node {id} presented a manager certificate but is no longer a manager \
+                         of this cluster"
+                    ),
+                );
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Until the store caught up with the cluster (a quorum answered), requests other
+/// than `cluster status` and pings get 503: they would act on a partial state.
+pub async fn until_ready(State(m): State<Arc<Member>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if !m.is_ready() && path != "/v1/cluster" && path != "/v1/ping" {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this manager is waiting for a quorum of managers before it serves requests;              berth cluster status shows its view",
+        );
+    }
+    next.run(req).await
+}
+
+async fn status(State(m): State<Arc<Member>>) -> Json<ClusterStatus> {
+    Json(ops::status(&m))
+}
+
+async fn join(State(m): State<Arc<Member>>, Json(req): Json<ops::JoinRequest>) -> Response {
+    let m2 = m.clone();
+    match tokio::task::spawn_blocking(move || ops::admit(&m2, &req)).await {
+        Ok(Ok(answer)) => {
+            eprintln!(
+                "berth daemon: node {} joined as a {}",
+                answer.node_id,
+                answer.role.as_str()
+            );
+            Json(answer).into_response()
+        }
+        Ok(Err(e)) => refused(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn join_role(role: &str) -> Option<JoinRole> {
+    match role {
+        "worker" => Some(JoinRole::Worker),
+        "manager" => Some(JoinRole::Manager),
+        _ => None,
+    }
+}
+
+fn no_such_role(role: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("no join token for {role:?}: say worker or manager"),
+    )
+}
+
+async fn token(State(m): State<Arc<Member>>, Path(role): Path<String>) -> Response {
+    let Some(role) = join_role(&role) else {
+        return no_such_role(&role);
+    };
+    match ops::join_token(&m, role, false) {
+        Ok(t) => Json(t).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    }
+}
+
+async fn token_rotate(
+    State(m): State<Arc<Member>>,
+    Path(role): Path<String>,
+    Json(req): Json<TokenRequest>,
+) -> Response {
+    let Some(role) = join_role(&role) else {
+        return no_such_role(&role);
+    };
+    match ops::join_token(&m, role, req.rotate) {
+        Ok(t) => Json(t).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    }
+}
+
+/// The node list comes from the leader, which alone knows how far each manager's log
+/// is; another manager asks it, and answers from its own view if it cannot.
+async fn nodes(State(m): State<Arc<Member>>) -> Response {
+    if !m.is_leader() {
+        if let Some(addr) = m.leader_addr() {
+            let client = m.client_of(&addr);
+            let asked = tokio::task::spawn_blocking(move || {
+                client.call::<Vec<ops::NodeView>>("GET", "/v1/nodes", None::<&()>)
+            })
+            .await;
+            if let Ok(Ok(list)) = asked {
+                return Json(list).into_response();
+            }
+        }
+    }
+    Json(ops::node_views(&m)).into_response()
+}
+
+async fn node(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+    Query(q): Query<Fresh>,
+) -> Response {
+    let record = if q.fresh {
+        ops::node_fresh(&m, &name).await
+    } else {
+        m.store
+            .read(|s| s.nodes.get(&name).cloned())
+            .ok_or_else(|| StoreError::Rejected(format!("no node {name:?} in the cluster")))
+    };
+    match record {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn change(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+    Json(change): Json<NodeChange>,
+) -> Response {
+    let m2 = m.clone();
+    match tokio::task::spawn_blocking(move || ops::change_node(&m2, &name, &change)).await {
+        Ok(Ok(id)) => Json(id).into_response(),
+        Ok(Err(e)) => store_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The verified node behind a request on the cluster port.
+fn caller(peer: Option<Extension<Peer>>) -> Option<pki::Identity> {
+    match peer {
+        Some(Extension(Peer(Some(identity)))) => Some(identity),
+        _ => None,
+    }
+}
+
+fn not_a_node() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "this endpoint is for cluster nodes: call it on the cluster port with a node \
+         certificate",
+    )
+}
+
+async fn heartbeat(State(m): State<Arc<Member>>, peer: Option<Extension<Peer>>) -> Response {
+    let Some(identity) = caller(peer) else {
+        return not_a_node();
+    };
+    let id = identity.id.as_str().to_string();
+    m.heartbeats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), Instant::now());
+    let (managers, role) = m.store.read(|s| {
+        (
+            s.nodes
+                .values()
+                .filter(|n| n.role == NodeRole::Manager)
+                .map(|n| n.addr.clone())
+                .collect::<Vec<_>>(),
+            s.nodes.get(&id).map(|n| n.role),
+        )
+    });
+    Json(Heartbeat {
+        leader: if m.is_leader() { None } else { m.leader_addr() },
+        managers,
+        role,
+    })
+    .into_response()
+}
+
+async fn renew(
+    State(m): State<Arc<Member>>,
+    peer: Option<Extension<Peer>>,
+    Json(req): Json<ops::RenewRequest>,
+) -> Response {
+    let Some(identity) = caller(peer) else {
+        return not_a_node();
+    };
+    match ops::renew(&m, &identity, &req) {
+        Ok(a) => Json(a).into_response(),
+        Err(e) => refused(e),
+    }
+}
