@@ -53,6 +53,7 @@ fn state(records: &[StackRecord]) -> State {
             .map(|r| (r.stack.name.clone(), r.clone()))
             .collect(),
         tasks: BTreeMap::new(),
+        ..State::default()
     }
 }
 
