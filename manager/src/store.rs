@@ -188,7 +188,9 @@ pub fn cluster_config(raft_id: u64) -> NodeConfig {
         election_ticks: 10,
         heartbeat_ticks: 2,
         snapshot_entries: 1_000,
-        request_timeout: Duration::from_secs(5),
+        // A proposal lost with a dead leader is proposed again after this (see
+        // `Store::propose`), so a write waits out an election, not much longer.
+        request_timeout: Duration::from_secs(2),
         ..NodeConfig::new(raft_id)
     }
 }
@@ -295,6 +297,8 @@ impl Store {
                 Err(NodeError::NoLeader { .. }) if Instant::now() < end => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
+                // Asked of a leader that died: ask again.
+                Err(NodeError::Timeout { .. }) if Instant::now() < end => {}
                 Err(e) => return Err(StoreError::Raft(e)),
             }
         }
@@ -363,6 +367,12 @@ impl Store {
                 Err(NodeError::NoLeader { .. }) if Instant::now() < end => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
+                // A follower forwards proposals to the leader it knows; if that leader
+                // died, the proposal is lost and times out. Proposing the same
+                // transaction again is safe: it carries its base version, so if the
+                // first copy did commit, the second is a Conflict that changes nothing,
+                // and `update` re-runs on the state that has the first.
+                Err(NodeError::Timeout { .. }) if Instant::now() < end => {}
                 Err(e) => return Err(StoreError::Raft(e)),
             }
         }

@@ -30,7 +30,7 @@ pub enum ClusterCommand {
     /// Print (or --rotate) the token that joins a worker or a manager
     JoinToken(TokenArgs),
     /// Show this node's view of the cluster: leader, Raft state, members
-    Status,
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +69,13 @@ pub struct TokenArgs {
     /// worker or manager
     #[arg(value_name = "ROLE")]
     role: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// table or json
+    #[arg(long, default_value = "table")]
+    format: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,9 +346,13 @@ pub fn cluster(state_dir: &Path, cmd: &ClusterCommand) -> anyhow::Result<ExitCod
                 );
             }
         }
-        ClusterCommand::Status => {
+        ClusterCommand::Status(args) => {
             let c = client(state_dir)?;
             let s: ClusterStatus = c.call("GET", "/v1/cluster", None::<&()>)?;
+            if args.format == "json" {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             if !s.member {
                 println!(
                     "This node is a single host, not in a cluster (berth cluster init makes one)."

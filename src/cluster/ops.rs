@@ -105,6 +105,9 @@ pub struct ClusterStatus {
     pub version: u64,
     /// sha256 of the applied state (equal on managers that applied the same index).
     pub state_hash: String,
+    /// The terms in which this manager became leader since it started.
+    #[serde(default)]
+    pub led_terms: Vec<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -452,6 +455,7 @@ pub fn status(member: &Member) -> ClusterStatus {
             .count(),
         version,
         state_hash: hash,
+        led_terms: st.led_terms.clone(),
     })
 }
 

@@ -96,6 +96,7 @@ fn not_a_member() -> ClusterStatus {
         workers: 0,
         version: 0,
         state_hash: String::new(),
+        led_terms: Vec::new(),
     }
 }
 
