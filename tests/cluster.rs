@@ -610,6 +610,64 @@ fn managers_restarted_all_at_once_and_one_at_a_time_keep_the_store() {
     drop_and_check(f);
 }
 
+/// `node promote` turns a worker into a voting manager (it gets a manager certificate
+/// and a replica of the store); `node demote` turns a manager into a worker, whose
+/// certificate then no longer opens manager endpoints.
+#[test]
+fn promote_makes_a_worker_a_voting_manager_and_demote_the_reverse() {
+    let mut f = Fixture::new(3);
+    let (worker_token, manager_token) = f.init();
+    f.join(1, &manager_token);
+    f.join(2, &worker_token);
+    f.wait_managers(0, 2);
+    let (one, two) = (f.node_id(1), f.node_id(2));
+    f.ok(0, &["node", "promote", &two]);
+    f.wait_managers(0, 3);
+    let ready = poll_until(Duration::from_secs(20), || {
+        let s = f.cluster_status(2);
+        s["role"] == "manager" && s["ready"] == true
+    });
+    assert!(
+        ready,
+        "host 2 is not a ready manager: {}\n{}",
+        f.cluster_status(2),
+        f.log(2)
+    );
+    f.wait_converged(&[0, 1, 2]);
+
+    f.ok(0, &["node", "demote", &one]);
+    let demoted = poll_until(Duration::from_secs(20), || {
+        let s = f.cluster_status(1);
+        s["role"] == "worker"
+    });
+    assert!(
+        demoted,
+        "host 1 did not become a worker: {}\n{}",
+        f.cluster_status(1),
+        f.log(1)
+    );
+    f.wait_managers(0, 2);
+    let nodes = f.status(0);
+    let one_now = nodes
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["id"] == one.as_str()).cloned())
+        .expect("host 1 is still listed");
+    assert_eq!(one_now["role"], "worker", "{nodes}");
+    assert_eq!(one_now["raft"], "-", "{nodes}");
+    // Its certificate is a worker's now: manager endpoints refuse it.
+    let out = f.remote(1, 0, &f.state(1).join("cluster/node"), &["node", "ls"]);
+    assert!(!out.status.success(), "a demoted node listed the nodes");
+    assert!(stderr(&out).contains("worker"), "{}", stderr(&out));
+    // The last manager cannot be demoted... but two remain: demote one and the other stays.
+    let out = f.berth(0, &["node", "demote", &two]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let zero = f.node_id(0);
+    let out = f.berth(0, &["node", "demote", &zero]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("last manager"), "{}", stderr(&out));
+    drop_and_check(f);
+}
+
 /// Asserts nothing the cluster made is left once it is dropped.
 fn drop_and_check(f: Fixture) {
     let prefix = f.hosts.prefix().to_string();
