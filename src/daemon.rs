@@ -75,8 +75,15 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
         Some((config, creds)) if config.role == NodeRole::Worker => {
             rt.block_on(run_worker(state_dir, config, creds))
         }
-        Some((config, creds)) => rt.block_on(run_manager(state_dir, shim, Some((config, creds)))),
-        None => rt.block_on(run_manager(state_dir, shim, None)),
+        cluster => {
+            // overlay-net runs its own small runtime for netlink: it is made, and last
+            // dropped, outside this one (a runtime cannot be dropped inside another).
+            let net = open_network(state_dir)?;
+            let result = rt.block_on(run_manager(state_dir, shim, net.clone(), cluster));
+            drop(rt);
+            drop(net);
+            result
+        }
     }
 }
 
@@ -95,6 +102,7 @@ fn bind_socket(state_dir: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 async fn run_manager(
     state_dir: &Path,
     shim: agent::shim::ShimProgram,
+    net: Arc<overlay_net::NetworkManager>,
     cluster: Option<(crate::cluster::ClusterConfig, pki::NodeCredentials)>,
 ) -> anyhow::Result<()> {
     let manager_dir = state_dir.join("manager");
@@ -147,11 +155,6 @@ async fn run_manager(
             member = Some(m);
             store
         }
-    };
-    // overlay-net runs its own small runtime for netlink: not on this one's threads.
-    let net = {
-        let dir = state_dir.to_path_buf();
-        tokio::task::spawn_blocking(move || open_network(&dir)).await??
     };
     let executor = Executor {
         state_dir: state_dir.to_path_buf(),
