@@ -247,6 +247,28 @@ fn managers_and_workers_join_and_every_wrong_credential_is_refused() {
     });
     assert!(ok, "the worker never showed up reachable: {}", f.status(0));
 
+    // Keys and the Raft data are root's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: PathBuf| {
+        std::fs::metadata(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for i in [0, 1] {
+        let state = f.state(i);
+        assert_eq!(mode(state.join("cluster")), 0o700);
+        assert_eq!(mode(state.join("cluster/node/node.key")), 0o600);
+        assert_eq!(mode(state.join("cluster/config.json")), 0o600);
+        assert_eq!(mode(state.join("manager/raft")), 0o700);
+        for entry in std::fs::read_dir(state.join("manager/raft/log")).expect("the raft log") {
+            let path = entry.expect("an entry").path();
+            assert_eq!(mode(path.clone()), 0o600, "{}", path.display());
+        }
+    }
+    assert_eq!(mode(f.state(0).join("cluster/admin/node.key")), 0o600);
+
     // A label written through one manager is read fresh through another.
     let first = f.node_id(0);
     f.ok(1, &["node", "update", "--label-add", "zone=a", &first]);
