@@ -360,11 +360,11 @@ async fn raft_alpn_needs_a_manager_certificate() {
     p.raft.set(node1.inbox());
 
     // A manager's frames reach the inbox.
-    let m2 = port::raft_client_config(&creds(&ca, "m2", Role::Manager), &p.deny).unwrap();
-    let mut s = dial(m2, p.addr).await.unwrap();
-    s.write_all(&frame()).await.unwrap();
-    s.write_all(&frame()).await.unwrap();
-    s.flush().await.unwrap();
+    let config = port::raft_client_config(&creds(&ca, "m2", Role::Manager), &p.deny).unwrap();
+    let mut m2 = dial(config, p.addr).await.unwrap();
+    m2.write_all(&frame()).await.unwrap();
+    m2.write_all(&frame()).await.unwrap();
+    m2.flush().await.unwrap();
     assert!(
         wait_for(|| p.port.raft_delivered(&node("m2")) == 2).await,
         "a manager's raft frames were not delivered"
@@ -394,12 +394,28 @@ async fn raft_alpn_needs_a_manager_certificate() {
     let read = tokio::time::timeout(WAIT, s.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
 
+    // With no node behind the sink (not started yet, or stopped), frames are dropped
+    // and the connection stays; once the sink is set again they flow.
+    p.raft.clear();
+    m2.write_all(&frame()).await.unwrap();
+    m2.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(p.port.raft_delivered(&node("m2")), 2);
+    p.raft.set(node1.inbox());
+    m2.write_all(&frame()).await.unwrap();
+    m2.flush().await.unwrap();
+    assert!(wait_for(|| p.port.raft_delivered(&node("m2")) == 3).await);
+
     // A manager denied afterwards: its open raft connection is closed.
     p.deny.deny(node("m2"));
     assert_eq!(p.port.close_denied(&p.deny), 1);
     assert!(wait_for(|| open(&p, "m2", Kind::Raft) == 0).await);
-    let _ = s.write_all(&frame()).await;
-    assert_eq!(p.port.raft_delivered(&node("m2")), 2);
+    let _ = m2.write_all(&frame()).await;
+    let _ = m2.flush().await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(WAIT, m2.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert_eq!(p.port.raft_delivered(&node("m2")), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
