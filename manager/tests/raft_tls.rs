@@ -208,6 +208,30 @@ impl TlsCluster {
         }
     }
 
+    /// The ids of node `at`'s open Raft connections from node `from`.
+    fn raft_connections(&self, at: u64, from: u64) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.members[&at]
+            .port
+            .connections()
+            .into_iter()
+            .filter(|c| c.kind == Some(port::Kind::Raft) && c.peer == Some(name(from)))
+            .map(|c| c.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn wait_for(&self, mut f: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + SECS5;
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        f()
+    }
+
     fn delivered(&self, at: u64, from: u64) -> u64 {
         self.members[&at].port.raft_delivered(&name(from))
     }
@@ -263,6 +287,38 @@ fn three_nodes_over_mtls_replicate_through_every_node_and_survive_a_leader_kill(
             .collect::<Vec<_>>(),
         vec![(2, name(2), c.addrs[&2]), (3, name(3), c.addrs[&3])]
     );
+
+    // set_peer with what the transport already knows keeps the connection...
+    let f = [1, 2, 3]
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("follower");
+    let before = c.raft_connections(f, leader);
+    assert_eq!(before.len(), 1, "{before:?}");
+    for _ in 0..5 {
+        c.members[&leader]
+            .transport
+            .set_peer(f, name(f), c.addrs[&f]);
+    }
+    assert!(c.write(leader, "same-peer", "x").ok);
+    assert_eq!(c.raft_connections(f, leader), before);
+    // ...while the wrong node id for f's address is refused by name: f hears nothing
+    // more from the leader (the other follower keeps the quorum)...
+    c.members[&leader]
+        .transport
+        .set_peer(f, name(9), c.addrs[&f]);
+    assert!(c.wait_for(|| c.raft_connections(f, leader).is_empty()));
+    let behind = c.node(f).status().applied;
+    for i in 0..5 {
+        assert!(c.write(leader, &format!("w{i}"), "x").ok);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(c.node(f).status().applied, behind);
+    // ...until its real id is set again, and it catches up.
+    c.members[&leader]
+        .transport
+        .set_peer(f, name(f), c.addrs[&f]);
+    assert!(c.wait_converged(&[1, 2, 3]));
 
     c.crash(leader);
     let rest = c.ids();

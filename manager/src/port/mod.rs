@@ -158,6 +158,8 @@ pub enum Kind {
 /// One open connection, as [`Port::connections`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
+    /// Unique among this port's connections, in the order they were accepted.
+    pub id: u64,
     /// The verified client (None: no certificate, or still in its handshake).
     pub peer: Option<NodeId>,
     /// None while the handshake is in progress.
@@ -229,8 +231,9 @@ impl Port {
     pub fn connections(&self) -> Vec<Connection> {
         lock(&self.shared.conns)
             .open
-            .values()
-            .map(|c| Connection {
+            .iter()
+            .map(|(&id, c)| Connection {
+                id,
                 peer: c.peer.clone(),
                 kind: c.kind,
             })
