@@ -86,9 +86,10 @@ impl TlsTransport {
                 .map_err(std::io::Error::other)?;
             let sock = connect(addr)?;
             let mut stream = StreamOwned::new(conn, sock);
-            // Finish the handshake here, bounded, so a refusal (wrong node, another
-            // CA, a denied certificate) fails this connect and backs off, instead of
-            // surfacing on a later write.
+            // Finish the handshake here, bounded, so a server we refuse (not node
+            // `node`, another CA, denied) fails this connect and backs off. The
+            // server's refusal of *our* certificate arrives only later (TLS 1.3),
+            // as a failed write, which backs off too.
             stream.sock.set_read_timeout(Some(CONNECT_TIMEOUT))?;
             while stream.conn.is_handshaking() {
                 stream.conn.complete_io(&mut stream.sock)?;
