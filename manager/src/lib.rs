@@ -9,6 +9,9 @@
 //! - `api`: the HTTP API (axum) over a unix socket; the only module that knows HTTP and
 //!   JSON (DESIGN invariant 8). What it needs of the node it runs on (logs, volumes) it
 //!   asks through the `Node` trait, so the manager never depends on the agent.
+//! - `port`: the cluster port: mutual TLS, Raft frames and the HTTP API on one TCP
+//!   port told apart by ALPN; it serves `api`'s router and only knows HTTP as a
+//!   transport (plus the refusal of an unauthorized request).
 //!
 //! The scheduler and dispatcher are trivial on one node (every task goes to it) and
 //! arrive with the cluster issue.

@@ -23,7 +23,7 @@
 mod authorize;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -158,6 +158,8 @@ pub enum Kind {
 /// One open connection, as [`Port::connections`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
+    /// Unique among this port's connections, in the order they were accepted.
+    pub id: u64,
     /// The verified client (None: no certificate, or still in its handshake).
     pub peer: Option<NodeId>,
     /// None while the handshake is in progress.
@@ -192,6 +194,11 @@ struct Conns {
 struct Conn {
     peer: Option<NodeId>,
     kind: Option<Kind>,
+    /// Set before `abort`: aborting a task that is being polled takes effect only at
+    /// the end of that poll, in which hyper may already be reading the next request;
+    /// the flag makes sure nothing more reaches the router or the inbox once
+    /// `close_denied` has returned.
+    closed: Arc<AtomicBool>,
     abort: AbortHandle,
 }
 
@@ -211,6 +218,7 @@ impl Port {
         conns.open.retain(|_, c| {
             let denied = c.peer.as_ref().is_some_and(|p| deny.contains(p));
             if denied {
+                c.closed.store(true, Ordering::SeqCst);
                 c.abort.abort();
                 closed += 1;
             }
@@ -223,8 +231,9 @@ impl Port {
     pub fn connections(&self) -> Vec<Connection> {
         lock(&self.shared.conns)
             .open
-            .values()
-            .map(|c| Connection {
+            .iter()
+            .map(|(&id, c)| Connection {
+                id,
                 peer: c.peer.clone(),
                 kind: c.kind,
             })
@@ -244,6 +253,7 @@ impl Drop for Port {
     fn drop(&mut self) {
         self.accept.abort();
         for (_, c) in lock(&self.shared.conns).open.drain() {
+            c.closed.store(true, Ordering::SeqCst);
             c.abort.abort();
         }
     }
@@ -313,12 +323,14 @@ async fn accept_loop(listener: TcpListener, server: Arc<Server>) {
         let mut conns = lock(&server.shared.conns);
         let id = conns.next;
         conns.next += 1;
-        let task = tokio::spawn(connection(id, tcp, permit, server.clone()));
+        let closed = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(connection(id, tcp, permit, closed.clone(), server.clone()));
         conns.open.insert(
             id,
             Conn {
                 peer: None,
                 kind: None,
+                closed,
                 abort: task.abort_handle(),
             },
         );
@@ -358,6 +370,7 @@ async fn connection(
     id: u64,
     tcp: tokio::net::TcpStream,
     permit: tokio::sync::OwnedSemaphorePermit,
+    closed: Arc<AtomicBool>,
     server: Arc<Server>,
 ) {
     let _registration = Registration {
@@ -398,18 +411,26 @@ async fn connection(
                     return;
                 }
             };
-            serve_raft(tls, &sender, &server).await;
+            serve_raft(tls, &sender, &closed, &server).await;
         }
-        Kind::Http => serve_http(tls, Peer(peer), &server).await,
+        Kind::Http => serve_http(tls, Peer(peer), closed, &server).await,
     }
 }
 
 /// Reads frames into the Raft inbox until the peer closes or sends something that is
 /// not a frame of a Raft message.
-async fn serve_raft(tls: TlsStream<tokio::net::TcpStream>, sender: &NodeId, server: &Server) {
+async fn serve_raft(
+    tls: TlsStream<tokio::net::TcpStream>,
+    sender: &NodeId,
+    closed: &AtomicBool,
+    server: &Server,
+) {
     let mut r = tokio::io::BufReader::with_capacity(256 << 10, tls);
     let mut buf = Vec::new();
     while let Some(msg) = read_frame(&mut r, &mut buf).await {
+        if closed.load(Ordering::SeqCst) {
+            return;
+        }
         // No node running (yet, or any more): dropped, as a lossy network would.
         let Some(inbox) = server.raft.inbox() else {
             continue;
@@ -436,18 +457,31 @@ async fn read_frame(r: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Opti
 
 /// Serves HTTP/1.1 on one connection: each request authorized, then routed with its
 /// [`Peer`].
-async fn serve_http(tls: TlsStream<tokio::net::TcpStream>, peer: Peer, server: &Server) {
+async fn serve_http(
+    tls: TlsStream<tokio::net::TcpStream>,
+    peer: Peer,
+    closed: Arc<AtomicBool>,
+    server: &Server,
+) {
     let router = server.router.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let mut router = router.clone();
         let peer = peer.clone();
+        let closed = closed.clone();
         async move {
+            if closed.load(Ordering::SeqCst) {
+                // An error from the service makes hyper drop the connection unanswered.
+                return Err(ConnectionClosed);
+            }
             if let Err(refusal) = authorize(req.uri().path(), peer.0.as_ref()) {
-                return Ok::<_, Infallible>(refused(refusal));
+                return Ok(refused(refusal));
             }
             let mut req = req.map(axum::body::Body::new);
             req.extensions_mut().insert(peer);
-            tower_service::Service::call(&mut router, req).await
+            match tower_service::Service::call(&mut router, req).await {
+                Ok(resp) => Ok(resp),
+                Err(never) => match never {},
+            }
         }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -459,6 +493,11 @@ async fn serve_http(tls: TlsStream<tokio::net::TcpStream>, peer: Peer, server: &
         .with_upgrades()
         .await;
 }
+
+/// A request that arrived on a connection `close_denied` had already closed.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection was closed: its node was removed from the cluster")]
+struct ConnectionClosed;
 
 fn refused(refusal: Refusal) -> axum::response::Response {
     let status = axum::http::StatusCode::from_u16(refusal.status)

@@ -153,6 +153,11 @@ fn write_loop<W: Write>(
         }
         if result.and_then(|()| w.flush()).is_err() {
             conn = None;
+            // A broken connection is redialed after the same pause as a failed
+            // connect: in TLS 1.3 a client learns that the server refused its
+            // certificate only on a later write, and would otherwise redial a peer
+            // that refuses it once per message.
+            retry_at = Instant::now() + RECONNECT_DELAY;
         }
     }
 }

@@ -67,25 +67,64 @@ impl TlsTransport {
                 return;
             }
         }
+        let queue = self.spawn_writer(raft_id, &node, addr);
+        // An old writer (if any) ends when its queue's sender is dropped here.
+        peers.insert(raft_id, Peer { node, addr, queue });
+    }
+
+    /// A writer thread dialing `node` at `addr`; None if no thread could be started.
+    fn spawn_writer(
+        &self,
+        raft_id: u64,
+        node: &NodeId,
+        addr: SocketAddr,
+    ) -> Option<SyncSender<Message>> {
         let client = self.client.clone();
-        let name = pki::tls::node_server_name(&node);
-        let queue = spawn_writer(raft_id, move || {
+        let name = pki::tls::node_server_name(node);
+        spawn_writer(raft_id, move || {
             let conn = ClientConnection::new(client.clone(), name.clone())
                 .map_err(std::io::Error::other)?;
             let sock = connect(addr)?;
             let mut stream = StreamOwned::new(conn, sock);
-            // Finish the handshake here, bounded, so a refusal (wrong node, another
-            // CA, a denied certificate) fails this connect and backs off, instead of
-            // surfacing on a later write.
+            // Finish the handshake here, bounded, so a server we refuse (not node
+            // `node`, another CA, denied) fails this connect and backs off. The
+            // server's refusal of *our* certificate arrives only later (TLS 1.3),
+            // as a failed write, which backs off too.
             stream.sock.set_read_timeout(Some(CONNECT_TIMEOUT))?;
             while stream.conn.is_handshaking() {
                 stream.conn.complete_io(&mut stream.sock)?;
             }
             Ok(BufWriter::with_capacity(256 << 10, stream))
         })
-        .ok();
-        // An old writer (if any) ends when its queue's sender is dropped here.
-        peers.insert(raft_id, Peer { node, addr, queue });
+        .ok()
+    }
+
+    /// Closes the connection to every peer whose node is in `deny` (the deny list is
+    /// checked at handshake; an open connection outlives it). The peer stays known,
+    /// and every reconnection is refused at the handshake until it is allowed again
+    /// or removed. Returns how many peers were cut. Call it, with the port's
+    /// `close_denied`, whenever nodes are denied.
+    pub fn close_denied(&self, deny: &pki::DenyList) -> usize {
+        let denied: Vec<(u64, NodeId, SocketAddr)> = self
+            .peers()
+            .into_iter()
+            .filter(|(_, node, _)| deny.contains(node))
+            .collect();
+        let mut peers = self.lock();
+        for (id, node, addr) in &denied {
+            // A fresh writer: the old one's queue sender is dropped, so it ends and
+            // its connection with it.
+            let queue = self.spawn_writer(*id, node, *addr);
+            peers.insert(
+                *id,
+                Peer {
+                    node: node.clone(),
+                    addr: *addr,
+                    queue,
+                },
+            );
+        }
+        denied.len()
     }
 
     /// Forgets peer `raft_id`; its writer ends once its queue is drained.
