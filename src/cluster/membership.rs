@@ -127,6 +127,8 @@ fn turn(member: &Member) -> Option<ConfStep> {
         {
             port.close_denied(&member.deny);
         }
+        // Outgoing Raft connections to a removed manager, too.
+        member.transport.close_denied(&member.deny);
     }
     let status = member.store.node().status();
     if status.role != Role::Leader {
