@@ -252,12 +252,13 @@ fn client(state_dir: &Path) -> anyhow::Result<Client> {
     Ok(c)
 }
 
-/// The local daemon, for what only it can do (becoming a member).
+/// The local daemon, for what only it can do (becoming a member); started if none
+/// runs, as `berth up` does.
 fn local(state_dir: &Path, verb: &str) -> anyhow::Result<Client> {
     if REMOTE.get().is_some_and(|r| r.is_some()) {
         bail!("berth cluster {verb} changes this host: run it on the node itself, without --host");
     }
-    client(state_dir)
+    super::stack::connect(state_dir, true)
 }
 
 pub fn cluster(state_dir: &Path, cmd: &ClusterCommand) -> anyhow::Result<ExitCode> {

@@ -160,7 +160,7 @@ fn load(project: &ProjectArgs, services: &[String]) -> anyhow::Result<spec::Proj
 }
 
 /// A client of the running daemon; `start` starts one when none answers.
-fn connect(state_dir: &Path, start: bool) -> anyhow::Result<Client> {
+pub(super) fn connect(state_dir: &Path, start: bool) -> anyhow::Result<Client> {
     // A context (--host, BERTH_HOST, the context file) sends verbs to a remote manager.
     if let Some(remote) = super::cluster::remote_client()? {
         return Ok(remote);

@@ -72,10 +72,26 @@ pub fn single_host(state_dir: std::path::PathBuf, store: Arc<Store>) -> Router {
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
+    async fn not_in_a_cluster() -> Response {
+        error(
+            StatusCode::BAD_REQUEST,
+            "this node is a single host, not in a cluster (berth cluster init makes one; \
+             berth cluster join joins one)",
+        )
+    }
     Router::new()
         .route("/v1/cluster", get(status))
         .route("/v1/cluster/init", post(init))
         .route("/v1/cluster/join-local", post(join))
+        .route(
+            "/v1/cluster/join-token/{role}",
+            get(not_in_a_cluster).post(not_in_a_cluster),
+        )
+        .route("/v1/nodes", get(not_in_a_cluster))
+        .route(
+            "/v1/nodes/{name}",
+            get(not_in_a_cluster).post(not_in_a_cluster),
+        )
         .with_state(Cx { state_dir, store })
 }
 
@@ -113,9 +129,23 @@ pub fn worker(config: ClusterConfig) -> Router {
         managers: config.managers.len(),
         ..not_a_member()
     };
+    let managers: Vec<String> = config.managers.iter().map(|m| m.2.clone()).collect();
+    let elsewhere = move || {
+        let managers = managers.join(", ");
+        async move {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "this node is a worker: the cluster's state lives on its managers; run \
+                     the command there, or here with --host MANAGER (managers: {managers})"
+                ),
+            )
+        }
+    };
     Router::new()
         .route("/v1/ping", get(|| async { "ok" }))
         .route("/v1/cluster", get(move || async move { Json(status) }))
+        .fallback(elsewhere)
 }
 
 #[derive(Debug, Default, Deserialize)]
