@@ -195,6 +195,7 @@ async fn run_manager(
                 .with_context(|| format!("listen on the cluster port {}", m.config.listen))?;
             let sink = manager::port::RaftSink::default();
             sink.set(store.node().inbox());
+            sink.check_senders(crate::cluster::sender_check(m));
             let port = manager::port::spawn(listener, tls, sink, router);
             *m.port.lock().unwrap_or_else(|p| p.into_inner()) = Some(port);
             eprintln!(

@@ -311,7 +311,11 @@ fn managers_and_workers_join_and_every_wrong_credential_is_refused() {
     let out = f.berth(4, &["node", "ls"]);
     assert!(stderr(&out).contains("single host"), "{}", stderr(&out));
     let out = f.berth(3, &["ls"]);
-    assert!(stderr(&out).contains("this node is a worker"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("this node is a worker"),
+        "{}",
+        stderr(&out)
+    );
     let bad = format!("{}x", &worker_token[..worker_token.len() - 1]);
     let out = f.berth(4, &["cluster", "join", "--token", &bad, &f.addr(0)]);
     assert!(!out.status.success());

@@ -406,6 +406,31 @@ async fn raft_alpn_needs_a_manager_certificate() {
     m2.flush().await.unwrap();
     assert!(wait_for(|| p.port.raft_delivered(&node("m2")) == 3).await);
 
+    // With a sender check, a manager may only speak as its own Raft id: m2 is 2, so
+    // a frame from m2 claiming to be 3 is dropped, and m2's own still flow.
+    p.raft
+        .check_senders(std::sync::Arc::new(|sender: &NodeId, from: u64| {
+            (sender.as_str(), from) == ("m2", 2)
+        }));
+    let mut forged = manager::raft::eraftpb::Message::default();
+    forged.set_msg_type(manager::raft::eraftpb::MessageType::MsgHeartbeat);
+    forged.from = 3;
+    forged.to = 1;
+    let bytes = forged.write_to_bytes().expect("encode");
+    m2.write_all(&(bytes.len() as u32).to_le_bytes())
+        .await
+        .unwrap();
+    m2.write_all(&bytes).await.unwrap();
+    m2.write_all(&frame()).await.unwrap();
+    m2.flush().await.unwrap();
+    assert!(wait_for(|| p.port.raft_delivered(&node("m2")) == 4).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        p.port.raft_delivered(&node("m2")),
+        4,
+        "a frame with another member's Raft id was delivered"
+    );
+
     // A manager denied afterwards: its open raft connection is closed.
     p.deny.deny(node("m2"));
     assert_eq!(p.port.close_denied(&p.deny), 1);
@@ -415,7 +440,7 @@ async fn raft_alpn_needs_a_manager_certificate() {
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(WAIT, m2.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
-    assert_eq!(p.port.raft_delivered(&node("m2")), 3);
+    assert_eq!(p.port.raft_delivered(&node("m2")), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

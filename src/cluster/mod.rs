@@ -87,6 +87,30 @@ impl Member {
     }
 }
 
+/// Which node may send Raft messages as which Raft id: the store's manager records,
+/// and until the store has them (a joiner before the leader's snapshot) the managers
+/// this node joined with. Anything else is dropped.
+pub fn sender_check(member: &Member) -> manager::port::SenderCheck {
+    let store = member.store.clone();
+    let joined: Vec<(u64, String)> = member
+        .config
+        .managers
+        .iter()
+        .map(|(r, n, _)| (*r, n.clone()))
+        .collect();
+    Arc::new(move |sender: &pki::NodeId, from: u64| {
+        let known = store
+            .read(|s| manager::cluster::manager_by_raft_id(&s.nodes, from).map(|n| n.id.clone()));
+        let owner = known.or_else(|| {
+            joined
+                .iter()
+                .find(|(r, _)| *r == from)
+                .map(|(_, n)| n.clone())
+        });
+        owner.as_deref() == Some(sender.as_str())
+    })
+}
+
 /// Restarts this daemon in place, in the mode its files now say, once the current
 /// answer had time to reach the caller. Containers keep running (they are the shims'),
 /// the Raft node is stopped first so its log is closed cleanly.

@@ -97,12 +97,36 @@ fn client_config(
 /// Where the port delivers Raft messages: this node's [`Inbox`] once its Raft node
 /// runs ([`RaftSink::set`]), nowhere before or after ([`RaftSink::clear`]; messages
 /// are dropped, Raft resends). Clones share the slot.
-#[derive(Debug, Clone, Default)]
-pub struct RaftSink(Arc<RwLock<Option<Inbox>>>);
+#[derive(Clone, Default)]
+pub struct RaftSink(Arc<RwLock<Option<Inbox>>>, Arc<RwLock<Option<SenderCheck>>>);
+
+/// Whether Raft id `from` belongs to the node that sent the frame (the id in its
+/// verified certificate): the certificate says who is on the line, only the cluster's
+/// records say which Raft member that is.
+pub type SenderCheck = Arc<dyn Fn(&NodeId, u64) -> bool + Send + Sync>;
+
+impl std::fmt::Debug for RaftSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftSink").finish_non_exhaustive()
+    }
+}
 
 impl RaftSink {
     pub fn new() -> RaftSink {
         RaftSink::default()
+    }
+
+    /// From now on, frames whose `from` is not the sender's Raft id are dropped, so a
+    /// manager cannot speak for another.
+    pub fn check_senders(&self, check: SenderCheck) {
+        *self.1.write().unwrap_or_else(PoisonError::into_inner) = Some(check);
+    }
+
+    fn allows(&self, sender: &NodeId, from: u64) -> bool {
+        match &*self.1.read().unwrap_or_else(PoisonError::into_inner) {
+            Some(check) => check(sender, from),
+            None => true,
+        }
     }
 
     pub fn set(&self, inbox: Inbox) {
@@ -435,6 +459,9 @@ async fn serve_raft(
         let Some(inbox) = server.raft.inbox() else {
             continue;
         };
+        if !server.raft.allows(sender, msg.from) {
+            continue;
+        }
         if inbox.deliver(msg) {
             *lock(&server.shared.raft_delivered)
                 .entry(sender.clone())
