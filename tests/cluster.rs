@@ -586,8 +586,8 @@ fn an_isolated_leader_steps_down_and_the_minority_neither_writes_nor_reads() {
     drop_and_check(f);
 }
 
-/// All managers killed at once and started again, then one at a time: the store is
-/// intact each time and the managers converge.
+/// All managers killed at once and started again, then one at a time, then the leader
+/// paused: the store is intact each time and the managers converge.
 #[test]
 fn managers_restarted_all_at_once_and_one_at_a_time_keep_the_store() {
     let mut f = Fixture::new(3);
@@ -630,6 +630,26 @@ fn managers_restarted_all_at_once_and_one_at_a_time_keep_the_store() {
         f.start(i);
         f.wait_converged(&[0, 1, 2]);
     }
+    // A leader paused (SIGSTOP, like a VM that stalls): the others elect a new one and
+    // take writes; once it resumes, it follows and catches up.
+    let paused = f.leader(0).expect("a leader");
+    let other = (paused + 1) % 3;
+    f.hosts.freeze(paused).expect("SIGSTOP the leader's host");
+    let wrote = poll_until(Duration::from_secs(20), || {
+        f.berth(
+            other,
+            &["node", "update", "--label-add", "paused=yes", &node],
+        )
+        .status
+        .success()
+    });
+    f.hosts.thaw(paused).expect("SIGCONT");
+    assert!(wrote, "no write while the leader was paused");
+    f.wait_converged(&[0, 1, 2]);
+    let read = f.ok(paused, &["node", "inspect", "--fresh", &node]);
+    assert!(read.contains("\"paused\": \"yes\""), "{read}");
+    assert_ne!(f.leader(paused), None);
+
     let read = f.ok(2, &["node", "inspect", "--fresh", &node]);
     for key in ["k0", "k9", "r0", "r1", "r2"] {
         assert!(
