@@ -18,6 +18,8 @@ use serde::Serialize;
 #[derive(Clone)]
 pub struct Client {
     pub target: Target,
+    /// How long a read may wait (None: forever, for streams like `logs -f`).
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -56,7 +58,15 @@ impl Client {
     pub fn new(socket: &Path) -> Client {
         Client {
             target: Target::Unix(socket.to_path_buf()),
+            timeout: None,
         }
+    }
+
+    /// Reads give up after `timeout`: for calls between nodes, which must never hang
+    /// on a peer that paused or was cut off mid-answer.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// A client of the manager at `addr` (`host:port`) over mutual TLS with `config`,
@@ -72,6 +82,7 @@ impl Client {
                 config,
                 server_name,
             },
+            timeout: None,
         }
     }
 
@@ -110,7 +121,7 @@ impl Client {
                         .complete_io(&mut tls.sock)
                         .map_err(|e| handshake_error(addr, e))?;
                 }
-                tls.sock.set_read_timeout(None)?;
+                tls.sock.set_read_timeout(self.timeout)?;
                 Ok(Box::new(tls))
             }
         }

@@ -112,11 +112,18 @@ async fn run_manager(
         // berth is migrated into it on first start).
         None => {
             let dir = manager_dir.clone();
-            Arc::new(
+            let store = Arc::new(
                 tokio::task::spawn_blocking(move || Store::open(&dir))
                     .await?
                     .context("open the store")?,
-            )
+            );
+            if crate::cluster::ops::leave_unfinished_init(&store).context("open the store")? {
+                eprintln!(
+                    "berth daemon: a cluster init did not finish before the last stop; \
+                     this node is a single host again (berth cluster init to retry)"
+                );
+            }
+            store
         }
         Some((config, creds)) => {
             let deny = pki::DenyList::new();
@@ -150,6 +157,7 @@ async fn run_manager(
                 deny,
                 port: Mutex::new(None),
                 ready: Default::default(),
+                known: Mutex::new(config.managers.clone()),
                 heartbeats: Mutex::default(),
             });
             member = Some(m);

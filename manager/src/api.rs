@@ -185,7 +185,19 @@ pub fn router(store: Arc<Store>, node: Arc<dyn Node>) -> Router {
 }
 
 async fn state(AxState(cx): AxState<Ctx>) -> Json<crate::store::State> {
-    Json(cx.store.snapshot())
+    Json(redacted(cx.store.snapshot()))
+}
+
+/// The state as the API shows it: without the cluster's secrets (the CA key and the
+/// join tokens), which only managers' own code reads from the store. An admin or a
+/// member of the socket's group sees everything else.
+pub fn redacted(mut state: crate::store::State) -> crate::store::State {
+    if let Some(c) = state.cluster.as_mut() {
+        c.ca_key = String::new();
+        c.worker_token = String::new();
+        c.manager_token = String::new();
+    }
+    state
 }
 
 async fn up(

@@ -47,8 +47,7 @@ pub fn apply(state: &mut State, plan: &Plan) {
 }
 
 /// Runs the orchestrator whenever the store changes, or when a plan asked to be woken
-/// (a restart back-off), until the process ends.
-/// Runs the orchestrator over `store` until the process ends. On a cluster (`placement`
+/// (a restart back-off), until the process ends. On a cluster (`placement`
 /// is this manager's node id) only the leader orchestrates, and the tasks it creates
 /// run on its node until the scheduler places them.
 pub async fn run_orchestrator(store: std::sync::Arc<store::Store>, placement: Option<String>) {
@@ -61,30 +60,35 @@ pub async fn run_orchestrator(store: std::sync::Arc<store::Store>, placement: Op
             continue;
         }
         let now = now_ms();
-        let plan = store.read(|s| {
+        // The plan is made inside the transaction: if another manager's write wins
+        // first, it is made again from the state that includes it, never replayed
+        // stale (which could give a slot two tasks).
+        let before = store.read(|s| s.version);
+        let planned = store.update(|s| {
             let tasks: Vec<_> = s.tasks.values().cloned().collect();
-            orchestrator::reconcile(&s.stacks, &tasks, now)
-        });
-        if !plan.changes.is_empty() {
-            let before = store.read(|s| s.version);
-            match store.update(|s| {
-                apply(s, &plan);
-                if let Some(node) = &placement {
-                    for change in &plan.changes {
-                        if let Change::Create(task) = change {
-                            if let Some(t) = s.tasks.get_mut(&task.id) {
-                                t.node = Some(node.clone());
-                            }
+            let plan = orchestrator::reconcile(&s.stacks, &tasks, now);
+            apply(s, &plan);
+            if let Some(node) = &placement {
+                for change in &plan.changes {
+                    if let Change::Create(task) = change {
+                        if let Some(t) = s.tasks.get_mut(&task.id) {
+                            t.node = Some(node.clone());
                         }
                     }
                 }
-                Ok(())
-            }) {
-                Ok(()) if store.read(|s| s.version) != before => continue,
-                Ok(()) => {}
-                Err(e) => eprintln!("berth daemon: orchestrator: {e}"),
             }
-        }
+            Ok(plan)
+        });
+        let plan = match planned {
+            Ok(plan) if !plan.changes.is_empty() && store.read(|s| s.version) != before => continue,
+            Ok(plan) => plan,
+            Err(e) => {
+                eprintln!("berth daemon: orchestrator: {e}");
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), watch.changed()).await;
+                continue;
+            }
+        };
         let sleep = plan
             .wake_at
             .map(|at| std::time::Duration::from_millis(at.saturating_sub(now).max(1)))

@@ -168,7 +168,7 @@ pub struct ContextFile {
 
 /// The remote manager this invocation talks to, if any (set once from the command
 /// line, the environment and the context file).
-static REMOTE: OnceLock<Option<(String, PathBuf)>> = OnceLock::new();
+static REMOTE: OnceLock<Result<Option<(String, PathBuf)>, String>> = OnceLock::new();
 
 pub fn context_path() -> PathBuf {
     if let Ok(p) = std::env::var("BERTH_CONTEXT") {
@@ -195,29 +195,37 @@ fn read_context() -> anyhow::Result<ContextFile> {
 /// Settles where verbs go: `--host`/`BERTH_HOST` first, then the context file. The
 /// admin certificate comes from `--tls-dir`/`BERTH_TLS_DIR`, the context file, or this
 /// host's `<state>/cluster/admin`.
-pub fn set_remote(
-    host: Option<String>,
-    tls_dir: Option<PathBuf>,
-    state_dir: &Path,
-) -> anyhow::Result<()> {
-    let context = read_context()?;
-    let host = host.filter(|h| !h.is_empty()).or(context.host);
-    let remote = match host {
-        None => None,
-        Some(host) => {
-            let dir = tls_dir
-                .or(context.tls_dir)
-                .unwrap_or_else(|| crate::cluster::files::admin_dir(state_dir));
-            Some((host, dir))
-        }
+///
+/// A broken context file is reported by the first verb that needs to know where to
+/// go, not by every command: `berth context unset` must still work.
+pub fn set_remote(host: Option<String>, tls_dir: Option<PathBuf>, state_dir: &Path) {
+    let host = host.filter(|h| !h.is_empty());
+    let context = if host.is_some() && tls_dir.is_some() {
+        Ok(ContextFile::default())
+    } else {
+        read_context().map_err(|e| format!("{e:#}"))
     };
+    let remote = context.map(|context| {
+        let host = host.or(context.host)?;
+        let dir = tls_dir
+            .or(context.tls_dir)
+            .unwrap_or_else(|| crate::cluster::files::admin_dir(state_dir));
+        Some((host, dir))
+    });
     let _ = REMOTE.set(remote);
-    Ok(())
+}
+
+fn remote_target() -> anyhow::Result<Option<&'static (String, PathBuf)>> {
+    match REMOTE.get() {
+        None | Some(Ok(None)) => Ok(None),
+        Some(Ok(Some(remote))) => Ok(Some(remote)),
+        Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+    }
 }
 
 /// A client of the remote manager, when the context names one.
 pub fn remote_client() -> anyhow::Result<Option<Client>> {
-    let Some(Some((host, dir))) = REMOTE.get() else {
+    let Some((host, dir)) = remote_target()? else {
         return Ok(None);
     };
     let addr = crate::cluster::files::parse_addr(host, "--host")?;
@@ -255,7 +263,7 @@ fn client(state_dir: &Path) -> anyhow::Result<Client> {
 /// The local daemon, for what only it can do (becoming a member); started if none
 /// runs, as `berth up` does.
 fn local(state_dir: &Path, verb: &str) -> anyhow::Result<Client> {
-    if REMOTE.get().is_some_and(|r| r.is_some()) {
+    if remote_target()?.is_some() {
         bail!("berth cluster {verb} changes this host: run it on the node itself, without --host");
     }
     super::stack::connect(state_dir, true)
@@ -462,7 +470,7 @@ pub fn node(state_dir: &Path, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::Inspect(args) => {
             let path = format!(
                 "/v1/nodes/{}{}",
-                args.node,
+                node_name(&args.node)?,
                 if args.fresh { "?fresh=true" } else { "" }
             );
             let record: serde_json::Value = c.call("GET", &path, None::<&()>)?;
@@ -472,8 +480,22 @@ pub fn node(state_dir: &Path, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A node name as the user gave it, checked before it goes into a URL: ids, id
+/// prefixes and host names only use these characters.
+fn node_name(name: &str) -> anyhow::Result<&str> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        bail!("{name:?} is not a node id or host name (berth node ls lists them)");
+    }
+    Ok(name)
+}
+
 fn change_all(c: &Client, nodes: &[String], change: &NodeChange, done: &str) -> anyhow::Result<()> {
     for n in nodes {
+        let n = node_name(n)?;
         let id: String = c.call("POST", &format!("/v1/nodes/{n}"), Some(change))?;
         println!("Node {id} {done}.");
     }
@@ -509,6 +531,17 @@ pub fn node_table(nodes: &[NodeView]) -> String {
             raft,
             n.record.addr.clone(),
         ]);
+    }
+    // Whatever a node reported about itself is shown without control characters.
+    for r in rows.iter_mut() {
+        for cell in r.iter_mut() {
+            if cell.chars().any(char::is_control) {
+                *cell = cell
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect();
+            }
+        }
     }
     let mut widths = [0usize; 6];
     for r in &rows {
@@ -560,11 +593,11 @@ pub fn context(cmd: &ContextCommand) -> anyhow::Result<ExitCode> {
             }
             println!("Verbs now go to the local daemon.");
         }
-        ContextCommand::Show => match REMOTE.get() {
-            Some(Some((host, dir))) => {
+        ContextCommand::Show => match remote_target()? {
+            Some((host, dir)) => {
                 println!("{host} (admin certificate in {})", dir.display())
             }
-            _ => println!("the local daemon"),
+            None => println!("the local daemon"),
         },
     }
     Ok(ExitCode::SUCCESS)

@@ -134,7 +134,7 @@ enum Command {
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    cluster::set_remote(cli.host.clone(), cli.tls_dir.clone(), &cli.state_dir)?;
+    cluster::set_remote(cli.host.clone(), cli.tls_dir.clone(), &cli.state_dir);
     match cli.command {
         Command::Config(args) => config::run(&cli.project.with(&args.project), &args),
         Command::Image(cmd) => image::run(&cli.state_dir, &cmd),

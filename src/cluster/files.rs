@@ -56,6 +56,18 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Option<(ClusterConfig, pki::Node
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
     };
+    // A crash in the middle of `save`'s swap: the complete old credentials are kept
+    // (the configuration, written last, still matches them).
+    let (current, old, new) = (
+        node_dir(state_dir),
+        dir(state_dir).join("node.old"),
+        dir(state_dir).join("node.new"),
+    );
+    if !current.exists() && old.exists() {
+        std::fs::rename(&old, &current)
+            .with_context(|| format!("restore {}", current.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(&new);
     let config: ClusterConfig = serde_json::from_str(&text).with_context(|| {
         format!(
             "{} is not a berth cluster configuration; move it away to leave the cluster",
@@ -83,17 +95,40 @@ pub fn save(
     config: &ClusterConfig,
     creds: &pki::NodeCredentials,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let dir = dir(state_dir);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("create {}", dir.display()))?;
-    creds
-        .save(&node_dir(state_dir))
-        .context("save this node's credentials")?;
+    // The credentials change as a whole (a key without its certificate would leave a
+    // node that cannot start nor renew): written aside, then swapped in by renames.
+    let new = dir.join("node.new");
+    let old = dir.join("node.old");
+    let _ = std::fs::remove_dir_all(&new);
+    creds.save(&new).context("save this node's credentials")?;
+    for f in ["ca.crt", "node.crt", "node.key"] {
+        std::fs::File::open(new.join(f))?.sync_all()?;
+    }
+    std::fs::File::open(&new)?.sync_all()?;
+    let current = node_dir(state_dir);
+    if current.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(&current, &old)
+            .with_context(|| format!("move {} aside", current.display()))?;
+    }
+    std::fs::rename(&new, &current).with_context(|| format!("write {}", current.display()))?;
+    std::fs::File::open(&dir)?.sync_all()?;
+    let _ = std::fs::remove_dir_all(&old);
+    save_config(state_dir, config)
+}
+
+/// Rewrites `config.json` (atomically, fsynced).
+pub fn save_config(state_dir: &Path, config: &ClusterConfig) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = dir(state_dir);
     let path = config_path(state_dir);
     let tmp = dir.join("config.json.tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -129,6 +164,50 @@ pub fn parse_addr(text: &str, what: &str) -> anyhow::Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn creds(ca: &pki::Ca, id: &pki::NodeId, role: pki::Role) -> pki::NodeCredentials {
+        ca.issue(
+            &pki::CertRequest::new(pki::Identity::new(id.clone(), role)),
+            std::time::SystemTime::now(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn credentials_change_as_a_whole_even_across_a_crash_in_the_swap() {
+        let state = tempfile::tempdir().unwrap();
+        let ca = pki::Ca::create(std::time::SystemTime::now()).unwrap();
+        let id = pki::NodeId::generate();
+        let config = |role| ClusterConfig {
+            cluster_id: "c".into(),
+            node_id: id.as_str().into(),
+            role,
+            raft_id: 0,
+            listen: "0.0.0.0:7377".parse().unwrap(),
+            advertise: "10.0.0.1:7377".parse().unwrap(),
+            managers: vec![],
+        };
+        let worker = creds(&ca, &id, pki::Role::Worker);
+        save(state.path(), &config(NodeRole::Worker), &worker).unwrap();
+        let manager = creds(&ca, &id, pki::Role::Manager);
+        save(state.path(), &config(NodeRole::Manager), &manager).unwrap();
+        let (c, loaded) = load(state.path()).unwrap().unwrap();
+        assert_eq!(c.role, NodeRole::Manager);
+        assert_eq!(loaded.identity().role, pki::Role::Manager);
+        // A crash after the current credentials were moved aside and before the new
+        // ones took their place: the old ones come back, with the config that fits.
+        let dir = dir(state.path());
+        std::fs::rename(dir.join("node"), dir.join("node.old")).unwrap();
+        creds(&ca, &id, pki::Role::Worker)
+            .save(&dir.join("node.new"))
+            .unwrap();
+        let (c, loaded) = load(state.path()).unwrap().unwrap();
+        assert_eq!(
+            (c.role, loaded.identity().role),
+            (NodeRole::Manager, pki::Role::Manager)
+        );
+        assert!(!dir.join("node.new").exists() && !dir.join("node.old").exists());
+    }
 
     #[test]
     fn addresses_get_the_cluster_port_by_default() {

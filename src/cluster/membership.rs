@@ -30,7 +30,12 @@ pub const WORKER_DOWN_AFTER: Duration = Duration::from_secs(5);
 pub async fn run(member: Arc<Member>) {
     let mut watch = member.store.watch();
     let mut last_error: Option<String> = None;
+    let mut learned_at = std::time::Instant::now() - Duration::from_secs(60);
     loop {
+        if !member.is_ready() && learned_at.elapsed() >= Duration::from_secs(1) {
+            learn_managers(&member).await;
+            learned_at = std::time::Instant::now();
+        }
         let step = turn(&member);
         let outcome = match step {
             Some(step) => {
@@ -63,14 +68,20 @@ pub async fn run(member: Arc<Member>) {
                 .get(member.node_id())
                 .is_some_and(|n| n.role == NodeRole::Worker)
         }) {
-            // Demoted: become a worker (a worker certificate, no Raft) and restart.
-            // Ask the other managers, as the store lists them now.
+            // Demoted: become a worker (a worker certificate, no Raft) and restart, once
+            // the group no longer counts this node (leaving earlier could leave the
+            // others a configuration they cannot reach a quorum in). Ask the other
+            // managers, as the store lists them now.
             let config = super::ClusterConfig {
                 managers: member
                     .store
                     .read(|s| raft_peers(&s.nodes, member.node_id())),
                 ..member.config.clone()
             };
+            if still_a_raft_member(&member, &config).await {
+                let _ = tokio::time::timeout(TICK, watch.changed()).await;
+                continue;
+            }
             match super::ops::renew_from_cluster(&member.state_dir, &config, &member.creds).await {
                 Ok(()) => {
                     super::restart_daemon(Some(member.store.clone()));
@@ -80,6 +91,65 @@ pub async fn run(member: Arc<Member>) {
             }
         }
         let _ = tokio::time::timeout(TICK, watch.changed()).await;
+    }
+}
+
+/// Whether any other manager's applied configuration still has this node's Raft id
+/// (true when none answers: stay until one does).
+async fn still_a_raft_member(member: &Arc<Member>, config: &super::ClusterConfig) -> bool {
+    for (_, _, addr) in &config.managers {
+        let client = member.client_of(addr);
+        let path = format!("/v1/dispatcher/raft/{}", member.config.raft_id);
+        let asked =
+            tokio::task::spawn_blocking(move || client.call::<bool>("GET", &path, None::<&()>))
+                .await;
+        if let Ok(Ok(false)) = asked {
+            return false;
+        }
+    }
+    true
+}
+
+/// While this manager is not ready (it restarted and waits for the group), ask the
+/// managers it knows for the current list, so that it can answer a leader that joined
+/// while it was away (see `sender_check`).
+async fn learn_managers(member: &Arc<Member>) {
+    let mut addrs: Vec<String> = member
+        .known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|m| m.2.clone())
+        .collect();
+    addrs.extend(
+        member
+            .store
+            .read(|s| raft_peers(&s.nodes, member.node_id()))
+            .into_iter()
+            .map(|m| m.2),
+    );
+    addrs.sort();
+    addrs.dedup();
+    for addr in addrs {
+        if addr == member.config.advertise.to_string() {
+            continue;
+        }
+        let client = member.client_of(&addr);
+        let asked = tokio::task::spawn_blocking(move || {
+            client.call::<Vec<(u64, String, String)>>("GET", "/v1/cluster/managers", None::<&()>)
+        })
+        .await;
+        if let Ok(Ok(list)) = asked {
+            for (raft_id, node, addr) in &list {
+                if node != member.node_id() {
+                    if let (Ok(id), Ok(sock)) = (pki::NodeId::new(node), addr.parse()) {
+                        member.transport.set_peer(*raft_id, id, sock);
+                    }
+                }
+            }
+            *member.known.lock().unwrap_or_else(|p| p.into_inner()) = list;
+            return;
+        }
     }
 }
 
@@ -103,9 +173,9 @@ fn turn(member: &Member) -> Option<ConfStep> {
         };
         member.transport.set_peer(*raft_id, node, addr);
     }
-    // Until the store lists any (a joiner before its snapshot), keep the ones it
-    // joined with.
-    if !peers.is_empty() {
+    // Until the store caught up (a joiner before its snapshot, a manager that missed a
+    // change), keep the ones it learned of otherwise.
+    if member.is_ready() && !peers.is_empty() {
         for (raft_id, _, _) in member.transport.peers() {
             if !peers.iter().any(|p| p.0 == raft_id) {
                 member.transport.remove_peer(raft_id);
@@ -152,6 +222,7 @@ pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::
             return;
         }
     };
+    let mut config = config;
     let mut managers: Vec<String> = config.managers.iter().map(|m| m.2.clone()).collect();
     let mut next = 0usize;
     let mut last_error: Option<String> = None;
@@ -160,7 +231,8 @@ pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::
         if !managers.is_empty() {
             let addr = managers[next % managers.len()].clone();
             let client =
-                crate::client::Client::tls(&addr, http.clone(), pki::tls::manager_server_name());
+                crate::client::Client::tls(&addr, http.clone(), pki::tls::manager_server_name())
+                    .with_timeout(super::NODE_CALL_TIMEOUT);
             let answer = tokio::task::spawn_blocking(move || {
                 client.call::<Heartbeat>("POST", "/v1/dispatcher/heartbeat", None::<&()>)
             })
@@ -181,8 +253,14 @@ pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::
                             ),
                         }
                     }
-                    if !hb.managers.is_empty() {
-                        managers = hb.managers;
+                    if !hb.managers.is_empty() && hb.managers != config.managers {
+                        // Remembered, so that a restart or a promotion finds the
+                        // cluster even if the managers it joined with are gone.
+                        config.managers = hb.managers.clone();
+                        if let Err(e) = super::files::save_config(&state_dir, &config) {
+                            eprintln!("berth daemon: remember the cluster's managers: {e:#}");
+                        }
+                        managers = hb.managers.iter().map(|m| m.2.clone()).collect();
                     }
                     // Stay with the leader if there is one; it answers node ls.
                     match hb
@@ -213,8 +291,8 @@ pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::
 pub struct Heartbeat {
     /// The leader's address, if this manager is not it.
     pub leader: Option<String>,
-    /// Every manager's address.
-    pub managers: Vec<String>,
+    /// Every manager: (Raft id, node id, address).
+    pub managers: Vec<(u64, String, String)>,
     /// The worker's role as the store has it (a promotion shows here first).
     #[serde(default)]
     pub role: Option<NodeRole>,

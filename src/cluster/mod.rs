@@ -29,6 +29,9 @@ use manager::store::Store;
 
 pub use files::ClusterConfig;
 
+/// How long one node waits for another's answer.
+pub const NODE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A manager's cluster side, shared by its endpoints and loops.
 pub struct Member {
     pub state_dir: PathBuf,
@@ -44,6 +47,11 @@ pub struct Member {
     /// Set once the store holds everything committed before this start (a quorum
     /// answered a ReadIndex): until then only `cluster status` answers.
     pub ready: std::sync::atomic::AtomicBool,
+    /// Managers (Raft id, node id, address) learned outside the store: those this node
+    /// joined with, and those another manager listed while this one was catching up.
+    /// A manager that missed a membership change cannot learn it from the store until
+    /// it hears from the leader, which it may not know.
+    pub known: Mutex<Vec<(u64, String, String)>>,
     /// When each worker was last heard from (on the manager it heartbeats to: the
     /// leader).
     pub heartbeats: Mutex<HashMap<String, Instant>>,
@@ -65,6 +73,7 @@ impl Member {
     /// A client of the manager at `addr`, authenticated as this node.
     pub fn client_of(&self, addr: &str) -> crate::client::Client {
         crate::client::Client::tls(addr, self.http.clone(), pki::tls::manager_server_name())
+            .with_timeout(NODE_CALL_TIMEOUT)
     }
 
     /// The leader's address, if it is another manager the store knows.
@@ -87,27 +96,35 @@ impl Member {
     }
 }
 
-/// Which node may send Raft messages as which Raft id: the store's manager records,
-/// and until the store has them (a joiner before the leader's snapshot) the managers
-/// this node joined with. Anything else is dropped.
-pub fn sender_check(member: &Member) -> manager::port::SenderCheck {
-    let store = member.store.clone();
-    let joined: Vec<(u64, String)> = member
-        .config
-        .managers
-        .iter()
-        .map(|(r, n, _)| (*r, n.clone()))
-        .collect();
+/// Which node may send Raft messages as which Raft id. A Raft id the store gives to a
+/// manager is that manager's only. One it does not know is accepted only if it was
+/// allocated after what this store has seen (the store is behind: a joiner before the
+/// leader's snapshot, a manager that missed a join) and a manager told this node whose
+/// it is (`Member::known`). An id the store allocated but no manager holds any more (a
+/// demoted or removed manager's) is refused, whatever certificate comes with it.
+pub fn sender_check(member: &Arc<Member>) -> manager::port::SenderCheck {
+    let member = Arc::downgrade(member);
     Arc::new(move |sender: &pki::NodeId, from: u64| {
-        let known = store
-            .read(|s| manager::cluster::manager_by_raft_id(&s.nodes, from).map(|n| n.id.clone()));
-        let owner = known.or_else(|| {
-            joined
-                .iter()
-                .find(|(r, _)| *r == from)
-                .map(|(_, n)| n.clone())
+        let Some(member) = member.upgrade() else {
+            return false;
+        };
+        let (owner, next) = member.store.read(|s| {
+            (
+                manager::cluster::manager_by_raft_id(&s.nodes, from).map(|n| n.id.clone()),
+                s.cluster.as_ref().map(|c| c.next_raft_id),
+            )
         });
-        owner.as_deref() == Some(sender.as_str())
+        if let Some(owner) = owner {
+            return owner == sender.as_str();
+        }
+        let behind = next.is_none_or(|n| from >= n);
+        behind
+            && member
+                .known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|(r, n, _)| *r == from && n == sender.as_str())
     })
 }
 

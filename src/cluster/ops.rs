@@ -179,13 +179,10 @@ pub fn init(state_dir: &Path, store: &Store, req: &InitRequest) -> anyhow::Resul
         );
         // The containers this host already runs stay here.
         for t in s.tasks.values_mut() {
-            t.node.get_or_insert_with(|| me.clone());
+            t.node = Some(me.clone());
         }
         Ok(())
     })?;
-    admin
-        .save(&files::admin_dir(state_dir))
-        .context("save the admin certificate")?;
     let config = ClusterConfig {
         cluster_id: cluster_id.clone(),
         node_id: me.clone(),
@@ -195,7 +192,17 @@ pub fn init(state_dir: &Path, store: &Store, req: &InitRequest) -> anyhow::Resul
         advertise,
         managers: vec![(FIRST_RAFT_ID, me.clone(), advertise.to_string())],
     };
-    files::save(state_dir, &config, &creds)?;
+    let saved = admin
+        .save(&files::admin_dir(state_dir))
+        .context("save the admin certificate")
+        .and_then(|()| files::save(state_dir, &config, &creds));
+    if let Err(e) = saved {
+        // Still a single host: undo the store's half, so its containers stay its own.
+        if let Err(undo) = leave_unfinished_init(store) {
+            eprintln!("berth daemon: cannot undo the failed cluster init in the store: {undo}");
+        }
+        return Err(e);
+    }
     Ok(InitAnswer {
         cluster_id,
         node_id: me,
@@ -203,6 +210,24 @@ pub fn init(state_dir: &Path, store: &Store, req: &InitRequest) -> anyhow::Resul
         worker_token: record.worker_token,
         manager_token: record.manager_token,
         admin_dir: files::admin_dir(state_dir).display().to_string(),
+    })
+}
+
+/// A single host's store that holds a cluster record is an init that did not finish
+/// (its files were never written): the record goes, and every task is this host's
+/// again. Run by `init` when writing the files fails, and by a single-host daemon at
+/// start (after a crash in between).
+pub fn leave_unfinished_init(store: &Store) -> Result<bool, StoreError> {
+    store.update(|s| {
+        if s.cluster.is_none() && s.nodes.is_empty() {
+            return Ok(false);
+        }
+        s.cluster = None;
+        s.nodes.clear();
+        for t in s.tasks.values_mut() {
+            t.node = None;
+        }
+        Ok(true)
     })
 }
 
@@ -259,7 +284,13 @@ pub fn admit(member: &Member, req: &JoinRequest) -> Result<JoinAnswer, Refused> 
         Role::Manager => NodeRole::Manager,
         _ => NodeRole::Worker,
     };
-    let hostname: String = req.hostname.chars().take(64).collect();
+    // Shown in `node ls` on an admin's terminal: letters, digits, '.', '-', '_' only.
+    let hostname: String = req
+        .hostname
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(64)
+        .collect();
     let raft_id = member
         .store
         .update(|s| {
@@ -329,7 +360,8 @@ pub fn join(state_dir: &Path, store: &Store, req: &JoinLocalRequest) -> anyhow::
         &remote.to_string(),
         Arc::new(config),
         pki::tls::manager_server_name(),
-    );
+    )
+    .with_timeout(std::time::Duration::from_secs(30));
     let answer: JoinAnswer = client
         .call(
             "POST",
@@ -347,6 +379,9 @@ pub fn join(state_dir: &Path, store: &Store, req: &JoinLocalRequest) -> anyhow::
     let creds = pki::join::finish(&token, &pinned, &key, &answer.cert)
         .context("check the certificate the manager sent")?;
     if answer.role == NodeRole::Manager {
+        // Its Raft node must not write into the directory as it moves; the daemon
+        // restarts next anyway.
+        store.node().kill();
         set_aside_single_host_store(state_dir)?;
     }
     let config = ClusterConfig {
@@ -373,6 +408,19 @@ fn set_aside_single_host_store(state_dir: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("move {} aside", raft.display())),
     }
+}
+
+/// Deletes this node's replica of the cluster store (and any set-aside one).
+fn remove_replica(state_dir: &Path) -> anyhow::Result<()> {
+    for dir in ["raft", "raft.single-host"] {
+        let path = state_dir.join("manager").join(dir);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {}", path.display())),
+        }
+    }
+    Ok(())
 }
 
 /// The nodes with what the leader knows of them. On another manager the caller asks
@@ -540,6 +588,24 @@ pub fn change_node(member: &Member, name: &str, change: &NodeChange) -> Result<S
             .filter(|n| n.role == NodeRole::Manager)
             .count();
         let next_raft_id = s.cluster.as_ref().map_or(0, |c| c.next_raft_id);
+        // Until the scheduler can move tasks, a node that stops running containers
+        // (a manager demoted to a worker, a removed node) would leave its containers
+        // unmanaged: refuse while it has any.
+        let live: Vec<String> = s
+            .tasks
+            .values()
+            .filter(|t| t.node.as_deref() == Some(id.as_str()))
+            .filter(|t| t.status.state() != spec::task::TaskState::Removed)
+            .map(|t| t.name())
+            .collect();
+        let stops_running = matches!(change, NodeChange::Demote | NodeChange::Remove { .. });
+        if stops_running && !live.is_empty() {
+            return Err(StoreError::Rejected(format!(
+                "node {id} runs containers ({}): take their stacks down first (berth down); \
+                 a worker does not run tasks yet, so they would be left unmanaged",
+                live.join(", ")
+            )));
+        }
         let Some(node) = s.nodes.get_mut(&id) else {
             return Err(StoreError::Rejected(format!("no node {id}")));
         };
@@ -598,6 +664,17 @@ pub fn change_node(member: &Member, name: &str, change: &NodeChange) -> Result<S
             }
         }
         Ok(id.clone())
+    })
+}
+
+/// One node's record as this manager applied it (possibly stale).
+pub fn node_local(member: &Member, name: &str) -> Result<NodeRecord, StoreError> {
+    member.store.read(|s| {
+        let id = resolve(&s.nodes, name)?;
+        s.nodes
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| StoreError::Rejected(format!("no node {id}")))
     })
 }
 
@@ -685,7 +762,8 @@ pub async fn renew_from_cluster(
     let mut last = anyhow::anyhow!("no manager is known");
     for (_, _, addr) in &config.managers {
         let client =
-            crate::client::Client::tls(addr, http.clone(), pki::tls::manager_server_name());
+            crate::client::Client::tls(addr, http.clone(), pki::tls::manager_server_name())
+                .with_timeout(super::NODE_CALL_TIMEOUT);
         let body = RenewRequest { csr: csr.clone() };
         let answer = tokio::task::spawn_blocking(move || {
             client.call::<RenewAnswer>("POST", "/v1/dispatcher/renew", Some(&body))
@@ -703,6 +781,9 @@ pub async fn renew_from_cluster(
                 .context("check the renewed certificate")?;
         if answer.role == NodeRole::Manager {
             set_aside_single_host_store(state_dir)?;
+        } else {
+            // A worker keeps no replica of the store: it holds the CA key.
+            remove_replica(state_dir)?;
         }
         let next = ClusterConfig {
             role: answer.role,

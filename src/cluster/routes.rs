@@ -142,9 +142,21 @@ pub fn worker(config: ClusterConfig) -> Router {
             )
         }
     };
+    let cluster_id = config.cluster_id.clone();
+    let already = move || {
+        let cluster_id = cluster_id.clone();
+        async move {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("this node is already a worker of cluster {cluster_id}"),
+            )
+        }
+    };
     Router::new()
         .route("/v1/ping", get(|| async { "ok" }))
         .route("/v1/cluster", get(move || async move { Json(status) }))
+        .route("/v1/cluster/init", post(already.clone()))
+        .route("/v1/cluster/join-local", post(already))
         .fallback(elsewhere)
 }
 
@@ -169,6 +181,10 @@ pub fn manager(member: Arc<Member>) -> Router {
             "/v1/cluster/join-token/{role}",
             get(token).post(token_rotate),
         )
+        .route("/v1/cluster/managers", get(managers))
+        .route("/v1/cluster/init", post(already_member))
+        .route("/v1/cluster/join-local", post(already_member))
+        .route("/v1/dispatcher/raft/{id}", get(raft_member))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{name}", get(node).post(change))
         .route("/v1/dispatcher/heartbeat", post(heartbeat))
@@ -217,6 +233,28 @@ pub async fn until_ready(State(m): State<Arc<Member>>, req: Request, next: Next)
         );
     }
     next.run(req).await
+}
+
+/// Every manager as this one's store has them: (Raft id, node id, address).
+async fn managers(State(m): State<Arc<Member>>) -> Json<Vec<(u64, String, String)>> {
+    Json(m.store.read(|s| manager::cluster::raft_peers(&s.nodes, "")))
+}
+
+/// Whether Raft id `id` is still in the group's configuration as this manager applied
+/// it: a demoted manager waits for its removal before it stops being one.
+async fn raft_member(State(m): State<Arc<Member>>, Path(id): Path<u64>) -> Json<bool> {
+    let st = m.store.node().status();
+    Json(st.voters.contains(&id) || st.learners.contains(&id))
+}
+
+async fn already_member(State(m): State<Arc<Member>>) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "this node is already a manager of cluster {} (berth cluster status shows it)",
+            m.config.cluster_id
+        ),
+    )
 }
 
 async fn status(State(m): State<Arc<Member>>) -> Json<ClusterStatus> {
@@ -304,9 +342,7 @@ async fn node(
     let record = if q.fresh {
         ops::node_fresh(&m, &name).await
     } else {
-        m.store
-            .read(|s| s.nodes.get(&name).cloned())
-            .ok_or_else(|| StoreError::Rejected(format!("no node {name:?} in the cluster")))
+        ops::node_local(&m, &name)
     };
     match record {
         Ok(r) => Json(r).into_response(),
@@ -319,6 +355,24 @@ async fn change(
     Path(name): Path<String>,
     Json(change): Json<NodeChange>,
 ) -> Response {
+    // Only the leader knows which nodes are up (Raft progress, workers' heartbeats),
+    // which `rm` checks: another manager passes it on. (Other changes are plain store
+    // transactions, which Raft forwards itself.)
+    if matches!(change, NodeChange::Remove { .. }) && !m.is_leader() {
+        if let Some(addr) = m.leader_addr() {
+            let client = m.client_of(&addr);
+            let path = format!("/v1/nodes/{name}");
+            let asked = tokio::task::spawn_blocking(move || {
+                client.call::<String>("POST", &path, Some(&change))
+            })
+            .await;
+            return match asked {
+                Ok(Ok(id)) => Json(id).into_response(),
+                Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+        }
+    }
     let m2 = m.clone();
     match tokio::task::spawn_blocking(move || ops::change_node(&m2, &name, &change)).await {
         Ok(Ok(id)) => Json(id).into_response(),
@@ -354,11 +408,7 @@ async fn heartbeat(State(m): State<Arc<Member>>, peer: Option<Extension<Peer>>) 
         .insert(id.clone(), Instant::now());
     let (managers, role) = m.store.read(|s| {
         (
-            s.nodes
-                .values()
-                .filter(|n| n.role == NodeRole::Manager)
-                .map(|n| n.addr.clone())
-                .collect::<Vec<_>>(),
+            manager::cluster::raft_peers(&s.nodes, ""),
             s.nodes.get(&id).map(|n| n.role),
         )
     });
