@@ -223,6 +223,20 @@ impl Drop for Fixture {
     }
 }
 
+/// A GET on a daemon's unix socket, the whole answer as text.
+fn raw_get(socket: &std::path::Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -268,6 +282,17 @@ fn managers_and_workers_join_and_every_wrong_credential_is_refused() {
         }
     }
     assert_eq!(mode(f.state(0).join("cluster/admin/node.key")), 0o600);
+
+    // The API never shows the cluster's secrets: the CA key and the join tokens stay
+    // in the managers' store.
+    let state = raw_get(&f.state(1).join("berth.sock"), "/v1/state");
+    assert!(state.contains("\"cluster\""), "{state}");
+    assert!(
+        !state.contains("PRIVATE KEY"),
+        "the CA key is shown: {state}"
+    );
+    assert!(!state.contains(&worker_token), "a join token is shown");
+    assert!(!state.contains(&manager_token), "a join token is shown");
 
     // A label written through one manager is read fresh through another.
     let first = f.node_id(0);

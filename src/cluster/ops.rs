@@ -796,3 +796,64 @@ pub async fn renew_from_cluster(
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An init whose files were never written leaves nothing behind in the store: the
+    /// cluster record and nodes go, and every task is the single host's again (else the
+    /// host's agent would ignore its own containers and remove them as strays).
+    #[test]
+    fn an_unfinished_init_is_undone_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(
+            !leave_unfinished_init(&store).unwrap(),
+            "nothing to undo yet"
+        );
+        let req = InitRequest {
+            advertise: "10.1.2.3".into(),
+            listen: None,
+        };
+        let task: spec::task::Task = serde_json::from_value(serde_json::json!({
+            "id": "s-web-1.1", "stack": "s", "service": "web", "slot": 1, "generation": 1,
+            "spec_hash": "h", "desired": "running", "created_at": 0
+        }))
+        .unwrap();
+        store
+            .update(|s| {
+                s.tasks.insert(task.id.clone(), task.clone());
+                Ok(())
+            })
+            .unwrap();
+        // The files cannot be written: the state dir is a file.
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, b"").unwrap();
+        assert!(init(&not_a_dir, &store, &req).is_err());
+        let s = store.snapshot();
+        assert!(s.cluster.is_none() && s.nodes.is_empty(), "{s:?}");
+        assert_eq!(s.tasks["s-web-1.1"].node, None);
+        // A crash between the store and the files: the next single-host start undoes it.
+        store
+            .update(|s| {
+                s.nodes.insert(
+                    "n".into(),
+                    NodeRecord {
+                        id: "n".into(),
+                        role: NodeRole::Manager,
+                        addr: "10.1.2.3:7377".into(),
+                        hostname: "h".into(),
+                        raft_id: 1,
+                        joined_at: 0,
+                        labels: BTreeMap::new(),
+                    },
+                );
+                s.tasks.get_mut("s-web-1.1").unwrap().node = Some("n".into());
+                Ok(())
+            })
+            .unwrap();
+        assert!(leave_unfinished_init(&store).unwrap());
+        assert_eq!(store.snapshot().tasks["s-web-1.1"].node, None);
+    }
+}
