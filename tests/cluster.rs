@@ -32,6 +32,16 @@ impl Fixture {
         }
     }
 
+    /// `n` hosts, the first three of them managers of one cluster, all voting.
+    fn three_managers(n: usize) -> Fixture {
+        let mut f = Fixture::new(n);
+        let (_, manager_token) = f.init();
+        f.join(1, &manager_token);
+        f.join(2, &manager_token);
+        f.wait_managers(0, 3);
+        f
+    }
+
     fn state(&self, i: usize) -> PathBuf {
         self.hosts.host(i).dir().join("state")
     }
@@ -446,11 +456,7 @@ impl Remote {
 #[test]
 fn kill9_of_managers_under_writes_keeps_a_linearizable_history() {
     use testkit::linearizability::{check_bounded, History, Op, Output as Out};
-    let mut f = Fixture::new(4);
-    let (_, manager_token) = f.init();
-    f.join(1, &manager_token);
-    f.join(2, &manager_token);
-    f.wait_managers(0, 3);
+    let mut f = Fixture::three_managers(4);
     let remote = Remote::new(&f, 3, &[0, 1, 2]);
     let history = History::new();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -533,11 +539,7 @@ fn kill9_of_managers_under_writes_keeps_a_linearizable_history() {
 /// everybody converges.
 #[test]
 fn an_isolated_leader_steps_down_and_the_minority_neither_writes_nor_reads() {
-    let mut f = Fixture::new(3);
-    let (_, manager_token) = f.init();
-    f.join(1, &manager_token);
-    f.join(2, &manager_token);
-    f.wait_managers(0, 3);
+    let mut f = Fixture::three_managers(3);
     let node = f.node_id(0);
     let old = f.leader(0).expect("a leader");
     let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
@@ -621,11 +623,7 @@ fn an_isolated_leader_steps_down_and_the_minority_neither_writes_nor_reads() {
 /// paused: the store is intact each time and the managers converge.
 #[test]
 fn managers_restarted_all_at_once_and_one_at_a_time_keep_the_store() {
-    let mut f = Fixture::new(3);
-    let (_, manager_token) = f.init();
-    f.join(1, &manager_token);
-    f.join(2, &manager_token);
-    f.wait_managers(0, 3);
+    let mut f = Fixture::three_managers(3);
     let node = f.node_id(0);
     for n in 0..10 {
         f.ok(
