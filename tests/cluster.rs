@@ -539,7 +539,7 @@ fn kill9_of_managers_under_writes_keeps_a_linearizable_history() {
 /// everybody converges.
 #[test]
 fn an_isolated_leader_steps_down_and_the_minority_neither_writes_nor_reads() {
-    let mut f = Fixture::three_managers(3);
+    let f = Fixture::three_managers(3);
     let node = f.node_id(0);
     let old = f.leader(0).expect("a leader");
     let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
