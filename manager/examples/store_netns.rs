@@ -407,13 +407,23 @@ fn concurrent(stores: &[Arc<Store>], seconds: f64, batch: usize, what: &str) -> 
     });
     let elapsed = start.elapsed();
     let mut latencies = Vec::new();
+    let (mut fewest, mut most) = (usize::MAX, 0);
     for lat in per_thread {
-        latencies.extend(lat?);
+        let lat = lat?;
+        fewest = fewest.min(lat.len());
+        most = most.max(lat.len());
+        latencies.extend(lat);
     }
     let txns = latencies.len() as u64;
+    // How evenly the writers got their turns (a fair queue gives each about as many).
+    let what = if stores.len() > 1 {
+        format!("{what} (per writer {fewest}-{most})")
+    } else {
+        what.to_string()
+    };
     let gave_up = gave_up.into_inner();
     Ok(Run {
-        what: what.into(),
+        what,
         writers: stores.len(),
         records: txns * batch as u64,
         elapsed,
