@@ -21,6 +21,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 command -v ip >/dev/null || { echo "raft-netns.sh: needs iproute2 (apt-get install -y iproute2)" >&2; exit 2; }
+# Errors are messages; a backtrace only when asked for with RUST_LIB_BACKTRACE=1.
+export RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}"
 target="${CARGO_TARGET_DIR:-target}"
 if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release -q -p manager --example store_netns

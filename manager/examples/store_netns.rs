@@ -104,6 +104,12 @@ impl Args {
         if args.writes == 0 || args.writers == 0 || args.batch == 0 || args.window == 0 {
             bail!("--writes, --writers, --batch and --window must be at least 1");
         }
+        if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 3600.0) {
+            bail!(
+                "--seconds {}: give a duration from 0 to 3600 seconds, e.g. 5",
+                args.seconds
+            );
+        }
         if args.managers.iter().any(|&n| n == 0 || n > 7) {
             bail!("--managers takes group sizes from 1 to 7, e.g. 1,3");
         }
