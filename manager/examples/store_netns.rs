@@ -466,6 +466,8 @@ fn pipeline(store: &Store, seconds: f64, window: usize) -> Result<Run> {
                 let command = Txn {
                     base_version: base,
                     ops,
+                    id: 0,
+                    after: None,
                 }
                 .encode();
                 base += 1;

@@ -26,6 +26,21 @@ pub struct Txn {
     /// The version of the state `ops` were computed from.
     pub base_version: u64,
     pub ops: Vec<Op>,
+    /// Its id (random, non-zero), which the state records as its `last_txn` once applied.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub id: u64,
+    /// The id of the transaction that made the base state (`State::last_txn`), when the
+    /// proposer knows it. A store pipelines its own transactions: each is computed on
+    /// the state its predecessor will make, before that one is applied. Versions alone
+    /// cannot tell that predecessor's state from another writer's at the same version;
+    /// the id can, so a pipelined transaction never applies on a base it was not
+    /// computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Txn {
@@ -121,13 +136,14 @@ impl StoreMachine {
 
 /// The pure step: what a transaction does to a state and answers.
 pub fn apply_txn(state: &mut State, txn: &Txn) -> TxnResponse {
-    if txn.base_version != state.version {
+    if txn.base_version != state.version || txn.after.is_some_and(|a| a != state.last_txn) {
         return TxnResponse::Conflict {
             version: state.version,
         };
     }
     apply_ops(state, &txn.ops);
     state.version += 1;
+    state.last_txn = txn.id;
     TxnResponse::Applied {
         version: state.version,
     }
@@ -189,6 +205,8 @@ mod tests {
         let txn = |base| Txn {
             base_version: base,
             ops: vec![put_stack("a")],
+            id: 0,
+            after: None,
         };
         let r = TxnResponse::decode(&sm.apply(2, &txn(0).encode()));
         assert_eq!(r, TxnResponse::Applied { version: 1 });
@@ -203,6 +221,34 @@ mod tests {
         assert_eq!(sm.hash(), before);
     }
 
+    /// A pipelined transaction names the one it was computed after: at the right
+    /// version but after another writer's transaction, it does not apply.
+    #[test]
+    fn a_pipelined_transaction_applies_only_after_the_one_it_follows() {
+        let mut sm = StoreMachine::default();
+        let txn = |base, id, after, name| Txn {
+            base_version: base,
+            ops: vec![put_stack(name)],
+            id,
+            after: Some(after),
+        };
+        // Ours: 11 on the empty state, then 12 after 11.
+        let r = TxnResponse::decode(&sm.apply(2, &txn(0, 11, 0, "a").encode()));
+        assert_eq!(r, TxnResponse::Applied { version: 1 });
+        assert_eq!(sm.shared().lock().last_txn, 11);
+        // Another writer's 99 lands at version 1 first...
+        let r = TxnResponse::decode(&sm.apply(3, &txn(1, 99, 11, "x").encode()));
+        assert_eq!(r, TxnResponse::Applied { version: 2 });
+        // ...so 13, computed after a 12 that never applied, conflicts at version 2
+        // although the version matches.
+        let before = sm.hash();
+        let r = TxnResponse::decode(&sm.apply(4, &txn(2, 13, 12, "c").encode()));
+        assert_eq!(r, TxnResponse::Conflict { version: 2 });
+        assert_eq!(sm.hash(), before);
+        let r = TxnResponse::decode(&sm.apply(5, &txn(2, 14, 99, "d").encode()));
+        assert_eq!(r, TxnResponse::Applied { version: 3 });
+    }
+
     #[test]
     fn snapshots_restore_the_same_state_and_hash() {
         let mut sm = StoreMachine::default();
@@ -211,6 +257,8 @@ mod tests {
             &Txn {
                 base_version: 0,
                 ops: vec![put_stack("a"), put_stack("b")],
+                id: 0,
+                after: None,
             }
             .encode(),
         );

@@ -69,6 +69,13 @@ pub struct State {
     /// The cluster's nodes by id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, NodeRecord>,
+    /// The id of the last applied transaction (`Txn::id`; 0 before any that had one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_txn: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One change to the state, as a transaction is replicated: the Raft log carries these,
@@ -153,8 +160,23 @@ const SINGLE_HOST_ID: u64 = 1;
 pub struct Store {
     node: Arc<Node<StoreMachine>>,
     shared: Arc<Shared>,
-    /// Serializes this store's transactions: they would only conflict with each other.
-    writer: Mutex<()>,
+    /// This store's own transactions in flight (see [`Store::update`]).
+    writer: Mutex<Pipeline>,
+}
+
+/// A store pipelines its own transactions: each is computed on the state the ones
+/// before it will have made, and proposed before they are applied, so that many
+/// callers share Raft rounds and fsyncs instead of waiting for each other. Each
+/// transaction names the one it follows (`Txn::after`), so none can apply on a state
+/// it was not computed from; when one does not apply, the others after it cannot
+/// either, and their callers start again from the applied state.
+#[derive(Debug, Default)]
+struct Pipeline {
+    /// The state once every transaction in flight is applied.
+    projected: State,
+    in_flight: usize,
+    /// One did not apply: `projected` is not what will be.
+    broken: bool,
 }
 
 /// The transport of a one-voter group: it has no peer to send to (raft-rs addresses
@@ -234,7 +256,7 @@ impl Store {
         let store = Store {
             node: Arc::new(node),
             shared,
-            writer: Mutex::new(()),
+            writer: Mutex::default(),
         };
         store.wait_ready().map_err(|e| match e {
             StoreError::Raft(source) => StoreError::Open {
@@ -268,7 +290,7 @@ impl Store {
         Ok(Store {
             node: Arc::new(node),
             shared,
-            writer: Mutex::new(()),
+            writer: Mutex::default(),
         })
     }
 
@@ -279,7 +301,7 @@ impl Store {
         Store {
             node,
             shared,
-            writer: Mutex::new(()),
+            writer: Mutex::default(),
         }
     }
 
@@ -333,45 +355,80 @@ impl Store {
         &self,
         mut f: impl FnMut(&mut State) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let _turn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        for _ in 0..MAX_ATTEMPTS {
-            let base = self.snapshot();
-            let mut next = base.clone();
-            let result = f(&mut next)?;
-            let ops = diff(&base, &next);
-            if ops.is_empty() {
-                return Ok(result);
-            }
-            let txn = Txn {
-                base_version: base.version,
-                ops,
-            };
-            match self.propose(txn.encode())? {
-                TxnResponse::Applied { .. } => return Ok(result),
-                // This node applied the winner before answering: the next copy has it.
-                TxnResponse::Conflict { .. } => continue,
-                TxnResponse::Invalid { message } => return Err(StoreError::Invalid(message)),
-            }
-        }
-        Err(StoreError::Conflict {
-            attempts: MAX_ATTEMPTS,
-        })
-    }
-
-    /// Proposes a command, waiting out an election (no leader) for a bounded time.
-    fn propose(&self, command: Vec<u8>) -> Result<TxnResponse, StoreError> {
         let end = Instant::now() + LEADER_WAIT;
+        let mut conflicts = 0;
         loop {
-            match wait(self.node.propose(command.clone())) {
-                Ok(bytes) => return Ok(TxnResponse::decode(&bytes)),
+            // Computed and queued to the node in one turn, so the node receives this
+            // store's transactions in the order they were computed.
+            let submitted = {
+                let mut p = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+                if p.in_flight == 0 || p.broken {
+                    p.projected = self.snapshot();
+                    p.broken = false;
+                }
+                let base = &p.projected;
+                let mut next = base.clone();
+                let result = f(&mut next)?;
+                let ops = diff(base, &next);
+                if ops.is_empty() {
+                    if p.in_flight == 0 {
+                        return Ok(result);
+                    }
+                    // Nothing to change, if what is in flight applies: wait and see.
+                    None
+                } else {
+                    let id = txn_id();
+                    let txn = Txn {
+                        base_version: base.version,
+                        ops,
+                        id,
+                        after: Some(base.last_txn),
+                    };
+                    let answer = self.node.submit(txn.encode()).map_err(StoreError::Raft)?;
+                    next.version += 1;
+                    next.last_txn = id;
+                    p.projected = next;
+                    p.in_flight += 1;
+                    Some((answer, result))
+                }
+            };
+            let Some((answer, result)) = submitted else {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            let answer = wait(answer);
+            let mut p = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            p.in_flight -= 1;
+            let applied = matches!(
+                answer.as_ref().map(|b| TxnResponse::decode(b)),
+                Ok(TxnResponse::Applied { .. })
+            );
+            if !applied {
+                p.broken = true;
+            }
+            drop(p);
+            match answer {
+                Ok(bytes) => match TxnResponse::decode(&bytes) {
+                    TxnResponse::Applied { .. } => return Ok(result),
+                    // This node applied the winner before answering: the next
+                    // projection starts from it.
+                    TxnResponse::Conflict { .. } => {
+                        conflicts += 1;
+                        if conflicts >= MAX_ATTEMPTS {
+                            return Err(StoreError::Conflict {
+                                attempts: MAX_ATTEMPTS,
+                            });
+                        }
+                    }
+                    TxnResponse::Invalid { message } => return Err(StoreError::Invalid(message)),
+                },
                 Err(NodeError::NoLeader { .. }) if Instant::now() < end => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
                 // A follower forwards proposals to the leader it knows; if that leader
-                // died, the proposal is lost and times out. Proposing the same
-                // transaction again is safe: it carries its base version, so if the
-                // first copy did commit, the second is a Conflict that changes nothing,
-                // and `update` re-runs on the state that has the first.
+                // died, the proposal is lost and times out. Computing and proposing it
+                // again is safe: if the first copy did commit, the state has it and
+                // the closure sees it (or the second copy conflicts, changing nothing).
                 Err(NodeError::Timeout { .. }) if Instant::now() < end => {}
                 Err(e) => return Err(StoreError::Raft(e)),
             }
@@ -411,6 +468,16 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
         // does not need it to make progress, so waiting is slow there, not a deadlock.
         _ => f(),
     }
+}
+
+/// A fresh, non-zero transaction id (`RandomState` is seeded from the OS once per
+/// process and varies per call).
+fn txn_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        | 1
 }
 
 /// Waits for a future of the Raft node (replies over channels, driven by the node's

@@ -3,6 +3,7 @@
 //! runs on its own thread, in `driver.rs`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -334,6 +335,29 @@ impl<S: StateMachine> Node<S> {
         let (reply, rx) = oneshot::channel();
         self.send(Input::Propose { command, reply })?;
         rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// [`Node::propose`], with the proposal queued to the node before this returns: the
+    /// node appends proposals in the order they were submitted, so a caller can
+    /// pipeline commands that depend on each other's order. The future answers as
+    /// `propose` does.
+    pub fn submit(
+        &self,
+        command: Vec<u8>,
+    ) -> Result<impl Future<Output = Result<Vec<u8>, NodeError>> + use<S>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Propose { command, reply })?;
+        let id = self.id;
+        let status = self.shared.clone();
+        Ok(async move {
+            rx.await.map_err(|_| NodeError::Stopped {
+                id,
+                reason: lock(&status.status)
+                    .stopped
+                    .clone()
+                    .unwrap_or_else(|| "it was shut down".to_string()),
+            })?
+        })
     }
 
     /// Proposes a configuration change; returns the configuration once applied here.
