@@ -175,6 +175,8 @@ struct Pipeline {
     /// The state once every transaction in flight is applied.
     projected: State,
     in_flight: usize,
+    /// The most that were ever in flight at once.
+    peak: usize,
     /// One did not apply: `projected` is not what will be.
     broken: bool,
 }
@@ -389,6 +391,7 @@ impl Store {
                     next.last_txn = id;
                     p.projected = next;
                     p.in_flight += 1;
+                    p.peak = p.peak.max(p.in_flight);
                     Some((answer, result))
                 }
             };
@@ -433,6 +436,12 @@ impl Store {
                 Err(e) => return Err(StoreError::Raft(e)),
             }
         }
+    }
+
+    /// The most transactions this store has had in flight at once: how much its
+    /// writers overlap (1 if they never did).
+    pub fn pipeline_peak(&self) -> usize {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).peak
     }
 
     /// A receiver that sees the version of every transaction this node applies.
