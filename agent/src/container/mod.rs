@@ -12,12 +12,15 @@
 //! - `containers/<id>/` is the bundle directory: `rootfs/` (the overlay mount point),
 //!   `upper/` and `work/` (the overlay's writable layer), `secrets/` and `configs/`
 //!   (the files bind-mounted into the container);
-//! - `volumes/<name>/_data` is a named volume, shared by every container using it.
+//! - `volumes/<name>/_data` is a named volume, shared by every container using it;
+//! - `init/{base,net}` are the init layers, the lowest layer of every container's
+//!   overlay: its standard mount points, made once ([`init_layer`]).
 //!
 //! Every path that comes from the image (the user database, a volume's seed content, the
 //! working directory) is opened inside the rootfs with `openat2(RESOLVE_IN_ROOT)`, so a
 //! symlink in the image can never make the agent read or write the host's files.
 
+pub mod init_layer;
 mod inroot;
 pub mod mounts;
 pub mod rootfs;
@@ -80,6 +83,9 @@ pub struct ContainerContext {
     pub configs: BTreeMap<String, spec_model::FileObject>,
     /// The environment `environment:`-sourced secrets and configs are read from.
     pub environment: BTreeMap<String, String>,
+    /// The container will get `/etc/hosts` and `/etc/resolv.conf` bind-mounted (it is
+    /// connected to a network): its init layer has them (see [`init_layer`]).
+    pub network_files: bool,
 }
 
 use ::spec::model as spec_model;
@@ -138,7 +144,11 @@ pub fn prepare(
     ctx: &ContainerContext,
 ) -> Result<Prepared, ContainerError> {
     check_id(&ctx.id)?;
-    let layers = store.layer_dirs(image)?;
+    let mut layers = store.layer_dirs(image)?;
+    // Topmost first: the init layer goes under the image's own.
+    let init = init_layer::ensure(&ctx.state_dir, ctx.network_files)
+        .map_err(ctx.io("create the init layer for", &ctx.state_dir.join("init")))?;
+    layers.push(init);
     let rootfs = Rootfs::mount(&ctx.state_dir, &ctx.id, &layers)?;
     let built = bundle_for(image, service, ctx)
         .and_then(|spec| Ok(runtime::Bundle::from_spec(&ctx.dir(), spec)?));
