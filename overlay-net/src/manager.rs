@@ -198,6 +198,9 @@ struct State {
     networks: BTreeMap<String, NetworkInfo>,
     containers: BTreeMap<String, ContainerRecord>,
     reservations: BTreeMap<String, Vec<Reservation>>,
+    /// Networks this process has made complete (bridge, address, rules, DNS) since it
+    /// opened the manager: `ensure_network` of one of them does nothing more.
+    ready: BTreeSet<String>,
 }
 
 /// One node's container networking. Cheap calls take `&self`; kernel work is
@@ -208,6 +211,9 @@ pub struct NetworkManager {
     firewall: Box<dyn Firewall>,
     dns: DnsServer,
     state: Mutex<State>,
+    /// Held while a network is made complete, so that containers starting together
+    /// on a new network wait for the first to finish instead of all redoing it.
+    ensuring: Mutex<()>,
 }
 
 impl std::fmt::Debug for NetworkManager {
@@ -292,6 +298,7 @@ impl NetworkManager {
             links,
             firewall,
             state: Mutex::default(),
+            ensuring: Mutex::default(),
         };
         let networks: Vec<NetworkInfo> = read_dir_json(&mgr.dir("networks"))?;
         let containers: Vec<ContainerRecord> = read_dir_json(&mgr.dir("containers"))?;
@@ -346,7 +353,44 @@ impl NetworkManager {
 
     /// Creates the network, or makes sure an existing one is complete (bridge, address,
     /// rules, DNS listener). Calling it again with the same request changes nothing.
+    ///
+    /// Every container start calls it, so once this process has made a network
+    /// complete it only checks the request: the kernel objects are not looked at again
+    /// (that cost an `nft` process, netlink requests and two sysctl writes per
+    /// container). A bridge or table removed by hand behind a running daemon comes
+    /// back when the daemon next starts (its first `ensure_network` does it all).
     pub fn ensure_network(&self, req: &NetworkRequest) -> Result<NetworkInfo, NetError> {
+        if let Some(info) = self.ready_network(req)? {
+            return Ok(info);
+        }
+        let _ensuring = self.ensuring.lock().unwrap_or_else(|p| p.into_inner());
+        // Another caller may have finished it while this one waited.
+        if let Some(info) = self.ready_network(req)? {
+            return Ok(info);
+        }
+        let info = self.make_network(req)?;
+        self.lock().ready.insert(info.name.clone());
+        Ok(info)
+    }
+
+    /// The network of `req` if this process has already made it complete; an error if
+    /// it exists with other settings.
+    fn ready_network(&self, req: &NetworkRequest) -> Result<Option<NetworkInfo>, NetError> {
+        let st = self.lock();
+        match st.networks.get(&req.name) {
+            Some(existing)
+                if existing.internal != req.internal || existing.requested != req.ipam =>
+            {
+                Err(NetError::NetworkChanged {
+                    network: req.name.clone(),
+                })
+            }
+            Some(existing) if st.ready.contains(&req.name) => Ok(Some(existing.clone())),
+            _ => Ok(None),
+        }
+    }
+
+    fn make_network(&self, req: &NetworkRequest) -> Result<NetworkInfo, NetError> {
         let mut st = self.lock();
         let requested = req.ipam.clone();
         let info = match st.networks.get(&req.name) {
@@ -441,6 +485,7 @@ impl NetworkManager {
         self.links.delete_link(&info.bridge)?;
         remove_file(&self.network_file(&info.bridge))?;
         st.networks.remove(name);
+        st.ready.remove(name);
         Ok(())
     }
 
@@ -821,6 +866,8 @@ mod tests {
         netns_links: BTreeMap<PathBuf, Vec<String>>,
         plans: Vec<VethPlan>,
         tables: BTreeMap<String, String>,
+        /// Scripts applied, of any kind.
+        applied: usize,
         bridges_created: usize,
         fail_netns: bool,
     }
@@ -891,6 +938,7 @@ mod tests {
                 .and_then(|l| l.strip_prefix("add table ip "))
                 .unwrap_or("?")
                 .to_string();
+            self.k().applied += 1;
             if script.contains(&format!("delete table ip {name}\n")) && !script.contains('{') {
                 self.k().tables.remove(&name);
             } else {
@@ -959,6 +1007,17 @@ mod tests {
         assert_eq!(a.addressing.subnet.to_string(), "127.66.0.0/24");
         assert_eq!(m.ensure_network(&net("p_front", false)).unwrap(), a);
         assert_eq!(fake.k().bridges_created, 1);
+        // Made complete once: the next container's call leaves the kernel alone.
+        let applied = fake.k().applied;
+        fake.k().links.remove(&a.bridge);
+        assert_eq!(m.ensure_network(&net("p_front", false)).unwrap(), a);
+        assert_eq!(fake.k().applied, applied);
+        assert!(!fake.k().links.contains(&a.bridge));
+        // A manager opened again (a restarted daemon) repairs it on first use.
+        let m = open(dir.path(), &fake);
+        assert_eq!(m.ensure_network(&net("p_front", false)).unwrap(), a);
+        assert!(fake.k().links.contains(&a.bridge));
+        assert_eq!(fake.k().applied, applied + 1);
         let b = m.ensure_network(&net("p_back", true)).unwrap();
         assert_eq!(b.addressing.subnet.to_string(), "127.66.1.0/24");
         assert!(
