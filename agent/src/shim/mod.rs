@@ -330,6 +330,7 @@ pub fn create(
     let parent = containers(state);
     std::fs::create_dir_all(&parent)
         .map_err(|e| ShimError::io(format!("create {}", parent.display()), e))?;
+    crate::container::spread_subdirectories(&parent);
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
