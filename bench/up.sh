@@ -6,6 +6,8 @@
 # berth's daemon and shims with the largest stack running, next to dockerd+containerd's.
 #
 # Run as root from the repository root: bench/up.sh   (SIZES="10 50" RUNS=5 by default)
+# BERTH_ONLY=1 times berth alone (no Docker installed or started): for comparing two
+# builds of berth on a machine where dockerd must not run (it changes the firewall).
 # It starts dockerd for the Docker side and stops it at the end: dockerd changes the
 # host's firewall (FORWARD policy DROP), which breaks other bridge tests while it runs.
 set -euo pipefail
@@ -13,9 +15,12 @@ cd "$(dirname "$0")/.."
 
 SIZES="${SIZES:-10 50}"
 RUNS="${RUNS:-5}"
+BERTH_ONLY="${BERTH_ONLY:-}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
-for tool in hyperfine busybox docker dockerd docker-compose; do
+tools="hyperfine busybox"
+[ -n "$BERTH_ONLY" ] || tools="$tools docker dockerd docker-compose"
+for tool in $tools; do
   command -v "$tool" >/dev/null || {
     echo "bench/up.sh: $tool is missing (apt-get install -y hyperfine busybox-static docker.io docker-compose)" >&2
     exit 2
@@ -33,7 +38,7 @@ started_dockerd=""
 cleanup() {
   for n in $SIZES; do
     (cd "$work/s$n" 2>/dev/null && "$BERTH" --state-dir "$state" down -t 1 >/dev/null 2>&1) || true
-    (cd "$work/s$n" 2>/dev/null && docker-compose -p "bench$n" down -t 1 >/dev/null 2>&1) || true
+    [ -n "$BERTH_ONLY" ] || (cd "$work/s$n" 2>/dev/null && docker-compose -p "bench$n" down -t 1 >/dev/null 2>&1) || true
   done
   pkill -f -- "--state-dir $state daemon" 2>/dev/null || true
   if [ -n "$started_dockerd" ]; then
@@ -61,12 +66,14 @@ echo 'root:x:0:' > "$work/rootfs/etc/group"
 tar -C "$work/rootfs" -cf "$work/busybox.tar" .
 "$BERTH" --state-dir "$state" image import "$work/busybox.tar" benchbox:local >/dev/null
 
-if ! docker info >/dev/null 2>&1; then
-  dockerd >"$work/dockerd.log" 2>&1 &
-  started_dockerd=$!
-  for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+if [ -z "$BERTH_ONLY" ]; then
+  if ! docker info >/dev/null 2>&1; then
+    dockerd >"$work/dockerd.log" 2>&1 &
+    started_dockerd=$!
+    for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+  fi
+  docker import "$work/busybox.tar" benchbox:local >/dev/null
 fi
-docker import "$work/busybox.tar" benchbox:local >/dev/null
 
 for n in $SIZES; do
   mkdir -p "$work/s$n"
@@ -88,6 +95,14 @@ for n in $SIZES; do
   dir="$work/s$n"
   b="cd $dir && $BERTH --state-dir $state"
   d="cd $dir && docker-compose -p bench$n"
+  if [ -n "$BERTH_ONLY" ]; then
+    hyperfine --runs "$RUNS" --export-json "$results/up-$n.json" \
+      --prepare "$b down -t 1 >/dev/null 2>&1 || true" --cleanup "$b down -t 1 >/dev/null 2>&1 || true" \
+      -n "berth up -d ($n)" "$b up -d 2>/dev/null"
+    hyperfine --runs "$RUNS" --export-json "$results/down-$n.json" \
+      --prepare "$b up -d >/dev/null 2>&1" -n "berth down ($n)" "$b down 2>/dev/null"
+    continue
+  fi
   # up: each run starts from nothing; down: each run starts from a running stack.
   # (--prepare runs before every timed run; --cleanup only once after all of them,
   # which would time runs 2..N of `up` on a stack already up.)
@@ -107,7 +122,7 @@ done
 # Memory with the largest stack running on both sides.
 largest="${SIZES##* }"
 (cd "$work/s$largest" && "$BERTH" --state-dir "$state" up -d >/dev/null 2>&1)
-(cd "$work/s$largest" && docker-compose -p "bench$largest" up -d >/dev/null 2>&1)
+[ -n "$BERTH_ONLY" ] || (cd "$work/s$largest" && docker-compose -p "bench$largest" up -d >/dev/null 2>&1)
 sleep 1
 rss() { # total RSS in kB of processes whose command line matches $1
   ps -eo rss=,args= | awk -v pat="$1" '$0 ~ pat { s += $1 } END { print s + 0 }'
@@ -126,8 +141,8 @@ print("|---|---|---|---|---|---|---|")
 for n in sizes:
     up = {r["command"]: r["mean"] for r in json.load(open(f"{res}/up-{n}.json"))["results"]}
     dn = {r["command"]: r["mean"] for r in json.load(open(f"{res}/down-{n}.json"))["results"]}
-    bu, du = up[f"berth up -d ({n})"], up[f"docker-compose up -d ({n})"]
-    bd, dd = dn[f"berth down ({n})"], dn[f"docker-compose down ({n})"]
+    bu, du = up[f"berth up -d ({n})"], up.get(f"docker-compose up -d ({n})", float("nan"))
+    bd, dd = dn[f"berth down ({n})"], dn.get(f"docker-compose down ({n})", float("nan"))
     print(f"| {n} | {bu*1000:.0f} ms | {du*1000:.0f} ms | {du/bu:.1f}x | {bd*1000:.0f} ms | {dd*1000:.0f} ms | {dd/bd:.1f}x |")
 n = int("$largest")
 print()

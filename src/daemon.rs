@@ -493,9 +493,17 @@ async fn agent_loop(store: Arc<Store>, executor: Executor, me: Option<String>) {
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, TaskStatus)>();
     let mut watch = store.watch();
+    // When running containers were last looked at. Not at every store change: during
+    // an `up` of N services the store changes about N times, and looking at every
+    // running container each time (its state.json, /proc) made `up` quadratic.
+    let mut observed: Option<std::time::Instant> = None;
     loop {
         let snapshot = mine(store.snapshot(), me.as_deref());
         let mut reports = Vec::new();
+        let observe = observed.is_none_or(|t| t.elapsed() >= OBSERVE_EVERY);
+        if observe {
+            observed = Some(std::time::Instant::now());
+        }
         for task in snapshot.tasks.values() {
             if busy.lock().map(|b| b.contains(&task.id)).unwrap_or(true) {
                 continue;
@@ -525,7 +533,8 @@ async fn agent_loop(store: Arc<Store>, executor: Executor, me: Option<String>) {
                 }
                 _ => {
                     // Nothing to do: look at it.
-                    if task.desired == DesiredState::Running
+                    if observe
+                        && task.desired == DesiredState::Running
                         && matches!(state, TaskState::Starting | TaskState::Running)
                     {
                         let observed = executor.observe(task).unwrap_or_else(|| vanished(task));
@@ -577,7 +586,9 @@ async fn agent_loop(store: Arc<Store>, executor: Executor, me: Option<String>) {
                 }
                 commit(&store, batch);
             }
-            _ = tokio::time::sleep(OBSERVE_EVERY) => {}
+            _ = tokio::time::sleep(
+                OBSERVE_EVERY.saturating_sub(observed.map_or(Duration::ZERO, |t| t.elapsed()))
+            ) => {}
         }
     }
 }

@@ -177,6 +177,8 @@ impl Executor {
             secrets: stack.secrets.clone(),
             configs: stack.configs.clone(),
             environment: env.clone(),
+            // As `connect` decides: a network means hosts and resolv.conf bind mounts.
+            network_files: self.net.is_some() && !service.networks.is_empty(),
         };
         // A container left by an earlier attempt of this very task (a crash between
         // prepare and create) is cleared first.

@@ -713,3 +713,42 @@ fn a_service_loaded_from_compose_yaml_runs() {
     let service = &project.stack.services["web"];
     assert_eq!(fx.output("yaml", service), "from-yaml 1000\ntmp-ok\n");
 }
+
+/// The init layer (`container::init_layer`) lies under the image: an image without
+/// /proc, /dev, /sys or /etc/resolv.conf gets them from it (so nothing is created in
+/// the container's upper dir), and what the image has itself (its /etc/hosts) wins.
+#[test]
+fn the_init_layer_fills_in_mount_points_under_the_image() {
+    let fx = Fixture::with_rootfs(|root| {
+        for d in ["proc", "dev", "sys"] {
+            std::fs::remove_dir(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("etc/hosts"), "10.9.8.7 from-the-image\n").unwrap();
+        let _ = std::fs::remove_file(root.join("etc/resolv.conf"));
+    });
+    let ctx = ContainerContext {
+        network_files: true,
+        ..fx.ctx("initlayer")
+    };
+    let service = Service {
+        entrypoint: Some(strs(&["sh", "-c"])),
+        command: Some(strs(&[
+            "test -r /proc/self/status && test -d /sys/kernel && test -c /dev/null && cat /etc/hosts && wc -c < /etc/resolv.conf",
+        ])),
+        user: Some("root".into()),
+        ..Service::default()
+    };
+    let (ctr, result, out) = fx.run_ctx(&ctx, &service);
+    assert_eq!(result.unwrap().status(), 0, "{out}");
+    // The image's /etc/hosts, not the init layer's empty one; its empty resolv.conf.
+    assert_eq!(out, "10.9.8.7 from-the-image\n0\n");
+    let upper = ctr.rootfs().upper();
+    for path in ["proc", "dev", "sys", "etc/resolv.conf", "etc"] {
+        assert!(
+            std::fs::symlink_metadata(upper.join(path)).is_err(),
+            "{path} was created in the container's upper dir"
+        );
+    }
+    let init = fx.state().join("init/net");
+    assert!(init.join("etc/resolv.conf").is_file());
+}

@@ -73,6 +73,7 @@ impl Rootfs {
         }
         std::fs::create_dir_all(state_dir.join("containers"))
             .map_err(err("create", &state_dir.join("containers")))?;
+        super::spread_subdirectories(&state_dir.join("containers"));
         // The container dir is new: a leftover one would carry another container's
         // upper layer into this one.
         std::fs::create_dir(&dir).map_err(err("create", &dir))?;

@@ -1,6 +1,6 @@
 //! `berth-shim DIR`: the per-container shim as its own small program (see
 //! `agent::shim`). `create` runs it with the container's state directory and the
-//! readiness pipe as fd 3; it detaches at once and this process exits.
+//! readiness pipe as its stdout; it detaches at once and this process exits.
 
 use std::process::ExitCode;
 
@@ -11,7 +11,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let [dir] = args.as_slice() else {
-        eprintln!("usage: berth-shim CONTAINER-STATE-DIR (started by berth, with fd 3 open)");
+        eprintln!(
+            "usage: berth-shim CONTAINER-STATE-DIR (started by berth, with a pipe as stdout)"
+        );
         return ExitCode::from(2);
     };
     let code = agent::shim::shim_main(std::path::Path::new(dir));

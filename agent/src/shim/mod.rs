@@ -59,7 +59,6 @@ mod serve;
 
 use std::ffi::{CString, OsString};
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -113,7 +112,7 @@ impl ShimError {
 }
 
 /// The program that becomes the shim: `program args... <container dir>`, with the
-/// readiness pipe as fd 3.
+/// readiness pipe as its stdout.
 #[derive(Debug, Clone)]
 pub struct ShimProgram {
     pub program: PathBuf,
@@ -331,6 +330,7 @@ pub fn create(
     let parent = containers(state);
     std::fs::create_dir_all(&parent)
         .map_err(|e| ShimError::io(format!("create {}", parent.display()), e))?;
+    crate::container::spread_subdirectories(&parent);
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -368,24 +368,14 @@ fn start_shim(
 
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| ShimError::io("create a pipe", e.into()))?;
-    let ready_fd = ready_w.as_raw_fd();
+    // The readiness pipe is the shim's stdout: no `pre_exec`, so std spawns it with
+    // posix_spawn rather than a fork of this (large, multi-threaded) process.
     let mut cmd = std::process::Command::new(&opts.shim.program);
     cmd.args(&opts.shim.args)
         .arg(dir)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(ready_w))
         .stderr(std::process::Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and only calls dup2,
-    // which is async-signal-safe; it allocates nothing. dup2 clears close-on-exec on
-    // fd 3, so the readiness pipe (and nothing else of ours) survives the exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::dup2(ready_fd, serve::READY_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let mut child = cmd.spawn().map_err(|e| {
         ShimError::io(
             format!(
@@ -395,7 +385,8 @@ fn start_shim(
             e,
         )
     })?;
-    drop(ready_w);
+    // The parent's copy of the write end is closed: `cmd` holds it until dropped.
+    drop(cmd);
     // The exec'd shim forks its daemon and exits at once: reap it.
     let _ = child.wait();
 
@@ -413,7 +404,7 @@ fn start_shim(
         return Err(ShimError::Start {
             id: id.to_string(),
             message: format!(
-                "the shim {} exited without reporting (it must accept a container directory and fd 3)",
+                "the shim {} exited without reporting (it must accept a container directory and answer on its stdout)",
                 opts.shim.program.display()
             ),
         });

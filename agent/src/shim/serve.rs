@@ -11,25 +11,46 @@ use super::log::{LineBuffer, LogWriter, Stream};
 use super::{read_json, start_time, write_json_atomic, ContainerState, Exit, ShimConfig, Status};
 use crate::runtime::{self, Bundle, RunOptions, Stdio};
 
-/// The fd on which the shim answers `create`: `ok <pid>` or `error <message>`.
-pub(crate) const READY_FD: i32 = 3;
-
 /// The shim's entry point, for `berth-shim DIR` and `berth runtime shim DIR`: `dir`
-/// is the container's state directory (with `config.json`), fd 3 the readiness pipe.
+/// is the container's state directory (with `config.json`), its stdout the readiness
+/// pipe, on which it answers `create` once: `ok <pid>` or `error <message>`.
 /// Returns the exit status of the exec'd process, which exits at once while the
 /// detached shim carries on.
+///
+/// Why stdout and not a descriptor of its own: `create` can then start the shim with
+/// a plain `Command` (no `pre_exec`), which std runs with `posix_spawn` (a vfork-like
+/// clone) instead of `fork`ing the whole multi-threaded daemon and copying its page
+/// tables for every container.
 pub fn main(dir: &Path) -> i32 {
-    // SAFETY: fcntl on a descriptor number; F_GETFD only asks whether it is open.
-    if unsafe { libc::fcntl(READY_FD, libc::F_GETFD) } < 0 {
+    // SAFETY: fstat of descriptor 1 into a zeroed stat buffer we own.
+    let is_pipe = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(libc::STDOUT_FILENO, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+    };
+    if !is_pipe {
         return 2;
     }
-    // SAFETY: fd 3 is open (checked above) and was handed to this process by
-    // `create` for it alone; nothing else in this process uses it.
-    let ready = unsafe { OwnedFd::from_raw_fd(READY_FD) };
+    // Moved off fd 1 (close-on-exec: the container must not inherit it), and /dev/null
+    // put there instead, so that the pipe closes when the answer is sent.
+    // SAFETY: F_DUPFD_CLOEXEC duplicates fd 1 (open, checked above) to a new fd that
+    // nothing else owns.
+    let fd = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return 2;
+    }
+    // SAFETY: fd is the new descriptor made above, owned here alone.
+    let ready = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut ready = Ready(Some(File::from(ready)));
-    // The container must not inherit it.
-    // SAFETY: fcntl on fd 3, which this process owns (above).
-    unsafe { libc::fcntl(READY_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    match std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto fd 1 from a descriptor we hold; the File closes its own.
+        Ok(null) => unsafe {
+            libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
+        },
+        Err(e) => {
+            ready.send(&format!("error open /dev/null: {e}"));
+            return 1;
+        }
+    }
     let config: ShimConfig = match read_json(&dir.join("config.json")) {
         Ok(c) => c,
         Err(e) => {
