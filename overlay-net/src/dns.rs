@@ -277,10 +277,7 @@ impl DnsServer {
         if let Some(old) = listeners.remove(network) {
             stop(old);
         }
-        let socket = UdpSocket::bind(addr)?;
-        let bound = socket.local_addr()?;
-        // The same port over TCP (the UDP one, when the caller let the kernel pick).
-        let tcp = TcpListener::bind(bound)?;
+        let (socket, bound, tcp) = bind_pair(addr)?;
         let tcp_socket = tcp.try_clone()?;
         let stop_flag = Arc::new(AtomicBool::new(false));
         let ctx = Serve {
@@ -340,6 +337,24 @@ impl Drop for DnsServer {
         let all = std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, l) in all {
             stop(l);
+        }
+    }
+}
+
+/// A UDP socket and a TCP listener on the same address. When the caller lets the
+/// kernel pick the port (port 0), the UDP one it picked may be taken over TCP by
+/// someone else: try another a few times.
+fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, SocketAddr, TcpListener)> {
+    let mut tries = 0;
+    loop {
+        let socket = UdpSocket::bind(addr)?;
+        let bound = socket.local_addr()?;
+        match TcpListener::bind(bound) {
+            Ok(tcp) => return Ok((socket, bound, tcp)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 && tries < 16 => {
+                tries += 1;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
