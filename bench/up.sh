@@ -123,7 +123,9 @@ done
 largest="${SIZES##* }"
 (cd "$work/s$largest" && "$BERTH" --state-dir "$state" up -d >/dev/null 2>&1)
 [ -n "$BERTH_ONLY" ] || (cd "$work/s$largest" && docker-compose -p "bench$largest" up -d >/dev/null 2>&1)
-sleep 1
+# Measured once the burst is over: `up` runs container starts on up to 32 blocking
+# threads, which exit after 2 s idle (each with its allocator heap and stack).
+sleep 4
 rss() { # total RSS in kB of processes whose command line matches $1
   ps -eo rss=,args= | awk -v pat="$1" '$0 ~ pat { s += $1 } END { print s + 0 }'
 }
