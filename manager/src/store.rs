@@ -422,6 +422,14 @@ impl Store {
                                 attempts: MAX_ATTEMPTS,
                             });
                         }
+                        // A writer whose replica lags (a follower) keeps losing to a
+                        // busy leader's pipeline if it retries at once: after a few
+                        // losses it waits a random while, up to 64 ms, for the burst
+                        // to pass.
+                        if conflicts > 2 {
+                            let cap = 1u64 << conflicts.min(6);
+                            std::thread::sleep(Duration::from_millis(1 + txn_id() % cap));
+                        }
                     }
                     TxnResponse::Invalid { message } => return Err(StoreError::Invalid(message)),
                 },

@@ -189,6 +189,16 @@ async fn updates_from_many_async_tasks_at_once_neither_block_the_runtime_nor_los
     assert_eq!(counter(&store, "a"), 40);
 }
 
+/// Three store nodes on an in-memory network, and the one that leads.
+fn three_nodes(dir: &Path) -> (LocalCluster<StoreMachine>, u64) {
+    let c =
+        LocalCluster::<StoreMachine>::start(dir, &[1, 2, 3], cluster_config()).expect("cluster");
+    let leader = c
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .expect("leader");
+    (c, leader)
+}
+
 fn cluster_config() -> NodeConfig {
     NodeConfig {
         tick: Duration::from_millis(10),
@@ -220,11 +230,7 @@ fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 #[test]
 fn updates_through_any_node_are_applied_and_watched_on_all() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = LocalCluster::<StoreMachine>::start(tmp.path(), &[1, 2, 3], cluster_config())
-        .expect("cluster");
-    let leader = c
-        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
-        .expect("leader");
+    let (c, leader) = three_nodes(tmp.path());
     let stores = stores(&c);
     let mut watches: Vec<_> = stores.iter().map(|s| s.watch()).collect();
     // Through every node in turn: followers forward to the leader.
@@ -258,11 +264,7 @@ fn updates_through_any_node_are_applied_and_watched_on_all() {
 #[test]
 fn two_writers_on_two_nodes_incrementing_the_same_counter_lose_no_update() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = LocalCluster::<StoreMachine>::start(tmp.path(), &[1, 2, 3], cluster_config())
-        .expect("cluster");
-    let leader = c
-        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
-        .expect("leader");
+    let (c, leader) = three_nodes(tmp.path());
     let followers: Vec<u64> = c.ids().into_iter().filter(|&i| i != leader).collect();
     // A follower's copy lags the leader's, so its writes conflict and retry.
     let a = Arc::new(Store::over(c.node(leader).unwrap()));
@@ -338,11 +340,7 @@ fn a_transaction_that_lost_to_another_manager_runs_again_on_the_fresh_state() {
 #[test]
 fn one_store_pipelines_its_writers_and_loses_no_update() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = LocalCluster::<StoreMachine>::start(tmp.path(), &[1, 2, 3], cluster_config())
-        .expect("cluster");
-    let leader = c
-        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
-        .expect("leader");
+    let (c, leader) = three_nodes(tmp.path());
     let follower = c
         .ids()
         .into_iter()
