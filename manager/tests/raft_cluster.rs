@@ -3,6 +3,8 @@
 //! and one way), message loss, crashes and restarts, snapshot install, conf changes.
 //! Every test ends by checking that the nodes' state machines hash the same.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,40 +12,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use common::{block, put};
 use manager::raft::kv::{Kv, KvCommand, KvResponse};
 use manager::raft::{LocalCluster, NodeConfig, NodeError, Role};
 
 fn config() -> NodeConfig {
     NodeConfig {
-        tick: Duration::from_millis(10),
-        election_ticks: 10,
-        heartbeat_ticks: 2,
         snapshot_entries: 10_000,
         segment_bytes: 64 << 10,
-        request_timeout: Duration::from_secs(2),
-        ..NodeConfig::new(0)
+        ..common::fast_config()
     }
-}
-
-fn block<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
 }
 
 /// Runs `f` for at most `d`.
 fn block_timeout<F: Future>(d: Duration, f: F) -> Result<F::Output, tokio::time::error::Elapsed> {
     block(async { tokio::time::timeout(d, f).await })
-}
-
-fn put(key: &str, value: &str) -> Vec<u8> {
-    KvCommand::Put {
-        key: key.into(),
-        value: value.into(),
-    }
-    .encode()
 }
 
 fn start(tmp: &tempfile::TempDir, ids: &[u64], cfg: NodeConfig) -> LocalCluster<Kv> {

@@ -1,41 +1,23 @@
 //! The Raft group over the real transport: TCP on 127.0.0.1, one listener per node.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use manager::raft::kv::{Kv, KvCommand, KvResponse};
+use common::{block, put};
+use manager::raft::kv::{Kv, KvResponse};
 use manager::raft::{LocalCluster, NodeConfig};
-
-const SECS5: Duration = Duration::from_secs(5);
 
 fn config() -> NodeConfig {
     NodeConfig {
-        tick: Duration::from_millis(10),
-        election_ticks: 10,
-        heartbeat_ticks: 2,
         snapshot_entries: 30,
-        request_timeout: Duration::from_secs(2),
-        ..NodeConfig::new(0)
+        ..common::fast_config()
     }
 }
 
-fn block<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
-fn put(key: &str, value: &str) -> Vec<u8> {
-    KvCommand::Put {
-        key: key.into(),
-        value: value.into(),
-    }
-    .encode()
-}
+const SECS5: Duration = Duration::from_secs(5);
 
 /// Writes through the running nodes in turn until one acknowledges.
 fn write(c: &LocalCluster<Kv>, key: &str, value: &str) -> KvResponse {

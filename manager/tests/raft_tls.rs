@@ -8,30 +8,28 @@
 //! --nocapture commit_latency` prints p50/p99 of that many sequential writes on each
 //! transport (without the variable: 30 writes, a smoke run).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::{block, put};
 use manager::port::{self, RaftSink};
-use manager::raft::kv::{Kv, KvCommand, KvResponse};
+use manager::raft::kv::{Kv, KvResponse};
 use manager::raft::tls::TlsTransport;
 use manager::raft::{bootstrap, LocalCluster, Node, NodeConfig, Role as RaftRole, Transport};
 use pki::{Ca, CertRequest, DenyList, Identity, NodeCredentials, NodeId, Role};
 
-const SECS5: Duration = Duration::from_secs(5);
-
 fn config() -> NodeConfig {
     NodeConfig {
-        tick: Duration::from_millis(10),
-        election_ticks: 10,
-        heartbeat_ticks: 2,
         snapshot_entries: 30,
-        request_timeout: Duration::from_secs(2),
-        ..NodeConfig::new(0)
+        ..common::fast_config()
     }
 }
+
+const SECS5: Duration = Duration::from_secs(5);
 
 fn name(id: u64) -> NodeId {
     NodeId::new(&format!("m{id}")).expect("node id")
@@ -43,22 +41,6 @@ fn creds(ca: &Ca, node: &NodeId) -> NodeCredentials {
         SystemTime::now(),
     )
     .expect("issue manager credentials")
-}
-
-fn block<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
-fn put(key: &str, value: &str) -> Vec<u8> {
-    KvCommand::Put {
-        key: key.into(),
-        value: value.into(),
-    }
-    .encode()
 }
 
 /// One manager: its Raft node, its port, its transport.
