@@ -203,3 +203,32 @@ impl Drop for CgroupGuard {
         remove_cgroup(&self.0);
     }
 }
+
+/// Compiles `source` (C) into a static program named `name` under `dir`, for tests that
+/// put an attacker inside a container: a static binary runs in any rootfs, busybox's
+/// included. Needs gcc and the static C library (Debian's gcc and libc6-dev; `.ci/run`
+/// installs them); fails with a message that says so.
+pub fn static_c_program(dir: &Path, name: &str, source: &str) -> io::Result<PathBuf> {
+    let src = dir.join(format!("{name}.c"));
+    let out = dir.join(name);
+    std::fs::write(&src, source)?;
+    let result = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("run gcc ({e}): install gcc and libc6-dev (.ci/run does)"),
+            )
+        })?;
+    if !result.status.success() {
+        return Err(io::Error::other(format!(
+            "gcc -static {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&result.stderr)
+        )));
+    }
+    Ok(out)
+}

@@ -1,0 +1,18 @@
+//! The security suite: one module per escape class (runc's, crun's and youki's CVEs,
+//! and what an audit of berth's own runtime found), each a small attacker inside a real
+//! container on the real kernel, as root. Every test names the CVE or class it covers
+//! and asserts that the attacker reached nothing; ARCHITECTURE.md's threat model lists
+//! which test proves what.
+
+// Helpers are test code: a panic is how they fail (clippy.toml covers #[test] fns only).
+#![allow(clippy::unwrap_used)]
+
+mod exe_seal;
+mod exec_fds;
+mod exec_tty;
+mod masked_paths;
+mod proc_writes;
+mod mount_targets;
+mod cgroup_devices;
+mod seccomp;
+mod cgroup_view;
