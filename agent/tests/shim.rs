@@ -58,10 +58,10 @@ impl TestContainer {
     }
 
     fn options() -> CreateOptions {
-        CreateOptions::new(ShimProgram {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_berth-shim")),
-            args: Vec::new(),
-        })
+        CreateOptions::new(ShimProgram::new(
+            PathBuf::from(env!("CARGO_BIN_EXE_berth-shim")),
+            Vec::new(),
+        ))
     }
 
     fn create(&self) -> shim::ContainerState {

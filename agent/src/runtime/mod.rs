@@ -37,6 +37,7 @@ mod mounts;
 pub mod namespaces;
 mod process;
 pub mod rlimits;
+pub mod sealed;
 pub mod seccomp;
 pub mod spec;
 #[cfg(target_arch = "x86_64")]

@@ -202,6 +202,7 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
 
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    plan.keep(&[sync_r.as_raw_fd(), err_w.as_raw_fd()]);
     // A stack for the child; clone without CLONE_VM gives it a private copy of the
     // whole address space, this buffer included.
     let mut stack = vec![0u8; 1 << 20];
@@ -541,6 +542,7 @@ pub(crate) fn plan_process(
         init: false,
         own_args: None,
         tty_socket: None,
+        keep_fds: Vec::new(),
     })
 }
 
