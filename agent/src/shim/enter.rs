@@ -303,8 +303,13 @@ impl Drop for ExecSession {
 /// The helper's side: `berth-shim --exec STATE`, with the control socket as stdin.
 /// Returns its exit status (0 once it has reported how the process ended).
 pub fn helper_main(state: &Path) -> i32 {
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // Nothing of whoever started us beyond stdio: a descriptor its program left
+    // inheritable must not reach the process we start.
+    // SAFETY: prctl and close_range with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
     // SAFETY: fd 0 is our stdin, the control socket; it is owned here from now on.
     let control = unsafe { OwnedFd::from_raw_fd(libc::STDIN_FILENO) };
     let Ok(Some((bytes, fds))) = receive(&control, Some(Duration::from_secs(30))) else {

@@ -116,9 +116,15 @@ static int find(const char *needle, int timeout_ms) {
 }
 
 /* Every descriptor of every other process that can be seen, as `fd=PID:N:TARGET`
- * lines, for `rounds` scans: what a process entering the container carries in. */
-static void watch_fds(int rounds) {
-    for (int r = 0; r < rounds; r++) {
+ * lines, scanned over and over for `ms` milliseconds: what a process entering the
+ * container carries in. */
+static void watch_fds(int ms) {
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > ms)
+            break;
         DIR *d = opendir("/proc");
         struct dirent *e;
         while (d && (e = readdir(d))) {
@@ -186,7 +192,7 @@ int main(int argc, char **argv) {
     } else if (argc >= 2 && !strcmp(argv[1], "tty")) {
         try_tty();
     } else {
-        fprintf(stderr, "usage: attacker exe PID | proc PID | find-exe TEXT MS | watch-fds N | tty\n");
+        fprintf(stderr, "usage: attacker exe PID | proc PID | find-exe TEXT MS | watch-fds MS | tty\n");
         return 2;
     }
     return 0;

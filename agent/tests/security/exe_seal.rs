@@ -64,8 +64,10 @@ pub struct Options {
 /// A running container under a private, unsealed copy of berth-shim.
 pub struct Target {
     pub id: String,
+    /// The exec helper's program: a sealed copy of `shim_copy`.
     pub program: ShimProgram,
-    /// The copy of berth-shim on disk that the shim and the exec helper were started from.
+    /// The copy of berth-shim on disk that the shim was started from (unsealed: it
+    /// seals itself) and the exec helper's sealed copy was made of.
     pub shim_copy: PathBuf,
     state: tempfile::TempDir,
     out: tempfile::TempDir,
@@ -122,10 +124,12 @@ impl Target {
             serde_json::to_string(&spec).unwrap(),
         )
         .unwrap();
-        let program = ShimProgram::new(shim_copy.clone(), Vec::new());
+        // The shim starts from the plain copy (and must seal itself); execs go through
+        // a sealed one, as the daemon's and the CLI's do.
+        let plain = ShimProgram::new(shim_copy.clone(), Vec::new());
         let target = Target {
             id: id.clone(),
-            program,
+            program: plain.clone().sealed().unwrap(),
             shim_copy,
             state: tempfile::tempdir().unwrap(),
             out: tempfile::tempdir().unwrap(),
@@ -133,7 +137,7 @@ impl Target {
             _bundle: bundle,
             _shim_dir: shim_dir,
         };
-        let create = CreateOptions::new(target.program.clone());
+        let create = CreateOptions::new(plain);
         shim::create(target.state.path(), target._bundle.path(), &target.id, &create).unwrap();
         target
     }
