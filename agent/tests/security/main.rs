@@ -11,7 +11,6 @@ mod cgroup_devices;
 mod cgroup_view;
 mod exe_seal;
 mod exec_fds;
-mod exec_tty;
 mod masked_paths;
 mod mount_targets;
 mod proc_writes;
