@@ -191,7 +191,10 @@ fn exec_without_t_never_hands_the_callers_terminal_in() {
         report.contains("dev_tty=No such device or address"),
         "{report}"
     );
-    assert!(!report.contains("tiocsti_0=ok") && !report.contains("tiocsti_1=ok"), "{report}");
+    assert!(
+        !report.contains("tiocsti_0=ok") && !report.contains("tiocsti_1=ok"),
+        "{report}"
+    );
     // Nothing was typed into the terminal's input for the admin's shell to run.
     let mut pending: libc::c_int = 0;
     // SAFETY: FIONREAD writes an int into our variable.

@@ -523,7 +523,16 @@ pub(crate) fn plan_process(
         sysctls: Vec::new(),
         masked: Vec::new(),
         readonly: Vec::new(),
-        oom_score_adj: process.oom_score_adj().map(|a| a.to_string().into_bytes()),
+        // The spec's score, else Docker's 0: never the caller's own, which the daemon
+        // and the shims lower so that the OOM killer takes containers first
+        // (`protect_from_oom`), and which a container must not inherit.
+        oom_score_adj: Some(
+            process
+                .oom_score_adj()
+                .unwrap_or(0)
+                .to_string()
+                .into_bytes(),
+        ),
         rlimits: rlimits::plan(process.rlimits().as_deref().unwrap_or_default())?,
         umask: user.umask(),
         no_new_privs: process.no_new_privileges().unwrap_or(false),

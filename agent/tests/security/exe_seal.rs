@@ -31,10 +31,8 @@ use oci_spec::runtime::Capability;
 pub fn attacker() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
     PROGRAM.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "security-attacker-{}",
-            std::process::id()
-        ));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("security-attacker-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         testkit::static_c_program(&dir, "attacker", include_str!("attacker.c")).unwrap()
     })
@@ -138,7 +136,13 @@ impl Target {
             _shim_dir: shim_dir,
         };
         let create = CreateOptions::new(plain);
-        shim::create(target.state.path(), target._bundle.path(), &target.id, &create).unwrap();
+        shim::create(
+            target.state.path(),
+            target._bundle.path(),
+            &target.id,
+            &create,
+        )
+        .unwrap();
         target
     }
 
@@ -181,7 +185,10 @@ impl Target {
     /// (the exploit writes the ELF header) would change.
     pub fn shim_fingerprint(&self) -> (Vec<u8>, u64) {
         let bytes = std::fs::read(&self.shim_copy).unwrap();
-        (bytes[..bytes.len().min(64 * 1024)].to_vec(), bytes.len() as u64)
+        (
+            bytes[..bytes.len().min(64 * 1024)].to_vec(),
+            bytes.len() as u64,
+        )
     }
 }
 
@@ -207,7 +214,10 @@ fn rand_suffix() -> u64 {
 /// Copies the shared libraries `program` needs (as `ldd` lists them) into `root` at
 /// the same paths.
 fn copy_libraries(program: &Path, root: &Path) {
-    let out = std::process::Command::new("ldd").arg(program).output().unwrap();
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .unwrap();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let path = line
             .split_whitespace()
@@ -238,7 +248,11 @@ fn assert_sealed(t: &Target, report: &str, before: &(Vec<u8>, u64)) {
     assert_eq!(seals & required, required, "{report}");
     assert_ne!(field(report, "write"), Some("ok"), "{report}");
     assert_ne!(field(report, "truncate"), Some("ok"), "{report}");
-    assert_eq!(&t.shim_fingerprint(), before, "the shim's copy on disk changed");
+    assert_eq!(
+        &t.shim_fingerprint(),
+        before,
+        "the shim's copy on disk changed"
+    );
 }
 
 /// With `init: true`, PID 1 is berth's init, a clone of the shim that never execs:
@@ -275,11 +289,23 @@ fn cve_2019_5736_berths_init_is_not_dumpable() {
         },
     );
     let (_, report) = t.exec(&["/attacker", "exe", "1"]);
-    assert_eq!(field(&report, "open"), Some("Permission denied"), "{report}");
+    assert_eq!(
+        field(&report, "open"),
+        Some("Permission denied"),
+        "{report}"
+    );
     let (_, report) = t.exec(&["/attacker", "proc", "1"]);
     // The numbers of its descriptors may be listed, never what they are.
-    assert_eq!(field(&report, "fd_links"), Some("Permission denied"), "{report}");
-    assert_eq!(field(&report, "environ"), Some("Permission denied"), "{report}");
+    assert_eq!(
+        field(&report, "fd_links"),
+        Some("Permission denied"),
+        "{report}"
+    );
+    assert_eq!(
+        field(&report, "environ"),
+        Some("Permission denied"),
+        "{report}"
+    );
     // The host sees it as non-dumpable too (its /proc files belong to root, mode 0).
     let status = std::fs::read_to_string(format!("/proc/{}/status", t.init_pid())).unwrap();
     assert!(status.contains("Name:\tberth-init"), "{status}");

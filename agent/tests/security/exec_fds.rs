@@ -43,7 +43,10 @@ fn canary(dir: &Path) -> (OwnedFd, String) {
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR) };
     assert!(fd >= 0);
     // SAFETY: a new descriptor nothing else owns.
-    (unsafe { OwnedFd::from_raw_fd(fd) }, path.to_string_lossy().into_owned())
+    (
+        unsafe { OwnedFd::from_raw_fd(fd) },
+        path.to_string_lossy().into_owned(),
+    )
 }
 
 /// The exec'd process is the child of a helper that is not the caller, and neither
@@ -64,7 +67,11 @@ fn cve_2016_9962_an_exec_holds_none_of_its_callers_descriptors() {
     );
     let pid = session.pid();
     let helper = parent_of(pid);
-    assert_ne!(helper, std::process::id() as i32, "the exec is the caller's own child");
+    assert_ne!(
+        helper,
+        std::process::id() as i32,
+        "the exec is the caller's own child"
+    );
     for who in [helper, pid] {
         let fds = fd_targets(who);
         assert!(
