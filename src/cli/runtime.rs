@@ -376,6 +376,9 @@ pub(super) fn exec_command(
 }
 
 fn run_bundle(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // This process clones the container's init: it must run from a sealed copy of
+    // itself (runtime::sealed says why; the cost is in bench/README.md).
+    runtime::sealed::reexec_sealed()?;
     let bundle = Bundle::load(&args.bundle)?;
     let opts = RunOptions {
         forward_signals: true,
