@@ -175,7 +175,7 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let linux = spec.linux().clone().unwrap_or_default();
     let ns = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default())?;
     let joins = namespaces::open_joins(&ns)?;
-    let mut plan = plan_init(bundle, &ns, &hierarchy, opts)?;
+    let mut plan = plan_init(bundle, id, &ns, &hierarchy, opts)?;
     plan.joins = joins.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
     let process = spec.process().clone().unwrap_or_default();
     // With a terminal, the init opens a pty in the container's own /dev/pts once its
@@ -396,6 +396,7 @@ fn check_sysctl(key: &str, ns: &NamespacePlan) -> Result<(), RuntimeError> {
 /// Prepares everything the child will do.
 fn plan_init(
     bundle: &Bundle,
+    id: &str,
     ns: &NamespacePlan,
     hierarchy: &Hierarchy,
     opts: &RunOptions,
@@ -423,7 +424,7 @@ fn plan_init(
     for (key, value) in linux.sysctl().iter().flatten() {
         check_sysctl(key, ns)?;
         plan.sysctls.push((
-            cstring(key.replace('.', "/").as_bytes())?,
+            cstring(format!("sys/{}", key.replace('.', "/")).as_bytes())?,
             value.as_bytes().to_vec(),
         ));
     }
@@ -438,7 +439,11 @@ fn plan_init(
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false),
-        Some(hierarchy),
+        Some(mounts::CgroupView {
+            hierarchy,
+            rel: &cgroup_path(linux.cgroups_path().as_deref(), id)?,
+            namespace: ns.cgroup,
+        }),
     )?;
     let paths = |list: &Option<Vec<String>>| {
         list.iter()
