@@ -235,6 +235,7 @@ pub(crate) fn describe(plan: &InitPlan, f: &Failure) -> String {
             "write sysctl /proc/{}: refused, it is not a file of the kernel's procfs mounted at /proc (a mount, volume or symlink in the way)",
             sysctl(i)
         ),
+        Some(Step::OomScoreAdj) => "write /proc/self/oom_score_adj".to_string(),
         Some(Step::OomScoreAdjNotProcfs) => "write /proc/self/oom_score_adj: refused, it is not a file of the kernel's procfs mounted at /proc (a mount, volume or symlink in the way)".to_string(),
         Some(Step::MaskPath) => format!("mask {}", item(&plan.masked)),
         Some(Step::MaskDevNull) => format!(

@@ -939,14 +939,14 @@ fn fstat(fd: c_int) -> Result<libc::stat, c_int> {
     Ok(st)
 }
 
-fn fs_magic(fd: c_int) -> Result<i64, c_int> {
+fn fs_magic(fd: c_int) -> Result<libc::c_long, c_int> {
     // SAFETY: fstatfs into a zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
         return Err(errno());
     }
-    Ok(st.f_type as i64)
+    Ok(st.f_type)
 }
 
 /// Opens the container's `/dev/null` (after `pivot_root`) without following a symlink
@@ -1039,10 +1039,12 @@ pub(crate) fn open_proc_file(path: &CStr, no_symlinks: bool) -> Result<c_int, Pr
         libc::O_PATH | libc::O_DIRECTORY,
         libc::RESOLVE_NO_SYMLINKS,
     )
-    .map_err(ProcError::Open)?;
+    .map_err(|e| match e {
+        libc::ELOOP | libc::EXDEV => ProcError::NotProcfs(e),
+        e => ProcError::Open(e),
+    })?;
     let result = (|| {
-        let is_proc_root = fs_magic(proc).map_err(ProcError::Open)?
-            == libc::PROC_SUPER_MAGIC as i64
+        let is_proc_root = fs_magic(proc).map_err(ProcError::Open)? == libc::PROC_SUPER_MAGIC
             && fstat(proc).map_err(ProcError::Open)?.st_ino == PROC_ROOT_INO;
         if !is_proc_root {
             return Err(ProcError::NotProcfs(libc::EXDEV));
@@ -1058,7 +1060,7 @@ pub(crate) fn open_proc_file(path: &CStr, no_symlinks: bool) -> Result<c_int, Pr
             e => ProcError::Open(e),
         })?;
         match fs_magic(fd) {
-            Ok(m) if m == libc::PROC_SUPER_MAGIC as i64 => Ok(fd),
+            Ok(m) if m == libc::PROC_SUPER_MAGIC => Ok(fd),
             r => {
                 close(fd);
                 Err(ProcError::NotProcfs(r.err().unwrap_or(libc::EXDEV)))

@@ -14,5 +14,6 @@ mod exec_fds;
 mod exec_tty;
 mod masked_paths;
 mod mount_targets;
+mod mounts_kit;
 mod proc_writes;
 mod seccomp;
