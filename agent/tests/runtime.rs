@@ -113,7 +113,9 @@ fn the_container_sees_only_its_own_processes_hostname_and_mounts() {
     // /sys/fs/cgroup is the container's own cgroup (tests/security/cgroup_view.rs
     // checks that no other is visible), not the host's hierarchy.
     assert!(
-        !mount_points.iter().any(|p| p.starts_with("/sys/fs/cgroup/unified")),
+        !mount_points
+            .iter()
+            .any(|p| p.starts_with("/sys/fs/cgroup/unified")),
         "the host's cgroup hierarchy is visible:\n{out}"
     );
     for host_only in ["/work", "/boot", "/run"] {

@@ -132,6 +132,8 @@ pub(crate) enum MountKind {
     /// (controller, host directory); read-only when the mount is.
     CgroupV1 {
         controllers: Vec<(CString, CString)>,
+        /// The tmpfs's options (`mode=755`, as runc's).
+        tmpfs: Vec<FsOption>,
     },
 }
 
@@ -354,7 +356,10 @@ fn cgroup_kind(display: &str, view: Option<CgroupView>) -> Result<MountKind, Run
                     controllers.push((cstring(c.as_bytes())?, cpath(&base.join(view.rel))?));
                 }
             }
-            Ok(MountKind::CgroupV1 { controllers })
+            Ok(MountKind::CgroupV1 {
+                controllers,
+                tmpfs: fs_options(0, &["mode=755".to_string()])?,
+            })
         }
     }
 }
@@ -770,10 +775,10 @@ fn mount_at(target: c_int, op: &MountOp) -> Result<(), c_int> {
         } => new_fs(fstype, source.as_deref(), options, op.attr_set)?,
         MountKind::Bind { source, recursive } => clone_tree(libc::AT_FDCWD, source, *recursive)?,
         // The tmpfs stays writable until the controllers' directories are made in it.
-        MountKind::CgroupV1 { .. } => new_fs(
+        MountKind::CgroupV1 { tmpfs, .. } => new_fs(
             c"tmpfs",
             Some(c"tmpfs"),
-            &[],
+            tmpfs,
             (op.attr_set & !libc::MOUNT_ATTR_RDONLY)
                 | libc::MOUNT_ATTR_NOSUID
                 | libc::MOUNT_ATTR_NODEV
@@ -788,9 +793,9 @@ fn mount_at(target: c_int, op: &MountOp) -> Result<(), c_int> {
         attach(mnt, target)?;
         // Still the same mount, now attached: the rest happens inside it, by
         // descriptor.
-        if let MountKind::CgroupV1 { controllers } = &op.kind {
+        if let MountKind::CgroupV1 { controllers, .. } = &op.kind {
             for (name, source) in controllers {
-                bind_cgroup(mnt, name, source, op.attr_set)?;
+                bind_cgroup(mnt, name, source, op.attr_set, op.attr_clr)?;
             }
             set_attr(mnt, op.attr_set & libc::MOUNT_ATTR_RDONLY, 0, 0, false)?;
         }
@@ -803,7 +808,13 @@ fn mount_at(target: c_int, op: &MountOp) -> Result<(), c_int> {
 /// Binds the container's cgroup directory `source` of one v1 controller at `name` in
 /// the tmpfs `dir`, never writable to more than the mount allows, and never suid,
 /// dev or exec. Child.
-fn bind_cgroup(dir: c_int, name: &CStr, source: &CStr, attrs: u64) -> Result<(), c_int> {
+fn bind_cgroup(
+    dir: c_int,
+    name: &CStr,
+    source: &CStr,
+    attr_set: u64,
+    attr_clr: u64,
+) -> Result<(), c_int> {
     // SAFETY: mkdirat/openat in a directory we own, with a NUL-terminated name.
     let target = unsafe {
         if libc::mkdirat(dir, name.as_ptr(), 0o755) != 0 && errno() != libc::EEXIST {
@@ -819,8 +830,8 @@ fn bind_cgroup(dir: c_int, name: &CStr, source: &CStr, attrs: u64) -> Result<(),
         let mnt = clone_tree(libc::AT_FDCWD, source, false)?;
         let r = set_attr(
             mnt,
-            attrs | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC,
-            0,
+            attr_set | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC,
+            attr_clr,
             0,
             false,
         )
@@ -1116,6 +1127,103 @@ mod tests {
         );
         assert!(Dest::new(Path::new("/a/../b")).is_err());
         assert!(Dest::new(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn flags_become_mount_attributes_and_superblock_options() {
+        let (set, clr) = mount_attrs(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC);
+        assert_eq!(
+            (set, clr),
+            (
+                libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
+                0
+            )
+        );
+        // An atime mode replaces the mount's: the mask is cleared.
+        let (set, clr) = mount_attrs(libc::MS_NODEV | libc::MS_STRICTATIME);
+        assert_eq!(
+            (set, clr),
+            (
+                libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_STRICTATIME,
+                libc::MOUNT_ATTR__ATIME
+            )
+        );
+        let opts = fs_options(
+            libc::MS_RDONLY | libc::MS_NOSUID,
+            &["mode=755,size=65536k".into(), "newinstance".into()],
+        )
+        .unwrap();
+        let pairs: Vec<_> = opts
+            .iter()
+            .map(|o| {
+                (
+                    o.key.to_str().unwrap(),
+                    o.value.as_ref().map(|v| v.to_str().unwrap()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("ro", None),
+                ("mode", Some("755")),
+                ("size", Some("65536k")),
+                ("newinstance", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn cgroup_mounts_show_the_containers_own_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        for c in ["memory", "pids"] {
+            std::fs::create_dir(root.path().join(c)).unwrap();
+        }
+        let rel = Path::new("berth/c1");
+        let v1 = Hierarchy::V1 {
+            root: root.path().to_path_buf(),
+        };
+        let view = |hierarchy, namespace| {
+            Some(CgroupView {
+                hierarchy,
+                rel,
+                namespace,
+            })
+        };
+        match cgroup_kind("/sys/fs/cgroup", view(&v1, true)).unwrap() {
+            MountKind::CgroupV1 { controllers, .. } => {
+                let names: Vec<_> = controllers
+                    .iter()
+                    .map(|(c, s)| {
+                        (
+                            c.to_str().unwrap().to_string(),
+                            s.to_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect();
+                let dir = |c: &str| root.path().join(c).join(rel).display().to_string();
+                assert_eq!(
+                    names,
+                    vec![
+                        ("memory".to_string(), dir("memory")),
+                        ("pids".to_string(), dir("pids"))
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let v2 = Hierarchy::V2 {
+            root: "/sys/fs/cgroup".into(),
+        };
+        assert!(matches!(
+            cgroup_kind("/sys/fs/cgroup", view(&v2, true)).unwrap(),
+            MountKind::Fs { fstype, .. } if fstype.as_c_str() == c"cgroup2"
+        ));
+        assert!(matches!(
+            cgroup_kind("/sys/fs/cgroup", view(&v2, false)).unwrap(),
+            MountKind::Bind { source, .. } if source.as_c_str() == c"/sys/fs/cgroup/berth/c1"
+        ));
+        assert!(cgroup_kind("/sys/fs/cgroup", None).is_err());
     }
 
     #[test]
