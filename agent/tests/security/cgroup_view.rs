@@ -125,3 +125,71 @@ fn the_hosts_limit_is_unchanged() {
     let out = b.output();
     assert_eq!(checker.join().unwrap().trim(), LIMIT.to_string(), "{out}");
 }
+
+/// A cgroup2 hierarchy to run a container under: /sys/fs/cgroup on a v2 host, the
+/// (controller-less) /sys/fs/cgroup/unified of a hybrid one.
+fn v2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| {
+            nix::sys::statfs::statfs(p)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        })
+}
+
+/// On cgroup v2 (the unified hierarchy forced on this host when it is hybrid), with
+/// a cgroup namespace (Docker's default) the container gets a cgroup2 mount whose root
+/// is its own cgroup, and without one a bind of its own directory: either way only its
+/// own processes, no cgroup above or beside it, and read-only.
+#[test]
+fn on_cgroup_v2_the_container_sees_only_its_own_cgroup_read_only() {
+    let Some(root) = v2_root() else {
+        eprintln!("no cgroup2 hierarchy on this host: nothing to check");
+        return;
+    };
+    for namespace in [true, false] {
+        let mut b = TestBundle::new(
+            "cgview-v2",
+            "echo procs=$(cat /sys/fs/cgroup/cgroup.procs | wc -l); \
+             echo self=$(cat /proc/self/cgroup); \
+             mkdir /sys/fs/cgroup/escape 2>/dev/null && echo made-cgroup; \
+             echo 1 > /sys/fs/cgroup/cgroup.freeze 2>/dev/null && echo wrote; \
+             echo others=$(find /sys/fs/cgroup -mindepth 1 -type d | wc -l); \
+             grep ' /sys/fs/cgroup ' /proc/self/mountinfo",
+        );
+        b.hierarchy = Some(agent::runtime::cgroups::Hierarchy::V2 { root: root.clone() });
+        // The hybrid host's unified hierarchy has no controllers to limit with.
+        b.linux().set_resources(None);
+        if !namespace {
+            let namespaces = b.linux().namespaces().clone().unwrap();
+            b.linux().set_namespaces(Some(
+                namespaces
+                    .into_iter()
+                    .filter(|n| n.typ() != LinuxNamespaceType::Cgroup)
+                    .collect(),
+            ));
+        }
+        let out = b.output();
+        // sh, the command substitution's subshell, cat and wc: not the host's hundreds.
+        let procs: usize = out
+            .lines()
+            .find_map(|l| l.strip_prefix("procs="))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap();
+        assert!((1..=5).contains(&procs), "namespace {namespace}: {out}");
+        assert!(!out.contains("made-cgroup"), "namespace {namespace}: {out}");
+        assert!(!out.contains("wrote"), "namespace {namespace}: {out}");
+        assert!(out.contains("others=0\n"), "namespace {namespace}: {out}");
+        assert!(out.contains(" ro,"), "namespace {namespace}: {out}");
+        if namespace {
+            // The container's cgroup is its namespace's root (hybrid hosts list their
+            // v1 hierarchies first).
+            assert!(
+                out.contains(" 0::/\n") || out.contains("self=0::/\n"),
+                "{out}"
+            );
+            assert!(out.contains(" - cgroup2 "), "{out}");
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use agent::runtime::cgroups::Hierarchy;
 use agent::runtime::{self, Bundle, ExitReport, RunOptions, RuntimeError, Stdio};
 use oci_spec::runtime::{Linux, Mount, Spec};
 
@@ -13,6 +14,8 @@ pub struct TestBundle {
     dir: tempfile::TempDir,
     pub id: String,
     pub spec: Spec,
+    /// The cgroup layout to run with; `None` detects this host's.
+    pub hierarchy: Option<Hierarchy>,
 }
 
 impl TestBundle {
@@ -27,7 +30,12 @@ impl TestBundle {
             .as_mut()
             .unwrap()
             .set_cgroups_path(Some(PathBuf::from(format!("/{id}"))));
-        TestBundle { dir, id, spec }
+        TestBundle {
+            dir,
+            id,
+            spec,
+            hierarchy: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -73,6 +81,7 @@ impl TestBundle {
         let out = File::create(&out_path).unwrap();
         let bundle = Bundle::load(self.path()).unwrap();
         let opts = RunOptions {
+            hierarchy: self.hierarchy.clone(),
             stdio: Stdio {
                 stdin: None,
                 stdout: Some(out.as_fd()),
