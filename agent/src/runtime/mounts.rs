@@ -504,21 +504,33 @@ pub(crate) fn open_in_root(root: c_int, path: &CStr, flags: c_int) -> Result<c_i
     let mut how: libc::open_how = unsafe_zeroed_open_how();
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `path` is NUL-terminated and `how` is a valid open_how of the size given.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root,
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        Err(errno())
-    } else {
-        Ok(fd as c_int)
+    openat2(root, path, &how)
+}
+
+/// `openat2`, retried while it fails with EAGAIN: with RESOLVE_IN_ROOT or
+/// RESOLVE_BENEATH, a `..` walked while anything on the system was renamed or mounted
+/// makes the kernel give up rather than risk an escape, and asks the caller to retry
+/// (a host busy unpacking images or starting containers does that all the time).
+/// Child.
+fn openat2(dirfd: c_int, path: &CStr, how: &libc::open_how) -> Result<c_int, c_int> {
+    const ATTEMPTS: usize = 4096;
+    let mut result = Err(libc::EAGAIN);
+    for _ in 0..ATTEMPTS {
+        // SAFETY: `path` is NUL-terminated and `how` a valid open_how of the size given.
+        result = fd_or_errno(unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd,
+                path.as_ptr(),
+                how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        });
+        if result != Err(libc::EAGAIN) {
+            break;
+        }
     }
+    result
 }
 
 fn unsafe_zeroed_open_how() -> libc::open_how {
@@ -925,19 +937,6 @@ fn open_no_magic(path: &CStr, flags: c_int, resolve: u64) -> Result<c_int, c_int
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = resolve | libc::RESOLVE_NO_MAGICLINKS;
     openat2(libc::AT_FDCWD, path, &how)
-}
-
-fn openat2(dirfd: c_int, path: &CStr, how: &libc::open_how) -> Result<c_int, c_int> {
-    // SAFETY: `path` is NUL-terminated and `how` a valid open_how of the size given.
-    fd_or_errno(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            path.as_ptr(),
-            how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    })
 }
 
 fn fstat(fd: c_int) -> Result<libc::stat, c_int> {

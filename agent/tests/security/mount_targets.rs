@@ -134,11 +134,14 @@ fn a_read_only_bind_stays_read_only_when_its_destination_is_swapped() {
         })
     };
     for _ in 0..40 {
-        let (_, out) = b.run();
+        let (result, out) = b.run();
         assert!(
             !volume.path().join("written").exists(),
             "the read-only volume was written: {out}"
         );
+        // Wherever the bind landed, the container started (the test is not vacuous).
+        let report = result.unwrap_or_else(|e| panic!("{e}\noutput:\n{out}"));
+        assert_eq!(report.status(), 0, "{out}");
     }
     stop.store(true, Ordering::Relaxed);
     assert!(swapper.join().unwrap() > 0);
