@@ -360,3 +360,44 @@ fn a_device_the_spec_allows_can_be_opened_on_cgroup_v2() {
     assert_eq!(get("kmsg_open"), libc::EPERM, "{r:?}");
     assert_eq!(get("null_open"), 0, "{r:?}");
 }
+
+/// Never unfiltered: a container whose device filter cannot be attached is refused,
+/// with the step that failed, and nothing of it runs. A v2 "hierarchy" that is a plain
+/// directory (holding the one file cgroup creation reads) makes the real
+/// BPF_PROG_ATTACH fail after a real BPF_PROG_LOAD succeeded.
+#[test]
+fn a_container_whose_filter_cannot_be_attached_is_refused() {
+    let fake_root = tempfile::tempdir().unwrap();
+    std::fs::write(fake_root.path().join("cgroup.controllers"), "").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    testkit::busybox_rootfs(&dir.path().join("rootfs")).unwrap();
+    let args = ["touch".to_string(), "/ran".to_string()];
+    let mut spec = runtime::default_spec(Path::new("rootfs"), &args).unwrap();
+    let id = testkit::unique_name("devv2-refused");
+    let linux = spec.linux_mut().as_mut().unwrap();
+    linux.set_cgroups_path(Some(PathBuf::from(format!("/{id}"))));
+    linux.resources_mut().as_mut().unwrap().set_pids(None);
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string(&spec).unwrap(),
+    )
+    .unwrap();
+    let opts = RunOptions {
+        hierarchy: Some(Hierarchy::V2 {
+            root: fake_root.path().to_path_buf(),
+        }),
+        ..RunOptions::default()
+    };
+    let e = runtime::run(&Bundle::load(dir.path()).unwrap(), &id, &opts)
+        .expect_err("the container ran without its device filter")
+        .to_string();
+    assert!(
+        e.contains("attach the device filter (bpf BPF_PROG_ATTACH)"),
+        "{e}"
+    );
+    assert!(!dir.path().join("rootfs/ran").exists(), "the program ran");
+    assert!(
+        !fake_root.path().join(&id).exists(),
+        "the refused cgroup is removed"
+    );
+}
