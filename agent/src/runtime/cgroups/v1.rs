@@ -265,4 +265,33 @@ mod tests {
         cg.add(42).unwrap();
         assert_eq!(file("pids/berth/c1/cgroup.procs"), "42");
     }
+
+    /// Device rules reach devices.allow / devices.deny in order: the spec's, then the
+    /// defaults; a spec without rules is denied everything first. (A fixture file keeps
+    /// only the last line written; the kernel's keeps them all.)
+    #[test]
+    fn device_rules_are_written_spec_first_then_defaults() {
+        let t = fixture();
+        std::fs::create_dir(t.path().join("devices")).unwrap();
+        let rel = Path::new("c");
+        let spec_rule = DeviceRule {
+            allow: false,
+            kind: DeviceKind::Block,
+            major: Some(8),
+            minor: None,
+            access: devices::ACC_READ,
+        };
+        let file = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap();
+        let res = Resources {
+            devices: vec![spec_rule],
+            ..Resources::default()
+        };
+        CgroupV1::create(t.path(), rel, &res).unwrap();
+        assert_eq!(file("devices/c/devices.deny"), "b 8:* r");
+        assert_eq!(file("devices/c/devices.allow"), "c 10:200 rwm");
+
+        CgroupV1::create(t.path(), Path::new("d"), &Resources::default()).unwrap();
+        assert_eq!(file("devices/d/devices.deny"), "a");
+        assert_eq!(file("devices/d/devices.allow"), "c 10:200 rwm");
+    }
 }
