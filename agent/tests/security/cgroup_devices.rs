@@ -220,12 +220,22 @@ fn host_root_disk() -> (u32, u32) {
         .expect("no block device on this host")
 }
 
+/// How the attacker gets into the container.
+#[derive(Clone, Copy, PartialEq)]
+enum Entry {
+    /// As the container's own program.
+    Run,
+    /// By `exec` into a running container (`berth exec`, health probes).
+    Exec,
+}
+
 /// Runs the attacker in a container under a fresh cgroup2 mount, with the spec's
 /// device rules `devices` (the default spec's when `None`), and returns its report.
 fn attack(
     tag: &str,
     disk: &LoopDisk,
     devices: Option<Vec<LinuxDeviceCgroup>>,
+    entry: Entry,
 ) -> BTreeMap<String, i32> {
     let (root_major, root_minor) = host_root_disk();
     let dir = tempfile::tempdir().unwrap();
@@ -240,7 +250,9 @@ fn attack(
         root_major.to_string(),
         root_minor.to_string(),
     ];
-    let mut spec = runtime::default_spec(Path::new("rootfs"), &args).unwrap();
+    let sleep = ["sleep".to_string(), "60".to_string()];
+    let program: &[String] = if entry == Entry::Run { &args } else { &sleep };
+    let mut spec = runtime::default_spec(Path::new("rootfs"), program).unwrap();
     let id = testkit::unique_name(tag);
     let linux = spec.linux_mut().as_mut().unwrap();
     linux.set_cgroups_path(Some(PathBuf::from(format!("/{id}"))));
@@ -259,16 +271,45 @@ fn attack(
     let mount = Cgroup2Mount::new();
     let _cleanup = CgroupCleanup(mount.hierarchy(), PathBuf::from(&id));
     let out = File::create(dir.path().join("out")).unwrap();
-    let opts = RunOptions {
-        hierarchy: Some(mount.hierarchy()),
-        stdio: Stdio {
-            stdin: None,
-            stdout: Some(out.as_fd()),
-            stderr: Some(out.as_fd()),
-        },
-        ..RunOptions::default()
+    let stdio = Stdio {
+        stdin: None,
+        stdout: Some(out.as_fd()),
+        stderr: Some(out.as_fd()),
     };
-    let report = runtime::run(&Bundle::load(dir.path()).unwrap(), &id, &opts).unwrap();
+    let bundle = Bundle::load(dir.path()).unwrap();
+    let report = match entry {
+        Entry::Run => {
+            let opts = RunOptions {
+                hierarchy: Some(mount.hierarchy()),
+                stdio,
+                ..RunOptions::default()
+            };
+            runtime::run(&bundle, &id, &opts).unwrap()
+        }
+        Entry::Exec => {
+            let opts = RunOptions {
+                hierarchy: Some(mount.hierarchy()),
+                ..RunOptions::default()
+            };
+            // Killed when dropped, at the end of this block.
+            let container = runtime::spawn(&bundle, &id, &opts).unwrap();
+            let target = runtime::ExecTarget {
+                id: &id,
+                pid: container.pid(),
+                pid_start: runtime::start_time(container.pid()).unwrap(),
+            };
+            let exec = runtime::ExecOptions {
+                args: args.to_vec(),
+                stdio,
+                hierarchy: Some(mount.hierarchy()),
+                ..runtime::ExecOptions::default()
+            };
+            runtime::exec(&bundle, target, &exec)
+                .unwrap()
+                .wait()
+                .unwrap()
+        }
+    };
     let text = std::fs::read_to_string(dir.path().join("out")).unwrap();
     assert_eq!(report.code, Some(0), "the attacker failed: {text}");
     text.lines()
@@ -304,7 +345,7 @@ fn rule(
 #[test]
 fn default_container_cannot_open_a_host_disk_on_cgroup_v2() {
     let disk = LoopDisk::new();
-    let r = attack("devv2-default", &disk, None);
+    let r = attack("devv2-default", &disk, None, Entry::Run);
     let get = |k: &str| *r.get(k).unwrap_or_else(|| panic!("no {k} in {r:?}"));
     assert_eq!(
         get("disk_mknod"),
@@ -352,12 +393,29 @@ fn a_device_the_spec_allows_can_be_opened_on_cgroup_v2() {
             "r",
         ),
     ];
-    let r = attack("devv2-allowed", &disk, Some(devices));
+    let r = attack("devv2-allowed", &disk, Some(devices), Entry::Run);
     let get = |k: &str| *r.get(k).unwrap_or_else(|| panic!("no {k} in {r:?}"));
     assert_eq!(get("disk_open_read"), 0, "{r:?}");
     assert_eq!(get("disk_secret"), 1, "{r:?}");
     assert_eq!(get("disk_open_write"), libc::EPERM, "{r:?}");
     assert_eq!(get("kmsg_open"), libc::EPERM, "{r:?}");
+    assert_eq!(get("null_open"), 0, "{r:?}");
+}
+
+/// A process exec'd into the container (`berth exec`, a health probe) joins its
+/// cgroup before it runs, and so its filter: the same attack fails the same way.
+#[test]
+fn an_exec_process_cannot_open_a_host_disk_on_cgroup_v2() {
+    let disk = LoopDisk::new();
+    let r = attack("devv2-exec", &disk, None, Entry::Exec);
+    let get = |k: &str| *r.get(k).unwrap_or_else(|| panic!("no {k} in {r:?}"));
+    assert_eq!(get("disk_mknod"), 0, "{r:?}");
+    assert_eq!(
+        get("disk_open_read"),
+        libc::EPERM,
+        "the disk was opened: {r:?}"
+    );
+    assert_eq!(get("disk_open_write"), libc::EPERM, "{r:?}");
     assert_eq!(get("null_open"), 0, "{r:?}");
 }
 
