@@ -125,14 +125,13 @@ impl DeviceRule {
         })
     }
 
-    /// The rule as a line for v1's `devices.allow` / `devices.deny`. v1 reads `a` as
-    /// every device and every access, whatever follows.
-    pub fn v1_line(&self) -> String {
-        let kind = match self.kind {
-            DeviceKind::All => return "a".into(),
-            DeviceKind::Block => 'b',
-            DeviceKind::Char => 'c',
-        };
+    /// The rule as lines for v1's `devices.allow` / `devices.deny`. v1 reads `a` as
+    /// every device and every access, whatever follows it: an `a` rule with numbers or
+    /// a partial access is written as its `b` and `c` halves, never as `a`.
+    pub fn v1_lines(&self) -> Vec<String> {
+        if self.is_total() {
+            return vec!["a".into()];
+        }
         let num = |n: Option<u32>| n.map_or("*".to_string(), |n| n.to_string());
         let mut access = String::new();
         for (bit, c) in [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')] {
@@ -140,7 +139,15 @@ impl DeviceRule {
                 access.push(c);
             }
         }
-        format!("{kind} {}:{} {access}", num(self.major), num(self.minor))
+        let kinds: &[char] = match self.kind {
+            DeviceKind::All => &['b', 'c'],
+            DeviceKind::Block => &['b'],
+            DeviceKind::Char => &['c'],
+        };
+        kinds
+            .iter()
+            .map(|k| format!("{k} {}:{} {access}", num(self.major), num(self.minor)))
+            .collect()
     }
 
     /// Matches every request: the rules before it never decide.
@@ -468,9 +475,10 @@ mod tests {
 
     #[test]
     fn spec_fields_are_checked() {
-        assert_eq!(rule("allow c 1:3 rwm").v1_line(), "c 1:3 rwm");
-        assert_eq!(rule("deny b *:* m").v1_line(), "b *:* m");
-        assert_eq!(rule("deny a").v1_line(), "a");
+        assert_eq!(rule("allow c 1:3 rwm").v1_lines(), ["c 1:3 rwm"]);
+        assert_eq!(rule("deny b *:* m").v1_lines(), ["b *:* m"]);
+        assert_eq!(rule("deny a").v1_lines(), ["a"]);
+        assert_eq!(rule("allow a 8:* r").v1_lines(), ["b 8:* r", "c 8:* r"]);
         assert_eq!(
             DeviceRule::from_spec(true, Some('c'), Some(-1), None, None).unwrap(),
             allow(DeviceKind::Char, None, None, ACC_ALL)

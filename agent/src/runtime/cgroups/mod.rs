@@ -332,7 +332,14 @@ mod tests {
         assert_eq!(res.pids_limit, Some(10));
         assert_eq!(res.cpu_quota, Some(50000));
         assert_eq!(res.cpuset_cpus.as_deref(), Some("0"));
-        let lines: Vec<_> = res.devices.iter().map(|d| (d.allow, d.v1_line())).collect();
-        assert_eq!(lines, vec![(false, "a".into()), (true, "c 1:3 rwm".into())]);
+        let lines: Vec<_> = res
+            .devices
+            .iter()
+            .map(|d| (d.allow, d.v1_lines()))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![(false, vec!["a".into()]), (true, vec!["c 1:3 rwm".into()])]
+        );
     }
 }

@@ -140,7 +140,9 @@ impl CgroupV1 {
                 } else {
                     "devices.deny"
                 };
-                write(&dir.join(file), &rule.v1_line())?;
+                for line in rule.v1_lines() {
+                    write(&dir.join(file), &line)?;
+                }
             }
         }
         Ok(())
