@@ -565,8 +565,16 @@ async fn agent_loop(store: Arc<Store>, executor: Executor, me: Option<String>) {
                 }
                 let (ex, tx, busy, id) =
                     (executor.clone(), tx.clone(), busy.clone(), task.id.clone());
+                let (name, starts) = (task.name(), task.desired == DesiredState::Running);
                 tokio::task::spawn_blocking(move || {
                     let status = job(&ex);
+                    // `ps`, `events` and `up` show it from the store; the log says it too.
+                    if starts && status.never_started() {
+                        eprintln!(
+                            "berth daemon: container {name} ({id}) could not start: {}",
+                            status.message
+                        );
+                    }
                     let _ = tx.send((id.clone(), status));
                     if let Ok(mut b) = busy.lock() {
                         b.remove(&id);

@@ -180,7 +180,9 @@ mod tests {
         for ok in ["web", "Web_2", "a.b-c", "0"] {
             assert!(is_resource_name(ok), "{ok}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "-x", "_x", ".x", "a b", "a\0b", "ü"] {
+        for bad in [
+            "", ".", "..", "../x", "a/b", "-x", "_x", ".x", "a b", "a\0b", "ü",
+        ] {
             assert!(!is_resource_name(bad), "{bad:?}");
         }
     }

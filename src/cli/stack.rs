@@ -618,9 +618,7 @@ fn wait_up(
                     continue;
                 };
                 let st = t.status.state();
-                if st == TaskState::Rejected
-                    || (st == TaskState::Failed && t.status.started_at.is_none())
-                {
+                if t.status.never_started() {
                     failed.insert(t.name(), t.status.message.clone());
                     continue;
                 }
@@ -708,9 +706,14 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
         .filter(|t| args.services.is_empty() || args.services.contains(&t.service))
         .filter(|t| t.desired != DesiredState::Remove)
         // One row per container name: the slot's newest task (history stays in the
-        // store); without -a, running ones only, as Compose's ps.
+        // store); without -a, running ones only, as Compose's ps, and those that
+        // should run but could not start, with why.
         .filter(|t| latest_of_slot(&state, t))
-        .filter(|t| args.all || !t.status.state().is_terminal())
+        .filter(|t| {
+            args.all
+                || !t.status.state().is_terminal()
+                || (t.desired == DesiredState::Running && t.status.never_started())
+        })
         .collect();
     tasks.sort_by(|a, b| {
         (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation))
@@ -723,9 +726,11 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
                 .map(|t| {
                     serde_json::json!({
                         "Name": t.name(), "ID": t.id, "Service": t.service, "Project": t.stack,
-                        "Image": image_of(&state, t), "State": state_word(t.status.state()),
+                        "Image": image_of(&state, t), "State": state_word(&t.status),
                         "Status": status_text(t, now), "Health": health_word(t),
                         "ExitCode": t.status.exit_code.unwrap_or(0),
+                        // Why it could not start, as Docker's State.Error.
+                        "Error": if t.status.never_started() { t.status.message.as_str() } else { "" },
                     })
                 })
                 .collect();
@@ -793,8 +798,11 @@ fn image_of(state: &State, t: &Task) -> String {
         .unwrap_or_default()
 }
 
-fn state_word(s: TaskState) -> &'static str {
-    match s {
+fn state_word(status: &spec::task::TaskStatus) -> &'static str {
+    if status.never_started() {
+        return "dead";
+    }
+    match status.state() {
         TaskState::New | TaskState::Preparing | TaskState::Starting => "created",
         TaskState::Running => "running",
         TaskState::Complete | TaskState::Failed | TaskState::Shutdown => "exited",
@@ -819,6 +827,9 @@ fn status_text(t: &Task, now: u64) -> String {
         "" => String::new(),
         h => format!(" ({h})"),
     };
+    if t.status.never_started() {
+        return format!("Error: {}", t.status.message);
+    }
     match st {
         TaskState::Running => format!(
             "Up {}{health}",
@@ -1111,8 +1122,9 @@ pub fn events(
                 .exit_code
                 .map(|c| format!(" (exitCode={c})"))
                 .unwrap_or_default();
+            let error = e.error.map(|m| format!(" (error={m})")).unwrap_or_default();
             format!(
-                "{} container {} {} (service={}){exit}\n",
+                "{} container {} {} (service={}){exit}{error}\n",
                 e.time, e.action, e.container, e.service
             )
         };
@@ -1406,10 +1418,7 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
             .find(|t| t.stack == name && t.service == key)
             .cloned();
         match t {
-            Some(t)
-                if t.status.state() == TaskState::Rejected
-                    || (t.status.state() == TaskState::Failed && t.status.started_at.is_none()) =>
-            {
+            Some(t) if t.status.never_started() => {
                 remove_run(&client, &name, &key);
                 bail!("{} could not start: {}", t.name(), t.status.message);
             }
