@@ -51,6 +51,20 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Containers on a network need `nft` (their firewall tables). Not a refusal: a stack
+/// whose services have no network runs without it, and each container that needs it
+/// says so when it cannot start.
+fn warn_without_nft() {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("nft").is_file()));
+    if !found {
+        eprintln!(
+            "berth daemon: warning: nft is not installed, so containers on a network cannot \
+             start (apt-get install -y nftables)"
+        );
+    }
+}
+
 pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create the state directory {}", state_dir.display()))?;
@@ -59,6 +73,9 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
     let shared = std::env::var("BERTH_SOCKET_GROUP").is_ok_and(|g| !g.is_empty());
     set_mode(state_dir, if shared { 0o711 } else { 0o700 })?;
     let _lock = lock_daemon(state_dir)?;
+    // Before anything is served: what containers need, or a refusal naming it.
+    crate::preflight::check(state_dir, &shim)?;
+    warn_without_nft();
     raise_open_files_limit();
     let cluster = crate::cluster::files::load(state_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -175,11 +175,21 @@ pub(super) fn connect(state_dir: &Path, start: bool) -> anyhow::Result<Client> {
             state_dir.display()
         );
     }
-    start_daemon(state_dir)?;
+    let (mut child, log_from) = start_daemon(state_dir)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if client.ping() {
             return Ok(client);
+        }
+        // A daemon that refused to run (this host lacks what containers need) says
+        // why in its log: show it here rather than wait.
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read(daemon::log_path(state_dir)).unwrap_or_default();
+            let said = String::from_utf8_lossy(log.get(log_from..).unwrap_or_default());
+            bail!(
+                "the berth daemon stopped at once ({status}):\n{}",
+                said.trim_end()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -190,8 +200,8 @@ pub(super) fn connect(state_dir: &Path, start: bool) -> anyhow::Result<Client> {
 }
 
 /// Starts `berth daemon` in the background, detached from this terminal, its output
-/// in `<state>/daemon.log`.
-fn start_daemon(state_dir: &Path) -> anyhow::Result<()> {
+/// in `<state>/daemon.log`; returns it and where its output starts in the log.
+fn start_daemon(state_dir: &Path) -> anyhow::Result<(std::process::Child, usize)> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create {}", state_dir.display()))?;
@@ -201,6 +211,7 @@ fn start_daemon(state_dir: &Path) -> anyhow::Result<()> {
         .append(true)
         .open(&log_path)
         .with_context(|| format!("open {}", log_path.display()))?;
+    let log_from = log.metadata().map_or(0, |m| m.len() as usize);
     let me = std::env::current_exe().context("find the berth binary")?;
     let mut cmd = std::process::Command::new(me);
     cmd.arg("--state-dir")
@@ -217,12 +228,12 @@ fn start_daemon(state_dir: &Path) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    cmd.spawn().context("start berth daemon")?;
+    let child = cmd.spawn().context("start berth daemon")?;
     super::write_stderr(&format!(
         "berth: started the berth daemon (log: {})\n",
         log_path.display()
     ));
-    Ok(())
+    Ok((child, log_from))
 }
 
 pub fn daemon(state_dir: &Path) -> anyhow::Result<ExitCode> {
