@@ -768,6 +768,13 @@ impl Node for LocalNode {
             } else {
                 v.name.clone()
             };
+            // The API checks names as it takes a stack; a store written before it
+            // did may still hold one that is not a plain name.
+            if !spec::names::is_resource_name(&name) {
+                return Err(format!(
+                    "volume {key}: {name:?} is not a volume name, so it was left alone"
+                ));
+            }
             let dir = self.executor.state_dir.join("volumes").join(&name);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => removed.push(name),
