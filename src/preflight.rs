@@ -51,6 +51,8 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 const SYSFS_MAGIC: i64 = 0x6265_6572;
 
 /// The file system type of `path` (statfs's magic), or the error.
+// statfs's f_type is not an i64 on every target.
+#[allow(clippy::unnecessary_cast)]
 pub fn fs_type(path: &Path) -> std::io::Result<i64> {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type().0 as i64)
