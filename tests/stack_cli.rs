@@ -1493,7 +1493,20 @@ fn a_container_that_cannot_start_says_why_in_ps_events_up_and_the_log() {
         .stderr(Stdio::null())
         .spawn()
         .expect("berth events");
-    // `events` streams from its start: give it time to connect.
+    // `events` streams from its start: wait until it has connected (a socket among
+    // its descriptors), and give the daemon a moment to start watching for it.
+    let fds = format!("/proc/{}/fd", events.id());
+    wait_for(
+        || {
+            std::fs::read_dir(&fds).is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+            })
+        },
+        "berth events to connect",
+    );
     std::thread::sleep(Duration::from_millis(300));
     let out = f.berth(&["up", "-d"]);
     let err = String::from_utf8_lossy(&out.stderr);
