@@ -797,3 +797,60 @@ async fn inspect(
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
     Ok(Json(value))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spec::task::{Task, TaskState, TaskStatus};
+
+    fn task(status: TaskStatus) -> Task {
+        serde_json::from_value(serde_json::json!({
+            "id": "s-web-1.1", "stack": "s", "service": "web", "slot": 1, "generation": 1,
+            "spec_hash": "h", "desired": "running", "created_at": 0,
+        }))
+        .map(|t: Task| Task { status, ..t })
+        .expect("task")
+    }
+
+    fn state(status: TaskStatus) -> crate::store::State {
+        let mut s = crate::store::State::default();
+        s.tasks.insert("s-web-1.1".into(), task(status));
+        s
+    }
+
+    /// The `die` of a container that could not start says why; one that ran and
+    /// exited gives its exit code instead.
+    #[test]
+    fn die_events_carry_why_a_container_never_started() {
+        let preparing = TaskStatus {
+            state: Some(TaskState::Preparing),
+            ..Default::default()
+        };
+        let cases = [
+            (
+                TaskState::Rejected,
+                None,
+                None,
+                Some("bind source /x does not exist"),
+            ),
+            (TaskState::Failed, None, None, Some("exec /nope: ENOENT")),
+            (TaskState::Failed, Some(5), Some(1), None),
+        ];
+        for (to, started_at, exit_code, error) in cases {
+            let after = TaskStatus {
+                state: Some(to),
+                message: error.unwrap_or("exited with code 1").into(),
+                started_at,
+                exit_code,
+                ..Default::default()
+            };
+            let events = events_between(&state(preparing.clone()), &state(after), 9);
+            let die = events
+                .iter()
+                .find(|e| e.action == "die")
+                .unwrap_or_else(|| panic!("no die in {events:?}"));
+            assert_eq!(die.error.as_deref(), error, "{to:?} {started_at:?}");
+            assert_eq!(die.exit_code, exit_code);
+        }
+    }
+}
