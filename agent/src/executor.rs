@@ -266,6 +266,15 @@ impl Executor {
         service: Option<&Service>,
         grace: Option<Duration>,
     ) -> TaskStatus {
+        // An id that is no plain name (stored by a berth that did not check the names
+        // it was sent) never had a container: the runtime refuses such ids, and its
+        // paths must not be touched.
+        if crate::runtime::check_id(&task.id).is_err() {
+            return TaskStatus {
+                state: Some(TaskState::Removed),
+                ..task.status.clone()
+            };
+        }
         let mut status = self.stop(task, service, grace);
         let deleted = match shim::delete(&self.shim_root(), &task.id) {
             Ok(()) | Err(ShimError::NotFound { .. }) => Ok(()),

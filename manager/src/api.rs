@@ -294,7 +294,12 @@ async fn down(
     Path(name): Path<String>,
     Query(q): Query<DownQuery>,
 ) -> Result<Json<DownResponse>, ApiError> {
-    check_stack_name(&name)?;
+    // A stack of a bad name that a berth before these checks stored can still be
+    // taken down: `down` uses the name only to find its records, and the agent
+    // refuses the bad container ids themselves.
+    if !cx.store.read(|s| s.stacks.contains_key(&name)) {
+        check_stack_name(&name)?;
+    }
     let grace = q.timeout.map(|t| t.saturating_mul(1000));
     // Stop in waves, dependents before what they depend on (as Compose does): each
     // wave's services are marked stopped, and the next starts once their containers
