@@ -71,6 +71,7 @@ pub fn check(state_dir: &Path, shim: &agent::shim::ShimProgram) -> anyhow::Resul
         all.extend(overlayfs(state_dir));
     }
     all.extend(shim_program(&shim.program));
+    all.extend(mount_api());
     if all.is_empty() {
         return Ok(());
     }
@@ -79,6 +80,30 @@ pub fn check(state_dir: &Path, shim: &agent::shim::ShimProgram) -> anyhow::Resul
         "this host lacks what containers need, so the daemon does not start:\n{}",
         list.join("\n")
     )
+}
+
+/// The kernel has the mount API the runtime mounts with (`open_tree`, `move_mount`,
+/// `mount_setattr`: Linux 5.12): asked with no arguments, it answers EINVAL or EBADF,
+/// not ENOSYS.
+pub fn mount_api() -> Option<Missing> {
+    // SAFETY: mount_setattr with a bad descriptor, a NULL path and NULL attributes: it
+    // reads nothing and fails, and the errno says whether the system call exists.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<libc::c_char>(),
+            0,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    (r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS)).then(|| {
+        missing(
+            "the kernel's mount API (mount_setattr, Linux 5.12)",
+            "run berth on Linux 5.12 or later",
+        )
+    })
 }
 
 /// The state directory takes a new file.
@@ -387,6 +412,11 @@ mod tests {
             .what
             .contains("not a file"));
         assert!(shim_program(Path::new("/bin/sh")).is_none());
+    }
+
+    #[test]
+    fn this_kernel_has_the_mount_api() {
+        assert!(mount_api().is_none());
     }
 
     #[test]

@@ -90,12 +90,12 @@ fn spec_refuses_to_overwrite_and_run_names_the_failed_step() {
     );
 }
 
-/// CVE-2019-5736 through `berth runtime run`: the CLI clones the container's init
-/// itself, so it first re-executes itself from a sealed copy. With `init: true`, PID 1
-/// is that clone; a container granted CAP_SYS_PTRACE (so non-dumpability hides
+/// CVE-2019-5736 through `berth runtime run`: the CLI does not clone the container's
+/// init itself but execs the shim's program from a sealed copy, which does. With
+/// `init: true`, PID 1 is that clone; a container granted CAP_SYS_PTRACE (so non-dumpability hides
 /// nothing) sees a memfd as its exe, and writing it fails, never the berth binary.
 #[test]
-fn run_clones_the_container_from_a_sealed_copy_of_berth() {
+fn run_clones_the_container_from_a_sealed_copy() {
     let dir = tempfile::tempdir().unwrap();
     bundle(
         dir.path(),

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use agent::runtime::{self, Bundle, RunOptions};
+use agent::runtime;
 use agent::shim;
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -130,7 +130,10 @@ pub struct ShimArgs {
     /// Run as the exec helper (a control socket as stdin) for containers under this state directory
     #[arg(long)]
     exec: bool,
-    /// The container's state directory (with --exec, the state root)
+    /// Run the bundle DIR in the foreground as container ID (`berth runtime run`)
+    #[arg(long, value_name = "ID", conflicts_with = "exec")]
+    run: Option<String>,
+    /// The container's state directory (with --exec, the state root; with --run, the bundle)
     dir: PathBuf,
 }
 
@@ -203,6 +206,8 @@ pub fn run(state_dir: &Path, cmd: &RuntimeCommand) -> anyhow::Result<ExitCode> {
             runtime::sealed::reexec_sealed()?;
             let code = if a.exec {
                 shim::helper_main(&a.dir)
+            } else if let Some(id) = &a.run {
+                shim::run_main(&a.dir, id)
             } else {
                 shim::shim_main(&a.dir)
             };
@@ -376,22 +381,20 @@ pub(super) fn exec_command(
 }
 
 fn run_bundle(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    // This process clones the container's init: it must run from a sealed copy of
-    // itself (runtime::sealed says why; the cost is in bench/README.md).
-    runtime::sealed::reexec_sealed()?;
-    let bundle = Bundle::load(&args.bundle)?;
-    let opts = RunOptions {
-        forward_signals: true,
-        ..RunOptions::default()
-    };
-    let report = runtime::run(&bundle, &args.id, &opts)?;
-    if report.oom_killed {
-        super::write_stderr(&format!(
-            "berth: container {} was killed: out of memory (memory limit reached)\n",
-            args.id
-        ));
-    }
-    Ok(ExitCode::from(report.status().clamp(0, 255) as u8))
+    // The process that clones the container's init must run from a sealed copy of
+    // its program (runtime::sealed says why): this one becomes the shim's, which
+    // runs the bundle in the foreground with this process's stdio and pid.
+    use std::os::unix::process::CommandExt;
+    let bundle = std::fs::canonicalize(&args.bundle)
+        .with_context(|| format!("bundle {}", args.bundle.display()))?;
+    let program = shim_program()?;
+    let mut cmd = program.command();
+    cmd.arg("--run").arg(&args.id).arg(&bundle);
+    let err = cmd.exec();
+    Err(anyhow::anyhow!(
+        "run the shim {} for the container: {err}",
+        program.program.display()
+    ))
 }
 
 fn write_spec(args: &SpecArgs) -> anyhow::Result<ExitCode> {

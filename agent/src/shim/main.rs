@@ -5,6 +5,8 @@
 //! `berth-shim --exec STATE`: the exec helper (see `agent::shim::exec`), with its
 //! control socket as stdin.
 //!
+//! `berth-shim --run ID BUNDLE`: `berth runtime run` (see `agent::shim::run_main`).
+//!
 //! Both enter containers, so both first make sure they run from a sealed copy of
 //! this program (`agent::runtime::sealed`).
 
@@ -23,9 +25,12 @@ fn main() -> ExitCode {
     let code = match args.as_slice() {
         [dir] => agent::shim::shim_main(std::path::Path::new(dir)),
         [flag, state] if flag == "--exec" => agent::shim::helper_main(std::path::Path::new(state)),
+        [flag, id, bundle] if flag == "--run" => {
+            agent::shim::run_main(std::path::Path::new(bundle), &id.to_string_lossy())
+        }
         _ => {
             eprintln!(
-                "usage: berth-shim CONTAINER-STATE-DIR | --exec STATE (started by berth, with a pipe or socket as stdin/stdout)"
+                "usage: berth-shim CONTAINER-STATE-DIR | --exec STATE | --run ID BUNDLE (started by berth)"
             );
             return ExitCode::from(2);
         }

@@ -56,6 +56,7 @@
 pub mod attach;
 mod enter;
 mod log;
+mod run;
 mod serve;
 
 use std::ffi::{CString, OsString};
@@ -67,6 +68,7 @@ use serde::{Deserialize, Serialize};
 
 pub use enter::{exec, helper_main, ExecRequest, ExecSession, ExecStdio};
 pub use log::{format_rfc3339, LogEntry, Stream};
+pub use run::run_main;
 pub use serve::main as shim_main;
 
 /// Docker's json-file defaults: 10 MB per file, 3 files.
@@ -145,7 +147,7 @@ impl ShimProgram {
 
     /// `program args...`, from the sealed copy when there is one (its argv[0] still
     /// names the program, for `ps`).
-    pub(crate) fn command(&self) -> std::process::Command {
+    pub fn command(&self) -> std::process::Command {
         use std::os::unix::process::CommandExt;
         let mut cmd = match &self.sealed {
             Some(sealed) => {
