@@ -47,6 +47,18 @@ pub struct SealedProgram {
 }
 
 impl SealedProgram {
+    /// A sealed view of `path`: through a read-only overlay of its directory when the
+    /// kernel allows (no copy: a few system calls), else a sealed memfd copy.
+    pub fn seal(path: &Path) -> Result<SealedProgram, RuntimeError> {
+        match overlay_view(path) {
+            Ok(fd) => Ok(SealedProgram {
+                fd: Arc::new(fd),
+                source: path.to_path_buf(),
+            }),
+            Err(_) => SealedProgram::copy(path),
+        }
+    }
+
     /// Copies `path` into a new sealed memfd.
     pub fn copy(path: &Path) -> Result<SealedProgram, RuntimeError> {
         let context = |what: &str| format!("seal a copy of {}: {what}", path.display());
@@ -85,12 +97,133 @@ impl SealedProgram {
     }
 }
 
-/// Whether `/proc/self/exe` is a sealed copy (this process runs from a [`SealedProgram`]).
+/// Whether `/proc/self/exe` is a sealed copy or view (this process runs from a
+/// [`SealedProgram`]).
 pub fn running_sealed() -> bool {
     match std::fs::File::open("/proc/self/exe") {
-        Ok(f) => is_sealed(&f),
+        Ok(f) => is_sealed(&f) || is_read_only_overlay(&f),
         Err(_) => false,
     }
+}
+
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+
+/// A file on an overlay that is read-only (a lower-only overlay, as [`overlay_view`]
+/// makes, cannot be made writable: it has no upper layer to write to).
+fn is_read_only_overlay(f: &impl AsRawFd) -> bool {
+    // SAFETY: fstatfs and fstatvfs into zeroed buffers we own.
+    let (mut st, mut vst): (libc::statfs, libc::statvfs) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: as above.
+    let ok = unsafe {
+        libc::fstatfs(f.as_raw_fd(), &mut st) == 0 && libc::fstatvfs(f.as_raw_fd(), &mut vst) == 0
+    };
+    ok && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC && vst.f_flag & libc::ST_RDONLY != 0
+}
+
+/// runc's zero-copy seal: an overlay mount, never attached anywhere, whose only layers
+/// are the program's directory and an empty one (two lower layers and no upper: the
+/// overlay can never be written, nor remounted writable), and the program opened
+/// through it. Executing that file gives the process an exe on the overlay.
+fn overlay_view(path: &Path) -> std::io::Result<OwnedFd> {
+    let real = std::fs::canonicalize(path)?;
+    let (dir, name) = match (real.parent(), real.file_name()) {
+        (Some(d), Some(n)) => (d.to_path_buf(), n.to_os_string()),
+        _ => return Err(std::io::ErrorKind::InvalidInput.into()),
+    };
+    let empty = tempfile_dir()?;
+    let result = (|| {
+        let escape = |p: &Path| {
+            p.to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace(':', "\\:")
+        };
+        let lower = CString::new(format!("{}:{}", escape(&dir), escape(&empty)))?;
+        // SAFETY: fsopen of a NUL-terminated name; the result is checked, then owned.
+        let ctx =
+            unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), libc::FSOPEN_CLOEXEC) };
+        if ctx < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let ctx = unsafe { OwnedFd::from_raw_fd(ctx as i32) };
+        // SAFETY: fsconfig with NUL-terminated key and value, then the create command.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                ctx.as_raw_fd(),
+                libc::FSCONFIG_SET_STRING,
+                c"lowerdir".as_ptr(),
+                lower.as_ptr(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                ctx.as_raw_fd(),
+                libc::FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fsmount of our context; the result is checked, then owned.
+        let mnt = unsafe {
+            libc::syscall(
+                libc::SYS_fsmount,
+                ctx.as_raw_fd(),
+                libc::FSMOUNT_CLOEXEC,
+                libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOSUID,
+            )
+        };
+        if mnt < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let mnt = unsafe { OwnedFd::from_raw_fd(mnt as i32) };
+        let name = CString::new(name.as_bytes())?;
+        // SAFETY: openat of a NUL-terminated name under our mount's descriptor.
+        let fd = unsafe {
+            libc::openat(
+                mnt.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if !is_read_only_overlay(&fd) {
+            return Err(std::io::Error::other("the overlay is not read-only"));
+        }
+        Ok(fd)
+    })();
+    let _ = std::fs::remove_dir(&empty);
+    result
+}
+
+/// A new empty directory for the overlay's second layer (it may go once mounted).
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for n in 0..100u32 {
+        let dir = base.join(format!(".berth-seal-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::ErrorKind::AlreadyExists.into())
 }
 
 fn is_sealed(f: &impl AsRawFd) -> bool {
@@ -108,7 +241,9 @@ pub fn reexec_sealed() -> Result<(), RuntimeError> {
     if running_sealed() {
         return Ok(());
     }
-    let sealed = SealedProgram::copy(Path::new("/proc/self/exe"))?;
+    let me = std::fs::read_link("/proc/self/exe")
+        .map_err(|e| RuntimeError::io("re-exec sealed: read /proc/self/exe", e))?;
+    let sealed = SealedProgram::seal(&me)?;
     let args: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(a.as_bytes()))
         .collect::<Result<_, _>>()
@@ -300,5 +435,17 @@ mod tests {
         let header = std::fs::read(big.path()).unwrap();
         assert_eq!(&header[..4], b"\x7fELF");
         assert_eq!(&header[0x3c..0x40], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_sealed_view_runs_and_cannot_be_opened_for_writing() {
+        let sealed = SealedProgram::seal(Path::new("/bin/true")).unwrap();
+        let status = std::process::Command::new(sealed.path()).status().unwrap();
+        assert!(status.success());
+        let f = std::fs::File::open(sealed.path()).unwrap();
+        assert!(is_sealed(&f) || is_read_only_overlay(&f));
+        if let Ok(mut w) = std::fs::OpenOptions::new().write(true).open(sealed.path()) {
+            assert!(w.write_all(b"evil").is_err());
+        }
     }
 }

@@ -141,7 +141,7 @@ impl ShimProgram {
 
     /// The same program, started from now on from one sealed copy of it.
     pub fn sealed(mut self) -> Result<ShimProgram, ShimError> {
-        self.sealed = Some(crate::runtime::sealed::SealedProgram::copy(&self.program)?);
+        self.sealed = Some(crate::runtime::sealed::SealedProgram::seal(&self.program)?);
         Ok(self)
     }
 
