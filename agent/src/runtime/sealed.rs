@@ -118,7 +118,7 @@ fn is_read_only_overlay(f: &impl AsRawFd) -> bool {
     let ok = unsafe {
         libc::fstatfs(f.as_raw_fd(), &mut st) == 0 && libc::fstatvfs(f.as_raw_fd(), &mut vst) == 0
     };
-    ok && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC && vst.f_flag & libc::ST_RDONLY != 0
+    ok && st.f_type == OVERLAYFS_SUPER_MAGIC && vst.f_flag & libc::ST_RDONLY != 0
 }
 
 /// runc's zero-copy seal: an overlay mount, never attached anywhere, whose only layers
