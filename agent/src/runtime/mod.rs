@@ -50,8 +50,8 @@ pub use exec::{
     WindowSize,
 };
 pub use process::{
-    cgroup_of, check_id, remove_cgroup, run, spawn, sysctl_namespace, Container, ExitReport,
-    RunOptions, SignalForwarding, Stdio, SysctlNamespace, INIT_ANNOTATION,
+    cgroup_of, check_id, remove_cgroup, run, spawn, start_gated, sysctl_namespace, Container,
+    ExitReport, RunOptions, SignalForwarding, Stdio, SysctlNamespace, INIT_ANNOTATION,
 };
 pub use spec::default_spec;
 
