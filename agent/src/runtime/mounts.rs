@@ -251,7 +251,12 @@ pub(crate) fn plan(
         } else if typ == "cgroup" || typ == "cgroup2" {
             match hierarchy {
                 Some(Hierarchy::V2 { .. }) => typ = "cgroup2".into(),
-                _ => {
+                // FIXME(i17-oci, temporary): the mounts work of issue 17 gives v1 hosts
+                // the container's own controllers here (as runc does); until it lands,
+                // an empty tmpfs (read-only as the spec asks) lets runc's default bundle
+                // run. Drop this arm when merging that change.
+                Some(Hierarchy::V1 { .. }) => typ = "tmpfs".into(),
+                None => {
                     return Err(RuntimeError::unsupported(format!(
                         "mount {display}: mounting cgroups in a container is only supported on cgroup v2 hosts; remove this mount"
                     )))
