@@ -174,7 +174,11 @@ fn create_waits_for_start_and_state_follows_runtime_md() {
     // A second start is an error and does not run the program again.
     let out = c.run(&["start", &c.id]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("not created"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not created"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // kill with runc's signal forms; sh as pid 1 ignores TERM, KILL stops it.
     let out = c.run(&["kill", &c.id, "SIGKILL"]);
@@ -182,7 +186,10 @@ fn create_waits_for_start_and_state_follows_runtime_md() {
     let s = c.wait_for("stopped");
     assert_eq!(s["pid"], 0, "{s}");
     let out = c.run(&["kill", &c.id, "KILL"]);
-    assert!(!out.status.success(), "kill of a stopped container must fail");
+    assert!(
+        !out.status.success(),
+        "kill of a stopped container must fail"
+    );
 
     let out = c.run(&["delete", &c.id]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -213,7 +220,10 @@ fn created_containers_can_be_killed_and_force_deleted() {
     let s = c.wait_for("stopped");
     assert!(!c.bundle.path().join("rootfs/ran").exists(), "{s}");
     let out = c.run(&["start", &c.id]);
-    assert!(!out.status.success(), "start of a stopped container must fail");
+    assert!(
+        !out.status.success(),
+        "start of a stopped container must fail"
+    );
 }
 
 #[test]
@@ -246,7 +256,11 @@ fn list_skips_directories_that_are_not_shim_containers() {
     let c = Oci::new("oci-list", "exec sleep 1000");
     let foreign = c.root.path().join("containers/made-by-the-daemon");
     std::fs::create_dir_all(&foreign).unwrap();
-    std::fs::copy(c.bundle.path().join("config.json"), foreign.join("config.json")).unwrap();
+    std::fs::copy(
+        c.bundle.path().join("config.json"),
+        foreign.join("config.json"),
+    )
+    .unwrap();
     let (ok, said) = c.create(&c.root.path().join("stdio"), &[]);
     assert!(ok, "{said}");
 
@@ -282,7 +296,9 @@ fn runc_spec_bundle_runs_unchanged_side_by_side_with_runc() {
     // What makes it interesting is left as runc wrote it.
     let caps = &spec["process"]["capabilities"];
     assert!(caps["ambient"].as_array().is_some_and(|a| !a.is_empty()));
-    assert!(caps.get("inheritable").is_none_or(|i| i.as_array().is_some_and(|a| a.is_empty())));
+    assert!(caps
+        .get("inheritable")
+        .is_none_or(|i| i.as_array().is_some_and(|a| a.is_empty())));
     let id = testkit::unique_name("runc-spec");
     let _cgroup = testkit::CgroupGuard(id.clone());
     spec["process"]["args"] = serde_json::json!(["sh", "-c", "true"]);

@@ -560,6 +560,12 @@ pub(crate) fn make_device(root: c_int, d: &DeviceNode) -> Result<(), c_int> {
     // SAFETY: parent is an open directory fd and the name NUL-terminated.
     let mut r = unsafe { libc::mknodat(parent, last.name.as_ptr(), d.mode, d.dev) };
     if r == 0 {
+        // mknod applies the umask (022 by default: a 0666 device became 0644); the
+        // spec's fileMode is the mode the node must have, as runc makes it.
+        // SAFETY: as above; the node was just made in a /dev nothing else runs in.
+        r = unsafe { libc::fchmodat(parent, last.name.as_ptr(), d.mode & 0o7777, 0) };
+    }
+    if r == 0 {
         // SAFETY: as above; AT_SYMLINK_NOFOLLOW keeps the chown on the node itself.
         r = unsafe {
             libc::fchownat(

@@ -221,6 +221,11 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let clone_flags = nix::sched::CloneFlags::from_bits_retain(ns.clone_flags);
     let (sync_fd, parent_end, err_fd) = (sync_r.as_raw_fd(), sync_w.as_raw_fd(), err_w.as_raw_fd());
     let plan_ref = &plan;
+    // A pid namespace to join is this thread's for its children while it clones.
+    let pid_ns = match &ns.pid_join {
+        Some(path) => Some(PidNamespaceEntered::enter(path)?),
+        None => None,
+    };
     // SAFETY: the callback runs in the child, which has a copy of this process's memory
     // (no CLONE_VM) and only this thread. It runs `child_main`, which does only
     // async-signal-safe work (system calls over `plan`, prepared above; no allocation,
@@ -235,6 +240,7 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
         )
     }
     .map_err(|e| RuntimeError::io("clone the container's init", e.into()))?;
+    drop(pid_ns);
     let mut child = ChildGuard(Some(pid));
     drop(sync_r);
     drop(err_w);
@@ -309,6 +315,33 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
         console,
         _gate: gate,
     })
+}
+
+/// This thread's children start in another pid namespace until dropped: `setns` of
+/// a pid namespace changes only where the caller's next children go (the caller
+/// itself stays), and the drop goes back to the thread's own.
+struct PidNamespaceEntered(OwnedFd);
+
+impl PidNamespaceEntered {
+    fn enter(path: &Path) -> Result<PidNamespaceEntered, RuntimeError> {
+        let open = |p: &Path| {
+            std::fs::File::open(p)
+                .map(OwnedFd::from)
+                .map_err(|e| RuntimeError::io(format!("namespace {}", p.display()), e))
+        };
+        let own = open(Path::new("/proc/thread-self/ns/pid_for_children"))?;
+        let target = open(path)?;
+        nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| {
+            RuntimeError::io(format!("join pid namespace {}", path.display()), e.into())
+        })?;
+        Ok(PidNamespaceEntered(own))
+    }
+}
+
+impl Drop for PidNamespaceEntered {
+    fn drop(&mut self) {
+        let _ = nix::sched::setns(&self.0, nix::sched::CloneFlags::CLONE_NEWPID);
+    }
 }
 
 /// Makes the start gate's fifo at `path` (mode 0600) and opens it twice: a blocking
