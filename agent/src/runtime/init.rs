@@ -413,6 +413,16 @@ fn run(
         }
         mounts::pivot_root(root).map_err(at(Step::PivotRoot, 0))?;
         libc::close(root);
+        if let Some(flags) = rp.shared_root {
+            mounts::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+            .map_err(at(Step::RootPropagation, 1))?;
+        }
 
         if let Some(h) = &plan.hostname {
             check(

@@ -120,6 +120,9 @@ pub(crate) struct RootfsPlan {
     pub rootfs: CString,
     /// Propagation of `/` in the new mount namespace (rprivate unless the spec says).
     pub root_propagation: c_ulong,
+    /// A `shared` rootfsPropagation, applied to the new `/` after `pivot_root` (see
+    /// [`plan`]).
+    pub shared_root: Option<c_ulong>,
     pub mounts: Vec<MountOp>,
     /// Symlinks made in /dev when /dev is a fresh tmpfs: (target, name).
     pub dev_symlinks: Vec<(CString, CString)>,
@@ -340,9 +343,19 @@ pub(crate) fn plan(
         Some(mode) if !mode.is_empty() => propagation_flags(mode)?,
         _ => libc::MS_PRIVATE | libc::MS_REC,
     };
+    // A shared `/` before pivot_root is the host's peer: the rootfs bind and every
+    // mount under it would appear in the host's namespace (and pivot_root refuses a
+    // shared parent). As runc: slave while the root is built, then the new `/` made
+    // shared, a peer group of the container's own.
+    let (root_propagation, shared_root) = if root_propagation & libc::MS_SHARED != 0 {
+        (libc::MS_SLAVE | libc::MS_REC, Some(root_propagation))
+    } else {
+        (root_propagation, None)
+    };
     Ok(RootfsPlan {
         rootfs: cpath(rootfs)?,
         root_propagation,
+        shared_root,
         mounts: ops,
         dev_symlinks,
         devices,
