@@ -778,4 +778,22 @@ mod tests {
         assert_eq!(propagation_flags("shared").unwrap(), libc::MS_SHARED);
         assert!(propagation_flags("sideways").is_err());
     }
+
+    /// A shared root is built as a slave (a shared one would be the host's peer, and
+    /// every mount made for the container would appear on the host), then made shared.
+    #[test]
+    fn a_shared_root_is_built_as_a_slave() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir(&rootfs).unwrap();
+        let plan_with = |prop: &str| {
+            plan(dir.path(), &rootfs, &[], &[], Some(prop), false, None).unwrap()
+        };
+        let p = plan_with("rshared");
+        assert_eq!(p.root_propagation, libc::MS_SLAVE | libc::MS_REC);
+        assert_eq!(p.shared_root, Some(libc::MS_SHARED | libc::MS_REC));
+        let p = plan_with("rslave");
+        assert_eq!(p.root_propagation, libc::MS_SLAVE | libc::MS_REC);
+        assert_eq!(p.shared_root, None);
+    }
 }
