@@ -60,6 +60,11 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
     set_mode(state_dir, if shared { 0o711 } else { 0o700 })?;
     let _lock = lock_daemon(state_dir)?;
     raise_open_files_limit();
+    if let Err(e) = agent::runtime::protect_from_oom(agent::runtime::DAEMON_OOM_SCORE_ADJ) {
+        eprintln!(
+            "berth daemon: warning: the OOM killer may take the daemon before containers: {e}"
+        );
+    }
     let cluster = crate::cluster::files::load(state_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -89,3 +89,45 @@ fn spec_refuses_to_overwrite_and_run_names_the_failed_step() {
         "{stderr}"
     );
 }
+
+/// CVE-2019-5736 through `berth runtime run`: the CLI clones the container's init
+/// itself, so it first re-executes itself from a sealed copy. With `init: true`, PID 1
+/// is that clone; a container granted CAP_SYS_PTRACE (so non-dumpability hides
+/// nothing) sees a memfd as its exe, and writing it fails, never the berth binary.
+#[test]
+fn run_clones_the_container_from_a_sealed_copy_of_berth() {
+    let dir = tempfile::tempdir().unwrap();
+    bundle(
+        dir.path(),
+        "readlink /proc/1/exe; echo x 1<>/proc/1/exe && echo written || echo refused",
+    );
+    let id = testkit::unique_name("cliseal");
+    let _cgroup = own_cgroup(dir.path(), &id);
+    let config = dir.path().join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    spec["annotations"]["berth.init"] = "true".into();
+    for set in ["bounding", "effective", "permitted"] {
+        spec["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_SYS_PTRACE".into());
+    }
+    std::fs::write(&config, spec.to_string()).unwrap();
+    let out = berth()
+        .args(["runtime", "run", "--bundle"])
+        .arg(dir.path())
+        .arg(&id)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let exe = lines.next().unwrap_or_default();
+    assert!(exe.starts_with("/memfd:"), "{stdout}");
+    assert_eq!(lines.next(), Some("refused"), "{stdout}");
+}

@@ -118,3 +118,89 @@ fn exec_mistakes_are_messages_naming_the_container() {
         "{err}"
     );
 }
+
+/// The admin's terminal never enters the container (the `berth exec -T` escape):
+/// `berth runtime exec` without `-t`, run from a terminal that is its controlling
+/// terminal, gives the process pipes, not that terminal, and a session of its own,
+/// so it can neither read the terminal nor reopen it as /dev/tty, nor type into it
+/// with TIOCSTI. A static attacker (the security suite's) tries all three.
+#[test]
+fn exec_without_t_never_hands_the_callers_terminal_in() {
+    use std::os::unix::process::CommandExt;
+    let c = Running::start("cliexectty");
+    let attacker = testkit::static_c_program(
+        c._bundle.path(),
+        "attacker",
+        include_str!("../agent/tests/security/attacker.c"),
+    )
+    .unwrap();
+    std::fs::copy(&attacker, c._bundle.path().join("rootfs/attacker")).unwrap();
+
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two descriptors it opens; no name, termios or size given.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: the descriptors openpty just opened, owned here alone.
+    let (master, slave) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.env("BERTH_STATE_DIR", c.state.path())
+        .env("BERTH_SHIM", "builtin")
+        .args(["runtime", "exec", &c.id, "/attacker", "tty"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: between fork and exec: setsid and an ioctl on descriptor 0, both
+    // async-signal-safe; the terminal becomes the caller's controlling terminal, as
+    // an admin's shell's is.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().unwrap();
+    // What berth wrote to the terminal: the attacker's report.
+    // SAFETY: fcntl with integer arguments on the master we hold.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let flags = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut report = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut &master, &mut report);
+    let report = text(&report).replace('\r', "");
+    assert!(status.success(), "{report}");
+    assert!(report.contains("stdin_tty=0"), "{report}");
+    assert!(
+        report.contains("dev_tty=No such device or address"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("tiocsti_0=ok") && !report.contains("tiocsti_1=ok"),
+        "{report}"
+    );
+    // Nothing was typed into the terminal's input for the admin's shell to run.
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes an int into our variable.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::ioctl(slave.as_raw_fd(), libc::FIONREAD, &mut pending);
+    }
+    assert_eq!(pending, 0, "input was pushed into the caller's terminal");
+}

@@ -196,10 +196,10 @@ impl Drop for Fixture {
         // Whatever the test left: stop and remove every container, unmount its rootfs.
         let executor = agent::executor::Executor {
             state_dir: self.state(),
-            shim: agent::shim::ShimProgram {
-                program: PathBuf::from(env!("CARGO_BIN_EXE_berth")),
-                args: vec!["runtime".into(), "shim".into()],
-            },
+            shim: agent::shim::ShimProgram::new(
+                PathBuf::from(env!("CARGO_BIN_EXE_berth")),
+                vec!["runtime".into(), "shim".into()],
+            ),
             cgroup_parent: self.project.clone(),
             net: None,
         };

@@ -350,54 +350,24 @@ impl Executor {
     }
 
     /// Runs one health probe in the container of `task`: `command` exits 0 within
-    /// `timeout` (a probe that runs longer is killed and counts as a failure).
+    /// `timeout` (a probe that runs longer is killed and counts as a failure). It
+    /// runs through the exec helper (`shim::exec`), never as a fork of this daemon.
     pub fn probe(&self, task: &str, command: &[String], timeout: Duration) -> bool {
-        let Ok(null) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-        else {
-            return false;
-        };
-        use std::os::fd::AsFd;
-        let opts = crate::runtime::ExecOptions {
+        let req = shim::ExecRequest {
             args: command.to_vec(),
-            stdio: crate::runtime::Stdio {
-                stdin: Some(null.as_fd()),
-                stdout: Some(null.as_fd()),
-                stderr: Some(null.as_fd()),
-            },
+            timeout_ms: Some(timeout.as_millis().clamp(1, u64::MAX as u128) as u64),
             ..Default::default()
         };
-        let Ok(process) = shim::exec(&self.shim_root(), task, None, opts) else {
+        let Ok(session) = shim::exec(
+            &self.shim,
+            &self.shim_root(),
+            task,
+            &req,
+            shim::ExecStdio::default(),
+        ) else {
             return false;
         };
-        // A pidfd names this very process even once it has been reaped, so the
-        // timeout can never signal a recycled pid.
-        // SAFETY: pidfd_open takes a pid and flags; the result is checked.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, process.pid(), 0) } as i32;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(process.wait());
-        });
-        let result = match rx.recv_timeout(timeout) {
-            Ok(Ok(report)) => report.status() == 0,
-            Ok(Err(_)) => false,
-            Err(_) => {
-                if pidfd >= 0 {
-                    // SAFETY: signal through our own pidfd.
-                    unsafe {
-                        libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, 0, 0)
-                    };
-                }
-                false
-            }
-        };
-        if pidfd >= 0 {
-            // SAFETY: our fd, closed once.
-            unsafe { libc::close(pidfd) };
-        }
-        result
+        matches!(session.wait(), Ok(report) if report.status() == 0)
     }
 }
 

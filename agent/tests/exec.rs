@@ -1,6 +1,6 @@
 //! `exec` into running containers, on the real kernel, as root: each test creates a
 //! busybox container under the `berth-shim` binary (state directory, bundle and a
-//! top-level cgroup of its own), runs processes in it with `shim::exec`, and checks
+//! top-level cgroup of its own), runs processes in it with `shim::exec` (through the exec helper), and checks
 //! what they saw. The guard kills the container and its shim and removes the cgroup
 //! even when a test fails.
 
@@ -12,8 +12,8 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent::runtime::{self, ExecOptions, ExitReport, Stdio, WindowSize};
-use agent::shim::{self, CreateOptions, ShimError, ShimProgram, Status};
+use agent::runtime::{self, ExitReport};
+use agent::shim::{self, CreateOptions, ExecRequest, ExecStdio, ShimError, ShimProgram, Status};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -23,6 +23,7 @@ struct Running {
     state: tempfile::TempDir,
     _bundle: tempfile::TempDir,
     out: tempfile::TempDir,
+    program: ShimProgram,
 }
 
 impl Running {
@@ -49,11 +50,11 @@ impl Running {
             state: tempfile::tempdir().unwrap(),
             _bundle: bundle,
             out: tempfile::tempdir().unwrap(),
+            program: ShimProgram::new(PathBuf::from(env!("CARGO_BIN_EXE_berth-shim")), Vec::new())
+                .sealed()
+                .unwrap(),
         };
-        let opts = CreateOptions::new(ShimProgram {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_berth-shim")),
-            args: Vec::new(),
-        });
+        let opts = CreateOptions::new(c.program.clone());
         shim::create(c.state.path(), c._bundle.path(), &c.id, &opts).unwrap();
         c
     }
@@ -63,21 +64,27 @@ impl Running {
     }
 
     /// Runs `script` with `sh -c` in the container; returns how it ended and its output.
-    fn exec(&self, script: &str, user: Option<&str>, opts: ExecOptions) -> (ExitReport, String) {
+    fn exec(&self, script: &str, user: Option<&str>, req: ExecRequest) -> (ExitReport, String) {
         let path = self.out.path().join("out");
         let out = File::create(&path).unwrap();
-        let opts = ExecOptions {
+        let req = ExecRequest {
             args: vec!["sh".into(), "-c".into(), script.into()],
-            stdio: Stdio {
-                stdin: None,
-                stdout: Some(out.as_fd()),
-                stderr: Some(out.as_fd()),
-            },
-            ..opts
+            user: user.map(str::to_string),
+            ..req
         };
-        let p = shim::exec(self.state(), &self.id, user, opts).unwrap();
+        let stdio = ExecStdio {
+            stdin: None,
+            stdout: Some(out.as_fd()),
+            stderr: Some(out.as_fd()),
+        };
+        let p = shim::exec(&self.program, self.state(), &self.id, &req, stdio).unwrap();
         let report = p.wait().unwrap();
         (report, std::fs::read_to_string(path).unwrap())
+    }
+
+    /// Starts `req` (no stdio) and returns the error it fails with.
+    fn exec_error(&self, id: &str, req: ExecRequest) -> ShimError {
+        shim::exec(&self.program, self.state(), id, &req, ExecStdio::default()).unwrap_err()
     }
 
     fn init_pid(&self) -> i32 {
@@ -105,7 +112,7 @@ fn exec_runs_inside_the_containers_namespaces_and_returns_the_exit_code() {
         "hostname; echo procs: $(ls /proc | grep -c '^[0-9]'); \
          tr '\\0' ' ' < /proc/1/cmdline; echo; echo me: $$; ls /bin/busybox; exit 42",
         None,
-        ExecOptions::default(),
+        ExecRequest::default(),
     );
     assert_eq!((report.code, report.status()), (Some(42), 42), "{out}");
     let lines: Vec<&str> = out.lines().collect();
@@ -126,16 +133,16 @@ fn exec_joins_the_containers_cgroup() {
     let c = Running::start("cg", "sleep 1000", None);
     let path = c.out.path().join("out");
     let out = File::create(&path).unwrap();
-    let opts = ExecOptions {
+    let req = ExecRequest {
         args: vec!["sleep".into(), "1000".into()],
-        stdio: Stdio {
-            stdin: None,
-            stdout: Some(out.as_fd()),
-            stderr: Some(out.as_fd()),
-        },
-        ..ExecOptions::default()
+        ..ExecRequest::default()
     };
-    let p = shim::exec(c.state(), &c.id, None, opts).unwrap();
+    let stdio = ExecStdio {
+        stdin: None,
+        stdout: Some(out.as_fd()),
+        stderr: Some(out.as_fd()),
+    };
+    let p = shim::exec(&c.program, c.state(), &c.id, &req, stdio).unwrap();
     let procs = std::fs::read_to_string(
         Path::new("/sys/fs/cgroup/pids")
             .join(&c.id)
@@ -158,10 +165,10 @@ fn exec_applies_env_user_and_cwd_overrides() {
     let (report, out) = c.exec(
         "echo foo=$FOO; echo path=$PATH; id -u; id -g; pwd",
         Some("app"),
-        ExecOptions {
+        ExecRequest {
             env: vec!["FOO=bar baz".into()],
             cwd: Some(PathBuf::from("/tmp")),
-            ..ExecOptions::default()
+            ..ExecRequest::default()
         },
     );
     assert_eq!(report.status(), 0, "{out}");
@@ -174,35 +181,34 @@ fn exec_applies_env_user_and_cwd_overrides() {
     );
     assert_eq!(&lines[2..], ["1000", "1000", "/tmp"], "{out}");
 
-    let (_, out) = c.exec("id -u; id -g", Some("4321:8765"), ExecOptions::default());
+    let (_, out) = c.exec("id -u; id -g", Some("4321:8765"), ExecRequest::default());
     assert_eq!(out, "4321\n8765\n");
-    let err = shim::exec(
-        c.state(),
-        &c.id,
-        Some("nosuchuser"),
-        ExecOptions {
-            args: vec!["true".into()],
-            ..ExecOptions::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = c
+        .exec_error(
+            &c.id,
+            ExecRequest {
+                args: vec!["true".into()],
+                user: Some("nosuchuser".into()),
+                ..ExecRequest::default()
+            },
+        )
+        .to_string();
     assert!(err.contains("nosuchuser") && err.contains(&c.id), "{err}");
 }
 
 #[test]
 fn exec_with_a_tty_gets_a_terminal_of_the_given_size() {
     let c = Running::start("tty", "sleep 1000", None);
-    let opts = ExecOptions {
+    let opts = ExecRequest {
         args: vec![
             "sh".into(),
             "-c".into(),
             "tty; stty size; [ -t 0 ] && echo stdin-is-a-tty".into(),
         ],
-        tty: Some(WindowSize { rows: 33, cols: 77 }),
-        ..ExecOptions::default()
+        tty: Some((33, 77)),
+        ..ExecRequest::default()
     };
-    let mut p = shim::exec(c.state(), &c.id, None, opts).unwrap();
+    let mut p = shim::exec(&c.program, c.state(), &c.id, &opts, ExecStdio::default()).unwrap();
     let master = p.take_master().unwrap();
     let path = c.out.path().join("tty");
     let out = File::create(&path).unwrap();
@@ -242,7 +248,7 @@ fn exec_is_confined_like_the_containers_init() {
     let c = Running::start("confine", "sleep 1000", None);
     let init =
         confinement(&std::fs::read_to_string(format!("/proc/{}/status", c.init_pid())).unwrap());
-    let (_, out) = c.exec("cat /proc/self/status", None, ExecOptions::default());
+    let (_, out) = c.exec("cat /proc/self/status", None, ExecRequest::default());
     let exec = confinement(&out);
     assert_eq!(exec, init);
     assert_eq!(init.len(), 7, "{init:?}");
@@ -260,17 +266,15 @@ fn exec_is_confined_like_the_containers_init() {
 #[test]
 fn exec_reports_a_missing_program_a_stopped_container_and_a_missing_one() {
     let c = Running::start("errors", "sleep 1000", None);
-    let err = shim::exec(
-        c.state(),
-        &c.id,
-        None,
-        ExecOptions {
-            args: vec!["no-such-program".into()],
-            ..ExecOptions::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = c
+        .exec_error(
+            &c.id,
+            ExecRequest {
+                args: vec!["no-such-program".into()],
+                ..ExecRequest::default()
+            },
+        )
+        .to_string();
     assert!(
         err.contains("exec: \"no-such-program\": executable file not found"),
         "{err}"
@@ -282,28 +286,22 @@ fn exec_reports_a_missing_program_a_stopped_container_and_a_missing_one() {
         assert!(start.elapsed() < DEADLINE);
         std::thread::sleep(Duration::from_millis(10));
     }
-    let err = shim::exec(
-        c.state(),
+    let err = c.exec_error(
         &c.id,
-        None,
-        ExecOptions {
+        ExecRequest {
             args: vec!["true".into()],
-            ..ExecOptions::default()
+            ..ExecRequest::default()
         },
-    )
-    .unwrap_err();
+    );
     assert!(matches!(err, ShimError::NotRunning { .. }), "{err}");
     assert!(err.to_string().contains("is not running"), "{err}");
 
-    let err = shim::exec(
-        c.state(),
+    let err = c.exec_error(
         "no-such-container",
-        None,
-        ExecOptions {
+        ExecRequest {
             args: vec!["true".into()],
-            ..ExecOptions::default()
+            ..ExecRequest::default()
         },
-    )
-    .unwrap_err();
+    );
     assert!(matches!(err, ShimError::NotFound { .. }), "{err}");
 }

@@ -57,11 +57,16 @@ impl TestContainer {
         }
     }
 
+    /// berth-shim, from one sealed copy shared by the tests (as the daemon shares
+    /// one), rather than a copy each shim would make of itself.
     fn options() -> CreateOptions {
-        CreateOptions::new(ShimProgram {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_berth-shim")),
-            args: Vec::new(),
-        })
+        static PROGRAM: std::sync::OnceLock<ShimProgram> = std::sync::OnceLock::new();
+        let program = PROGRAM.get_or_init(|| {
+            ShimProgram::new(PathBuf::from(env!("CARGO_BIN_EXE_berth-shim")), Vec::new())
+                .sealed()
+                .unwrap()
+        });
+        CreateOptions::new(program.clone())
     }
 
     fn create(&self) -> shim::ContainerState {
@@ -571,4 +576,36 @@ fn a_container_with_a_long_id_can_be_attached() {
         (shim::attach::STDOUT, "via a long path\n".to_string())
     );
     assert_eq!(c.wait().exit.unwrap().code, Some(0));
+}
+
+/// The OOM killer takes a container before its shim: the shim lowers its own score
+/// (where CAP_SYS_RESOURCE allows), and the container never inherits the shim's
+/// score but gets its spec's, or Docker's 0. Here the test raises its own score to
+/// 300 first (raising needs no privilege), so a container that inherited it would
+/// show 300.
+#[test]
+fn a_container_gets_its_own_oom_score_never_its_shims() {
+    std::fs::write("/proc/self/oom_score_adj", "300").unwrap();
+    let c = TestContainer::new("oom", "cat /proc/self/oom_score_adj; sleep 1000");
+    let s = c.create();
+    let logs = c.wait_for_log("0\n");
+    assert_eq!(logs[0].log, "0\n");
+    let shim_score: i32 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", s.shim_pid))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let can_lower = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        // Bit 24 is CAP_SYS_RESOURCE.
+        .is_some_and(|caps| caps & (1 << 24) != 0);
+    if can_lower {
+        assert_eq!(shim_score, agent::runtime::SHIM_OOM_SCORE_ADJ);
+    } else {
+        // This sandbox cannot lower any score: the shim keeps what it inherited.
+        assert_eq!(shim_score, 300);
+    }
 }

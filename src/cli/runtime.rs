@@ -179,7 +179,10 @@ pub struct ExecOverrides {
 
 #[derive(Debug, Args)]
 pub struct ShimArgs {
-    /// The container's state directory
+    /// Run as the exec helper (a control socket as stdin) for containers under this state directory
+    #[arg(long)]
+    exec: bool,
+    /// The container's state directory (with --exec, the state root)
     dir: PathBuf,
 }
 
@@ -276,7 +279,12 @@ pub fn run(state_dir: &Path, args: &RuntimeArgs) -> anyhow::Result<ExitCode> {
         RuntimeCommand::Logs(a) => print_logs(state_dir, a),
         RuntimeCommand::Exec(a) => exec_in(state_dir, a),
         RuntimeCommand::Shim(a) => {
-            let code = shim::shim_main(&a.dir);
+            runtime::sealed::reexec_sealed()?;
+            let code = if a.exec {
+                shim::helper_main(&a.dir)
+            } else {
+                shim::shim_main(&a.dir)
+            };
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
     }
@@ -288,10 +296,7 @@ pub fn run(state_dir: &Path, args: &RuntimeArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn shim_program() -> anyhow::Result<shim::ShimProgram> {
     let chosen = std::env::var_os("BERTH_SHIM");
     if let Some(path) = chosen.as_ref().filter(|p| p.as_os_str() != "builtin") {
-        return Ok(shim::ShimProgram {
-            program: path.into(),
-            args: Vec::new(),
-        });
+        return Ok(shim::ShimProgram::new(path, Vec::new()).sealed()?);
     }
     let me = std::env::current_exe().context("find the berth binary")?;
     let sibling = me.with_file_name("berth-shim");
@@ -307,15 +312,9 @@ pub(super) fn shim_program() -> anyhow::Result<shim::ShimProgram> {
             })
     };
     if chosen.is_none() && sibling.is_file() && fresh() {
-        return Ok(shim::ShimProgram {
-            program: sibling,
-            args: Vec::new(),
-        });
+        return Ok(shim::ShimProgram::new(sibling, Vec::new()).sealed()?);
     }
-    Ok(shim::ShimProgram {
-        program: me,
-        args: vec!["runtime".into(), "shim".into()],
-    })
+    Ok(shim::ShimProgram::new(me, vec!["runtime".into(), "shim".into()]).sealed()?)
 }
 
 /// `create` as runtime.md defines it: the container exists, set up, and its program
@@ -397,8 +396,11 @@ fn exec_in(state_dir: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode> {
     exec_command(state_dir, &a.id, a.tty, &a.overrides, &a.cmd)
 }
 
-/// Runs a command in running container `id` (shim state under `shim_root`), relaying
-/// a terminal if asked; returns its exit status.
+/// Runs a command in running container `id` (shim state under `shim_root`) through
+/// the exec helper; returns its exit status. With `tty`, a terminal of the container's
+/// own is relayed to this one (raw mode meanwhile, resized with it). Without, the
+/// command's stdin, stdout and stderr are pipes this process relays: this terminal
+/// never enters the container (`shim::exec` says why).
 pub(super) fn exec_command(
     shim_root: &Path,
     id: &str,
@@ -406,7 +408,7 @@ pub(super) fn exec_command(
     o: &ExecOverrides,
     cmd: &[String],
 ) -> anyhow::Result<ExitCode> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
     let mut env = Vec::new();
     for e in &o.env {
         if e.contains('=') {
@@ -418,26 +420,83 @@ pub(super) fn exec_command(
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let tty = tty.then(|| {
-        runtime::window_size(stdin.as_raw_fd())
+        let size = runtime::window_size(stdin.as_raw_fd())
             .or_else(|| runtime::window_size(stdout.as_raw_fd()))
-            .unwrap_or(runtime::WindowSize { rows: 24, cols: 80 })
+            .unwrap_or(runtime::WindowSize { rows: 24, cols: 80 });
+        (size.rows, size.cols)
     });
-    let opts = runtime::ExecOptions {
+    let req = shim::ExecRequest {
         args: cmd.to_vec(),
         env,
+        user: o.user.clone(),
         cwd: o.workdir.clone(),
         tty,
-        ..runtime::ExecOptions::default()
+        timeout_ms: None,
     };
-    let mut process = shim::exec(shim_root, id, o.user.as_deref(), opts)?;
-    if let Some(master) = process.take_master() {
-        runtime::relay_stdio(&master)?;
+    let program = shim_program()?;
+    if tty.is_some() {
+        let mut session = shim::exec(&program, shim_root, id, &req, shim::ExecStdio::default())?;
+        if let Some(master) = session.take_master() {
+            runtime::relay_stdio(&master)?;
+        }
+        let report = session.wait()?;
+        return Ok(ExitCode::from(report.status().clamp(0, 255) as u8));
     }
-    let report = process.wait()?;
+    let (in_r, in_w) = std::io::pipe()?;
+    let (out_r, out_w) = std::io::pipe()?;
+    let (err_r, err_w) = std::io::pipe()?;
+    let session = shim::exec(
+        &program,
+        shim_root,
+        id,
+        &req,
+        shim::ExecStdio {
+            stdin: Some(in_r.as_fd()),
+            stdout: Some(out_w.as_fd()),
+            stderr: Some(err_w.as_fd()),
+        },
+    )?;
+    drop((in_r, out_w, err_w));
+    // stdin is copied until it ends (then the command sees EOF); the process's exit
+    // does not wait for it.
+    std::thread::spawn(move || {
+        let mut in_w = in_w;
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut in_w);
+    });
+    let pump = |mut from: std::io::PipeReader, to: fn() -> Box<dyn std::io::Write>| {
+        std::thread::spawn(move || {
+            let mut to = to();
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match std::io::Read::read(&mut from, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let out = pump(out_r, || Box::new(std::io::stdout()));
+    let err = pump(err_r, || Box::new(std::io::stderr()));
+    let report = session.wait()?;
+    // What the command wrote before it exited is in the pipes: drain it. A process it
+    // left running in the background may hold them open; do not wait for that one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    for t in [out, err] {
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
     Ok(ExitCode::from(report.status().clamp(0, 255) as u8))
 }
 
 fn run_bundle(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // This process clones the container's init: it must run from a sealed copy of
+    // itself (runtime::sealed says why; the cost is in bench/README.md).
+    runtime::sealed::reexec_sealed()?;
     let bundle = Bundle::load(&args.bundle)?;
     let opts = RunOptions {
         forward_signals: true,

@@ -59,6 +59,9 @@ pub struct ExecOptions<'a> {
     pub stdio: Stdio<'a>,
     /// The cgroup layout; `None` detects this host's.
     pub hierarchy: Option<Hierarchy>,
+    /// SIGKILL the process when the thread that called [`exec`] dies (the exec
+    /// helper's choice: a helper killed for a timeout takes its probe with it).
+    pub kill_with_parent: bool,
 }
 
 /// A process started by [`exec`]: the caller's child.
@@ -165,6 +168,7 @@ pub fn exec(
         process.set_user(user);
     }
     let mut plan = plan_process(&process, &linux, opts.stdio)?;
+    plan.kill_with_parent = opts.kill_with_parent;
 
     let tty = match opts.tty {
         Some(_) => {
@@ -179,6 +183,12 @@ pub fn exec(
     let (pid_r, pid_w) = pipe()?;
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    plan.keep(&[
+        pidfd.as_raw_fd(),
+        pid_w.as_raw_fd(),
+        sync_r.as_raw_fd(),
+        err_w.as_raw_fd(),
+    ]);
     let fds = ExecFds {
         pidfd: pidfd.as_raw_fd(),
         ns_flags,

@@ -66,6 +66,11 @@ pub(crate) struct InitPlan {
     /// The OCI lifecycle's start gate (see [`wait_at_gate`]): the read end of the
     /// container's `exec.fifo`, on which the init waits for `start` before execve.
     pub start_gate: Option<RawFd>,
+    /// The only descriptors (beyond 0-2) the child keeps from the caller, sorted: the
+    /// ones this plan names, and the pipes of the clone itself ([`InitPlan::keep`]).
+    /// Everything else the caller had open (a daemon's log, its store, its listening
+    /// sockets) is closed before the child joins or makes any namespace.
+    pub keep_fds: Vec<RawFd>,
 }
 
 impl InitPlan {
@@ -79,6 +84,20 @@ impl InitPlan {
         };
         self.argv_ptrs = ptrs(&self.argv);
         self.envp_ptrs = ptrs(&self.envp);
+    }
+
+    /// Sets [`InitPlan::keep_fds`]: the plan's own descriptors (stdio, namespaces to
+    /// join, the terminal socket) and `extra` (the clone's pipes).
+    pub fn keep(&mut self, extra: &[RawFd]) {
+        let mut fds: Vec<RawFd> = self.stdio.iter().flatten().copied().collect();
+        fds.extend(self.joins.iter().map(|(fd, _)| *fd));
+        fds.extend(self.tty_socket);
+        fds.extend(self.start_gate);
+        fds.extend_from_slice(extra);
+        fds.retain(|fd| *fd > 2);
+        fds.sort_unstable();
+        fds.dedup();
+        self.keep_fds = fds;
     }
 }
 
@@ -123,6 +142,8 @@ pub(crate) enum Step {
     InitFork,
     Fork,
     Tty,
+    Dumpable,
+    Setsid,
     Gate,
 }
 
@@ -164,6 +185,8 @@ const STEPS: &[Step] = &[
     Step::InitFork,
     Step::Fork,
     Step::Tty,
+    Step::Dumpable,
+    Step::Setsid,
     Step::Gate,
 ];
 
@@ -248,7 +271,6 @@ pub(crate) fn describe(plan: &InitPlan, f: &Failure) -> String {
             0 => "open /dev/ptmx for the terminal (process.terminal needs devpts mounted at /dev/pts)".to_string(),
             1 => "unlock the terminal's pty".to_string(),
             2 => "open the terminal's pty slave".to_string(),
-            3 => "start a session for the terminal (setsid)".to_string(),
             4 => "make the pty the controlling terminal".to_string(),
             5 => "make the pty stdin, stdout and stderr".to_string(),
             7 => "give the pty to the process's user".to_string(),
@@ -300,7 +322,7 @@ pub(crate) fn child_main(
     // SAFETY: closing a descriptor number this copy of the process owns.
     unsafe { libc::close(parent_end) };
     reset_signals();
-    let failure = match run(plan, sync_pipe, error_pipe) {
+    let failure = match enter(plan).and_then(|()| run(plan, sync_pipe, error_pipe)) {
         Ok(never) => match never {},
         Err(f) => f,
     };
@@ -311,6 +333,49 @@ pub(crate) fn child_main(
         libc::write(error_pipe, bytes.as_ptr().cast(), bytes.len());
         libc::_exit(127)
     }
+}
+
+/// What every process berth puts into a container does first, before it joins or
+/// makes any namespace (runc's nsexec does the same):
+/// - it becomes non-dumpable: until its execve, nothing in the container without
+///   CAP_SYS_PTRACE can open its `/proc/PID/{exe,fd,mem,environ}` or ptrace it, so
+///   neither the caller's program (CVE-2019-5736) nor the descriptors below can be
+///   reached through it (CVE-2016-9962). execve makes the container's program
+///   dumpable again, as any process is; berth's init as PID 1 never execs and stays
+///   non-dumpable;
+/// - it closes every descriptor of the caller's but the plan's own
+///   ([`InitPlan::keep_fds`]): a daemon's store, log and listening sockets never
+///   enter, even for the instants before the close-on-exec sweep.
+///
+/// The session comes later (`setsid` in the process that execs), so that no caller's
+/// controlling terminal can be reopened as `/dev/tty` inside (berth exec -T).
+fn enter(plan: &InitPlan) -> StepResult {
+    // SAFETY: prctl and close_range with integer arguments; the keep list was
+    // prepared by the parent and is only read.
+    unsafe {
+        check(
+            Step::Dumpable,
+            0,
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) as c_long,
+        )?;
+        let mut next: c_int = 3;
+        for &fd in &plan.keep_fds {
+            if fd > next {
+                check(
+                    Step::CloseFds,
+                    1,
+                    libc::syscall(libc::SYS_close_range, next as u32, (fd - 1) as u32, 0u32),
+                )?;
+            }
+            next = next.max(fd + 1);
+        }
+        check(
+            Step::CloseFds,
+            1,
+            libc::syscall(libc::SYS_close_range, next as u32, u32::MAX, 0u32),
+        )?;
+    }
+    Ok(())
 }
 
 /// The caller's blocked signals and ignored SIGPIPE (Rust ignores it, the shim blocks
@@ -338,6 +403,10 @@ fn run(
     // owns, or on NUL-terminated strings, integer masks and stack buffers prepared by
     // the parent that outlive the call. Nothing allocates.
     unsafe {
+        // A session of its own: no controlling terminal of the caller's (`berth runtime
+        // run` from a shell) can be reopened inside as /dev/tty. With a terminal, the
+        // container's own pty becomes the controlling one (`open_tty`).
+        check(Step::Setsid, 0, libc::setsid() as c_long)?;
         for (i, fd) in plan.stdio.iter().enumerate() {
             if let Some(fd) = fd {
                 check(Step::Stdio, i, libc::dup2(*fd, i as c_int) as c_long)?;
@@ -774,7 +843,7 @@ pub(crate) fn exec_child_main(plan: &InitPlan, fds: ExecFds) -> ! {
     // SAFETY: closing a descriptor this copy of the process owns.
     unsafe { libc::close(fds.parent_end) };
     reset_signals();
-    let failure = match exec_child(plan, fds) {
+    let failure = match enter(plan).and_then(|()| exec_child(plan, fds)) {
         Ok(never) => match never {},
         Err(f) => f,
     };
@@ -815,6 +884,8 @@ fn exec_child(plan: &InitPlan, fds: ExecFds) -> Result<std::convert::Infallible,
             libc::_exit(0)
         }
         libc::close(fds.pid_pipe);
+        // A session of its own, as the init's: never the caller's terminal.
+        check(Step::Setsid, 0, libc::setsid() as c_long)?;
         if let Some(socket) = plan.tty_socket {
             open_tty(socket, plan.uid, plan.gid)?;
         } else {
@@ -838,8 +909,8 @@ fn exec_child(plan: &InitPlan, fds: ExecFds) -> Result<std::convert::Infallible,
 }
 
 /// Opens a pty in the container's own /dev/pts (so `tty` names a device the
-/// container can see), makes its slave our controlling terminal and stdio, and sends
-/// the master to the caller over `socket` (SCM_RIGHTS).
+/// container can see), makes its slave our (a session leader's) controlling terminal
+/// and stdio, and sends the master to the caller over `socket` (SCM_RIGHTS).
 fn open_tty(socket: RawFd, uid: libc::uid_t, gid: libc::gid_t) -> StepResult {
     // SAFETY: open/ioctl/setsid/dup2/sendmsg over our own descriptors; the message
     // header, iovec and control buffer live on this stack frame for the call.
@@ -860,7 +931,7 @@ fn open_tty(socket: RawFd, uid: libc::uid_t, gid: libc::gid_t) -> StepResult {
         // The terminal belongs to the process's user, as a login's does: programs that
         // reopen it by name (ssh, gpg, script) need that (runc's fixStdioPermissions).
         check(Step::Tty, 7, libc::fchown(slave, uid, gid) as c_long)?;
-        check(Step::Tty, 3, libc::setsid() as c_long)?;
+        // The caller has made us a session leader (Step::Setsid) without a terminal.
         check(
             Step::Tty,
             4,

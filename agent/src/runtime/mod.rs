@@ -35,8 +35,10 @@ pub(crate) mod exec;
 mod init;
 mod mounts;
 pub mod namespaces;
+mod oom;
 mod process;
 pub mod rlimits;
+pub mod sealed;
 pub mod seccomp;
 pub mod spec;
 #[cfg(target_arch = "x86_64")]
@@ -49,6 +51,7 @@ pub use exec::{
     exec, relay, relay_stdio, set_window_size, window_size, ExecOptions, ExecProcess, ExecTarget,
     WindowSize,
 };
+pub use oom::{protect_from_oom, DAEMON_OOM_SCORE_ADJ, SHIM_OOM_SCORE_ADJ};
 pub use process::{
     cgroup_of, check_id, remove_cgroup, run, spawn, start_gated, sysctl_namespace, Container,
     ExitReport, RunOptions, SignalForwarding, Stdio, SysctlNamespace, INIT_ANNOTATION,

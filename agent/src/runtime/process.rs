@@ -215,6 +215,7 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
 
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    plan.keep(&[sync_r.as_raw_fd(), err_w.as_raw_fd()]);
     // A stack for the child; clone without CLONE_VM gives it a private copy of the
     // whole address space, this buffer included.
     let mut stack = vec![0u8; 1 << 20];
@@ -633,7 +634,16 @@ pub(crate) fn plan_process(
         sysctls: Vec::new(),
         masked: Vec::new(),
         readonly: Vec::new(),
-        oom_score_adj: process.oom_score_adj().map(|a| a.to_string().into_bytes()),
+        // The spec's score, else Docker's 0: never the caller's own, which the daemon
+        // and the shims lower so that the OOM killer takes containers first
+        // (`protect_from_oom`), and which a container must not inherit.
+        oom_score_adj: Some(
+            process
+                .oom_score_adj()
+                .unwrap_or(0)
+                .to_string()
+                .into_bytes(),
+        ),
         rlimits: rlimits::plan(process.rlimits().as_deref().unwrap_or_default())?,
         umask: user.umask(),
         no_new_privs: process.no_new_privileges().unwrap_or(false),
@@ -653,6 +663,7 @@ pub(crate) fn plan_process(
         own_args: None,
         tty_socket: None,
         start_gate: None,
+        keep_fds: Vec::new(),
     })
 }
 

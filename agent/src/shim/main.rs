@@ -1,6 +1,12 @@
 //! `berth-shim DIR`: the per-container shim as its own small program (see
 //! `agent::shim`). `create` runs it with the container's state directory and the
 //! readiness pipe as its stdout; it detaches at once and this process exits.
+//!
+//! `berth-shim --exec STATE`: the exec helper (see `agent::shim::exec`), with its
+//! control socket as stdin.
+//!
+//! Both enter containers, so both first make sure they run from a sealed copy of
+//! this program (`agent::runtime::sealed`).
 
 use std::process::ExitCode;
 
@@ -10,12 +16,19 @@ fn main() -> ExitCode {
         println!("{}", agent::BUILD_ID);
         return ExitCode::SUCCESS;
     }
-    let [dir] = args.as_slice() else {
-        eprintln!(
-            "usage: berth-shim CONTAINER-STATE-DIR (started by berth, with a pipe as stdout)"
-        );
-        return ExitCode::from(2);
+    if let Err(e) = agent::runtime::sealed::reexec_sealed() {
+        eprintln!("berth-shim: {e}");
+        return ExitCode::from(1);
+    }
+    let code = match args.as_slice() {
+        [dir] => agent::shim::shim_main(std::path::Path::new(dir)),
+        [flag, state] if flag == "--exec" => agent::shim::helper_main(std::path::Path::new(state)),
+        _ => {
+            eprintln!(
+                "usage: berth-shim CONTAINER-STATE-DIR | --exec STATE (started by berth, with a pipe or socket as stdin/stdout)"
+            );
+            return ExitCode::from(2);
+        }
     };
-    let code = agent::shim::shim_main(std::path::Path::new(dir));
     ExitCode::from(code.clamp(0, 255) as u8)
 }

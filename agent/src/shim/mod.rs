@@ -54,6 +54,7 @@
 //! [`crate::runtime::exec`]; the shim is not involved.
 
 pub mod attach;
+mod enter;
 mod log;
 pub mod oci;
 mod serve;
@@ -65,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use enter::{exec, helper_main, ExecRequest, ExecSession, ExecStdio};
 pub use log::{format_rfc3339, LogEntry, Stream};
 pub use serve::main as shim_main;
 
@@ -115,11 +117,50 @@ impl ShimError {
 }
 
 /// The program that becomes the shim: `program args... <container dir>`, with the
-/// readiness pipe as its stdout.
+/// readiness pipe as its stdout; and the exec helper: `program args... --exec <state>`
+/// (see `enter.rs`).
+///
+/// Both enter containers, so both run from a sealed copy of the program
+/// ([`crate::runtime::sealed`]): [`ShimProgram::sealed`] makes one copy that every
+/// shim and helper started from this value shares; a shim started from the plain
+/// file seals a copy of itself before it does anything else.
 #[derive(Debug, Clone)]
 pub struct ShimProgram {
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    sealed: Option<crate::runtime::sealed::SealedProgram>,
+}
+
+impl ShimProgram {
+    pub fn new(program: impl Into<PathBuf>, args: Vec<OsString>) -> ShimProgram {
+        ShimProgram {
+            program: program.into(),
+            args,
+            sealed: None,
+        }
+    }
+
+    /// The same program, started from now on from one sealed copy of it.
+    pub fn sealed(mut self) -> Result<ShimProgram, ShimError> {
+        self.sealed = Some(crate::runtime::sealed::SealedProgram::copy(&self.program)?);
+        Ok(self)
+    }
+
+    /// `program args...`, from the sealed copy when there is one (its argv[0] still
+    /// names the program, for `ps`).
+    pub(crate) fn command(&self) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = match &self.sealed {
+            Some(sealed) => {
+                let mut cmd = std::process::Command::new(sealed.path());
+                cmd.arg0(&self.program);
+                cmd
+            }
+            None => std::process::Command::new(&self.program),
+        };
+        cmd.args(&self.args);
+        cmd
+    }
 }
 
 /// How to create a container.
@@ -401,9 +442,8 @@ fn start_shim(
         .map_err(|e| ShimError::io("create a pipe", e.into()))?;
     // The readiness pipe is the shim's stdout: no `pre_exec`, so std spawns it with
     // posix_spawn rather than a fork of this (large, multi-threaded) process.
-    let mut cmd = std::process::Command::new(&opts.shim.program);
-    cmd.args(&opts.shim.args)
-        .arg(dir)
+    let mut cmd = opts.shim.command();
+    cmd.arg(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::from(ready_w))
         .stderr(std::process::Stdio::null());
@@ -627,11 +667,14 @@ pub fn delete(state: &Path, id: &str) -> Result<(), ShimError> {
     std::fs::remove_dir_all(&dir).map_err(|e| ShimError::io(format!("remove {}", dir.display()), e))
 }
 
-/// Starts a process in running container `id` (`berth runtime exec`): `user` is
+/// Starts a process in running container `id` from this very process: `user` is
 /// Docker's `USER[:GROUP]` (names resolved in the container's own /etc/passwd and
 /// /etc/group), the rest as in [`crate::runtime::ExecOptions`]. The process is the
 /// caller's child: wait for it with [`crate::runtime::ExecProcess::wait`].
-pub fn exec(
+///
+/// Only the exec helper calls this (see `enter.rs`): everyone else goes through
+/// [`exec`], so that nothing of theirs enters the container.
+pub(crate) fn exec_here(
     state: &Path,
     id: &str,
     user: Option<&str>,

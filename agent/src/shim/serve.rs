@@ -93,6 +93,9 @@ pub fn main(dir: &Path) -> i32 {
     }
     let _ = std::env::set_current_dir("/");
     leave_callers_cgroup();
+    // Best effort (it needs CAP_SYS_RESOURCE): the OOM killer takes the container, whose
+    // own score the runtime sets, before its shim.
+    let _ = runtime::protect_from_oom(runtime::SHIM_OOM_SCORE_ADJ);
     let code = serve(dir, &config, &mut ready);
     // SAFETY: the daemon is done; _exit skips nothing it needs.
     unsafe { libc::_exit(code) }

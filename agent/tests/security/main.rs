@@ -7,12 +7,11 @@
 // Helpers are test code: a panic is how they fail (clippy.toml covers #[test] fns only).
 #![allow(clippy::unwrap_used)]
 
+mod cgroup_devices;
+mod cgroup_view;
 mod exe_seal;
 mod exec_fds;
-mod exec_tty;
 mod masked_paths;
-mod proc_writes;
 mod mount_targets;
-mod cgroup_devices;
+mod proc_writes;
 mod seccomp;
-mod cgroup_view;
