@@ -74,10 +74,10 @@ W
 chmod +x "$work/runc-wrapper"
 
 # One test program against one runtime: "<verdict> ok/total". A program passes when it
-# exits 0, printed at least one TAP result, and none is "not ok"; a `*_fail` program
-# (a config the runtime must refuse) passes when it exits 0 having printed no result
-# ("pass" with 0/0: the runtime refused); any other program with no result at all is
-# "none" (it tested nothing, e.g. hooks a runtime does not run); "timeout" after
+# exits 0, printed at least one TAP result, and none is "not ok"; a `process_*_fail`
+# program (a config the runtime must refuse) passes when it exits 0 having printed no
+# TAP at all ("pass 0/0": the runtime refused it); any other program with no result
+# is "none" (it tested nothing, e.g. hooks a runtime does not run); "timeout" after
 # $TIMEOUT seconds.
 run_one() {
   local runtime="$1" test="$2" log="$3" code=0
@@ -90,10 +90,10 @@ run_one() {
   if [ "$code" = 0 ] && [ "$notok" = 0 ] && [ "$ok" -gt 0 ]; then
     verdict=pass
   elif [ "$code" = 0 ] && [ "$notok" = 0 ] && [ "$ok" = 0 ]; then
-    case "$test" in
-      *_fail) verdict=pass ;;
-      *) verdict=none ;;
-    esac
+    verdict=none
+    if [[ $test == *_fail ]] && ! grep -q '^TAP version' "$log"; then
+      verdict=pass
+    fi
   fi
   [ "$code" = 124 ] && verdict=timeout
   echo "$verdict $ok/$((ok + notok))"
@@ -101,7 +101,7 @@ run_one() {
 
 printf '| %-36s | %-14s | %-14s |\n' test runc berth
 printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..38})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..16})"
-runc_pass=0 berth_pass=0 both=0 berth_only_fail=()
+runc_pass=0 berth_pass=0 berth_only_fail=() runc_only_fail=()
 for t in "${tests[@]}"; do
   r="$(run_one "$work/runc-wrapper" "$t" "$logs/$t.runc.tap")"
   b="$(run_one "$here/berth-oci" "$t" "$logs/$t.berth.tap")"
@@ -109,11 +109,15 @@ for t in "${tests[@]}"; do
   [[ $r == pass* ]] && runc_pass=$((runc_pass + 1))
   [[ $b == pass* ]] && berth_pass=$((berth_pass + 1))
   if [[ $r == pass* ]] && [[ $b != pass* ]]; then berth_only_fail+=("$t"); fi
+  if [[ $b == pass* ]] && [[ $r != pass* ]]; then runc_only_fail+=("$t"); fi
 done
 echo
 echo "runc passes ${runc_pass}/${#tests[@]}, berth passes ${berth_pass}/${#tests[@]}"
 if [ ${#berth_only_fail[@]} -gt 0 ]; then
   echo "runc passes, berth fails: ${berth_only_fail[*]}"
+fi
+if [ ${#runc_only_fail[@]} -gt 0 ]; then
+  echo "berth passes, runc fails: ${runc_only_fail[*]}"
 fi
 [ -n "${KEEP_LOGS:-}" ] && echo "TAP logs: $logs"
 exit 0

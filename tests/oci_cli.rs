@@ -227,7 +227,7 @@ fn created_containers_can_be_killed_and_force_deleted() {
 }
 
 #[test]
-fn runc_global_flags_are_accepted_and_create_refuses_unknown_ids() {
+fn runc_global_flags_are_accepted_and_unknown_ids_are_errors() {
     let c = Oci::new("oci-flags", "true");
     let log = c.root.path().join("log.json");
     let out = c.run(&[
@@ -245,6 +245,11 @@ fn runc_global_flags_are_accepted_and_create_refuses_unknown_ids() {
         text(&out.stderr)
     );
     let out = c.run(&["start", "no-such-container"]);
+    assert!(!out.status.success());
+    // As runc: a forced delete is how callers clean up, whatever is left.
+    let out = c.run(&["delete", "--force", "no-such-container"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = c.run(&["delete", "no-such-container"]);
     assert!(!out.status.success());
 }
 

@@ -786,9 +786,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("rootfs");
         std::fs::create_dir(&rootfs).unwrap();
-        let plan_with = |prop: &str| {
-            plan(dir.path(), &rootfs, &[], &[], Some(prop), false, None).unwrap()
-        };
+        let plan_with =
+            |prop: &str| plan(dir.path(), &rootfs, &[], &[], Some(prop), false, None).unwrap();
         let p = plan_with("rshared");
         assert_eq!(p.root_propagation, libc::MS_SLAVE | libc::MS_REC);
         assert_eq!(p.shared_root, Some(libc::MS_SHARED | libc::MS_REC));

@@ -184,6 +184,15 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let ns = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default())?;
     let joins = namespaces::open_joins(&ns)?;
     let mut plan = plan_init(bundle, &ns, &hierarchy, opts)?;
+    // In a new user namespace the init cannot write its own oom_score_adj: it is not
+    // dumpable, so its /proc files belong to the host's root, not to the namespace's.
+    // The parent writes it instead, before the init goes on (runc's nsexec does it
+    // before the user namespace too).
+    let oom_score_adj = if ns.user {
+        plan.oom_score_adj.take()
+    } else {
+        None
+    };
     plan.joins = joins.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
     let process = spec.process().clone().unwrap_or_default();
     // With a terminal, the init opens a pty in the container's own /dev/pts once its
@@ -258,6 +267,10 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
         writer
     });
 
+    if let Some(adj) = &oom_score_adj {
+        let path = format!("/proc/{pid}/oom_score_adj");
+        std::fs::write(&path, adj).map_err(|e| RuntimeError::io(path, e))?;
+    }
     if ns.user {
         write_id_maps(pid, &linux)?;
     }

@@ -82,10 +82,12 @@ pub fn start(state_dir: &Path, id: &str) -> Result<ContainerState, ShimError> {
 }
 
 /// `delete --force`: kills a `created` or `running` container (SIGKILL, and waits for
-/// it to stop), then deletes it.
+/// it to stop), then deletes it. A container that does not exist is no error (runc's
+/// behaviour: callers clean up with it unconditionally).
 pub fn delete_force(state_dir: &Path, id: &str) -> Result<(), ShimError> {
     match super::kill(state_dir, id, libc::SIGKILL) {
         Ok(()) | Err(ShimError::NotRunning { .. }) => {}
+        Err(ShimError::NotFound { .. }) => return Ok(()),
         Err(e) => return Err(e),
     }
     super::wait(state_dir, id, Some(Duration::from_secs(10)))?;
