@@ -253,6 +253,76 @@ fn runc_global_flags_are_accepted_and_unknown_ids_are_errors() {
     assert!(!out.status.success());
 }
 
+/// Receives one descriptor sent with SCM_RIGHTS on `stream` (what containerd's
+/// console socket does with runc's).
+fn receive_fd(stream: &std::os::unix::net::UnixStream) -> std::fs::File {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut byte = [0u8; 64];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: recvmsg into buffers on this stack frame; the control message is read
+    // only within the length the kernel reports.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        assert!(libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) > 0);
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS);
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+        std::fs::File::from_raw_fd(fd)
+    }
+}
+
+/// A config with `process.terminal` needs `--console-socket`: the terminal's master
+/// goes there, and the container's program runs on its slave once started.
+#[test]
+fn a_terminal_goes_to_the_console_socket() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let c = Oci::new("oci-tty", "echo on-tty; tty; exec sleep 1000");
+    let config = c.bundle.path().join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    spec["process"]["terminal"] = true.into();
+    std::fs::write(&config, spec.to_string()).unwrap();
+
+    let (ok, said) = c.create(&c.root.path().join("stdio"), &[]);
+    assert!(!ok && said.contains("--console-socket"), "{said}");
+
+    let socket = c.root.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let (ok, said) = c.create(
+        &c.root.path().join("stdio"),
+        &["--console-socket", socket.to_str().unwrap()],
+    );
+    assert!(ok, "{said}");
+    let (conn, _) = listener.accept().unwrap();
+    let mut master = receive_fd(&conn);
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    assert_eq!(c.state()["status"], "created");
+
+    let out = c.run(&["start", &c.id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("/dev/pts/") {
+        assert!(start.elapsed() < DEADLINE, "{:?}", text(&seen));
+        let mut buf = [0u8; 256];
+        match master.read(&mut buf) {
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    assert!(text(&seen).contains("on-tty"), "{:?}", text(&seen));
+}
+
 /// `berth runtime list` on a state directory the daemon also uses: its container
 /// directories hold an OCI bundle's config.json, not a shim's; they are not listed
 /// (they used to fail the whole list with "config.json: missing field id").

@@ -80,7 +80,7 @@ pub struct CreateArgs {
     /// Write the container's pid (as seen from the host) to this file
     #[arg(long = "pid-file", value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    /// A socket to send a terminal's master to (process.terminal; not supported yet)
+    /// With process.terminal: the unix socket to send the terminal's master to
     #[arg(long = "console-socket", value_name = "PATH")]
     console_socket: Option<PathBuf>,
     /// Accepted for runc's callers and ignored
@@ -327,14 +327,20 @@ fn oci_create(state_dir: &Path, args: &CreateArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    if terminal || args.console_socket.is_some() {
-        anyhow::bail!(
-            "container {}: process.terminal with --console-socket is not supported by create yet; use `berth runtime run` for a terminal",
+    match (terminal, &args.console_socket) {
+        (true, None) => anyhow::bail!(
+            "container {}: process.terminal needs --console-socket PATH (a unix socket to receive the terminal on), or `berth runtime run` for a terminal here",
             args.id
-        );
+        ),
+        (false, Some(_)) => anyhow::bail!(
+            "container {}: --console-socket needs process.terminal: true in config.json",
+            args.id
+        ),
+        _ => {}
     }
     let opts = shim::CreateOptions {
         oci: true,
+        console_socket: args.console_socket.clone(),
         ..shim::CreateOptions::new(shim_program()?)
     };
     let s = shim::create(state_dir, &args.bundle, &args.id, &opts)?;

@@ -182,6 +182,9 @@ pub struct CreateOptions {
     /// is the caller's own, passed through (no log), and its process waits before
     /// execve until [`start`]; [`Status::Created`] until then. See [`oci`].
     pub oci: bool,
+    /// With `oci` and a spec asking for a terminal: the unix socket to send the
+    /// terminal's master to (runc's `--console-socket`), instead of the shim keeping it.
+    pub console_socket: Option<PathBuf>,
 }
 
 impl CreateOptions {
@@ -193,6 +196,7 @@ impl CreateOptions {
             stdin: false,
             stdin_once: false,
             oci: false,
+            console_socket: None,
         }
     }
 }
@@ -218,6 +222,9 @@ pub(crate) struct ShimConfig {
     /// stdout is the readiness pipe until it answered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout_fd: Option<i32>,
+    /// With `oci`: where the terminal's master goes ([`CreateOptions::console_socket`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_socket: Option<PathBuf>,
 }
 
 /// With [`CreateOptions::oci`]: the fifo in the container's directory on which its
@@ -435,6 +442,7 @@ fn start_shim(
             stdin_once: opts.stdin_once,
             oci: opts.oci,
             stdout_fd: passed_stdout.as_ref().map(|f| f.as_raw_fd()),
+            console_socket: opts.console_socket.clone(),
         },
     )?;
 

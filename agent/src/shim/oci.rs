@@ -63,6 +63,27 @@ pub(crate) fn release_stdio() {
     }
 }
 
+/// Sends a terminal's master to the unix socket at `path` (runc's `--console-socket`
+/// protocol: one SCM_RIGHTS message whose bytes name the file), then closes ours.
+pub(crate) fn send_console(path: &Path, master: std::fs::File) -> Result<(), String> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| format!("connect to the console socket {}: {e}", path.display()))?;
+    let fds = [master.as_raw_fd()];
+    let name = b"/dev/ptmx";
+    let iov = [std::io::IoSlice::new(name)];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("send the terminal to {}: {e}", path.display()))?;
+    Ok(())
+}
+
 /// Starts the program of a `created` container. An error if it is not `created`
 /// (never created with the OCI lifecycle, started already, or stopped).
 pub fn start(state_dir: &Path, id: &str) -> Result<ContainerState, ShimError> {

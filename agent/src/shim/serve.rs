@@ -251,7 +251,15 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
     let stdin = (config.stdin && !terminal).then(|| File::from(in_w));
     let (mut container, console) = match started {
         Ok((mut c, cgroup)) => {
-            let console = c.take_console().map(File::from);
+            let mut console = c.take_console().map(File::from);
+            // The OCI lifecycle hands the terminal to whoever asked for it.
+            if let (true, Some(path)) = (config.oci, config.console_socket.as_ref()) {
+                if let Some(master) = console.take() {
+                    if let Err(e) = super::oci::send_console(path, master) {
+                        return fail(&mut state, ready, e);
+                    }
+                }
+            }
             state.status = if config.oci {
                 Status::Created
             } else {
