@@ -540,7 +540,6 @@ pub fn state(state: &Path, id: &str) -> Result<ContainerState, ShimError> {
     };
     // An OCI container is `created` until `start` removed its fifo.
     if s.status == Status::Created
-        && s.pid.is_some()
         && !dir.join(START_FIFO).exists()
         && s.pid.is_some_and(|p| alive(p, s.pid_start))
     {
