@@ -110,7 +110,15 @@ fn the_container_sees_only_its_own_processes_hostname_and_mounts() {
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter(|p| p.starts_with('/'))
         .collect();
-    for host_only in ["/sys/fs/cgroup", "/work", "/boot", "/run"] {
+    // /sys/fs/cgroup is the container's own cgroup (tests/security/cgroup_view.rs
+    // checks that no other is visible), not the host's hierarchy.
+    assert!(
+        !mount_points
+            .iter()
+            .any(|p| p.starts_with("/sys/fs/cgroup/unified")),
+        "the host's cgroup hierarchy is visible:\n{out}"
+    );
+    for host_only in ["/work", "/boot", "/run"] {
         assert!(
             !mount_points.iter().any(|p| p.starts_with(host_only)),
             "{host_only} visible:\n{out}"

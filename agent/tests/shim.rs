@@ -609,3 +609,36 @@ fn a_container_gets_its_own_oom_score_never_its_shims() {
         assert_eq!(shim_score, 300);
     }
 }
+
+/// The shim's own work (the container's log) is accounted and bounded: it runs in a
+/// cgroup of its own, `berth-shim/<id>`, with half a CPU, and that cgroup goes when
+/// the container does.
+#[test]
+fn the_shim_runs_in_a_cpu_limited_cgroup_of_its_own() {
+    let c = TestContainer::new("shimcpu", "while :; do echo flood-flood-flood; done");
+    let s = c.create();
+    let _guard = testkit::CgroupGuard(format!("berth-shim/{}", c.id));
+    let cpu = Path::new("/sys/fs/cgroup/cpu/berth-shim").join(&c.id);
+    let (procs, quota) = if cpu.is_dir() {
+        (cpu.join("cgroup.procs"), cpu.join("cpu.cfs_quota_us"))
+    } else {
+        let v2 = Path::new("/sys/fs/cgroup/berth-shim").join(&c.id);
+        (v2.join("cgroup.procs"), v2.join("cpu.max"))
+    };
+    let members = std::fs::read_to_string(&procs).unwrap();
+    assert!(
+        members.lines().any(|l| l == s.shim_pid.to_string()),
+        "shim {} not in {}: {members}",
+        s.shim_pid,
+        procs.display()
+    );
+    // The container is not in it.
+    assert!(!members
+        .lines()
+        .any(|l| Some(l) == s.pid.map(|p| p.to_string()).as_deref()));
+    let quota = std::fs::read_to_string(&quota).unwrap();
+    assert!(quota.starts_with("50000"), "{quota}");
+    shim::kill(c.state(), &c.id, libc::SIGKILL).unwrap();
+    c.wait();
+    wait_until("the shim's cgroup to go", || !procs.exists());
+}

@@ -157,11 +157,10 @@ pub fn bundle_for(
         }
     }
     if service.privileged {
-        // Docker's privileged /sys is writable.
-        for m in all
-            .iter_mut()
-            .filter(|m| m.destination() == Path::new("/sys"))
-        {
+        // Docker's privileged /sys is writable, and so is its cgroup.
+        for m in all.iter_mut().filter(|m| {
+            m.destination() == Path::new("/sys") || m.destination() == Path::new("/sys/fs/cgroup")
+        }) {
             let opts = m.options().clone().unwrap_or_default();
             m.set_options(Some(opts.into_iter().filter(|o| o != "ro").collect()));
         }

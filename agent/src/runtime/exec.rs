@@ -171,9 +171,10 @@ pub fn exec(
     plan.kill_with_parent = opts.kill_with_parent;
 
     let tty = match opts.tty {
-        Some(_) => {
+        Some(size) => {
             let (parent, child) = console_socket_pair()?;
             plan.tty_socket = Some(child.as_raw_fd());
+            plan.tty_size = (size.rows, size.cols);
             Some((parent, child))
         }
         None => None,

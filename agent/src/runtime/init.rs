@@ -11,7 +11,7 @@ use libc::{c_int, c_long};
 use seccompiler::BpfProgram;
 
 use super::caps::CapMasks;
-use super::mounts::{self, errno, RootfsPlan};
+use super::mounts::{self, errno, MaskError, ProcError, RootfsPlan};
 use super::rlimits::Rlimit;
 
 /// Everything the child needs, prepared by the parent.
@@ -27,7 +27,7 @@ pub(crate) struct InitPlan {
     pub rootfs: RootfsPlan,
     pub hostname: Option<CString>,
     pub domainname: Option<CString>,
-    /// (path under /proc/sys, value)
+    /// (path under /proc: `sys/net/...`, value)
     pub sysctls: Vec<(CString, Vec<u8>)>,
     pub masked: Vec<CString>,
     pub readonly: Vec<CString>,
@@ -66,6 +66,9 @@ pub(crate) struct InitPlan {
     /// The OCI lifecycle's start gate (see [`wait_at_gate`]): the read end of the
     /// container's `exec.fifo`, on which the init waits for `start` before execve.
     pub start_gate: Option<RawFd>,
+    /// The terminal's size (rows, cols), set before the program runs: a program that
+    /// asks at once (`stty size`) must not see 0x0.
+    pub tty_size: (u16, u16),
     /// The only descriptors (beyond 0-2) the child keeps from the caller, sorted: the
     /// ones this plan names, and the pipes of the clone itself ([`InitPlan::keep`]).
     /// Everything else the caller had open (a daemon's log, its store, its listening
@@ -144,6 +147,13 @@ pub(crate) enum Step {
     Tty,
     Dumpable,
     Setsid,
+    /// The container's `/dev/null`, which masked files are bound from, is not the null
+    /// device (CVE-2025-31133).
+    MaskDevNull,
+    /// `/proc` is not the kernel's procfs where a sysctl is written (CVE-2025-52881).
+    SysctlNotProcfs,
+    /// The same, for `oom_score_adj`.
+    OomScoreAdjNotProcfs,
     Gate,
 }
 
@@ -187,6 +197,9 @@ const STEPS: &[Step] = &[
     Step::Tty,
     Step::Dumpable,
     Step::Setsid,
+    Step::MaskDevNull,
+    Step::SysctlNotProcfs,
+    Step::OomScoreAdjNotProcfs,
     Step::Gate,
 ];
 
@@ -229,6 +242,12 @@ pub(crate) fn describe(plan: &InitPlan, f: &Failure) -> String {
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
+    let sysctl = |i: usize| {
+        plan.sysctls
+            .get(i)
+            .map(|s| s.0.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     match step {
         Some(Step::Mount) => {
             let m = plan.rootfs.mounts.get(i);
@@ -242,14 +261,18 @@ pub(crate) fn describe(plan: &InitPlan, f: &Failure) -> String {
                 .map(|d| d.display.as_str())
                 .unwrap_or("?")
         ),
-        Some(Step::Sysctl) => format!(
-            "write sysctl /proc/sys/{}",
-            plan.sysctls
-                .get(i)
-                .map(|s| s.0.to_string_lossy().into_owned())
-                .unwrap_or_default()
+        Some(Step::Sysctl) => format!("write sysctl /proc/{}", sysctl(i)),
+        Some(Step::SysctlNotProcfs) => format!(
+            "write sysctl /proc/{}: refused, it is not a file of the kernel's procfs mounted at /proc (a mount, volume or symlink in the way)",
+            sysctl(i)
         ),
+        Some(Step::OomScoreAdj) => "write /proc/self/oom_score_adj".to_string(),
+        Some(Step::OomScoreAdjNotProcfs) => "write /proc/self/oom_score_adj: refused, it is not a file of the kernel's procfs mounted at /proc (a mount, volume or symlink in the way)".to_string(),
         Some(Step::MaskPath) => format!("mask {}", item(&plan.masked)),
+        Some(Step::MaskDevNull) => format!(
+            "mask {}: refused, the container's /dev/null is not the null device (character device 1:3); it must not be a symlink or another file (CVE-2025-31133)",
+            item(&plan.masked)
+        ),
         Some(Step::ReadonlyPath) => format!("make {} read-only", item(&plan.readonly)),
         Some(Step::Rlimit) => format!("set rlimit {:?}", plan.rlimits.get(i).map(|r| r.resource)),
         Some(Step::Cwd) => format!(
@@ -274,6 +297,7 @@ pub(crate) fn describe(plan: &InitPlan, f: &Failure) -> String {
             4 => "make the pty the controlling terminal".to_string(),
             5 => "make the pty stdin, stdout and stderr".to_string(),
             7 => "give the pty to the process's user".to_string(),
+            8 => "set the terminal's size".to_string(),
             _ => "send the terminal to the runtime".to_string(),
         },
         Some(Step::Gate) => "wait for `start` (the container's exec.fifo was closed: its shim is gone)".to_string(),
@@ -508,25 +532,31 @@ fn run(
             )?;
         }
         // Sysctls before the read-only paths: /proc/sys becomes read-only there.
+        // Only into the kernel's procfs: /proc may be a volume (CVE-2025-52881).
         for (i, (path, value)) in plan.sysctls.iter().enumerate() {
-            let dir = libc::open(
-                c"/proc/sys".as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            );
-            check(Step::Sysctl, i, dir as c_long)?;
-            let fd = libc::openat(
-                dir,
-                path.as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            );
-            libc::close(dir);
-            check(Step::Sysctl, i, fd as c_long)?;
+            let fd = mounts::open_proc_file(path, true).map_err(|e| match e {
+                ProcError::NotProcfs(e) => fail(Step::SysctlNotProcfs, i, e),
+                ProcError::Open(e) => fail(Step::Sysctl, i, e),
+            })?;
             let n = libc::write(fd, value.as_ptr().cast(), value.len());
             libc::close(fd);
             check(Step::Sysctl, i, n as c_long)?;
         }
+        let mut dev_null = -1;
         for (i, p) in plan.masked.iter().enumerate() {
-            mounts::mask_path(p).map_err(at(Step::MaskPath, i))?;
+            let masked = mounts::mask_path(p, &mut dev_null);
+            if let Err(e) = masked {
+                if dev_null >= 0 {
+                    libc::close(dev_null);
+                }
+                return Err(match e {
+                    MaskError::DevNull(e) => fail(Step::MaskDevNull, i, e),
+                    MaskError::Mount(e) => fail(Step::MaskPath, i, e),
+                });
+            }
+        }
+        if dev_null >= 0 {
+            libc::close(dev_null);
         }
         for (i, p) in plan.readonly.iter().enumerate() {
             mounts::readonly_path(p).map_err(at(Step::ReadonlyPath, i))?;
@@ -543,7 +573,7 @@ fn run(
         }
         // A terminal from the container's own /dev/pts, mounted by now.
         if let Some(socket) = plan.tty_socket {
-            open_tty(socket, plan.uid, plan.gid)?;
+            open_tty(socket, plan.uid, plan.gid, plan.tty_size)?;
         }
     }
     finish(plan, sync_pipe, error_pipe)
@@ -560,11 +590,11 @@ pub(crate) fn finish(
     // SAFETY: as in `run`: system calls over data prepared by the parent.
     unsafe {
         if let Some(adj) = &plan.oom_score_adj {
-            let fd = libc::open(
-                c"/proc/self/oom_score_adj".as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC,
-            );
-            check(Step::OomScoreAdj, 0, fd as c_long)?;
+            // Only into the kernel's procfs: /proc may be a volume (CVE-2025-52881).
+            let fd = mounts::open_proc_file(c"self/oom_score_adj", false).map_err(|e| match e {
+                ProcError::NotProcfs(e) => fail(Step::OomScoreAdjNotProcfs, 0, e),
+                ProcError::Open(e) => fail(Step::OomScoreAdj, 0, e),
+            })?;
             let n = libc::write(fd, adj.as_ptr().cast(), adj.len());
             libc::close(fd);
             check(Step::OomScoreAdj, 0, n as c_long)?;
@@ -887,7 +917,7 @@ fn exec_child(plan: &InitPlan, fds: ExecFds) -> Result<std::convert::Infallible,
         // A session of its own, as the init's: never the caller's terminal.
         check(Step::Setsid, 0, libc::setsid() as c_long)?;
         if let Some(socket) = plan.tty_socket {
-            open_tty(socket, plan.uid, plan.gid)?;
+            open_tty(socket, plan.uid, plan.gid, plan.tty_size)?;
         } else {
             for (i, fd) in plan.stdio.iter().enumerate() {
                 if let Some(fd) = fd {
@@ -911,7 +941,12 @@ fn exec_child(plan: &InitPlan, fds: ExecFds) -> Result<std::convert::Infallible,
 /// Opens a pty in the container's own /dev/pts (so `tty` names a device the
 /// container can see), makes its slave our (a session leader's) controlling terminal
 /// and stdio, and sends the master to the caller over `socket` (SCM_RIGHTS).
-fn open_tty(socket: RawFd, uid: libc::uid_t, gid: libc::gid_t) -> StepResult {
+fn open_tty(
+    socket: RawFd,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    (rows, cols): (u16, u16),
+) -> StepResult {
     // SAFETY: open/ioctl/setsid/dup2/sendmsg over our own descriptors; the message
     // header, iovec and control buffer live on this stack frame for the call.
     unsafe {
@@ -931,6 +966,17 @@ fn open_tty(socket: RawFd, uid: libc::uid_t, gid: libc::gid_t) -> StepResult {
         // The terminal belongs to the process's user, as a login's does: programs that
         // reopen it by name (ssh, gpg, script) need that (runc's fixStdioPermissions).
         check(Step::Tty, 7, libc::fchown(slave, uid, gid) as c_long)?;
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        check(
+            Step::Tty,
+            8,
+            libc::ioctl(slave, libc::TIOCSWINSZ, &size) as c_long,
+        )?;
         // The caller has made us a session leader (Step::Setsid) without a terminal.
         check(
             Step::Tty,

@@ -2,23 +2,34 @@
 //! paths split into components, everything a C string) and carried out in the child,
 //! before and after `pivot_root`.
 //!
-//! Every mount destination is resolved inside the root filesystem with
+//! Every mount destination is resolved once, inside the root filesystem, with
 //! `openat2(RESOLVE_IN_ROOT)`: a symlink in the image (`/data -> /etc`) resolves to the
-//! image's `/etc`, never the host's. Missing directories are created one component at a
-//! time the same way, and the mount is made onto the resolved file descriptor through
-//! `/proc/self/fd/N`, so nothing can swap the path between the check and the mount.
+//! image's `/etc`, never the host's (CVE-2021-30465). Missing directories are created
+//! one component at a time the same way. The mount itself is made with the kernel's
+//! mount API (5.12+): a detached mount is created (`fsopen`/`fsmount` for a new
+//! filesystem, `open_tree` for a bind), given its attributes and propagation while
+//! still detached (`mount_setattr`), and only then attached onto the resolved
+//! descriptor (`move_mount`). There is no second lookup of the destination (a bind's
+//! read-only remount used to resolve it again) and no `/proc/self/fd/N` path, which
+//! after `pivot_root` would go through the container's own, replaceable, `/proc`.
+//!
+//! After `pivot_root`, masking binds the null device by descriptor, opened once and
+//! checked to be the character device 1:3 (an image's `dev/null` symlink to a host
+//! file would otherwise turn every masked path into a writable bind of that file:
+//! CVE-2025-31133); writes under `/proc` go through [`open_proc_file`], which checks
+//! that it is the kernel's procfs (CVE-2025-52881's pattern).
 //!
 //! Functions marked "child" run between clone and execve: system calls over prepared
 //! data only (see the module doc of `runtime`).
 
 use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component as PathComponent, Path};
+use std::path::{Component as PathComponent, Path, PathBuf};
 
 use libc::{c_int, c_ulong};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount};
 
-use super::cgroups::Hierarchy;
+use super::cgroups::{v1, Hierarchy};
 use super::RuntimeError;
 
 /// One component of a destination: the path from the root up to and including it,
@@ -93,16 +104,56 @@ pub(crate) struct MountOp {
     pub dest: Dest,
     /// The destination is a file (a bind mount of a file), not a directory.
     pub file: bool,
-    pub source: Option<CString>,
-    pub fstype: Option<CString>,
-    pub flags: c_ulong,
-    pub data: Option<CString>,
-    /// For bind mounts with flags: the remount that applies them (a bind ignores them).
-    pub remount: Option<c_ulong>,
-    /// MS_PRIVATE, MS_SLAVE... (with MS_REC), applied after the mount.
-    pub propagation: c_ulong,
+    pub kind: MountKind,
+    /// `MOUNT_ATTR_*` set on the new mount before it is attached (read-only, nosuid,
+    /// nodev, noexec, atime), and those cleared (the atime mask when one is chosen).
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    /// MS_PRIVATE, MS_SLAVE... (without MS_REC), applied before it is attached.
+    pub propagation: u64,
+    pub propagation_recursive: bool,
 }
 
+/// How the mount is made.
+#[derive(Debug)]
+pub(crate) enum MountKind {
+    /// A new filesystem: `fsopen(fstype)`, one `fsconfig` per option (the data string
+    /// of mount(2), split at commas, and the superblock flags), `fsmount`.
+    Fs {
+        fstype: CString,
+        source: Option<CString>,
+        options: Vec<FsOption>,
+    },
+    /// A bind of a host path (resolved before `pivot_root`): `open_tree` clone,
+    /// recursive for `rbind`.
+    Bind { source: CString, recursive: bool },
+    /// The container's cgroups on a v1 host, as runc shows them: a tmpfs with the
+    /// container's own cgroup directory of each controller bound into it, as
+    /// (controller, host directory); read-only when the mount is.
+    CgroupV1 {
+        controllers: Vec<(CString, CString)>,
+        /// The tmpfs's options (`mode=755`, as runc's).
+        tmpfs: Vec<FsOption>,
+    },
+}
+
+/// One `fsconfig` call: `key=value` (FSCONFIG_SET_STRING) or a bare `key`
+/// (FSCONFIG_SET_FLAG), as mount(2) splits its data string.
+#[derive(Debug)]
+pub(crate) struct FsOption {
+    pub key: CString,
+    pub value: Option<CString>,
+}
+
+/// Where the container's cgroups are, for a `cgroup` mount.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CgroupView<'a> {
+    pub hierarchy: &'a Hierarchy,
+    /// The container's cgroup, relative to the hierarchy's root(s).
+    pub rel: &'a Path,
+    /// The container has a cgroup namespace of its own.
+    pub namespace: bool,
+}
 /// A device node from `linux.devices`.
 #[derive(Debug)]
 pub(crate) struct DeviceNode {
@@ -216,6 +267,106 @@ pub(crate) fn propagation_flags(mode: &str) -> Result<c_ulong, RuntimeError> {
     Ok(flag | rec)
 }
 
+/// The `MOUNT_ATTR_*` to set and clear for mount(2) flags.
+pub(crate) fn mount_attrs(flags: c_ulong) -> (u64, u64) {
+    let mut set = 0;
+    let mut clr = 0;
+    for (ms, attr) in [
+        (libc::MS_RDONLY, libc::MOUNT_ATTR_RDONLY),
+        (libc::MS_NOSUID, libc::MOUNT_ATTR_NOSUID),
+        (libc::MS_NODEV, libc::MOUNT_ATTR_NODEV),
+        (libc::MS_NOEXEC, libc::MOUNT_ATTR_NOEXEC),
+        (libc::MS_NODIRATIME, libc::MOUNT_ATTR_NODIRATIME),
+    ] {
+        if flags & ms != 0 {
+            set |= attr;
+        }
+    }
+    // One atime mode, replacing whatever the mount had (relatime is 0).
+    for (ms, attr) in [
+        (libc::MS_NOATIME, libc::MOUNT_ATTR_NOATIME),
+        (libc::MS_STRICTATIME, libc::MOUNT_ATTR_STRICTATIME),
+        (libc::MS_RELATIME, libc::MOUNT_ATTR_RELATIME),
+    ] {
+        if flags & ms != 0 {
+            set |= attr;
+            clr |= libc::MOUNT_ATTR__ATIME;
+            break;
+        }
+    }
+    (set, clr)
+}
+
+/// The `fsconfig` calls for a new filesystem: mount(2)'s superblock flags, then its
+/// data options.
+fn fs_options(flags: c_ulong, data: &[String]) -> Result<Vec<FsOption>, RuntimeError> {
+    let mut options = Vec::new();
+    for (ms, key) in [
+        (libc::MS_RDONLY, "ro"),
+        (libc::MS_SYNCHRONOUS, "sync"),
+        (libc::MS_DIRSYNC, "dirsync"),
+        (libc::MS_MANDLOCK, "mand"),
+    ] {
+        if flags & ms != 0 {
+            options.push(FsOption {
+                key: cstring(key.as_bytes())?,
+                value: None,
+            });
+        }
+    }
+    for d in data
+        .iter()
+        .flat_map(|d| d.split(','))
+        .filter(|d| !d.is_empty())
+    {
+        let (key, value) = match d.split_once('=') {
+            Some((k, v)) => (k, Some(cstring(v.as_bytes())?)),
+            None => (d, None),
+        };
+        options.push(FsOption {
+            key: cstring(key.as_bytes())?,
+            value,
+        });
+    }
+    Ok(options)
+}
+
+/// How a `cgroup` (or `cgroup2`) mount shows the container its own cgroup: on v2 a
+/// cgroup2 filesystem, whose root is the container's cgroup namespace (or, without
+/// one, a bind of the container's cgroup directory); on v1 a tmpfs with the
+/// container's directory of each controller bound into it (runc's `mountCgroupV1`).
+fn cgroup_kind(display: &str, view: Option<CgroupView>) -> Result<MountKind, RuntimeError> {
+    let Some(view) = view else {
+        return Err(RuntimeError::unsupported(format!(
+            "mount {display}: the cgroup hierarchy is not known"
+        )));
+    };
+    match view.hierarchy {
+        Hierarchy::V2 { .. } if view.namespace => Ok(MountKind::Fs {
+            fstype: c"cgroup2".into(),
+            source: Some(c"cgroup".into()),
+            options: Vec::new(),
+        }),
+        Hierarchy::V2 { root } => Ok(MountKind::Bind {
+            source: cpath(&root.join(view.rel))?,
+            recursive: false,
+        }),
+        Hierarchy::V1 { root } => {
+            let mut controllers = Vec::new();
+            for c in v1::CONTROLLERS {
+                let base: PathBuf = root.join(c);
+                if base.is_dir() {
+                    controllers.push((cstring(c.as_bytes())?, cpath(&base.join(view.rel))?));
+                }
+            }
+            Ok(MountKind::CgroupV1 {
+                controllers,
+                tmpfs: fs_options(0, &["mode=755".to_string()])?,
+            })
+        }
+    }
+}
+
 /// Plans the spec's mounts (and the default devices when /dev is a tmpfs).
 pub(crate) fn plan(
     bundle_dir: &Path,
@@ -224,7 +375,7 @@ pub(crate) fn plan(
     devices: &[LinuxDevice],
     root_propagation: Option<&str>,
     readonly_root: bool,
-    hierarchy: Option<&Hierarchy>,
+    cgroup: Option<CgroupView>,
 ) -> Result<RootfsPlan, RuntimeError> {
     let mut ops = Vec::new();
     let mut dev_tmpfs = false;
@@ -237,59 +388,48 @@ pub(crate) fn plan(
         }
         let (mut flags, propagation, data) =
             parse_options(m.options().as_deref().unwrap_or_default())?;
-        let mut typ = m.typ().clone().unwrap_or_default();
+        let typ = m.typ().clone().unwrap_or_default();
         if typ == "bind" {
             flags |= libc::MS_BIND;
         }
         let bind = flags & libc::MS_BIND != 0;
-        let mut source = m.source().clone();
         let mut file = false;
-        if bind {
-            let src = bundle_dir.join(source.clone().unwrap_or_default());
+        let kind = if bind {
+            let src = bundle_dir.join(m.source().clone().unwrap_or_default());
             let meta = std::fs::metadata(&src).map_err(|e| {
                 RuntimeError::io(format!("mount {display}: source {}", src.display()), e)
             })?;
             file = !meta.is_dir();
-            source = Some(src);
-        } else if typ == "cgroup" || typ == "cgroup2" {
-            match hierarchy {
-                Some(Hierarchy::V2 { .. }) => typ = "cgroup2".into(),
-                // FIXME(i17-oci, temporary): the mounts work of issue 17 gives v1 hosts
-                // the container's own controllers here (as runc does); until it lands,
-                // an empty tmpfs (read-only as the spec asks) lets runc's default bundle
-                // run. Drop this arm when merging that change.
-                Some(Hierarchy::V1 { .. }) => typ = "tmpfs".into(),
-                None => {
-                    return Err(RuntimeError::unsupported(format!(
-                        "mount {display}: mounting cgroups in a container is only supported on cgroup v2 hosts; remove this mount"
-                    )))
-                }
+            MountKind::Bind {
+                source: cpath(&src)?,
+                recursive: flags & libc::MS_REC != 0,
             }
-        }
+        } else if typ == "cgroup" || typ == "cgroup2" {
+            cgroup_kind(&display, cgroup)?
+        } else if typ.is_empty() {
+            return Err(RuntimeError::unsupported(format!(
+                "mount {display}: type is missing (give the filesystem type, or bind)"
+            )));
+        } else {
+            MountKind::Fs {
+                fstype: cstring(typ.as_bytes())?,
+                source: m.source().as_deref().map(cpath).transpose()?,
+                options: fs_options(flags, &data)?,
+            }
+        };
         if !bind && m.destination() == Path::new("/dev") {
             dev_tmpfs = true;
         }
-        // A bind mount ignores every flag but MS_REC; the others need a remount.
-        let extra = flags & !(libc::MS_BIND | libc::MS_REC);
-        let remount = (bind && extra != 0).then_some(libc::MS_BIND | libc::MS_REMOUNT | extra);
+        let (attr_set, attr_clr) = mount_attrs(flags);
         ops.push(MountOp {
             display,
             dest: Dest::new(m.destination())?,
             file,
-            source: source.as_deref().map(cpath).transpose()?,
-            fstype: (!bind && !typ.is_empty())
-                .then(|| cstring(typ.as_bytes()))
-                .transpose()?,
-            flags: if bind {
-                flags & (libc::MS_BIND | libc::MS_REC)
-            } else {
-                flags
-            },
-            data: (!data.is_empty())
-                .then(|| cstring(data.join(",").as_bytes()))
-                .transpose()?,
-            remount,
-            propagation,
+            kind,
+            attr_set,
+            attr_clr,
+            propagation: propagation & !libc::MS_REC,
+            propagation_recursive: propagation & libc::MS_REC != 0,
         });
     }
     let mut dev_symlinks = Vec::new();
@@ -303,12 +443,14 @@ pub(crate) fn plan(
                 display: dest.display().to_string(),
                 dest: Dest::new(&dest)?,
                 file: true,
-                source: Some(cpath(&dest)?),
-                fstype: None,
-                flags: libc::MS_BIND,
-                data: None,
-                remount: None,
+                kind: MountKind::Bind {
+                    source: cpath(&dest)?,
+                    recursive: false,
+                },
+                attr_set: 0,
+                attr_clr: 0,
                 propagation: 0,
+                propagation_recursive: false,
             });
         }
         for (target, name) in DEV_SYMLINKS {
@@ -370,48 +512,38 @@ pub(crate) fn errno() -> c_int {
     nix::errno::Errno::last_raw()
 }
 
-/// Writes `/proc/self/fd/<fd>\0` into `buf` without allocating. Child.
-pub(crate) fn fd_path(fd: c_int, buf: &mut [u8; 32]) -> *const libc::c_char {
-    const PREFIX: &[u8] = b"/proc/self/fd/";
-    buf[..PREFIX.len()].copy_from_slice(PREFIX);
-    let mut digits = [0u8; 12];
-    let mut n = fd.unsigned_abs();
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..len {
-        buf[PREFIX.len() + i] = digits[len - 1 - i];
-    }
-    buf[PREFIX.len() + len] = 0;
-    buf.as_ptr().cast()
-}
-
 /// `openat2(root, path, flags, RESOLVE_IN_ROOT)`. Child.
 pub(crate) fn open_in_root(root: c_int, path: &CStr, flags: c_int) -> Result<c_int, c_int> {
     let mut how: libc::open_how = unsafe_zeroed_open_how();
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `path` is NUL-terminated and `how` is a valid open_how of the size given.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root,
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        Err(errno())
-    } else {
-        Ok(fd as c_int)
+    openat2(root, path, &how)
+}
+
+/// `openat2`, retried while it fails with EAGAIN: with RESOLVE_IN_ROOT or
+/// RESOLVE_BENEATH, a `..` walked while anything on the system was renamed or mounted
+/// makes the kernel give up rather than risk an escape, and asks the caller to retry
+/// (a host busy unpacking images or starting containers does that all the time).
+/// Child.
+fn openat2(dirfd: c_int, path: &CStr, how: &libc::open_how) -> Result<c_int, c_int> {
+    const ATTEMPTS: usize = 4096;
+    let mut result = Err(libc::EAGAIN);
+    for _ in 0..ATTEMPTS {
+        // SAFETY: `path` is NUL-terminated and `how` a valid open_how of the size given.
+        result = fd_or_errno(unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd,
+                path.as_ptr(),
+                how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        });
+        if result != Err(libc::EAGAIN) {
+            break;
+        }
     }
+    result
 }
 
 fn unsafe_zeroed_open_how() -> libc::open_how {
@@ -496,10 +628,6 @@ pub(crate) fn resolve(root: c_int, dest: &Dest, file: bool) -> Result<c_int, c_i
     open_in_root(root, &last.path, libc::O_PATH)
 }
 
-fn ptr(s: &Option<CString>) -> *const libc::c_char {
-    s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
-}
-
 /// `mount(2)`, returning errno on failure. Child.
 pub(crate) fn mount(
     source: *const libc::c_char,
@@ -515,51 +643,228 @@ pub(crate) fn mount(
     Ok(())
 }
 
-/// Makes one mount inside the root. Child.
-pub(crate) fn mount_one(root: c_int, op: &MountOp) -> Result<(), c_int> {
-    let fd = resolve(root, &op.dest, op.file)?;
-    let mut buf = [0u8; 32];
-    let result = mount(
-        ptr(&op.source),
-        fd_path(fd, &mut buf),
-        ptr(&op.fstype),
-        op.flags,
-        ptr(&op.data),
-    );
-    close(fd);
-    result?;
-    if op.remount.is_none() && op.propagation == 0 {
-        return Ok(());
+/// Turns a system call's return into a descriptor or errno. Child.
+fn fd_or_errno(ret: libc::c_long) -> Result<c_int, c_int> {
+    if ret < 0 {
+        Err(errno())
+    } else {
+        Ok(ret as c_int)
     }
-    // The fd named the directory under the new mount; the remount and the
-    // propagation change apply to the mount itself, found by resolving again.
-    let Some(last) = op.dest.components.last() else {
-        return Err(libc::EINVAL);
-    };
-    let fd = open_in_root(root, &last.path, libc::O_PATH)?;
-    let target = fd_path(fd, &mut buf);
+}
+
+/// A new filesystem of type `fstype`, configured and mounted detached, with the
+/// `MOUNT_ATTR_*` in `attrs`: returns the mount's descriptor. Child.
+fn new_fs(
+    fstype: &CStr,
+    source: Option<&CStr>,
+    options: &[FsOption],
+    attrs: u64,
+) -> Result<c_int, c_int> {
+    // SAFETY: fsopen with a NUL-terminated type name.
+    let fs = fd_or_errno(unsafe {
+        libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC)
+    })?;
     let result = (|| {
-        if let Some(flags) = op.remount {
-            mount(
-                std::ptr::null(),
-                target,
-                std::ptr::null(),
-                flags,
-                std::ptr::null(),
+        let config = |cmd: libc::c_uint, key: *const libc::c_char, value: *const libc::c_char| {
+            // SAFETY: fsconfig on our context with NUL-terminated strings (or null).
+            let r = unsafe { libc::syscall(libc::SYS_fsconfig, fs, cmd, key, value, 0) };
+            if r < 0 {
+                Err(errno())
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(source) = source {
+            config(
+                libc::FSCONFIG_SET_STRING,
+                c"source".as_ptr(),
+                source.as_ptr(),
             )?;
         }
-        if op.propagation != 0 {
-            mount(
-                std::ptr::null(),
-                target,
-                std::ptr::null(),
-                op.propagation,
-                std::ptr::null(),
-            )?;
+        for o in options {
+            match &o.value {
+                Some(v) => config(libc::FSCONFIG_SET_STRING, o.key.as_ptr(), v.as_ptr())?,
+                None => config(libc::FSCONFIG_SET_FLAG, o.key.as_ptr(), std::ptr::null())?,
+            }
+        }
+        config(
+            libc::FSCONFIG_CMD_CREATE,
+            std::ptr::null(),
+            std::ptr::null(),
+        )?;
+        // SAFETY: fsmount on a created context with integer flags.
+        fd_or_errno(unsafe {
+            libc::syscall(
+                libc::SYS_fsmount,
+                fs,
+                libc::FSMOUNT_CLOEXEC,
+                attrs as libc::c_uint,
+            )
+        })
+    })();
+    close(fs);
+    result
+}
+
+/// A detached copy of the mount at `path` (relative to `dirfd`; `c""` with
+/// AT_EMPTY_PATH for `dirfd` itself), with its submounts when `recursive`. Child.
+fn clone_tree(dirfd: c_int, path: &CStr, recursive: bool) -> Result<c_int, c_int> {
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    if path.is_empty() {
+        flags |= libc::AT_EMPTY_PATH as libc::c_uint;
+    }
+    // SAFETY: open_tree with a NUL-terminated path and integer flags.
+    fd_or_errno(unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) })
+}
+
+/// Sets attributes and/or propagation on the mount `mnt` (and its submounts when
+/// `recursive`). Child.
+fn set_attr(
+    mnt: c_int,
+    set: u64,
+    clr: u64,
+    propagation: u64,
+    recursive: bool,
+) -> Result<(), c_int> {
+    if set == 0 && clr == 0 && propagation == 0 {
+        return Ok(());
+    }
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: clr,
+        propagation,
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    // SAFETY: mount_setattr on our mount descriptor with a mount_attr on our stack of
+    // the size given.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt,
+            c"".as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// Attaches the detached mount `mnt` onto what `target` (an O_PATH descriptor) names.
+/// Child.
+fn attach(mnt: c_int, target: c_int) -> Result<(), c_int> {
+    // SAFETY: move_mount between two descriptors we own, with empty paths.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt,
+            c"".as_ptr(),
+            target,
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes one mount inside the root: the destination is resolved once, the mount is
+/// made and given its attributes detached, then attached onto that descriptor. Child.
+pub(crate) fn mount_one(root: c_int, op: &MountOp) -> Result<(), c_int> {
+    let target = resolve(root, &op.dest, op.file)?;
+    let result = mount_at(target, op);
+    close(target);
+    result
+}
+
+fn mount_at(target: c_int, op: &MountOp) -> Result<(), c_int> {
+    let mnt = match &op.kind {
+        MountKind::Fs {
+            fstype,
+            source,
+            options,
+        } => new_fs(fstype, source.as_deref(), options, op.attr_set)?,
+        MountKind::Bind { source, recursive } => clone_tree(libc::AT_FDCWD, source, *recursive)?,
+        // The tmpfs stays writable until the controllers' directories are made in it.
+        MountKind::CgroupV1 { tmpfs, .. } => new_fs(
+            c"tmpfs",
+            Some(c"tmpfs"),
+            tmpfs,
+            (op.attr_set & !libc::MOUNT_ATTR_RDONLY)
+                | libc::MOUNT_ATTR_NOSUID
+                | libc::MOUNT_ATTR_NODEV
+                | libc::MOUNT_ATTR_NOEXEC,
+        )?,
+    };
+    let result = (|| {
+        if let MountKind::Bind { .. } = op.kind {
+            set_attr(mnt, op.attr_set, op.attr_clr, 0, false)?;
+        }
+        set_attr(mnt, 0, 0, op.propagation, op.propagation_recursive)?;
+        attach(mnt, target)?;
+        // Still the same mount, now attached: the rest happens inside it, by
+        // descriptor.
+        if let MountKind::CgroupV1 { controllers, .. } = &op.kind {
+            for (name, source) in controllers {
+                bind_cgroup(mnt, name, source, op.attr_set, op.attr_clr)?;
+            }
+            set_attr(mnt, op.attr_set & libc::MOUNT_ATTR_RDONLY, 0, 0, false)?;
         }
         Ok(())
     })();
-    close(fd);
+    close(mnt);
+    result
+}
+
+/// Binds the container's cgroup directory `source` of one v1 controller at `name` in
+/// the tmpfs `dir`, never writable to more than the mount allows, and never suid,
+/// dev or exec. Child.
+fn bind_cgroup(
+    dir: c_int,
+    name: &CStr,
+    source: &CStr,
+    attr_set: u64,
+    attr_clr: u64,
+) -> Result<(), c_int> {
+    // SAFETY: mkdirat/openat in a directory we own, with a NUL-terminated name.
+    let target = unsafe {
+        if libc::mkdirat(dir, name.as_ptr(), 0o755) != 0 && errno() != libc::EEXIST {
+            return Err(errno());
+        }
+        fd_or_errno(libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        ) as libc::c_long)?
+    };
+    let result = (|| {
+        let mnt = clone_tree(libc::AT_FDCWD, source, false)?;
+        let r = set_attr(
+            mnt,
+            attr_set | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC,
+            attr_clr,
+            0,
+            false,
+        )
+        .and_then(|()| attach(mnt, target));
+        close(mnt);
+        r
+    })();
+    close(target);
     result
 }
 
@@ -636,76 +941,163 @@ pub(crate) fn pivot_root(root: c_int) -> Result<(), c_int> {
     Ok(())
 }
 
-/// Hides `path`: /dev/null over a file, an empty read-only tmpfs over a directory.
-/// A path that does not exist is fine. Child.
-pub(crate) fn mask_path(path: &CStr) -> Result<(), c_int> {
-    // SAFETY: stat into a zeroed struct we own; path is NUL-terminated.
+/// Why a path could not be masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MaskError {
+    /// `/dev/null` is missing, or not the null device (1:3): nothing is bound from it.
+    DevNull(c_int),
+    Mount(c_int),
+}
+
+/// `openat2(AT_FDCWD, path, flags)` refusing magic links (`/proc/*/fd`, `/proc/*/root`),
+/// which could name a descriptor or a root outside the container. Child.
+fn open_no_magic(path: &CStr, flags: c_int, resolve: u64) -> Result<c_int, c_int> {
+    let mut how: libc::open_how = unsafe_zeroed_open_how();
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve | libc::RESOLVE_NO_MAGICLINKS;
+    openat2(libc::AT_FDCWD, path, &how)
+}
+
+fn fstat(fd: c_int) -> Result<libc::stat, c_int> {
+    // SAFETY: fstat into a zeroed struct we own.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    if unsafe { libc::stat(path.as_ptr(), &mut st) } != 0 {
-        return match errno() {
-            libc::ENOENT | libc::ENOTDIR => Ok(()),
-            e => Err(e),
-        };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(errno());
     }
-    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        mount(
-            c"tmpfs".as_ptr(),
-            path.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_RDONLY,
-            std::ptr::null(),
-        )
-    } else {
-        mount(
-            c"/dev/null".as_ptr(),
-            path.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
+    Ok(st)
+}
+
+fn fs_magic(fd: c_int) -> Result<libc::c_long, c_int> {
+    // SAFETY: fstatfs into a zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+        return Err(errno());
+    }
+    Ok(st.f_type)
+}
+
+/// Opens the container's `/dev/null` (after `pivot_root`) without following a symlink
+/// and checks that it is the null device, character 1:3 (runc's fix of
+/// CVE-2025-31133): ELOOP for a symlink, ENODEV for anything else. Child.
+pub(crate) fn open_dev_null() -> Result<c_int, c_int> {
+    let fd = open_no_magic(c"/dev/null", libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    let check = fstat(fd).and_then(|st| match st.st_mode & libc::S_IFMT {
+        libc::S_IFCHR if st.st_rdev == libc::makedev(1, 3) => Ok(()),
+        libc::S_IFLNK => Err(libc::ELOOP),
+        _ => Err(libc::ENODEV),
+    });
+    match check {
+        Ok(()) => Ok(fd),
+        Err(e) => {
+            close(fd);
+            Err(e)
+        }
     }
 }
 
-/// Makes `path` read-only (a bind onto itself, remounted read-only, keeping the
-/// nosuid/nodev/noexec it had). A path that does not exist is fine. Child.
+/// Hides `path`: the null device over a file, an empty read-only tmpfs over a
+/// directory. A path that does not exist is fine. The path is resolved once; the null
+/// device is bound from `dev_null`, opened and checked by [`open_dev_null`] at the
+/// first file to mask (-1 until then; the caller closes it). Child.
+pub(crate) fn mask_path(path: &CStr, dev_null: &mut c_int) -> Result<(), MaskError> {
+    let target = match open_no_magic(path, libc::O_PATH, 0) {
+        Ok(fd) => fd,
+        Err(libc::ENOENT | libc::ENOTDIR) => return Ok(()),
+        Err(e) => return Err(MaskError::Mount(e)),
+    };
+    let result = (|| {
+        let st = fstat(target).map_err(MaskError::Mount)?;
+        let mnt = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            new_fs(c"tmpfs", Some(c"tmpfs"), &[], libc::MOUNT_ATTR_RDONLY)
+                .map_err(MaskError::Mount)?
+        } else {
+            if *dev_null < 0 {
+                *dev_null = open_dev_null().map_err(MaskError::DevNull)?;
+            }
+            clone_tree(*dev_null, c"", false).map_err(MaskError::Mount)?
+        };
+        let r = attach(mnt, target).map_err(MaskError::Mount);
+        close(mnt);
+        r
+    })();
+    close(target);
+    result
+}
+
+/// Makes `path` read-only, with everything mounted under it: a recursive bind onto
+/// itself, made read-only while detached (keeping the nosuid, nodev, noexec it had). A
+/// path that does not exist is fine. Child.
 pub(crate) fn readonly_path(path: &CStr) -> Result<(), c_int> {
-    match mount(
-        path.as_ptr(),
-        path.as_ptr(),
-        std::ptr::null(),
-        libc::MS_BIND | libc::MS_REC,
-        std::ptr::null(),
-    ) {
-        Err(libc::ENOENT) => return Ok(()),
-        r => r?,
-    }
-    // SAFETY: statvfs into a zeroed struct we own; path is NUL-terminated. glibc's
-    // statvfs is the statfs system call plus a field copy.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(errno());
-    }
-    let mut keep: c_ulong = 0;
-    for (st_flag, ms_flag) in [
-        (libc::ST_NOSUID, libc::MS_NOSUID),
-        (libc::ST_NODEV, libc::MS_NODEV),
-        (libc::ST_NOEXEC, libc::MS_NOEXEC),
-        (libc::ST_NOATIME, libc::MS_NOATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
-    ] {
-        if st.f_flag & st_flag != 0 {
-            keep |= ms_flag;
-        }
-    }
-    mount(
-        path.as_ptr(),
-        path.as_ptr(),
-        std::ptr::null(),
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC | keep,
-        std::ptr::null(),
+    let target = match open_no_magic(path, libc::O_PATH, 0) {
+        Ok(fd) => fd,
+        Err(libc::ENOENT | libc::ENOTDIR) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let result = (|| {
+        let mnt = clone_tree(target, c"", true)?;
+        let r =
+            set_attr(mnt, libc::MOUNT_ATTR_RDONLY, 0, 0, true).and_then(|()| attach(mnt, target));
+        close(mnt);
+        r
+    })();
+    close(target);
+    result
+}
+
+/// Why a file under `/proc` was not opened for writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProcError {
+    /// `/proc` is not the root of a procfs, or the path leaves it (a mount or a
+    /// symlink in the way): errno EXDEV, ELOOP or the check's.
+    NotProcfs(c_int),
+    Open(c_int),
+}
+
+/// Opens `path` (relative to `/proc`, e.g. `sys/net/ipv4/ip_forward`) for writing,
+/// only if it is a file of the kernel's procfs: `/proc` must be the root of a procfs
+/// mount (filesystem magic and root inode), and the path is resolved beneath it without
+/// crossing a mount or following a magic link (nor any symlink when
+/// `no_symlinks`), and the file found checked to be on procfs. A volume over `/proc`
+/// or a bind over a file in it is refused (the pattern of CVE-2025-52881). Child.
+pub(crate) fn open_proc_file(path: &CStr, no_symlinks: bool) -> Result<c_int, ProcError> {
+    const PROC_ROOT_INO: u64 = 1;
+    let proc = open_no_magic(
+        c"/proc",
+        libc::O_PATH | libc::O_DIRECTORY,
+        libc::RESOLVE_NO_SYMLINKS,
     )
+    .map_err(|e| match e {
+        libc::ELOOP | libc::EXDEV => ProcError::NotProcfs(e),
+        e => ProcError::Open(e),
+    })?;
+    let result = (|| {
+        let is_proc_root = fs_magic(proc).map_err(ProcError::Open)? == libc::PROC_SUPER_MAGIC
+            && fstat(proc).map_err(ProcError::Open)?.st_ino == PROC_ROOT_INO;
+        if !is_proc_root {
+            return Err(ProcError::NotProcfs(libc::EXDEV));
+        }
+        let mut how: libc::open_how = unsafe_zeroed_open_how();
+        how.flags = (libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV | libc::RESOLVE_NO_MAGICLINKS;
+        if no_symlinks {
+            how.resolve |= libc::RESOLVE_NO_SYMLINKS;
+        }
+        let fd = openat2(proc, path, &how).map_err(|e| match e {
+            libc::EXDEV | libc::ELOOP => ProcError::NotProcfs(e),
+            e => ProcError::Open(e),
+        })?;
+        match fs_magic(fd) {
+            Ok(m) if m == libc::PROC_SUPER_MAGIC => Ok(fd),
+            r => {
+                close(fd);
+                Err(ProcError::NotProcfs(r.err().unwrap_or(libc::EXDEV)))
+            }
+        }
+    })();
+    close(proc);
+    result
 }
 
 #[cfg(test)]
@@ -756,17 +1148,100 @@ mod tests {
     }
 
     #[test]
-    fn fd_paths_are_formatted_without_allocating() {
-        let mut buf = [0u8; 32];
-        let p = fd_path(1234, &mut buf);
-        // SAFETY: fd_path wrote a NUL-terminated string into buf.
-        let s = unsafe { CStr::from_ptr(p) };
-        assert_eq!(s.to_str().unwrap(), "/proc/self/fd/1234");
-        fd_path(0, &mut buf);
+    fn flags_become_mount_attributes_and_superblock_options() {
+        let (set, clr) = mount_attrs(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC);
         assert_eq!(
-            CStr::from_bytes_until_nul(&buf).unwrap().to_str().unwrap(),
-            "/proc/self/fd/0"
+            (set, clr),
+            (
+                libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
+                0
+            )
         );
+        // An atime mode replaces the mount's: the mask is cleared.
+        let (set, clr) = mount_attrs(libc::MS_NODEV | libc::MS_STRICTATIME);
+        assert_eq!(
+            (set, clr),
+            (
+                libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_STRICTATIME,
+                libc::MOUNT_ATTR__ATIME
+            )
+        );
+        let opts = fs_options(
+            libc::MS_RDONLY | libc::MS_NOSUID,
+            &["mode=755,size=65536k".into(), "newinstance".into()],
+        )
+        .unwrap();
+        let pairs: Vec<_> = opts
+            .iter()
+            .map(|o| {
+                (
+                    o.key.to_str().unwrap(),
+                    o.value.as_ref().map(|v| v.to_str().unwrap()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("ro", None),
+                ("mode", Some("755")),
+                ("size", Some("65536k")),
+                ("newinstance", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn cgroup_mounts_show_the_containers_own_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        for c in ["memory", "pids"] {
+            std::fs::create_dir(root.path().join(c)).unwrap();
+        }
+        let rel = Path::new("berth/c1");
+        let v1 = Hierarchy::V1 {
+            root: root.path().to_path_buf(),
+        };
+        let view = |hierarchy, namespace| {
+            Some(CgroupView {
+                hierarchy,
+                rel,
+                namespace,
+            })
+        };
+        match cgroup_kind("/sys/fs/cgroup", view(&v1, true)).unwrap() {
+            MountKind::CgroupV1 { controllers, .. } => {
+                let names: Vec<_> = controllers
+                    .iter()
+                    .map(|(c, s)| {
+                        (
+                            c.to_str().unwrap().to_string(),
+                            s.to_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect();
+                let dir = |c: &str| root.path().join(c).join(rel).display().to_string();
+                assert_eq!(
+                    names,
+                    vec![
+                        ("memory".to_string(), dir("memory")),
+                        ("pids".to_string(), dir("pids"))
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let v2 = Hierarchy::V2 {
+            root: "/sys/fs/cgroup".into(),
+        };
+        assert!(matches!(
+            cgroup_kind("/sys/fs/cgroup", view(&v2, true)).unwrap(),
+            MountKind::Fs { fstype, .. } if fstype.as_c_str() == c"cgroup2"
+        ));
+        assert!(matches!(
+            cgroup_kind("/sys/fs/cgroup", view(&v2, false)).unwrap(),
+            MountKind::Bind { source, .. } if source.as_c_str() == c"/sys/fs/cgroup/berth/c1"
+        ));
+        assert!(cgroup_kind("/sys/fs/cgroup", None).is_err());
     }
 
     #[test]

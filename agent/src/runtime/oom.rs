@@ -22,3 +22,11 @@ pub fn protect_from_oom(score: i32) -> Result<(), RuntimeError> {
         )
     })
 }
+
+/// This process's `oom_score_adj` (0 if it cannot be read).
+pub(crate) fn own_score() -> i32 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -183,7 +183,7 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let linux = spec.linux().clone().unwrap_or_default();
     let ns = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default())?;
     let joins = namespaces::open_joins(&ns)?;
-    let mut plan = plan_init(bundle, &ns, &hierarchy, opts)?;
+    let mut plan = plan_init(bundle, id, &ns, &hierarchy, opts)?;
     // In a new user namespace the init cannot write its own oom_score_adj: it is not
     // dumpable, so its /proc files belong to the host's root, not to the namespace's.
     // The parent writes it instead, before the init goes on (runc's nsexec does it
@@ -201,6 +201,12 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let console = if process.terminal().unwrap_or(false) {
         let (parent, child) = super::exec::console_socket_pair()?;
         plan.tty_socket = Some(child.as_raw_fd());
+        if let Some(b) = process.console_size() {
+            plan.tty_size = (
+                b.height().try_into().unwrap_or(u16::MAX),
+                b.width().try_into().unwrap_or(u16::MAX),
+            );
+        }
         Some((parent, child))
     } else {
         None
@@ -521,6 +527,7 @@ fn check_sysctl(key: &str, ns: &NamespacePlan) -> Result<(), RuntimeError> {
 /// Prepares everything the child will do.
 fn plan_init(
     bundle: &Bundle,
+    id: &str,
     ns: &NamespacePlan,
     hierarchy: &Hierarchy,
     opts: &RunOptions,
@@ -548,7 +555,7 @@ fn plan_init(
     for (key, value) in linux.sysctl().iter().flatten() {
         check_sysctl(key, ns)?;
         plan.sysctls.push((
-            cstring(key.replace('.', "/").as_bytes())?,
+            cstring(format!("sys/{}", key.replace('.', "/")).as_bytes())?,
             value.as_bytes().to_vec(),
         ));
     }
@@ -563,7 +570,11 @@ fn plan_init(
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false),
-        Some(hierarchy),
+        Some(mounts::CgroupView {
+            hierarchy,
+            rel: &cgroup_path(linux.cgroups_path().as_deref(), id)?,
+            namespace: ns.cgroup,
+        }),
     )?;
     let paths = |list: &Option<Vec<String>>| {
         list.iter()
@@ -649,14 +660,12 @@ pub(crate) fn plan_process(
         readonly: Vec::new(),
         // The spec's score, else Docker's 0: never the caller's own, which the daemon
         // and the shims lower so that the OOM killer takes containers first
-        // (`protect_from_oom`), and which a container must not inherit.
-        oom_score_adj: Some(
-            process
-                .oom_score_adj()
-                .unwrap_or(0)
-                .to_string()
-                .into_bytes(),
-        ),
+        // (`protect_from_oom`), and which a container must not inherit. (When the
+        // caller's is 0 already, nothing needs writing.)
+        oom_score_adj: process
+            .oom_score_adj()
+            .or_else(|| (super::oom::own_score() != 0).then_some(0))
+            .map(|a| a.to_string().into_bytes()),
         rlimits: rlimits::plan(process.rlimits().as_deref().unwrap_or_default())?,
         umask: user.umask(),
         no_new_privs: process.no_new_privileges().unwrap_or(false),
@@ -676,6 +685,7 @@ pub(crate) fn plan_process(
         own_args: None,
         tty_socket: None,
         start_gate: None,
+        tty_size: (24, 80),
         keep_fds: Vec::new(),
     })
 }

@@ -29,7 +29,7 @@ use seccompiler::{
 use super::RuntimeError;
 
 /// System calls Docker's default profile allows unconditionally (moby
-/// `profiles/seccomp/default.json`, first rule), plus its kernel- and arch-conditional
+/// `profiles/seccomp/default.json` as of 25.0, first rule), plus its kernel- and arch-conditional
 /// ones that apply to x86_64 and aarch64 on a kernel >= 4.8. Names that do not exist on
 /// the running architecture are skipped at compile time.
 const DEFAULT_ALLOWED: &[&str] = &[
@@ -159,9 +159,10 @@ const DEFAULT_ALLOWED: &[&str] = &[
     "ioprio_set",
     "io_setup",
     "io_submit",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
+    // io_uring_setup, io_uring_enter and io_uring_register are left out, as Docker
+    // left them out in 25.0 (moby#46762): io_uring has been the source of a stream of
+    // kernel privilege escalations, and its operations bypass this filter entirely
+    // (an SQE does what the system call it replaces would, unchecked).
     "ipc",
     "kill",
     "landlock_add_rule",
@@ -633,6 +634,64 @@ mod tests {
         let programs = compile(&default_profile().unwrap()).unwrap();
         assert_eq!(programs.len(), 2, "base filter + the clone3 ENOSYS filter");
         assert!(programs.iter().all(|p| !p.is_empty()));
+    }
+
+    /// What Docker's profile refuses to a container without extra capabilities, and
+    /// so must berth's: io_uring (Docker 25.0), the keyring, bpf, perf, userfaultfd,
+    /// namespaces and mounts (CAP_SYS_ADMIN's), modules, kexec, raw I/O, the clock.
+    #[test]
+    fn default_profile_refuses_what_docker_refuses() {
+        let p = default_profile().unwrap();
+        let named: Vec<&String> = p
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|s| s.action() == LinuxSeccompAction::ScmpActAllow)
+            .flat_map(|s| s.names())
+            .collect();
+        for name in [
+            "io_uring_setup",
+            "io_uring_enter",
+            "io_uring_register",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "unshare",
+            "setns",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "open_by_handle_at",
+            "init_module",
+            "finit_module",
+            "kexec_load",
+            "kexec_file_load",
+            "iopl",
+            "ioperm",
+            "settimeofday",
+            "clock_settime",
+            "swapon",
+            "reboot",
+            "fsopen",
+            "open_tree",
+            "move_mount",
+        ] {
+            assert!(
+                !named.iter().any(|n| *n == name),
+                "{name} is allowed by the default profile"
+            );
+        }
+        let clone3 = p
+            .syscalls()
+            .iter()
+            .flatten()
+            .find(|s| s.names().iter().any(|n| n == "clone3"))
+            .unwrap();
+        assert_eq!(clone3.action(), LinuxSeccompAction::ScmpActErrno);
+        assert_eq!(clone3.errno_ret(), Some(libc::ENOSYS as u32));
     }
 
     #[test]

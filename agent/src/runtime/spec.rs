@@ -77,8 +77,8 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 /// A default spec running `args` in the root filesystem `rootfs` (relative to the
 /// bundle, usually `rootfs`), with Docker's defaults: new pid, mount, uts, ipc, net and
 /// cgroup namespaces; Docker's capabilities, masked and read-only paths and seccomp
-/// profile; no_new_privs; a pids limit; /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue
-/// and a read-only /sys.
+/// profile; no_new_privs; a pids limit; /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue,
+/// a read-only /sys and the container's own cgroup read-only at /sys/fs/cgroup.
 pub fn default_spec(rootfs: &Path, args: &[String]) -> Result<Spec, RuntimeError> {
     let caps: Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
     let mut capabilities = LinuxCapabilities::default();
@@ -157,7 +157,8 @@ pub fn default_spec(rootfs: &Path, args: &[String]) -> Result<Spec, RuntimeError
 
 /// /proc, /dev (a small tmpfs the runtime fills with the standard devices), /dev/pts
 /// (its own instance, so the container never sees the host's terminals), /dev/shm,
-/// /dev/mqueue, and /sys read-only.
+/// /dev/mqueue, /sys read-only, and the container's own cgroup at /sys/fs/cgroup,
+/// read-only.
 pub fn default_mounts() -> Vec<Mount> {
     let mount = |dest: &str, typ: &str, source: &str, options: &[&str]| {
         let mut m = Mount::default();
@@ -205,6 +206,15 @@ pub fn default_mounts() -> Vec<Mount> {
             "sysfs",
             "sysfs",
             &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        // The container's own cgroup, read-only, as Docker shows it (JVMs, Go and Node
+        // read their limits there): its cgroup namespace's cgroup2 on v2, its own
+        // directory of each controller on v1.
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
         ),
     ]
 }

@@ -666,10 +666,11 @@ pub fn delete(state: &Path, id: &str) -> Result<(), ShimError> {
     if matches!(s.status, Status::Created | Status::Running) {
         return Err(ShimError::StillRunning { id: id.to_string() });
     }
-    // A shim that exited normally removed the cgroup; one killed by hand could not.
+    // A shim that exited normally removed the cgroups; one killed by hand could not.
     if let Some(cgroup) = &s.cgroup {
         crate::runtime::remove_cgroup(cgroup)?;
     }
+    let _ = crate::runtime::remove_cgroup(&serve::shim_cgroup_path(id));
     let dir = container_dir(state, id)?;
     std::fs::remove_dir_all(&dir).map_err(|e| ShimError::io(format!("remove {}", dir.display()), e))
 }

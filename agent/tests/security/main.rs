@@ -13,5 +13,6 @@ mod exe_seal;
 mod exec_fds;
 mod masked_paths;
 mod mount_targets;
+mod mounts_kit;
 mod proc_writes;
 mod seccomp;

@@ -1,5 +1,6 @@
 //! Cgroups: one cgroup per container (`berth/<id>` by default), with its limits
-//! (memory with swap, cpu, cpuset, pids, and device access on v1), its statistics and
+//! (memory with swap, cpu, cpuset, pids, and device access: v1's devices controller,
+//! an eBPF program on v2, both from `devices.rs`), its statistics and
 //! its OOM kills, and its removal (killing whatever is left first).
 //!
 //! Both layouts are supported and chosen at run time by [`Hierarchy::detect`]: cgroup
@@ -8,6 +9,8 @@
 //! root is a parameter, so unit tests run the same code against fixture files in a
 //! temporary directory.
 
+pub mod bpf;
+pub mod devices;
 pub mod v1;
 pub mod v2;
 
@@ -26,6 +29,15 @@ pub enum CgroupError {
     },
     #[error("cgroup: {0}")]
     Unsupported(String),
+    /// The v2 device filter could not be set up: the container must not start
+    /// without it. `step` names the system call that failed.
+    #[error("cgroup {path}: {step}: {source}")]
+    DeviceFilter {
+        path: PathBuf,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl CgroupError {
@@ -56,8 +68,9 @@ pub struct Resources {
     pub cpuset_cpus: Option<String>,
     pub cpuset_mems: Option<String>,
     pub pids_limit: Option<i64>,
-    /// v1 `devices` rules as written to devices.allow / devices.deny: (allow, rule).
-    pub devices: Vec<(bool, String)>,
+    /// The spec's device rules, in order; the defaults are added where they are
+    /// applied ([`devices::effective_rules`]).
+    pub devices: Vec<devices::DeviceRule>,
 }
 
 impl Resources {
@@ -106,18 +119,13 @@ impl Resources {
         }
         res.pids_limit = r.pids().map(|p| p.limit());
         for d in r.devices().iter().flatten() {
-            let typ = match d.typ() {
-                Some(t) => t.as_str().to_string(),
-                None => "a".into(),
-            };
-            let num = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
-            let access = d.access().clone().unwrap_or_else(|| "rwm".into());
-            let rule = if typ == "a" {
-                "a".to_string()
-            } else {
-                format!("{typ} {}:{} {access}", num(d.major()), num(d.minor()))
-            };
-            res.devices.push((d.allow(), rule));
+            res.devices.push(devices::DeviceRule::from_spec(
+                d.allow(),
+                d.typ().map(|t| t.as_str().chars().next().unwrap_or('a')),
+                d.major(),
+                d.minor(),
+                d.access().as_deref(),
+            )?);
         }
         Ok(res)
     }
@@ -168,7 +176,9 @@ impl Cgroup {
     pub fn create(h: &Hierarchy, rel: &Path, res: &Resources) -> Result<Cgroup, CgroupError> {
         match h {
             Hierarchy::V1 { root } => v1::CgroupV1::create(root, rel, res).map(Cgroup::V1),
-            Hierarchy::V2 { root } => v2::CgroupV2::create(root, rel, res).map(Cgroup::V2),
+            Hierarchy::V2 { root } => {
+                v2::CgroupV2::create(root, rel, res, &bpf::KernelBpf).map(Cgroup::V2)
+            }
         }
     }
 
@@ -327,9 +337,14 @@ mod tests {
         assert_eq!(res.pids_limit, Some(10));
         assert_eq!(res.cpu_quota, Some(50000));
         assert_eq!(res.cpuset_cpus.as_deref(), Some("0"));
+        let lines: Vec<_> = res
+            .devices
+            .iter()
+            .map(|d| (d.allow, d.v1_lines()))
+            .collect();
         assert_eq!(
-            res.devices,
-            vec![(false, "a".into()), (true, "c 1:3 rwm".into())]
+            lines,
+            vec![(false, vec!["a".into()]), (true, vec!["c 1:3 rwm".into()])]
         );
     }
 }

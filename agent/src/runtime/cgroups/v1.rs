@@ -3,29 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use super::devices::{self, DeviceKind, DeviceRule};
 use super::{keyed, kill_and_remove, read, write, CgroupError, Resources, Stats};
 
 /// The controllers berth creates its cgroup in, when the host has them.
 pub const CONTROLLERS: &[&str] = &[
     "memory", "cpu", "cpuacct", "cpuset", "pids", "devices", "freezer", "blkio",
-];
-
-/// Device access every container gets on top of the spec's rules (runc's and
-/// Docker's defaults): creating any device node (but not using it), and the standard
-/// /dev entries and terminals.
-const DEFAULT_ALLOWED_DEVICES: &[&str] = &[
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-    "c 10:200 rwm",
 ];
 
 /// A container's cgroup in each v1 controller.
@@ -145,18 +128,29 @@ impl CgroupV1 {
             };
             write(&self.need("pids")?.join("pids.max"), &value)?;
         }
-        if !res.devices.is_empty() {
-            if let Some(dir) = self.dir("devices") {
-                for (allow, rule) in &res.devices {
-                    let file = if *allow {
-                        "devices.allow"
-                    } else {
-                        "devices.deny"
-                    };
-                    write(&dir.join(file), rule)?;
-                }
-                for rule in DEFAULT_ALLOWED_DEVICES {
-                    write(&dir.join("devices.allow"), rule)?;
+        if let Some(dir) = self.dir("devices") {
+            // Without spec rules the container still gets only the defaults (runc's
+            // behaviour): everything is denied first.
+            let deny_all = DeviceRule {
+                allow: false,
+                kind: DeviceKind::All,
+                major: None,
+                minor: None,
+                access: devices::ACC_MKNOD | devices::ACC_READ | devices::ACC_WRITE,
+            };
+            let spec: &[DeviceRule] = if res.devices.is_empty() {
+                std::slice::from_ref(&deny_all)
+            } else {
+                &res.devices
+            };
+            for rule in devices::effective_rules(spec) {
+                let file = if rule.allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                };
+                for line in rule.v1_lines() {
+                    write(&dir.join(file), &line)?;
                 }
             }
         }
@@ -281,5 +275,34 @@ mod tests {
         assert_eq!(cg.oom_kills().unwrap(), 1);
         cg.add(42).unwrap();
         assert_eq!(file("pids/berth/c1/cgroup.procs"), "42");
+    }
+
+    /// Device rules reach devices.allow / devices.deny in order: the spec's, then the
+    /// defaults; a spec without rules is denied everything first. (A fixture file keeps
+    /// only the last line written; the kernel's keeps them all.)
+    #[test]
+    fn device_rules_are_written_spec_first_then_defaults() {
+        let t = fixture();
+        std::fs::create_dir(t.path().join("devices")).unwrap();
+        let rel = Path::new("c");
+        let spec_rule = DeviceRule {
+            allow: false,
+            kind: DeviceKind::Block,
+            major: Some(8),
+            minor: None,
+            access: devices::ACC_READ,
+        };
+        let file = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap();
+        let res = Resources {
+            devices: vec![spec_rule],
+            ..Resources::default()
+        };
+        CgroupV1::create(t.path(), rel, &res).unwrap();
+        assert_eq!(file("devices/c/devices.deny"), "b 8:* r");
+        assert_eq!(file("devices/c/devices.allow"), "c 10:200 rwm");
+
+        CgroupV1::create(t.path(), Path::new("d"), &Resources::default()).unwrap();
+        assert_eq!(file("devices/d/devices.deny"), "a");
+        assert_eq!(file("devices/d/devices.allow"), "c 10:200 rwm");
     }
 }

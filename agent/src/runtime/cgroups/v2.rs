@@ -1,10 +1,15 @@
 //! cgroup v2: one directory in the unified hierarchy (`<root>/berth/<id>`), with the
 //! controllers it needs enabled in every ancestor's `cgroup.subtree_control`.
 //!
-//! FIXME: device rules need an eBPF program on v2; they are not enforced there yet.
+//! v2 has no devices controller: device rules are an eBPF program attached to the
+//! directory (`devices.rs` assembles it, `bpf.rs` loads and attaches it). It is
+//! attached to every container's cgroup, with or without rules in the spec, and a
+//! container whose program cannot be attached is not created.
 
 use std::path::{Path, PathBuf};
 
+use super::bpf::DeviceFilter;
+use super::devices;
 use super::{keyed, kill_and_remove, read, write, CgroupError, Resources, Stats};
 
 /// The controllers berth enables for its cgroups, when the host offers them.
@@ -26,7 +31,13 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 }
 
 impl CgroupV2 {
-    pub fn create(root: &Path, rel: &Path, res: &Resources) -> Result<CgroupV2, CgroupError> {
+    /// Creates the cgroup and applies `res`, its device rules through `filter`.
+    pub fn create(
+        root: &Path,
+        rel: &Path,
+        res: &Resources,
+        filter: &dyn DeviceFilter,
+    ) -> Result<CgroupV2, CgroupError> {
         let mut dir = root.to_path_buf();
         for comp in rel.components() {
             enable_controllers(&dir)?;
@@ -38,7 +49,7 @@ impl CgroupV2 {
             }
         }
         let cg = CgroupV2 { dir };
-        if let Err(e) = cg.apply(res) {
+        if let Err(e) = cg.apply(res, filter) {
             let _ = cg.delete();
             return Err(e);
         }
@@ -56,8 +67,11 @@ impl CgroupV2 {
         &self.dir
     }
 
-    pub fn apply(&self, res: &Resources) -> Result<(), CgroupError> {
+    pub fn apply(&self, res: &Resources, filter: &dyn DeviceFilter) -> Result<(), CgroupError> {
         let f = |name: &str| self.dir.join(name);
+        // First: no process is in the cgroup yet, and none may be before it holds.
+        let program = devices::program(&devices::effective_rules(&res.devices));
+        filter.attach(&self.dir, &program)?;
         if let Some(limit) = res.memory_limit {
             write(&f("memory.max"), &limit.to_string())?;
             // OCI's swap is memory + swap; v2 limits swap alone.
@@ -149,7 +163,33 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
+    use super::super::devices::{DeviceKind, DeviceRule, Insn, ACC_READ, DEV_BLOCK};
     use super::*;
+
+    /// Records what would be attached where; fails when told to.
+    #[derive(Debug, Default)]
+    struct FakeBpf {
+        attached: RefCell<Vec<(PathBuf, Vec<Insn>)>>,
+        fail: bool,
+    }
+
+    impl DeviceFilter for FakeBpf {
+        fn attach(&self, dir: &Path, program: &[Insn]) -> Result<(), CgroupError> {
+            if self.fail {
+                return Err(CgroupError::DeviceFilter {
+                    path: dir.to_path_buf(),
+                    step: "attach the device filter (bpf BPF_PROG_ATTACH)",
+                    source: std::io::Error::from_raw_os_error(libc::EPERM),
+                });
+            }
+            self.attached
+                .borrow_mut()
+                .push((dir.to_path_buf(), program.to_vec()));
+            Ok(())
+        }
+    }
 
     /// A fake unified root: the files the kernel would show at each level. The kernel
     /// creates a new cgroup's files itself; here they are written before `create`.
@@ -182,7 +222,8 @@ mod tests {
             pids_limit: Some(64),
             ..Resources::default()
         };
-        let cg = CgroupV2::create(t.path(), Path::new("berth/c1"), &res).unwrap();
+        let cg =
+            CgroupV2::create(t.path(), Path::new("berth/c1"), &res, &FakeBpf::default()).unwrap();
         let file = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap();
         assert_eq!(file("cgroup.subtree_control"), "+cpuset +cpu +memory +pids");
         assert_eq!(
@@ -207,7 +248,13 @@ mod tests {
     #[test]
     fn oom_kills_and_stats_are_read_from_the_event_files() {
         let t = fixture("c");
-        let cg = CgroupV2::create(t.path(), Path::new("c"), &Resources::default()).unwrap();
+        let cg = CgroupV2::create(
+            t.path(),
+            Path::new("c"),
+            &Resources::default(),
+            &FakeBpf::default(),
+        )
+        .unwrap();
         assert_eq!(cg.oom_kills().unwrap(), 0);
         std::fs::write(
             t.path().join("c/memory.events"),
@@ -231,6 +278,59 @@ mod tests {
     }
 
     #[test]
+    fn the_device_filter_is_attached_to_the_container_cgroup() {
+        let t = fixture("berth/c1");
+        let bpf = FakeBpf::default();
+        let disk = DeviceRule {
+            allow: true,
+            kind: DeviceKind::Block,
+            major: Some(8),
+            minor: Some(0),
+            access: ACC_READ,
+        };
+        let res = Resources {
+            devices: vec![disk],
+            ..Resources::default()
+        };
+        CgroupV2::create(t.path(), Path::new("berth/c1"), &res, &bpf).unwrap();
+        let attached = bpf.attached.borrow();
+        assert_eq!(attached.len(), 1);
+        assert_eq!(attached[0].0, t.path().join("berth/c1"));
+        let rules = devices::effective_rules(&res.devices);
+        assert_eq!(attached[0].1, devices::program(&rules));
+        assert!(devices::allows(&rules, DEV_BLOCK, 8, 0, ACC_READ));
+
+        // Without rules in the spec, a filter all the same: the defaults, deny else.
+        let t = fixture("c");
+        let bpf = FakeBpf::default();
+        CgroupV2::create(t.path(), Path::new("c"), &Resources::default(), &bpf).unwrap();
+        assert_eq!(
+            bpf.attached.borrow()[0].1,
+            devices::program(devices::DEFAULT_ALLOWED)
+        );
+    }
+
+    #[test]
+    fn a_filter_that_cannot_be_attached_refuses_the_cgroup() {
+        let t = fixture("c");
+        for f in ["cgroup.controllers", "memory.swap.max"] {
+            std::fs::remove_file(t.path().join("c").join(f)).unwrap();
+        }
+        let bpf = FakeBpf {
+            fail: true,
+            ..FakeBpf::default()
+        };
+        let e = CgroupV2::create(t.path(), Path::new("c"), &Resources::default(), &bpf)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BPF_PROG_ATTACH"), "{e}");
+        assert!(
+            !t.path().join("c").exists(),
+            "the half-made cgroup is removed"
+        );
+    }
+
+    #[test]
     fn weights_match_runc() {
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(1024), 39);
@@ -240,7 +340,13 @@ mod tests {
     #[test]
     fn delete_removes_the_directory() {
         let t = fixture("c");
-        let cg = CgroupV2::create(t.path(), Path::new("c"), &Resources::default()).unwrap();
+        let cg = CgroupV2::create(
+            t.path(),
+            Path::new("c"),
+            &Resources::default(),
+            &FakeBpf::default(),
+        )
+        .unwrap();
         // A real cgroup directory holds only kernel files, which rmdir ignores; the
         // fixture's files must go first.
         for f in ["cgroup.controllers", "memory.swap.max"] {
