@@ -54,7 +54,7 @@ fi
 
 work="$(mktemp -d)"
 logs="${KEEP_LOGS:-$work/logs}"
-mkdir -p "$logs"
+mkdir -p "$logs" "$work/tmp"
 cleanup() {
   for id in $(BERTH_OCI_ROOT="$work/berth" "$here/berth-oci" list 2>/dev/null | python3 -c 'import sys,json; [print(json.loads(l)["id"]) for l in sys.stdin if l.strip()]' 2>/dev/null); do
     BERTH_OCI_ROOT="$work/berth" "$here/berth-oci" delete --force "$id" >/dev/null 2>&1 || true
@@ -62,7 +62,13 @@ cleanup() {
   for id in $("$RUNC" --root "$work/runc" list -q 2>/dev/null); do
     "$RUNC" --root "$work/runc" delete --force "$id" >/dev/null 2>&1 || true
   done
-  rm -rf "$work"
+  # runc, given a config without a mount namespace (linux_ns_itype), mounts the
+  # container's /proc, /dev... in the host's namespace and leaves them there: the
+  # bundles live under $work (TMPDIR below), so whatever is mounted there is this
+  # run's to remove.
+  awk -v w="$work/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 
@@ -81,7 +87,7 @@ chmod +x "$work/runc-wrapper"
 # $TIMEOUT seconds.
 run_one() {
   local runtime="$1" test="$2" log="$3" code=0
-  (cd "$rt" && BERTH_OCI_ROOT="$work/berth" RUNTIME="$runtime" \
+  (cd "$rt" && TMPDIR="$work/tmp" BERTH_OCI_ROOT="$work/berth" RUNTIME="$runtime" \
     timeout "$TIMEOUT" "validation/$test/$test.t") >"$log" 2>&1 || code=$?
   local ok notok
   ok="$(grep -cE '^ok ' "$log" || true)"
