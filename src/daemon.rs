@@ -51,6 +51,20 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Containers on a network need `nft` (their firewall tables). Not a refusal: a stack
+/// whose services have no network runs without it, and each container that needs it
+/// says so when it cannot start.
+fn warn_without_nft() {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("nft").is_file()));
+    if !found {
+        eprintln!(
+            "berth daemon: warning: nft is not installed, so containers on a network cannot \
+             start (apt-get install -y nftables)"
+        );
+    }
+}
+
 pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create the state directory {}", state_dir.display()))?;
@@ -59,6 +73,9 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
     let shared = std::env::var("BERTH_SOCKET_GROUP").is_ok_and(|g| !g.is_empty());
     set_mode(state_dir, if shared { 0o711 } else { 0o700 })?;
     let _lock = lock_daemon(state_dir)?;
+    // Before anything is served: what containers need, or a refusal naming it.
+    crate::preflight::check(state_dir, &shim)?;
+    warn_without_nft();
     raise_open_files_limit();
     if let Err(e) = agent::runtime::protect_from_oom(agent::runtime::DAEMON_OOM_SCORE_ADJ) {
         eprintln!(
@@ -570,8 +587,16 @@ async fn agent_loop(store: Arc<Store>, executor: Executor, me: Option<String>) {
                 }
                 let (ex, tx, busy, id) =
                     (executor.clone(), tx.clone(), busy.clone(), task.id.clone());
+                let (name, starts) = (task.name(), task.desired == DesiredState::Running);
                 tokio::task::spawn_blocking(move || {
                     let status = job(&ex);
+                    // `ps`, `events` and `up` show it from the store; the log says it too.
+                    if starts && status.never_started() {
+                        eprintln!(
+                            "berth daemon: container {name} ({id}) could not start: {}",
+                            status.message
+                        );
+                    }
                     let _ = tx.send((id.clone(), status));
                     if let Ok(mut b) = busy.lock() {
                         b.remove(&id);
@@ -748,6 +773,13 @@ impl Node for LocalNode {
             } else {
                 v.name.clone()
             };
+            // The API checks names as it takes a stack; a store written before it
+            // did may still hold one that is not a plain name.
+            if !spec::names::is_resource_name(&name) {
+                return Err(format!(
+                    "volume {key}: {name:?} is not a volume name, so it was left alone"
+                ));
+            }
             let dir = self.executor.state_dir.join("volumes").join(&name);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => removed.push(name),

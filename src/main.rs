@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod cluster;
 mod daemon;
+mod preflight;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -134,6 +134,9 @@ impl Executor {
                 let _ = self.unpin(&task.id);
                 status.state = Some(state);
                 status.message = message;
+                // It never ran: no start time, so that `ps`, `events` and `up` tell
+                // it from a container that ran and exited (`TaskStatus::never_started`).
+                status.started_at = None;
                 status.finished_at = Some(now_ms());
             }
         }
@@ -148,6 +151,9 @@ impl Executor {
         env: &BTreeMap<String, String>,
     ) -> Result<shim::ContainerState, (TaskState, String)> {
         let reject = |m: String| (TaskState::Rejected, m);
+        // The id names directories that are removed and written below (the bundle,
+        // the image pin) before the shim checks it: a plain name or nothing.
+        crate::runtime::check_id(&task.id).map_err(|e| reject(e.to_string()))?;
         let image_name = service.image.as_deref().ok_or_else(|| {
             reject(format!(
                 "services.{}: no image: berth cannot build images yet (build: is ignored); \
@@ -260,6 +266,15 @@ impl Executor {
         service: Option<&Service>,
         grace: Option<Duration>,
     ) -> TaskStatus {
+        // An id that is no plain name (stored by a berth that did not check the names
+        // it was sent) never had a container: the runtime refuses such ids, and its
+        // paths must not be touched.
+        if crate::runtime::check_id(&task.id).is_err() {
+            return TaskStatus {
+                state: Some(TaskState::Removed),
+                ..task.status.clone()
+            };
+        }
         let mut status = self.stop(task, service, grace);
         let deleted = match shim::delete(&self.shim_root(), &task.id) {
             Ok(()) | Err(ShimError::NotFound { .. }) => Ok(()),
@@ -286,6 +301,8 @@ impl Executor {
     }
 
     fn unpin(&self, id: &str) -> Result<(), String> {
+        // The pin is the file `images/pins/<id>`.
+        crate::runtime::check_id(id).map_err(|e| e.to_string())?;
         Store::open(&self.state_dir)
             .and_then(|s| s.unpin(id))
             .map_err(|e| e.to_string())

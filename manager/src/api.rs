@@ -16,6 +16,12 @@
 //!   CPU, its published ports
 //! - `GET /v1/events`: newline-delimited [`Event`]s, streamed as tasks change
 //! - `GET /v1/tasks/{id}/logs?follow=&tail=`: newline-delimited [`LogLine`]s, streamed
+//!
+//! Every name a request carries (the stack in the path, the names in a deployed
+//! record, a service, a task id) is checked against Compose's rules
+//! (`spec::names`) before anything uses it, and refused with 400 naming the field:
+//! these names become container ids, cgroup names and paths under the state
+//! directory.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -29,7 +35,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use spec::model::Stack;
-use spec::task::{DesiredState, StackRecord, TaskState};
+use spec::task::{DesiredState, StackRecord};
 
 use crate::store::{Store, StoreError};
 
@@ -144,6 +150,24 @@ impl ApiError {
     }
 }
 
+/// The stack name of a request's path: Compose's project name rule.
+fn check_stack_name(name: &str) -> Result<(), ApiError> {
+    spec::names::check_project_name(name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("stack name: {e}")))
+}
+
+/// A service, container or one-off name of a request (`field` says which).
+fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    spec::names::check_resource_name(name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{field}: {e}")))
+}
+
+impl From<spec::names::NameError> for ApiError {
+    fn from(e: spec::names::NameError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
@@ -205,6 +229,8 @@ async fn up(
     Path(name): Path<String>,
     Json(req): Json<UpRequest>,
 ) -> Result<Json<UpResponse>, ApiError> {
+    check_stack_name(&name)?;
+    spec::names::check_record(&req.record)?;
     if req.record.stack.name != name {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -253,9 +279,7 @@ async fn up(
             }
             // A container that could not start (a port in use, a missing bind source)
             // is tried afresh by the next `up`, as Compose's: its cause may be fixed.
-            let never_started = t.status.state() == TaskState::Rejected
-                || (t.status.state() == TaskState::Failed && t.status.started_at.is_none());
-            if req.force_recreate || never_started {
+            if req.force_recreate || t.status.never_started() {
                 t.desired = DesiredState::Remove;
             }
         }
@@ -270,6 +294,12 @@ async fn down(
     Path(name): Path<String>,
     Query(q): Query<DownQuery>,
 ) -> Result<Json<DownResponse>, ApiError> {
+    // A stack of a bad name that a berth before these checks stored can still be
+    // taken down: `down` uses the name only to find its records, and the agent
+    // refuses the bad container ids themselves.
+    if !cx.store.read(|s| s.stacks.contains_key(&name)) {
+        check_stack_name(&name)?;
+    }
     let grace = q.timeout.map(|t| t.saturating_mul(1000));
     // Stop in waves, dependents before what they depend on (as Compose does): each
     // wave's services are marked stopped, and the next starts once their containers
@@ -379,6 +409,10 @@ async fn services_verb(
     Path((name, verb)): Path<(String, String)>,
     Json(req): Json<ServicesRequest>,
 ) -> Result<Json<Vec<String>>, ApiError> {
+    check_stack_name(&name)?;
+    for svc in &req.services {
+        check_name("services", svc)?;
+    }
     let done = cx.store.update(|s| {
         let record = s.stacks.get_mut(&name).ok_or_else(|| {
             StoreError::Rejected(format!(
@@ -504,6 +538,9 @@ pub struct Event {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// On `die` of a container that never started: why it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The events between two states of the store.
@@ -527,6 +564,9 @@ pub fn events_between(
             } else {
                 None
             },
+            error: (action == "die" && t.status.never_started())
+                .then(|| t.status.message.clone())
+                .filter(|m| !m.is_empty()),
         })
     };
     for (id, t) in &after.tasks {
@@ -592,6 +632,7 @@ async fn logs(
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
+    check_name("task id", &id)?;
     if !cx.store.read(|s| s.tasks.contains_key(&id)) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -664,6 +705,11 @@ async fn run(
     Path(name): Path<String>,
     Json(req): Json<RunRequest>,
 ) -> Result<Json<String>, ApiError> {
+    check_stack_name(&name)?;
+    check_name("service", &req.service)?;
+    if let Some(definition) = &req.definition {
+        spec::names::check_service("definition", definition)?;
+    }
     let key = format!("{}-run-{:06x}", req.service, crate::now_ms() % 0x100_0000);
     let created = cx.store.update(|s| {
         let record = s
@@ -722,6 +768,8 @@ async fn remove_run(
     AxState(cx): AxState<Ctx>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Json<bool>, ApiError> {
+    check_stack_name(&name)?;
+    check_name("one-off container", &key)?;
     let removed = cx.store.update(|s| {
         Ok(s.stacks
             .get_mut(&name)
@@ -734,6 +782,7 @@ async fn inspect(
     AxState(cx): AxState<Ctx>,
     Path((id, what)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name("task id", &id)?;
     if !["top", "stats", "ports"].contains(&what.as_str()) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -752,4 +801,61 @@ async fn inspect(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
     Ok(Json(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spec::task::{Task, TaskState, TaskStatus};
+
+    fn task(status: TaskStatus) -> Task {
+        serde_json::from_value(serde_json::json!({
+            "id": "s-web-1.1", "stack": "s", "service": "web", "slot": 1, "generation": 1,
+            "spec_hash": "h", "desired": "running", "created_at": 0,
+        }))
+        .map(|t: Task| Task { status, ..t })
+        .expect("task")
+    }
+
+    fn state(status: TaskStatus) -> crate::store::State {
+        let mut s = crate::store::State::default();
+        s.tasks.insert("s-web-1.1".into(), task(status));
+        s
+    }
+
+    /// The `die` of a container that could not start says why; one that ran and
+    /// exited gives its exit code instead.
+    #[test]
+    fn die_events_carry_why_a_container_never_started() {
+        let preparing = TaskStatus {
+            state: Some(TaskState::Preparing),
+            ..Default::default()
+        };
+        let cases = [
+            (
+                TaskState::Rejected,
+                None,
+                None,
+                Some("bind source /x does not exist"),
+            ),
+            (TaskState::Failed, None, None, Some("exec /nope: ENOENT")),
+            (TaskState::Failed, Some(5), Some(1), None),
+        ];
+        for (to, started_at, exit_code, error) in cases {
+            let after = TaskStatus {
+                state: Some(to),
+                message: error.unwrap_or("exited with code 1").into(),
+                started_at,
+                exit_code,
+                ..Default::default()
+            };
+            let events = events_between(&state(preparing.clone()), &state(after), 9);
+            let die = events
+                .iter()
+                .find(|e| e.action == "die")
+                .unwrap_or_else(|| panic!("no die in {events:?}"));
+            assert_eq!(die.error.as_deref(), error, "{to:?} {started_at:?}");
+            assert_eq!(die.exit_code, exit_code);
+        }
+    }
 }

@@ -16,6 +16,7 @@ pub mod interpolate;
 mod load;
 mod merge;
 pub mod model;
+pub mod names;
 mod profiles;
 pub mod short_syntax;
 pub mod task;

@@ -132,6 +132,17 @@ impl TaskStatus {
     pub fn state(&self) -> TaskState {
         self.state.unwrap_or(TaskState::New)
     }
+
+    /// Its container could not be made or started (a missing bind source, a port in
+    /// use, a program not in the image): refused before it ran, or failed with no
+    /// start time. `message` says why.
+    pub fn never_started(&self) -> bool {
+        match self.state() {
+            TaskState::Rejected => true,
+            TaskState::Failed => self.started_at.is_none(),
+            _ => false,
+        }
+    }
 }
 
 /// One run of one slot of a service.

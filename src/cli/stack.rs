@@ -175,11 +175,21 @@ pub(super) fn connect(state_dir: &Path, start: bool) -> anyhow::Result<Client> {
             state_dir.display()
         );
     }
-    start_daemon(state_dir)?;
+    let (mut child, log_from) = start_daemon(state_dir)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if client.ping() {
             return Ok(client);
+        }
+        // A daemon that refused to run (this host lacks what containers need) says
+        // why in its log: show it here rather than wait.
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read(daemon::log_path(state_dir)).unwrap_or_default();
+            let said = String::from_utf8_lossy(log.get(log_from..).unwrap_or_default());
+            bail!(
+                "the berth daemon stopped at once ({status}):\n{}",
+                said.trim_end()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -190,8 +200,8 @@ pub(super) fn connect(state_dir: &Path, start: bool) -> anyhow::Result<Client> {
 }
 
 /// Starts `berth daemon` in the background, detached from this terminal, its output
-/// in `<state>/daemon.log`.
-fn start_daemon(state_dir: &Path) -> anyhow::Result<()> {
+/// in `<state>/daemon.log`; returns it and where its output starts in the log.
+fn start_daemon(state_dir: &Path) -> anyhow::Result<(std::process::Child, usize)> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create {}", state_dir.display()))?;
@@ -201,6 +211,7 @@ fn start_daemon(state_dir: &Path) -> anyhow::Result<()> {
         .append(true)
         .open(&log_path)
         .with_context(|| format!("open {}", log_path.display()))?;
+    let log_from = log.metadata().map_or(0, |m| m.len() as usize);
     let me = std::env::current_exe().context("find the berth binary")?;
     let mut cmd = std::process::Command::new(me);
     cmd.arg("--state-dir")
@@ -217,12 +228,12 @@ fn start_daemon(state_dir: &Path) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    cmd.spawn().context("start berth daemon")?;
+    let child = cmd.spawn().context("start berth daemon")?;
     super::write_stderr(&format!(
         "berth: started the berth daemon (log: {})\n",
         log_path.display()
     ));
-    Ok(())
+    Ok((child, log_from))
 }
 
 pub fn daemon(state_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -618,9 +629,7 @@ fn wait_up(
                     continue;
                 };
                 let st = t.status.state();
-                if st == TaskState::Rejected
-                    || (st == TaskState::Failed && t.status.started_at.is_none())
-                {
+                if t.status.never_started() {
                     failed.insert(t.name(), t.status.message.clone());
                     continue;
                 }
@@ -708,9 +717,14 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
         .filter(|t| args.services.is_empty() || args.services.contains(&t.service))
         .filter(|t| t.desired != DesiredState::Remove)
         // One row per container name: the slot's newest task (history stays in the
-        // store); without -a, running ones only, as Compose's ps.
+        // store); without -a, running ones only, as Compose's ps, and those that
+        // should run but could not start, with why.
         .filter(|t| latest_of_slot(&state, t))
-        .filter(|t| args.all || !t.status.state().is_terminal())
+        .filter(|t| {
+            args.all
+                || !t.status.state().is_terminal()
+                || (t.desired == DesiredState::Running && t.status.never_started())
+        })
         .collect();
     tasks.sort_by(|a, b| {
         (&a.service, a.slot, a.generation).cmp(&(&b.service, b.slot, b.generation))
@@ -723,9 +737,11 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
                 .map(|t| {
                     serde_json::json!({
                         "Name": t.name(), "ID": t.id, "Service": t.service, "Project": t.stack,
-                        "Image": image_of(&state, t), "State": state_word(t.status.state()),
+                        "Image": image_of(&state, t), "State": state_word(&t.status),
                         "Status": status_text(t, now), "Health": health_word(t),
                         "ExitCode": t.status.exit_code.unwrap_or(0),
+                        // Why it could not start, as Docker's State.Error.
+                        "Error": if t.status.never_started() { t.status.message.as_str() } else { "" },
                     })
                 })
                 .collect();
@@ -793,8 +809,11 @@ fn image_of(state: &State, t: &Task) -> String {
         .unwrap_or_default()
 }
 
-fn state_word(s: TaskState) -> &'static str {
-    match s {
+fn state_word(status: &spec::task::TaskStatus) -> &'static str {
+    if status.never_started() {
+        return "dead";
+    }
+    match status.state() {
         TaskState::New | TaskState::Preparing | TaskState::Starting => "created",
         TaskState::Running => "running",
         TaskState::Complete | TaskState::Failed | TaskState::Shutdown => "exited",
@@ -819,6 +838,9 @@ fn status_text(t: &Task, now: u64) -> String {
         "" => String::new(),
         h => format!(" ({h})"),
     };
+    if t.status.never_started() {
+        return format!("Error: {}", t.status.message);
+    }
     match st {
         TaskState::Running => format!(
             "Up {}{health}",
@@ -1111,8 +1133,9 @@ pub fn events(
                 .exit_code
                 .map(|c| format!(" (exitCode={c})"))
                 .unwrap_or_default();
+            let error = e.error.map(|m| format!(" (error={m})")).unwrap_or_default();
             format!(
-                "{} container {} {} (service={}){exit}\n",
+                "{} container {} {} (service={}){exit}{error}\n",
                 e.time, e.action, e.container, e.service
             )
         };
@@ -1406,10 +1429,7 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
             .find(|t| t.stack == name && t.service == key)
             .cloned();
         match t {
-            Some(t)
-                if t.status.state() == TaskState::Rejected
-                    || (t.status.state() == TaskState::Failed && t.status.started_at.is_none()) =>
-            {
+            Some(t) if t.status.never_started() => {
                 remove_run(&client, &name, &key);
                 bail!("{} could not start: {}", t.name(), t.status.message);
             }

@@ -339,6 +339,9 @@ async fn node(
     Path(name): Path<String>,
     Query(q): Query<Fresh>,
 ) -> Response {
+    if let Some(refused) = bad_node_name(&name) {
+        return refused;
+    }
     let record = if q.fresh {
         ops::node_fresh(&m, &name).await
     } else {
@@ -355,6 +358,10 @@ async fn change(
     Path(name): Path<String>,
     Json(change): Json<NodeChange>,
 ) -> Response {
+    // The name goes into the path of a request to the leader below.
+    if let Some(refused) = bad_node_name(&name) {
+        return refused;
+    }
     // Only the leader knows which nodes are up (Raft progress, workers' heartbeats),
     // which `rm` checks: another manager passes it on. (Other changes are plain store
     // transactions, which Raft forwards itself.)
@@ -379,6 +386,21 @@ async fn change(
         Ok(Err(e)) => store_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// A node named in a request's path (its id or hostname) that is not a plain name:
+/// the 400 answer.
+fn bad_node_name(name: &str) -> Option<Response> {
+    if spec::names::is_resource_name(name) {
+        return None;
+    }
+    Some(error(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "node name {name:?}: a node is named by its id or hostname (letters, digits, \
+             '_', '.' and '-'); berth node ls lists them"
+        ),
+    ))
 }
 
 /// The verified node behind a request on the cluster port.

@@ -79,17 +79,7 @@ fn named<T>(
 
 /// Keys of services, networks, volumes... must be usable in names of host objects.
 fn resource_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter \
-             or digit"
-        ))
-    }
+    crate::names::check_resource_name(name)
 }
 
 fn string_map(cx: &mut Cx, n: Node) -> BTreeMap<String, String> {

@@ -184,36 +184,7 @@ pub(crate) fn project_env(
     Ok(env)
 }
 
-/// Whether a name set explicitly (`-p`, `COMPOSE_PROJECT_NAME`, `name:`) is valid.
-pub(crate) fn check_project_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        return Ok(());
-    }
-    let hint = match normalize_project_name(name) {
-        n if n.is_empty() => String::new(),
-        n => format!(" (for example {n:?})"),
-    };
-    Err(format!(
-        "invalid project name {name:?}: it must contain only lowercase letters, digits, '-' and \
-         '_', and start with a letter or digit{hint}"
-    ))
-}
-
-/// Turns a directory name into a project name, as Compose does: lower case, only
-/// `[a-z0-9_-]`, no leading `_` or `-`.
-pub(crate) fn normalize_project_name(name: &str) -> String {
-    let lowered: String = name
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_')
-        .collect();
-    lowered.trim_start_matches(['-', '_']).to_string()
-}
+pub(crate) use crate::names::{check_project_name, normalize_project_name};
 
 #[cfg(test)]
 mod tests {
