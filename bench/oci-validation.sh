@@ -55,6 +55,9 @@ fi
 work="$(mktemp -d)"
 logs="${KEEP_LOGS:-$work/logs}"
 mkdir -p "$logs" "$work/tmp"
+# A container in a user namespace must reach its bundle as its mapped root, not the
+# host's: the path to the bundles must be traversable (mktemp makes 0700).
+chmod 755 "$work" "$work/tmp"
 cleanup() {
   for id in $(BERTH_OCI_ROOT="$work/berth" "$here/berth-oci" list 2>/dev/null | python3 -c 'import sys,json; [print(json.loads(l)["id"]) for l in sys.stdin if l.strip()]' 2>/dev/null); do
     BERTH_OCI_ROOT="$work/berth" "$here/berth-oci" delete --force "$id" >/dev/null 2>&1 || true
