@@ -52,12 +52,15 @@ for r in spec["process"]["rlimits"]:
 json.dump(spec, open(path, "w"), indent=2)
 PY
 
-BERTH_STATE_DIR="$work/berth" "$BERTH" runtime create --bundle "$bundle" "$id" >/dev/null
+BERTH_STATE_DIR="$work/berth" "$BERTH" runtime run -d --bundle "$bundle" "$id" >/dev/null
 runc --root "$work/runc" run -d --bundle "$bundle" runc-exec-bench >/dev/null 2>&1 </dev/null
 commands=(-n berth "env BERTH_STATE_DIR=$work/berth $BERTH runtime exec $id /bin/true"
           -n runc "runc --root $work/runc exec runc-exec-bench /bin/true")
 if [ -n "${BERTH_OLD:-}" ]; then
-  BERTH_STATE_DIR="$work/old" "$BERTH_OLD" runtime create --bundle "$bundle" "$id-old" >/dev/null
+  # A berth from before the OCI command line detaches with `create`, a newer one with
+  # `run -d` (`create` now leaves the program waiting for `start`).
+  BERTH_STATE_DIR="$work/old" "$BERTH_OLD" runtime run -d --bundle "$bundle" "$id-old" >/dev/null 2>&1 ||
+    BERTH_STATE_DIR="$work/old" "$BERTH_OLD" runtime create --bundle "$bundle" "$id-old" >/dev/null
   commands+=(-n berth-old "env BERTH_STATE_DIR=$work/old $BERTH_OLD runtime exec $id-old /bin/true")
 fi
 

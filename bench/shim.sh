@@ -52,7 +52,7 @@ import json, sys
 spec = json.load(open(sys.argv[1])); spec["linux"]["cgroupsPath"] = sys.argv[2]
 json.dump(spec, open(sys.argv[1], "w"))
 PY
-    state="$(BERTH_STATE_DIR="$work/state" BERTH_SHIM="$shim" "$BERTH" runtime create --bundle "$bundle" "$id")"
+    state="$(BERTH_STATE_DIR="$work/state" BERTH_SHIM="$shim" "$BERTH" runtime run -d --bundle "$bundle" "$id")"
     pid="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["shim_pid"])' "$state")"
     ids_pids+=("$pid")
   done

@@ -42,7 +42,7 @@ impl Running {
             state: tempfile::tempdir().unwrap(),
         };
         let bundle_dir = c._bundle.path().to_str().unwrap().to_string();
-        let out = c.run(&["runtime", "create", "--bundle", &bundle_dir, &c.id]);
+        let out = c.run(&["runtime", "run", "-d", "--bundle", &bundle_dir, &c.id]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         c
     }

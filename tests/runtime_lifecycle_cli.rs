@@ -1,5 +1,5 @@
 //! The detached container lifecycle through the real binary (as root):
-//! `berth runtime create/state/kill/stop/logs/list/delete`, and above all that a
+//! `berth runtime run -d` and `state/kill/stop/logs/list/delete`, and above all that a
 //! container outlives the process that created it, even one killed with SIGKILL.
 //!
 //! The shim is `berth runtime shim` (`BERTH_SHIM=builtin`), so these tests do not
@@ -142,7 +142,7 @@ fn a_container_outlives_its_caller_killed_with_sigkill_and_a_new_caller_adopts_i
     let mut sh = Command::new("sh");
     sh.args([
         "-c",
-        "\"$BERTH\" runtime create --bundle \"$1\" \"$2\" >/dev/null && echo created && exec sleep 1000",
+        "\"$BERTH\" runtime run -d --bundle \"$1\" \"$2\" >/dev/null && echo created && exec sleep 1000",
         "caller",
     ])
     .arg(f.bundle.path())
@@ -209,7 +209,8 @@ fn stop_with_a_grace_period_and_errors_that_name_the_container() {
     let f = Fixture::new("cli-stop", "echo ready; sleep 1000");
     let out = f.run(&[
         "runtime",
-        "create",
+        "run",
+        "-d",
         "--bundle",
         f.bundle.path().to_str().unwrap(),
         &f.id,

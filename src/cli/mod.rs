@@ -128,8 +128,8 @@ enum Command {
     #[command(subcommand)]
     Context(cluster::ContextCommand),
     /// Run OCI bundles directly, like runc (plumbing)
-    #[command(subcommand, hide = true)]
-    Runtime(runtime::RuntimeCommand),
+    #[command(hide = true)]
+    Runtime(runtime::RuntimeArgs),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {

@@ -1,33 +1,66 @@
 //! `berth runtime ...`: run OCI bundles directly, like runc (plumbing, hidden from
 //! help). `run` is foreground: the container shares berth's stdio, and its exit
-//! status becomes berth's (128 + n when killed by signal n). `create` starts a
-//! detached container under its own shim (`agent::shim`); `state`, `kill`, `stop`,
-//! `logs`, `list` and `delete` work on it from any later berth process.
+//! status becomes berth's (128 + n when killed by signal n). `run -d` starts a
+//! detached container under its own shim (`agent::shim`), which keeps its logs;
+//! `state`, `kill`, `stop`, `logs`, `list` and `delete` work on it from any later
+//! berth process.
+//!
+//! The OCI runtime command line (runtime-spec's runtime.md, as runc speaks it) is the
+//! same verbs: `create` (the container is set up, its program waits; its stdio is
+//! this process's), `start`, `state` (runtime.md's JSON), `kill`, `delete [--force]`,
+//! with runc's global flags before the verb (`--root DIR`; `--log`, `--log-format`,
+//! `--debug`, `--systemd-cgroup` are accepted and ignored), so that tools written for
+//! runc drive berth unchanged (`agent::shim::oci`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use agent::runtime;
+use agent::runtime::{self, Bundle};
 use agent::shim;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+/// `berth runtime [FLAGS] VERB`: the flags are runc's global ones, which callers
+/// written for runc put before the verb.
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    /// Keep the containers' state here (runc's --root) [default: --state-dir]
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Accepted for runc's callers and ignored: errors go to stderr
+    #[arg(long, value_name = "FILE", hide = true)]
+    log: Option<PathBuf>,
+    /// Accepted for runc's callers and ignored
+    #[arg(long = "log-format", value_name = "FORMAT", hide = true)]
+    log_format: Option<String>,
+    /// Accepted for runc's callers and ignored
+    #[arg(long, hide = true)]
+    debug: bool,
+    /// Accepted for runc's callers and ignored (cgroupsPath is a path)
+    #[arg(long = "systemd-cgroup", hide = true)]
+    systemd_cgroup: bool,
+    #[command(subcommand)]
+    command: RuntimeCommand,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RuntimeCommand {
-    /// Run a bundle in the foreground, like `runc run`
+    /// Run a bundle in the foreground, like `runc run` (-d: detached, with logs)
     Run(RunArgs),
     /// Write a default config.json (Docker's defaults) into the bundle directory
     Spec(SpecArgs),
-    /// Start a bundle detached, under its own shim; returns once it runs
+    /// Create a container from a bundle, its program waiting for `start` (OCI)
     Create(CreateArgs),
-    /// Print a container's state as JSON
+    /// Start a created container's program (OCI)
+    Start(IdArg),
+    /// Print a container's state as JSON (OCI's, with berth's details)
     State(IdArg),
     /// Send a signal to a container's first process
     Kill(KillArgs),
     /// Stop a container: its stop signal, a grace period, then SIGKILL
     Stop(StopArgs),
-    /// Remove a stopped container's state and logs
-    Delete(IdArg),
+    /// Remove a stopped container's state and logs (--force: kill it first)
+    Delete(DeleteArgs),
     /// List the containers (the state of each as one JSON line)
     List,
     /// Print a container's logs
@@ -44,13 +77,28 @@ pub struct CreateArgs {
     /// The bundle directory (config.json and the root filesystem)
     #[arg(long, short = 'b', default_value = ".", value_name = "DIR")]
     bundle: PathBuf,
-    /// Rotate the log file when it reaches this many bytes
-    #[arg(long, default_value_t = shim::DEFAULT_LOG_MAX_SIZE, value_name = "BYTES")]
-    log_max_size: u64,
-    /// Keep at most this many log files
-    #[arg(long, default_value_t = shim::DEFAULT_LOG_MAX_FILES, value_name = "N")]
-    log_max_files: u32,
+    /// Write the container's pid (as seen from the host) to this file
+    #[arg(long = "pid-file", value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// With process.terminal: the unix socket to send the terminal's master to
+    #[arg(long = "console-socket", value_name = "PATH")]
+    console_socket: Option<PathBuf>,
+    /// Accepted for runc's callers and ignored
+    #[arg(long = "no-pivot", hide = true)]
+    no_pivot: bool,
+    /// Accepted for runc's callers and ignored
+    #[arg(long = "no-new-keyring", hide = true)]
+    no_new_keyring: bool,
     /// The container id (letters, digits, '_', '.', '-')
+    id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Kill the container first if it is created or running
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// The container id
     id: String,
 }
 
@@ -62,6 +110,10 @@ pub struct IdArg {
 
 #[derive(Debug, Args)]
 pub struct KillArgs {
+    /// Accepted for runc's callers: the signal goes to the first process, whose end
+    /// ends the container (its pid namespace)
+    #[arg(short = 'a', long, hide = true)]
+    all: bool,
     /// The container id
     id: String,
     /// The signal, by name (TERM, SIGTERM) or number
@@ -142,6 +194,19 @@ pub struct RunArgs {
     /// The bundle directory (config.json and the root filesystem)
     #[arg(long, short = 'b', default_value = ".", value_name = "DIR")]
     bundle: PathBuf,
+    /// Run detached, under its own shim, which keeps its logs; prints its state once
+    /// it runs
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// With -d: rotate the log file when it reaches this many bytes
+    #[arg(long, default_value_t = shim::DEFAULT_LOG_MAX_SIZE, value_name = "BYTES")]
+    log_max_size: u64,
+    /// With -d: keep at most this many log files
+    #[arg(long, default_value_t = shim::DEFAULT_LOG_MAX_FILES, value_name = "N")]
+    log_max_files: u32,
+    /// With -d: write the container's pid (as seen from the host) to this file
+    #[arg(long = "pid-file", value_name = "FILE")]
+    pid_file: Option<PathBuf>,
     /// The container id (letters, digits, '_', '.', '-')
     id: String,
 }
@@ -159,22 +224,32 @@ pub struct SpecArgs {
     args: Vec<String>,
 }
 
-pub fn run(state_dir: &Path, cmd: &RuntimeCommand) -> anyhow::Result<ExitCode> {
+pub fn run(state_dir: &Path, args: &RuntimeArgs) -> anyhow::Result<ExitCode> {
+    let state_dir = args.root.as_deref().unwrap_or(state_dir);
+    let cmd = &args.command;
     match cmd {
-        RuntimeCommand::Run(args) => run_bundle(args),
-        RuntimeCommand::Spec(args) => write_spec(args),
-        RuntimeCommand::Create(args) => {
+        RuntimeCommand::Run(args) if args.detach => {
             let opts = shim::CreateOptions {
                 log_max_size: args.log_max_size,
                 log_max_files: args.log_max_files,
                 ..shim::CreateOptions::new(shim_program()?)
             };
             let s = shim::create(state_dir, &args.bundle, &args.id, &opts)?;
+            write_pid_file(args.pid_file.as_deref(), &s)?;
             print_json(&s)?;
             Ok(ExitCode::SUCCESS)
         }
+        RuntimeCommand::Run(args) => run_bundle(args),
+        RuntimeCommand::Spec(args) => write_spec(args),
+        RuntimeCommand::Create(args) => oci_create(state_dir, args),
+        RuntimeCommand::Start(a) => {
+            shim::oci::start(state_dir, &a.id)?;
+            Ok(ExitCode::SUCCESS)
+        }
         RuntimeCommand::State(a) => {
-            print_json(&shim::state(state_dir, &a.id)?)?;
+            let s = shim::state(state_dir, &a.id)?;
+            let json = serde_json::to_string_pretty(&shim::oci::state_json(&s))?;
+            super::write_stdout(&(json + "\n"))?;
             Ok(ExitCode::SUCCESS)
         }
         RuntimeCommand::Kill(a) => {
@@ -185,6 +260,10 @@ pub fn run(state_dir: &Path, cmd: &RuntimeCommand) -> anyhow::Result<ExitCode> {
             let grace = std::time::Duration::from_secs(a.time);
             let s = shim::stop(state_dir, &a.id, shim::parse_signal(&a.signal)?, grace)?;
             print_json(&s)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RuntimeCommand::Delete(a) if a.force => {
+            shim::oci::delete_force(state_dir, &a.id)?;
             Ok(ExitCode::SUCCESS)
         }
         RuntimeCommand::Delete(a) => {
@@ -241,6 +320,51 @@ pub(super) fn shim_program() -> anyhow::Result<shim::ShimProgram> {
         return Ok(shim::ShimProgram::new(sibling, Vec::new()).sealed()?);
     }
     Ok(shim::ShimProgram::new(me, vec!["runtime".into(), "shim".into()]).sealed()?)
+}
+
+/// `create` as runtime.md defines it: the container exists, set up, and its program
+/// waits for `start`. Prints nothing: its stdout is the container's.
+fn oci_create(state_dir: &Path, args: &CreateArgs) -> anyhow::Result<ExitCode> {
+    let bundle = Bundle::load(&args.bundle)?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    match (terminal, &args.console_socket) {
+        (true, None) => anyhow::bail!(
+            "container {}: process.terminal needs --console-socket PATH (a unix socket to receive the terminal on), or `berth runtime run` for a terminal here",
+            args.id
+        ),
+        (false, Some(_)) => anyhow::bail!(
+            "container {}: --console-socket needs process.terminal: true in config.json",
+            args.id
+        ),
+        _ => {}
+    }
+    let opts = shim::CreateOptions {
+        oci: true,
+        console_socket: args.console_socket.clone(),
+        ..shim::CreateOptions::new(shim_program()?)
+    };
+    let s = shim::create(state_dir, &args.bundle, &args.id, &opts)?;
+    write_pid_file(args.pid_file.as_deref(), &s)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// runc's `--pid-file`: the pid alone, written atomically (a reader never sees it
+/// half-written).
+fn write_pid_file(path: Option<&Path>, s: &shim::ContainerState) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let pid = s.pid.unwrap_or(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{}.tmp", name.unwrap_or_default()));
+    std::fs::write(&tmp, pid.to_string()).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
 }
 
 fn print_json(s: &shim::ContainerState) -> anyhow::Result<()> {

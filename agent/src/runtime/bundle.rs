@@ -63,6 +63,7 @@ fn check_supported(spec: &Spec) -> Result<(), RuntimeError> {
             "{what} is not supported yet{hint}"
         )))
     };
+    check_version(spec.version())?;
     let process = spec
         .process()
         .as_ref()
@@ -130,6 +131,21 @@ fn check_supported(spec: &Spec) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// `ociVersion` must name a 1.x release of the runtime spec (SemVer: `1.2.0`,
+/// `1.0.2-dev`), the only major version berth reads; anything else is a config berth
+/// cannot know how to read (runtime-spec: invalid values MUST be errors).
+fn check_version(version: &str) -> Result<(), RuntimeError> {
+    let core = version.split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if parts.len() == 3 && parts.iter().all(numeric) && parts[0] == "1" {
+        return Ok(());
+    }
+    Err(RuntimeError::unsupported(format!(
+        "ociVersion {version:?} is not a runtime-spec version berth reads (1.x.y, e.g. \"1.0.2\")"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +158,17 @@ mod tests {
         }
         let e = check_supported(&spec).unwrap_err().to_string();
         assert!(e.contains("process.args is empty"), "{e}");
+    }
+
+    #[test]
+    fn oci_versions_are_1_x_y() {
+        for ok in ["1.0.0", "1.0.2-dev", "1.2.0", "1.3.0+build"] {
+            check_version(ok).unwrap();
+        }
+        for bad in ["invalid", "", "2.0.0", "1.0", "1.x.0", "01"] {
+            let e = check_version(bad).unwrap_err().to_string();
+            assert!(e.contains("ociVersion"), "{bad}: {e}");
+        }
     }
 
     #[test]

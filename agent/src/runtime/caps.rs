@@ -40,6 +40,12 @@ pub fn mask<'a>(caps: impl IntoIterator<Item = &'a Capability>) -> Result<u64, R
 /// The masks for the spec's capabilities; a set the spec leaves out is empty, as in
 /// runc. Capabilities this kernel does not know are dropped from every set (the kernel
 /// would refuse them), as runc does with a warning.
+///
+/// The kernel raises an ambient capability only if it is both permitted and
+/// inheritable (`PR_CAP_AMBIENT_RAISE` fails with EPERM otherwise). runc tries each
+/// one, warns and goes on; `runc spec` writes ambient capabilities without any
+/// inheritable ones, so that bundle runs with an empty ambient set. berth does the
+/// same, computed here: the ambient mask keeps only what the kernel would accept.
 pub fn masks(caps: Option<&LinuxCapabilities>, last_cap: u32) -> Result<CapMasks, RuntimeError> {
     let known = if last_cap >= 63 {
         u64::MAX
@@ -55,12 +61,14 @@ pub fn masks(caps: Option<&LinuxCapabilities>, last_cap: u32) -> Result<CapMasks
             ..CapMasks::default()
         });
     };
+    let permitted = set(caps.permitted().as_ref())?;
+    let inheritable = set(caps.inheritable().as_ref())?;
     Ok(CapMasks {
         bounding: set(caps.bounding().as_ref())?,
         effective: set(caps.effective().as_ref())?,
-        permitted: set(caps.permitted().as_ref())?,
-        inheritable: set(caps.inheritable().as_ref())?,
-        ambient: set(caps.ambient().as_ref())?,
+        permitted,
+        inheritable,
+        ambient: set(caps.ambient().as_ref())? & permitted & inheritable,
         last_cap,
     })
 }
@@ -98,5 +106,26 @@ mod tests {
         assert_eq!(m.bounding, 1);
         let m = masks(Some(&caps), 40).unwrap();
         assert_eq!(m.bounding, 1 | (1 << 40));
+    }
+
+    /// `runc spec`'s capabilities: ambient ones with no inheritable set. The kernel
+    /// would refuse to raise them (EPERM); runc skips them with a warning.
+    #[test]
+    fn ambient_keeps_only_what_is_permitted_and_inheritable() {
+        let set = |c: &[Capability]| Some(c.iter().cloned().collect());
+        let mut caps = LinuxCapabilities::default();
+        caps.set_permitted(set(&[Capability::Kill, Capability::NetBindService]));
+        caps.set_inheritable(None);
+        caps.set_ambient(set(&[Capability::Kill, Capability::NetBindService]));
+        assert_eq!(masks(Some(&caps), 40).unwrap().ambient, 0);
+
+        caps.set_inheritable(set(&[Capability::Kill, Capability::Chown]));
+        caps.set_ambient(set(&[
+            Capability::Kill,
+            Capability::NetBindService,
+            Capability::Chown,
+        ]));
+        let kill = 1u64 << number(&Capability::Kill).unwrap();
+        assert_eq!(masks(Some(&caps), 40).unwrap().ambient, kill);
     }
 }

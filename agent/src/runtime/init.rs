@@ -63,6 +63,9 @@ pub(crate) struct InitPlan {
     /// For `exec` with a terminal: the socket on which to send the master of a pty
     /// opened in the container's own /dev/pts (see `exec.rs`).
     pub tty_socket: Option<RawFd>,
+    /// The OCI lifecycle's start gate (see [`wait_at_gate`]): the read end of the
+    /// container's `exec.fifo`, on which the init waits for `start` before execve.
+    pub start_gate: Option<RawFd>,
     /// The terminal's size (rows, cols), set before the program runs: a program that
     /// asks at once (`stty size`) must not see 0x0.
     pub tty_size: (u16, u16),
@@ -92,6 +95,7 @@ impl InitPlan {
         let mut fds: Vec<RawFd> = self.stdio.iter().flatten().copied().collect();
         fds.extend(self.joins.iter().map(|(fd, _)| *fd));
         fds.extend(self.tty_socket);
+        fds.extend(self.start_gate);
         fds.extend_from_slice(extra);
         fds.retain(|fd| *fd > 2);
         fds.sort_unstable();
@@ -150,6 +154,7 @@ pub(crate) enum Step {
     SysctlNotProcfs,
     /// The same, for `oom_score_adj`.
     OomScoreAdjNotProcfs,
+    Gate,
 }
 
 const STEPS: &[Step] = &[
@@ -195,6 +200,7 @@ const STEPS: &[Step] = &[
     Step::MaskDevNull,
     Step::SysctlNotProcfs,
     Step::OomScoreAdjNotProcfs,
+    Step::Gate,
 ];
 
 /// What the child writes to the error pipe when a step fails.
@@ -294,6 +300,7 @@ pub(crate) fn describe(plan: &InitPlan, f: &Failure) -> String {
             8 => "set the terminal's size".to_string(),
             _ => "send the terminal to the runtime".to_string(),
         },
+        Some(Step::Gate) => "wait for `start` (the container's exec.fifo was closed: its shim is gone)".to_string(),
         Some(Step::BindRootfs) => format!(
             "bind root filesystem {}",
             plan.rootfs.rootfs.to_string_lossy()
@@ -499,6 +506,16 @@ fn run(
         }
         mounts::pivot_root(root).map_err(at(Step::PivotRoot, 0))?;
         libc::close(root);
+        if let Some(flags) = rp.shared_root {
+            mounts::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+            .map_err(at(Step::RootPropagation, 1))?;
+        }
 
         if let Some(h) = &plan.hostname {
             check(
@@ -617,10 +634,18 @@ pub(crate) fn finish(
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
         );
-        check(Step::Cwd, 0, cwd)?;
-        let r = libc::fchdir(cwd as c_int);
-        libc::close(cwd as c_int);
-        check(Step::Cwd, 0, r as c_long)?;
+        if cwd < 0 && matches!(errno(), libc::EPERM | libc::ENOSYS) {
+            // A seccomp profile older than openat2 (Docker's before 20.10,
+            // runtime-tools' default) refuses it, and without no_new_privs the filter
+            // is in place already: a plain chdir, as runc's, with the check below
+            // (runc's CVE-2024-21626 fix) still refusing a cwd outside the root.
+            check(Step::Cwd, 0, libc::chdir(plan.cwd.as_ptr()) as c_long)?;
+        } else {
+            check(Step::Cwd, 0, cwd)?;
+            let r = libc::fchdir(cwd as c_int);
+            libc::close(cwd as c_int);
+            check(Step::Cwd, 0, r as c_long)?;
+        }
         // And check where we are: the kernel reports a directory outside our root as
         // "(unreachable)/...", not an absolute path.
         let mut buf = [0u8; 256];
@@ -635,12 +660,7 @@ pub(crate) fn finish(
         check(
             Step::CloseFds,
             0,
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ),
+            close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC),
         )?;
         if plan.kill_with_parent {
             // After the identity change, which clears the parent-death signal. The
@@ -660,6 +680,9 @@ pub(crate) fn finish(
                 return Err(fail(Step::ParentDeath, 1, libc::ESRCH));
             }
         }
+        if let Some(gate) = plan.start_gate {
+            wait_at_gate(gate, error_pipe)?;
+        }
         if plan.no_new_privs {
             install_seccomp(&plan.seccomp)?;
         }
@@ -668,6 +691,84 @@ pub(crate) fn finish(
         }
         exec(plan)
     }
+}
+
+/// `close_range(2)`; where a seccomp profile older than it refuses it (runtime-tools'
+/// default, Docker's before 20.10: without no_new_privs the filter is in place this
+/// early), the same one descriptor at a time, up to the descriptor limit, as runc
+/// falls back to.
+fn close_range(first: u32, last: u32, flags: libc::c_uint) -> c_long {
+    // SAFETY: close_range, getrlimit into a stack struct, and fcntl/close of
+    // descriptor numbers: system calls with integer arguments.
+    unsafe {
+        let r = libc::syscall(libc::SYS_close_range, first, last, flags);
+        if r == 0 || !matches!(errno(), libc::EPERM | libc::ENOSYS) {
+            return r;
+        }
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return -1;
+        }
+        let end = lim.rlim_max.min(1 << 20) as u32;
+        for fd in first..end.min(last.saturating_add(1)) {
+            if flags & libc::CLOSE_RANGE_CLOEXEC != 0 {
+                libc::fcntl(fd as c_int, libc::F_SETFD, libc::FD_CLOEXEC);
+            } else {
+                libc::close(fd as c_int);
+            }
+        }
+        0
+    }
+}
+
+/// Whether a record from the error pipe says the init waits at the start gate.
+pub(crate) fn is_at_gate(f: &Failure) -> bool {
+    f.step == Step::Gate as u32 && f.errno == 0
+}
+
+/// The OCI lifecycle's gate, runc's `exec.fifo`: the container is set up (mounts,
+/// identity, cwd, descriptors) but its program not started. The init tells the
+/// parent so with a [`Failure`] record of step [`Step::Gate`] and errno 0 (what
+/// `create` waits for), then blocks reading `gate`, the read end of a fifo whose
+/// other end the parent keeps open; `start` writes one byte to it. EOF means every
+/// writer is gone (the parent died before `start`): the init gives up. Placed before
+/// the no_new_privs seccomp filter, as runc's, so that no profile has to allow it.
+pub(crate) fn wait_at_gate(gate: RawFd, error_pipe: RawFd) -> StepResult {
+    let ready = fail(Step::Gate, 0, 0).to_bytes();
+    // SAFETY: close_range, write and read of stack buffers on descriptors this
+    // process owns.
+    unsafe {
+        // The wait may be long: it holds nothing of its parent's but these two (a
+        // copy of the shim's readiness pipe would keep `create` waiting for EOF).
+        let (low, high) = (error_pipe.min(gate) as u32, error_pipe.max(gate) as u32);
+        let close = |first: u32, last: u32| {
+            if first <= last {
+                close_range(first, last, 0);
+            }
+        };
+        close(3, low.wrapping_sub(1));
+        close(low + 1, high - 1);
+        close(high + 1, u32::MAX);
+        let n = libc::write(error_pipe, ready.as_ptr().cast(), ready.len());
+        check(Step::Gate, 0, n as c_long)?;
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(gate, (&mut byte as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            return Err(fail(
+                Step::Gate,
+                1,
+                if n < 0 { errno() } else { libc::EPIPE },
+            ));
+        }
+        libc::close(gate);
+    }
+    Ok(())
 }
 
 /// berth's init (like tini, docker-init): PID 1 forks the program and stays, so that

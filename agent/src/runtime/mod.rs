@@ -53,8 +53,8 @@ pub use exec::{
 };
 pub use oom::{protect_from_oom, DAEMON_OOM_SCORE_ADJ, SHIM_OOM_SCORE_ADJ};
 pub use process::{
-    cgroup_of, check_id, remove_cgroup, run, spawn, sysctl_namespace, Container, ExitReport,
-    RunOptions, SignalForwarding, Stdio, SysctlNamespace, INIT_ANNOTATION,
+    cgroup_of, check_id, remove_cgroup, run, spawn, start_gated, sysctl_namespace, Container,
+    ExitReport, RunOptions, SignalForwarding, Stdio, SysctlNamespace, INIT_ANNOTATION,
 };
 pub use spec::default_spec;
 

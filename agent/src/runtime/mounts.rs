@@ -171,6 +171,9 @@ pub(crate) struct RootfsPlan {
     pub rootfs: CString,
     /// Propagation of `/` in the new mount namespace (rprivate unless the spec says).
     pub root_propagation: c_ulong,
+    /// A `shared` rootfsPropagation, applied to the new `/` after `pivot_root` (see
+    /// [`plan`]).
+    pub shared_root: Option<c_ulong>,
     pub mounts: Vec<MountOp>,
     /// Symlinks made in /dev when /dev is a fresh tmpfs: (target, name).
     pub dev_symlinks: Vec<(CString, CString)>,
@@ -482,9 +485,19 @@ pub(crate) fn plan(
         Some(mode) if !mode.is_empty() => propagation_flags(mode)?,
         _ => libc::MS_PRIVATE | libc::MS_REC,
     };
+    // A shared `/` before pivot_root is the host's peer: the rootfs bind and every
+    // mount under it would appear in the host's namespace (and pivot_root refuses a
+    // shared parent). As runc: slave while the root is built, then the new `/` made
+    // shared, a peer group of the container's own.
+    let (root_propagation, shared_root) = if root_propagation & libc::MS_SHARED != 0 {
+        (libc::MS_SLAVE | libc::MS_REC, Some(root_propagation))
+    } else {
+        (root_propagation, None)
+    };
     Ok(RootfsPlan {
         rootfs: cpath(rootfs)?,
         root_propagation,
+        shared_root,
         mounts: ops,
         dev_symlinks,
         devices,
@@ -865,6 +878,12 @@ pub(crate) fn make_device(root: c_int, d: &DeviceNode) -> Result<(), c_int> {
     // SAFETY: parent is an open directory fd and the name NUL-terminated.
     let mut r = unsafe { libc::mknodat(parent, last.name.as_ptr(), d.mode, d.dev) };
     if r == 0 {
+        // mknod applies the umask (022 by default: a 0666 device became 0644); the
+        // spec's fileMode is the mode the node must have, as runc makes it.
+        // SAFETY: as above; the node was just made in a /dev nothing else runs in.
+        r = unsafe { libc::fchmodat(parent, last.name.as_ptr(), d.mode & 0o7777, 0) };
+    }
+    if r == 0 {
         // SAFETY: as above; AT_SYMLINK_NOFOLLOW keeps the chown on the node itself.
         r = unsafe {
             libc::fchownat(
@@ -1233,5 +1252,22 @@ mod tests {
         );
         assert_eq!(propagation_flags("shared").unwrap(), libc::MS_SHARED);
         assert!(propagation_flags("sideways").is_err());
+    }
+
+    /// A shared root is built as a slave (a shared one would be the host's peer, and
+    /// every mount made for the container would appear on the host), then made shared.
+    #[test]
+    fn a_shared_root_is_built_as_a_slave() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir(&rootfs).unwrap();
+        let plan_with =
+            |prop: &str| plan(dir.path(), &rootfs, &[], &[], Some(prop), false, None).unwrap();
+        let p = plan_with("rshared");
+        assert_eq!(p.root_propagation, libc::MS_SLAVE | libc::MS_REC);
+        assert_eq!(p.shared_root, Some(libc::MS_SHARED | libc::MS_REC));
+        let p = plan_with("rslave");
+        assert_eq!(p.root_propagation, libc::MS_SLAVE | libc::MS_REC);
+        assert_eq!(p.shared_root, None);
     }
 }

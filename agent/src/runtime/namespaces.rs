@@ -23,6 +23,10 @@ pub struct NamespacePlan {
     pub user: bool,
     /// A new network namespace (so /sys may be mounted fresh).
     pub new_net: bool,
+    /// An existing pid namespace to start in (Kubernetes' shared process namespace,
+    /// Docker's `--pid container:X`). Not in `join`: a `setns` moves only the
+    /// caller's future children, so the parent enters it around the clone.
+    pub pid_join: Option<PathBuf>,
 }
 
 fn flag(typ: LinuxNamespaceType) -> Result<libc::c_int, RuntimeError> {
@@ -53,10 +57,8 @@ pub fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan, RuntimeError
             Some(path) => {
                 match typ {
                     LinuxNamespaceType::Pid => {
-                        return Err(RuntimeError::unsupported(
-                            "linux.namespaces: joining an existing pid namespace is not supported; \
-                             leave out its path to get a new one",
-                        ))
+                        plan.pid_join = Some(path.clone());
+                        continue;
                     }
                     LinuxNamespaceType::Mount | LinuxNamespaceType::User => {
                         return Err(RuntimeError::unsupported(format!(
@@ -74,6 +76,11 @@ pub fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan, RuntimeError
                 plan.new_net |= typ == LinuxNamespaceType::Network;
             }
         }
+    }
+    if plan.pid_join.is_some() && plan.clone_flags & libc::CLONE_NEWPID != 0 {
+        return Err(RuntimeError::unsupported(
+            "linux.namespaces: two pid namespaces (one with a path, one without); keep one",
+        ));
     }
     if plan.clone_flags & libc::CLONE_NEWNS == 0 {
         return Err(RuntimeError::unsupported(
@@ -122,13 +129,32 @@ mod tests {
             vec![(PathBuf::from("/run/netns/x"), libc::CLONE_NEWNET)]
         );
         assert!(plan.cgroup && !plan.user && !plan.new_net);
+        assert_eq!(plan.pid_join, None);
+    }
+
+    /// A pid namespace with a path is entered around the clone, not `setns`-ed by
+    /// the child (which would move only its children).
+    #[test]
+    fn a_joined_pid_namespace_is_planned_apart() {
+        use LinuxNamespaceType as T;
+        let plan = plan(&[ns(T::Mount, None), ns(T::Pid, Some("/proc/1/ns/pid"))]).unwrap();
+        assert_eq!(plan.pid_join, Some(PathBuf::from("/proc/1/ns/pid")));
+        assert_eq!(plan.clone_flags, libc::CLONE_NEWNS);
+        assert!(plan.join.is_empty());
     }
 
     #[test]
     fn unsupported_joins_are_errors() {
         use LinuxNamespaceType as T;
-        let e = plan(&[ns(T::Mount, None), ns(T::Pid, Some("/proc/1/ns/pid"))]).unwrap_err();
-        assert!(e.to_string().contains("pid namespace"), "{e}");
+        let e = plan(&[ns(T::Mount, Some("/proc/1/ns/mnt"))]).unwrap_err();
+        assert!(e.to_string().contains("Mount namespace"), "{e}");
+        let e = plan(&[
+            ns(T::Mount, None),
+            ns(T::Pid, None),
+            ns(T::Pid, Some("/proc/1/ns/pid")),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("two pid namespaces"), "{e}");
         let e = plan(&[ns(T::Pid, None)]).unwrap_err();
         assert!(e.to_string().contains("mount namespace"), "{e}");
     }

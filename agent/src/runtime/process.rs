@@ -41,6 +41,10 @@ pub struct RunOptions<'a> {
     /// container running unseen. Only for single-threaded callers: the kernel counts
     /// the death of the calling *thread*.
     pub kill_with_parent: bool,
+    /// The OCI lifecycle (`create`, then `start`): make a fifo at this path, and have
+    /// the init wait on it, set up but before execve, until someone writes a byte to
+    /// it ([`start_gated`]). [`spawn`] then returns once the init waits there.
+    pub start_gate: Option<PathBuf>,
 }
 
 /// How a container ended.
@@ -108,6 +112,10 @@ pub struct Container {
     child: ChildGuard,
     cgroup: CgroupGuard,
     console: Option<OwnedFd>,
+    /// With a start gate: a write end of the fifo, so that the init's read blocks
+    /// (rather than seeing EOF) until `start`; and the error pipe, still open so that
+    /// an execve failing after `start` can write its record.
+    _gate: Option<(OwnedFd, std::fs::File)>,
 }
 
 impl Container {
@@ -176,6 +184,15 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let ns = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default())?;
     let joins = namespaces::open_joins(&ns)?;
     let mut plan = plan_init(bundle, id, &ns, &hierarchy, opts)?;
+    // In a new user namespace the init cannot write its own oom_score_adj: it is not
+    // dumpable, so its /proc files belong to the host's root, not to the namespace's.
+    // The parent writes it instead, before the init goes on (runc's nsexec does it
+    // before the user namespace too).
+    let oom_score_adj = if ns.user {
+        plan.oom_score_adj.take()
+    } else {
+        None
+    };
     plan.joins = joins.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
     let process = spec.process().clone().unwrap_or_default();
     // With a terminal, the init opens a pty in the container's own /dev/pts once its
@@ -194,6 +211,11 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     } else {
         None
     };
+    let gate = match &opts.start_gate {
+        Some(path) => Some(open_gate(path)?),
+        None => None,
+    };
+    plan.start_gate = gate.as_ref().map(|(reader, _)| reader.as_raw_fd());
     plan.seal();
 
     let resources = match linux.resources() {
@@ -215,6 +237,11 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let clone_flags = nix::sched::CloneFlags::from_bits_retain(ns.clone_flags);
     let (sync_fd, parent_end, err_fd) = (sync_r.as_raw_fd(), sync_w.as_raw_fd(), err_w.as_raw_fd());
     let plan_ref = &plan;
+    // A pid namespace to join is this thread's for its children while it clones.
+    let pid_ns = match &ns.pid_join {
+        Some(path) => Some(PidNamespaceEntered::enter(path)?),
+        None => None,
+    };
     // SAFETY: the callback runs in the child, which has a copy of this process's memory
     // (no CLONE_VM) and only this thread. It runs `child_main`, which does only
     // async-signal-safe work (system calls over `plan`, prepared above; no allocation,
@@ -229,6 +256,7 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
         )
     }
     .map_err(|e| RuntimeError::io("clone the container's init", e.into()))?;
+    drop(pid_ns);
     let mut child = ChildGuard(Some(pid));
     drop(sync_r);
     drop(err_w);
@@ -239,7 +267,16 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
         drop(child_end);
         parent
     });
+    // Ours of the gate's read end goes too; the write end stays (see `Container`).
+    let gate_writer = gate.map(|(reader, writer)| {
+        drop(reader);
+        writer
+    });
 
+    if let Some(adj) = &oom_score_adj {
+        let path = format!("/proc/{pid}/oom_score_adj");
+        std::fs::write(&path, adj).map_err(|e| RuntimeError::io(path, e))?;
+    }
     if ns.user {
         write_id_maps(pid, &linux)?;
     }
@@ -257,7 +294,10 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let mut err_file = std::fs::File::from(err_r);
     let n = read_full(&mut err_file, &mut buf)?;
     drop(sync_w);
-    if n == init::FAILURE_SIZE {
+    let mut gate = None;
+    if n == init::FAILURE_SIZE && init::is_at_gate(&init::Failure::from_bytes(&buf)) {
+        gate = gate_writer.map(|w| (w, err_file));
+    } else if n == init::FAILURE_SIZE {
         let failure = init::Failure::from_bytes(&buf);
         child.reap();
         return Err(RuntimeError::Init {
@@ -293,7 +333,91 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
         child,
         cgroup,
         console,
+        _gate: gate,
     })
+}
+
+/// This thread's children start in another pid namespace until dropped: `setns` of
+/// a pid namespace changes only where the caller's next children go (the caller
+/// itself stays), and the drop goes back to the thread's own.
+struct PidNamespaceEntered(OwnedFd);
+
+impl PidNamespaceEntered {
+    fn enter(path: &Path) -> Result<PidNamespaceEntered, RuntimeError> {
+        let open = |p: &Path| {
+            std::fs::File::open(p)
+                .map(OwnedFd::from)
+                .map_err(|e| RuntimeError::io(format!("namespace {}", p.display()), e))
+        };
+        let own = open(Path::new("/proc/thread-self/ns/pid_for_children"))?;
+        let target = open(path)?;
+        nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| {
+            RuntimeError::io(format!("join pid namespace {}", path.display()), e.into())
+        })?;
+        Ok(PidNamespaceEntered(own))
+    }
+}
+
+impl Drop for PidNamespaceEntered {
+    fn drop(&mut self) {
+        let _ = nix::sched::setns(&self.0, nix::sched::CloneFlags::CLONE_NEWPID);
+    }
+}
+
+/// Makes the start gate's fifo at `path` (mode 0600) and opens it twice: a blocking
+/// read end for the init, and a write end the caller keeps (see [`InitPlan::start_gate`]).
+fn open_gate(path: &Path) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+    let err = |what: &str, e: nix::errno::Errno| {
+        RuntimeError::io(format!("{what} {}", path.display()), e.into())
+    };
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| err("create the start fifo", e))?;
+    let cloexec = OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    // Non-blocking, so that neither open waits for the other side; then the read end
+    // is made blocking for the init.
+    let reader = open(
+        path,
+        OFlag::O_RDONLY | cloexec,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| err("open", e))?;
+    let writer = open(
+        path,
+        OFlag::O_WRONLY | cloexec,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| err("open", e))?;
+    fcntl(&reader, FcntlArg::F_SETFL(OFlag::empty())).map_err(|e| err("open", e))?;
+    Ok((reader, writer))
+}
+
+/// `start`: lets a container made with [`RunOptions::start_gate`] run its program,
+/// from any process. Returns false if it is not waiting there (never created with a
+/// gate, started already, or dead). The fifo is removed before the byte is written,
+/// so that of two racing `start`s only one succeeds.
+pub fn start_gated(path: &Path) -> Result<bool, RuntimeError> {
+    use nix::fcntl::{open, OFlag};
+    let flags = OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    // ENXIO: no reader, the init is gone; ENOENT: started already.
+    let fd = match open(path, flags, nix::sys::stat::Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENXIO) => return Ok(false),
+        Err(e) => {
+            return Err(RuntimeError::io(
+                format!("open {}", path.display()),
+                e.into(),
+            ))
+        }
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(RuntimeError::io(format!("remove {}", path.display()), e)),
+    }
+    nix::unistd::write(&fd, &[0])
+        .map_err(|e| RuntimeError::io(format!("write {}", path.display()), e.into()))?;
+    Ok(true)
 }
 
 /// The container's cgroup (relative to the hierarchy's roots), as [`spawn`] names it:
@@ -560,6 +684,7 @@ pub(crate) fn plan_process(
         init: false,
         own_args: None,
         tty_socket: None,
+        start_gate: None,
         tty_size: (24, 80),
         keep_fds: Vec::new(),
     })

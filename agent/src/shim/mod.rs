@@ -56,6 +56,7 @@
 pub mod attach;
 mod enter;
 mod log;
+pub mod oci;
 mod run;
 mod serve;
 
@@ -84,6 +85,8 @@ pub enum ShimError {
     Exists { id: String },
     #[error("container {id} is not running ({status})")]
     NotRunning { id: String, status: String },
+    #[error("container {id} is not created ({status}): only a created container can be started")]
+    NotCreated { id: String, status: String },
     #[error("container {id} is still running: stop it first (berth runtime stop {id})")]
     StillRunning { id: String },
     #[error("container {id} failed to start: {message}")]
@@ -177,6 +180,13 @@ pub struct CreateOptions {
     /// `StdinOnce`, for `berth run`): a one-off whose caller died must not wait for
     /// input forever.
     pub stdin_once: bool,
+    /// The OCI lifecycle (`berth runtime create`, then `start`): the container's stdio
+    /// is the caller's own, passed through (no log), and its process waits before
+    /// execve until [`start`]; [`Status::Created`] until then. See [`oci`].
+    pub oci: bool,
+    /// With `oci` and a spec asking for a terminal: the unix socket to send the
+    /// terminal's master to (runc's `--console-socket`), instead of the shim keeping it.
+    pub console_socket: Option<PathBuf>,
 }
 
 impl CreateOptions {
@@ -187,6 +197,8 @@ impl CreateOptions {
             log_max_files: DEFAULT_LOG_MAX_FILES,
             stdin: false,
             stdin_once: false,
+            oci: false,
+            console_socket: None,
         }
     }
 }
@@ -204,7 +216,23 @@ pub(crate) struct ShimConfig {
     /// Close its stdin when the first attached client goes.
     #[serde(default)]
     pub stdin_once: bool,
+    /// The OCI lifecycle: the container gets the shim's stdio and waits at
+    /// [`START_FIFO`] until [`start`].
+    #[serde(default)]
+    pub oci: bool,
+    /// With `oci`: the caller's stdout, at this descriptor number in the shim (its own
+    /// stdout is the readiness pipe until it answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_fd: Option<i32>,
+    /// With `oci`: where the terminal's master goes ([`CreateOptions::console_socket`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_socket: Option<PathBuf>,
 }
+
+/// With [`CreateOptions::oci`]: the fifo in the container's directory on which its
+/// process waits for [`start`] (runc's `exec.fifo`); it exists while the container
+/// is `created`.
+pub(crate) const START_FIFO: &str = "exec.fifo";
 
 /// How a container ended (the runtime's [`crate::runtime::ExitReport`], on disk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -394,9 +422,17 @@ fn start_shim(
     id: &str,
     opts: &CreateOptions,
 ) -> Result<ContainerState, ShimError> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| ShimError::io(format!("chmod {}", dir.display()), e))?;
+    // The OCI lifecycle passes this process's stdio to the container: stdin and stderr
+    // as the shim's own, stdout (the shim's is the readiness pipe) at another number.
+    let passed_stdout = if opts.oci {
+        Some(oci::inheritable_stdout()?)
+    } else {
+        None
+    };
     write_json_atomic(
         &dir.join("config.json"),
         &ShimConfig {
@@ -406,6 +442,9 @@ fn start_shim(
             log_max_files: opts.log_max_files.max(1),
             stdin: opts.stdin,
             stdin_once: opts.stdin_once,
+            oci: opts.oci,
+            stdout_fd: passed_stdout.as_ref().map(|f| f.as_raw_fd()),
+            console_socket: opts.console_socket.clone(),
         },
     )?;
 
@@ -418,6 +457,10 @@ fn start_shim(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::from(ready_w))
         .stderr(std::process::Stdio::null());
+    if opts.oci {
+        cmd.stdin(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::inherit());
+    }
     let mut child = cmd.spawn().map_err(|e| {
         ShimError::io(
             format!(
@@ -429,6 +472,7 @@ fn start_shim(
     })?;
     // The parent's copy of the write end is closed: `cmd` holds it until dropped.
     drop(cmd);
+    drop(passed_stdout);
     // The exec'd shim forks its daemon and exits at once: reap it.
     let _ = child.wait();
 
@@ -467,7 +511,20 @@ pub fn state(state: &Path, id: &str) -> Result<ContainerState, ShimError> {
         // A directory without state: a create in progress, or one that died before
         // its shim wrote anything.
         Err(ShimError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            let config: ShimConfig = read_json(&dir.join("config.json"))?;
+            // A directory that is no shim's (a bundle the daemon made under the same
+            // state directory, with an OCI config.json) is no container of this root.
+            let config: ShimConfig = match read_json(&dir.join("config.json")) {
+                Ok(c) => c,
+                Err(ShimError::Corrupt { .. }) => {
+                    return Err(ShimError::NotFound { id: id.to_string() })
+                }
+                Err(ShimError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Err(ShimError::NotFound { id: id.to_string() })
+                }
+                Err(e) => return Err(e),
+            };
             return Ok(ContainerState {
                 id: id.to_string(),
                 bundle: config.bundle,
@@ -483,6 +540,13 @@ pub fn state(state: &Path, id: &str) -> Result<ContainerState, ShimError> {
         }
         Err(e) => return Err(e),
     };
+    // An OCI container is `created` until `start` removed its fifo.
+    if s.status == Status::Created
+        && !dir.join(START_FIFO).exists()
+        && s.pid.is_some_and(|p| alive(p, s.pid_start))
+    {
+        s.status = Status::Running;
+    }
     if matches!(s.status, Status::Created | Status::Running) && !alive(s.shim_pid, s.shim_start) {
         // The shim may have written the exit just now: read again before deciding.
         s = read_json(&path)?;
@@ -528,8 +592,10 @@ pub fn list(state: &Path) -> Result<Vec<ContainerState>, ShimError> {
 /// Sends `signal` to the container's first process.
 pub fn kill(state: &Path, id: &str, signal: i32) -> Result<(), ShimError> {
     let s = self::state(state, id)?;
+    // A created container's process waits before execve (the OCI lifecycle): it may
+    // be signalled too, as runc's.
     let pid = match (s.status, s.pid) {
-        (Status::Running, Some(pid)) if alive(pid, s.pid_start) => pid,
+        (Status::Running | Status::Created, Some(pid)) if alive(pid, s.pid_start) => pid,
         _ => {
             return Err(ShimError::NotRunning {
                 id: id.to_string(),

@@ -58,6 +58,9 @@ pub fn main(dir: &Path) -> i32 {
             return 1;
         }
     };
+    if let Some(fd) = config.stdout_fd {
+        super::oci::take_stdout(fd);
+    }
 
     // Detach: fork (the exec'd process exits, so the caller reaps it at once), new
     // session, fork again (the daemon is no session leader and can never get a
@@ -281,6 +284,16 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
             kill_with_parent: true,
             ..RunOptions::default()
         };
+        // The OCI lifecycle: the caller's stdio (the shim's own), and a start gate.
+        let opts = if config.oci {
+            RunOptions {
+                stdio: Stdio::default(),
+                start_gate: Some(dir.join(super::START_FIFO)),
+                ..opts
+            }
+        } else {
+            opts
+        };
         runtime::spawn(&bundle, &config.id, &opts).map(|c| (c, cgroup))
     })();
     drop((out_w, err_w, in_r));
@@ -289,8 +302,25 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
     let stdin = (config.stdin && !terminal).then(|| File::from(in_w));
     let (mut container, console) = match started {
         Ok((mut c, cgroup)) => {
-            let console = c.take_console().map(File::from);
-            state.status = Status::Running;
+            let mut console = c.take_console().map(File::from);
+            // The OCI lifecycle hands the terminal to whoever asked for it.
+            if let (true, Some(path)) = (config.oci, config.console_socket.as_ref()) {
+                if let Some(master) = console.take() {
+                    if let Err(e) = super::oci::send_console(path, master) {
+                        return fail(&mut state, ready, e);
+                    }
+                }
+            }
+            state.status = if config.oci {
+                Status::Created
+            } else {
+                Status::Running
+            };
+            if config.oci {
+                // The container has its copies of the caller's stdio: the caller's
+                // readers see EOF when the container is done, not when the shim is.
+                super::oci::release_stdio();
+            }
             state.pid = Some(c.pid());
             state.pid_start = start_time(c.pid()).unwrap_or(0);
             state.cgroup = Some(cgroup);
@@ -314,6 +344,8 @@ fn serve(dir: &Path, config: &ShimConfig, ready: &mut Ready) -> i32 {
 
     // A terminal is one stream, read from its master; else the two pipes.
     let mut streams = match console.as_ref().map(File::try_clone) {
+        // The OCI lifecycle's container writes to the caller's stdio itself.
+        _ if config.oci => [None, None],
         Some(Ok(master)) => [Some((master, Stream::Stdout, LineBuffer::default())), None],
         _ => [
             Some((File::from(out_r), Stream::Stdout, LineBuffer::default())),

@@ -58,6 +58,10 @@ pub struct Resources {
     /// equals the limit: no swap, so the limit is real.
     pub memory_swap: Option<i64>,
     pub memory_reservation: Option<i64>,
+    /// v1's `memory.swappiness` (0-100); v2 has none (runc ignores it there too).
+    pub memory_swappiness: Option<u64>,
+    /// v1's `memory.oom_control` (Docker's --oom-kill-disable); v2 has none.
+    pub disable_oom_killer: bool,
     pub cpu_shares: Option<u64>,
     pub cpu_quota: Option<i64>,
     pub cpu_period: Option<u64>,
@@ -98,9 +102,10 @@ impl Resources {
             res.memory_limit = m.limit().filter(|l| *l > 0);
             res.memory_swap = m.swap().filter(|s| *s != 0);
             res.memory_reservation = m.reservation().filter(|l| *l > 0);
-            if m.kernel_tcp().is_some() || m.disable_oom_killer() == Some(true) {
-                return unsupported("memory.kernelTCP / disableOOMKiller");
-            }
+            // kernel and kernelTCP are deprecated in the runtime spec and the kernel
+            // (no kmem limits since 6.1 on v1, none ever on v2): ignored, as runc does.
+            res.memory_swappiness = m.swappiness().filter(|s| *s <= 100);
+            res.disable_oom_killer = m.disable_oom_killer() == Some(true);
         }
         if let Some(c) = r.cpu() {
             res.cpu_shares = c.shares().filter(|s| *s > 0);

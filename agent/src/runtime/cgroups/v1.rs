@@ -84,6 +84,15 @@ impl CgroupV1 {
                 write(&memsw, &swap.to_string())?;
             }
         }
+        if let Some(swappiness) = res.memory_swappiness {
+            write(
+                &self.need("memory")?.join("memory.swappiness"),
+                &swappiness.to_string(),
+            )?;
+        }
+        if res.disable_oom_killer {
+            write(&self.need("memory")?.join("memory.oom_control"), "1")?;
+        }
         if let Some(r) = res.memory_reservation {
             write(
                 &self.need("memory")?.join("memory.soft_limit_in_bytes"),
