@@ -57,10 +57,24 @@ runc --root "$work/runc" run -d --bundle "$bundle" runc-exec-bench >/dev/null 2>
 commands=(-n berth "env BERTH_STATE_DIR=$work/berth $BERTH runtime exec $id /bin/true"
           -n runc "runc --root $work/runc exec runc-exec-bench /bin/true")
 if [ -n "${BERTH_OLD:-}" ]; then
+  # The older berth gets a bundle with its own default spec (an older one refuses the
+  # cgroup mount the newer spec has on v1 hosts), the same rootfs and limits.
+  old_bundle="$work/bundle-old"
+  mkdir -p "$old_bundle" && cp -a "$bundle/rootfs" "$old_bundle/"
+  "$BERTH_OLD" runtime spec --bundle "$old_bundle" -- /bin/sleep 100000
+  python3 - "$old_bundle/config.json" "$hard" <<'PY'
+import json, sys
+path, hard = sys.argv[1], int(sys.argv[2])
+spec = json.load(open(path))
+for r in spec["process"]["rlimits"]:
+    if r["type"] == "RLIMIT_NOFILE":
+        r["hard"] = r["soft"] = hard
+json.dump(spec, open(path, "w"), indent=2)
+PY
   # A berth from before the OCI command line detaches with `create`, a newer one with
   # `run -d` (`create` now leaves the program waiting for `start`).
-  BERTH_STATE_DIR="$work/old" "$BERTH_OLD" runtime run -d --bundle "$bundle" "$id-old" >/dev/null 2>&1 ||
-    BERTH_STATE_DIR="$work/old" "$BERTH_OLD" runtime create --bundle "$bundle" "$id-old" >/dev/null
+  BERTH_STATE_DIR="$work/old" "$BERTH_OLD" runtime run -d --bundle "$old_bundle" "$id-old" >/dev/null 2>&1 ||
+    BERTH_STATE_DIR="$work/old" "$BERTH_OLD" runtime create --bundle "$old_bundle" "$id-old" >/dev/null
   commands+=(-n berth-old "env BERTH_STATE_DIR=$work/old $BERTH_OLD runtime exec $id-old /bin/true")
 fi
 
