@@ -138,3 +138,28 @@ fn run_clones_the_container_from_a_sealed_copy() {
     );
     assert_eq!(lines.next(), Some("refused"), "{stdout}");
 }
+
+/// `berth runtime run` execs the berth-shim next to it without asking its build first;
+/// a shim from another build refuses to run the container, saying what to do.
+#[test]
+fn a_shim_from_another_build_refuses_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    bundle(dir.path(), "echo ran");
+    let id = testkit::unique_name("clibuild");
+    let _cgroup = own_cgroup(dir.path(), &id);
+    let shim = Path::new(env!("CARGO_BIN_EXE_berth")).with_file_name("berth-shim");
+    let out = Command::new(&shim)
+        .arg("--run")
+        .arg(&id)
+        .arg(dir.path())
+        .arg("not-this-build")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("from another build"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

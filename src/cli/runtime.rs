@@ -187,6 +187,8 @@ pub struct ShimArgs {
     run: Option<String>,
     /// The container's state directory (with --exec, the state root; with --run, the bundle)
     dir: PathBuf,
+    /// With --run: the build of berth that asks (this binary is that build)
+    build_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -286,7 +288,7 @@ pub fn run(state_dir: &Path, args: &RuntimeArgs) -> anyhow::Result<ExitCode> {
             let code = if a.exec {
                 shim::helper_main(&a.dir)
             } else if let Some(id) = &a.run {
-                shim::run_main(&a.dir, id)
+                shim::run_main(&a.dir, id, a.build_id.as_deref())
             } else {
                 shim::shim_main(&a.dir)
             };
@@ -511,9 +513,20 @@ fn run_bundle(args: &RunArgs) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     let bundle = std::fs::canonicalize(&args.bundle)
         .with_context(|| format!("bundle {}", args.bundle.display()))?;
-    let program = shim_program()?;
+    // berth-shim next to this binary is not asked for its build id first (one exec
+    // less on every run): it is told which one to be, and refuses to run otherwise.
+    let me = std::env::current_exe().context("find the berth binary")?;
+    let sibling = me.with_file_name("berth-shim");
+    let program = if std::env::var_os("BERTH_SHIM").is_none() && sibling.is_file() {
+        shim::ShimProgram::new(sibling, Vec::new()).sealed()?
+    } else {
+        shim_program()?
+    };
     let mut cmd = program.command();
-    cmd.arg("--run").arg(&args.id).arg(&bundle);
+    cmd.arg("--run")
+        .arg(&args.id)
+        .arg(&bundle)
+        .arg(agent::BUILD_ID);
     let err = cmd.exec();
     Err(anyhow::anyhow!(
         "run the shim {} for the container: {err}",

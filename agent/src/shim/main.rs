@@ -25,12 +25,17 @@ fn main() -> ExitCode {
     let code = match args.as_slice() {
         [dir] => agent::shim::shim_main(std::path::Path::new(dir)),
         [flag, state] if flag == "--exec" => agent::shim::helper_main(std::path::Path::new(state)),
-        [flag, id, bundle] if flag == "--run" => {
-            agent::shim::run_main(std::path::Path::new(bundle), &id.to_string_lossy())
+        [flag, id, bundle, rest @ ..] if flag == "--run" && rest.len() <= 1 => {
+            let build = rest.first().map(|b| b.to_string_lossy());
+            agent::shim::run_main(
+                std::path::Path::new(bundle),
+                &id.to_string_lossy(),
+                build.as_deref(),
+            )
         }
         _ => {
             eprintln!(
-                "usage: berth-shim CONTAINER-STATE-DIR | --exec STATE | --run ID BUNDLE (started by berth)"
+                "usage: berth-shim CONTAINER-STATE-DIR | --exec STATE | --run ID BUNDLE [BUILD-ID] (started by berth)"
             );
             return ExitCode::from(2);
         }

@@ -14,7 +14,16 @@ use crate::runtime::{self, Bundle, RunOptions};
 /// Runs the bundle at `bundle` as container `id`; returns the exit status (the
 /// container's, 128 + n if signal n killed it, 1 if it could not start, as for any
 /// other error of berth's).
-pub fn run_main(bundle: &Path, id: &str) -> i32 {
+///
+/// `build_id` is the build of berth that asks: a shim from another build (a rebuilt
+/// berth next to a stale berth-shim) refuses, saying what to do.
+pub fn run_main(bundle: &Path, id: &str, build_id: Option<&str>) -> i32 {
+    if build_id.is_some_and(|b| b != crate::BUILD_ID) {
+        eprintln!(
+            "berth: the berth-shim next to berth is from another build of berth: install both from one build (or set BERTH_SHIM=builtin)"
+        );
+        return 1;
+    }
     let result = Bundle::load(bundle).and_then(|b| {
         runtime::run(
             &b,
