@@ -11,14 +11,19 @@
 //! the `#!/proc/self/exe` route, nor a container granted CAP_SYS_PTRACE.
 //!
 //! So the programs that enter containers (the shim, which clones every container's
-//! init, and the exec helper) run from a memfd: a copy of the binary sealed against
-//! every change (`F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`), which
-//! no process can write, whatever it holds. runc's `exeseal` does the same.
+//! init, the exec helper, and the shim's `--run` for `berth runtime run`) run from a
+//! sealed view of their file, which no process can write, whatever it holds. Two
+//! ways, runc's (`libcontainer/exeseal`), tried in this order:
+//! - an overlay mount that is never attached anywhere, whose only layers are the
+//!   program's directory and an empty one: with no upper layer it can never be
+//!   written, nor remounted writable; the program is executed through it. No copy:
+//!   a few system calls (about 1 ms);
+//! - a memfd copy of the program's image (its segments, without the debug sections:
+//!   3.4 MB for a release berth-shim), sealed with `F_SEAL_WRITE | F_SEAL_SHRINK |
+//!   F_SEAL_GROW | F_SEAL_SEAL`, where overlayfs or the mount API is missing.
 //!
-//! What it costs: the copy of the program's image (its segments, without the debug
-//! sections: 3.4 MB for a release berth-shim), once per daemon and per CLI call that
-//! needs it; every shim started from one [`SealedProgram`] runs the same memfd, so its
-//! pages are shared, not copied per container; nothing per container start.
+//! Either way one [`SealedProgram`] serves every shim and helper its owner starts
+//! (the daemon keeps one), and nothing is done per container start.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{Read, Write};
