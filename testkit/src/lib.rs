@@ -172,8 +172,16 @@ pub fn remove_cgroup(rel: &str) {
                 }
             }
         }
-        // cgroup directories are removed with rmdir even though they list files.
-        let _ = std::fs::remove_dir(dir);
+        // cgroup directories are removed with rmdir even though they list files; a
+        // process killed a moment ago may still be leaving it (EBUSY).
+        for _ in 0..100 {
+            match std::fs::remove_dir(dir) {
+                Err(e) if e.raw_os_error() == Some(16) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
     }
     let rel = rel.trim_start_matches('/');
     if rel.is_empty() || rel.contains("..") {
@@ -194,13 +202,19 @@ pub fn remove_cgroup(rel: &str) {
     }
 }
 
-/// Removes its cgroup (see [`remove_cgroup`]) when dropped, even if the test failed.
+/// Removes its cgroup (see [`remove_cgroup`]) when dropped, even if the test failed,
+/// and the cgroup the shim of a container of that id runs in (`berth-shim/<id>`),
+/// which a shim killed by the test could not remove.
 #[derive(Debug)]
 pub struct CgroupGuard(pub String);
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
         remove_cgroup(&self.0);
+        let id = self.0.trim_start_matches('/');
+        if !id.is_empty() && !id.contains('/') {
+            remove_cgroup(&format!("berth-shim/{id}"));
+        }
     }
 }
 
