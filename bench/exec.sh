@@ -41,8 +41,10 @@ mkdir -p "$bundle/rootfs/bin" "$bundle/rootfs"/{proc,sys,dev,tmp,etc}
 cp "$(command -v busybox)" "$bundle/rootfs/bin/busybox"
 for a in true sleep sh; do ln -s busybox "$bundle/rootfs/bin/$a"; done
 "$BERTH" runtime spec --bundle "$bundle" -- /bin/sleep 100000
-hard="$(ulimit -Hn)"
-python3 - "$bundle/config.json" "$hard" <<'PY'
+# runc does not clamp rlimits to what the host allows (berth does): both get the
+# host's hard limit, so that one bundle is valid for both.
+nofile_to_hard_limit() {
+  python3 - "$1" "$(ulimit -Hn)" <<'PY'
 import json, sys
 path, hard = sys.argv[1], int(sys.argv[2])
 spec = json.load(open(path))
@@ -51,6 +53,8 @@ for r in spec["process"]["rlimits"]:
         r["hard"] = r["soft"] = hard
 json.dump(spec, open(path, "w"), indent=2)
 PY
+}
+nofile_to_hard_limit "$bundle/config.json"
 
 BERTH_STATE_DIR="$work/berth" "$BERTH" runtime run -d --bundle "$bundle" "$id" >/dev/null
 runc --root "$work/runc" run -d --bundle "$bundle" runc-exec-bench >/dev/null 2>&1 </dev/null
@@ -62,15 +66,7 @@ if [ -n "${BERTH_OLD:-}" ]; then
   old_bundle="$work/bundle-old"
   mkdir -p "$old_bundle" && cp -a "$bundle/rootfs" "$old_bundle/"
   "$BERTH_OLD" runtime spec --bundle "$old_bundle" -- /bin/sleep 100000
-  python3 - "$old_bundle/config.json" "$hard" <<'PY'
-import json, sys
-path, hard = sys.argv[1], int(sys.argv[2])
-spec = json.load(open(path))
-for r in spec["process"]["rlimits"]:
-    if r["type"] == "RLIMIT_NOFILE":
-        r["hard"] = r["soft"] = hard
-json.dump(spec, open(path, "w"), indent=2)
-PY
+  nofile_to_hard_limit "$old_bundle/config.json"
   # A berth from before the OCI command line detaches with `create`, a newer one with
   # `run -d` (`create` now leaves the program waiting for `start`).
   BERTH_STATE_DIR="$work/old" "$BERTH_OLD" runtime run -d --bundle "$old_bundle" "$id-old" >/dev/null 2>&1 ||
