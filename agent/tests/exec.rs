@@ -305,3 +305,32 @@ fn exec_reports_a_missing_program_a_stopped_container_and_a_missing_one() {
     );
     assert!(matches!(err, ShimError::NotFound { .. }), "{err}");
 }
+
+/// A caller that does not ask the shim program for its build first tells the exec
+/// helper which build it must be: a helper from another build refuses, saying what
+/// to do, and runs nothing.
+#[test]
+fn an_exec_helper_from_another_build_refuses() {
+    let c = Running::start("build", "sleep 1000", None);
+    let stale = c.program.clone().expecting_build("not-this-build");
+    let err = shim::exec(
+        &stale,
+        c.state(),
+        &c.id,
+        &ExecRequest {
+            args: vec!["true".into()],
+            ..ExecRequest::default()
+        },
+        ExecStdio::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("from another build"), "{err}");
+    let same = c.program.clone().expecting_build(agent::BUILD_ID);
+    let req = ExecRequest {
+        args: vec!["true".into()],
+        ..ExecRequest::default()
+    };
+    let p = shim::exec(&same, c.state(), &c.id, &req, ExecStdio::default()).unwrap();
+    assert_eq!(p.wait().unwrap().status(), 0);
+}

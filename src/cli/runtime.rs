@@ -187,7 +187,7 @@ pub struct ShimArgs {
     run: Option<String>,
     /// The container's state directory (with --exec, the state root; with --run, the bundle)
     dir: PathBuf,
-    /// With --run: the build of berth that asks (this binary is that build)
+    /// With --run or --exec: the build of berth that asks (this binary must be that build)
     build_id: Option<String>,
 }
 
@@ -286,7 +286,7 @@ pub fn run(state_dir: &Path, args: &RuntimeArgs) -> anyhow::Result<ExitCode> {
         RuntimeCommand::Shim(a) => {
             runtime::sealed::reexec_sealed()?;
             let code = if a.exec {
-                shim::helper_main(&a.dir)
+                shim::helper_main(&a.dir, a.build_id.as_deref())
             } else if let Some(id) = &a.run {
                 shim::run_main(&a.dir, id, a.build_id.as_deref())
             } else {
@@ -322,6 +322,20 @@ pub(super) fn shim_program() -> anyhow::Result<shim::ShimProgram> {
         return Ok(shim::ShimProgram::new(sibling, Vec::new()).sealed()?);
     }
     Ok(shim::ShimProgram::new(me, vec!["runtime".into(), "shim".into()]).sealed()?)
+}
+
+/// The shim program for a single `--run` or `--exec`: berth-shim next to this binary
+/// is not asked for its build first (one exec less per call) but told which build it
+/// must be, and refuses otherwise; else as [`shim_program`].
+fn unchecked_shim_program() -> anyhow::Result<shim::ShimProgram> {
+    let me = std::env::current_exe().context("find the berth binary")?;
+    let sibling = me.with_file_name("berth-shim");
+    if std::env::var_os("BERTH_SHIM").is_none() && sibling.is_file() {
+        return Ok(shim::ShimProgram::new(sibling, Vec::new())
+            .sealed()?
+            .expecting_build(agent::BUILD_ID));
+    }
+    shim_program()
 }
 
 /// `create` as runtime.md defines it: the container exists, set up, and its program
@@ -446,7 +460,7 @@ pub(super) fn exec_command(
         tty,
         timeout_ms: None,
     };
-    let program = shim_program()?;
+    let program = unchecked_shim_program()?;
     if tty.is_some() {
         let mut session = shim::exec(&program, shim_root, id, &req, shim::ExecStdio::default())?;
         if let Some(master) = session.take_master() {
@@ -513,15 +527,7 @@ fn run_bundle(args: &RunArgs) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     let bundle = std::fs::canonicalize(&args.bundle)
         .with_context(|| format!("bundle {}", args.bundle.display()))?;
-    // berth-shim next to this binary is not asked for its build id first (one exec
-    // less on every run): it is told which one to be, and refuses to run otherwise.
-    let me = std::env::current_exe().context("find the berth binary")?;
-    let sibling = me.with_file_name("berth-shim");
-    let program = if std::env::var_os("BERTH_SHIM").is_none() && sibling.is_file() {
-        shim::ShimProgram::new(sibling, Vec::new()).sealed()?
-    } else {
-        shim_program()?
-    };
+    let program = unchecked_shim_program()?;
     let mut cmd = program.command();
     cmd.arg("--run")
         .arg(&args.id)

@@ -144,9 +144,11 @@ pub fn exec(
         .open("/dev/null")
         .map_err(|e| io("open /dev/null", e))?;
     let mut cmd = shim.command();
-    cmd.arg("--exec")
-        .arg(state)
-        .stdin(std::process::Stdio::from(theirs))
+    cmd.arg("--exec").arg(state);
+    if let Some(build) = &shim.build {
+        cmd.arg(build);
+    }
+    cmd.stdin(std::process::Stdio::from(theirs))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let helper = cmd.spawn().map_err(|e| {
@@ -300,9 +302,10 @@ impl Drop for ExecSession {
     }
 }
 
-/// The helper's side: `berth-shim --exec STATE`, with the control socket as stdin.
-/// Returns its exit status (0 once it has reported how the process ended).
-pub fn helper_main(state: &Path) -> i32 {
+/// The helper's side: `berth-shim --exec STATE [BUILD-ID]`, with the control socket
+/// as stdin. Returns its exit status (0 once it has reported how the process ended).
+/// With `build`, a helper from another build of berth refuses, saying what to do.
+pub fn helper_main(state: &Path, build: Option<&str>) -> i32 {
     // Nothing of whoever started us beyond stdio: a descriptor its program left
     // inheritable must not reach the process we start.
     // SAFETY: prctl and close_range with integer arguments.
@@ -320,6 +323,16 @@ pub fn helper_main(state: &Path) -> i32 {
         let fds: Vec<RawFd> = fd.into_iter().collect();
         let _ = send(&control, &bytes, &fds);
     };
+    if build.is_some_and(|b| b != crate::BUILD_ID) {
+        reply(
+            &Reply::Error {
+                kind: ErrorKind::Other,
+                message: "the berth-shim next to berth is from another build of berth: install both from one build (or set BERTH_SHIM=builtin)".into(),
+            },
+            None,
+        );
+        return 1;
+    }
     let (id, req): (String, ExecRequest) = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {

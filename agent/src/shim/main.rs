@@ -24,7 +24,10 @@ fn main() -> ExitCode {
     }
     let code = match args.as_slice() {
         [dir] => agent::shim::shim_main(std::path::Path::new(dir)),
-        [flag, state] if flag == "--exec" => agent::shim::helper_main(std::path::Path::new(state)),
+        [flag, state, rest @ ..] if flag == "--exec" && rest.len() <= 1 => {
+            let build = rest.first().map(|b| b.to_string_lossy());
+            agent::shim::helper_main(std::path::Path::new(state), build.as_deref())
+        }
         [flag, id, bundle, rest @ ..] if flag == "--run" && rest.len() <= 1 => {
             let build = rest.first().map(|b| b.to_string_lossy());
             agent::shim::run_main(
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: berth-shim CONTAINER-STATE-DIR | --exec STATE | --run ID BUNDLE [BUILD-ID] (started by berth)"
+                "usage: berth-shim CONTAINER-STATE-DIR | --exec STATE [BUILD-ID] | --run ID BUNDLE [BUILD-ID] (started by berth)"
             );
             return ExitCode::from(2);
         }

@@ -131,6 +131,9 @@ pub struct ShimProgram {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     sealed: Option<crate::runtime::sealed::SealedProgram>,
+    /// The build of berth the program must be, which it checks itself (the exec
+    /// helper refuses otherwise): set by a caller that did not ask it first.
+    build: Option<String>,
 }
 
 impl ShimProgram {
@@ -139,7 +142,15 @@ impl ShimProgram {
             program: program.into(),
             args,
             sealed: None,
+            build: None,
         }
+    }
+
+    /// The same program, told to refuse to serve as the exec helper unless it is
+    /// build `id` (`agent::BUILD_ID`): cheaper than asking it with `--build-id` first.
+    pub fn expecting_build(mut self, id: &str) -> ShimProgram {
+        self.build = Some(id.to_string());
+        self
     }
 
     /// The same program, started from now on from one sealed copy of it.
