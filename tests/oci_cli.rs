@@ -10,6 +10,8 @@
 // Helpers are test code: a panic is how they fail (clippy.toml covers #[test] fns only).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -30,21 +32,10 @@ impl Oci {
     fn new(tag: &str, script: &str) -> Oci {
         let bundle = tempfile::tempdir().unwrap();
         let dir = bundle.path();
-        testkit::busybox_rootfs(&dir.join("rootfs")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["runtime", "spec", "--bundle"])
-            .arg(dir)
-            .args(["--", "sh", "-c", script])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
         let id = testkit::unique_name(tag);
-        let config = dir.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-        spec["linux"]["cgroupsPath"] = serde_json::Value::from(format!("/{id}"));
+        let mut spec = common::spec_bundle(dir, &["sh", "-c", script], &id);
         spec["annotations"] = serde_json::json!({ "org.example.test": tag });
-        std::fs::write(&config, spec.to_string()).unwrap();
+        common::write_spec(dir, &spec);
         Oci {
             _cgroup: testkit::CgroupGuard(id.clone()),
             id,

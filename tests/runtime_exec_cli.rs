@@ -6,6 +6,8 @@
 // Helpers are test code: a panic is how they fail (clippy.toml covers #[test] fns only).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::{Command, Output, Stdio};
 
 /// A running `sleep` container with a bundle, a state directory and a cgroup of its
@@ -21,20 +23,8 @@ impl Running {
     fn start(tag: &str) -> Running {
         let bundle = tempfile::tempdir().unwrap();
         let dir = bundle.path();
-        testkit::busybox_rootfs(&dir.join("rootfs")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["runtime", "spec", "--bundle"])
-            .arg(dir)
-            .args(["--", "sleep", "1000"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
         let id = testkit::unique_name(tag);
-        let config = dir.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-        spec["linux"]["cgroupsPath"] = serde_json::Value::from(format!("/{id}"));
-        std::fs::write(&config, spec.to_string()).unwrap();
+        common::spec_bundle(dir, &["sleep", "1000"], &id);
         let c = Running {
             _cgroup: testkit::CgroupGuard(id.clone()),
             id,

@@ -9,6 +9,8 @@
 // Helpers are test code: a panic is how they fail (clippy.toml covers #[test] fns only).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -29,20 +31,8 @@ impl Fixture {
     fn new(tag: &str, script: &str) -> Fixture {
         let bundle = tempfile::tempdir().unwrap();
         let dir = bundle.path();
-        testkit::busybox_rootfs(&dir.join("rootfs")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["runtime", "spec", "--bundle"])
-            .arg(dir)
-            .args(["--", "sh", "-c", script])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
         let id = testkit::unique_name(tag);
-        let config = dir.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-        spec["linux"]["cgroupsPath"] = serde_json::Value::from(format!("/{id}"));
-        std::fs::write(&config, spec.to_string()).unwrap();
+        common::spec_bundle(dir, &["sh", "-c", script], &id);
         Fixture {
             _cgroup: testkit::CgroupGuard(id.clone()),
             id,
