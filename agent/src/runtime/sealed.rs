@@ -17,7 +17,7 @@
 //! - an overlay mount that is never attached anywhere, whose only layers are the
 //!   program's directory and an empty one: with no upper layer it can never be
 //!   written, nor remounted writable; the program is executed through it. No copy:
-//!   a few system calls (about 1 ms);
+//!   a few system calls (about 1.5 ms: bench/README.md, `runtime.sh`);
 //! - a memfd copy of the program's image (its segments, without the debug sections:
 //!   3.4 MB for a release berth-shim), sealed with `F_SEAL_WRITE | F_SEAL_SHRINK |
 //!   F_SEAL_GROW | F_SEAL_SEAL`, where overlayfs or the mount API is missing.
