@@ -10,13 +10,13 @@ pub mod dns;
 pub mod firewall;
 pub mod ipam;
 pub mod kernel;
-pub mod manager;
 pub mod names;
+mod network;
 pub mod ports;
 pub mod proxy;
 pub mod resolv;
 
-pub use manager::{
+pub use network::{
     AttachRequest, Attachment, GcReport, Interface, NetConfig, NetError, NetworkInfo,
     NetworkManager, NetworkRequest,
 };
