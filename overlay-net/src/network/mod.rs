@@ -42,7 +42,7 @@ use crate::firewall::{Firewall, FirewallError, NftCli};
 use crate::ipam::{IpamError, Pool};
 use crate::kernel::{LinkError, Links, Rtnetlink};
 use crate::names;
-use crate::ports::{PortError, Reservation};
+use crate::ports::{PublishError, Reservation};
 use crate::resolv::ResolvError;
 use records::{read_dir_json, ContainerRecord};
 
@@ -58,7 +58,7 @@ pub enum NetError {
     #[error(transparent)]
     Firewall(#[from] FirewallError),
     #[error(transparent)]
-    Port(#[from] PortError),
+    Publish(#[from] PublishError),
     #[error(transparent)]
     Resolv(#[from] ResolvError),
     #[error("network state {path}: {message}")]
