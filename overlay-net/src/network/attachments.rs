@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use spec::model::ServiceNetwork;
 
-use super::records::{check_id, remove_file, write_json, ContainerRecord};
+use super::records::{check_id, remove_file, write_json};
 use super::{NetError, NetworkInfo, NetworkManager, State};
 use crate::dns::Endpoint;
 use crate::ipam::plan_address;
 use crate::kernel::VethPlan;
 use crate::names;
+use crate::ports::Published;
 use crate::resolv;
 
 /// A container to connect, before it starts.
@@ -57,6 +58,18 @@ pub struct Attachment {
     /// Contents for the container's `/etc/resolv.conf` and `/etc/hosts`.
     pub resolv_conf: String,
     pub hosts: String,
+}
+
+/// One attached container as recorded: its namespace, interfaces, DNS endpoints and
+/// what is published for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ContainerRecord {
+    pub(super) id: String,
+    pub(super) netns: PathBuf,
+    pub(super) interfaces: Vec<Interface>,
+    pub(super) endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub(super) published: Vec<Published>,
 }
 
 impl NetworkManager {

@@ -44,7 +44,8 @@ use crate::kernel::{LinkError, Links, Rtnetlink};
 use crate::names;
 use crate::ports::{PublishError, Reservation};
 use crate::resolv::ResolvError;
-use records::{read_dir_json, ContainerRecord};
+use attachments::ContainerRecord;
+use records::read_dir_json;
 
 /// Everything that can go wrong in the manager.
 #[derive(Debug, thiserror::Error)]

@@ -2,29 +2,16 @@
 //! (`<state>/network/networks/<bridge>.json`, a [`NetworkInfo`]) and per container
 //! attachment (`<state>/network/containers/<id>.json`, a [`ContainerRecord`]),
 //! written whole through a temporary file and a rename, and read back when the
-//! manager is opened.
+//! manager is opened. The records themselves are defined with their concept
+//! (`networks.rs`, `attachments.rs`); this file knows where they live and how.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
-use super::NetworkInfo;
-use super::{Interface, NetError, NetworkManager};
-use crate::dns::Endpoint;
-use crate::ports::Published;
-
-/// One attached container as recorded: its namespace, interfaces, DNS endpoints and
-/// what is published for it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct ContainerRecord {
-    pub(super) id: String,
-    pub(super) netns: PathBuf,
-    pub(super) interfaces: Vec<Interface>,
-    pub(super) endpoints: Vec<Endpoint>,
-    #[serde(default)]
-    pub(super) published: Vec<Published>,
-}
+use super::{attachments::ContainerRecord, NetworkInfo};
+use super::{NetError, NetworkManager};
 
 fn state_err(path: &Path, e: impl std::fmt::Display) -> NetError {
     NetError::State {
