@@ -20,7 +20,7 @@ use crate::proxy::{Bound, Relay};
 
 /// Why a port could not be published.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PortError {
+pub enum PublishError {
     #[error("service {service}: host port {port}/{proto} on {host} is already in use (by another program or container); publish another port or stop what holds it")]
     InUse {
         service: String,
@@ -99,7 +99,7 @@ pub enum HostIp {
 }
 
 /// The host address a port binds. Pure.
-pub fn host_ip(service: &str, port: &Port) -> Result<HostIp, PortError> {
+pub fn host_ip(service: &str, port: &Port) -> Result<HostIp, PublishError> {
     match port.host_ip.as_deref().map(str::trim) {
         None | Some("") => Ok(HostIp::Any),
         Some(text) => match text.trim_matches(['[', ']']).parse::<IpAddr>() {
@@ -109,7 +109,7 @@ pub fn host_ip(service: &str, port: &Port) -> Result<HostIp, PortError> {
                 Some(v4) if !v4.is_unspecified() => Ok(HostIp::V4(v4)),
                 _ => Ok(HostIp::V6(ip)),
             },
-            Err(_) => Err(PortError::Unsupported {
+            Err(_) => Err(PublishError::Unsupported {
                 service: service.to_string(),
                 what: format!("host_ip {text:?} is not an IP address"),
             }),
@@ -117,11 +117,11 @@ pub fn host_ip(service: &str, port: &Port) -> Result<HostIp, PortError> {
     }
 }
 
-fn proto_name(service: &str, p: Protocol) -> Result<&'static str, PortError> {
+fn proto_name(service: &str, p: Protocol) -> Result<&'static str, PublishError> {
     match p {
         Protocol::Tcp => Ok("tcp"),
         Protocol::Udp => Ok("udp"),
-        Protocol::Sctp => Err(PortError::Unsupported {
+        Protocol::Sctp => Err(PublishError::Unsupported {
             service: service.to_string(),
             what: "sctp is not supported; use tcp or udp".to_string(),
         }),
@@ -213,7 +213,7 @@ pub fn reserve(
     service: &str,
     ports: &[Port],
     container_ip: Ipv4Addr,
-) -> Result<Vec<Reservation>, PortError> {
+) -> Result<Vec<Reservation>, PublishError> {
     let mut out = Vec::new();
     for port in ports {
         let proto = proto_name(service, port.protocol)?;
@@ -245,7 +245,7 @@ pub fn reserve(
         match (got, last_err) {
             (Some(held), _) => out.extend(held),
             (None, Some(HoldError::Sys(Errno::EADDRINUSE))) => {
-                return Err(PortError::InUse {
+                return Err(PublishError::InUse {
                     service: service.to_string(),
                     port: shown,
                     proto,
@@ -257,7 +257,7 @@ pub fn reserve(
                 })
             }
             (None, Some(HoldError::Sys(Errno::EADDRNOTAVAIL))) => {
-                return Err(PortError::Unsupported {
+                return Err(PublishError::Unsupported {
                     service: service.to_string(),
                     what: format!(
                         "host_ip {} is not an address of this host; use one of its addresses or leave host_ip out",
@@ -266,7 +266,7 @@ pub fn reserve(
                 })
             }
             (None, e) => {
-                return Err(PortError::Reserve {
+                return Err(PublishError::Reserve {
                     service: service.to_string(),
                     port: shown,
                     message: match e {
