@@ -15,16 +15,23 @@
 //!   Skipping the two fsyncs keeps them off the path of every container start (an
 //!   fsync costs milliseconds on most disks).
 //!
-//! The temporary file is made next to the target (a rename is only atomic within one
-//! filesystem), with a name no other writer uses, `create_new` (never following a
-//! planted symlink), and the mode set exactly (the umask can only take bits away).
-//! It is removed when anything fails.
+//! The temporary file is `.<name>.tmp` next to the target (a rename is only atomic
+//! within one filesystem). One name per target, not one per write, so that a crash
+//! leaves at most one leftover per file and the next write removes it (a unique name
+//! per write would pile up half-written keys and states). That needs one writer per
+//! file at a time: within a process, writes of one path wait for each other here;
+//! across processes, every file berth writes has one owner (the daemon, a shim, the
+//! CLI's pid file) or is written under the owner's lock (the image index). The
+//! temporary file is opened `create_new` (never through a planted symlink), its mode is
+//! set exactly (the umask can only take bits away), and it is removed when anything
+//! fails.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 /// How durable a write must be; see the crate's documentation for which to choose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +52,13 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32, durability: Durability) -> io
         _ => Path::new("."),
     };
     let tmp = temp_path(path);
+    let _writing = Writing::start(&tmp);
+    // A leftover of a crash would make `create_new` fail.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let result = write_temp(&tmp, bytes, mode, durability).and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
@@ -70,17 +84,42 @@ fn write_temp(tmp: &Path, bytes: &[u8], mode: u32, durability: Durability) -> io
     Ok(())
 }
 
-/// `.<name>.<pid>.<n>.tmp` beside `path`: unique among this process's writers (the
-/// counter) and other processes' (the pid), and hidden from directory listings that
-/// skip dot files.
+/// `.<name>.tmp` beside `path`.
 fn temp_path(path: &Path) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// This process's writes in progress, by temporary path: a second write of one path
+/// waits for the first instead of removing its temporary file.
+static WRITING: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+static DONE: Condvar = Condvar::new();
+
+struct Writing(PathBuf);
+
+impl Writing {
+    fn start(tmp: &Path) -> Writing {
+        let mut set = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+        while set.get_or_insert_with(HashSet::new).contains(tmp) {
+            set = DONE.wait(set).unwrap_or_else(|p| p.into_inner());
+        }
+        set.get_or_insert_with(HashSet::new)
+            .insert(tmp.to_path_buf());
+        Writing(tmp.to_path_buf())
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        let mut set = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = set.as_mut() {
+            set.remove(&self.0);
+        }
+        DONE.notify_all();
+    }
 }
 
 #[cfg(test)]
@@ -131,24 +170,44 @@ mod tests {
     }
 
     #[test]
-    fn a_symlink_planted_at_a_temp_name_is_never_followed() {
+    fn a_leftover_or_a_symlink_at_the_temp_name_is_replaced_not_followed() {
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        // A crash left half a file.
+        fs::write(dir.path().join(".node.key.tmp"), b"half a key").unwrap();
+        write(&path, b"key", 0o600, Durability::Durable).unwrap();
+        assert_eq!(entries(dir.path()), ["node.key"]);
+        // Someone planted a symlink at the temp name.
         let victim = dir.path().join("victim");
         fs::write(&victim, b"keep").unwrap();
-        let path = dir.path().join("target");
-        // The next temp name this process would use.
-        let planted = temp_path(&path);
-        let next = {
-            let s = planted.to_string_lossy().into_owned();
-            let (head, tail) = s.rsplit_once('.').unwrap().0.rsplit_once('.').unwrap();
-            let n: u64 = tail.parse().unwrap();
-            PathBuf::from(format!("{head}.{}.tmp", n + 1))
-        };
-        std::os::unix::fs::symlink(&victim, &next).unwrap();
-        // Whether or not this write lands on the planted name, it never writes
-        // through the link.
-        let _ = write(&path, b"new", 0o600, Durability::Atomic);
+        std::os::unix::fs::symlink(&victim, dir.path().join(".node.key.tmp")).unwrap();
+        write(&path, b"key 2", 0o600, Durability::Atomic).unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(fs::read(&path).unwrap(), b"key 2");
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
+    }
+
+    #[test]
+    fn concurrent_writes_of_one_path_all_succeed_and_one_wins_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let writers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        write(&path, &[i; 4096], 0o600, Durability::Atomic).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes.iter().all(|b| *b == bytes[0]));
+        assert_eq!(entries(dir.path()), ["state.json"]);
     }
 
     #[test]

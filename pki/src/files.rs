@@ -7,9 +7,8 @@
 //! Layout: a CA directory holds `ca.crt` and `ca.key`; a node directory holds
 //! `ca.crt`, `node.crt` and `node.key`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::ca::{Ca, CaCert, CaError};
@@ -133,34 +132,10 @@ fn private_dir(dir: &Path) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Atomically replaces `path` with `bytes`, the file having `mode` from its creation.
+/// Replaces `path` with `bytes`, the file having `mode` from its creation: durably,
+/// since a node whose key or certificate is lost after a crash cannot rejoin.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    // A leftover from a crash would make create_new fail.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&tmp)(e)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    // The umask may have taken bits off `mode` (it cannot add any): set it exactly.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io(path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    atomic_file::write(path, bytes, mode, atomic_file::Durability::Durable).map_err(io(path))
 }
 
 fn read_to_string(path: &Path) -> Result<String, FileError> {

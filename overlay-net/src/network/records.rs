@@ -23,10 +23,11 @@ fn state_err(path: &Path, e: impl std::fmt::Display) -> NetError {
 pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), NetError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| state_err(dir, e))?;
-    let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(value).map_err(|e| state_err(path, e))?;
-    std::fs::write(&tmp, json).map_err(|e| state_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| state_err(path, e))
+    // Atomic, not durable: these records describe bridges and veths that a reboot
+    // removes, and the daemon's garbage collection reconciles them with the store.
+    atomic_file::write(path, &json, 0o600, atomic_file::Durability::Atomic)
+        .map_err(|e| state_err(path, e))
 }
 
 pub(super) fn read_dir_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<T>, NetError> {
