@@ -266,7 +266,7 @@ fn local(state_dir: &Path, verb: &str) -> anyhow::Result<Client> {
     if remote_target()?.is_some() {
         bail!("berth cluster {verb} changes this host: run it on the node itself, without --host");
     }
-    super::stack::connect(state_dir, true)
+    super::up::connect(state_dir, true)
 }
 
 pub fn cluster(state_dir: &Path, cmd: &ClusterCommand) -> anyhow::Result<ExitCode> {

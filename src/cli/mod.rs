@@ -5,7 +5,7 @@ mod cluster;
 mod config;
 mod image;
 mod runtime;
-mod stack;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,45 +77,45 @@ enum Command {
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Create and start the project's containers (and the daemon, if none runs)
-    Up(stack::UpArgs),
+    Up(up::UpArgs),
     /// Stop and remove the project's containers (-v: and its named volumes)
-    Down(stack::DownArgs),
+    Down(up::DownArgs),
     /// List the project's containers
-    Ps(stack::PsArgs),
+    Ps(up::PsArgs),
     /// Show the output of the project's containers
-    Logs(stack::LogsArgs),
+    Logs(up::LogsArgs),
     /// Stop services (their containers are kept)
-    Stop(stack::ServicesArgs),
+    Stop(up::ServicesArgs),
     /// Start stopped services
-    Start(stack::ServicesArgs),
+    Start(up::ServicesArgs),
     /// Restart services (their containers are recreated)
-    Restart(stack::ServicesArgs),
+    Restart(up::ServicesArgs),
     /// List the deployed stacks
-    Ls(stack::LsArgs),
+    Ls(up::LsArgs),
     /// Send a signal to the services' containers
-    Kill(stack::KillArgs),
+    Kill(up::KillArgs),
     /// Remove the services' stopped containers
-    Rm(stack::ServicesArgs),
+    Rm(up::ServicesArgs),
     /// Run a command in a running container of a service
-    Exec(stack::ExecArgs),
+    Exec(up::ExecArgs),
     /// Show the processes of the project's containers
-    Top(stack::ServicesArgs),
+    Top(up::ServicesArgs),
     /// Show CPU and memory use of the project's containers
-    Stats(stack::StatsArgs),
+    Stats(up::StatsArgs),
     /// Print the host address a container port is published on
-    Port(stack::PortArgs),
+    Port(up::PortArgs),
     /// Freeze the services' containers
-    Pause(stack::ServicesArgs),
+    Pause(up::ServicesArgs),
     /// Thaw the services' containers
-    Unpause(stack::ServicesArgs),
+    Unpause(up::ServicesArgs),
     /// Run a one-off container of a service
-    Run(stack::RunArgs),
+    Run(up::RunArgs),
     /// Stream the project's container events
-    Events(stack::EventsArgs),
+    Events(up::EventsArgs),
     /// List the images the project's services use
-    Images(stack::ImagesArgs),
+    Images(up::ImagesArgs),
     /// Pull the images of the project's services
-    Pull(stack::PullArgs),
+    Pull(up::PullArgs),
     /// Run the berth daemon in the foreground (berth up starts one when none runs)
     Daemon,
     /// Make a cluster, join one, show it, manage its join tokens
@@ -139,37 +139,37 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Config(args) => config::run(&cli.project.with(&args.project), &args),
         Command::Image(cmd) => image::run(&cli.state_dir, &cmd),
         Command::Runtime(cmd) => runtime::run(&cli.state_dir, &cmd),
-        Command::Up(args) => stack::up(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Down(args) => stack::down(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Ps(args) => stack::ps(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Up(args) => up::up(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Down(args) => up::down(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Ps(args) => up::ps(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Logs(args) => {
             let mut project = cli.project.clone();
             if args.project_name.is_some() {
                 project.project_name = args.project_name.clone();
             }
-            stack::logs(&cli.state_dir, &project, &args)
+            up::logs(&cli.state_dir, &project, &args)
         }
-        Command::Stop(args) => stack::services_verb(
+        Command::Stop(args) => up::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
             "stop",
         ),
-        Command::Start(args) => stack::services_verb(
+        Command::Start(args) => up::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
             "start",
         ),
-        Command::Restart(args) => stack::services_verb(
+        Command::Restart(args) => up::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
             "restart",
         ),
-        Command::Ls(args) => stack::ls(&cli.state_dir, &args),
-        Command::Kill(args) => stack::kill(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Rm(args) => stack::services_verb(
+        Command::Ls(args) => up::ls(&cli.state_dir, &args),
+        Command::Kill(args) => up::kill(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Rm(args) => up::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
@@ -180,34 +180,34 @@ pub fn run() -> anyhow::Result<ExitCode> {
             if args.project_name.is_some() {
                 project.project_name = args.project_name.clone();
             }
-            stack::exec(&cli.state_dir, &project, &args)
+            up::exec(&cli.state_dir, &project, &args)
         }
-        Command::Port(args) => stack::port(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Top(args) => stack::top(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Port(args) => up::port(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Top(args) => up::top(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Stats(args) => {
-            stack::stats(&cli.state_dir, &cli.project.with(&args.project), &args)
+            up::stats(&cli.state_dir, &cli.project.with(&args.project), &args)
         }
-        Command::Pause(args) => stack::services_verb(
+        Command::Pause(args) => up::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
             "pause",
         ),
-        Command::Unpause(args) => stack::services_verb(
+        Command::Unpause(args) => up::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
             "unpause",
         ),
-        Command::Run(args) => stack::run(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Run(args) => up::run(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Events(args) => {
-            stack::events(&cli.state_dir, &cli.project.with(&args.project), &args)
+            up::events(&cli.state_dir, &cli.project.with(&args.project), &args)
         }
         Command::Images(args) => {
-            stack::images(&cli.state_dir, &cli.project.with(&args.project), &args)
+            up::images(&cli.state_dir, &cli.project.with(&args.project), &args)
         }
-        Command::Pull(args) => stack::pull(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Daemon => stack::daemon(&cli.state_dir),
+        Command::Pull(args) => up::pull(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Daemon => up::daemon(&cli.state_dir),
         Command::Cluster(cmd) => cluster::cluster(&cli.state_dir, &cmd),
         Command::Node(cmd) => cluster::node(&cli.state_dir, &cmd),
         Command::Context(cmd) => cluster::context(&cmd),
