@@ -27,9 +27,11 @@ pub const LONG_POLL: Duration = Duration::from_secs(1);
 ///
 /// ```json
 /// {"version": 42, "deployed": true, "containers": [
-///   {"name": "app-db-1", "state": "healthy"},
-///   {"name": "app-web-1", "state": "could_not_start", "message": "port 80 is in use"},
-///   {"name": "app-api-1", "state": "dependency_failed", "dependency": "migrate"}]}
+///   {"name": "app-db-1", "service": "db", "state": "healthy"},
+///   {"name": "app-web-1", "service": "web", "state": "could_not_start",
+///    "message": "port 80 is in use"},
+///   {"name": "app-api-1", "service": "api", "state": "dependency_failed",
+///    "dependency": "migrate"}]}
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
@@ -47,6 +49,8 @@ pub struct Progress {
 pub struct ContainerProgress {
     /// `<stack>-<service>-<slot>`, as `ps` shows it.
     pub name: String,
+    /// The service the slot is of.
+    pub service: String,
     #[serde(flatten)]
     pub state: SlotState,
 }
@@ -166,7 +170,11 @@ pub fn progress(state: &State, name: &str, wait_healthy: bool) -> Progress {
                 None => (format!("{name}-{svc_name}-{slot}"), not_created()),
                 Some(t) => (t.name(), task_state(t, wants_health)),
             };
-            containers.push(ContainerProgress { name, state });
+            containers.push(ContainerProgress {
+                name,
+                service: svc_name.clone(),
+                state,
+            });
         }
     }
     Progress {
@@ -225,16 +233,19 @@ mod tests {
             containers: vec![
                 ContainerProgress {
                     name: "app-db-1".into(),
+                    service: "db".into(),
                     state: SlotState::Healthy,
                 },
                 ContainerProgress {
                     name: "app-web-1".into(),
+                    service: "web".into(),
                     state: SlotState::CouldNotStart {
                         message: "port 80 is in use".into(),
                     },
                 },
                 ContainerProgress {
                     name: "app-api-1".into(),
+                    service: "api".into(),
                     state: SlotState::DependencyFailed {
                         dependency: "migrate".into(),
                     },
@@ -245,9 +256,11 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"version": 42, "deployed": true, "containers": [
-                {"name": "app-db-1", "state": "healthy"},
-                {"name": "app-web-1", "state": "could_not_start", "message": "port 80 is in use"},
-                {"name": "app-api-1", "state": "dependency_failed", "dependency": "migrate"},
+                {"name": "app-db-1", "service": "db", "state": "healthy"},
+                {"name": "app-web-1", "service": "web", "state": "could_not_start",
+                 "message": "port 80 is in use"},
+                {"name": "app-api-1", "service": "api", "state": "dependency_failed",
+                 "dependency": "migrate"},
             ]})
         );
         let back: Progress = serde_json::from_value(json).expect("deserialize");

@@ -154,6 +154,12 @@ fn check(case: Case) {
         .into_iter()
         .map(|(name, state)| ContainerProgress {
             name: name.into(),
+            // `app-<service>-<slot>`
+            service: name
+                .strip_prefix("app-")
+                .and_then(|s| s.rsplit_once('-'))
+                .map(|(service, _)| service.to_string())
+                .expect("a container name of app"),
             state,
         })
         .collect();
