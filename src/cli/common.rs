@@ -1,6 +1,6 @@
-//! What several verbs share: loading the project, reaching the daemon (`connect`, which `up` uses to start one), the running
-//! containers of a project, and the plain-text table and `✔ Service` lines the verbs
-//! print.
+//! What several verbs share: loading the project, reaching the daemon (`connect`,
+//! which `up` uses to start one), the running containers of a project, and the
+//! plain-text table and `✔ Service` lines the verbs print.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
