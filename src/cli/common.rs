@@ -81,7 +81,7 @@ pub(super) fn connect(state_dir: &Path, start: bool) -> anyhow::Result<Client> {
 
 /// Starts `berth daemon` in the background, detached from this terminal, its output
 /// in `<state>/daemon.log`; returns it and where its output starts in the log.
-pub(super) fn start_daemon(state_dir: &Path) -> anyhow::Result<(std::process::Child, usize)> {
+fn start_daemon(state_dir: &Path) -> anyhow::Result<(std::process::Child, usize)> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create {}", state_dir.display()))?;
