@@ -10,6 +10,8 @@
 //! - `DELETE /v1/stacks/{name}?volumes=&timeout=`: take down; returns once every
 //!   container of the stack is gone ([`DownResponse`])
 //! - `POST /v1/stacks/{name}/{stop|start|restart|rm|kill}` ([`ServicesRequest`])
+//! - `GET /v1/stacks/{name}/progress?wait=&after=`: how far the stack has come to
+//!   running, per container, as a long poll (`crate::progress`)
 //! - `POST /v1/stacks/{name}/runs` ([`RunRequest`] -> the one-off's name), and
 //!   `DELETE /v1/stacks/{name}/run/{key}` to remove it (`berth run --rm`)
 //! - `GET /v1/tasks/{id}/{top|stats|ports}`: a container's processes, its memory and
@@ -197,6 +199,7 @@ pub fn router(store: Arc<Store>, node: Arc<dyn Node>) -> Router {
         .route("/v1/state", get(state))
         .route("/v1/stacks/{name}", put(up).delete(down))
         .route("/v1/stacks/{name}/{verb}", post(services_verb))
+        .route("/v1/stacks/{name}/progress", get(progress))
         .route(
             "/v1/stacks/{name}/run/{key}",
             axum::routing::delete(remove_run),
@@ -222,6 +225,15 @@ pub fn redacted(mut state: crate::store::State) -> crate::store::State {
         c.manager_token = String::new();
     }
     state
+}
+
+async fn progress(
+    AxState(cx): AxState<Ctx>,
+    Path(name): Path<String>,
+    Query(q): Query<crate::progress::ProgressQuery>,
+) -> Result<Json<crate::progress::Progress>, ApiError> {
+    check_stack_name(&name)?;
+    Ok(Json(crate::progress::answer(&cx.store, &name, q).await))
 }
 
 async fn up(

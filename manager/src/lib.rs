@@ -18,8 +18,10 @@
 
 pub mod api;
 pub mod cluster;
+pub mod deploy;
 pub mod orchestrator;
 pub mod port;
+pub mod progress;
 pub mod raft;
 pub mod replicated;
 pub mod store;

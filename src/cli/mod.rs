@@ -1,11 +1,33 @@
-//! Command-line parsing and dispatch. Each verb lives in its own module and gets the
-//! options common to all project commands in [`ProjectArgs`], as in `docker compose`.
+//! Command-line parsing and dispatch: the clap command tree and, per verb, the call
+//! into its module. Each verb lives in its own module (as youki's `commands/`; the
+//! services verbs `start`, `stop`, `restart`, `rm`, `pause` and `unpause` share
+//! `services`), what several share is in `common`, and the verbs that work on a
+//! project get the options common to all of them in [`ProjectArgs`], as in
+//! `docker compose`.
 
 mod cluster;
+mod common;
 mod config;
+mod context;
+mod daemon;
+mod down;
+mod events;
+mod exec;
 mod image;
+mod images;
+mod kill;
+mod logs;
+mod ls;
+mod node;
+mod port;
+mod ps;
+mod pull;
+mod run;
 mod runtime;
-mod stack;
+mod services;
+mod stats;
+mod top;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,45 +99,45 @@ enum Command {
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Create and start the project's containers (and the daemon, if none runs)
-    Up(stack::UpArgs),
+    Up(up::UpArgs),
     /// Stop and remove the project's containers (-v: and its named volumes)
-    Down(stack::DownArgs),
+    Down(down::DownArgs),
     /// List the project's containers
-    Ps(stack::PsArgs),
+    Ps(ps::PsArgs),
     /// Show the output of the project's containers
-    Logs(stack::LogsArgs),
+    Logs(logs::LogsArgs),
     /// Stop services (their containers are kept)
-    Stop(stack::ServicesArgs),
+    Stop(services::ServicesArgs),
     /// Start stopped services
-    Start(stack::ServicesArgs),
+    Start(services::ServicesArgs),
     /// Restart services (their containers are recreated)
-    Restart(stack::ServicesArgs),
+    Restart(services::ServicesArgs),
     /// List the deployed stacks
-    Ls(stack::LsArgs),
+    Ls(ls::LsArgs),
     /// Send a signal to the services' containers
-    Kill(stack::KillArgs),
+    Kill(kill::KillArgs),
     /// Remove the services' stopped containers
-    Rm(stack::ServicesArgs),
+    Rm(services::ServicesArgs),
     /// Run a command in a running container of a service
-    Exec(stack::ExecArgs),
+    Exec(exec::ExecArgs),
     /// Show the processes of the project's containers
-    Top(stack::ServicesArgs),
+    Top(services::ServicesArgs),
     /// Show CPU and memory use of the project's containers
-    Stats(stack::StatsArgs),
+    Stats(stats::StatsArgs),
     /// Print the host address a container port is published on
-    Port(stack::PortArgs),
+    Port(port::PortArgs),
     /// Freeze the services' containers
-    Pause(stack::ServicesArgs),
+    Pause(services::ServicesArgs),
     /// Thaw the services' containers
-    Unpause(stack::ServicesArgs),
+    Unpause(services::ServicesArgs),
     /// Run a one-off container of a service
-    Run(stack::RunArgs),
+    Run(run::RunArgs),
     /// Stream the project's container events
-    Events(stack::EventsArgs),
+    Events(events::EventsArgs),
     /// List the images the project's services use
-    Images(stack::ImagesArgs),
+    Images(images::ImagesArgs),
     /// Pull the images of the project's services
-    Pull(stack::PullArgs),
+    Pull(pull::PullArgs),
     /// Run the berth daemon in the foreground (berth up starts one when none runs)
     Daemon,
     /// Make a cluster, join one, show it, manage its join tokens
@@ -123,10 +145,10 @@ enum Command {
     Cluster(cluster::ClusterCommand),
     /// List and change the cluster's nodes
     #[command(subcommand)]
-    Node(cluster::NodeCommand),
+    Node(node::NodeCommand),
     /// Point verbs at a remote cluster manager, or back at the local daemon
     #[command(subcommand)]
-    Context(cluster::ContextCommand),
+    Context(context::ContextCommand),
     /// Run OCI bundles directly, like runc (plumbing)
     #[command(hide = true)]
     Runtime(runtime::RuntimeArgs),
@@ -134,42 +156,42 @@ enum Command {
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    cluster::set_remote(cli.host.clone(), cli.tls_dir.clone(), &cli.state_dir);
+    context::set_remote(cli.host.clone(), cli.tls_dir.clone(), &cli.state_dir);
     match cli.command {
         Command::Config(args) => config::run(&cli.project.with(&args.project), &args),
         Command::Image(cmd) => image::run(&cli.state_dir, &cmd),
         Command::Runtime(cmd) => runtime::run(&cli.state_dir, &cmd),
-        Command::Up(args) => stack::up(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Down(args) => stack::down(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Ps(args) => stack::ps(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Up(args) => up::up(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Down(args) => down::down(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Ps(args) => ps::ps(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Logs(args) => {
             let mut project = cli.project.clone();
             if args.project_name.is_some() {
                 project.project_name = args.project_name.clone();
             }
-            stack::logs(&cli.state_dir, &project, &args)
+            logs::logs(&cli.state_dir, &project, &args)
         }
-        Command::Stop(args) => stack::services_verb(
+        Command::Stop(args) => services::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
             "stop",
         ),
-        Command::Start(args) => stack::services_verb(
+        Command::Start(args) => services::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
             "start",
         ),
-        Command::Restart(args) => stack::services_verb(
+        Command::Restart(args) => services::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
             "restart",
         ),
-        Command::Ls(args) => stack::ls(&cli.state_dir, &args),
-        Command::Kill(args) => stack::kill(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Rm(args) => stack::services_verb(
+        Command::Ls(args) => ls::ls(&cli.state_dir, &args),
+        Command::Kill(args) => kill::kill(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Rm(args) => services::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
@@ -180,37 +202,37 @@ pub fn run() -> anyhow::Result<ExitCode> {
             if args.project_name.is_some() {
                 project.project_name = args.project_name.clone();
             }
-            stack::exec(&cli.state_dir, &project, &args)
+            exec::exec(&cli.state_dir, &project, &args)
         }
-        Command::Port(args) => stack::port(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Top(args) => stack::top(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Port(args) => port::port(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Top(args) => top::top(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Stats(args) => {
-            stack::stats(&cli.state_dir, &cli.project.with(&args.project), &args)
+            stats::stats(&cli.state_dir, &cli.project.with(&args.project), &args)
         }
-        Command::Pause(args) => stack::services_verb(
+        Command::Pause(args) => services::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
             "pause",
         ),
-        Command::Unpause(args) => stack::services_verb(
+        Command::Unpause(args) => services::services_verb(
             &cli.state_dir,
             &cli.project.with(&args.project),
             &args,
             "unpause",
         ),
-        Command::Run(args) => stack::run(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Run(args) => run::run(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Events(args) => {
-            stack::events(&cli.state_dir, &cli.project.with(&args.project), &args)
+            events::events(&cli.state_dir, &cli.project.with(&args.project), &args)
         }
         Command::Images(args) => {
-            stack::images(&cli.state_dir, &cli.project.with(&args.project), &args)
+            images::images(&cli.state_dir, &cli.project.with(&args.project), &args)
         }
-        Command::Pull(args) => stack::pull(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Daemon => stack::daemon(&cli.state_dir),
+        Command::Pull(args) => pull::pull(&cli.state_dir, &cli.project.with(&args.project), &args),
+        Command::Daemon => daemon::daemon(&cli.state_dir),
         Command::Cluster(cmd) => cluster::cluster(&cli.state_dir, &cmd),
-        Command::Node(cmd) => cluster::node(&cli.state_dir, &cmd),
-        Command::Context(cmd) => cluster::context(&cmd),
+        Command::Node(cmd) => node::node(&cli.state_dir, &cmd),
+        Command::Context(cmd) => context::context(&cmd),
     }
 }
 

@@ -1,0 +1,76 @@
+//! The verbs that act on services: `start`, `stop`, `restart`, `rm`, `pause` and
+//! `unpause`. Each asks the daemon, then waits until the change shows.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use manager::api::ServicesRequest;
+use manager::store::State;
+use spec::task::{DesiredState, TaskState};
+
+use super::common::{connect, project_name, report_services};
+use super::ProjectArgs;
+
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<String>,
+}
+
+pub fn services_verb(
+    state_dir: &Path,
+    project: &ProjectArgs,
+    args: &ServicesArgs,
+    verb: &str,
+) -> anyhow::Result<ExitCode> {
+    let name = project_name(project)?;
+    let client = connect(state_dir, false)?;
+    let req = ServicesRequest {
+        services: args.services.clone(),
+        signal: None,
+    };
+    let done: Vec<String> =
+        client.call("POST", &format!("/v1/stacks/{name}/{verb}"), Some(&req))?;
+    // Wait until the change shows: stopped services have no running task; started or
+    // restarted ones have one.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+        let settled = done.iter().all(|svc| {
+            let mut of = state
+                .tasks
+                .values()
+                .filter(|t| t.stack == name && &t.service == svc);
+            match verb {
+                "rm" => of.all(|t| {
+                    t.desired != DesiredState::Remove || t.status.state() == TaskState::Removed
+                }),
+                // Stopped: every container of the service has ended.
+                "stop" => {
+                    of.all(|t| t.desired == DesiredState::Remove || t.status.state().is_terminal())
+                }
+                _ => of.any(|t| {
+                    t.desired == DesiredState::Running && t.status.state() == TaskState::Running
+                }),
+            }
+        });
+        if settled || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let word = match verb {
+        "stop" => "Stopped",
+        "start" => "Started",
+        "rm" => "Removed",
+        "pause" => "Paused",
+        "unpause" => "Unpaused",
+        _ => "Restarted",
+    };
+    report_services(&done, word);
+    Ok(ExitCode::SUCCESS)
+}
