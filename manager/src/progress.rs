@@ -113,6 +113,10 @@ pub struct ProgressQuery {
     /// [`LONG_POLL`]). None: answer at once.
     #[serde(default)]
     pub after: Option<u64>,
+    /// Wait at most this long (milliseconds, capped at [`LONG_POLL`]): a caller with a
+    /// deadline of its own (`up --wait-timeout`) is answered by then.
+    #[serde(default)]
+    pub max_wait_ms: Option<u64>,
 }
 
 /// Where stack `name` stands in `state`. `wait_healthy`: a service with a healthcheck
@@ -209,7 +213,10 @@ pub async fn answer(store: &Store, name: &str, query: ProgressQuery) -> Progress
     if let Some(after) = query.after {
         // Subscribed before the version is read, so no change falls in between.
         let mut watch = store.watch();
-        let deadline = tokio::time::Instant::now() + LONG_POLL;
+        let wait = query
+            .max_wait_ms
+            .map_or(LONG_POLL, |ms| Duration::from_millis(ms).min(LONG_POLL));
+        let deadline = tokio::time::Instant::now() + wait;
         while store.read(|s| s.version) <= after {
             match tokio::time::timeout_at(deadline, watch.changed()).await {
                 Ok(Ok(())) => {}

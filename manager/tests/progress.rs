@@ -440,7 +440,11 @@ async fn the_long_poll_answers_at_a_change_or_after_a_second() {
         .await
         .expect("join");
     let now = store.read(|s| s.version);
-    let query = |after| ProgressQuery { wait: false, after };
+    let query = |after| ProgressQuery {
+        wait: false,
+        after,
+        max_wait_ms: None,
+    };
 
     // Without `after`: at once.
     let started = Instant::now();
@@ -459,6 +463,24 @@ async fn the_long_poll_answers_at_a_change_or_after_a_second() {
     let p = answer(&store, "app", query(Some(now))).await;
     assert_eq!(p.version, now);
     assert!(started.elapsed() >= LONG_POLL - Duration::from_millis(50));
+
+    // Up to date, nothing changes, and the caller's deadline is near: by then.
+    let started = Instant::now();
+    let p = answer(
+        &store,
+        "app",
+        ProgressQuery {
+            max_wait_ms: Some(100),
+            ..query(Some(now))
+        },
+    )
+    .await;
+    assert_eq!(p.version, now);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(90) && waited < LONG_POLL - Duration::from_millis(300),
+        "{waited:?}"
+    );
 
     // Up to date, then a change: answered when it comes, with it.
     let writer = store.clone();

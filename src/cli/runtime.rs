@@ -376,11 +376,14 @@ fn write_pid_file(path: Option<&Path>, s: &shim::ContainerState) -> anyhow::Resu
         return Ok(());
     };
     let pid = s.pid.unwrap_or(0);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{}.tmp", name.unwrap_or_default()));
-    std::fs::write(&tmp, pid.to_string()).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
-    Ok(())
+    // Atomic only: the pid means nothing after a reboot.
+    atomic_file::write(
+        path,
+        pid.to_string().as_bytes(),
+        0o644,
+        atomic_file::Durability::Atomic,
+    )
+    .with_context(|| format!("write {}", path.display()))
 }
 
 fn print_json(s: &shim::ContainerState) -> anyhow::Result<()> {

@@ -299,7 +299,12 @@ fn wait_up(
     loop {
         let mut path = format!("/v1/stacks/{name}/progress?wait={}", args.wait);
         if let Some(version) = seen {
-            path.push_str(&format!("&after={version}"));
+            // Answered by the deadline at the latest, so that --wait-timeout holds.
+            let left = deadline.saturating_duration_since(Instant::now());
+            path.push_str(&format!(
+                "&after={version}&max_wait_ms={}",
+                left.as_millis().max(1)
+            ));
         }
         let progress: Progress = client.call("GET", &path, None::<&()>)?;
         seen = Some(progress.version);
