@@ -1,7 +1,9 @@
-//! The HTTP API (axum), served on the daemon's unix socket. Handlers turn requests into
-//! store transactions (DESIGN invariant 8: nothing else knows HTTP or JSON); what the
-//! manager cannot do itself (read a container's log, delete a volume) it asks of the
-//! node through [`Node`].
+//! The HTTP API (axum), served on the daemon's unix socket and on the cluster port: the
+//! manager's one HTTP boundary (DESIGN invariant 8: nothing else knows HTTP or JSON).
+//! Handlers check what a request names, turn it into a typed command and call a plain
+//! function ([`crate::stacks`] for the stack verbs, [`crate::cluster`] for the cluster's,
+//! in [`cluster`]); what the manager cannot do itself (read a container's log, delete a
+//! volume) it asks of the node through [`NodeAgent`].
 //!
 //! Routes (all JSON):
 //! - `GET /v1/ping`
@@ -16,6 +18,8 @@
 //!   CPU, its published ports
 //! - `GET /v1/events`: newline-delimited [`Event`]s, streamed as tasks change
 //! - `GET /v1/tasks/{id}/logs?follow=&tail=`: newline-delimited [`LogLine`]s, streamed
+//! - the cluster's routes (`/v1/cluster`, `/v1/nodes`, `/v1/dispatcher/...`): see
+//!   [`cluster`]
 //!
 //! Every name a request carries (the stack in the path, the names in a deployed
 //! record, a service, a task id) is checked against Compose's rules
@@ -23,9 +27,9 @@
 //! these names become container ids, cgroup names and paths under the state
 //! directory.
 
-use std::collections::BTreeSet;
+pub mod cluster;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State as AxState};
@@ -35,12 +39,16 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use spec::model::Stack;
-use spec::task::{DesiredState, StackRecord};
 
-use crate::store::{Store, StoreError};
+use crate::stacks::{self, RunRequest, ServicesRequest, UpRequest, UpResponse};
+use crate::state::model::State;
+use crate::state::store::{Store, StoreError};
 
-/// What the API needs from the node it runs on.
-pub trait Node: Send + Sync + 'static {
+/// What the API needs from the node it runs on: what lives on the node and not in the
+/// store (a container's log and processes, its signals, the stack's networks and
+/// volumes). The daemon implements it over the agent, so the manager never depends on
+/// the agent.
+pub trait NodeAgent: Send + Sync + 'static {
     /// Calls `sink` with each log line of container `task`, following new lines while
     /// `follow` and the container runs; stops early when `sink` returns false.
     fn logs(
@@ -77,27 +85,6 @@ pub struct LogLine {
     pub line: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UpRequest {
-    pub record: StackRecord,
-    #[serde(default)]
-    pub remove_orphans: bool,
-    /// Recreate every container, changed or not.
-    #[serde(default)]
-    pub force_recreate: bool,
-    /// Keep existing containers even if their definition changed.
-    #[serde(default)]
-    pub no_recreate: bool,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct UpResponse {
-    /// Services of the earlier deployment that this one no longer has.
-    pub orphans: Vec<String>,
-    /// The orphans removed (with `remove_orphans`).
-    pub removed_orphans: Vec<String>,
-}
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DownQuery {
     #[serde(default)]
@@ -113,16 +100,6 @@ pub struct DownResponse {
     #[serde(default)]
     pub removed_networks: Vec<String>,
     pub removed_volumes: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ServicesRequest {
-    /// Empty: every service of the stack.
-    #[serde(default)]
-    pub services: Vec<String>,
-    /// For `kill`: the signal (default SIGKILL, as Compose's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -187,11 +164,11 @@ impl IntoResponse for ApiError {
 #[derive(Clone)]
 struct Ctx {
     store: Arc<Store>,
-    node: Arc<dyn Node>,
+    node: Arc<dyn NodeAgent>,
 }
 
 /// The API's routes over `store`, asking `node` for what lives on the node.
-pub fn router(store: Arc<Store>, node: Arc<dyn Node>) -> Router {
+pub fn router(store: Arc<Store>, node: Arc<dyn NodeAgent>) -> Router {
     Router::new()
         .route("/v1/ping", get(|| async { "ok" }))
         .route("/v1/state", get(state))
@@ -208,14 +185,14 @@ pub fn router(store: Arc<Store>, node: Arc<dyn Node>) -> Router {
         .with_state(Ctx { store, node })
 }
 
-async fn state(AxState(cx): AxState<Ctx>) -> Json<crate::store::State> {
+async fn state(AxState(cx): AxState<Ctx>) -> Json<State> {
     Json(redacted(cx.store.snapshot()))
 }
 
 /// The state as the API shows it: without the cluster's secrets (the CA key and the
 /// join tokens), which only managers' own code reads from the store. An admin or a
 /// member of the socket's group sees everything else.
-pub fn redacted(mut state: crate::store::State) -> crate::store::State {
+pub fn redacted(mut state: State) -> State {
     if let Some(c) = state.cluster.as_mut() {
         c.ca_key = String::new();
         c.worker_token = String::new();
@@ -240,52 +217,7 @@ async fn up(
             ),
         ));
     }
-    let resp = cx.store.update(|s| {
-        let mut record = req.record.clone();
-        let mut resp = UpResponse::default();
-        if let Some(old) = s.stacks.get(&name) {
-            let gone: BTreeSet<&String> = old
-                .stack
-                .services
-                .keys()
-                .chain(old.orphans.keys())
-                .filter(|k| !record.stack.services.contains_key(*k))
-                .collect();
-            for k in gone {
-                resp.orphans.push(k.clone());
-                if req.remove_orphans {
-                    resp.removed_orphans.push(k.clone());
-                } else if let Some(svc) = old.stack.services.get(k).or(old.orphans.get(k)) {
-                    record.orphans.insert(k.clone(), svc.clone());
-                }
-            }
-            // `up` starts what `stop` stopped, as Compose's; one-off containers of
-            // `run` are not the file's to remove.
-            record.stopped.clear();
-            record.oneoffs = old.oneoffs.clone();
-            record.restarted = old.restarted.clone();
-            if req.no_recreate {
-                // Keep each service's old definition where tasks run: adopt it.
-                for (k, svc) in record.stack.services.iter_mut() {
-                    if let Some(o) = old.stack.services.get(k) {
-                        *svc = o.clone();
-                    }
-                }
-            }
-        }
-        for t in s.tasks.values_mut() {
-            if t.stack != name || t.desired != DesiredState::Running {
-                continue;
-            }
-            // A container that could not start (a port in use, a missing bind source)
-            // is tried afresh by the next `up`, as Compose's: its cause may be fixed.
-            if req.force_recreate || t.status.never_started() {
-                t.desired = DesiredState::Remove;
-            }
-        }
-        s.stacks.insert(name.clone(), record);
-        Ok(resp)
-    })?;
+    let resp = cx.store.update(|s| Ok(stacks::up(s, &name, &req)))?;
     Ok(Json(resp))
 }
 
@@ -301,86 +233,15 @@ async fn down(
         check_stack_name(&name)?;
     }
     let grace = q.timeout.map(|t| t.saturating_mul(1000));
-    // Stop in waves, dependents before what they depend on (as Compose does): each
-    // wave's services are marked stopped, and the next starts once their containers
-    // have ended.
-    let waves = cx
-        .store
-        .read(|s| {
-            s.stacks
-                .get(&name)
-                .map(|r| crate::orchestrator::stop_waves(&r.stack))
-        })
-        .unwrap_or_default();
-    for wave in waves {
-        cx.store.update(|s| {
-            for t in s.tasks.values_mut().filter(|t| t.stack == name) {
-                if grace.is_some() {
-                    t.stop_grace_ms = grace;
-                }
-            }
-            if let Some(r) = s.stacks.get_mut(&name) {
-                for svc in &wave {
-                    if !r.stopped.contains(svc) {
-                        r.stopped.push(svc.clone());
-                    }
-                }
-                // One-off containers and orphans go with the first wave.
-                r.oneoffs.clear();
-                r.orphans.clear();
-            }
-            Ok(())
-        })?;
-        let mut watch = cx.store.watch();
-        loop {
-            let running = cx.store.read(|s| {
-                s.tasks
-                    .values()
-                    .filter(|t| t.stack == name && wave.contains(&t.service))
-                    .filter(|t| !t.status.state().is_terminal())
-                    .count()
-            });
-            if running == 0 {
-                break;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(500), watch.changed()).await;
-        }
-    }
-    let (record, containers) = cx.store.update(|s| {
-        let record = s.stacks.remove(&name);
-        let mut containers = Vec::new();
-        for t in s.tasks.values_mut().filter(|t| t.stack == name) {
-            containers.push(t.name());
-            t.desired = DesiredState::Remove;
-            if grace.is_some() {
-                t.stop_grace_ms = grace;
-            }
-        }
-        Ok((record, containers))
-    })?;
-    if record.is_none() && containers.is_empty() {
+    let Some(stacks::Down { record, containers }) = stacks::down(&cx.store, &name, grace).await?
+    else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no stack named {name:?} is deployed (berth ls lists them)"),
         ));
-    }
-    // Wait for the agent to remove every container of the stack.
-    let mut watch = cx.store.watch();
-    loop {
-        let left = cx
-            .store
-            .read(|s| s.tasks.values().filter(|t| t.stack == name).count());
-        if left == 0 {
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(500), watch.changed()).await;
-    }
+    };
     let mut resp = DownResponse {
-        removed_containers: containers
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect(),
+        removed_containers: containers,
         ..DownResponse::default()
     };
     if let Some(record) = &record {
@@ -413,89 +274,11 @@ async fn services_verb(
     for svc in &req.services {
         check_name("services", svc)?;
     }
-    let done = cx.store.update(|s| {
-        let record = s.stacks.get_mut(&name).ok_or_else(|| {
-            StoreError::Rejected(format!(
-                "no stack named {name:?} is deployed (berth up deploys it)"
-            ))
-        })?;
-        let all: Vec<String> = record.stack.services.keys().cloned().collect();
-        for svc in &req.services {
-            if !all.contains(svc) {
-                return Err(StoreError::Rejected(format!(
-                    "stack {name:?} has no service {svc:?} (it has: {})",
-                    all.join(", ")
-                )));
-            }
-        }
-        let chosen = if req.services.is_empty() {
-            all
-        } else {
-            req.services.clone()
-        };
-        match verb.as_str() {
-            "stop" => {
-                for svc in &chosen {
-                    if !record.stopped.contains(svc) {
-                        record.stopped.push(svc.clone());
-                    }
-                }
-                // What the orchestrator would do next, done in the same transaction:
-                // a caller that reads the state after `stop` returns (`up` waiting
-                // for the stack to stop) sees the tasks on their way down.
-                for t in s.tasks.values_mut() {
-                    if t.stack == name
-                        && chosen.contains(&t.service)
-                        && t.desired == DesiredState::Running
-                    {
-                        t.desired = DesiredState::Shutdown;
-                    }
-                }
-            }
-            "start" => record.stopped.retain(|s| !chosen.contains(s)),
-            "restart" => {
-                record.stopped.retain(|s| !chosen.contains(s));
-                for svc in &chosen {
-                    *record.restarted.entry(svc.clone()).or_default() += 1;
-                }
-                for t in s.tasks.values_mut() {
-                    if t.stack == name
-                        && chosen.contains(&t.service)
-                        && t.desired == DesiredState::Running
-                    {
-                        t.desired = DesiredState::Remove;
-                    }
-                }
-            }
-            // Removes the stopped containers of the services (Compose's rm).
-            "rm" => {
-                for t in s.tasks.values_mut() {
-                    if t.stack == name
-                        && chosen.contains(&t.service)
-                        && t.desired == DesiredState::Shutdown
-                    {
-                        t.desired = DesiredState::Remove;
-                    }
-                }
-            }
-            "kill" | "pause" | "unpause" => {}
-            other => {
-                return Err(StoreError::Rejected(format!(
-                    "unknown verb {other:?}: stop, start, restart, rm, kill, pause or unpause"
-                )))
-            }
-        }
-        Ok(chosen)
-    })?;
+    let done = cx
+        .store
+        .update(|s| stacks::services(s, &name, &verb, &req.services))?;
     if verb == "pause" || verb == "unpause" {
-        let targets: Vec<String> = cx.store.read(|s| {
-            s.tasks
-                .values()
-                .filter(|t| t.stack == name && done.contains(&t.service))
-                .filter(|t| t.status.state() == spec::task::TaskState::Running)
-                .map(|t| t.id.clone())
-                .collect()
-        });
+        let targets = cx.store.read(|s| stacks::running(s, &name, &done));
         let (node, frozen) = (cx.node.clone(), verb == "pause");
         tokio::task::spawn_blocking(move || {
             targets.iter().try_for_each(|id| node.freeze(id, frozen))
@@ -506,14 +289,7 @@ async fn services_verb(
     }
     if verb == "kill" {
         let signal = req.signal.clone().unwrap_or_else(|| "KILL".into());
-        let targets: Vec<String> = cx.store.read(|s| {
-            s.tasks
-                .values()
-                .filter(|t| t.stack == name && done.contains(&t.service))
-                .filter(|t| t.desired == DesiredState::Running && !t.status.state().is_terminal())
-                .map(|t| t.id.clone())
-                .collect()
-        });
+        let targets = cx.store.read(|s| stacks::live(s, &name, &done));
         let node = cx.node.clone();
         tokio::task::spawn_blocking(move || {
             targets.iter().try_for_each(|id| node.kill(id, &signal))
@@ -544,11 +320,7 @@ pub struct Event {
 }
 
 /// The events between two states of the store.
-pub fn events_between(
-    before: &crate::store::State,
-    after: &crate::store::State,
-    now: u64,
-) -> Vec<Event> {
+pub fn events_between(before: &State, after: &State, now: u64) -> Vec<Event> {
     use spec::task::{Health, TaskState};
     let mut out = Vec::new();
     let mut push = |t: &spec::task::Task, action: &str| {
@@ -665,39 +437,9 @@ async fn logs(
 pub async fn serve(
     listener: tokio::net::UnixListener,
     store: Arc<Store>,
-    node: Arc<dyn Node>,
+    node: Arc<dyn NodeAgent>,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(store, node)).await
-}
-
-/// `berth run`: a one-off container of a service.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RunRequest {
-    pub service: String,
-    /// The service as the caller's file has it (else the deployed one).
-    #[serde(default)]
-    pub definition: Option<spec::model::Service>,
-    /// Replaces the service's command, if given.
-    #[serde(default)]
-    pub command: Option<Vec<String>>,
-    #[serde(default)]
-    pub entrypoint: Option<Vec<String>>,
-    /// `KEY=VALUE` added to the environment.
-    #[serde(default)]
-    pub env: Vec<String>,
-    #[serde(default)]
-    pub user: Option<String>,
-    #[serde(default)]
-    pub workdir: Option<String>,
-    /// Publish the service's ports too (Compose's --service-ports).
-    #[serde(default)]
-    pub service_ports: bool,
-    /// Keep its stdin open for the caller to attach (`run` in the foreground).
-    #[serde(default)]
-    pub interactive: bool,
-    /// Give it a terminal: `Some(true)` or `Some(false)` override the service's `tty`.
-    #[serde(default)]
-    pub tty: Option<bool>,
 }
 
 async fn run(
@@ -711,56 +453,7 @@ async fn run(
         spec::names::check_service("definition", definition)?;
     }
     let key = format!("{}-run-{:06x}", req.service, crate::now_ms() % 0x100_0000);
-    let created = cx.store.update(|s| {
-        let record = s
-            .stacks
-            .get_mut(&name)
-            .ok_or_else(|| StoreError::Rejected(format!("no stack named {name:?} is deployed")))?;
-        let mut service = req
-            .definition
-            .clone()
-            .or_else(|| record.stack.services.get(&req.service).cloned())
-            .ok_or_else(|| {
-                StoreError::Rejected(format!("stack {name:?} has no service {:?}", req.service))
-            })?;
-        if let Some(c) = &req.command {
-            service.command = Some(c.clone());
-        }
-        if let Some(e) = &req.entrypoint {
-            service.entrypoint = Some(e.clone());
-        }
-        for kv in &req.env {
-            let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
-            service
-                .environment
-                .insert(k.to_string(), Some(v.to_string()));
-        }
-        if req.user.is_some() {
-            service.user = req.user.clone();
-        }
-        if req.workdir.is_some() {
-            service.working_dir = req.workdir.clone();
-        }
-        if req.interactive {
-            service.stdin_open = true;
-        }
-        if let Some(tty) = req.tty {
-            service.tty = tty;
-        }
-        // A one-off runs once, under its own name, without the service's ports.
-        service.restart = None;
-        service.container_name = None;
-        service.scale = None;
-        if let Some(d) = service.deploy.as_mut() {
-            d.restart_policy = None;
-            d.replicas = None;
-        }
-        if !req.service_ports {
-            service.ports.clear();
-        }
-        record.oneoffs.insert(key.clone(), service);
-        Ok(key.clone())
-    })?;
+    let created = cx.store.update(|s| stacks::run(s, &name, &key, &req))?;
     Ok(Json(created))
 }
 
@@ -770,11 +463,9 @@ async fn remove_run(
 ) -> Result<Json<bool>, ApiError> {
     check_stack_name(&name)?;
     check_name("one-off container", &key)?;
-    let removed = cx.store.update(|s| {
-        Ok(s.stacks
-            .get_mut(&name)
-            .is_some_and(|r| r.oneoffs.remove(&key).is_some()))
-    })?;
+    let removed = cx
+        .store
+        .update(|s| Ok(stacks::remove_run(s, &name, &key)))?;
     Ok(Json(removed))
 }
 
@@ -817,8 +508,8 @@ mod tests {
         .expect("task")
     }
 
-    fn state(status: TaskStatus) -> crate::store::State {
-        let mut s = crate::store::State::default();
+    fn state(status: TaskStatus) -> State {
+        let mut s = State::default();
         s.tasks.insert("s-web-1.1".into(), task(status));
         s
     }

@@ -1,36 +1,112 @@
-//! The daemon's cluster side: `berth cluster init/join`, join tokens, the node list and
-//! its changes (promote, demote, rm, labels), and the membership loop that keeps the
-//! Raft group, the Raft transport's peers and the TLS deny list in line with the store.
+//! The cluster's side of the manager: `berth cluster init/join`, join tokens, the node
+//! list and its changes (promote, demote, rm, labels), and the membership loop that
+//! keeps the Raft group, the Raft transport's peers and the TLS deny list in line with
+//! the store.
 //!
+//! - [`model`]: the cluster as the store holds it (its record, one record per node) and
+//!   the pure plan of the next Raft configuration change;
+//! - [`ops`]: init, admitting a joiner, joining, node changes: pure functions over the
+//!   state, and the thin functions that run them in a store transaction;
 //! - [`files`]: what a member keeps under `<state>/cluster/`;
-//! - [`ops`]: init, admitting a joiner, joining, node changes (store transactions over
-//!   the pure model in `manager::cluster`);
-//! - [`membership`]: the loop every manager runs;
-//! - [`routes`]: the HTTP endpoints, on the unix socket and on the cluster port.
+//! - [`membership`]: the loop every manager runs, and the worker's heartbeat loop.
+//!
+//! Their HTTP endpoints are in `crate::api::cluster`.
 //!
 //! Becoming a member (init, join) rewrites `<state>/cluster/` and then restarts the
 //! daemon in place (`exec` of itself): containers run under their shims and the store
 //! is on disk, so nothing stops, and the new process starts in cluster mode with the
 //! cluster's Raft settings, transport and port. One start-up path for every mode is
-//! simpler to get right than switching a running store's transport and timing.
+//! simpler to get right than switching a running store's transport and timing. The
+//! manager does not exec itself: the daemon hands in how ([`Daemon::restart`]), and
+//! how to call another manager's API ([`Daemon::call`]).
 
 pub mod files;
 pub mod membership;
+pub mod model;
 pub mod ops;
-pub mod routes;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use manager::raft::tls::TlsTransport;
-use manager::store::Store;
+use ::raft::StateRole;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-pub use files::ClusterConfig;
+use crate::state::raft::tls::TlsTransport;
+use crate::state::store::Store;
+
+use files::ClusterConfig;
+
+/// What the cluster side needs of the daemon process it runs in, which only the
+/// daemon can give: the binary implements it.
+pub trait Daemon: Send + Sync + 'static {
+    /// One request to the API of the manager at `addr` (`ip:port`) over mutual TLS
+    /// with `tls` (the server's certificate must be valid for
+    /// `pki::tls::manager_server_name()`), giving up after `timeout` without an
+    /// answer: the JSON answer, or why there is none (an error answer's message).
+    /// Blocking.
+    fn call(
+        &self,
+        addr: &str,
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+        request: Call<'_>,
+    ) -> Result<serde_json::Value, CallError>;
+
+    /// Restarts this daemon in place, in the mode its files now say, once the current
+    /// answer had time to reach the caller. Containers keep running (they are the
+    /// shims'); `store`'s Raft node is stopped first so its log is closed cleanly.
+    fn restart(&self, store: Option<Arc<Store>>);
+}
+
+/// One request of [`Daemon::call`].
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The JSON body, if any.
+    pub body: Option<&'a serde_json::Value>,
+}
+
+/// Why a call to another manager got no answer (its text says why, the manager's own
+/// error message included).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CallError(pub String);
+
+/// Calls `method path` on the manager at `addr` through `daemon`, with `body` as JSON,
+/// and reads the answer as a `T`.
+pub fn call<T: DeserializeOwned>(
+    daemon: &dyn Daemon,
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    method: &str,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<T, CallError> {
+    let body = body
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| CallError(format!("encode the request {method} {path}: {e}")))?;
+    let answer = daemon.call(
+        addr,
+        tls,
+        timeout,
+        Call {
+            method,
+            path,
+            body: body.as_ref(),
+        },
+    )?;
+    serde_json::from_value(answer)
+        .map_err(|e| CallError(format!("the daemon's answer to {method} {path}: {e}")))
+}
 
 /// How long one node waits for another's answer.
-pub const NODE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A manager's cluster side, shared by its endpoints and loops.
 pub struct Member {
@@ -43,7 +119,7 @@ pub struct Member {
     /// Client settings for calling another manager's API with this node's certificate.
     pub http: Arc<rustls::ClientConfig>,
     /// The cluster port, once listening (to close connections of removed nodes).
-    pub port: Mutex<Option<manager::port::Port>>,
+    pub port: Mutex<Option<crate::port::Port>>,
     /// Set once the store holds everything committed before this start (a quorum
     /// answered a ReadIndex): until then only `cluster status` answers.
     pub ready: std::sync::atomic::AtomicBool,
@@ -55,6 +131,8 @@ pub struct Member {
     /// When each worker was last heard from (on the manager it heartbeats to: the
     /// leader).
     pub heartbeats: Mutex<HashMap<String, Instant>>,
+    /// What only the daemon can do: call another manager, restart itself.
+    pub daemon: Arc<dyn Daemon>,
 }
 
 impl std::fmt::Debug for Member {
@@ -70,10 +148,23 @@ impl Member {
         &self.config.node_id
     }
 
-    /// A client of the manager at `addr`, authenticated as this node.
-    pub fn client_of(&self, addr: &str) -> crate::client::Client {
-        crate::client::Client::tls(addr, self.http.clone(), pki::tls::manager_server_name())
-            .with_timeout(NODE_CALL_TIMEOUT)
+    /// Calls the manager at `addr`, authenticated as this node (blocking).
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, CallError> {
+        call(
+            &*self.daemon,
+            addr,
+            self.http.clone(),
+            NODE_CALL_TIMEOUT,
+            method,
+            path,
+            body,
+        )
     }
 
     /// The leader's address, if it is another manager the store knows.
@@ -82,9 +173,8 @@ impl Member {
         if status.leader == 0 || status.leader == status.id {
             return None;
         }
-        self.store.read(|s| {
-            manager::cluster::manager_by_raft_id(&s.nodes, status.leader).map(|n| n.addr.clone())
-        })
+        self.store
+            .read(|s| model::manager_by_raft_id(&s.nodes, status.leader).map(|n| n.addr.clone()))
     }
 
     pub fn is_ready(&self) -> bool {
@@ -92,7 +182,7 @@ impl Member {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.store.node().status().role == manager::raft::Role::Leader
+        self.store.node().status().role == StateRole::Leader
     }
 }
 
@@ -102,7 +192,7 @@ impl Member {
 /// leader's snapshot, a manager that missed a join) and a manager told this node whose
 /// it is (`Member::known`). An id the store allocated but no manager holds any more (a
 /// demoted or removed manager's) is refused, whatever certificate comes with it.
-pub fn sender_check(member: &Arc<Member>) -> manager::port::SenderCheck {
+pub fn sender_check(member: &Arc<Member>) -> crate::port::SenderCheck {
     let member = Arc::downgrade(member);
     Arc::new(move |sender: &pki::NodeId, from: u64| {
         let Some(member) = member.upgrade() else {
@@ -110,7 +200,7 @@ pub fn sender_check(member: &Arc<Member>) -> manager::port::SenderCheck {
         };
         let (owner, next) = member.store.read(|s| {
             (
-                manager::cluster::manager_by_raft_id(&s.nodes, from).map(|n| n.id.clone()),
+                model::manager_by_raft_id(&s.nodes, from).map(|n| n.id.clone()),
                 s.cluster.as_ref().map(|c| c.next_raft_id),
             )
         });
@@ -126,30 +216,4 @@ pub fn sender_check(member: &Arc<Member>) -> manager::port::SenderCheck {
                 .iter()
                 .any(|(r, n, _)| *r == from && n == sender.as_str())
     })
-}
-
-/// Restarts this daemon in place, in the mode its files now say, once the current
-/// answer had time to reach the caller. Containers keep running (they are the shims'),
-/// the Raft node is stopped first so its log is closed cleanly.
-pub fn restart_daemon(store: Option<Arc<Store>>) {
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        if let Some(store) = store {
-            store.node().kill();
-        }
-        eprintln!("berth daemon: restarting to take up its new cluster role");
-        let err = exec_self();
-        eprintln!(
-            "berth daemon: cannot restart itself ({err}); exiting so that a supervisor restarts it"
-        );
-        std::process::exit(1);
-    });
-}
-
-fn exec_self() -> std::io::Error {
-    use std::os::unix::process::CommandExt;
-    // /proc/self/exe works even if the binary was replaced since this process started.
-    std::process::Command::new("/proc/self/exe")
-        .args(std::env::args_os().skip(1))
-        .exec()
 }

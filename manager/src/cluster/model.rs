@@ -1,6 +1,6 @@
 //! The cluster as the store holds it: the cluster's own record (its CA, its join
 //! tokens, the ids it removed) and one record per node; and the pure planning the
-//! daemon's membership loop acts on (which Raft configuration change comes next,
+//! membership loop ([`super::membership`]) acts on (which Raft configuration change comes next,
 //! whom to send Raft messages to, whom to refuse).
 //!
 //! The CA's key is replicated with the rest of the state, as swarmkit does, so that
@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use pki::NodeRole;
 use serde::{Deserialize, Serialize};
 
 /// The cluster's record: made by `berth cluster init`, absent on a single host.
@@ -31,22 +32,6 @@ pub struct ClusterRecord {
     /// list), for as long as the cluster lives.
     #[serde(default)]
     pub removed: BTreeSet<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeRole {
-    Manager,
-    Worker,
-}
-
-impl NodeRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeRole::Manager => "manager",
-            NodeRole::Worker => "worker",
-        }
-    }
 }
 
 /// One node of the cluster.
