@@ -42,15 +42,15 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use manager::cluster::model::NodeRecord;
-use pki::NodeRole;
 use manager::port::{self, Port, RaftSink};
+use manager::state::model::{Op, State};
 use manager::state::raft::tls::TlsTransport;
 use manager::state::raft::{bootstrap, Transport};
-use raft::StateRole;
 use manager::state::replicated::{StoreMachine, Txn, TxnResponse};
-use manager::state::model::{Op, State};
 use manager::state::store::{cluster_config, Store, StoreError};
+use pki::NodeRole;
 use pki::{Ca, CertRequest, DenyList, Identity, NodeId, Role};
+use raft::StateRole;
 use testkit::hosts::{Cluster, Host};
 
 /// The cluster port, as in `berth daemon`'s default.

@@ -20,8 +20,8 @@ use manager::port::{self, RaftSink};
 use manager::state::raft::kv::{Kv, KvResponse};
 use manager::state::raft::tls::TlsTransport;
 use manager::state::raft::{bootstrap, LocalCluster, NodeConfig, RaftNode, Transport};
-use raft::StateRole;
 use pki::{Ca, CertRequest, DenyList, Identity, NodeCredentials, NodeId, Role};
+use raft::StateRole;
 
 fn config() -> NodeConfig {
     NodeConfig {

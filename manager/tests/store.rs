@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use manager::state::model::State;
 use manager::state::raft::{LocalCluster, NodeConfig};
 use manager::state::replicated::StoreMachine;
-use manager::state::model::State;
 use manager::state::store::{Store, StoreError};
 use spec::task::StackRecord;
 

@@ -17,7 +17,7 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
-use crate::cluster::ops::{
+use manager::cluster::ops::{
     ClusterStatus, InitAnswer, InitRequest, JoinAnswer, JoinLocalRequest, NodeChange, NodeView,
 };
 
@@ -209,7 +209,7 @@ pub fn set_remote(host: Option<String>, tls_dir: Option<PathBuf>, state_dir: &Pa
         let host = host.or(context.host)?;
         let dir = tls_dir
             .or(context.tls_dir)
-            .unwrap_or_else(|| crate::cluster::files::admin_dir(state_dir));
+            .unwrap_or_else(|| manager::cluster::files::admin_dir(state_dir));
         Some((host, dir))
     });
     let _ = REMOTE.set(remote);
@@ -228,7 +228,7 @@ pub fn remote_client() -> anyhow::Result<Option<Client>> {
     let Some((host, dir)) = remote_target()? else {
         return Ok(None);
     };
-    let addr = crate::cluster::files::parse_addr(host, "--host")?;
+    let addr = manager::cluster::files::parse_addr(host, "--host")?;
     let creds = pki::NodeCredentials::load(dir).with_context(|| {
         format!(
             "load the admin certificate for {host} from {} (give --tls-dir DIR with ca.crt, \
@@ -301,7 +301,7 @@ pub fn cluster(state_dir: &Path, cmd: &ClusterCommand) -> anyhow::Result<ExitCod
         }
         ClusterCommand::Join(args) => {
             let c = local(state_dir, "join")?;
-            let remote = crate::cluster::files::parse_addr(&args.manager, "the manager address")?;
+            let remote = manager::cluster::files::parse_addr(&args.manager, "the manager address")?;
             let advertise = match &args.advertise {
                 Some(a) => a.clone(),
                 None => route_source(remote)?.to_string(),
@@ -330,7 +330,7 @@ pub fn cluster(state_dir: &Path, cmd: &ClusterCommand) -> anyhow::Result<ExitCod
                 c.call(
                     "POST",
                     &format!("/v1/cluster/join-token/{}", args.role),
-                    Some(&crate::cluster::routes::TokenRequest { rotate: true }),
+                    Some(&manager::api::cluster::TokenRequest { rotate: true }),
                 )?
             } else {
                 c.call(
@@ -566,7 +566,7 @@ pub fn context(cmd: &ContextCommand) -> anyhow::Result<ExitCode> {
     let path = context_path();
     match cmd {
         ContextCommand::Set(args) => {
-            crate::cluster::files::parse_addr(&args.host, "--host")?;
+            manager::cluster::files::parse_addr(&args.host, "--host")?;
             pki::NodeCredentials::load(&args.tls_dir).with_context(|| {
                 format!(
                     "{} must hold ca.crt, node.crt and node.key of an admin certificate",

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use manager::api::{DownResponse, LogLine, ServicesRequest, UpRequest, UpResponse};
+use manager::api::{DownResponse, LogLine};
 use manager::orchestrator::{dependency_state, replicas, spec_hash, DependencyState};
-use manager::store::State;
+use manager::stacks::{ServicesRequest, UpRequest, UpResponse};
+use manager::state::model::State;
 use spec::task::{DesiredState, StackRecord, Task, TaskState};
 
 use super::{print_diagnostics, write_stdout, ProjectArgs};
@@ -1402,7 +1403,7 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
         }
     }
     let tty = !args.no_tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
-    let req = manager::api::RunRequest {
+    let req = manager::stacks::RunRequest {
         service: args.service.clone(),
         definition: Some(definition),
         command: (!args.cmd.is_empty()).then(|| args.cmd.clone()),
