@@ -113,8 +113,16 @@ fn node_changes() {
             .collect(),
         remove: remove.iter().map(|k| k.to_string()).collect(),
     };
-    type Check = fn(&State);
-    let cases: Vec<(&str, NodeChange, &[&str], Result<&str, Refused>, Check)> = vec![
+    /// (node name, change, reachable nodes, the node's id or the refusal, what the state
+    /// must look like after).
+    type Case<'a> = (
+        &'a str,
+        NodeChange,
+        &'a [&'a str],
+        Result<&'a str, Refused>,
+        fn(&State),
+    );
+    let cases: Vec<Case> = vec![
         ("w1dd", NodeChange::Promote, &[], Ok("w1dd"), |s| {
             let n = &s.nodes["w1dd"];
             assert_eq!((n.role, n.raft_id), (NodeRole::Manager, 3));

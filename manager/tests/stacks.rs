@@ -125,8 +125,15 @@ fn up_recreates_when_forced_and_starts_what_stop_stopped() {
 
 #[test]
 fn service_verbs() {
-    type Check = fn(&State);
-    let cases: Vec<(&str, &[&str], Result<&[&str], &str>, Check)> = vec![
+    /// (verb, services asked, the services chosen or a part of the refusal, what the
+    /// state must look like after).
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        Result<&'a [&'a str], &'a str>,
+        fn(&State),
+    );
+    let cases: Vec<Case> = vec![
         ("stop", &["web"], Ok(&["web"]), |s| {
             assert_eq!(s.stacks["app"].stopped, ["web"]);
             assert_eq!(s.tasks["app-web-1.1"].desired, DesiredState::Shutdown);

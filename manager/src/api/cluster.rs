@@ -5,7 +5,6 @@
 //! what only makes sense locally (`init`, `join`).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -17,7 +16,7 @@ use pki::{NodeRole, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::files::ClusterConfig;
-use crate::cluster::membership::Heartbeat;
+use crate::cluster::membership::heard_from;
 use crate::cluster::model::raft_peers;
 use crate::cluster::ops::{self, ClusterError, ClusterStatus, NodeChange, Refused};
 use crate::cluster::{Daemon, Member};
@@ -312,22 +311,8 @@ async fn token_rotate(
     }
 }
 
-/// The node list comes from the leader, which alone knows how far each manager's log
-/// is; another manager asks it, and answers from its own view if it cannot.
-async fn nodes(State(m): State<Arc<Member>>) -> Response {
-    if !m.is_leader() {
-        if let Some(addr) = m.leader_addr() {
-            let m2 = m.clone();
-            let asked = tokio::task::spawn_blocking(move || {
-                m2.call::<Vec<ops::NodeView>>(&addr, "GET", "/v1/nodes", None::<&()>)
-            })
-            .await;
-            if let Ok(Ok(list)) = asked {
-                return Json(list).into_response();
-            }
-        }
-    }
-    Json(ops::node_views(&m)).into_response()
+async fn nodes(State(m): State<Arc<Member>>) -> Json<Vec<ops::NodeView>> {
+    Json(ops::list_nodes(m).await)
 }
 
 async fn node(
@@ -358,29 +343,9 @@ async fn change(
     if let Some(refused) = bad_node_name(&name) {
         return refused;
     }
-    // Only the leader knows which nodes are up (Raft progress, workers' heartbeats),
-    // which `rm` checks: another manager passes it on. (Other changes are plain store
-    // transactions, which Raft forwards itself.)
-    if matches!(change, NodeChange::Remove { .. }) && !m.is_leader() {
-        if let Some(addr) = m.leader_addr() {
-            let m2 = m.clone();
-            let path = format!("/v1/nodes/{name}");
-            let asked = tokio::task::spawn_blocking(move || {
-                m2.call::<String>(&addr, "POST", &path, Some(&change))
-            })
-            .await;
-            return match asked {
-                Ok(Ok(id)) => Json(id).into_response(),
-                Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            };
-        }
-    }
-    let m2 = m.clone();
-    match tokio::task::spawn_blocking(move || ops::change_node(&m2, &name, &change)).await {
-        Ok(Ok(id)) => Json(id).into_response(),
-        Ok(Err(e)) => change_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match ops::change_on_leader(m, name, change).await {
+        Ok(id) => Json(id).into_response(),
+        Err(e) => change_error(e),
     }
 }
 
@@ -419,20 +384,7 @@ async fn heartbeat(State(m): State<Arc<Member>>, peer: Option<Extension<Peer>>) 
     let Some(identity) = caller(peer) else {
         return not_a_node();
     };
-    let id = identity.id.as_str().to_string();
-    m.heartbeats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id.clone(), Instant::now());
-    let (managers, role) = m
-        .store
-        .read(|s| (raft_peers(&s.nodes, ""), s.nodes.get(&id).map(|n| n.role)));
-    Json(Heartbeat {
-        leader: if m.is_leader() { None } else { m.leader_addr() },
-        managers,
-        role,
-    })
-    .into_response()
+    Json(heard_from(&m, identity.id.as_str())).into_response()
 }
 
 async fn renew(

@@ -308,6 +308,28 @@ pub async fn worker_loop(
     }
 }
 
+/// A manager's side of worker `id`'s heartbeat: it was heard from now; the answer
+/// says where the leader is, who the managers are and what the store makes of it.
+pub fn heard_from(member: &Member, id: &str) -> Heartbeat {
+    member
+        .heartbeats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.to_string(), Instant::now());
+    let (managers, role) = member
+        .store
+        .read(|s| (raft_peers(&s.nodes, ""), s.nodes.get(id).map(|n| n.role)));
+    Heartbeat {
+        leader: if member.is_leader() {
+            None
+        } else {
+            member.leader_addr()
+        },
+        managers,
+        role,
+    }
+}
+
 /// A manager's answer to a worker's heartbeat.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Heartbeat {

@@ -644,6 +644,25 @@ pub fn node_views(member: &Member) -> Vec<NodeView> {
         .read(|s| views(&s.nodes, &status, &heartbeats, Instant::now()))
 }
 
+/// `node ls`: the node list comes from the leader, which alone knows how far each
+/// manager's log is; another manager asks it, and answers from its own view if it
+/// cannot.
+pub async fn list_nodes(member: Arc<Member>) -> Vec<NodeView> {
+    if !member.is_leader() {
+        if let Some(addr) = member.leader_addr() {
+            let m = member.clone();
+            let asked = tokio::task::spawn_blocking(move || {
+                m.call::<Vec<NodeView>>(&addr, "GET", "/v1/nodes", None::<&()>)
+            })
+            .await;
+            if let Ok(Ok(list)) = asked {
+                return list;
+            }
+        }
+    }
+    node_views(&member)
+}
+
 /// `cluster status` of a manager: `config` is its own, `raft` its Raft node's status,
 /// `ready` whether it serves requests, `hash` its state's. Pure.
 pub fn status_of(
@@ -893,6 +912,42 @@ pub fn change_node(
         .map(|v| v.record.id)
         .collect();
     transact(&member.store, |s| change(s, name, node_change, &reachable))
+}
+
+/// A node change as the cluster makes it. Only the leader knows which nodes are up
+/// (Raft progress, workers' heartbeats), which `rm` checks: another manager passes it
+/// on (the leader's refusal is this one's). Other changes are plain store
+/// transactions, which Raft forwards itself.
+pub async fn change_on_leader(
+    member: Arc<Member>,
+    name: String,
+    node_change: NodeChange,
+) -> Result<String, ClusterError> {
+    let forward = matches!(node_change, NodeChange::Remove { .. }) && !member.is_leader();
+    if let Some(addr) = forward.then(|| member.leader_addr()).flatten() {
+        let m = member.clone();
+        let path = format!("/v1/nodes/{name}");
+        let asked = tokio::task::spawn_blocking(move || {
+            m.call::<String>(&addr, "POST", &path, Some(&node_change))
+        })
+        .await;
+        return match asked {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(e)) => Err(Refused::Other(e.0).into()),
+            Err(e) => Err(ClusterError::Call {
+                what: "ask the leader".into(),
+                source: CallError(e.to_string()),
+            }),
+        };
+    }
+    let asked =
+        tokio::task::spawn_blocking(move || change_node(&member, &name, &node_change)).await;
+    asked.unwrap_or_else(|e| {
+        Err(ClusterError::Call {
+            what: "change the node".into(),
+            source: CallError(e.to_string()),
+        })
+    })
 }
 
 /// One node's record as this manager applied it (possibly stale).
