@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use manager::api::{DownResponse, LogLine};
+use manager::api::stacks::DownResponse;
+use manager::api::LogLine;
 use manager::orchestrator::{dependency_state, replicas, spec_hash, DependencyState};
 use manager::stacks::{ServicesRequest, UpRequest, UpResponse};
 use manager::state::model::State;
@@ -1121,7 +1122,7 @@ pub fn events(
     let resp = client.request("GET", "/v1/events", None)?;
     for line in resp.body.lines() {
         let line = line?;
-        let Ok(e) = serde_json::from_str::<manager::api::Event>(&line) else {
+        let Ok(e) = serde_json::from_str::<manager::api::events::Event>(&line) else {
             continue;
         };
         if e.stack != name || (!args.services.is_empty() && !args.services.contains(&e.service)) {

@@ -8,16 +8,19 @@
 //! Routes (all JSON):
 //! - `GET /v1/ping`
 //! - `GET /v1/state`: stacks and tasks
-//! - `PUT /v1/stacks/{name}`: deploy ([`UpRequest`] -> [`UpResponse`])
+//! - [`stacks`]: `PUT /v1/stacks/{name}`: deploy ([`crate::stacks::UpRequest`] ->
+//!   [`crate::stacks::UpResponse`])
 //! - `DELETE /v1/stacks/{name}?volumes=&timeout=`: take down; returns once every
-//!   container of the stack is gone ([`DownResponse`])
-//! - `POST /v1/stacks/{name}/{stop|start|restart|rm|kill}` ([`ServicesRequest`])
-//! - `POST /v1/stacks/{name}/runs` ([`RunRequest`] -> the one-off's name), and
-//!   `DELETE /v1/stacks/{name}/run/{key}` to remove it (`berth run --rm`)
-//! - `GET /v1/tasks/{id}/{top|stats|ports}`: a container's processes, its memory and
-//!   CPU, its published ports
-//! - `GET /v1/events`: newline-delimited [`Event`]s, streamed as tasks change
+//!   container of the stack is gone ([`stacks::DownResponse`])
+//! - `POST /v1/stacks/{name}/{stop|start|restart|rm|kill}`
+//!   ([`crate::stacks::ServicesRequest`])
+//! - `POST /v1/stacks/{name}/runs` ([`crate::stacks::RunRequest`] -> the one-off's
+//!   name), and `DELETE /v1/stacks/{name}/run/{key}` to remove it (`berth run --rm`)
+//! - [`tasks`]: `GET /v1/tasks/{id}/{top|stats|ports}`: a container's processes, its
+//!   memory and CPU, its published ports
 //! - `GET /v1/tasks/{id}/logs?follow=&tail=`: newline-delimited [`LogLine`]s, streamed
+//! - [`events`]: `GET /v1/events`: newline-delimited [`events::Event`]s, streamed as
+//!   tasks change
 //! - the cluster's routes (`/v1/cluster`, `/v1/nodes`, `/v1/dispatcher/...`): see
 //!   [`cluster`]
 //!
@@ -28,11 +31,13 @@
 //! directory.
 
 pub mod cluster;
+pub mod events;
+pub mod stacks;
+pub mod tasks;
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -40,7 +45,6 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use spec::model::Stack;
 
-use crate::stacks::{self, RunRequest, ServicesRequest, UpRequest, UpResponse};
 use crate::state::model::State;
 use crate::state::store::{Store, StoreError};
 
@@ -85,31 +89,6 @@ pub struct LogLine {
     pub line: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DownQuery {
-    #[serde(default)]
-    pub volumes: bool,
-    /// Seconds to wait for each container to stop before SIGKILL.
-    #[serde(default)]
-    pub timeout: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DownResponse {
-    pub removed_containers: Vec<String>,
-    #[serde(default)]
-    pub removed_networks: Vec<String>,
-    pub removed_volumes: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct LogsQuery {
-    #[serde(default)]
-    pub follow: bool,
-    #[serde(default)]
-    pub tail: Option<usize>,
-}
-
 /// An API error: a status and a message for the user.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ApiError {
@@ -119,7 +98,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
         ApiError {
             status: status.as_u16(),
             error: error.into(),
@@ -128,13 +107,13 @@ impl ApiError {
 }
 
 /// The stack name of a request's path: Compose's project name rule.
-fn check_stack_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_stack_name(name: &str) -> Result<(), ApiError> {
     spec::names::check_project_name(name)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("stack name: {e}")))
 }
 
 /// A service, container or one-off name of a request (`field` says which).
-fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
     spec::names::check_resource_name(name)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{field}: {e}")))
 }
@@ -161,8 +140,9 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What every handler gets: the store, and the node it runs on.
 #[derive(Clone)]
-struct Ctx {
+pub(crate) struct Ctx {
     store: Arc<Store>,
     node: Arc<dyn NodeAgent>,
 }
@@ -172,16 +152,16 @@ pub fn router(store: Arc<Store>, node: Arc<dyn NodeAgent>) -> Router {
     Router::new()
         .route("/v1/ping", get(|| async { "ok" }))
         .route("/v1/state", get(state))
-        .route("/v1/stacks/{name}", put(up).delete(down))
-        .route("/v1/stacks/{name}/{verb}", post(services_verb))
+        .route("/v1/stacks/{name}", put(stacks::up).delete(stacks::down))
+        .route("/v1/stacks/{name}/{verb}", post(stacks::services_verb))
         .route(
             "/v1/stacks/{name}/run/{key}",
-            axum::routing::delete(remove_run),
+            axum::routing::delete(stacks::remove_run),
         )
-        .route("/v1/stacks/{name}/runs", post(run))
-        .route("/v1/tasks/{id}/logs", get(logs))
-        .route("/v1/events", get(events))
-        .route("/v1/tasks/{id}/{what}", get(inspect))
+        .route("/v1/stacks/{name}/runs", post(stacks::run))
+        .route("/v1/tasks/{id}/logs", get(tasks::logs))
+        .route("/v1/events", get(events::events))
+        .route("/v1/tasks/{id}/{what}", get(tasks::inspect))
         .with_state(Ctx { store, node })
 }
 
@@ -201,238 +181,6 @@ pub fn redacted(mut state: State) -> State {
     state
 }
 
-async fn up(
-    AxState(cx): AxState<Ctx>,
-    Path(name): Path<String>,
-    Json(req): Json<UpRequest>,
-) -> Result<Json<UpResponse>, ApiError> {
-    check_stack_name(&name)?;
-    spec::names::check_record(&req.record)?;
-    if req.record.stack.name != name {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the stack is named {:?}, not {name:?}",
-                req.record.stack.name
-            ),
-        ));
-    }
-    let resp = cx.store.update(|s| Ok(stacks::up(s, &name, &req)))?;
-    Ok(Json(resp))
-}
-
-async fn down(
-    AxState(cx): AxState<Ctx>,
-    Path(name): Path<String>,
-    Query(q): Query<DownQuery>,
-) -> Result<Json<DownResponse>, ApiError> {
-    // A stack of a bad name that a berth before these checks stored can still be
-    // taken down: `down` uses the name only to find its records, and the agent
-    // refuses the bad container ids themselves.
-    if !cx.store.read(|s| s.stacks.contains_key(&name)) {
-        check_stack_name(&name)?;
-    }
-    let grace = q.timeout.map(|t| t.saturating_mul(1000));
-    let Some(stacks::Down { record, containers }) = stacks::down(&cx.store, &name, grace).await?
-    else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no stack named {name:?} is deployed (berth ls lists them)"),
-        ));
-    };
-    let mut resp = DownResponse {
-        removed_containers: containers,
-        ..DownResponse::default()
-    };
-    if let Some(record) = &record {
-        // Networks go once their containers have, unless another deployment of the
-        // same name came back meanwhile.
-        let node = cx.node.clone();
-        let stack = record.stack.clone();
-        resp.removed_networks = tokio::task::spawn_blocking(move || node.remove_networks(&stack))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    }
-    if let (true, Some(record)) = (q.volumes, record) {
-        let node = cx.node.clone();
-        resp.removed_volumes =
-            tokio::task::spawn_blocking(move || node.remove_volumes(&record.stack))
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    }
-    Ok(Json(resp))
-}
-
-async fn services_verb(
-    AxState(cx): AxState<Ctx>,
-    Path((name, verb)): Path<(String, String)>,
-    Json(req): Json<ServicesRequest>,
-) -> Result<Json<Vec<String>>, ApiError> {
-    check_stack_name(&name)?;
-    for svc in &req.services {
-        check_name("services", svc)?;
-    }
-    let done = cx
-        .store
-        .update(|s| stacks::services(s, &name, &verb, &req.services))?;
-    if verb == "pause" || verb == "unpause" {
-        let targets = cx.store.read(|s| stacks::running(s, &name, &done));
-        let (node, frozen) = (cx.node.clone(), verb == "pause");
-        tokio::task::spawn_blocking(move || {
-            targets.iter().try_for_each(|id| node.freeze(id, frozen))
-        })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    }
-    if verb == "kill" {
-        let signal = req.signal.clone().unwrap_or_else(|| "KILL".into());
-        let targets = cx.store.read(|s| stacks::live(s, &name, &done));
-        let node = cx.node.clone();
-        tokio::task::spawn_blocking(move || {
-            targets.iter().try_for_each(|id| node.kill(id, &signal))
-        })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    }
-    Ok(Json(done))
-}
-
-/// A change of a container's state, as `berth events` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Event {
-    /// Unix milliseconds.
-    pub time: u64,
-    /// `create`, `start`, `die`, `health_status: healthy`, `destroy`, ...
-    pub action: String,
-    pub stack: String,
-    pub service: String,
-    pub container: String,
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    /// On `die` of a container that never started: why it could not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The events between two states of the store.
-pub fn events_between(before: &State, after: &State, now: u64) -> Vec<Event> {
-    use spec::task::{Health, TaskState};
-    let mut out = Vec::new();
-    let mut push = |t: &spec::task::Task, action: &str| {
-        out.push(Event {
-            time: now,
-            action: action.to_string(),
-            stack: t.stack.clone(),
-            service: t.service.clone(),
-            container: t.name(),
-            id: t.id.clone(),
-            exit_code: if action == "die" {
-                t.status.exit_code
-            } else {
-                None
-            },
-            error: (action == "die" && t.status.never_started())
-                .then(|| t.status.message.clone())
-                .filter(|m| !m.is_empty()),
-        })
-    };
-    for (id, t) in &after.tasks {
-        let old = before.tasks.get(id);
-        let (was, is) = (old.map(|o| o.status.state()), t.status.state());
-        if old.is_none() {
-            push(t, "create");
-        }
-        if was != Some(is) {
-            let was_live = was.is_some_and(|w| !w.is_terminal());
-            if is == TaskState::Running {
-                push(t, "start");
-            } else if is.is_terminal() && was_live {
-                push(t, "die");
-            }
-            if is == TaskState::Removed {
-                push(t, "destroy");
-            }
-        }
-        let was_health = old.map(|o| o.status.health).unwrap_or_default();
-        if t.status.health != was_health && t.status.health != Health::None {
-            let word = match t.status.health {
-                Health::Healthy => "healthy",
-                Health::Unhealthy => "unhealthy",
-                _ => "starting",
-            };
-            push(t, &format!("health_status: {word}"));
-        }
-    }
-    for (id, t) in &before.tasks {
-        if !after.tasks.contains_key(id) && t.status.state() != TaskState::Removed {
-            push(t, "destroy");
-        }
-    }
-    out
-}
-
-async fn events(AxState(cx): AxState<Ctx>) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(256);
-    let store = cx.store.clone();
-    tokio::spawn(async move {
-        let mut watch = store.watch();
-        let mut before = store.snapshot();
-        while watch.changed().await.is_ok() {
-            let after = store.snapshot();
-            for e in events_between(&before, &after, crate::now_ms()) {
-                let line = serde_json::to_string(&e).unwrap_or_default() + "\n";
-                if tx.send(Ok(line)).await.is_err() {
-                    return;
-                }
-            }
-            before = after;
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Response::new(Body::from_stream(stream))
-}
-
-async fn logs(
-    AxState(cx): AxState<Ctx>,
-    Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
-) -> Result<Response, ApiError> {
-    check_name("task id", &id)?;
-    if !cx.store.read(|s| s.tasks.contains_key(&id)) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no task {id:?}"),
-        ));
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(256);
-    let node = cx.node.clone();
-    tokio::task::spawn_blocking(move || {
-        let result = node.logs(&id, q.follow, q.tail, &mut |line| {
-            let text = serde_json::to_string(&line).unwrap_or_default() + "\n";
-            tx.blocking_send(Ok(text)).is_ok()
-        });
-        if let Err(e) = result {
-            let line = LogLine {
-                time: String::new(),
-                stream: "error".into(),
-                line: e,
-            };
-            let _ = tx.blocking_send(Ok(serde_json::to_string(&line).unwrap_or_default() + "\n"));
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Ok(Response::new(Body::from_stream(stream)))
-}
-
 /// Serves the API on `listener` until the process ends.
 pub async fn serve(
     listener: tokio::net::UnixListener,
@@ -440,113 +188,4 @@ pub async fn serve(
     node: Arc<dyn NodeAgent>,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(store, node)).await
-}
-
-async fn run(
-    AxState(cx): AxState<Ctx>,
-    Path(name): Path<String>,
-    Json(req): Json<RunRequest>,
-) -> Result<Json<String>, ApiError> {
-    check_stack_name(&name)?;
-    check_name("service", &req.service)?;
-    if let Some(definition) = &req.definition {
-        spec::names::check_service("definition", definition)?;
-    }
-    let key = format!("{}-run-{:06x}", req.service, crate::now_ms() % 0x100_0000);
-    let created = cx.store.update(|s| stacks::run(s, &name, &key, &req))?;
-    Ok(Json(created))
-}
-
-async fn remove_run(
-    AxState(cx): AxState<Ctx>,
-    Path((name, key)): Path<(String, String)>,
-) -> Result<Json<bool>, ApiError> {
-    check_stack_name(&name)?;
-    check_name("one-off container", &key)?;
-    let removed = cx
-        .store
-        .update(|s| Ok(stacks::remove_run(s, &name, &key)))?;
-    Ok(Json(removed))
-}
-
-async fn inspect(
-    AxState(cx): AxState<Ctx>,
-    Path((id, what)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    check_name("task id", &id)?;
-    if !["top", "stats", "ports"].contains(&what.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no such view {what:?}: top, stats or ports"),
-        ));
-    }
-    if !cx.store.read(|s| s.tasks.contains_key(&id)) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no task {id:?}"),
-        ));
-    }
-    let node = cx.node.clone();
-    let value = tokio::task::spawn_blocking(move || node.inspect(&id, &what))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
-    Ok(Json(value))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use spec::task::{Task, TaskState, TaskStatus};
-
-    fn task(status: TaskStatus) -> Task {
-        serde_json::from_value(serde_json::json!({
-            "id": "s-web-1.1", "stack": "s", "service": "web", "slot": 1, "generation": 1,
-            "spec_hash": "h", "desired": "running", "created_at": 0,
-        }))
-        .map(|t: Task| Task { status, ..t })
-        .expect("task")
-    }
-
-    fn state(status: TaskStatus) -> State {
-        let mut s = State::default();
-        s.tasks.insert("s-web-1.1".into(), task(status));
-        s
-    }
-
-    /// The `die` of a container that could not start says why; one that ran and
-    /// exited gives its exit code instead.
-    #[test]
-    fn die_events_carry_why_a_container_never_started() {
-        let preparing = TaskStatus {
-            state: Some(TaskState::Preparing),
-            ..Default::default()
-        };
-        let cases = [
-            (
-                TaskState::Rejected,
-                None,
-                None,
-                Some("bind source /x does not exist"),
-            ),
-            (TaskState::Failed, None, None, Some("exec /nope: ENOENT")),
-            (TaskState::Failed, Some(5), Some(1), None),
-        ];
-        for (to, started_at, exit_code, error) in cases {
-            let after = TaskStatus {
-                state: Some(to),
-                message: error.unwrap_or("exited with code 1").into(),
-                started_at,
-                exit_code,
-                ..Default::default()
-            };
-            let events = events_between(&state(preparing.clone()), &state(after), 9);
-            let die = events
-                .iter()
-                .find(|e| e.action == "die")
-                .unwrap_or_else(|| panic!("no die in {events:?}"));
-            assert_eq!(die.error.as_deref(), error, "{to:?} {started_at:?}");
-            assert_eq!(die.exit_code, exit_code);
-        }
-    }
 }
