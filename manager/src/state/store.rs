@@ -3,9 +3,10 @@
 //! returns, and watched by the orchestrator, the agent and the API.
 //!
 //! The state ([`State`], in [`super::model`]) is a Raft state machine
-//! ([`super::replicated::StoreMachine`]): a transaction runs its closure on a copy of the
-//! applied state, [`diff`]s the copy into [`Op`]s, proposes them with the version they were computed from, and returns once
-//! the Raft group committed and this node applied them. A single host is a group of one
+//! ([`super::replicated::StoreMachine`]): a transaction runs its closure on a copy of
+//! the applied state, [`diff`]s the copy into [`Op`](super::model::Op)s, proposes them
+//! with the version they were computed from, and returns once the Raft group committed
+//! and this node applied them. A single host is a group of one
 //! voter ([`Store::open`], in `<state>/manager/raft/`); a manager of a cluster is one
 //! node of a larger group ([`Store::over`]). Reads and watches are local: they see
 //! what this node applied.
