@@ -41,8 +41,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use manager::cluster::model::NodeRecord;
 use manager::port::{self, Port, RaftSink};
+use manager::state::model::NodeRecord;
 use manager::state::model::{Op, State};
 use manager::state::raft::tls::TlsTransport;
 use manager::state::raft::{bootstrap, Transport};

@@ -6,12 +6,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use manager::cluster::model::{ClusterRecord, NodeRecord};
 use manager::cluster::ops::{
     self, admit_node, change, find, record_init, resolve, rotate_token, token, undo_init, views,
     NodeChange, Refused,
 };
 use manager::state::model::State;
+use manager::state::model::{ClusterRecord, NodeRecord};
 use manager::state::raft::{Progress, Status};
 use pki::NodeRole;
 use spec::task::{Task, TaskState, TaskStatus};

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::files::ClusterConfig;
 use crate::cluster::membership::heard_from;
-use crate::cluster::model::raft_peers;
 use crate::cluster::ops::{self, ClusterError, ClusterStatus, NodeChange, Refused};
+use crate::cluster::plan::raft_peers;
 use crate::cluster::{Daemon, Member};
 use crate::port::Peer;
 use crate::state::store::{Store, StoreError};

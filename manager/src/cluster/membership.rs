@@ -3,7 +3,7 @@
 //! - gives the Raft transport the managers' addresses (`raft_peers`);
 //! - refuses removed nodes (the deny list) and closes their open connections;
 //! - on the leader, makes the next Raft configuration change the store asks for
-//!   (`super::model::next_conf_step`: new managers in as learners, promoted once
+//!   (`super::plan::next_conf_step`: new managers in as learners, promoted once
 //!   caught up; demoted ones out);
 //! - notices when this node itself was demoted in the store, gets a worker certificate
 //!   and restarts the daemon as a worker.
@@ -19,14 +19,10 @@ use pki::NodeRole;
 use raft::StateRole;
 
 use super::files::{self, ClusterConfig};
-use super::model::{next_conf_step, raft_peers, ConfStep, RaftView};
+use super::plan::{next_conf_step, raft_peers, ConfStep, RaftView};
 use super::{ops, Daemon, Member};
 
 const TICK: Duration = Duration::from_millis(200);
-/// How often a worker tells the leader it is up.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// A worker not heard from for this long is shown unreachable.
-pub const WORKER_DOWN_AFTER: Duration = Duration::from_secs(5);
 
 pub async fn run(member: Arc<Member>) {
     let mut watch = member.store.watch();
@@ -304,7 +300,7 @@ pub async fn worker_loop(
                 Err(_) => next += 1,
             }
         }
-        tokio::time::sleep(HEARTBEAT_EVERY.saturating_sub(started.elapsed())).await;
+        tokio::time::sleep(super::HEARTBEAT_EVERY.saturating_sub(started.elapsed())).await;
     }
 }
 

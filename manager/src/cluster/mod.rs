@@ -3,8 +3,8 @@
 //! keeps the Raft group, the Raft transport's peers and the TLS deny list in line with
 //! the store.
 //!
-//! - [`model`]: the cluster as the store holds it (its record, one record per node) and
-//!   the pure plan of the next Raft configuration change;
+//! - [`plan`]: the pure plan of the next Raft configuration change, over the
+//!   cluster's records in the store (`crate::state::model`);
 //! - [`ops`]: init, admitting a joiner, joining, node changes: pure functions over the
 //!   state, and the thin functions that run them in a store transaction;
 //! - [`files`]: what a member keeps under `<state>/cluster/`;
@@ -22,8 +22,8 @@
 
 pub mod files;
 pub mod membership;
-pub mod model;
 pub mod ops;
+pub mod plan;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -105,6 +105,11 @@ pub fn call<T: DeserializeOwned>(
         .map_err(|e| CallError(format!("the daemon's answer to {method} {path}: {e}")))
 }
 
+/// How often a worker tells the leader it is up ([`membership::worker_loop`]).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A worker not heard from for this long is shown unreachable ([`ops::views`]).
+pub const WORKER_DOWN_AFTER: Duration = Duration::from_secs(5);
+
 /// How long one node waits for another's answer.
 pub const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -174,7 +179,7 @@ impl Member {
             return None;
         }
         self.store
-            .read(|s| model::manager_by_raft_id(&s.nodes, status.leader).map(|n| n.addr.clone()))
+            .read(|s| plan::manager_by_raft_id(&s.nodes, status.leader).map(|n| n.addr.clone()))
     }
 
     pub fn is_ready(&self) -> bool {
@@ -200,7 +205,7 @@ pub fn sender_check(member: &Arc<Member>) -> crate::port::SenderCheck {
         };
         let (owner, next) = member.store.read(|s| {
             (
-                model::manager_by_raft_id(&s.nodes, from).map(|n| n.id.clone()),
+                plan::manager_by_raft_id(&s.nodes, from).map(|n| n.id.clone()),
                 s.cluster.as_ref().map(|c| c.next_raft_id),
             )
         });

@@ -20,10 +20,10 @@ use pki::{Ca, CertRequest, Identity, JoinTokens, NodeId, NodeRole, Role};
 use serde::{Deserialize, Serialize};
 
 use super::files::{self, ClusterConfig, FilesError};
-use super::model::{manager_by_raft_id, raft_peers, ClusterRecord, NodeRecord};
+use super::plan::{manager_by_raft_id, raft_peers};
 use super::{CallError, Daemon, Member};
 use crate::now_ms;
-use crate::state::model::State;
+use crate::state::model::{ClusterRecord, NodeRecord, State};
 use crate::state::raft::{Progress, Status};
 use crate::state::store::{Store, StoreError};
 
@@ -609,10 +609,7 @@ pub fn views(
                     None => "unknown",
                 },
                 NodeRole::Worker => match heartbeats.get(&n.id) {
-                    Some(at)
-                        if now.saturating_duration_since(*at)
-                            < super::membership::WORKER_DOWN_AFTER =>
-                    {
+                    Some(at) if now.saturating_duration_since(*at) < super::WORKER_DOWN_AFTER => {
                         "reachable"
                     }
                     Some(_) => "unreachable",

@@ -1,14 +1,19 @@
-//! The state's data: everything the store holds ([`State`]) and the changes a
-//! transaction makes to it ([`Op`]), as plain values. Pure: the replicated state machine
+//! The state's data: everything the store holds ([`State`]: stacks and tasks, the
+//! cluster's own record and one record per node) and the changes a transaction makes
+//! to it ([`Op`]), as plain values. Pure: the replicated state machine
 //! ([`super::replicated`]) and the store ([`super::store`]) both build on it, and it
-//! knows neither.
+//! knows neither; nor anything else of the manager.
+//!
+//! The cluster's record: its CA, its join tokens, the ids it removed. The CA's key is
+//! replicated with the rest of the state, as swarmkit does, so that any manager can
+//! admit a joiner: the Raft directory it lives in is root's only (0700, files 0600),
+//! like the node's own key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use pki::NodeRole;
 use serde::{Deserialize, Serialize};
 use spec::task::{StackRecord, Task};
-
-use crate::cluster::model::{ClusterRecord, NodeRecord};
 
 /// Everything the store holds. `version` counts committed transactions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -29,6 +34,46 @@ pub struct State {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// The cluster's record: made by `berth cluster init`, absent on a single host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub id: String,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    /// The cluster CA (PEM), certificate and key.
+    pub ca_cert: String,
+    pub ca_key: String,
+    /// The current join tokens (`BERTHTKN-1-...`); rotating one replaces it here, and
+    /// the old one stops working on every manager at once.
+    pub worker_token: String,
+    pub manager_token: String,
+    /// The Raft id the next manager gets. Raft ids are never reused: a removed
+    /// member's id coming back would confuse the log's history of configurations.
+    pub next_raft_id: u64,
+    /// Node ids removed from the cluster: their certificates are refused (the TLS deny
+    /// list), for as long as the cluster lives.
+    #[serde(default)]
+    pub removed: BTreeSet<String>,
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The id in its certificate.
+    pub id: String,
+    pub role: NodeRole,
+    /// Where other nodes reach its cluster port (`ip:port`).
+    pub addr: String,
+    pub hostname: String,
+    /// Its Raft id while it is a manager (0: none).
+    #[serde(default)]
+    pub raft_id: u64,
+    /// Unix milliseconds.
+    pub joined_at: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One change to the state, as a transaction is replicated: the Raft log carries these,
