@@ -11,12 +11,12 @@
 //! - [`orchestrator`]: the pure function from stacks and tasks to the changes that
 //!   make them match (DESIGN invariant 2), and [`orchestrator::run`], the loop that
 //!   applies it;
-//! - [`cluster`]: the cluster's membership: its records and the pure plan of Raft
-//!   configuration changes, the node changes (init, join, promote, demote, rm, labels)
+//! - [`cluster`]: the cluster's membership: the pure plan of Raft configuration
+//!   changes, the node changes (init, join, promote, demote, rm, labels)
 //!   as pure functions over the state, the files a member keeps, and the membership
 //!   and worker-heartbeat loops;
-//! - [`state`]: stacks, tasks and nodes, changed in transactions, replicated through
-//!   Raft (one voter on a single host), watched;
+//! - [`state`]: stacks, tasks, the cluster's record and its nodes', changed in
+//!   transactions, replicated through Raft (one voter on a single host), watched;
 //! - [`port`]: the cluster port: mutual TLS, Raft frames and the HTTP API on one TCP
 //!   port told apart by ALPN; it serves `api`'s router and only knows HTTP as a
 //!   transport (plus the refusal of an unauthorized request).
