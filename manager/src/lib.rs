@@ -6,8 +6,8 @@
 //!   requests into typed commands and call the plain functions below. What it needs of
 //!   the node it runs on (logs, volumes) it asks through the [`api::NodeAgent`] trait,
 //!   so the manager never depends on the agent.
-//! - [`stacks`]: what a stack verb does to the store beyond one transaction (`down`'s
-//!   stop waves);
+//! - [`stacks`]: the stack verbs (up, down, stop/start/restart/rm, run) as plain
+//!   functions: each change a pure function over the state, and `down`'s stop waves;
 //! - [`orchestrator`]: the pure function from stacks and tasks to the changes that
 //!   make them match (DESIGN invariant 2), and [`orchestrator::run`], the loop that
 //!   applies it;
