@@ -3,7 +3,7 @@
 //! code with one node).
 //!
 //! Three loops share the store:
-//! - the orchestrator (`manager::run_orchestrator`) turns stacks into tasks;
+//! - the orchestrator (`manager::orchestrator::run::run_orchestrator`) turns stacks into tasks;
 //! - the agent loop below makes containers match the tasks and reports what it saw, in
 //!   batches (one store commit per batch, not per container);
 //! - the API serves the CLI on `<state>/berth.sock` (mode 0600).
@@ -19,9 +19,11 @@ use std::time::Duration;
 
 use agent::executor::Executor;
 use anyhow::Context;
-use manager::api::{LogLine, Node};
-use manager::cluster::NodeRole;
-use manager::store::Store;
+use manager::api::{cluster as cluster_api, LogLine, NodeAgent};
+use manager::cluster::files::{self as cluster_files, ClusterConfig};
+use manager::cluster::{membership, ops as cluster_ops, Daemon, Member};
+use manager::state::store::{self, Store};
+use pki::NodeRole;
 use spec::model::{Service, Stack};
 use spec::task::{DesiredState, StackRecord, Task, TaskState, TaskStatus};
 
@@ -82,7 +84,7 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
             "berth daemon: warning: the OOM killer may take the daemon before containers: {e}"
         );
     }
-    let cluster = crate::cluster::files::load(state_dir)?;
+    let cluster = cluster_files::load(state_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Container jobs run on blocking threads: enough for a stack's starts and stops
@@ -125,10 +127,11 @@ async fn run_manager(
     state_dir: &Path,
     shim: agent::shim::ShimProgram,
     net: Arc<overlay_net::NetworkManager>,
-    cluster: Option<(crate::cluster::ClusterConfig, pki::NodeCredentials)>,
+    cluster: Option<(ClusterConfig, pki::NodeCredentials)>,
 ) -> anyhow::Result<()> {
     let manager_dir = state_dir.join("manager");
-    let mut member: Option<Arc<crate::cluster::Member>> = None;
+    let daemon: Arc<dyn Daemon> = Arc::new(crate::process::ThisDaemon);
+    let mut member: Option<Arc<Member>> = None;
     let store = match &cluster {
         // A Raft group of one voter in <state>/manager/raft (a state.json of an older
         // berth is migrated into it on first start).
@@ -139,7 +142,7 @@ async fn run_manager(
                     .await?
                     .context("open the store")?,
             );
-            if crate::cluster::ops::leave_unfinished_init(&store).context("open the store")? {
+            if cluster_ops::leave_unfinished_init(&store).context("open the store")? {
                 eprintln!(
                     "berth daemon: a cluster init did not finish before the last stop; \
                      this node is a single host again (berth cluster init to retry)"
@@ -149,7 +152,7 @@ async fn run_manager(
         }
         Some((config, creds)) => {
             let deny = pki::DenyList::new();
-            let transport = manager::raft::tls::TlsTransport::new(
+            let transport = manager::state::raft::tls::TlsTransport::new(
                 manager::port::raft_client_config(creds, &deny)
                     .context("make the Raft transport's TLS settings")?,
             );
@@ -163,12 +166,12 @@ async fn run_manager(
             let store = Arc::new(
                 Store::open_member(
                     &manager_dir,
-                    manager::store::cluster_config(config.raft_id),
+                    store::cluster_config(config.raft_id),
                     transport.clone(),
                 )
                 .context("open this manager's replica of the cluster store")?,
             );
-            let m = Arc::new(crate::cluster::Member {
+            let m = Arc::new(Member {
                 state_dir: state_dir.to_path_buf(),
                 config: config.clone(),
                 creds: creds.clone(),
@@ -181,6 +184,7 @@ async fn run_manager(
                 ready: Default::default(),
                 known: Mutex::new(config.managers.clone()),
                 heartbeats: Mutex::default(),
+                daemon: daemon.clone(),
             });
             member = Some(m);
             store
@@ -196,54 +200,53 @@ async fn run_manager(
             .unwrap_or_else(|| "berth".into()),
     };
     let me: Option<String> = member.as_ref().map(|m| m.node_id().to_string());
-    let node: Arc<dyn Node> = Arc::new(LocalNode {
+    let node: Arc<dyn NodeAgent> = Arc::new(LocalNode {
         executor: executor.clone(),
     });
     let api = manager::api::router(store.clone(), node);
-    let local = match &member {
-        None => api.merge(crate::cluster::routes::single_host(
-            state_dir.to_path_buf(),
-            store.clone(),
-        )),
-        Some(m) => {
-            // The cluster port: Raft and the API over mutual TLS.
-            let router = api
-                .clone()
-                .merge(crate::cluster::routes::manager(m.clone()))
-                .layer(axum::middleware::from_fn_with_state(
-                    store.clone(),
-                    crate::cluster::routes::check_record,
-                ))
-                .layer(axum::middleware::from_fn_with_state(
-                    m.clone(),
-                    crate::cluster::routes::until_ready,
-                ));
-            let tls = manager::port::server_config(&m.creds, &m.deny)
-                .context("make the cluster port's TLS settings")?;
-            let listener = tokio::net::TcpListener::bind(m.config.listen)
-                .await
-                .with_context(|| format!("listen on the cluster port {}", m.config.listen))?;
-            let sink = manager::port::RaftSink::default();
-            sink.set(store.node().inbox());
-            sink.check_senders(crate::cluster::sender_check(m));
-            let port = manager::port::spawn(listener, tls, sink, router);
-            *m.port.lock().unwrap_or_else(|p| p.into_inner()) = Some(port);
-            eprintln!(
-                "berth daemon: manager {} of cluster {}, cluster port {} (advertised {})",
-                m.node_id(),
-                m.config.cluster_id,
-                m.config.listen,
-                m.config.advertise
-            );
-            tokio::spawn(crate::cluster::membership::run(m.clone()));
-            api.merge(crate::cluster::routes::manager(m.clone())).layer(
-                axum::middleware::from_fn_with_state(
-                    m.clone(),
-                    crate::cluster::routes::until_ready,
-                ),
-            )
-        }
-    };
+    let local =
+        match &member {
+            None => api.merge(cluster_api::single_host(
+                state_dir.to_path_buf(),
+                store.clone(),
+                daemon.clone(),
+            )),
+            Some(m) => {
+                // The cluster port: Raft and the API over mutual TLS.
+                let router = api
+                    .clone()
+                    .merge(cluster_api::manager(m.clone()))
+                    .layer(axum::middleware::from_fn_with_state(
+                        store.clone(),
+                        cluster_api::check_record,
+                    ))
+                    .layer(axum::middleware::from_fn_with_state(
+                        m.clone(),
+                        cluster_api::until_ready,
+                    ));
+                let tls = manager::port::server_config(&m.creds, &m.deny)
+                    .context("make the cluster port's TLS settings")?;
+                let listener = tokio::net::TcpListener::bind(m.config.listen)
+                    .await
+                    .with_context(|| format!("listen on the cluster port {}", m.config.listen))?;
+                let sink = manager::port::RaftSink::default();
+                sink.set(store.node().inbox());
+                sink.check_senders(manager::cluster::sender_check(m));
+                let port = manager::port::spawn(listener, tls, sink, router);
+                *m.port.lock().unwrap_or_else(|p| p.into_inner()) = Some(port);
+                eprintln!(
+                    "berth daemon: manager {} of cluster {}, cluster port {} (advertised {})",
+                    m.node_id(),
+                    m.config.cluster_id,
+                    m.config.listen,
+                    m.config.advertise
+                );
+                tokio::spawn(membership::run(m.clone()));
+                api.merge(cluster_api::manager(m.clone())).layer(
+                    axum::middleware::from_fn_with_state(m.clone(), cluster_api::until_ready),
+                )
+            }
+        };
     let listener = bind_socket(state_dir)?;
     let serve = std::future::IntoFuture::into_future(axum::serve(listener, local));
     tokio::pin!(serve);
@@ -278,7 +281,10 @@ async fn run_manager(
         })
         .await?;
     }
-    tokio::spawn(manager::run_orchestrator(store.clone(), me.clone()));
+    tokio::spawn(manager::orchestrator::run::run_orchestrator(
+        store.clone(),
+        me.clone(),
+    ));
     tokio::spawn(agent_loop(store.clone(), executor.clone(), me.clone()));
     tokio::spawn(health_loop(store.clone(), executor, me));
     tokio::select! {
@@ -300,7 +306,7 @@ fn wait_for_quorum(store: &Store) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            Err(manager::store::StoreError::Raft(manager::raft::NodeError::Stopped {
+            Err(store::StoreError::Raft(manager::state::raft::NodeError::Stopped {
                 reason,
                 ..
             })) => anyhow::bail!("the store's Raft node stopped: {reason}"),
@@ -316,7 +322,7 @@ fn wait_for_quorum(store: &Store) -> anyhow::Result<()> {
 /// locally. (Running tasks on workers comes with the scheduler and the dispatcher.)
 async fn run_worker(
     state_dir: &Path,
-    config: crate::cluster::ClusterConfig,
+    config: ClusterConfig,
     creds: pki::NodeCredentials,
 ) -> anyhow::Result<()> {
     eprintln!(
@@ -324,13 +330,14 @@ async fn run_worker(
         config.node_id, config.cluster_id
     );
     let listener = bind_socket(state_dir)?;
-    tokio::spawn(crate::cluster::membership::worker_loop(
+    tokio::spawn(membership::worker_loop(
         state_dir.to_path_buf(),
         config.clone(),
         creds,
+        Arc::new(crate::process::ThisDaemon),
     ));
     tokio::select! {
-        r = axum::serve(listener, crate::cluster::routes::worker(config)) => r.context("serve the API")?,
+        r = axum::serve(listener, cluster_api::worker(config)) => r.context("serve the API")?,
         _ = shutdown_signal() => eprintln!("berth daemon: stopping"),
     }
     Ok(())
@@ -506,7 +513,7 @@ type Job = Box<dyn FnOnce(&Executor) -> TaskStatus + Send>;
 /// it otherwise; report every status change in batches.
 /// The store's state with only the tasks this node runs (`me`: its cluster node id;
 /// `None` on a single host, where every task is this node's).
-fn mine(mut state: manager::store::State, me: Option<&str>) -> manager::store::State {
+fn mine(mut state: manager::state::model::State, me: Option<&str>) -> manager::state::model::State {
     state.tasks.retain(|_, t| t.node.as_deref() == me);
     state
 }
@@ -674,7 +681,7 @@ struct LocalNode {
     executor: Executor,
 }
 
-impl Node for LocalNode {
+impl NodeAgent for LocalNode {
     fn logs(
         &self,
         task: &str,

@@ -1,12 +1,12 @@
-//! The `berth` binary: the command line, and (in later issues) the daemon wiring the
-//! manager and the agent together. Only this crate and the tests use anyhow; the
+//! The `berth` binary: the command line, and the daemon wiring the manager and the
+//! agent together. Only this crate and the tests use anyhow; the
 //! libraries return typed errors.
 
 mod cli;
 mod client;
-mod cluster;
 mod daemon;
 mod preflight;
+mod process;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -41,13 +41,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use manager::cluster::{NodeRecord, NodeRole};
 use manager::port::{self, Port, RaftSink};
-use manager::raft::tls::TlsTransport;
-use manager::raft::{bootstrap, Role as RaftRole, Transport};
-use manager::replicated::{StoreMachine, Txn, TxnResponse};
-use manager::store::{cluster_config, Op, State, Store, StoreError};
+use manager::state::model::NodeRecord;
+use manager::state::model::{Op, State};
+use manager::state::raft::tls::TlsTransport;
+use manager::state::raft::{bootstrap, Transport};
+use manager::state::replicated::{StoreMachine, Txn, TxnResponse};
+use manager::state::store::{cluster_config, Store, StoreError};
+use pki::NodeRole;
 use pki::{Ca, CertRequest, DenyList, Identity, NodeId, Role};
+use raft::StateRole;
 use testkit::hosts::{Cluster, Host};
 
 /// The cluster port, as in `berth daemon`'s default.
@@ -195,7 +198,7 @@ impl Group {
                 .iter()
                 .map(|m| m.store.node().status())
                 .collect();
-            if let Some(l) = st.iter().position(|s| s.role == RaftRole::Leader) {
+            if let Some(l) = st.iter().position(|s| s.role == StateRole::Leader) {
                 if st
                     .iter()
                     .all(|s| s.leader == st[l].id && s.term == st[l].term)
@@ -462,7 +465,7 @@ fn pipeline(store: &Store, seconds: f64, window: usize) -> Result<Run> {
             while !draining && in_flight.len() < window && Instant::now() < end {
                 let mut state = State::default();
                 put_record(&mut state, &format!("p{}", base % window as u64), base);
-                let ops: Vec<Op> = manager::store::diff(&State::default(), &state);
+                let ops: Vec<Op> = manager::state::model::diff(&State::default(), &state);
                 let command = Txn {
                     base_version: base,
                     ops,

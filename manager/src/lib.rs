@@ -1,20 +1,34 @@
-//! The manager: desired state and the loops that act on it.
+//! The manager: desired state and the loops that act on it, laid out as the pipeline
+//! it is (swarmkit's `manager/` is the model):
 //!
-//! - `store`: stacks and tasks, changed in transactions, replicated through Raft
-//!   (one voter on a single host), watched;
-//! - `replicated`: the store's state as a Raft state machine (transactions with
-//!   optimistic concurrency on the state's version);
-//! - `orchestrator`: the pure function from stacks and tasks to the changes that make
-//!   them match (DESIGN invariant 2);
-//! - `api`: the HTTP API (axum) over a unix socket; the only module that knows HTTP and
-//!   JSON (DESIGN invariant 8). What it needs of the node it runs on (logs, volumes) it
-//!   asks through the `Node` trait, so the manager never depends on the agent.
-//! - `port`: the cluster port: mutual TLS, Raft frames and the HTTP API on one TCP
+//! - [`api`]: the HTTP API (axum), on the daemon's unix socket and on the cluster port;
+//!   the only module that knows HTTP and JSON (DESIGN invariant 8). Its handlers turn
+//!   requests into typed commands and call the plain functions below. What it needs of
+//!   the node it runs on (logs, volumes) it asks through the [`api::NodeAgent`] trait,
+//!   so the manager never depends on the agent.
+//! - [`deploy`]: what a loaded Compose project becomes in the store (a
+//!   `StackRecord`), for the CLI's `up` today and git-ops tomorrow;
+//! - [`progress`]: where a stack stands on its way to running, per container
+//!   (`up`'s wait), answered per stack as a long poll;
+//! - [`stacks`]: the stack verbs (up, down, stop/start/restart/rm, run) as plain
+//!   functions: each change a pure function over the state, and `down`'s stop waves;
+//! - [`orchestrator`]: the pure function from stacks and tasks to the changes that
+//!   make them match (DESIGN invariant 2), and [`orchestrator::run`], the loop that
+//!   applies it;
+//! - [`cluster`]: the cluster's membership: the pure plan of Raft configuration
+//!   changes, the node changes (init, join, promote, demote, rm, labels)
+//!   as pure functions over the state, the files a member keeps, and the membership
+//!   and worker-heartbeat loops;
+//! - [`state`]: stacks, tasks, the cluster's record and its nodes', changed in
+//!   transactions, replicated through Raft (one voter on a single host), watched;
+//! - [`port`]: the cluster port: mutual TLS, Raft frames and the HTTP API on one TCP
 //!   port told apart by ALPN; it serves `api`'s router and only knows HTTP as a
 //!   transport (plus the refusal of an unauthorized request).
 //!
-//! The scheduler and dispatcher are trivial on one node (every task goes to it) and
-//! arrive with the cluster issue.
+//! Scheduling and dispatch are trivial today: every task the orchestrator creates runs
+//! on the node of the manager that created it (the leader, on a cluster; see
+//! [`orchestrator::run::run_orchestrator`]), and that node's agent reads its tasks from
+//! the store directly. Workers run no tasks yet.
 
 pub mod api;
 pub mod cluster;
@@ -22,83 +36,11 @@ pub mod deploy;
 pub mod orchestrator;
 pub mod port;
 pub mod progress;
-pub mod raft;
-pub mod replicated;
-pub mod store;
+pub mod stacks;
+pub mod state;
 
-use orchestrator::{Change, Plan};
-use store::State;
-
-/// Applies an orchestrator plan to a state (inside a store transaction).
-pub fn apply(state: &mut State, plan: &Plan) {
-    for change in &plan.changes {
-        match change {
-            Change::Create(task) => {
-                state.tasks.insert(task.id.clone(), (**task).clone());
-            }
-            Change::SetDesired { task, desired } => {
-                if let Some(t) = state.tasks.get_mut(task) {
-                    t.desired = *desired;
-                }
-            }
-            Change::Delete { task } => {
-                state.tasks.remove(task);
-            }
-        }
-    }
-}
-
-/// Runs the orchestrator whenever the store changes, or when a plan asked to be woken
-/// (a restart back-off), until the process ends. On a cluster (`placement`
-/// is this manager's node id) only the leader orchestrates, and the tasks it creates
-/// run on its node until the scheduler places them.
-pub async fn run_orchestrator(store: std::sync::Arc<store::Store>, placement: Option<String>) {
-    let mut watch = store.watch();
-    loop {
-        if placement.is_some() && store.node().status().role != raft::Role::Leader {
-            // Leadership changes without a store change: look again soon.
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_millis(200), watch.changed()).await;
-            continue;
-        }
-        let now = now_ms();
-        // The plan is made inside the transaction: if another manager's write wins
-        // first, it is made again from the state that includes it, never replayed
-        // stale (which could give a slot two tasks).
-        let before = store.read(|s| s.version);
-        let planned = store.update(|s| {
-            let tasks: Vec<_> = s.tasks.values().cloned().collect();
-            let plan = orchestrator::reconcile(&s.stacks, &tasks, now);
-            apply(s, &plan);
-            if let Some(node) = &placement {
-                for change in &plan.changes {
-                    if let Change::Create(task) = change {
-                        if let Some(t) = s.tasks.get_mut(&task.id) {
-                            t.node = Some(node.clone());
-                        }
-                    }
-                }
-            }
-            Ok(plan)
-        });
-        let plan = match planned {
-            Ok(plan) if !plan.changes.is_empty() && store.read(|s| s.version) != before => continue,
-            Ok(plan) => plan,
-            Err(e) => {
-                eprintln!("berth daemon: orchestrator: {e}");
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), watch.changed()).await;
-                continue;
-            }
-        };
-        let sleep = plan
-            .wake_at
-            .map(|at| std::time::Duration::from_millis(at.saturating_sub(now).max(1)))
-            .unwrap_or(std::time::Duration::from_secs(60));
-        let _ = tokio::time::timeout(sleep, watch.changed()).await;
-    }
-}
-
+/// Unix milliseconds now: the one clock reading of the manager side (the pure cores
+/// take `now` as an argument).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

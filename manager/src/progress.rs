@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use spec::task::{DesiredState, Health, Task, TaskState};
 
 use crate::orchestrator::{dependency_state, replicas, spec_hash, DependencyState};
-use crate::store::{State, Store};
+use crate::state::model::State;
+use crate::state::store::Store;
 
 /// How long [`answer`] waits for a change before it answers with the same version.
 pub const LONG_POLL: Duration = Duration::from_secs(1);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use manager::orchestrator::{reconcile, spec_hash, Change, Plan};
-use manager::store::State;
+use manager::state::model::State;
 use spec::model::{Condition, Dependency, Deploy, Restart, Service, Stack};
 use spec::task::{DesiredState, Health, StackRecord, Task, TaskState, TaskStatus};
 
@@ -70,7 +70,7 @@ fn settle(s: &mut State, now: u64) -> Vec<Change> {
         if p.changes.is_empty() {
             return all;
         }
-        manager::apply(s, &p);
+        manager::orchestrator::run::apply(s, &p);
         all.extend(p.changes);
     }
     panic!("the orchestrator does not settle: {all:#?}");

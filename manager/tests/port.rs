@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::routing::get;
 use axum::{Extension, Router};
 use manager::port::{self, Kind, Peer, PortOptions, RaftSink, ALPN_HTTP, ALPN_RAFT};
-use manager::raft::kv::Kv;
-use manager::raft::{bootstrap, Node, NodeConfig};
+use manager::state::raft::kv::Kv;
+use manager::state::raft::{bootstrap, NodeConfig, RaftNode};
 use pki::{Ca, CertRequest, DenyList, Identity, NodeCredentials, NodeId, Role};
 use protobuf::Message as _;
 use rustls::pki_types::ServerName;
@@ -318,20 +318,20 @@ fn open(p: &TestPort, who: &str, kind: Kind) -> usize {
 
 /// A single-voter KV node whose inbox the port delivers into, so the test can count
 /// what a Raft connection got through.
-fn raft_node(dir: &std::path::Path) -> Node<Kv> {
+fn raft_node(dir: &std::path::Path) -> RaftNode<Kv> {
     bootstrap(dir, &[1], &Kv::default()).expect("bootstrap");
-    Node::start(
+    RaftNode::start(
         NodeConfig::new(1),
         dir,
         Kv::default(),
-        manager::raft::MemNetwork::new().transport(),
+        manager::state::raft::MemNetwork::new().transport(),
     )
     .expect("start node")
 }
 
 fn frame() -> Vec<u8> {
-    let mut msg = manager::raft::eraftpb::Message::default();
-    msg.set_msg_type(manager::raft::eraftpb::MessageType::MsgHeartbeat);
+    let mut msg = manager::state::raft::eraftpb::Message::default();
+    msg.set_msg_type(manager::state::raft::eraftpb::MessageType::MsgHeartbeat);
     msg.from = 2;
     msg.to = 1;
     let bytes = msg.write_to_bytes().expect("encode");
@@ -412,8 +412,8 @@ async fn raft_alpn_needs_a_manager_certificate() {
         .check_senders(std::sync::Arc::new(|sender: &NodeId, from: u64| {
             (sender.as_str(), from) == ("m2", 2)
         }));
-    let mut forged = manager::raft::eraftpb::Message::default();
-    forged.set_msg_type(manager::raft::eraftpb::MessageType::MsgHeartbeat);
+    let mut forged = manager::state::raft::eraftpb::Message::default();
+    forged.set_msg_type(manager::state::raft::eraftpb::MessageType::MsgHeartbeat);
     forged.from = 3;
     forged.to = 1;
     let bytes = forged.write_to_bytes().expect("encode");

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use manager::orchestrator::reconcile;
 use manager::progress::{answer, progress, ContainerProgress, ProgressQuery, SlotState, LONG_POLL};
-use manager::store::{State, Store};
+use manager::state::model::State;
+use manager::state::store::Store;
 use spec::model::{Condition, Dependency, Healthcheck, Service, Stack};
 use spec::task::{Health, StackRecord, Task, TaskState, TaskStatus};
 
@@ -92,7 +93,7 @@ fn settle(s: &mut State) {
         if plan.changes.is_empty() {
             return;
         }
-        manager::apply(s, &plan);
+        manager::orchestrator::run::apply(s, &plan);
     }
     panic!("the orchestrator does not settle");
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use manager::raft::kv::{Kv, KvCommand, KvResponse};
-use manager::raft::{LocalCluster, NodeConfig};
+use manager::state::raft::kv::{Kv, KvCommand, KvResponse};
+use manager::state::raft::{LocalCluster, NodeConfig};
 
 struct Run {
     label: String,

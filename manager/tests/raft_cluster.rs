@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use common::{block, put};
-use manager::raft::kv::{Kv, KvCommand, KvResponse};
-use manager::raft::{LocalCluster, NodeConfig, NodeError, Role};
+use manager::state::raft::kv::{Kv, KvCommand, KvResponse};
+use manager::state::raft::{LocalCluster, NodeConfig, NodeError};
+use raft::StateRole;
 
 fn config() -> NodeConfig {
     NodeConfig {
@@ -234,7 +235,7 @@ fn a_node_without_a_leader_refuses_at_once_with_a_clear_error() {
     assert!(matches!(err, NodeError::NoLeader { .. }), "{err}");
     let err = block(node.propose(Vec::new())).unwrap_err();
     assert!(matches!(err, NodeError::EmptyCommand), "{err}");
-    assert_ne!(node.status().role, Role::Leader);
+    assert_ne!(node.status().role, StateRole::Leader);
 }
 
 #[test]
@@ -259,7 +260,7 @@ fn an_isolated_leader_steps_down_and_the_minority_commits_nothing_and_reads_noth
     assert!(!matches!(minority_write, Ok(Ok(_))), "{minority_write:?}");
 
     // check_quorum: the cut-off leader steps down by itself.
-    assert!(wait_until(SECS5, || old_node.status().role != Role::Leader));
+    assert!(wait_until(SECS5, || old_node.status().role != StateRole::Leader));
     let new = c
         .wait_leader(&majority, SECS5)
         .expect("the majority elects a leader");
@@ -654,7 +655,7 @@ fn a_second_conf_change_before_the_first_is_applied_is_refused_clearly() {
 #[derive(Debug, Default)]
 struct Fragile(Kv);
 
-impl manager::raft::StateMachine for Fragile {
+impl manager::state::raft::StateMachine for Fragile {
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
         assert!(command != b"boom", "fragile state machine met a boom");
         self.0.apply(index, command)
@@ -662,7 +663,7 @@ impl manager::raft::StateMachine for Fragile {
     fn snapshot(&self) -> Vec<u8> {
         self.0.snapshot()
     }
-    fn restore(&mut self, s: &[u8]) -> Result<(), manager::raft::RestoreError> {
+    fn restore(&mut self, s: &[u8]) -> Result<(), manager::state::raft::RestoreError> {
         self.0.restore(s)
     }
     fn hash(&self) -> [u8; 32] {

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{block, put};
-use manager::raft::kv::{Kv, KvResponse};
-use manager::raft::{LocalCluster, NodeConfig};
+use manager::state::raft::kv::{Kv, KvResponse};
+use manager::state::raft::{LocalCluster, NodeConfig};
 
 fn config() -> NodeConfig {
     NodeConfig {

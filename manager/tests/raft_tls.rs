@@ -17,10 +17,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{block, put};
 use manager::port::{self, RaftSink};
-use manager::raft::kv::{Kv, KvResponse};
-use manager::raft::tls::TlsTransport;
-use manager::raft::{bootstrap, LocalCluster, Node, NodeConfig, Role as RaftRole, Transport};
+use manager::state::raft::kv::{Kv, KvResponse};
+use manager::state::raft::tls::TlsTransport;
+use manager::state::raft::{bootstrap, LocalCluster, NodeConfig, RaftNode, Transport};
 use pki::{Ca, CertRequest, DenyList, Identity, NodeCredentials, NodeId, Role};
+use raft::StateRole;
 
 fn config() -> NodeConfig {
     NodeConfig {
@@ -45,7 +46,7 @@ fn creds(ca: &Ca, node: &NodeId) -> NodeCredentials {
 
 /// One manager: its Raft node, its port, its transport.
 struct Member {
-    node: Arc<Node<Kv>>,
+    node: Arc<RaftNode<Kv>>,
     port: port::Port,
     transport: Arc<TlsTransport>,
 }
@@ -89,7 +90,7 @@ impl TlsCluster {
             for (&peer, &addr) in addrs.iter().filter(|(&p, _)| p != id) {
                 transport.set_peer(peer, name(peer), addr);
             }
-            let node = Node::start(
+            let node = RaftNode::start(
                 NodeConfig { id, ..cfg.clone() },
                 &node_dir,
                 Kv::default(),
@@ -123,7 +124,7 @@ impl TlsCluster {
         }
     }
 
-    fn node(&self, id: u64) -> Arc<Node<Kv>> {
+    fn node(&self, id: u64) -> Arc<RaftNode<Kv>> {
         self.members[&id].node.clone()
     }
 
@@ -145,7 +146,7 @@ impl TlsCluster {
         let end = Instant::now() + SECS5;
         while Instant::now() < end {
             let statuses: Vec<_> = among.iter().map(|&i| self.node(i).status()).collect();
-            if let Some(l) = statuses.iter().find(|s| s.role == RaftRole::Leader) {
+            if let Some(l) = statuses.iter().find(|s| s.role == StateRole::Leader) {
                 if statuses
                     .iter()
                     .all(|s| s.leader == l.id && s.term == l.term)
@@ -342,8 +343,8 @@ fn a_denied_node_is_cut_off_and_another_ca_never_gets_through() {
     let end = Instant::now() + Duration::from_millis(300);
     while Instant::now() < end {
         for id in c.ids() {
-            let mut msg = manager::raft::eraftpb::Message::default();
-            msg.set_msg_type(manager::raft::eraftpb::MessageType::MsgHeartbeat);
+            let mut msg = manager::state::raft::eraftpb::Message::default();
+            msg.set_msg_type(manager::state::raft::eraftpb::MessageType::MsgHeartbeat);
             msg.from = 9;
             msg.to = id;
             stranger.send(msg);
@@ -400,7 +401,7 @@ fn a_denied_node_is_cut_off_and_another_ca_never_gets_through() {
 }
 
 /// Sequential writes through the leader, one at a time: each one's commit latency.
-fn latencies(node: &Node<Kv>, n: usize) -> Vec<Duration> {
+fn latencies(node: &RaftNode<Kv>, n: usize) -> Vec<Duration> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

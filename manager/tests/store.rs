@@ -6,9 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use manager::raft::{LocalCluster, NodeConfig};
-use manager::replicated::StoreMachine;
-use manager::store::{State, Store, StoreError};
+use manager::state::model::State;
+use manager::state::raft::{LocalCluster, NodeConfig};
+use manager::state::replicated::StoreMachine;
+use manager::state::store::{Store, StoreError};
 use spec::task::StackRecord;
 
 fn stack(name: &str) -> StackRecord {

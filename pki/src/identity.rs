@@ -121,6 +121,36 @@ impl Role {
     }
 }
 
+/// A node's role in the cluster: what a join token gives, what the store records of
+/// each node, what a node's configuration says it is. Managers and workers join;
+/// admins are issued, not joined, so an admin is a [`Role`] and never a node's.
+/// Serialized as `"manager"` / `"worker"`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Manager,
+    Worker,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Manager => "manager",
+            NodeRole::Worker => "worker",
+        }
+    }
+
+    /// The certificate role a node of this role holds.
+    pub fn role(self) -> Role {
+        match self {
+            NodeRole::Worker => Role::Worker,
+            NodeRole::Manager => Role::Manager,
+        }
+    }
+}
+
 impl FromStr for Role {
     type Err = IdentityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -33,12 +33,12 @@ use std::sync::Arc;
 pub use ca::{Ca, CaCert, CaDigest, CaError, CertRequest};
 pub use files::FileError;
 pub use identity::{
-    access, authorize, peer_identity, AuthError, Identity, IdentityError, NodeId, Role,
+    access, authorize, peer_identity, AuthError, Identity, IdentityError, NodeId, NodeRole, Role,
     MANAGER_SERVER_NAME,
 };
 pub use node::{NodeCredentials, NodeKey};
 pub use tls::{ClientAuth, DenyList, TlsError};
-pub use token::{JoinRole, JoinToken, JoinTokens, TokenError};
+pub use token::{JoinToken, JoinTokens, TokenError};
 
 /// The one crypto provider berth's TLS uses: ring. Every config is built with it
 /// explicitly, never with rustls' process-wide default (which is ambiguous when, as in

@@ -3,7 +3,7 @@
 //! The digest (SHA-256 of the CA certificate, 50 base36 characters) lets a joining
 //! node pin the cluster's CA before it trusts anything the manager says; the secret
 //! (128 random bits, 25 base36 characters) proves to the manager that the joiner was
-//! given the token. There is one token per [`JoinRole`]; rotating one makes a new
+//! given the token. There is one token per [`NodeRole`]; rotating one makes a new
 //! secret, and the old token stops working at once.
 
 use std::fmt;
@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 
 use crate::base36::{self, Base36Error};
 use crate::ca::CaDigest;
-use crate::identity::Role;
+use crate::identity::NodeRole;
 
 pub const TOKEN_PREFIX: &str = "BERTHTKN";
 pub const TOKEN_VERSION: &str = "1";
@@ -37,23 +37,6 @@ pub enum TokenError {
     Rejected,
     #[error("the CA certificate {got} does not match the join token's digest {pinned}: this is not the cluster the token is for, or someone is in between")]
     PinMismatch { pinned: CaDigest, got: CaDigest },
-}
-
-/// The role a join token gives: managers and workers join; admins are issued, not
-/// joined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JoinRole {
-    Worker,
-    Manager,
-}
-
-impl JoinRole {
-    pub fn role(self) -> Role {
-        match self {
-            JoinRole::Worker => Role::Worker,
-            JoinRole::Manager => Role::Manager,
-        }
-    }
 }
 
 /// 128 random bits. Compared in constant time; never printed by `Debug`.
@@ -228,28 +211,28 @@ impl JoinTokens {
         })
     }
 
-    pub fn token(&self, role: JoinRole) -> JoinToken {
+    pub fn token(&self, role: NodeRole) -> JoinToken {
         JoinToken {
             digest: self.digest,
             secret: match role {
-                JoinRole::Worker => self.worker,
-                JoinRole::Manager => self.manager,
+                NodeRole::Worker => self.worker,
+                NodeRole::Manager => self.manager,
             },
         }
     }
 
     /// A new secret for `role`'s token; the old token is refused from now on. The
     /// other role's token is unchanged.
-    pub fn rotate(&mut self, role: JoinRole) {
+    pub fn rotate(&mut self, role: NodeRole) {
         match role {
-            JoinRole::Worker => self.worker = Secret::generate(),
-            JoinRole::Manager => self.manager = Secret::generate(),
+            NodeRole::Worker => self.worker = Secret::generate(),
+            NodeRole::Manager => self.manager = Secret::generate(),
         }
     }
 
     /// The role a joiner presenting `token` gets, or why it gets none. Both secrets are
     /// compared, in constant time, whatever the outcome.
-    pub fn validate(&self, token: &str) -> Result<JoinRole, TokenError> {
+    pub fn validate(&self, token: &str) -> Result<NodeRole, TokenError> {
         let token: JoinToken = token.parse()?;
         if token.digest != self.digest {
             return Err(TokenError::WrongCluster {
@@ -260,8 +243,8 @@ impl JoinTokens {
         let is_worker = token.secret.matches(&self.worker);
         let is_manager = token.secret.matches(&self.manager);
         match (is_worker, is_manager) {
-            (_, true) => Ok(JoinRole::Manager),
-            (true, false) => Ok(JoinRole::Worker),
+            (_, true) => Ok(NodeRole::Manager),
+            (true, false) => Ok(NodeRole::Worker),
             (false, false) => Err(TokenError::Rejected),
         }
     }

@@ -12,8 +12,8 @@ use rustls::pki_types::pem::PemObject;
 use common::{creds, request, rustls_error, Outcome, TestServer};
 use pki::tls::{client_config, manager_server_name, server_config};
 use pki::{
-    Ca, CaCert, ClientAuth, DenyList, Identity, JoinRole, JoinToken, JoinTokens, NodeCredentials,
-    NodeKey, Role, TokenError,
+    Ca, CaCert, ClientAuth, DenyList, Identity, JoinToken, JoinTokens, NodeCredentials, NodeKey,
+    NodeRole, Role, TokenError,
 };
 
 /// A manager listening for joins (client certificates optional).
@@ -43,7 +43,7 @@ async fn join(addr: SocketAddr, token: &str) -> Result<NodeCredentials, String> 
     Ok(pki::join::finish(&parsed, &pinned, &key, cert).expect("issued credentials"))
 }
 
-fn token(server: &TestServer, role: JoinRole) -> String {
+fn token(server: &TestServer, role: NodeRole) -> String {
     server
         .state
         .tokens
@@ -57,8 +57,8 @@ fn token(server: &TestServer, role: JoinRole) -> String {
 async fn worker_and_manager_tokens_give_their_role() {
     let mut server = manager().await;
     for (role, expected) in [
-        (JoinRole::Worker, Role::Worker),
-        (JoinRole::Manager, Role::Manager),
+        (NodeRole::Worker, Role::Worker),
+        (NodeRole::Manager, Role::Manager),
     ] {
         let creds = join(server.addr, &token(&server, role)).await.unwrap();
         assert_eq!(creds.identity().role, expected);
@@ -86,10 +86,10 @@ async fn worker_and_manager_tokens_give_their_role() {
 #[tokio::test]
 async fn a_joined_manager_can_serve_as_a_manager() {
     let server = manager().await;
-    let new_manager = join(server.addr, &token(&server, JoinRole::Manager))
+    let new_manager = join(server.addr, &token(&server, NodeRole::Manager))
         .await
         .unwrap();
-    let worker = join(server.addr, &token(&server, JoinRole::Worker))
+    let worker = join(server.addr, &token(&server, NodeRole::Worker))
         .await
         .unwrap();
     let deny = DenyList::new();
@@ -113,7 +113,7 @@ async fn wrong_digest_refuses_the_ca_before_the_secret_is_sent() {
     let other_ca = Ca::create(SystemTime::now()).unwrap();
     // A well-formed token whose digest pins another cluster's CA.
     let foreign = JoinTokens::generate(other_ca.digest())
-        .token(JoinRole::Manager)
+        .token(NodeRole::Manager)
         .to_string();
     let (config, pinned) = pki::join::client_config(&foreign.parse().unwrap()).unwrap();
     let err = request(
@@ -154,17 +154,17 @@ async fn wrong_digest_refuses_the_ca_before_the_secret_is_sent() {
 #[tokio::test]
 async fn rotated_out_token_is_rejected() {
     let server = manager().await;
-    let old_worker = token(&server, JoinRole::Worker);
-    let manager_token = token(&server, JoinRole::Manager);
+    let old_worker = token(&server, NodeRole::Worker);
+    let manager_token = token(&server, NodeRole::Manager);
     join(server.addr, &old_worker).await.unwrap();
 
-    server.state.tokens.lock().unwrap().rotate(JoinRole::Worker);
+    server.state.tokens.lock().unwrap().rotate(NodeRole::Worker);
     let err = join(server.addr, &old_worker).await.unwrap_err();
     assert_eq!(
         err,
         "denied: the join token is not valid for this cluster: it was rotated or mistyped; ask a manager for the current one (`berth cluster join-token worker|manager`)"
     );
-    let new_worker = token(&server, JoinRole::Worker);
+    let new_worker = token(&server, NodeRole::Worker);
     assert_ne!(new_worker, old_worker);
     assert_eq!(
         join(server.addr, &new_worker)
@@ -200,7 +200,7 @@ async fn the_csr_cannot_choose_its_identity() {
         .push(rcgen::DnType::OrganizationalUnitName, "manager");
     let csr = params.serialize_request(&key).unwrap();
     let csr_pem = common::pem_encode("CERTIFICATE REQUEST", csr.der());
-    let worker_token = token(&server, JoinRole::Worker);
+    let worker_token = token(&server, NodeRole::Worker);
     let (config, pinned) = pki::join::client_config(&worker_token.parse().unwrap()).unwrap();
     let (answer, _) = request(
         config,
@@ -228,7 +228,7 @@ async fn the_csr_cannot_choose_its_identity() {
 #[tokio::test]
 async fn a_node_renews_its_certificate_with_the_same_identity() {
     let server = manager().await;
-    let old = join(server.addr, &token(&server, JoinRole::Worker))
+    let old = join(server.addr, &token(&server, NodeRole::Worker))
         .await
         .unwrap();
     // Over its current mutual-TLS connection, with a new key.
@@ -247,7 +247,7 @@ async fn a_node_renews_its_certificate_with_the_same_identity() {
     assert_ne!(new.cert_der(), old.cert_der());
     assert!(new.not_after() >= old.not_after());
     // A peer without a certificate cannot renew anything.
-    let parsed: JoinToken = token(&server, JoinRole::Worker).parse().unwrap();
+    let parsed: JoinToken = token(&server, NodeRole::Worker).parse().unwrap();
     let (config, _) = pki::join::client_config(&parsed).unwrap();
     let (answer, _) = request(
         config,

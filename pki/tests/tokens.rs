@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use pki::{Ca, CaCert, JoinRole, JoinToken, JoinTokens, TokenError};
+use pki::{Ca, CaCert, JoinToken, JoinTokens, NodeRole, TokenError};
 use proptest::prelude::*;
 
 fn tokens() -> (Ca, JoinTokens) {
@@ -15,7 +15,7 @@ fn tokens() -> (Ca, JoinTokens) {
 #[test]
 fn format_and_parse_roundtrip() {
     let (ca, tokens) = tokens();
-    for role in [JoinRole::Worker, JoinRole::Manager] {
+    for role in [NodeRole::Worker, NodeRole::Manager] {
         let token = tokens.token(role);
         let text = token.to_string();
         let parts: Vec<&str> = text.split('-').collect();
@@ -34,13 +34,13 @@ fn format_and_parse_roundtrip() {
         assert_eq!(format!("  {text}\n").parse::<JoinToken>().unwrap(), token);
     }
     assert_ne!(
-        tokens.token(JoinRole::Worker),
-        tokens.token(JoinRole::Manager)
+        tokens.token(NodeRole::Worker),
+        tokens.token(NodeRole::Manager)
     );
     // Stored and restored (the manager keeps the two tokens as text).
     let restored = JoinTokens::from_tokens(
-        &tokens.token(JoinRole::Worker).to_string(),
-        &tokens.token(JoinRole::Manager).to_string(),
+        &tokens.token(NodeRole::Worker).to_string(),
+        &tokens.token(NodeRole::Manager).to_string(),
     )
     .unwrap();
     assert_eq!(restored, tokens);
@@ -49,17 +49,17 @@ fn format_and_parse_roundtrip() {
 #[test]
 fn validate_gives_the_role_and_rotation_retires_the_old_token() {
     let (_ca, mut tokens) = tokens();
-    let worker = tokens.token(JoinRole::Worker).to_string();
-    let manager = tokens.token(JoinRole::Manager).to_string();
-    assert_eq!(tokens.validate(&worker), Ok(JoinRole::Worker));
-    assert_eq!(tokens.validate(&manager), Ok(JoinRole::Manager));
+    let worker = tokens.token(NodeRole::Worker).to_string();
+    let manager = tokens.token(NodeRole::Manager).to_string();
+    assert_eq!(tokens.validate(&worker), Ok(NodeRole::Worker));
+    assert_eq!(tokens.validate(&manager), Ok(NodeRole::Manager));
 
-    tokens.rotate(JoinRole::Manager);
+    tokens.rotate(NodeRole::Manager);
     assert_eq!(tokens.validate(&manager), Err(TokenError::Rejected));
-    assert_eq!(tokens.validate(&worker), Ok(JoinRole::Worker));
-    let new_manager = tokens.token(JoinRole::Manager).to_string();
+    assert_eq!(tokens.validate(&worker), Ok(NodeRole::Worker));
+    let new_manager = tokens.token(NodeRole::Manager).to_string();
     assert_ne!(new_manager, manager);
-    assert_eq!(tokens.validate(&new_manager), Ok(JoinRole::Manager));
+    assert_eq!(tokens.validate(&new_manager), Ok(NodeRole::Manager));
     // Only the secret changed: the token still pins the same CA.
     assert_eq!(new_manager[..61], manager[..61]);
 }
@@ -69,7 +69,7 @@ fn a_token_of_another_cluster_is_named_as_such() {
     let (_ca, tokens) = tokens();
     let (other_ca, other) = self::tokens();
     let err = tokens
-        .validate(&other.token(JoinRole::Worker).to_string())
+        .validate(&other.token(NodeRole::Worker).to_string())
         .unwrap_err();
     assert!(matches!(err, TokenError::WrongCluster { .. }));
     assert!(
@@ -82,7 +82,7 @@ fn a_token_of_another_cluster_is_named_as_such() {
 fn verify_ca_pins_by_digest() {
     let (ca, tokens) = tokens();
     let (other_ca, _) = self::tokens();
-    let token = tokens.token(JoinRole::Worker);
+    let token = tokens.token(NodeRole::Worker);
     let fetched = CaCert::from_pem(&ca.cert().to_pem()).unwrap();
     assert_eq!(token.verify_ca(&fetched), Ok(()));
     let err = token.verify_ca(other_ca.cert()).unwrap_err();
@@ -98,7 +98,7 @@ fn verify_ca_pins_by_digest() {
 #[test]
 fn malformed_tokens_say_what_is_wrong() {
     let (_ca, tokens) = tokens();
-    let good = tokens.token(JoinRole::Worker).to_string();
+    let good = tokens.token(NodeRole::Worker).to_string();
     let digest = &good[11..61];
     let secret = &good[62..];
     let cases: Vec<(String, &str)> = vec![
@@ -150,9 +150,9 @@ fn malformed_tokens_say_what_is_wrong() {
 #[test]
 fn the_secret_never_appears_in_messages() {
     let (_ca, tokens) = tokens();
-    let good = tokens.token(JoinRole::Worker).to_string();
+    let good = tokens.token(NodeRole::Worker).to_string();
     let secret = &good[62..];
-    assert!(!format!("{:?}", tokens.token(JoinRole::Worker)).contains(secret));
+    assert!(!format!("{:?}", tokens.token(NodeRole::Worker)).contains(secret));
     assert!(!format!("{tokens:?}").contains(secret));
     // A bad character in the secret is located but not echoed with its neighbours.
     let bad = format!("{}!{}", &good[..70], &good[71..]);
@@ -161,7 +161,7 @@ fn the_secret_never_appears_in_messages() {
         err,
         "the join token's secret has a character other than 0-9 and a-z at character 9"
     );
-    let err = JoinTokens::generate(tokens.token(JoinRole::Worker).ca_digest())
+    let err = JoinTokens::generate(tokens.token(NodeRole::Worker).ca_digest())
         .validate(&good)
         .unwrap_err()
         .to_string();
@@ -181,7 +181,7 @@ proptest! {
     ) {
         // One fixed set of tokens is enough: the mutation is what varies.
         let tokens = JoinTokens::generate(pki::CaDigest([7; 32]));
-        let good = tokens.token(JoinRole::Worker).to_string();
+        let good = tokens.token(NodeRole::Worker).to_string();
         let mut chars: Vec<char> = good.chars().collect();
         let original = chars[pos];
         chars[pos] = ch;

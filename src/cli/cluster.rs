@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 
 use super::context::{remote_client, remote_target};
 use crate::client::Client;
-use crate::cluster::ops::{ClusterStatus, InitAnswer, InitRequest, JoinAnswer, JoinLocalRequest};
+use manager::cluster::ops::{ClusterStatus, InitAnswer, InitRequest, JoinAnswer, JoinLocalRequest};
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -131,7 +131,7 @@ pub fn cluster(state_dir: &Path, cmd: &ClusterCommand) -> anyhow::Result<ExitCod
         }
         ClusterCommand::Join(args) => {
             let c = local(state_dir, "join")?;
-            let remote = crate::cluster::files::parse_addr(&args.manager, "the manager address")?;
+            let remote = manager::cluster::files::parse_addr(&args.manager, "the manager address")?;
             let advertise = match &args.advertise {
                 Some(a) => a.clone(),
                 None => route_source(remote)?.to_string(),
@@ -160,7 +160,7 @@ pub fn cluster(state_dir: &Path, cmd: &ClusterCommand) -> anyhow::Result<ExitCod
                 c.call(
                     "POST",
                     &format!("/v1/cluster/join-token/{}", args.role),
-                    Some(&crate::cluster::routes::TokenRequest { rotate: true }),
+                    Some(&manager::api::cluster::TokenRequest { rotate: true }),
                 )?
             } else {
                 c.call(

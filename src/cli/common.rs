@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use manager::store::State;
+use manager::state::model::State;
 use spec::task::{Task, TaskState};
 
 use super::{print_diagnostics, ProjectArgs};

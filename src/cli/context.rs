@@ -83,7 +83,7 @@ pub fn set_remote(host: Option<String>, tls_dir: Option<PathBuf>, state_dir: &Pa
         let host = host.or(context.host)?;
         let dir = tls_dir
             .or(context.tls_dir)
-            .unwrap_or_else(|| crate::cluster::files::admin_dir(state_dir));
+            .unwrap_or_else(|| manager::cluster::files::admin_dir(state_dir));
         Some((host, dir))
     });
     let _ = REMOTE.set(remote);
@@ -102,7 +102,7 @@ pub fn remote_client() -> anyhow::Result<Option<Client>> {
     let Some((host, dir)) = remote_target()? else {
         return Ok(None);
     };
-    let addr = crate::cluster::files::parse_addr(host, "--host")?;
+    let addr = manager::cluster::files::parse_addr(host, "--host")?;
     let creds = pki::NodeCredentials::load(dir).with_context(|| {
         format!(
             "load the admin certificate for {host} from {} (give --tls-dir DIR with ca.crt, \
@@ -122,7 +122,7 @@ pub fn context(cmd: &ContextCommand) -> anyhow::Result<ExitCode> {
     let path = context_path();
     match cmd {
         ContextCommand::Set(args) => {
-            crate::cluster::files::parse_addr(&args.host, "--host")?;
+            manager::cluster::files::parse_addr(&args.host, "--host")?;
             pki::NodeCredentials::load(&args.tls_dir).with_context(|| {
                 format!(
                     "{} must hold ca.crt, node.crt and node.key of an admin certificate",

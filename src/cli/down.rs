@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
-use manager::api::DownResponse;
+use manager::api::stacks::DownResponse;
 
 use super::common::{connect, project_name};
 use super::ProjectArgs;

@@ -31,7 +31,7 @@ pub fn events(
     let resp = client.request("GET", "/v1/events", None)?;
     for line in resp.body.lines() {
         let line = line?;
-        let Ok(e) = serde_json::from_str::<manager::api::Event>(&line) else {
+        let Ok(e) = serde_json::from_str::<manager::api::events::Event>(&line) else {
             continue;
         };
         if e.stack != name || (!args.services.is_empty() && !args.services.contains(&e.service)) {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use manager::store::State;
+use manager::state::model::State;
 use spec::task::{DesiredState, TaskState};
 
 use super::common::{connect, project_name};

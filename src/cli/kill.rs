@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
-use manager::api::ServicesRequest;
+use manager::stacks::ServicesRequest;
 
 use super::common::{connect, project_name, report_services};
 use super::ProjectArgs;

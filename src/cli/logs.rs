@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 use manager::api::LogLine;
-use manager::store::State;
+use manager::state::model::State;
 use spec::task::{DesiredState, Task};
 
 use super::common::{connect, project_name};

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
-use manager::store::State;
+use manager::state::model::State;
 use spec::task::{DesiredState, TaskState};
 
 use super::common::{connect, table};

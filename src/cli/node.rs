@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::cluster::client;
 use crate::client::Client;
-use crate::cluster::ops::{NodeChange, NodeView};
+use manager::cluster::ops::{NodeChange, NodeView};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use manager::store::State;
+use manager::state::model::State;
 
 use super::common::{connect, project_name, running_tasks};
 use super::{write_stdout, ProjectArgs};

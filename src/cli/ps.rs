@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use manager::store::State;
+use manager::state::model::State;
 use spec::task::{DesiredState, Task, TaskState};
 
 use super::common::{connect, project_name, table};

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use manager::api::{LogLine, UpRequest, UpResponse};
+use manager::api::LogLine;
 use manager::deploy::record_for;
-use manager::store::State;
+use manager::stacks::{UpRequest, UpResponse};
+use manager::state::model::State;
 use spec::task::Task;
 
 use super::common::{connect, load};
@@ -106,7 +107,7 @@ pub fn run(state_dir: &Path, project: &ProjectArgs, args: &RunArgs) -> anyhow::R
         }
     }
     let tty = !args.no_tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
-    let req = manager::api::RunRequest {
+    let req = manager::stacks::RunRequest {
         service: args.service.clone(),
         definition: Some(definition),
         command: (!args.cmd.is_empty()).then(|| args.cmd.clone()),

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use manager::api::ServicesRequest;
-use manager::store::State;
+use manager::stacks::ServicesRequest;
+use manager::state::model::State;
 use spec::task::{DesiredState, TaskState};
 
 use super::common::{connect, project_name, report_services};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use manager::store::State;
+use manager::state::model::State;
 use spec::task::Task;
 
 use super::common::{connect, project_name, running_tasks, table};

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use manager::store::State;
+use manager::state::model::State;
 
 use super::common::{connect, project_name, running_tasks, table};
 use super::services::ServicesArgs;

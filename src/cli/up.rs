@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use manager::api::{LogLine, ServicesRequest, UpRequest, UpResponse};
+use manager::api::LogLine;
 use manager::progress::{Progress, SlotState};
-use manager::store::State;
+use manager::stacks::{ServicesRequest, UpRequest, UpResponse};
+use manager::state::model::State;
 use spec::task::{DesiredState, StackRecord, Task};
 
 use super::common::{connect, load};

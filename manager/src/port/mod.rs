@@ -2,7 +2,7 @@
 //! with the cluster CA, on which a connection is either Raft traffic or the HTTP API,
 //! told apart by the protocol the client asked for in the handshake (ALPN):
 //!
-//! - `berth-raft/1` ([`ALPN_RAFT`]): a manager's [`crate::raft::tls::TlsTransport`].
+//! - `berth-raft/1` ([`ALPN_RAFT`]): a manager's [`crate::state::raft::tls::TlsTransport`].
 //!   The client must hold a manager certificate; then its `len u32 LE | protobuf`
 //!   frames (the format of `raft/tcp.rs`) go into this node's Raft inbox, held by a
 //!   [`RaftSink`] so the port can start before the node.
@@ -40,8 +40,8 @@ use tokio::task::AbortHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::raft::tcp::MAX_FRAME;
-use crate::raft::Inbox;
+use crate::state::raft::tcp::MAX_FRAME;
+use crate::state::raft::Inbox;
 
 pub use authorize::{authorize, Refusal};
 

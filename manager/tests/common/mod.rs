@@ -6,8 +6,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use manager::raft::kv::KvCommand;
-use manager::raft::NodeConfig;
+use manager::state::raft::kv::KvCommand;
+use manager::state::raft::NodeConfig;
 
 /// Settings for groups in tests: 10 ms ticks, so elections take 100-200 ms. Callers
 /// set what they test (snapshot frequency, segment size).

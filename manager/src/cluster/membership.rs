@@ -3,7 +3,7 @@
 //! - gives the Raft transport the managers' addresses (`raft_peers`);
 //! - refuses removed nodes (the deny list) and closes their open connections;
 //! - on the leader, makes the next Raft configuration change the store asks for
-//!   (`manager::cluster::next_conf_step`: new managers in as learners, promoted once
+//!   (`super::plan::next_conf_step`: new managers in as learners, promoted once
 //!   caught up; demoted ones out);
 //! - notices when this node itself was demoted in the store, gets a worker certificate
 //!   and restarts the daemon as a worker.
@@ -15,17 +15,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use manager::cluster::{next_conf_step, raft_peers, ConfStep, NodeRole, RaftView};
-use manager::raft::Role;
+use pki::NodeRole;
+use raft::StateRole;
 
-use super::files::ClusterConfig;
-use super::Member;
+use super::files::{self, ClusterConfig};
+use super::plan::{next_conf_step, raft_peers, ConfStep, RaftView};
+use super::{ops, Daemon, Member};
 
 const TICK: Duration = Duration::from_millis(200);
-/// How often a worker tells the leader it is up.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// A worker not heard from for this long is shown unreachable.
-pub const WORKER_DOWN_AFTER: Duration = Duration::from_secs(5);
 
 pub async fn run(member: Arc<Member>) {
     let mut watch = member.store.watch();
@@ -72,7 +69,7 @@ pub async fn run(member: Arc<Member>) {
             // the group no longer counts this node (leaving earlier could leave the
             // others a configuration they cannot reach a quorum in). Ask the other
             // managers, as the store lists them now.
-            let config = super::ClusterConfig {
+            let config = ClusterConfig {
                 managers: member
                     .store
                     .read(|s| raft_peers(&s.nodes, member.node_id())),
@@ -82,12 +79,19 @@ pub async fn run(member: Arc<Member>) {
                 let _ = tokio::time::timeout(TICK, watch.changed()).await;
                 continue;
             }
-            match super::ops::renew_from_cluster(&member.state_dir, &config, &member.creds).await {
+            let renewed = ops::renew_from_cluster(
+                &member.state_dir,
+                &config,
+                &member.creds,
+                member.daemon.clone(),
+            )
+            .await;
+            match renewed {
                 Ok(()) => {
-                    super::restart_daemon(Some(member.store.clone()));
+                    member.daemon.restart(Some(member.store.clone()));
                     return;
                 }
-                Err(e) => eprintln!("berth daemon: demoted, but cannot become a worker yet: {e:#}"),
+                Err(e) => eprintln!("berth daemon: demoted, but cannot become a worker yet: {e}"),
             }
         }
         let _ = tokio::time::timeout(TICK, watch.changed()).await;
@@ -96,12 +100,12 @@ pub async fn run(member: Arc<Member>) {
 
 /// Whether any other manager's applied configuration still has this node's Raft id
 /// (true when none answers: stay until one does).
-async fn still_a_raft_member(member: &Arc<Member>, config: &super::ClusterConfig) -> bool {
+async fn still_a_raft_member(member: &Arc<Member>, config: &ClusterConfig) -> bool {
     for (_, _, addr) in &config.managers {
-        let client = member.client_of(addr);
+        let (m, addr) = (member.clone(), addr.clone());
         let path = format!("/v1/dispatcher/raft/{}", member.config.raft_id);
         let asked =
-            tokio::task::spawn_blocking(move || client.call::<bool>("GET", &path, None::<&()>))
+            tokio::task::spawn_blocking(move || m.call::<bool>(&addr, "GET", &path, None::<&()>))
                 .await;
         if let Ok(Ok(false)) = asked {
             return false;
@@ -134,9 +138,9 @@ async fn learn_managers(member: &Arc<Member>) {
         if addr == member.config.advertise.to_string() {
             continue;
         }
-        let client = member.client_of(&addr);
+        let (m, to) = (member.clone(), addr.clone());
         let asked = tokio::task::spawn_blocking(move || {
-            client.call::<Vec<(u64, String, String)>>("GET", "/v1/cluster/managers", None::<&()>)
+            m.call::<Vec<(u64, String, String)>>(&to, "GET", "/v1/cluster/managers", None::<&()>)
         })
         .await;
         if let Ok(Ok(list)) = asked {
@@ -201,7 +205,7 @@ fn turn(member: &Member) -> Option<ConfStep> {
         member.transport.close_denied(&member.deny);
     }
     let status = member.store.node().status();
-    if status.role != Role::Leader {
+    if status.role != StateRole::Leader {
         return None;
     }
     let view = RaftView {
@@ -214,8 +218,13 @@ fn turn(member: &Member) -> Option<ConfStep> {
 }
 
 /// A worker's loop: tell the leader it is up, following the leader as it moves.
-pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::NodeCredentials) {
-    let http = match manager::port::http_client_config(&creds, &pki::DenyList::new()) {
+pub async fn worker_loop(
+    state_dir: PathBuf,
+    config: ClusterConfig,
+    creds: pki::NodeCredentials,
+    daemon: Arc<dyn Daemon>,
+) {
+    let http = match crate::port::http_client_config(&creds, &pki::DenyList::new()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("berth daemon: cannot make the TLS client settings: {e}");
@@ -230,11 +239,17 @@ pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::
         let started = Instant::now();
         if !managers.is_empty() {
             let addr = managers[next % managers.len()].clone();
-            let client =
-                crate::client::Client::tls(&addr, http.clone(), pki::tls::manager_server_name())
-                    .with_timeout(super::NODE_CALL_TIMEOUT);
+            let (d, to, tls) = (daemon.clone(), addr.clone(), http.clone());
             let answer = tokio::task::spawn_blocking(move || {
-                client.call::<Heartbeat>("POST", "/v1/dispatcher/heartbeat", None::<&()>)
+                super::call::<Heartbeat>(
+                    &*d,
+                    &to,
+                    tls,
+                    super::NODE_CALL_TIMEOUT,
+                    "POST",
+                    "/v1/dispatcher/heartbeat",
+                    None::<&()>,
+                )
             })
             .await;
             match answer {
@@ -243,13 +258,16 @@ pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::
                     if hb.role == Some(NodeRole::Manager) {
                         // Promoted: become a manager (a manager certificate, a Raft
                         // replica filled by the leader) and restart.
-                        match super::ops::renew_from_cluster(&state_dir, &config, &creds).await {
+                        let renewed =
+                            ops::renew_from_cluster(&state_dir, &config, &creds, daemon.clone())
+                                .await;
+                        match renewed {
                             Ok(()) => {
-                                super::restart_daemon(None);
+                                daemon.restart(None);
                                 return;
                             }
                             Err(e) => eprintln!(
-                                "berth daemon: promoted, but cannot become a manager yet: {e:#}"
+                                "berth daemon: promoted, but cannot become a manager yet: {e}"
                             ),
                         }
                     }
@@ -257,8 +275,8 @@ pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::
                         // Remembered, so that a restart or a promotion finds the
                         // cluster even if the managers it joined with are gone.
                         config.managers = hb.managers.clone();
-                        if let Err(e) = super::files::save_config(&state_dir, &config) {
-                            eprintln!("berth daemon: remember the cluster's managers: {e:#}");
+                        if let Err(e) = files::save_config(&state_dir, &config) {
+                            eprintln!("berth daemon: remember the cluster's managers: {e}");
                         }
                         managers = hb.managers.iter().map(|m| m.2.clone()).collect();
                     }
@@ -272,7 +290,7 @@ pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::
                     }
                 }
                 Ok(Err(e)) => {
-                    let e = format!("heartbeat to {addr}: {e:#}");
+                    let e = format!("heartbeat to {addr}: {e}");
                     if last_error.as_ref() != Some(&e) {
                         eprintln!("berth daemon: {e}");
                         last_error = Some(e);
@@ -282,7 +300,29 @@ pub async fn worker_loop(state_dir: PathBuf, config: ClusterConfig, creds: pki::
                 Err(_) => next += 1,
             }
         }
-        tokio::time::sleep(HEARTBEAT_EVERY.saturating_sub(started.elapsed())).await;
+        tokio::time::sleep(super::HEARTBEAT_EVERY.saturating_sub(started.elapsed())).await;
+    }
+}
+
+/// A manager's side of worker `id`'s heartbeat: it was heard from now; the answer
+/// says where the leader is, who the managers are and what the store makes of it.
+pub fn heard_from(member: &Member, id: &str) -> Heartbeat {
+    member
+        .heartbeats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.to_string(), Instant::now());
+    let (managers, role) = member
+        .store
+        .read(|s| (raft_peers(&s.nodes, ""), s.nodes.get(id).map(|n| n.role)));
+    Heartbeat {
+        leader: if member.is_leader() {
+            None
+        } else {
+            member.leader_addr()
+        },
+        managers,
+        role,
     }
 }
 

@@ -15,6 +15,10 @@
 //!   orphans), of stacks taken down → remove;
 //! - removed tasks whose container is gone → delete the record; old ended tasks beyond
 //!   [`HISTORY`] per slot → remove.
+//!
+//! [`run`] is the loop around it: the plan applied in a store transaction.
+
+pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -7,9 +7,66 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use manager::cluster::NodeRole;
+use pki::NodeRole;
 use serde::{Deserialize, Serialize};
+
+/// Why a member's files could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// `action` is what was being done (`read`, `write`, `sync`, ...) to `path`.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("move {} aside: {source}", path.display())]
+    MoveAside {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a berth cluster configuration; move it away to leave the cluster: {source}", path.display())]
+    NotAConfig {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("load this node's cluster credentials ({}): {source}", path.display())]
+    LoadCredentials {
+        path: PathBuf,
+        #[source]
+        source: pki::FileError,
+    },
+    #[error("save this node's credentials: {0}")]
+    SaveCredentials(#[source] pki::FileError),
+    #[error(
+        "{}: the node certificate is for node {cert}, the configuration for node {config}; \
+         the cluster directory is inconsistent",
+        path.display()
+    )]
+    Inconsistent {
+        path: PathBuf,
+        cert: String,
+        config: String,
+    },
+    #[error(
+        "{what} {text:?} is not an IP address with an optional port (e.g. 10.0.0.1 or \
+         10.0.0.1:{DEFAULT_PORT}); host names are not accepted, since every node must \
+         reach this one at the same address"
+    )]
+    NotAnAddress { what: String, text: String },
+}
+
+/// `map_err` for an I/O error on `path` while doing `action`.
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FilesError + 'a {
+    move |source| FilesError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// The cluster port, when `--listen-addr`/`--advertise-addr` give none.
 pub const DEFAULT_PORT: u16 = 7377;
@@ -49,12 +106,12 @@ pub fn admin_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// This node's cluster configuration and credentials, or `None` on a single host.
-pub fn load(state_dir: &Path) -> anyhow::Result<Option<(ClusterConfig, pki::NodeCredentials)>> {
+pub fn load(state_dir: &Path) -> Result<Option<(ClusterConfig, pki::NodeCredentials)>, FilesError> {
     let path = config_path(state_dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        Err(e) => return Err(io("read", &path)(e)),
     };
     // A crash in the middle of `save`'s swap: the complete old credentials are kept
     // (the configuration, written last, still matches them).
@@ -64,26 +121,26 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Option<(ClusterConfig, pki::Node
         dir(state_dir).join("node.new"),
     );
     if !current.exists() && old.exists() {
-        std::fs::rename(&old, &current)
-            .with_context(|| format!("restore {}", current.display()))?;
+        std::fs::rename(&old, &current).map_err(io("restore", &current))?;
     }
     let _ = std::fs::remove_dir_all(&new);
-    let config: ClusterConfig = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a berth cluster configuration; move it away to leave the cluster",
-            path.display()
-        )
+    let config: ClusterConfig =
+        serde_json::from_str(&text).map_err(|source| FilesError::NotAConfig {
+            path: path.clone(),
+            source,
+        })?;
+    let creds = pki::NodeCredentials::load(&node_dir(state_dir)).map_err(|source| {
+        FilesError::LoadCredentials {
+            path: path.clone(),
+            source,
+        }
     })?;
-    let creds = pki::NodeCredentials::load(&node_dir(state_dir))
-        .with_context(|| format!("load this node's cluster credentials ({})", path.display()))?;
     if creds.identity().id.as_str() != config.node_id {
-        anyhow::bail!(
-            "{}: the node certificate is for node {}, the configuration for node {}; \
-             the cluster directory is inconsistent",
-            path.display(),
-            creds.identity().id.as_str(),
-            config.node_id
-        );
+        return Err(FilesError::Inconsistent {
+            path,
+            cert: creds.identity().id.as_str().to_string(),
+            config: config.node_id,
+        });
     }
     Ok(Some((config, creds)))
 }
@@ -94,38 +151,41 @@ pub fn save(
     state_dir: &Path,
     config: &ClusterConfig,
     creds: &pki::NodeCredentials,
-) -> anyhow::Result<()> {
+) -> Result<(), FilesError> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = dir(state_dir);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .with_context(|| format!("create {}", dir.display()))?;
+        .map_err(io("create", &dir))?;
     // The credentials change as a whole (a key without its certificate would leave a
     // node that cannot start nor renew): written aside, then swapped in by renames.
     let new = dir.join("node.new");
     let old = dir.join("node.old");
     let _ = std::fs::remove_dir_all(&new);
-    creds.save(&new).context("save this node's credentials")?;
+    creds.save(&new).map_err(FilesError::SaveCredentials)?;
     for f in ["ca.crt", "node.crt", "node.key"] {
-        std::fs::File::open(new.join(f))?.sync_all()?;
+        let file = new.join(f);
+        sync(&file).map_err(io("sync", &file))?;
     }
-    std::fs::File::open(&new)?.sync_all()?;
+    sync(&new).map_err(io("sync", &new))?;
     let current = node_dir(state_dir);
     if current.exists() {
         let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(&current, &old)
-            .with_context(|| format!("move {} aside", current.display()))?;
+        std::fs::rename(&current, &old).map_err(|source| FilesError::MoveAside {
+            path: current.clone(),
+            source,
+        })?;
     }
-    std::fs::rename(&new, &current).with_context(|| format!("write {}", current.display()))?;
-    std::fs::File::open(&dir)?.sync_all()?;
+    std::fs::rename(&new, &current).map_err(io("write", &current))?;
+    sync(&dir).map_err(io("sync", &dir))?;
     let _ = std::fs::remove_dir_all(&old);
     save_config(state_dir, config)
 }
 
 /// Rewrites `config.json` (atomically, fsynced).
-pub fn save_config(state_dir: &Path, config: &ClusterConfig) -> anyhow::Result<()> {
+pub fn save_config(state_dir: &Path, config: &ClusterConfig) -> Result<(), FilesError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = dir(state_dir);
@@ -137,16 +197,24 @@ pub fn save_config(state_dir: &Path, config: &ClusterConfig) -> anyhow::Result<(
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(config)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
-    std::fs::File::open(&dir)?.sync_all()?;
+        .map_err(io("write", &tmp))?;
+    // A configuration is strings, numbers and addresses: it always serializes.
+    let text = serde_json::to_vec_pretty(config).unwrap_or_default();
+    f.write_all(&text)
+        .and_then(|()| f.sync_all())
+        .map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("write", &path))?;
+    sync(&dir).map_err(io("sync", &dir))?;
     Ok(())
 }
 
+/// fsyncs a file or directory.
+fn sync(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
 /// `ip:port` from a user's `ADDR[:PORT]` (port defaults to the cluster port).
-pub fn parse_addr(text: &str, what: &str) -> anyhow::Result<SocketAddr> {
+pub fn parse_addr(text: &str, what: &str) -> Result<SocketAddr, FilesError> {
     let text = text.trim();
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
@@ -154,11 +222,10 @@ pub fn parse_addr(text: &str, what: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse() {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
-    anyhow::bail!(
-        "{what} {text:?} is not an IP address with an optional port (e.g. 10.0.0.1 or \
-         10.0.0.1:{DEFAULT_PORT}); host names are not accepted, since every node must \
-         reach this one at the same address"
-    )
+    Err(FilesError::NotAnAddress {
+        what: what.to_string(),
+        text: text.to_string(),
+    })
 }
 
 #[cfg(test)]

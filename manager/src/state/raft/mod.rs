@@ -7,7 +7,7 @@
 //! - [`log`]: berth's own durable log (segments of CRC-framed records, fsynced files
 //!   and directories, torn-tail repair, atomic snapshots, compaction); [`storage`]
 //!   serves it to raft-rs as its `Storage`.
-//! - `driver`: the thread that runs one node's Ready loop; [`node`]: [`Node`], the
+//! - `driver`: the thread that runs one node's Ready loop; [`node`]: [`RaftNode`], the
 //!   handle callers use: `propose` (forwarded to the leader from a follower), conf changes,
 //!   `read_index` for linearizable reads.
 //! - [`transport`]: the [`Transport`] seam for messages between nodes, and
@@ -34,7 +34,7 @@ pub mod tls;
 pub mod transport;
 
 pub use local::LocalCluster;
-pub use node::{bootstrap, Inbox, Node, NodeConfig, NodeError, Progress, Role, Status};
+pub use node::{bootstrap, Inbox, NodeConfig, NodeError, Progress, RaftNode, Status};
 pub use state_machine::{RestoreError, StateMachine};
 pub use transport::{MemNetwork, Transport};
 

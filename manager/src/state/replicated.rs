@@ -1,14 +1,14 @@
 //! berth's [`State`] as a Raft [`StateMachine`]: what every manager applies, in the
 //! same order, to end with the same stacks, tasks and version.
 //!
-//! A command is a [`Txn`]: the ops of one store transaction (see [`crate::store::diff`])
+//! A command is a [`Txn`]: the ops of one store transaction (see [`super::model::diff`])
 //! and the version of the state they were computed from. Applying it is optimistic
 //! concurrency control done by the log itself: if another transaction committed first
 //! (`base_version` is no longer the state's version), the ops are not applied and the
 //! proposer gets [`TxnResponse::Conflict`] and re-runs its closure on the fresh state.
 //! So a transaction never overwrites a change it did not see, and no write is lost.
 //!
-//! The state lives in a [`Shared`] the [`crate::store::Store`] reads from directly
+//! The state lives in a [`Shared`] the [`super::store::Store`] reads from directly
 //! (reads never go through the driver thread) and whose watch channel `apply` wakes.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::raft::{RestoreError, StateMachine};
-use crate::store::{apply_ops, Op, State};
+use super::model::{apply_ops, Op, State};
+use super::raft::{RestoreError, StateMachine};
 
 /// One store transaction as it sits in the Raft log (JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

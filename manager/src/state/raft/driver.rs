@@ -1,7 +1,7 @@
 //! The node driver: one thread per Raft node that owns raft-rs's `RawNode`, the log and
 //! the state machine, and runs the Ready loop as raft-rs documents it.
 //!
-//! Callers talk to it through [`Node`](super::Node) (async methods, replies over oneshot channels);
+//! Callers talk to it through [`RaftNode`](super::RaftNode) (async methods, replies over oneshot channels);
 //! peers through [`Inbox::deliver`](super::Inbox::deliver). Each turn of the loop takes one message, then
 //! every other message already queued (so many concurrent proposals land in one Ready
 //! and share one fsync), ticks when the tick is due, and handles the Ready:
@@ -39,7 +39,7 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
-use super::node::{lock, Input, NodeConfig, NodeError, Progress, Role, Shared};
+use super::node::{lock, Input, NodeConfig, NodeError, Progress, Shared};
 use super::state_machine::StateMachine;
 use super::storage::DiskStorage;
 use super::transport::Transport;
@@ -497,12 +497,7 @@ impl<S: StateMachine> Driver<S> {
         let mut st = lock(&self.shared.status);
         st.term = raft.term;
         st.leader = raft.leader_id;
-        st.role = match raft.state {
-            StateRole::Follower => Role::Follower,
-            StateRole::PreCandidate => Role::PreCandidate,
-            StateRole::Candidate => Role::Candidate,
-            StateRole::Leader => Role::Leader,
-        };
+        st.role = raft.state;
         st.commit = raft.raft_log.committed;
         st.applied = self.applied;
         st.first_index = log.first_index();

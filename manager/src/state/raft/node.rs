@@ -1,4 +1,4 @@
-//! [`Node`]: the handle callers use to talk to one Raft node (async methods, replies
+//! [`RaftNode`]: the handle callers use to talk to one Raft node (async methods, replies
 //! over oneshot channels), its settings and its published [`Status`]. The node itself
 //! runs on its own thread, in `driver.rs`.
 
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Message};
-use raft::{RawNode, ReadOnlyOption};
+use raft::{RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::oneshot;
 
 use super::driver::Driver;
@@ -91,16 +91,6 @@ impl NodeConfig {
     }
 }
 
-/// What a node is, as of its last Ready.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Role {
-    #[default]
-    Follower,
-    PreCandidate,
-    Candidate,
-    Leader,
-}
-
 /// A node's view of the group, published after every turn of its loop.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
@@ -108,7 +98,8 @@ pub struct Status {
     pub term: u64,
     /// The leader this node knows of (0: none).
     pub leader: u64,
-    pub role: Role,
+    /// What the node is, as of its last Ready (raft-rs's own role type).
+    pub role: StateRole,
     pub commit: u64,
     pub applied: u64,
     pub first_index: u64,
@@ -188,8 +179,8 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A running Raft node. Dropping it is [`Node::kill`].
-pub struct Node<S: StateMachine> {
+/// A running Raft node. Dropping it is [`RaftNode::kill`].
+pub struct RaftNode<S: StateMachine> {
     id: u64,
     tx: mpsc::Sender<Input>,
     shared: Arc<Shared<S>>,
@@ -197,13 +188,13 @@ pub struct Node<S: StateMachine> {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl<S: StateMachine> std::fmt::Debug for Node<S> {
+impl<S: StateMachine> std::fmt::Debug for RaftNode<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.id).finish()
+        f.debug_struct("RaftNode").field("id", &self.id).finish()
     }
 }
 
-impl<S: StateMachine> Node<S> {
+impl<S: StateMachine> RaftNode<S> {
     /// Opens the node's directory (recovering log, hard state and snapshot), restores
     /// the state machine from the snapshot and starts the driver thread. Committed
     /// entries after the snapshot are applied again by the driver.
@@ -212,7 +203,7 @@ impl<S: StateMachine> Node<S> {
         dir: &Path,
         mut sm: S,
         transport: Arc<dyn Transport>,
-    ) -> Result<Node<S>, NodeError> {
+    ) -> Result<RaftNode<S>, NodeError> {
         let id = cfg.id;
         let log = LogStore::open(
             dir,
@@ -294,7 +285,7 @@ impl<S: StateMachine> Node<S> {
                 }
             })
             .map_err(|source| NodeError::Thread { id, source })?;
-        Ok(Node {
+        Ok(RaftNode {
             id,
             tx,
             shared,
@@ -337,7 +328,7 @@ impl<S: StateMachine> Node<S> {
         rx.await.map_err(|_| self.stopped())?
     }
 
-    /// [`Node::propose`], with the proposal queued to the node before this returns: the
+    /// [`RaftNode::propose`], with the proposal queued to the node before this returns: the
     /// node appends proposals in the order they were submitted, so a caller can
     /// pipeline commands that depend on each other's order. The future answers as
     /// `propose` does.
@@ -414,7 +405,7 @@ impl<S: StateMachine> Node<S> {
     }
 }
 
-impl<S: StateMachine> Node<S> {
+impl<S: StateMachine> RaftNode<S> {
     /// Stops the node's thread at the next step it takes, with no flush or farewell:
     /// what a `kill -9` leaves, since everything acknowledged was already fsynced.
     /// Waiting callers get [`NodeError::Stopped`].
@@ -428,7 +419,7 @@ impl<S: StateMachine> Node<S> {
     }
 }
 
-impl<S: StateMachine> Drop for Node<S> {
+impl<S: StateMachine> Drop for RaftNode<S> {
     fn drop(&mut self) {
         self.kill();
     }

@@ -9,16 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::node::{bootstrap, Node, NodeConfig, NodeError, Role};
+use super::node::{bootstrap, NodeConfig, NodeError, RaftNode};
 use super::state_machine::StateMachine;
 use super::tcp::{RaftListener, TcpListenerHandle, TcpTransport};
 use super::transport::{MemNetwork, Transport};
+use raft::StateRole;
 
 /// Nodes `id` with their directories under one base directory.
 #[derive(Debug)]
 pub struct LocalCluster<S: StateMachine + Default> {
     // Nodes are declared (so dropped) before the network they send into.
-    nodes: BTreeMap<u64, Arc<Node<S>>>,
+    nodes: BTreeMap<u64, Arc<RaftNode<S>>>,
     /// The in-memory network; its fault controls do nothing to a TCP cluster.
     pub net: MemNetwork,
     tcp: Option<Tcp>,
@@ -84,7 +85,7 @@ impl<S: StateMachine + Default> LocalCluster<S> {
         };
         let dir = self.dir(id);
         let Some(tcp) = self.tcp.as_mut() else {
-            let node = Node::start(cfg, &dir, S::default(), self.net.transport())?;
+            let node = RaftNode::start(cfg, &dir, S::default(), self.net.transport())?;
             self.net.register(id, node.inbox());
             self.nodes.insert(id, Arc::new(node));
             return Ok(());
@@ -113,7 +114,7 @@ impl<S: StateMachine + Default> LocalCluster<S> {
             .map(|(&p, &a)| (p, a))
             .collect();
         let transport = TcpTransport::new(&peers).map_err(tcp_err)?;
-        let node = Node::start(
+        let node = RaftNode::start(
             cfg,
             &dir,
             S::default(),
@@ -126,7 +127,7 @@ impl<S: StateMachine + Default> LocalCluster<S> {
         Ok(())
     }
 
-    /// Kills node `id` (see [`Node::kill`]) and takes it off the network.
+    /// Kills node `id` (see [`RaftNode::kill`]) and takes it off the network.
     pub fn crash(&mut self, id: u64) {
         self.net.unregister(id);
         if let Some(tcp) = self.tcp.as_mut() {
@@ -160,7 +161,7 @@ impl<S: StateMachine + Default> LocalCluster<S> {
         self.tcp.as_ref().and_then(|t| t.addrs.get(&id).copied())
     }
 
-    pub fn node(&self, id: u64) -> Option<Arc<Node<S>>> {
+    pub fn node(&self, id: u64) -> Option<Arc<RaftNode<S>>> {
         self.nodes.get(&id).cloned()
     }
 
@@ -175,7 +176,7 @@ impl<S: StateMachine + Default> LocalCluster<S> {
             .iter()
             .filter_map(|id| self.nodes.get(id))
             .map(|n| n.status())
-            .filter(|s| s.role == Role::Leader)
+            .filter(|s| s.role == StateRole::Leader)
             .max_by_key(|s| s.term)
             .map(|s| s.id)
     }

@@ -1,10 +1,10 @@
-//! The cluster's HTTP endpoints. On the cluster port the port itself has already
-//! checked the client's certificate and role (`manager::port::authorize`); requests on
+//! The cluster's HTTP endpoints, over [`crate::cluster`]. On the cluster port the port
+//! itself has already checked the client's certificate and role
+//! (`crate::port::authorize`); requests on
 //! the local unix socket come from root on this host and may do everything, including
 //! what only makes sense locally (`init`, `join`).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -12,15 +12,16 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use manager::cluster::NodeRole;
-use manager::port::Peer;
-use manager::store::{Store, StoreError};
-use pki::{JoinRole, Role};
+use pki::{NodeRole, Role};
 use serde::{Deserialize, Serialize};
 
-use super::membership::Heartbeat;
-use super::ops::{self, ClusterStatus, NodeChange, Refused};
-use super::{ClusterConfig, Member};
+use crate::cluster::files::ClusterConfig;
+use crate::cluster::membership::heard_from;
+use crate::cluster::ops::{self, ClusterError, ClusterStatus, NodeChange, Refused};
+use crate::cluster::plan::raft_peers;
+use crate::cluster::{Daemon, Member};
+use crate::port::Peer;
+use crate::state::store::{Store, StoreError};
 
 /// An error answer: `{"error": "..."}` with a status, as the rest of the API.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -34,41 +35,62 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
-fn refused(e: Refused) -> Response {
+/// A join or a renewal that failed: a bad token (or a removed node) is 401, anything
+/// else 400.
+fn refused(e: ClusterError) -> Response {
     match e {
-        Refused::Token(m) => error(StatusCode::UNAUTHORIZED, m),
-        Refused::Other(e) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        ClusterError::Refused(Refused::Token(m)) => error(StatusCode::UNAUTHORIZED, m),
+        other => error(StatusCode::BAD_REQUEST, other.to_string()),
     }
 }
 
-/// The routes of a single host's daemon (not in a cluster): becoming a member.
-pub fn single_host(state_dir: std::path::PathBuf, store: Arc<Store>) -> Router {
+/// A node change or lookup that failed: refused by the state is 400, a store that
+/// cannot answer (no quorum) 503.
+fn change_error(e: ClusterError) -> Response {
+    match e {
+        ClusterError::Refused(r) => error(StatusCode::BAD_REQUEST, r.to_string()),
+        ClusterError::Store(e) => store_error(e),
+        other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+    }
+}
+
+/// The routes of a single host's daemon (not in a cluster): becoming a member, after
+/// which `daemon` restarts in its new role.
+pub fn single_host(
+    state_dir: std::path::PathBuf,
+    store: Arc<Store>,
+    daemon: Arc<dyn Daemon>,
+) -> Router {
     #[derive(Clone)]
     struct Cx {
         state_dir: std::path::PathBuf,
         store: Arc<Store>,
+        daemon: Arc<dyn Daemon>,
     }
     async fn status() -> Json<ClusterStatus> {
-        Json(not_a_member())
+        Json(ops::not_a_member())
     }
     async fn init(State(cx): State<Cx>, Json(req): Json<ops::InitRequest>) -> Response {
         match ops::init(&cx.state_dir, &cx.store, &req) {
             Ok(answer) => {
-                super::restart_daemon(Some(cx.store.clone()));
+                cx.daemon.restart(Some(cx.store.clone()));
                 Json(answer).into_response()
             }
-            Err(e) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }
     async fn join(State(cx): State<Cx>, Json(req): Json<ops::JoinLocalRequest>) -> Response {
-        let (state_dir, store) = (cx.state_dir.clone(), cx.store.clone());
-        let joined = tokio::task::spawn_blocking(move || ops::join(&state_dir, &store, &req)).await;
+        let (state_dir, store, daemon) =
+            (cx.state_dir.clone(), cx.store.clone(), cx.daemon.clone());
+        let joined =
+            tokio::task::spawn_blocking(move || ops::join(&state_dir, &store, &req, &*daemon))
+                .await;
         match joined {
             Ok(Ok(answer)) => {
-                super::restart_daemon(Some(cx.store.clone()));
+                cx.daemon.restart(Some(cx.store.clone()));
                 Json(answer).into_response()
             }
-            Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+            Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
@@ -92,43 +114,16 @@ pub fn single_host(state_dir: std::path::PathBuf, store: Arc<Store>) -> Router {
             "/v1/nodes/{name}",
             get(not_in_a_cluster).post(not_in_a_cluster),
         )
-        .with_state(Cx { state_dir, store })
-}
-
-fn not_a_member() -> ClusterStatus {
-    ClusterStatus {
-        member: false,
-        ready: false,
-        cluster_id: String::new(),
-        node_id: String::new(),
-        role: String::new(),
-        addr: String::new(),
-        leader: String::new(),
-        raft_role: String::new(),
-        term: 0,
-        commit: 0,
-        applied: 0,
-        managers: 0,
-        workers: 0,
-        version: 0,
-        state_hash: String::new(),
-        led_terms: Vec::new(),
-    }
+        .with_state(Cx {
+            state_dir,
+            store,
+            daemon,
+        })
 }
 
 /// The routes of a worker's daemon (on its unix socket): what it is.
 pub fn worker(config: ClusterConfig) -> Router {
-    let status = ClusterStatus {
-        member: true,
-        cluster_id: config.cluster_id.clone(),
-        node_id: config.node_id.clone(),
-        role: "worker".into(),
-        ready: true,
-        addr: config.advertise.to_string(),
-        leader: String::new(),
-        managers: config.managers.len(),
-        ..not_a_member()
-    };
+    let status = ops::worker_status(&config);
     let managers: Vec<String> = config.managers.iter().map(|m| m.2.clone()).collect();
     let elsewhere = move || {
         let managers = managers.join(", ");
@@ -237,7 +232,7 @@ pub async fn until_ready(State(m): State<Arc<Member>>, req: Request, next: Next)
 
 /// Every manager as this one's store has them: (Raft id, node id, address).
 async fn managers(State(m): State<Arc<Member>>) -> Json<Vec<(u64, String, String)>> {
-    Json(m.store.read(|s| manager::cluster::raft_peers(&s.nodes, "")))
+    Json(m.store.read(|s| raft_peers(&s.nodes, "")))
 }
 
 /// Whether Raft id `id` is still in the group's configuration as this manager applied
@@ -277,10 +272,10 @@ async fn join(State(m): State<Arc<Member>>, Json(req): Json<ops::JoinRequest>) -
     }
 }
 
-fn join_role(role: &str) -> Option<JoinRole> {
+fn join_role(role: &str) -> Option<NodeRole> {
     match role {
-        "worker" => Some(JoinRole::Worker),
-        "manager" => Some(JoinRole::Manager),
+        "worker" => Some(NodeRole::Worker),
+        "manager" => Some(NodeRole::Manager),
         _ => None,
     }
 }
@@ -298,7 +293,7 @@ async fn token(State(m): State<Arc<Member>>, Path(role): Path<String>) -> Respon
     };
     match ops::join_token(&m, role, false) {
         Ok(t) => Json(t).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -312,26 +307,12 @@ async fn token_rotate(
     };
     match ops::join_token(&m, role, req.rotate) {
         Ok(t) => Json(t).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
-/// The node list comes from the leader, which alone knows how far each manager's log
-/// is; another manager asks it, and answers from its own view if it cannot.
-async fn nodes(State(m): State<Arc<Member>>) -> Response {
-    if !m.is_leader() {
-        if let Some(addr) = m.leader_addr() {
-            let client = m.client_of(&addr);
-            let asked = tokio::task::spawn_blocking(move || {
-                client.call::<Vec<ops::NodeView>>("GET", "/v1/nodes", None::<&()>)
-            })
-            .await;
-            if let Ok(Ok(list)) = asked {
-                return Json(list).into_response();
-            }
-        }
-    }
-    Json(ops::node_views(&m)).into_response()
+async fn nodes(State(m): State<Arc<Member>>) -> Json<Vec<ops::NodeView>> {
+    Json(ops::list_nodes(m).await)
 }
 
 async fn node(
@@ -345,11 +326,11 @@ async fn node(
     let record = if q.fresh {
         ops::node_fresh(&m, &name).await
     } else {
-        ops::node_local(&m, &name)
+        ops::node_local(&m, &name).map_err(ClusterError::from)
     };
     match record {
         Ok(r) => Json(r).into_response(),
-        Err(e) => store_error(e),
+        Err(e) => change_error(e),
     }
 }
 
@@ -362,29 +343,9 @@ async fn change(
     if let Some(refused) = bad_node_name(&name) {
         return refused;
     }
-    // Only the leader knows which nodes are up (Raft progress, workers' heartbeats),
-    // which `rm` checks: another manager passes it on. (Other changes are plain store
-    // transactions, which Raft forwards itself.)
-    if matches!(change, NodeChange::Remove { .. }) && !m.is_leader() {
-        if let Some(addr) = m.leader_addr() {
-            let client = m.client_of(&addr);
-            let path = format!("/v1/nodes/{name}");
-            let asked = tokio::task::spawn_blocking(move || {
-                client.call::<String>("POST", &path, Some(&change))
-            })
-            .await;
-            return match asked {
-                Ok(Ok(id)) => Json(id).into_response(),
-                Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            };
-        }
-    }
-    let m2 = m.clone();
-    match tokio::task::spawn_blocking(move || ops::change_node(&m2, &name, &change)).await {
-        Ok(Ok(id)) => Json(id).into_response(),
-        Ok(Err(e)) => store_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match ops::change_on_leader(m, name, change).await {
+        Ok(id) => Json(id).into_response(),
+        Err(e) => change_error(e),
     }
 }
 
@@ -423,23 +384,7 @@ async fn heartbeat(State(m): State<Arc<Member>>, peer: Option<Extension<Peer>>) 
     let Some(identity) = caller(peer) else {
         return not_a_node();
     };
-    let id = identity.id.as_str().to_string();
-    m.heartbeats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id.clone(), Instant::now());
-    let (managers, role) = m.store.read(|s| {
-        (
-            manager::cluster::raft_peers(&s.nodes, ""),
-            s.nodes.get(&id).map(|n| n.role),
-        )
-    });
-    Json(Heartbeat {
-        leader: if m.is_leader() { None } else { m.leader_addr() },
-        managers,
-        role,
-    })
-    .into_response()
+    Json(heard_from(&m, identity.id.as_str())).into_response()
 }
 
 async fn renew(

@@ -1,71 +1,13 @@
-//! The cluster as the store holds it: the cluster's own record (its CA, its join
-//! tokens, the ids it removed) and one record per node; and the pure planning the
-//! daemon's membership loop acts on (which Raft configuration change comes next,
-//! whom to send Raft messages to, whom to refuse).
-//!
-//! The CA's key is replicated with the rest of the state, as swarmkit does, so that
-//! any manager can admit a joiner: the Raft directory it lives in is root's only
-//! (0700, files 0600), like the node's own key.
+//! The pure planning the membership loop ([`super::membership`]) acts on, over the
+//! cluster's records in the store ([`crate::state::model::NodeRecord`]): which Raft
+//! configuration change comes next, whom to send Raft messages to, which manager has
+//! which Raft id.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use pki::NodeRole;
 
-/// The cluster's record: made by `berth cluster init`, absent on a single host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterRecord {
-    pub id: String,
-    /// Unix milliseconds.
-    pub created_at: u64,
-    /// The cluster CA (PEM), certificate and key.
-    pub ca_cert: String,
-    pub ca_key: String,
-    /// The current join tokens (`BERTHTKN-1-...`); rotating one replaces it here, and
-    /// the old one stops working on every manager at once.
-    pub worker_token: String,
-    pub manager_token: String,
-    /// The Raft id the next manager gets. Raft ids are never reused: a removed
-    /// member's id coming back would confuse the log's history of configurations.
-    pub next_raft_id: u64,
-    /// Node ids removed from the cluster: their certificates are refused (the TLS deny
-    /// list), for as long as the cluster lives.
-    #[serde(default)]
-    pub removed: BTreeSet<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeRole {
-    Manager,
-    Worker,
-}
-
-impl NodeRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeRole::Manager => "manager",
-            NodeRole::Worker => "worker",
-        }
-    }
-}
-
-/// One node of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    /// The id in its certificate.
-    pub id: String,
-    pub role: NodeRole,
-    /// Where other nodes reach its cluster port (`ip:port`).
-    pub addr: String,
-    pub hostname: String,
-    /// Its Raft id while it is a manager (0: none).
-    #[serde(default)]
-    pub raft_id: u64,
-    /// Unix milliseconds.
-    pub joined_at: u64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
+use crate::state::model::NodeRecord;
 
 /// What the Raft group looks like from its leader: the configuration, and how far each
 /// member's log matches the leader's.

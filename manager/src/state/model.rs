@@ -1,0 +1,186 @@
+//! The state's data: everything the store holds ([`State`]: stacks and tasks, the
+//! cluster's own record and one record per node) and the changes a transaction makes
+//! to it ([`Op`]), as plain values. Pure: the replicated state machine
+//! ([`super::replicated`]) and the store ([`super::store`]) both build on it, and it
+//! knows neither; nor anything else of the manager.
+//!
+//! The cluster's record: its CA, its join tokens, the ids it removed. The CA's key is
+//! replicated with the rest of the state, as swarmkit does, so that any manager can
+//! admit a joiner: the Raft directory it lives in is root's only (0700, files 0600),
+//! like the node's own key.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pki::NodeRole;
+use serde::{Deserialize, Serialize};
+use spec::task::{StackRecord, Task};
+
+/// Everything the store holds. `version` counts committed transactions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u64,
+    pub stacks: BTreeMap<String, StackRecord>,
+    pub tasks: BTreeMap<String, Task>,
+    /// The cluster this store belongs to (None: a single host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRecord>,
+    /// The cluster's nodes by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// The id of the last applied transaction (`Txn::id`; 0 before any that had one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_txn: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The cluster's record: made by `berth cluster init`, absent on a single host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub id: String,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    /// The cluster CA (PEM), certificate and key.
+    pub ca_cert: String,
+    pub ca_key: String,
+    /// The current join tokens (`BERTHTKN-1-...`); rotating one replaces it here, and
+    /// the old one stops working on every manager at once.
+    pub worker_token: String,
+    pub manager_token: String,
+    /// The Raft id the next manager gets. Raft ids are never reused: a removed
+    /// member's id coming back would confuse the log's history of configurations.
+    pub next_raft_id: u64,
+    /// Node ids removed from the cluster: their certificates are refused (the TLS deny
+    /// list), for as long as the cluster lives.
+    #[serde(default)]
+    pub removed: BTreeSet<String>,
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The id in its certificate.
+    pub id: String,
+    pub role: NodeRole,
+    /// Where other nodes reach its cluster port (`ip:port`).
+    pub addr: String,
+    pub hostname: String,
+    /// Its Raft id while it is a manager (0: none).
+    #[serde(default)]
+    pub raft_id: u64,
+    /// Unix milliseconds.
+    pub joined_at: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One change to the state, as a transaction is replicated: the Raft log carries these,
+/// not closures. [`diff`] makes them from two states, [`apply_ops`] replays them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    PutStack(String, Box<StackRecord>),
+    DeleteStack(String),
+    PutTask(String, Box<Task>),
+    DeleteTask(String),
+    SetCluster(Option<Box<ClusterRecord>>),
+    PutNode(String, Box<NodeRecord>),
+    DeleteNode(String),
+}
+
+/// The changes that turn `old` into `new` (the version aside). Pure.
+pub fn diff(old: &State, new: &State) -> Vec<Op> {
+    fn changes<V: PartialEq + Clone>(
+        old: &BTreeMap<String, V>,
+        new: &BTreeMap<String, V>,
+        put: impl Fn(String, Box<V>) -> Op,
+        delete: impl Fn(String) -> Op,
+    ) -> Vec<Op> {
+        let gone = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .map(|k| delete(k.clone()));
+        let changed = new
+            .iter()
+            .filter(|(k, v)| old.get(*k) != Some(*v))
+            .map(|(k, v)| put(k.clone(), Box::new(v.clone())));
+        gone.chain(changed).collect()
+    }
+    let mut ops = changes(&old.stacks, &new.stacks, Op::PutStack, Op::DeleteStack);
+    ops.extend(changes(&old.tasks, &new.tasks, Op::PutTask, Op::DeleteTask));
+    if old.cluster != new.cluster {
+        ops.push(Op::SetCluster(new.cluster.clone().map(Box::new)));
+    }
+    ops.extend(changes(&old.nodes, &new.nodes, Op::PutNode, Op::DeleteNode));
+    ops
+}
+
+/// Replays `ops` on `state` (the version aside): what every replica does with a
+/// committed transaction. Pure and deterministic.
+pub fn apply_ops(state: &mut State, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::PutStack(k, v) => {
+                state.stacks.insert(k.clone(), (**v).clone());
+            }
+            Op::DeleteStack(k) => {
+                state.stacks.remove(k);
+            }
+            Op::PutTask(k, v) => {
+                state.tasks.insert(k.clone(), (**v).clone());
+            }
+            Op::DeleteTask(k) => {
+                state.tasks.remove(k);
+            }
+            Op::SetCluster(c) => state.cluster = c.as_deref().cloned(),
+            Op::PutNode(k, v) => {
+                state.nodes.insert(k.clone(), (**v).clone());
+            }
+            Op::DeleteNode(k) => {
+                state.nodes.remove(k);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_replay_to_the_new_state() {
+        let stack = |name: &str| -> StackRecord {
+            serde_json::from_str(&format!(r#"{{"stack":{{"name":"{name}"}}}}"#)).unwrap()
+        };
+        let task = |id: &str, slot: u32| -> Task {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "stack": "a", "service": "web", "slot": slot, "generation": 1,
+                "spec_hash": "h", "desired": "running", "status": {"state": "running"},
+                "created_at": 0
+            }))
+            .unwrap()
+        };
+        let mut old = State::default();
+        old.stacks.insert("a".into(), stack("a"));
+        old.stacks.insert("b".into(), stack("b"));
+        old.tasks.insert("t1".into(), task("t1", 1));
+        old.tasks.insert("t2".into(), task("t2", 2));
+        let mut new = old.clone();
+        new.stacks.remove("b");
+        new.stacks.insert("c".into(), stack("c"));
+        new.tasks.get_mut("t1").unwrap().slot = 9;
+        new.tasks.remove("t2");
+        new.tasks.insert("t3".into(), task("t3", 3));
+        let ops = diff(&old, &new);
+        // Only what changed: b gone, c new, t1 changed, t2 gone, t3 new.
+        assert_eq!(ops.len(), 5, "{ops:?}");
+        let mut replayed = old.clone();
+        apply_ops(&mut replayed, &ops);
+        assert_eq!(replayed, new);
+        assert!(diff(&new, &new).is_empty());
+        // The ops survive the wire.
+        let wire: Vec<Op> = serde_json::from_slice(&serde_json::to_vec(&ops).unwrap()).unwrap();
+        assert_eq!(wire, ops);
+    }
+}

@@ -1,0 +1,58 @@
+//! What the manager's cluster side asks of this process and only the binary can do
+//! ([`manager::cluster::Daemon`]): call another manager's API with the CLI's client
+//! ([`crate::client`]), and restart the daemon in place when its cluster role changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use manager::cluster::{Call, CallError, Daemon};
+use manager::state::store::Store;
+
+/// This `berth daemon` process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThisDaemon;
+
+impl Daemon for ThisDaemon {
+    fn call(
+        &self,
+        addr: &str,
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+        request: Call<'_>,
+    ) -> Result<serde_json::Value, CallError> {
+        crate::client::Client::tls(addr, tls, pki::tls::manager_server_name())
+            .with_timeout(timeout)
+            .call(request.method, request.path, request.body)
+            .map_err(|e| CallError(format!("{e:#}")))
+    }
+
+    fn restart(&self, store: Option<Arc<Store>>) {
+        restart_daemon(store);
+    }
+}
+
+/// Restarts this daemon in place, in the mode its files now say, once the current
+/// answer had time to reach the caller. Containers keep running (they are the shims'),
+/// the Raft node is stopped first so its log is closed cleanly.
+fn restart_daemon(store: Option<Arc<Store>>) {
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if let Some(store) = store {
+            store.node().kill();
+        }
+        eprintln!("berth daemon: restarting to take up its new cluster role");
+        let err = exec_self();
+        eprintln!(
+            "berth daemon: cannot restart itself ({err}); exiting so that a supervisor restarts it"
+        );
+        std::process::exit(1);
+    });
+}
+
+fn exec_self() -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    // /proc/self/exe works even if the binary was replaced since this process started.
+    std::process::Command::new("/proc/self/exe")
+        .args(std::env::args_os().skip(1))
+        .exec()
+}
