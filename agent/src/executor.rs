@@ -1,6 +1,7 @@
 //! The agent's executor: makes one task's container match the task's desired state and
 //! reports what it observed. Blocking functions over the disk and the kernel; the
-//! daemon runs them on worker threads, one task at a time per task.
+//! worker's loops (`crate::worker`, through its `Containers` seam) run them on
+//! blocking threads, one action at a time per task.
 //!
 //! A task's container has the task's id. On disk (under the agent's state directory):
 //! `containers/<id>/` is its bundle (`agent::container`), `run/containers/<id>/` its
@@ -551,12 +552,10 @@ impl Executor {
             extra_hosts: service.extra_hosts.clone(),
             healthy: self.healthcheck(service).is_none(),
         };
-        let attachment = net
-            .attach(&req)
-            .map_err(|source| ExecutorError::Attach {
-                service: task.service.clone(),
-                source,
-            })?;
+        let attachment = net.attach(&req).map_err(|source| ExecutorError::Attach {
+            service: task.service.clone(),
+            source,
+        })?;
         let dir = ctx.dir();
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         for (file, text) in [

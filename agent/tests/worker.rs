@@ -49,8 +49,12 @@ impl FakeStore {
         }
     }
 
+    fn recorded(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.inner.lock().expect("the fake store's lock")
+    }
+
     fn task(&self, id: &str) -> Task {
-        self.inner.lock().unwrap().tasks[id].clone()
+        self.recorded().tasks[id].clone()
     }
 
     /// Every state reported for `id`, in order.
@@ -59,7 +63,7 @@ impl FakeStore {
     }
 
     fn reports(&self, id: &str) -> Vec<TaskStatus> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.recorded();
         inner
             .batches
             .iter()
@@ -70,18 +74,22 @@ impl FakeStore {
     }
 
     fn batches(&self) -> usize {
-        self.inner.lock().unwrap().batches.len()
+        self.recorded().batches.len()
     }
 
     fn health_reports(&self) -> Vec<(String, Health)> {
-        self.inner.lock().unwrap().health.concat()
+        self.recorded().health.concat()
     }
 }
 
 impl Assignments for FakeStore {
     fn view(&self) -> View {
-        let inner = self.inner.lock().unwrap();
-        View::for_node(inner.tasks.clone(), inner.stacks.clone(), self.me.as_deref())
+        let inner = self.recorded();
+        View::for_node(
+            inner.tasks.clone(),
+            inner.stacks.clone(),
+            self.me.as_deref(),
+        )
     }
 
     fn changes(&self) -> Changes {
@@ -93,7 +101,7 @@ impl StatusReporter for FakeStore {
     type Error = std::convert::Infallible;
 
     fn report(&self, statuses: &[(String, TaskStatus)]) -> Result<(), Self::Error> {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.recorded();
         inner.batches.push(statuses.to_vec());
         for (id, status) in statuses {
             if let Some(t) = inner.tasks.get_mut(id) {
@@ -105,7 +113,7 @@ impl StatusReporter for FakeStore {
     }
 
     fn report_health(&self, changes: &[(String, Health)]) -> Result<(), Self::Error> {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.recorded();
         inner.health.push(changes.to_vec());
         for (id, health) in changes {
             if let Some(t) = inner.tasks.get_mut(id) {
@@ -149,28 +157,40 @@ struct FakeContainers {
 impl FakeContainers {
     fn with(containers: &[(&str, Run)]) -> FakeContainers {
         let fake = FakeContainers::default();
-        fake.node.lock().unwrap().containers = containers
+        fake.fake().containers = containers
             .iter()
             .map(|(id, r)| (id.to_string(), *r))
             .collect();
         fake
     }
 
+    fn fake(&self) -> std::sync::MutexGuard<'_, Node> {
+        self.node.lock().expect("the fake node's lock")
+    }
+
     fn calls(&self) -> Vec<String> {
-        self.node.lock().unwrap().calls.clone()
+        self.fake().calls.clone()
     }
 
     fn container(&self, id: &str) -> Option<Run> {
-        self.node.lock().unwrap().containers.get(id).copied()
+        self.fake().containers.get(id).copied()
     }
 
     fn call(&self, verb: &str, id: &str) {
-        self.node.lock().unwrap().calls.push(format!("{verb} {id}"));
+        self.fake().calls.push(format!("{verb} {id}"));
     }
 
     fn set_gate(&self, closed: bool) {
-        self.node.lock().unwrap().gate_closed = closed;
+        self.fake().gate_closed = closed;
         self.gate.notify_all();
+    }
+}
+
+struct OpenOnDrop(FakeContainers);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.set_gate(false);
     }
 }
 
@@ -183,7 +203,7 @@ impl Containers for FakeContainers {
         _env: &BTreeMap<String, String>,
     ) -> TaskStatus {
         self.call("start", &task.id);
-        let mut node = self.node.lock().unwrap();
+        let mut node = self.fake();
         if let Some(why) = node.refuse.get(&task.service) {
             // As the executor reports a start that failed: no start time.
             return TaskStatus {
@@ -210,9 +230,9 @@ impl Containers for FakeContainers {
 
     fn stop(&self, task: &Task, _: Option<&Service>, _: Option<Duration>) -> TaskStatus {
         self.call("stop", &task.id);
-        let mut node = self.node.lock().unwrap();
+        let mut node = self.fake();
         while node.gate_closed {
-            node = self.gate.wait(node).unwrap();
+            node = self.gate.wait(node).expect("the fake node's lock");
         }
         if let Some(run) = node.containers.get_mut(&task.id) {
             *run = Run::Exited(143);
@@ -226,7 +246,7 @@ impl Containers for FakeContainers {
 
     fn remove(&self, task: &Task, _: Option<&Service>, _: Option<Duration>) -> TaskStatus {
         self.call("remove", &task.id);
-        self.node.lock().unwrap().containers.remove(&task.id);
+        self.fake().containers.remove(&task.id);
         TaskStatus {
             state: Some(TaskState::Removed),
             ..task.status.clone()
@@ -262,30 +282,20 @@ impl Containers for FakeContainers {
     }
 
     fn probe(&self, id: &str, _command: &[String], _timeout: Duration) -> bool {
-        self.node
-            .lock()
-            .unwrap()
-            .probes
-            .get(id)
-            .copied()
-            .unwrap_or(true)
+        self.fake().probes.get(id).copied().unwrap_or(true)
     }
 
     fn set_healthy(&self, id: &str, healthy: bool) {
-        self.node
-            .lock()
-            .unwrap()
-            .healthy
-            .insert(id.to_string(), healthy);
+        self.fake().healthy.insert(id.to_string(), healthy);
     }
 
     fn list(&self) -> Vec<String> {
-        self.node.lock().unwrap().containers.keys().cloned().collect()
+        self.fake().containers.keys().cloned().collect()
     }
 
     fn remove_stray(&self, id: &str) {
         self.call("remove_stray", id);
-        self.node.lock().unwrap().containers.remove(id);
+        self.fake().containers.remove(id);
     }
 }
 
@@ -383,7 +393,11 @@ async fn settle(lp: &mut Loop, store: &FakeStore, containers: &FakeContainers) {
 #[tokio::test]
 async fn a_new_task_is_started_and_reported_preparing_then_running() {
     let t = task("web", DesiredState::Running, None);
-    let store = FakeStore::new(None, &[stack(&[("web", service("web:1"))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("web", service("web:1"))])],
+        std::slice::from_ref(&t),
+    );
     let containers = FakeContainers::default();
     let mut lp = agent_loop(&store, &containers);
     settle(&mut lp, &store, &containers).await;
@@ -401,9 +415,13 @@ async fn a_new_task_is_started_and_reported_preparing_then_running() {
 #[tokio::test]
 async fn a_start_that_fails_is_reported_as_never_started_with_its_message() {
     let t = task("bad", DesiredState::Running, None);
-    let store = FakeStore::new(None, &[stack(&[("bad", service("nope:1"))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("bad", service("nope:1"))])],
+        std::slice::from_ref(&t),
+    );
     let containers = FakeContainers::default();
-    containers.node.lock().unwrap().refuse.insert(
+    containers.fake().refuse.insert(
         "bad".into(),
         "services.bad.image: no such image nope:1".into(),
     );
@@ -424,7 +442,11 @@ async fn a_start_that_fails_is_reported_as_never_started_with_its_message() {
 #[tokio::test]
 async fn a_task_whose_service_is_gone_is_not_started() {
     let t = task("gone", DesiredState::Running, None);
-    let store = FakeStore::new(None, &[stack(&[("web", service("web:1"))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("web", service("web:1"))])],
+        std::slice::from_ref(&t),
+    );
     let containers = FakeContainers::default();
     let mut lp = agent_loop(&store, &containers);
     settle(&mut lp, &store, &containers).await;
@@ -436,7 +458,11 @@ async fn a_task_whose_service_is_gone_is_not_started() {
 async fn a_task_to_shut_down_is_stopped_and_its_container_kept() {
     let mut t = running("web");
     t.desired = DesiredState::Shutdown;
-    let store = FakeStore::new(None, &[stack(&[("web", service("web:1"))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("web", service("web:1"))])],
+        std::slice::from_ref(&t),
+    );
     let containers = FakeContainers::with(&[(&t.id, Run::Running)]);
     let mut lp = agent_loop(&store, &containers);
     settle(&mut lp, &store, &containers).await;
@@ -450,7 +476,11 @@ async fn a_shut_down_task_whose_container_runs_again_is_stopped_again() {
     let mut t = running("web");
     t.desired = DesiredState::Shutdown;
     t.status.state = Some(TaskState::Shutdown);
-    let store = FakeStore::new(None, &[stack(&[("web", service("web:1"))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("web", service("web:1"))])],
+        std::slice::from_ref(&t),
+    );
     // Stopped already and its container gone or ended: nothing to do.
     let containers = FakeContainers::with(&[(&t.id, Run::Exited(0))]);
     let mut lp = agent_loop(&store, &containers);
@@ -469,12 +499,24 @@ async fn a_task_to_remove_is_removed() {
         let mut t = running("web");
         t.desired = DesiredState::Remove;
         t.status.state = Some(state);
-        let store = FakeStore::new(None, &[stack(&[("web", service("web:1"))])], &[t.clone()]);
+        let store = FakeStore::new(
+            None,
+            &[stack(&[("web", service("web:1"))])],
+            std::slice::from_ref(&t),
+        );
         let containers = FakeContainers::with(&[(&t.id, Run::Running)]);
         let mut lp = agent_loop(&store, &containers);
         settle(&mut lp, &store, &containers).await;
-        assert_eq!(containers.calls(), [format!("remove {}", t.id)], "{state:?}");
-        assert_eq!(store.task(&t.id).status.state(), TaskState::Removed, "{state:?}");
+        assert_eq!(
+            containers.calls(),
+            [format!("remove {}", t.id)],
+            "{state:?}"
+        );
+        assert_eq!(
+            store.task(&t.id).status.state(),
+            TaskState::Removed,
+            "{state:?}"
+        );
         assert_eq!(containers.container(&t.id), None, "{state:?}");
     }
 }
@@ -482,14 +524,21 @@ async fn a_task_to_remove_is_removed() {
 #[tokio::test]
 async fn a_running_task_whose_container_vanished_is_reported_removed_outside_berth() {
     let t = running("web");
-    let store = FakeStore::new(None, &[stack(&[("web", service("web:1"))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("web", service("web:1"))])],
+        std::slice::from_ref(&t),
+    );
     let containers = FakeContainers::default();
     let mut lp = agent_loop(&store, &containers);
     settle(&mut lp, &store, &containers).await;
     let reports = store.reports(&t.id);
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].state(), TaskState::Removed);
-    assert_eq!(reports[0].message, "its container was removed outside berth");
+    assert_eq!(
+        reports[0].message,
+        "its container was removed outside berth"
+    );
     assert!(reports[0].finished_at.is_some());
     assert_eq!(reports[0].pid, None);
     // What it held on the network is released (on a blocking thread of its own).
@@ -499,7 +548,11 @@ async fn a_running_task_whose_container_vanished_is_reported_removed_outside_ber
 #[tokio::test]
 async fn a_running_task_whose_container_exited_is_reported_with_its_exit_code() {
     let t = running("web");
-    let store = FakeStore::new(None, &[stack(&[("web", service("web:1"))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("web", service("web:1"))])],
+        std::slice::from_ref(&t),
+    );
     let containers = FakeContainers::with(&[(&t.id, Run::Exited(3))]);
     let mut lp = agent_loop(&store, &containers);
     settle(&mut lp, &store, &containers).await;
@@ -513,7 +566,11 @@ async fn a_running_task_whose_container_exited_is_reported_with_its_exit_code() 
 #[tokio::test]
 async fn a_running_task_that_still_runs_is_only_looked_at() {
     let t = running("web");
-    let store = FakeStore::new(None, &[stack(&[("web", service("web:1"))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("web", service("web:1"))])],
+        std::slice::from_ref(&t),
+    );
     let containers = FakeContainers::with(&[(&t.id, Run::Running)]);
     let mut lp = agent_loop(&store, &containers);
     settle(&mut lp, &store, &containers).await;
@@ -525,11 +582,24 @@ async fn a_running_task_that_still_runs_is_only_looked_at() {
 async fn a_busy_task_is_not_acted_on_twice() {
     let mut t = running("web");
     t.desired = DesiredState::Shutdown;
-    let store = FakeStore::new(None, &[stack(&[("web", service("web:1"))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("web", service("web:1"))])],
+        std::slice::from_ref(&t),
+    );
     let containers = FakeContainers::with(&[(&t.id, Run::Running)]);
     containers.set_gate(true);
+    // Opened again even when an assertion fails, so that the stop ends and the test
+    // fails rather than hangs.
+    let _open = OpenOnDrop(containers.clone());
     let mut lp = agent_loop(&store, &containers);
-    assert_eq!(lp.pass(true), Pass { reported: 0, started: 1 });
+    assert_eq!(
+        lp.pass(true),
+        Pass {
+            reported: 0,
+            started: 1
+        }
+    );
     wait_until(|| containers.calls().len() == 1).await;
     // The stop is under way: passes (at every store change, every tick) leave it be.
     for _ in 0..3 {
@@ -574,12 +644,21 @@ async fn only_the_nodes_own_tasks_are_touched() {
 #[tokio::test]
 async fn the_running_loop_starts_a_task_and_reacts_to_a_change() {
     let t = task("web", DesiredState::Running, None);
-    let store = FakeStore::new(None, &[stack(&[("web", service("web:1"))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("web", service("web:1"))])],
+        std::slice::from_ref(&t),
+    );
     let containers = FakeContainers::default();
     let handle = tokio::spawn(agent_loop(&store, &containers).run());
     wait_until(|| store.task(&t.id).status.state() == TaskState::Running).await;
     // The manager asks for it to be removed: the store changes, the loop acts.
-    store.inner.lock().unwrap().tasks.get_mut(&t.id).unwrap().desired = DesiredState::Remove;
+    store
+        .recorded()
+        .tasks
+        .get_mut(&t.id)
+        .expect("the task")
+        .desired = DesiredState::Remove;
     store.version.send_modify(|v| *v += 1);
     wait_until(|| store.task(&t.id).status.state() == TaskState::Removed).await;
     handle.abort();
@@ -655,7 +734,10 @@ fn health_checks_follow_running_tasks_and_turn_probe_results_into_changes() {
     assert_eq!(due[0].timeout, Duration::from_millis(50));
     assert!(checks.due(1100).is_empty(), "a probe runs: none is due");
     // A success: healthy.
-    assert_eq!(checks.record(&view, &t.id, true, 1100), Some(Health::Healthy));
+    assert_eq!(
+        checks.record(&view, &t.id, true, 1100),
+        Some(Health::Healthy)
+    );
     // Two failures (retries: 2): unhealthy, not before.
     assert_eq!(checks.due(1200).len(), 1);
     assert_eq!(
@@ -664,7 +746,10 @@ fn health_checks_follow_running_tasks_and_turn_probe_results_into_changes() {
         Some(Health::Healthy)
     );
     assert_eq!(checks.due(1300).len(), 1);
-    assert_eq!(checks.record(&view, &t.id, false, 1300), Some(Health::Unhealthy));
+    assert_eq!(
+        checks.record(&view, &t.id, false, 1300),
+        Some(Health::Unhealthy)
+    );
     // A task that stops running is no longer checked.
     let mut stopped = t.clone();
     stopped.status.state = Some(TaskState::Failed);
@@ -673,7 +758,9 @@ fn health_checks_follow_running_tasks_and_turn_probe_results_into_changes() {
         view.stacks.clone(),
         None,
     );
-    assert!(checks.track(&view, 1400, |s| containers.healthcheck(s)).is_empty());
+    assert!(checks
+        .track(&view, 1400, |s| containers.healthcheck(s))
+        .is_empty());
     assert_eq!(checks.tracked().count(), 0);
     assert!(checks.due(10_000).is_empty());
 }
@@ -683,7 +770,11 @@ async fn the_health_loop_reports_probe_results_as_health_changes() {
     let mut t = running("web");
     t.status.started_at = Some(agent::executor::now_ms());
     t.status.health = Health::Starting;
-    let store = FakeStore::new(None, &[stack(&[("web", checked(10, 1))])], &[t.clone()]);
+    let store = FakeStore::new(
+        None,
+        &[stack(&[("web", checked(10, 1))])],
+        std::slice::from_ref(&t),
+    );
     let containers = FakeContainers::with(&[(&t.id, Run::Running)]);
     let handle = tokio::spawn(agent::worker::run_health(
         store.clone(),
@@ -691,11 +782,11 @@ async fn the_health_loop_reports_probe_results_as_health_changes() {
         containers.clone(),
     ));
     wait_until(|| store.task(&t.id).status.health == Health::Healthy).await;
-    assert_eq!(containers.node.lock().unwrap().healthy.get(&t.id), Some(&true));
+    assert_eq!(containers.fake().healthy.get(&t.id), Some(&true));
     // Its probes fail from now on (retries: 1): unhealthy, and out of DNS.
-    containers.node.lock().unwrap().probes.insert(t.id.clone(), false);
+    containers.fake().probes.insert(t.id.clone(), false);
     wait_until(|| store.task(&t.id).status.health == Health::Unhealthy).await;
-    assert_eq!(containers.node.lock().unwrap().healthy.get(&t.id), Some(&false));
+    assert_eq!(containers.fake().healthy.get(&t.id), Some(&false));
     handle.abort();
     let reported: Vec<Health> = store.health_reports().into_iter().map(|(_, h)| h).collect();
     assert_eq!(reported, [Health::Healthy, Health::Unhealthy]);

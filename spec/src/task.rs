@@ -249,8 +249,11 @@ mod tests {
             (Failed, Complete, Failed),
         ];
         for (stored, reported, merged) in cases {
-            let got = status(stored, Health::None, "")
-                .merge_report(&status(reported, Health::None, "reported"));
+            let got = status(stored, Health::None, "").merge_report(&status(
+                reported,
+                Health::None,
+                "reported",
+            ));
             assert_eq!(got.state(), merged, "{stored:?} + {reported:?}");
             // Everything else is the report's.
             assert_eq!(got.message, "reported", "{stored:?} + {reported:?}");
@@ -259,8 +262,7 @@ mod tests {
 
     #[test]
     fn a_report_without_a_state_keeps_the_stored_one() {
-        let got = status(TaskState::Running, Health::None, "")
-            .merge_report(&TaskStatus::default());
+        let got = status(TaskState::Running, Health::None, "").merge_report(&TaskStatus::default());
         assert_eq!(got.state(), TaskState::Running);
     }
 
@@ -276,8 +278,11 @@ mod tests {
             (Unhealthy, Healthy, Unhealthy),
         ];
         for (stored, reported, merged) in cases {
-            let got = status(TaskState::Running, stored, "")
-                .merge_report(&status(TaskState::Running, reported, ""));
+            let got = status(TaskState::Running, stored, "").merge_report(&status(
+                TaskState::Running,
+                reported,
+                "",
+            ));
             assert_eq!(got.health, merged, "{stored:?} + {reported:?}");
         }
     }
@@ -292,7 +297,11 @@ mod tests {
         ] {
             let mut s = status(state, Health::Starting, "");
             s.merge_health(Health::Healthy);
-            let want = if recorded { Health::Healthy } else { Health::Starting };
+            let want = if recorded {
+                Health::Healthy
+            } else {
+                Health::Starting
+            };
             assert_eq!(s.health, want, "{state:?}");
         }
     }

@@ -28,16 +28,11 @@ pub trait Containers: Clone + Send + Sync + 'static {
 
     /// Stops the container of `task` (its stop signal, `grace` or the service's grace
     /// period, then SIGKILL), keeping it.
-    fn stop(&self, task: &Task, service: Option<&Service>, grace: Option<Duration>)
-        -> TaskStatus;
+    fn stop(&self, task: &Task, service: Option<&Service>, grace: Option<Duration>) -> TaskStatus;
 
     /// Stops and deletes the container of `task`.
-    fn remove(
-        &self,
-        task: &Task,
-        service: Option<&Service>,
-        grace: Option<Duration>,
-    ) -> TaskStatus;
+    fn remove(&self, task: &Task, service: Option<&Service>, grace: Option<Duration>)
+        -> TaskStatus;
 
     /// What the container of `task` is doing now, as a status; `None` when it has no
     /// container (never started, or removed).
@@ -73,12 +68,7 @@ impl Containers for Executor {
         Executor::start(self, task, stack, service, env)
     }
 
-    fn stop(
-        &self,
-        task: &Task,
-        service: Option<&Service>,
-        grace: Option<Duration>,
-    ) -> TaskStatus {
+    fn stop(&self, task: &Task, service: Option<&Service>, grace: Option<Duration>) -> TaskStatus {
         Executor::stop(self, task, service, grace)
     }
 

@@ -122,7 +122,9 @@ mod tests {
         use DesiredState as D;
         use TaskState as S;
         // (desired, state, has_service, busy, observe_due, container_live, action)
-        let cases: &[(D, Option<S>, bool, bool, bool, bool, Option<Action>)] = &[
+        type Case = (D, Option<S>, bool, bool, bool, bool, Option<Action>);
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
             (D::Running, None, true, false, false, false, Some(Start)),
             (D::Running, Some(S::New), true, false, true, false, Some(Start)),
             // Its service is gone: nothing to start it from.
@@ -171,7 +173,9 @@ mod tests {
             (DesiredState::Remove, Some(TaskState::Removed)),
         ] {
             let t = task(desired, state);
-            decide(&t, true, false, true, || panic!("asked for {desired:?} {state:?}"));
+            decide(&t, true, false, true, || {
+                panic!("asked for {desired:?} {state:?}")
+            });
         }
     }
 
@@ -190,7 +194,13 @@ mod tests {
         let running = task(DesiredState::Running, Some(TaskState::Running));
         // Unchanged: nothing to report.
         let same = observed(&running, Some(running.status.clone()), 7);
-        assert_eq!(same, Observed { report: None, release: false });
+        assert_eq!(
+            same,
+            Observed {
+                report: None,
+                release: false
+            }
+        );
         // Exited: reported, released.
         let exited = TaskStatus {
             state: Some(TaskState::Failed),
@@ -198,7 +208,13 @@ mod tests {
             ..running.status.clone()
         };
         let seen = observed(&running, Some(exited.clone()), 7);
-        assert_eq!(seen, Observed { report: Some(exited), release: true });
+        assert_eq!(
+            seen,
+            Observed {
+                report: Some(exited),
+                release: true
+            }
+        );
         // Gone: removed outside berth, failed for the restart policy.
         let gone = observed(&running, None, 7);
         assert!(gone.release);
