@@ -116,3 +116,125 @@ impl Node for ApiNode {
         self.0.remove_volumes(stack).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spec::task::{DesiredState, Task, TaskState};
+
+    fn task(slot: u32, node: Option<&str>, state: TaskState) -> Task {
+        Task {
+            id: Task::make_id("app", "web", slot, 1),
+            stack: "app".into(),
+            service: "web".into(),
+            slot,
+            generation: 1,
+            spec_hash: String::new(),
+            desired: DesiredState::Running,
+            status: TaskStatus {
+                state: Some(state),
+                ..TaskStatus::default()
+            },
+            created_at: 0,
+            restarts: 0,
+            stop_grace_ms: None,
+            deps_seen: Default::default(),
+            node: node.map(str::to_string),
+        }
+    }
+
+    fn store_with(tasks: &[Task]) -> (tempfile::TempDir, Arc<Store>) {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(tmp.path()).expect("open the store");
+        store
+            .update(|s| {
+                for t in tasks {
+                    s.tasks.insert(t.id.clone(), t.clone());
+                }
+                Ok(())
+            })
+            .expect("add the tasks");
+        (tmp, Arc::new(store))
+    }
+
+    fn status(store: &Store, id: &str) -> TaskStatus {
+        store.read(|s| s.tasks[id].status.clone())
+    }
+
+    #[test]
+    fn the_view_holds_only_this_nodes_tasks() {
+        let tasks = [
+            task(1, Some("n1"), TaskState::New),
+            task(2, Some("n2"), TaskState::New),
+            task(3, None, TaskState::New),
+        ];
+        let (_tmp, store) = store_with(&tasks);
+        let ids = |me: Option<&str>| -> Vec<String> {
+            let view = StoreSide::new(store.clone(), me.map(str::to_string)).view();
+            view.tasks.into_keys().collect()
+        };
+        assert_eq!(ids(Some("n1")), [tasks[0].id.clone()]);
+        assert_eq!(ids(None), [tasks[2].id.clone()]);
+    }
+
+    #[test]
+    fn reports_are_merged_in_one_commit_and_never_move_state_back() {
+        let (a, b) = (
+            task(1, None, TaskState::Running),
+            task(2, None, TaskState::New),
+        );
+        let (_tmp, store) = store_with(&[a.clone(), b.clone()]);
+        let side = StoreSide::new(store.clone(), None);
+        let version = store.read(|s| s.version);
+        let late = TaskStatus {
+            state: Some(TaskState::Preparing),
+            message: "late".into(),
+            ..TaskStatus::default()
+        };
+        let started = TaskStatus {
+            state: Some(TaskState::Running),
+            pid: Some(7),
+            ..TaskStatus::default()
+        };
+        side.report(&[
+            (a.id.clone(), late),
+            (b.id.clone(), started),
+            ("app-gone-1.1".into(), TaskStatus::default()),
+        ])
+        .expect("report");
+        assert_eq!(store.read(|s| s.version), version + 1, "one commit");
+        let a_now = status(&store, &a.id);
+        assert_eq!(a_now.state(), TaskState::Running);
+        assert_eq!(a_now.message, "late");
+        assert_eq!(status(&store, &b.id).pid, Some(7));
+        assert!(store.read(|s| !s.tasks.contains_key("app-gone-1.1")));
+    }
+
+    #[test]
+    fn health_is_recorded_only_for_running_tasks_and_kept_by_later_reports() {
+        let (a, b) = (
+            task(1, None, TaskState::Running),
+            task(2, None, TaskState::Failed),
+        );
+        let (_tmp, store) = store_with(&[a.clone(), b.clone()]);
+        let side = StoreSide::new(store.clone(), None);
+        side.report_health(&[
+            (a.id.clone(), Health::Healthy),
+            (b.id.clone(), Health::Healthy),
+        ])
+        .expect("report health");
+        assert_eq!(status(&store, &a.id).health, Health::Healthy);
+        assert_eq!(status(&store, &b.id).health, Health::None);
+        // The agent loop's next report does not overwrite it.
+        side.report(&[(
+            a.id.clone(),
+            TaskStatus {
+                state: Some(TaskState::Running),
+                health: Health::Starting,
+                ..TaskStatus::default()
+            },
+        )])
+        .expect("report");
+        assert_eq!(status(&store, &a.id).health, Health::Healthy);
+    }
+}
