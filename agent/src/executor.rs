@@ -1,6 +1,7 @@
 //! The agent's executor: makes one task's container match the task's desired state and
 //! reports what it observed. Blocking functions over the disk and the kernel; the
-//! daemon runs them on worker threads, one task at a time per task.
+//! worker's loops (`crate::worker`, through its `Containers` seam) run them on
+//! blocking threads, one action at a time per task.
 //!
 //! A task's container has the task's id. On disk (under the agent's state directory):
 //! `containers/<id>/` is its bundle (`agent::container`), `run/containers/<id>/` its
@@ -14,12 +15,109 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use spec::model::{Service, Stack};
 use spec::task::{Task, TaskState, TaskStatus};
 
-use crate::container::{self, ContainerContext};
-use crate::image::{Reference, Store};
+use crate::container::{self, ContainerContext, ContainerError};
+use crate::image::reference::ReferenceError;
+use crate::image::{ImageError, Reference, Store};
+use crate::runtime::cgroups::CgroupError;
+use crate::runtime::RuntimeError;
 use crate::shim::{self, CreateOptions, ShimError, Status};
 
 /// Docker's default grace period before SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the executor could not do something to a container. A start that fails becomes
+/// the task's status (`ExecutorError::state` says which, the message says why), so a
+/// mistake in the stack names the service and the field, as the loader's diagnostics do.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The task's id is no plain name, so it names no container.
+    #[error(transparent)]
+    Id(#[from] RuntimeError),
+    #[error(
+        "services.{service}: no image: berth cannot build images yet (build: is ignored); \
+         give an image"
+    )]
+    NoImage { service: String },
+    #[error("services.{service}.image: {source}")]
+    ImageReference {
+        service: String,
+        #[source]
+        source: ReferenceError,
+    },
+    #[error("services.{service}.image: {source}")]
+    ServiceImage {
+        service: String,
+        #[source]
+        source: ImageError,
+    },
+    /// The image store could not be opened, or a container's claim on its image
+    /// could not be dropped.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The container's claim on its image's layers could not be written.
+    #[error(transparent)]
+    Pin(ImageError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("services.{service}.ports: publishing ports needs a network (network_mode: none?)")]
+    PortsWithoutNetwork { service: String },
+    #[error("services.{service}.networks.{network}: external networks are not supported yet")]
+    ExternalNetwork { service: String, network: String },
+    #[error("networks.{network}: {source}")]
+    Network {
+        network: String,
+        #[source]
+        source: overlay_net::NetError,
+    },
+    #[error("services.{service}.networks: {source}")]
+    Attach {
+        service: String,
+        #[source]
+        source: overlay_net::NetError,
+    },
+    #[error("services.{service}.ports: {source}")]
+    Publish {
+        service: String,
+        #[source]
+        source: overlay_net::NetError,
+    },
+    /// The container's `/etc/resolv.conf` or `/etc/hosts`.
+    #[error("write {}: {source}", path.display())]
+    NetworkFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bundle's `config.json`, which the shim loads.
+    #[error("write {}: {source}", path.display())]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Shim(#[from] ShimError),
+    #[error("container {id} is not running ({state})")]
+    NotRunning { id: String, state: String },
+    #[error("container {id}: its shim recorded no cgroup")]
+    NoCgroup { id: String },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+impl ExecutorError {
+    /// The state of a task whose start failed with this error: `Rejected` when the
+    /// task cannot run as it is (its stack, its image, its networks), `Failed` when
+    /// running it failed.
+    pub fn state(&self) -> TaskState {
+        match self {
+            ExecutorError::Pin(_) | ExecutorError::Bundle { .. } | ExecutorError::Shim(_) => {
+                TaskState::Failed
+            }
+            _ => TaskState::Rejected,
+        }
+    }
+}
 
 /// What the executor needs, shared by all tasks.
 #[derive(Debug, Clone)]
@@ -129,11 +227,11 @@ impl Executor {
                     return observed;
                 }
             }
-            Err((state, message)) => {
+            Err(e) => {
                 // Nothing of the container is left: neither is its claim on the image.
                 let _ = self.unpin(&task.id);
-                status.state = Some(state);
-                status.message = message;
+                status.state = Some(e.state());
+                status.message = e.to_string();
                 // It never ran: no start time, so that `ps`, `events` and `up` tell
                 // it from a container that ran and exited (`TaskStatus::never_started`).
                 status.started_at = None;
@@ -149,24 +247,28 @@ impl Executor {
         stack: &Stack,
         service: &Service,
         env: &BTreeMap<String, String>,
-    ) -> Result<shim::ContainerState, (TaskState, String)> {
-        let reject = |m: String| (TaskState::Rejected, m);
+    ) -> Result<shim::ContainerState, ExecutorError> {
         // The id names directories that are removed and written below (the bundle,
         // the image pin) before the shim checks it: a plain name or nothing.
-        crate::runtime::check_id(&task.id).map_err(|e| reject(e.to_string()))?;
-        let image_name = service.image.as_deref().ok_or_else(|| {
-            reject(format!(
-                "services.{}: no image: berth cannot build images yet (build: is ignored); \
-                 give an image",
-                task.service
-            ))
-        })?;
-        let store = Store::open(&self.state_dir).map_err(|e| reject(e.to_string()))?;
-        let reference = Reference::parse(image_name)
-            .map_err(|e| reject(format!("services.{}.image: {e}", task.service)))?;
+        crate::runtime::check_id(&task.id)?;
+        let image_name = service
+            .image
+            .as_deref()
+            .ok_or_else(|| ExecutorError::NoImage {
+                service: task.service.clone(),
+            })?;
+        let store = Store::open(&self.state_dir)?;
+        let reference =
+            Reference::parse(image_name).map_err(|source| ExecutorError::ImageReference {
+                service: task.service.clone(),
+                source,
+            })?;
         let image = store
             .image(&reference)
-            .map_err(|e| reject(format!("services.{}.image: {e}", task.service)))?;
+            .map_err(|source| ExecutorError::ServiceImage {
+                service: task.service.clone(),
+                source,
+            })?;
         let ctx = ContainerContext {
             id: task.id.clone(),
             service: task.service.clone(),
@@ -190,29 +292,26 @@ impl Executor {
         // prepare and create) is cleared first.
         let _ = container::remove(&self.state_dir, &task.id);
         // Its layers are the container's lower dirs now: keep them from collection.
-        store
-            .pin(&task.id, &image)
-            .map_err(|e| (TaskState::Failed, e.to_string()))?;
-        let prepared =
-            container::prepare(&store, &image, service, &ctx).map_err(|e| reject(e.to_string()))?;
+        store.pin(&task.id, &image).map_err(ExecutorError::Pin)?;
+        let prepared = container::prepare(&store, &image, service, &ctx)?;
         let mut spec = prepared.bundle.spec.clone();
         if let Err(e) = self.connect(task, stack, service, &ctx, &mut spec) {
             self.release(&task.id);
             let _ = container::remove(&self.state_dir, &task.id);
-            return Err((TaskState::Rejected, e));
+            return Err(e);
         }
         // The shim loads the bundle from disk: it may outlive this process.
         let config = ctx.dir().join("config.json");
         let written = serde_json::to_vec(&spec)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&config, bytes));
-        if let Err(e) = written {
+        if let Err(source) = written {
             self.release(&task.id);
             let _ = container::remove(&self.state_dir, &task.id);
-            return Err((
-                TaskState::Failed,
-                format!("write {}: {e}", config.display()),
-            ));
+            return Err(ExecutorError::Bundle {
+                path: config,
+                source,
+            });
         }
         let mut opts = create_options(&self.shim, service);
         // A one-off (`berth run`, not a service of the file): its stdin ends with the
@@ -224,7 +323,7 @@ impl Executor {
                 drop(prepared);
                 self.release(&task.id);
                 let _ = container::remove(&self.state_dir, &task.id);
-                Err((TaskState::Failed, e.to_string()))
+                Err(e.into())
             }
         }
     }
@@ -278,9 +377,9 @@ impl Executor {
         let mut status = self.stop(task, service, grace);
         let deleted = match shim::delete(&self.shim_root(), &task.id) {
             Ok(()) | Err(ShimError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(ExecutorError::from(e)),
         }
-        .and_then(|()| container::remove(&self.state_dir, &task.id).map_err(|e| e.to_string()))
+        .and_then(|()| Ok(container::remove(&self.state_dir, &task.id)?))
         .and_then(|()| self.unpin(&task.id));
         match deleted {
             Ok(()) => status.state = Some(TaskState::Removed),
@@ -300,12 +399,10 @@ impl Executor {
         let _ = self.unpin(id);
     }
 
-    fn unpin(&self, id: &str) -> Result<(), String> {
+    fn unpin(&self, id: &str) -> Result<(), ExecutorError> {
         // The pin is the file `images/pins/<id>`.
-        crate::runtime::check_id(id).map_err(|e| e.to_string())?;
-        Store::open(&self.state_dir)
-            .and_then(|s| s.unpin(id))
-            .map_err(|e| e.to_string())
+        crate::runtime::check_id(id)?;
+        Ok(Store::open(&self.state_dir).and_then(|s| s.unpin(id))?)
     }
 
     pub fn log_path(&self, id: &str) -> PathBuf {
@@ -400,16 +497,15 @@ impl Executor {
         service: &Service,
         ctx: &ContainerContext,
         spec: &mut oci_spec::runtime::Spec,
-    ) -> Result<(), String> {
+    ) -> Result<(), ExecutorError> {
         let Some(net) = &self.net else { return Ok(()) };
         if service.networks.is_empty() {
             if service.ports.is_empty() {
                 return Ok(());
             }
-            return Err(format!(
-                "services.{}.ports: publishing ports needs a network (network_mode: none?)",
-                task.service
-            ));
+            return Err(ExecutorError::PortsWithoutNetwork {
+                service: task.service.clone(),
+            });
         }
         let mut networks = Vec::new();
         for (key, opts) in &service.networks {
@@ -422,14 +518,17 @@ impl Executor {
                     ..Default::default()
                 });
             if def.external {
-                return Err(format!(
-                    "services.{}.networks.{key}: external networks are not supported yet",
-                    task.service
-                ));
+                return Err(ExecutorError::ExternalNetwork {
+                    service: task.service.clone(),
+                    network: key.clone(),
+                });
             }
             let req = overlay_net::NetworkRequest::from_spec(&stack.name, &def);
             net.ensure_network(&req)
-                .map_err(|e| format!("networks.{key}: {e}"))?;
+                .map_err(|source| ExecutorError::Network {
+                    network: key.clone(),
+                    source,
+                })?;
             networks.push((def.name.clone(), opts.clone()));
         }
         let req = overlay_net::AttachRequest {
@@ -453,9 +552,10 @@ impl Executor {
             extra_hosts: service.extra_hosts.clone(),
             healthy: self.healthcheck(service).is_none(),
         };
-        let attachment = net
-            .attach(&req)
-            .map_err(|e| format!("services.{}.networks: {e}", task.service))?;
+        let attachment = net.attach(&req).map_err(|source| ExecutorError::Attach {
+            service: task.service.clone(),
+            source,
+        })?;
         let dir = ctx.dir();
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         for (file, text) in [
@@ -463,7 +563,9 @@ impl Executor {
             ("hosts", &attachment.hosts),
         ] {
             let path = dir.join(file);
-            std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+            if let Err(source) = std::fs::write(&path, text) {
+                return Err(ExecutorError::NetworkFile { path, source });
+            }
             // Not where the service mounts its own.
             let target = PathBuf::from("/etc").join(file);
             if mounts.iter().any(|m| m.destination() == &target) {
@@ -488,7 +590,10 @@ impl Executor {
         }
         if !service.ports.is_empty() {
             net.publish(&task.id, &task.service, &service.ports)
-                .map_err(|e| format!("services.{}.ports: {e}", task.service))?;
+                .map_err(|source| ExecutorError::Publish {
+                    service: task.service.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -524,26 +629,29 @@ pub struct Process {
 
 impl Executor {
     /// The cgroup of a running container, as its shim recorded it.
-    fn cgroup(&self, id: &str) -> Result<crate::runtime::cgroups::Cgroup, String> {
-        let s = shim::state(&self.shim_root(), id).map_err(|e| e.to_string())?;
+    fn cgroup(&self, id: &str) -> Result<crate::runtime::cgroups::Cgroup, ExecutorError> {
+        let s = shim::state(&self.shim_root(), id)?;
         if s.status != Status::Running {
-            return Err(format!("container {id} is not running ({})", s.describe()));
+            return Err(ExecutorError::NotRunning {
+                id: id.to_string(),
+                state: s.describe(),
+            });
         }
         let rel = s
             .cgroup
-            .ok_or_else(|| format!("container {id}: its shim recorded no cgroup"))?;
-        let h = crate::runtime::cgroups::Hierarchy::detect().map_err(|e| e.to_string())?;
+            .ok_or_else(|| ExecutorError::NoCgroup { id: id.to_string() })?;
+        let h = crate::runtime::cgroups::Hierarchy::detect()?;
         Ok(crate::runtime::cgroups::Cgroup::open(&h, &rel))
     }
 
     /// Memory in use and CPU time so far (cgroup accounting).
-    pub fn stats(&self, id: &str) -> Result<crate::runtime::cgroups::Stats, String> {
-        self.cgroup(id)?.stats().map_err(|e| e.to_string())
+    pub fn stats(&self, id: &str) -> Result<crate::runtime::cgroups::Stats, ExecutorError> {
+        Ok(self.cgroup(id)?.stats()?)
     }
 
     /// The container's processes, from its cgroup and /proc.
-    pub fn top(&self, id: &str) -> Result<Vec<Process>, String> {
-        let pids = self.cgroup(id)?.procs().map_err(|e| e.to_string())?;
+    pub fn top(&self, id: &str) -> Result<Vec<Process>, ExecutorError> {
+        let pids = self.cgroup(id)?.procs()?;
         let mut out = Vec::new();
         for pid in pids {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -591,7 +699,7 @@ impl Executor {
     }
 
     /// Freezes (`pause`) or thaws (`unpause`) every process of the container.
-    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), String> {
-        self.cgroup(id)?.freeze(frozen).map_err(|e| e.to_string())
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), ExecutorError> {
+        Ok(self.cgroup(id)?.freeze(frozen)?)
     }
 }

@@ -1,7 +1,8 @@
 //! Health checks, as Docker runs them: a pure state machine ([`Checker`]) fed with probe
 //! results and the time, and the probe's command line from a Compose `healthcheck:`
-//! ([`probe_command`]). The daemon runs the probes (an exec into the container) and
-//! feeds the results; nothing here touches the kernel.
+//! ([`probe_command`]). The worker's health loop (`crate::worker::health`) runs the
+//! probes (an exec into the container) and feeds the results; nothing here touches the
+//! kernel.
 //!
 //! Docker's rules: the status is `starting` until the first success (healthy) or until
 //! `retries` consecutive failures (unhealthy); failures during `start_period` do not

@@ -143,6 +143,31 @@ impl TaskStatus {
             _ => false,
         }
     }
+
+    /// What a task's status becomes when its agent reports `report`: the report, except
+    /// that the state never moves back ([`TaskState::advance`]: a late report of an
+    /// earlier state loses) and that a health already set stays (health is the health
+    /// loop's to write, through [`TaskStatus::merge_health`]; a report only sets the
+    /// first value, `starting` for a task that has a check).
+    ///
+    /// The store applies it to every batch an agent reports; a dispatcher applies the
+    /// same rule to reports that come over the network.
+    pub fn merge_report(&self, report: &TaskStatus) -> TaskStatus {
+        let mut merged = report.clone();
+        merged.state = Some(self.state().advance(report.state()));
+        if self.health != Health::None {
+            merged.health = self.health;
+        }
+        merged
+    }
+
+    /// Records a health change from the health loop: only while the task runs (a probe
+    /// that finished after its container stopped says nothing about the task).
+    pub fn merge_health(&mut self, health: Health) {
+        if self.state() == TaskState::Running {
+            self.health = health;
+        }
+    }
 }
 
 /// One run of one slot of a service.
@@ -191,5 +216,93 @@ impl Task {
 
     pub fn make_id(stack: &str, service: &str, slot: u32, generation: u32) -> String {
         format!("{stack}-{service}-{slot}.{generation}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: TaskState, health: Health, message: &str) -> TaskStatus {
+        TaskStatus {
+            state: Some(state),
+            health,
+            message: message.into(),
+            ..TaskStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_report_moves_state_forward_and_never_back() {
+        use TaskState::*;
+        // (stored, reported, merged)
+        let cases = [
+            (New, Preparing, Preparing),
+            (Preparing, Running, Running),
+            (Running, Failed, Failed),
+            (Running, Shutdown, Shutdown),
+            (Shutdown, Removed, Removed),
+            // Late reports: a job's Preparing after its Running, a Running after a stop.
+            (Running, Preparing, Running),
+            (Shutdown, Running, Shutdown),
+            (Removed, Shutdown, Removed),
+            (Failed, Complete, Failed),
+        ];
+        for (stored, reported, merged) in cases {
+            let got = status(stored, Health::None, "").merge_report(&status(
+                reported,
+                Health::None,
+                "reported",
+            ));
+            assert_eq!(got.state(), merged, "{stored:?} + {reported:?}");
+            // Everything else is the report's.
+            assert_eq!(got.message, "reported", "{stored:?} + {reported:?}");
+        }
+    }
+
+    #[test]
+    fn a_report_without_a_state_keeps_the_stored_one() {
+        let got = status(TaskState::Running, Health::None, "").merge_report(&TaskStatus::default());
+        assert_eq!(got.state(), TaskState::Running);
+    }
+
+    #[test]
+    fn a_report_sets_the_first_health_and_never_overwrites_one() {
+        use Health::*;
+        // (stored, reported, merged)
+        let cases = [
+            (None, Starting, Starting),
+            (None, None, None),
+            (Starting, None, Starting),
+            (Healthy, Starting, Healthy),
+            (Unhealthy, Healthy, Unhealthy),
+        ];
+        for (stored, reported, merged) in cases {
+            let got = status(TaskState::Running, stored, "").merge_report(&status(
+                TaskState::Running,
+                reported,
+                "",
+            ));
+            assert_eq!(got.health, merged, "{stored:?} + {reported:?}");
+        }
+    }
+
+    #[test]
+    fn health_is_recorded_only_while_the_task_runs() {
+        for (state, recorded) in [
+            (TaskState::Running, true),
+            (TaskState::Starting, false),
+            (TaskState::Failed, false),
+            (TaskState::Shutdown, false),
+        ] {
+            let mut s = status(state, Health::Starting, "");
+            s.merge_health(Health::Healthy);
+            let want = if recorded {
+                Health::Healthy
+            } else {
+                Health::Starting
+            };
+            assert_eq!(s.health, want, "{state:?}");
+        }
     }
 }

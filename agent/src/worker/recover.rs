@@ -1,0 +1,72 @@
+//! What a node does once when it (re)starts, before its loops run: containers keep
+//! running without the daemon (DESIGN invariant 6), so a new daemon removes what a
+//! crash left behind and takes back what died with the old one.
+
+use std::collections::HashSet;
+
+use spec::task::{Health, Task, TaskState};
+
+use super::{Containers, View};
+
+/// Containers on disk that no task of this node knows (a crash between creating one
+/// and recording it) are removed. On a cluster, only tasks placed on this node count
+/// as known here: `view` is this node's.
+pub fn remove_strays<C: Containers>(view: &View, containers: &C) -> Vec<String> {
+    let known: HashSet<&str> = view.tasks.keys().map(String::as_str).collect();
+    let mut removed = Vec::new();
+    for id in containers.list() {
+        if !known.contains(id.as_str()) {
+            eprintln!("berth daemon: removing container {id}, which no task knows");
+            containers.remove_stray(&id);
+            removed.push(id);
+        }
+    }
+    removed
+}
+
+/// After a restart: remove what a crash left of the network (attachments of
+/// containers that no longer run, networks of stacks no longer deployed), and hold the
+/// published ports of the running containers again (their reservations died with the
+/// old daemon).
+pub fn readopt_network(view: &View, net: &overlay_net::NetworkManager) {
+    let live_networks: Vec<String> = view
+        .stacks
+        .values()
+        .flat_map(|r| {
+            let project = r.stack.name.clone();
+            r.stack.networks.iter().map(move |(k, n)| {
+                if n.name.is_empty() {
+                    format!("{project}_{k}")
+                } else {
+                    n.name.clone()
+                }
+            })
+        })
+        .collect();
+    let running: Vec<&Task> = view
+        .tasks
+        .values()
+        .filter(|t| t.status.state() == TaskState::Running)
+        .collect();
+    let live_containers: Vec<&str> = running.iter().map(|t| t.id.as_str()).collect();
+    let nets: Vec<&str> = live_networks.iter().map(String::as_str).collect();
+    match net.gc(&nets, &live_containers) {
+        Ok(report) if report != overlay_net::GcReport::default() => {
+            eprintln!("berth daemon: removed network leftovers: {report:?}")
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("berth daemon: network cleanup: {e}"),
+    }
+    for t in running {
+        if let Some((_, service)) = view.service_of(t) {
+            if !service.ports.is_empty() {
+                if let Err(e) = net.publish(&t.id, &t.service, &service.ports) {
+                    eprintln!("berth daemon: {}: publish ports again: {e}", t.name());
+                }
+            }
+            if let Some(h) = Some(t.status.health).filter(|h| *h != Health::None) {
+                net.set_healthy(&t.id, h == Health::Healthy);
+            }
+        }
+    }
+}
