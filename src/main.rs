@@ -5,8 +5,6 @@
 mod cli;
 mod client;
 mod daemon;
-mod preflight;
-mod process;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -10,14 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use spec::model::{Service, Stack};
-use spec::task::{Task, TaskState, TaskStatus};
+use spec::task::{now_ms, Task, TaskState, TaskStatus};
 
 use crate::container::{self, ContainerContext, ContainerError};
 use crate::image::reference::ReferenceError;
-use crate::image::{ImageError, Reference, Store};
+use crate::image::{ImageError, ImageStore, Reference};
 use crate::runtime::cgroups::CgroupError;
 use crate::runtime::RuntimeError;
 use crate::shim::{self, CreateOptions, ShimError, Status};
@@ -130,12 +130,6 @@ pub struct Executor {
     /// The cgroup every container's cgroup is made under (`berth` by default, like
     /// Docker's `docker`); each container gets `<parent>/<id>`.
     pub cgroup_parent: String,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Executor {
@@ -257,7 +251,7 @@ impl Executor {
             .ok_or_else(|| ExecutorError::NoImage {
                 service: task.service.clone(),
             })?;
-        let store = Store::open(&self.state_dir)?;
+        let store = ImageStore::open(&self.state_dir)?;
         let reference =
             Reference::parse(image_name).map_err(|source| ExecutorError::ImageReference {
                 service: task.service.clone(),
@@ -402,7 +396,7 @@ impl Executor {
     fn unpin(&self, id: &str) -> Result<(), ExecutorError> {
         // The pin is the file `images/pins/<id>`.
         crate::runtime::check_id(id)?;
-        Ok(Store::open(&self.state_dir).and_then(|s| s.unpin(id))?)
+        Ok(ImageStore::open(&self.state_dir).and_then(|s| s.unpin(id))?)
     }
 
     pub fn log_path(&self, id: &str) -> PathBuf {
@@ -441,7 +435,7 @@ impl Executor {
         if let Some(check) = &service.healthcheck {
             return crate::health::probe_command(check).map(|_| check.clone());
         }
-        let store = Store::open(&self.state_dir).ok()?;
+        let store = ImageStore::open(&self.state_dir).ok()?;
         let image = store
             .image(&Reference::parse(service.image.as_deref()?).ok()?)
             .ok()?;

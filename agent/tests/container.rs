@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use agent::container::{self, ContainerContext, ContainerError};
-use agent::image::{self, Image, Store};
+use agent::image::{self, Image, ImageStore};
 use agent::runtime::{self, ExitReport, RunOptions, RuntimeError, Stdio};
 use spec::model::{
     BindOptions, FileMount, FileObject, Mount, MountType, Service, TmpfsOptions, VolumeOptions,
@@ -25,7 +25,7 @@ use spec::model::{
 
 struct Fixture {
     tmp: tempfile::TempDir,
-    store: Store,
+    store: ImageStore,
     image: Image,
 }
 
@@ -43,7 +43,7 @@ impl Fixture {
         edit(&root);
         let tar = tmp.path().join("src/rootfs.tar");
         testkit::tar_dir(&root, &tar).unwrap();
-        let store = Store::open(&tmp.path().join("state")).unwrap();
+        let store = ImageStore::open(&tmp.path().join("state")).unwrap();
         let image = image::import(&store, &tar, "test/busybox:1").unwrap();
         Fixture { tmp, store, image }
     }
@@ -55,7 +55,7 @@ impl Fixture {
         let layout = tmp.path().join("layout");
         let refs: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
         testkit::oci::oci_layout_with_layers(&refs, &layout, "1").unwrap();
-        let store = Store::open(&tmp.path().join("state")).unwrap();
+        let store = ImageStore::open(&tmp.path().join("state")).unwrap();
         let image = image::load(&store, &layout, Some("test/layered:1"))
             .unwrap()
             .remove(0);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agent::image::pull::{pull, PullOptions};
-use agent::image::{Digest, Reference, Store};
+use agent::image::{Digest, ImageStore, Reference};
 use testkit::registry::{Proxy, Registry};
 
 struct Images {
@@ -135,7 +135,7 @@ fn two_concurrent_pulls_download_a_shared_layer_once() {
     let images = two_images_sharing_a_base(work.path());
     let proxy = Proxy::start(&images.registry.addr).unwrap();
     let state = work.path().join("state");
-    let store = Store::open(&state).unwrap();
+    let store = ImageStore::open(&state).unwrap();
     // The first download of the base layer waits in the proxy until the other pull has
     // reached that layer too.
     proxy.hold(&blob_get(&images.base));
@@ -188,7 +188,7 @@ fn image_rm_during_a_pull_deletes_nothing_the_pull_needs() {
     let work = tempfile::tempdir().unwrap();
     let images = two_images_sharing_a_base(work.path());
     let proxy = Proxy::start(&images.registry.addr).unwrap();
-    let store = Store::open(&work.path().join("state")).unwrap();
+    let store = ImageStore::open(&work.path().join("state")).unwrap();
     let a = reference(&proxy.addr, "test/a:1");
     let b = reference(&proxy.addr, "test/b:1");
     let image_a = pull(&store, &a, &PullOptions::default()).unwrap();

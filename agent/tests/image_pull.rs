@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use agent::image::pull::{pull, Credentials, Progress, PullOptions};
-use agent::image::{Reference, Store};
+use agent::image::{ImageStore, Reference};
 use testkit::registry::Registry;
 
 /// A three-layer busybox image as an OCI layout: the rootfs, then two small layers.
@@ -52,7 +52,7 @@ fn pulls_a_multi_layer_image_and_keeps_its_config() {
         .unwrap();
 
     let state = work.path().join("state");
-    let store = Store::open(&state).unwrap();
+    let store = ImageStore::open(&state).unwrap();
     let r = reference(&registry, "test/busybox:1");
     let image = pull(&store, &r, &PullOptions::default()).unwrap();
 
@@ -89,7 +89,7 @@ fn pull_by_digest_checks_the_digest() {
     registry
         .push_layout(&layout, "1", "test/busybox:1", None)
         .unwrap();
-    let store = Store::open(&work.path().join("state")).unwrap();
+    let store = ImageStore::open(&work.path().join("state")).unwrap();
     let by_tag = pull(
         &store,
         &reference(&registry, "test/busybox:1"),
@@ -128,7 +128,7 @@ fn basic_auth_from_flags_and_from_docker_login() {
             Some(("tester", "s3cret")),
         )
         .unwrap();
-    let store = Store::open(&work.path().join("state")).unwrap();
+    let store = ImageStore::open(&work.path().join("state")).unwrap();
     let r = reference(&registry, "private/busybox:1");
     let empty_docker_dir = work.path().join("no-docker-config");
 
@@ -171,7 +171,7 @@ fn basic_auth_from_flags_and_from_docker_login() {
         ),
     )
     .unwrap();
-    let fresh = Store::open(&work.path().join("state2")).unwrap();
+    let fresh = ImageStore::open(&work.path().join("state2")).unwrap();
     let from_login = PullOptions {
         docker_config_dir: Some(docker_dir),
         ..Default::default()
@@ -183,7 +183,7 @@ fn basic_auth_from_flags_and_from_docker_login() {
 fn missing_images_and_unreachable_registries_are_clear_errors() {
     let work = tempfile::tempdir().unwrap();
     let registry = Registry::start().unwrap();
-    let store = Store::open(&work.path().join("state")).unwrap();
+    let store = ImageStore::open(&work.path().join("state")).unwrap();
     let err = pull(
         &store,
         &reference(&registry, "test/nothing:1"),
@@ -221,7 +221,7 @@ fn progress_off_a_terminal_is_one_plain_line_per_layer_event() {
     registry
         .push_layout(&layout, "1", "test/busybox:1", None)
         .unwrap();
-    let store = Store::open(&work.path().join("state")).unwrap();
+    let store = ImageStore::open(&work.path().join("state")).unwrap();
     let r = reference(&registry, "test/busybox:1");
     let pull_lines = || {
         let sink = Arc::new(Mutex::new(Vec::<u8>::new()));
@@ -355,7 +355,7 @@ fn a_multi_platform_index_pulls_this_machines_image() {
     registry
         .push_layout_all(&layout, "multi", "test/multi:1")
         .unwrap();
-    let store = Store::open(&work.path().join("state")).unwrap();
+    let store = ImageStore::open(&work.path().join("state")).unwrap();
     let image = pull(
         &store,
         &reference(&registry, "test/multi:1"),

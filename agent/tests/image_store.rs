@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use agent::image::{import, load, ImageError, Reference, Store};
+use agent::image::{import, load, ImageError, ImageStore, Reference};
 
 fn count(dir: &Path) -> usize {
     fs::read_dir(dir)
@@ -18,11 +18,11 @@ fn count(dir: &Path) -> usize {
         .count()
 }
 
-fn blobs(store: &Store) -> usize {
+fn blobs(store: &ImageStore) -> usize {
     count(&store.root().join("blobs/sha256"))
 }
 
-fn layers(store: &Store) -> usize {
+fn layers(store: &ImageStore) -> usize {
     count(&store.root().join("layers"))
 }
 
@@ -43,7 +43,7 @@ fn reference(s: &str) -> Reference {
 fn import_busybox_then_list_and_inspect() {
     let tmp = tempfile::tempdir().unwrap();
     let tar = testkit::busybox_rootfs_tar(tmp.path()).unwrap();
-    let store = Store::open(&tmp.path().join("state")).unwrap();
+    let store = ImageStore::open(&tmp.path().join("state")).unwrap();
 
     let image = import(&store, &tar, "busybox").unwrap();
     assert_eq!(
@@ -101,7 +101,7 @@ fn load_oci_layout_dir_and_tar_keep_the_config() {
         .arg("inspect")
         .arg(format!("oci:{}:v1", layout.display())));
 
-    let store = Store::open(&tmp.path().join("state")).unwrap();
+    let store = ImageStore::open(&tmp.path().join("state")).unwrap();
     let err = load(&store, &layout, None).unwrap_err();
     assert!(err.to_string().contains("tagged only \"v1\""), "{err}");
     assert!(err.to_string().contains("--name"), "{err}");
@@ -165,7 +165,7 @@ fn load_docker_archive_made_by_skopeo() {
             archive.display()
         )));
 
-    let store = Store::open(&tmp.path().join("state")).unwrap();
+    let store = ImageStore::open(&tmp.path().join("state")).unwrap();
     let oci = load(&store, &layout, Some("app")).unwrap().remove(0);
     let docker = load(&store, &archive, None).unwrap().remove(0);
     assert_eq!(docker.reference.to_string(), "docker.io/example/app:v2");
@@ -194,7 +194,7 @@ fn remove_collects_what_no_image_uses() {
     let tar = testkit::busybox_rootfs_tar(tmp.path()).unwrap();
     let layout = tmp.path().join("layout");
     testkit::oci::oci_layout(&tar, &layout, "v1").unwrap();
-    let store = Store::open(&tmp.path().join("state")).unwrap();
+    let store = ImageStore::open(&tmp.path().join("state")).unwrap();
     import(&store, &tar, "a").unwrap();
     import(&store, &tar, "b").unwrap();
     load(&store, &layout, Some("c")).unwrap();
@@ -240,7 +240,7 @@ fn corrupted_layer_is_rejected_and_not_tagged() {
     bytes[mid] ^= 0xff;
     fs::write(&biggest, bytes).unwrap();
 
-    let store = Store::open(&tmp.path().join("state")).unwrap();
+    let store = ImageStore::open(&tmp.path().join("state")).unwrap();
     let err = load(&store, &layout, Some("app")).unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     assert!(store.images().unwrap().is_empty());

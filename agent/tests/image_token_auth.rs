@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use agent::image::pull::{pull, Credentials, PullOptions};
-use agent::image::{Reference, Store};
+use agent::image::{ImageStore, Reference};
 use testkit::registry::Registry;
 use testkit::tokenserver::{basic_auth, http_get, TokenServer, SERVICE};
 
@@ -54,7 +54,7 @@ fn bearer_token_auth_grants_exactly_the_scoped_repository() {
     registry
         .push_layout(&layout, "1", "else/busybox:1", Some(("other", "pw")))
         .unwrap();
-    let store = Store::open(&work.path().join("state")).unwrap();
+    let store = ImageStore::open(&work.path().join("state")).unwrap();
     let r = Reference::parse(&format!("{}/private/busybox:1", registry.addr)).unwrap();
 
     // Wrong password: the token server says 401, berth says which registry and what to do.

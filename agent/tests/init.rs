@@ -197,14 +197,14 @@ fn with_init_the_programs_handler_runs_and_its_status_is_the_containers() {
 #[test]
 fn compose_init_true_runs_the_service_under_berths_init() {
     use agent::container::{self, ContainerContext};
-    use agent::image::{self, Store};
+    use agent::image::{self, ImageStore};
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("src/rootfs");
     testkit::busybox_rootfs(&root).unwrap();
     let tar = tmp.path().join("src/rootfs.tar");
     testkit::tar_dir(&root, &tar).unwrap();
     let state = tmp.path().join("state");
-    let store = Store::open(&state).unwrap();
+    let store = ImageStore::open(&state).unwrap();
     let img = image::import(&store, &tar, "test/busybox:1").unwrap();
     let id = testkit::unique_name("compose");
     let _cgroup = testkit::CgroupGuard(id.clone());

@@ -768,7 +768,7 @@ fn health_checks_follow_running_tasks_and_turn_probe_results_into_changes() {
 #[tokio::test]
 async fn the_health_loop_reports_probe_results_as_health_changes() {
     let mut t = running("web");
-    t.status.started_at = Some(agent::executor::now_ms());
+    t.status.started_at = Some(spec::task::now_ms());
     t.status.health = Health::Starting;
     let store = FakeStore::new(
         None,

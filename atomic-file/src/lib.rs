@@ -84,8 +84,9 @@ fn write_temp(tmp: &Path, bytes: &[u8], mode: u32, durability: Durability) -> io
     Ok(())
 }
 
-/// `.<name>.tmp` beside `path`.
-fn temp_path(path: &Path) -> PathBuf {
+/// `.<name>.tmp` beside `path`: where a write of `path` keeps its contents until the
+/// rename (and where a crash may leave them, for a reader that wants to clear it).
+pub fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -38,11 +38,3 @@ pub mod port;
 pub mod progress;
 pub mod stacks;
 pub mod state;
-
-/// Unix milliseconds now: the one clock reading of the manager side (the pure cores
-/// take `now` as an argument).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}

@@ -12,6 +12,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Stack;
 
+/// Unix time in milliseconds: the clock every time in the task model is read in
+/// (`started_at`, `finished_at`, `joined_at`, ...), on managers and agents alike. The
+/// pure cores take `now` as an argument; only their shells call this.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A deployed stack, as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StackRecord {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use agent::image::{self, Image, Reference, Store};
+use agent::image::{self, Image, ImageStore, Reference};
 use clap::Subcommand;
 
 use super::{write_stderr, write_stdout};
@@ -59,7 +59,7 @@ pub enum ImageCommand {
 }
 
 pub fn run(state_dir: &Path, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
-    let store = Store::open(state_dir)?;
+    let store = ImageStore::open(state_dir)?;
     match cmd {
         ImageCommand::Import { rootfs, name } => {
             let image = image::import(&store, rootfs, name)?;

@@ -25,7 +25,7 @@ pub fn images(
     args: &ImagesArgs,
 ) -> anyhow::Result<ExitCode> {
     let loaded = load(project, &[])?;
-    let store = agent::image::Store::open(state_dir)?;
+    let store = agent::image::ImageStore::open(state_dir)?;
     let mut rows = vec![[
         "SERVICE".to_string(),
         "REPOSITORY".into(),

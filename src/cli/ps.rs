@@ -38,7 +38,7 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
     let name = project_name(project)?;
     let client = connect(state_dir, false)?;
     let state: State = client.call("GET", "/v1/state", None::<&()>)?;
-    let now = manager::now_ms();
+    let now = spec::task::now_ms();
     let mut tasks: Vec<&Task> = state
         .tasks
         .values()

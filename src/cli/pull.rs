@@ -31,7 +31,7 @@ pub struct PullArgs {
 /// Pulls the images of the project's services.
 pub fn pull(state_dir: &Path, project: &ProjectArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
     let loaded = load(project, &args.services)?;
-    let store = agent::image::Store::open(state_dir)?;
+    let store = agent::image::ImageStore::open(state_dir)?;
     let mut failed = false;
     for (svc, service) in &loaded.stack.services {
         if !args.services.is_empty() && !args.services.contains(svc) {
@@ -57,7 +57,7 @@ pub fn pull(state_dir: &Path, project: &ProjectArgs, args: &PullArgs) -> anyhow:
 }
 
 fn pull_one(
-    store: &agent::image::Store,
+    store: &agent::image::ImageStore,
     name: &str,
     insecure: &[String],
     progress: bool,
@@ -78,7 +78,7 @@ fn pull_one(
 /// time, `never` does not), so that a missing image stops `up` before it changes
 /// anything.
 pub(super) fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Result<()> {
-    let store = agent::image::Store::open(state_dir)?;
+    let store = agent::image::ImageStore::open(state_dir)?;
     let mut missing = Vec::new();
     for (name, svc) in &stack.services {
         let Some(image) = &svc.image else {

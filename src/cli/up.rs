@@ -244,7 +244,7 @@ fn attach(client: &Client, name: &str, args: &UpArgs) -> anyhow::Result<ExitCode
 /// Whether the orchestrator is about to start something (a restart after its back-off).
 fn restart_pending(state: &State) -> bool {
     let tasks: Vec<Task> = state.tasks.values().cloned().collect();
-    let plan = manager::orchestrator::reconcile(&state.stacks, &tasks, manager::now_ms());
+    let plan = manager::orchestrator::reconcile(&state.stacks, &tasks, spec::task::now_ms());
     plan.wake_at.is_some() || !plan.changes.is_empty()
 }
 

@@ -2,8 +2,9 @@
 //! (executor) for a single node (DESIGN invariant 4: single-host mode is the cluster
 //! code with one node).
 //!
-//! Three loops share the store:
-//! - the orchestrator (`manager::orchestrator::run::run_orchestrator`) turns stacks into tasks;
+//! Its loops share the store:
+//! - the orchestrator (`manager::orchestrator::run::run_orchestrator`) turns stacks
+//!   into tasks;
 //! - the agent's loops (`agent::worker`: the agent loop and the health loop) make
 //!   containers match the tasks and report what they saw, in batches (one store commit
 //!   per batch, not per container), through the store-backed seams of `store_side`;
@@ -11,7 +12,15 @@
 //!
 //! Killing the daemon (even `kill -9`) stops no container: each runs under its own
 //! shim. A new daemon reads the store and the containers' state from disk and carries on.
+//!
+//! This folder is wiring only: `mod.rs` starts the daemon in the mode
+//! `<state>/cluster/config.json` says (single host, manager, worker); `store_side`
+//! implements the agent's seams over the store; `process` is what the manager's cluster
+//! side asks of this process (calls to other managers, a restart in place);
+//! `preflight` is what the daemon checks before it serves.
 
+mod preflight;
+mod process;
 mod store_side;
 
 use std::os::fd::AsRawFd;
@@ -74,7 +83,7 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
     set_mode(state_dir, if shared { 0o711 } else { 0o700 })?;
     let _lock = lock_daemon(state_dir)?;
     // Before anything is served: what containers need, or a refusal naming it.
-    crate::preflight::check(state_dir, &shim)?;
+    preflight::check(state_dir, &shim)?;
     warn_without_nft();
     raise_open_files_limit();
     if let Err(e) = agent::runtime::protect_from_oom(agent::runtime::DAEMON_OOM_SCORE_ADJ) {
@@ -128,7 +137,7 @@ async fn run_manager(
     cluster: Option<(ClusterConfig, pki::NodeCredentials)>,
 ) -> anyhow::Result<()> {
     let manager_dir = state_dir.join("manager");
-    let daemon: Arc<dyn Daemon> = Arc::new(crate::process::ThisDaemon);
+    let daemon: Arc<dyn Daemon> = Arc::new(process::ThisDaemon);
     let mut member: Option<Arc<Member>> = None;
     let store = match &cluster {
         // A Raft group of one voter in <state>/manager/raft (a state.json of an older
@@ -331,7 +340,7 @@ async fn run_worker(
         state_dir.to_path_buf(),
         config.clone(),
         creds,
-        Arc::new(crate::process::ThisDaemon),
+        Arc::new(process::ThisDaemon),
     ));
     tokio::select! {
         r = axum::serve(listener, cluster_api::worker(config)) => r.context("serve the API")?,

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use spec::bundle_for;
 
-use crate::image::{Image, ImageError, Store};
+use crate::image::{Image, ImageError, ImageStore};
 use crate::runtime::{self, RuntimeError};
 
 pub use rootfs::Rootfs;
@@ -138,7 +138,7 @@ pub struct Prepared {
 /// Mounts the container's rootfs from `image`'s layers, builds its spec from `image`
 /// and `service`, and returns the bundle. On error nothing is left mounted.
 pub fn prepare(
-    store: &Store,
+    store: &ImageStore,
     image: &Image,
     service: &spec_model::Service,
     ctx: &ContainerContext,

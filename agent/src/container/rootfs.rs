@@ -51,7 +51,7 @@ fn page_size() -> usize {
 
 impl Rootfs {
     /// Creates `<state>/containers/<id>/{upper,work,rootfs}` and mounts the overlay of
-    /// `layers` (topmost first, as [`crate::image::Store::layer_dirs`] gives them).
+    /// `layers` (topmost first, as [`crate::image::ImageStore::layer_dirs`] gives them).
     pub fn mount(state_dir: &Path, id: &str, layers: &[PathBuf]) -> Result<Rootfs, ContainerError> {
         let dir = container_dir(state_dir, id);
         let err = |op: &'static str, path: &Path| {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::digest::Digest;
 use super::oci::{ConfigFile, ImageConfig, Manifest};
 use super::reference::Reference;
-use super::store::{Store, StoreLock, Sweep};
+use super::store::{ImageStore, StoreLock, Sweep};
 use super::ImageError;
 
 /// An image in the store.
@@ -51,7 +51,7 @@ fn json<T: serde::de::DeserializeOwned>(what: String, bytes: &[u8]) -> Result<T,
     serde_json::from_slice(bytes).map_err(|source| ImageError::Json { what, source })
 }
 
-impl Store {
+impl ImageStore {
     /// The image `reference` names: by tag, or by digest within its repository.
     pub fn image(&self, reference: &Reference) -> Result<Image, ImageError> {
         let refs = self.references()?;
@@ -180,7 +180,7 @@ impl Store {
     }
 
     /// Removes `reference`, then everything no remaining image uses. An image that a
-    /// container uses (see [`Store::pin`]) keeps its last reference: removing it is an
+    /// container uses (see [`ImageStore::pin`]) keeps its last reference: removing it is an
     /// error naming the containers, as Docker's `rmi` is.
     pub fn remove_image(&self, reference: &Reference) -> Result<Sweep, ImageError> {
         let lock = self.lock()?;
@@ -238,7 +238,7 @@ impl Store {
 
     /// Records that container `container` uses `image`, so that garbage collection
     /// keeps its layers (an overlayfs lower dir must not vanish under a container) and
-    /// `remove_image` refuses to drop its last name. Undone by [`Store::unpin`].
+    /// `remove_image` refuses to drop its last name. Undone by [`ImageStore::unpin`].
     pub fn pin(&self, container: &str, image: &Image) -> Result<(), ImageError> {
         let _lock = self.lock()?;
         // Under the lock: the image cannot be collected between this check and the pin.
@@ -253,7 +253,7 @@ impl Store {
         std::fs::write(&path, image.manifest_digest.to_string()).map_err(io("write", &path))
     }
 
-    /// Forgets a [`Store::pin`]; a missing pin is not an error.
+    /// Forgets a [`ImageStore::pin`]; a missing pin is not an error.
     pub fn unpin(&self, container: &str) -> Result<(), ImageError> {
         let path = self.pins_dir().join(container);
         match std::fs::remove_file(&path) {

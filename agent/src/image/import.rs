@@ -12,12 +12,12 @@ use super::oci::{
     MEDIA_OCI_LAYER, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_ZSTD, MEDIA_OCI_MANIFEST,
 };
 use super::reference::Reference;
-use super::store::Store;
+use super::store::ImageStore;
 use super::unpack::Compression;
 use super::{Digest, ImageError};
 
 /// Imports `rootfs_tar` as the image `name` (`name[:tag]`).
-pub fn import(store: &Store, rootfs_tar: &Path, name: &str) -> Result<Image, ImageError> {
+pub fn import(store: &ImageStore, rootfs_tar: &Path, name: &str) -> Result<Image, ImageError> {
     let reference = Reference::parse(name)?;
     if reference.digest.is_some() {
         return Err(ImageError::Invalid {
@@ -78,7 +78,10 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ImageEr
 }
 
 /// The OCI media type of a stored layer blob, from its first bytes.
-pub(crate) fn layer_media_type(store: &Store, blob: &Digest) -> Result<&'static str, ImageError> {
+pub(crate) fn layer_media_type(
+    store: &ImageStore,
+    blob: &Digest,
+) -> Result<&'static str, ImageError> {
     let mut magic = [0u8; 4];
     let mut file = store.open_blob(blob)?;
     let n = file.read(&mut magic).map_err(|source| ImageError::Io {

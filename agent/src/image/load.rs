@@ -25,7 +25,7 @@ use super::oci::{
     MEDIA_DOCKER_LIST, MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
 };
 use super::reference::Reference;
-use super::store::Store;
+use super::store::ImageStore;
 use super::unpack::Compression;
 use super::{Digest, ImageError};
 
@@ -34,7 +34,7 @@ const MAX_JSON: u64 = 8 << 20;
 
 /// Loads every image in the archive or layout at `path`. `name` names images the
 /// archive gives only a tag (or no name at all).
-pub fn load(store: &Store, path: &Path, name: Option<&str>) -> Result<Vec<Image>, ImageError> {
+pub fn load(store: &ImageStore, path: &Path, name: Option<&str>) -> Result<Vec<Image>, ImageError> {
     let base = name.map(Reference::parse).transpose()?;
     let archive = Archive::open(path)?;
     let lock = store.lock()?;
@@ -67,7 +67,7 @@ fn blob_name(digest: &Digest) -> String {
 
 /// Reads a JSON blob from the layout, verified, and stores it.
 fn copy_json_blob(
-    store: &Store,
+    store: &ImageStore,
     archive: &Archive,
     digest: &Digest,
 ) -> Result<Vec<u8>, ImageError> {
@@ -86,7 +86,7 @@ fn copy_json_blob(
 }
 
 fn load_oci(
-    store: &Store,
+    store: &ImageStore,
     lock: &super::store::StoreLock,
     archive: &Archive,
     base: Option<&Reference>,
@@ -159,7 +159,7 @@ struct DockerManifest {
 }
 
 fn load_docker(
-    store: &Store,
+    store: &ImageStore,
     lock: &super::store::StoreLock,
     archive: &Archive,
     base: Option<&Reference>,

@@ -3,7 +3,7 @@
 //! [`load`] (an OCI layout or a `docker save` archive) or [`pull::pull`] (any OCI
 //! distribution registry), all through the same verifying [`store::BlobWriter`].
 //!
-//! Where to start: [`Store::open`], then [`Store::image`] and [`Store::layer_dirs`],
+//! Where to start: [`ImageStore::open`], then [`ImageStore::image`] and [`ImageStore::layer_dirs`],
 //! which is what the runtime needs to build a container's rootfs.
 
 pub mod digest;
@@ -26,7 +26,7 @@ pub use import::import;
 pub use load::load;
 pub use oci::ImageConfig;
 pub use reference::Reference;
-pub use store::Store;
+pub use store::ImageStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

@@ -28,7 +28,7 @@ use super::oci::{host_architecture, Index, Manifest, MEDIA_DOCKER_LIST, MEDIA_OC
 pub use super::progress::Progress;
 use super::progress::{short, BlobProgress, Reporter};
 use super::reference::Reference;
-use super::store::{BlobLock, InFlight, Store};
+use super::store::{BlobLock, ImageStore, InFlight};
 use super::{Digest, ImageError};
 
 /// How many layers download at once: enough to fill a link, few enough not to be
@@ -79,7 +79,11 @@ pub struct PullOptions {
 }
 
 /// Pulls `reference` into `store` (blocking; for callers outside an async runtime).
-pub fn pull(store: &Store, reference: &Reference, opts: &PullOptions) -> Result<Image, ImageError> {
+pub fn pull(
+    store: &ImageStore,
+    reference: &Reference,
+    opts: &PullOptions,
+) -> Result<Image, ImageError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -109,7 +113,7 @@ fn is_loopback(domain: &str) -> bool {
 }
 
 pub async fn pull_async(
-    store: &Store,
+    store: &ImageStore,
     reference: &Reference,
     opts: &PullOptions,
 ) -> Result<Image, ImageError> {
@@ -303,7 +307,7 @@ fn index_like(bytes: &[u8]) -> bool {
 
 /// Takes `digest`'s blob lock on a blocking thread (it may wait for another puller).
 async fn lock_blob(
-    store: &Store,
+    store: &ImageStore,
     in_flight: &std::sync::Arc<InFlight>,
     digest: &Digest,
     reference: &Reference,
@@ -322,7 +326,7 @@ async fn lock_blob(
 async fn fetch_blob(
     client: &oci_client::Client,
     target: &oci_client::Reference,
-    store: &Store,
+    store: &ImageStore,
     desc: &super::oci::Descriptor,
     progress: &BlobProgress,
     reference: &Reference,

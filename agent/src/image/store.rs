@@ -17,17 +17,17 @@
 //!
 //! Locking. Three kinds of flock, so they hold across processes (two `berth image pull`
 //! at once) as well as threads (each lock opens its own file description):
-//! - `gc.lock`, shared, for the whole of a pull ([`Store::in_flight`]): a pull writes
+//! - `gc.lock`, shared, for the whole of a pull ([`ImageStore::in_flight`]): a pull writes
 //!   blobs and layers before the image that references them is registered, and garbage
 //!   collection must not take them away meanwhile. Collection only runs when it can
 //!   take `gc.lock` exclusively at once; when a pull is in flight it is deferred (the
 //!   next `image rm` collects), so `image rm` never waits for a slow download.
 //! - `locks/<hex>`, exclusive, around fetching and unpacking one blob
-//!   ([`Store::lock_blob`]): a second puller of the same layer waits, then finds it
+//!   ([`ImageStore::lock_blob`]): a second puller of the same layer waits, then finds it
 //!   present and skips it, so a layer is downloaded once however many pulls want it.
 //!   Lock files are removed only by garbage collection, which holds `gc.lock`
 //!   exclusively, so no puller can hold or be about to take one.
-//! - `lock`, exclusive, to change `index.json` or collect garbage ([`Store::lock`]).
+//! - `lock`, exclusive, to change `index.json` or collect garbage ([`ImageStore::lock`]).
 //!
 //! Order: `gc.lock` (shared) before a blob lock before `lock`; collection takes `lock`
 //! then only *tries* `gc.lock`, so no cycle can form.
@@ -51,7 +51,7 @@ const TMP_PREFIX: &str = ".tmp-";
 
 /// The image store of one state directory. Cheap to clone; holds no open files.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct ImageStore {
     root: PathBuf,
 }
 
@@ -109,30 +109,16 @@ fn sync_dir(path: &Path) -> Result<(), ImageError> {
         .map_err(io_err("syncing", path))
 }
 
-/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync).
+/// Writes `bytes` to `path` atomically and durably: the reference index is what
+/// `berth images` and every container start read back after a crash.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(temp_name());
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err("writing", path))?;
-    sync_dir(dir)
+    atomic_file::write(path, bytes, 0o600, atomic_file::Durability::Durable)
+        .map_err(io_err("writing", path))
 }
 
-impl Store {
+impl ImageStore {
     /// Opens (creating if needed) the store under `state_dir`, root-only.
-    pub fn open(state_dir: &Path) -> Result<Store, ImageError> {
+    pub fn open(state_dir: &Path) -> Result<ImageStore, ImageError> {
         if !state_dir.exists() {
             fs::DirBuilder::new()
                 .mode(0o700)
@@ -147,7 +133,7 @@ impl Store {
         for sub in ["blobs", "blobs/sha256", "layers", "locks"] {
             make_dir(&root.join(sub))?;
         }
-        Ok(Store { root })
+        Ok(ImageStore { root })
     }
 
     /// The `images` directory.
@@ -181,7 +167,7 @@ impl Store {
 
     /// Takes the lock of one blob, waiting while another puller holds it. The caller
     /// holds an [`InFlight`] (so collection cannot remove the lock file meanwhile) and
-    /// checks [`Store::has_blob`] again once it has the lock.
+    /// checks [`ImageStore::has_blob`] again once it has the lock.
     pub fn lock_blob(
         &self,
         _in_flight: &InFlight,
@@ -509,7 +495,7 @@ struct IndexFile {
 /// its temp file is removed.
 #[derive(Debug)]
 pub struct BlobWriter {
-    store: Store,
+    store: ImageStore,
     file: Option<File>,
     tmp: PathBuf,
     hasher: Sha256,
@@ -581,7 +567,7 @@ mod tests {
     #[test]
     fn blobs_are_verified_and_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
         let d = store.put_blob(b"hello", None).unwrap();
         assert_eq!(d, Digest::of(b"hello"));
         assert_eq!(store.read_blob(&d).unwrap(), b"hello");
@@ -607,7 +593,7 @@ mod tests {
     #[test]
     fn concurrent_writers_of_one_blob_both_succeed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
         let data = vec![7u8; 1 << 20];
         let handles: Vec<_> = (0..4)
             .map(|_| {
@@ -631,7 +617,7 @@ mod tests {
     #[test]
     fn collection_is_deferred_while_a_pull_is_in_flight() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
         let orphan = store.put_blob(b"no image uses this", None).unwrap();
         let pull = store.in_flight().unwrap();
         let lock = store.blob_lock_path(&orphan);
@@ -665,7 +651,7 @@ mod tests {
     fn store_dirs_are_root_only() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let store = Store::open(&state).unwrap();
+        let store = ImageStore::open(&state).unwrap();
         for p in [
             state.clone(),
             store.root().to_path_buf(),

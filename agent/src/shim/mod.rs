@@ -356,9 +356,10 @@ pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json).map_err(|e| ShimError::io(format!("write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ShimError::io(format!("rename {}", tmp.display()), e))
+    // Atomic, not durable: a container's state is rewritten at every change of it,
+    // and a reboot that could lose the write ends the container it describes.
+    atomic_file::write(path, &json, 0o600, atomic_file::Durability::Atomic)
+        .map_err(|e| ShimError::io(format!("write {}", path.display()), e))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ShimError> {

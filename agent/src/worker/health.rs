@@ -11,8 +11,8 @@ use spec::model::{Healthcheck, Service};
 use spec::task::{Health, TaskState};
 
 use super::{Assignments, Containers, StatusReporter, View};
-use crate::executor::now_ms;
 use crate::health::{probe_command, Checker};
+use spec::task::now_ms;
 
 /// The health checks of a node's running tasks.
 #[derive(Debug, Default)]

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::decide::{self, decide, Action};
 use super::{Assignments, Containers, StatusReporter, View};
-use crate::executor::now_ms;
+use spec::task::now_ms;
 
 /// How often the agent looks at every container even when its view did not change:
 /// how soon a container that exited or was removed behind berth's back is noticed.

@@ -92,7 +92,7 @@ pub(crate) async fn events(AxState(cx): AxState<Ctx>) -> Response {
         let mut before = store.snapshot();
         while watch.changed().await.is_ok() {
             let after = store.snapshot();
-            for e in events_between(&before, &after, crate::now_ms()) {
+            for e in events_between(&before, &after, spec::task::now_ms()) {
                 let line = serde_json::to_string(&e).unwrap_or_default() + "\n";
                 if tx.send(Ok(line)).await.is_err() {
                     return;

@@ -148,7 +148,11 @@ pub(crate) async fn run(
     if let Some(definition) = &req.definition {
         spec::names::check_service("definition", definition)?;
     }
-    let key = format!("{}-run-{:06x}", req.service, crate::now_ms() % 0x100_0000);
+    let key = format!(
+        "{}-run-{:06x}",
+        req.service,
+        spec::task::now_ms() % 0x100_0000
+    );
     let created = cx.store.update(|s| stacks::run(s, &name, &key, &req))?;
     Ok(Json(created))
 }

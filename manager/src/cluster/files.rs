@@ -186,26 +186,11 @@ pub fn save(
 
 /// Rewrites `config.json` (atomically, fsynced).
 pub fn save_config(state_dir: &Path, config: &ClusterConfig) -> Result<(), FilesError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = dir(state_dir);
     let path = config_path(state_dir);
-    let tmp = dir.join("config.json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("write", &tmp))?;
     // A configuration is strings, numbers and addresses: it always serializes.
     let text = serde_json::to_vec_pretty(config).unwrap_or_default();
-    f.write_all(&text)
-        .and_then(|()| f.sync_all())
-        .map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("write", &path))?;
-    sync(&dir).map_err(io("sync", &dir))?;
-    Ok(())
+    atomic_file::write(&path, &text, 0o600, atomic_file::Durability::Durable)
+        .map_err(io("write", &path))
 }
 
 /// fsyncs a file or directory.

@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use super::files::{self, ClusterConfig, FilesError};
 use super::plan::{manager_by_raft_id, raft_peers};
 use super::{CallError, Daemon, Member};
-use crate::now_ms;
 use crate::state::model::{ClusterRecord, NodeRecord, State};
 use crate::state::raft::{Progress, Status};
 use crate::state::store::{Store, StoreError};
+use spec::task::now_ms;
 
 /// Why a cluster operation could not be done.
 #[derive(Debug, thiserror::Error)]

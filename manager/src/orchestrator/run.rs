@@ -40,7 +40,7 @@ pub async fn run_orchestrator(store: std::sync::Arc<Store>, placement: Option<St
                 tokio::time::timeout(std::time::Duration::from_millis(200), watch.changed()).await;
             continue;
         }
-        let now = crate::now_ms();
+        let now = spec::task::now_ms();
         // The plan is made inside the transaction: if another manager's write wins
         // first, it is made again from the state that includes it, never replayed
         // stale (which could give a slot two tasks).

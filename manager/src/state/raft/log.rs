@@ -207,21 +207,11 @@ fn encode(m: &impl protobuf::Message) -> Vec<u8> {
     m.write_to_bytes().unwrap_or_default()
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+/// Writes `bytes` to `dir/name` atomically and durably: a snapshot the log was
+/// compacted to is the only copy of what it replaced.
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
-    let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io(&path))?;
-    sync_dir(dir)
+    atomic_file::write(&path, bytes, 0o600, atomic_file::Durability::Durable).map_err(io(&path))
 }
 
 impl LogStore {
@@ -259,6 +249,9 @@ impl LogStore {
         create_dir(dir)?;
         let log_dir = dir.join("log");
         create_dir(&log_dir)?;
+        // What a crash while writing a snapshot left (`snapshot.tmp` is the name a berth
+        // before atomic-file used).
+        let _ = fs::remove_file(atomic_file::temp_path(&dir.join("snapshot")));
         let _ = fs::remove_file(dir.join("snapshot.tmp"));
         let snapshot = read_snapshot(&dir.join("snapshot"))?;
         let snap_index = snapshot.get_metadata().index;

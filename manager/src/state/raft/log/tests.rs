@@ -243,10 +243,11 @@ fn a_snapshot_is_replaced_atomically() {
     log.compact(snapshot_at(10, 1, "old")).unwrap();
     drop(log);
     // A crash in the middle of writing the next snapshot leaves a temp file only.
-    fs::write(dir.join("snapshot.tmp"), b"half a snapsh").unwrap();
+    let leftover = atomic_file::temp_path(&dir.join("snapshot"));
+    fs::write(&leftover, b"half a snapsh").unwrap();
     let log = open(dir);
     assert_eq!(log.snapshot().get_data(), b"old");
-    assert!(!dir.join("snapshot.tmp").exists(), "leftover removed");
+    assert!(!leftover.exists(), "leftover removed");
     assert_eq!(
         fs::metadata(dir.join("snapshot"))
             .unwrap()
