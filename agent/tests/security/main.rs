@@ -1,8 +1,8 @@
 //! The security suite: one module per escape class (runc's, crun's and youki's CVEs,
 //! and what an audit of berth's own runtime found), each a small attacker inside a real
 //! container on the real kernel, as root. Every test names the CVE or class it covers
-//! and asserts that the attacker reached nothing; ARCHITECTURE.md's threat model lists
-//! which test proves what.
+//! and asserts that the attacker reached nothing; docs/design/security.md (the threat
+//! model that ARCHITECTURE.md sums up) lists which test proves what.
 
 // Helpers are test code: a panic is how they fail (clippy.toml covers #[test] fns only).
 #![allow(clippy::unwrap_used)]
