@@ -1,6 +1,6 @@
 //! What a node serves about itself, beyond its tasks' statuses: a container's logs,
 //! signals, freezing, processes, ports and resource use, and the removal of a stack's
-//! networks and volumes from this node. The API (`manager::api::Node`, implemented by
+//! networks and volumes from this node. The API (`manager::api::NodeAgent`, implemented by
 //! the binary over [`LocalNode`]) turns these into HTTP answers.
 
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! cost differently and are right for different files:
 //! - [`Durability::Durable`]: the file must survive a power loss as written. The new
 //!   contents are fsynced before the rename, and the directory after it (without the
-//!   second fsync the rename itself can be lost). Raft's hard state and snapshots, the
+//!   second fsync the rename itself can be lost). Raft's snapshots, the
 //!   image index, cluster membership and credentials: after a crash, something's
 //!   correctness depends on reading back exactly what was acknowledged.
 //! - [`Durability::Atomic`]: readers must never see a torn file, but after a power
