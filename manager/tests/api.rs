@@ -1,0 +1,409 @@
+//! The HTTP boundary over a fake node: each handler checks what it is sent, calls the
+//! plain function or the node it should, and turns the answer (or the refusal) into a
+//! status and a body. The router is called in-process (no socket), over a real
+//! single-voter store in a temporary directory; the node is a fake of the
+//! `NodeAgent` seam that records what it was asked.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use manager::api::{router, LogLine, NodeAgent};
+use manager::progress::{Progress, SlotState};
+use manager::stacks::{UpRequest, UpResponse};
+use manager::state::store::Store;
+use spec::model::{Service, Stack};
+use spec::task::{DesiredState, StackRecord, Task, TaskState, TaskStatus};
+use tower_service::Service as _;
+
+/// What the fake node was asked, in order; and what it answers.
+#[derive(Default)]
+struct FakeNode {
+    calls: Mutex<Vec<String>>,
+    /// When set, every call fails with this message.
+    fail: Mutex<Option<String>>,
+}
+
+impl FakeNode {
+    fn called(&self, call: String) -> Result<(), String> {
+        self.calls.lock().expect("the fake's lock").push(call);
+        match self.fail.lock().expect("the fake's lock").clone() {
+            Some(m) => Err(m),
+            None => Ok(()),
+        }
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("the fake's lock").clone()
+    }
+}
+
+impl NodeAgent for FakeNode {
+    fn logs(
+        &self,
+        task: &str,
+        _follow: bool,
+        tail: Option<usize>,
+        sink: &mut dyn FnMut(LogLine) -> bool,
+    ) -> Result<(), String> {
+        self.called(format!("logs {task} tail={tail:?}"))?;
+        for (stream, line) in [("stdout", "hello"), ("stderr", "oops")] {
+            if !sink(LogLine {
+                time: "2026-12-07T00:00:00Z".into(),
+                stream: stream.into(),
+                line: line.into(),
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn kill(&self, task: &str, signal: &str) -> Result<(), String> {
+        self.called(format!("kill {task} {signal}"))
+    }
+
+    fn freeze(&self, task: &str, frozen: bool) -> Result<(), String> {
+        self.called(format!("freeze {task} {frozen}"))
+    }
+
+    fn inspect(&self, task: &str, what: &str) -> Result<serde_json::Value, String> {
+        self.called(format!("inspect {task} {what}"))?;
+        Ok(serde_json::json!({ "task": task, "what": what }))
+    }
+
+    fn remove_networks(&self, stack: &Stack) -> Result<Vec<String>, String> {
+        self.called(format!("remove_networks {}", stack.name))?;
+        Ok(vec![])
+    }
+
+    fn remove_volumes(&self, stack: &Stack) -> Result<Vec<String>, String> {
+        self.called(format!("remove_volumes {}", stack.name))?;
+        Ok(vec![])
+    }
+}
+
+struct Api {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    node: Arc<FakeNode>,
+    router: axum::Router,
+}
+
+fn api() -> Api {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("open the store"));
+    let node = Arc::new(FakeNode::default());
+    let router = router(store.clone(), node.clone());
+    Api {
+        _dir: dir,
+        store,
+        node,
+        router,
+    }
+}
+
+impl Api {
+    /// One request: its status and its body.
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, Vec<u8>) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+            .expect("request");
+        let resp = self.router.call(req).await.expect("the router answers");
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, bytes.to_vec())
+    }
+
+    /// Stack `app` with services `web` and `db`, and a task per service in the given
+    /// states (written as the agent would have reported them).
+    fn deploy_with_tasks(&self, web: TaskState, db: TaskState) {
+        self.store
+            .update(|s| {
+                s.stacks.insert("app".into(), record("app", &["web", "db"]));
+                for (service, state) in [("web", web), ("db", db)] {
+                    let t = task(service, state);
+                    s.tasks.insert(t.id.clone(), t);
+                }
+                Ok(())
+            })
+            .expect("write the store");
+    }
+}
+
+fn record(name: &str, services: &[&str]) -> StackRecord {
+    let stack = Stack {
+        name: name.into(),
+        services: services
+            .iter()
+            .map(|s| {
+                (
+                    s.to_string(),
+                    Service {
+                        image: Some("busybox".into()),
+                        ..Service::default()
+                    },
+                )
+            })
+            .collect(),
+        networks: BTreeMap::new(),
+        volumes: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+        configs: BTreeMap::new(),
+        extensions: BTreeMap::new(),
+    };
+    serde_json::from_value(serde_json::json!({ "stack": stack })).expect("a record")
+}
+
+fn task(service: &str, state: TaskState) -> Task {
+    let t: Task = serde_json::from_value(serde_json::json!({
+        "id": format!("app-{service}-1.1"), "stack": "app", "service": service, "slot": 1,
+        "generation": 1, "spec_hash": "h", "desired": "running", "created_at": 0,
+    }))
+    .expect("task");
+    Task {
+        desired: DesiredState::Running,
+        status: TaskStatus {
+            state: Some(state),
+            started_at: Some(1),
+            ..Default::default()
+        },
+        ..t
+    }
+}
+
+fn text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+#[tokio::test]
+async fn up_records_the_stack_and_progress_answers_for_it() {
+    let mut api = api();
+    let req = UpRequest {
+        record: record("app", &["web"]),
+        remove_orphans: false,
+        force_recreate: false,
+        no_recreate: false,
+    };
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/stacks/app",
+            Some(serde_json::to_value(&req).expect("json")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    let _: UpResponse = serde_json::from_slice(&body).expect("an UpResponse");
+    assert!(api.store.read(|s| s.stacks.contains_key("app")));
+
+    // No orchestrator runs here: the one slot waits for its task.
+    let (status, body) = api.call("GET", "/v1/stacks/app/progress", None).await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    let p: Progress = serde_json::from_slice(&body).expect("a Progress");
+    assert!(p.deployed);
+    assert_eq!(p.containers.len(), 1, "{p:?}");
+    assert_eq!(p.containers[0].name, "app-web-1");
+    assert_eq!(p.containers[0].state, SlotState::Waiting);
+
+    let (status, body) = api.call("GET", "/v1/stacks/other/progress", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let p: Progress = serde_json::from_slice(&body).expect("a Progress");
+    assert!(!p.deployed);
+    assert!(api.node.calls().is_empty(), "{:?}", api.node.calls());
+}
+
+#[tokio::test]
+async fn names_that_are_no_names_are_refused_before_anything_changes() {
+    let mut api = api();
+    let req = UpRequest {
+        record: record("app", &["web"]),
+        remove_orphans: false,
+        force_recreate: false,
+        no_recreate: false,
+    };
+    let body = Some(serde_json::to_value(&req).expect("json"));
+    // A path that is not the record's stack.
+    let (status, msg) = api.call("PUT", "/v1/stacks/other", body.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", text(&msg));
+    // A stack name that is no name.
+    let (status, msg) = api.call("PUT", "/v1/stacks/a..b", body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", text(&msg));
+    assert!(text(&msg).contains("a..b"), "{}", text(&msg));
+    // A task id that is no name never reaches the node.
+    let (status, msg) = api.call("GET", "/v1/tasks/..%2Fetc/top", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", text(&msg));
+    assert!(api.store.read(|s| s.stacks.is_empty()));
+    assert!(api.node.calls().is_empty(), "{:?}", api.node.calls());
+}
+
+#[tokio::test]
+async fn kill_signals_the_live_containers_only_and_a_node_refusal_is_a_bad_request() {
+    let mut api = api();
+    api.deploy_with_tasks(TaskState::Running, TaskState::Complete);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/stacks/app/kill",
+            Some(serde_json::json!({ "signal": "HUP" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    assert_eq!(api.node.calls(), ["kill app-web-1.1 HUP"]);
+
+    *api.node.fail.lock().expect("the fake's lock") = Some("no such signal: HUP".into());
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/stacks/app/kill",
+            Some(serde_json::json!({ "signal": "HUP" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text(&body).contains("no such signal"), "{}", text(&body));
+
+    // A service the stack does not have: refused by the plain function, not the node.
+    let calls = api.node.calls().len();
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/stacks/app/kill",
+            Some(serde_json::json!({ "services": ["cache"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        text(&body).contains("no service \\\"cache\\\""),
+        "{}",
+        text(&body)
+    );
+    assert_eq!(api.node.calls().len(), calls);
+}
+
+#[tokio::test]
+async fn pause_freezes_the_running_containers() {
+    let mut api = api();
+    api.deploy_with_tasks(TaskState::Running, TaskState::Running);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/stacks/app/pause",
+            Some(serde_json::json!({ "services": ["db"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    assert_eq!(api.node.calls(), ["freeze app-db-1.1 true"]);
+}
+
+#[tokio::test]
+async fn inspect_answers_what_the_node_says_and_a_node_error_is_a_conflict() {
+    let mut api = api();
+    api.deploy_with_tasks(TaskState::Running, TaskState::Running);
+    let (status, body) = api.call("GET", "/v1/tasks/app-web-1.1/top", None).await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        value,
+        serde_json::json!({ "task": "app-web-1.1", "what": "top" })
+    );
+
+    // A view that does not exist, a task that does not exist: never asked of the node.
+    let (status, _) = api.call("GET", "/v1/tasks/app-web-1.1/secrets", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api.call("GET", "/v1/tasks/app-gone-1.1/top", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(api.node.calls(), ["inspect app-web-1.1 top"]);
+
+    *api.node.fail.lock().expect("the fake's lock") =
+        Some("container app-web-1.1 is not running".into());
+    let (status, body) = api.call("GET", "/v1/tasks/app-web-1.1/stats", None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(text(&body).contains("is not running"), "{}", text(&body));
+}
+
+#[tokio::test]
+async fn logs_stream_the_node_s_lines_one_json_per_line_and_its_error_as_a_last_line() {
+    let mut api = api();
+    api.deploy_with_tasks(TaskState::Running, TaskState::Running);
+    let (status, body) = api
+        .call("GET", "/v1/tasks/app-web-1.1/logs?tail=2", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let lines: Vec<LogLine> = text(&body)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one LogLine per line"))
+        .collect();
+    let got: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| (l.stream.as_str(), l.line.as_str()))
+        .collect();
+    assert_eq!(got, [("stdout", "hello"), ("stderr", "oops")]);
+    assert_eq!(api.node.calls(), ["logs app-web-1.1 tail=Some(2)"]);
+
+    *api.node.fail.lock().expect("the fake's lock") = Some("its log is unreadable".into());
+    let (status, body) = api.call("GET", "/v1/tasks/app-web-1.1/logs", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let last: LogLine =
+        serde_json::from_str(text(&body).lines().last().expect("a line")).expect("a LogLine");
+    assert_eq!(last.stream, "error");
+    assert_eq!(last.line, "its log is unreadable");
+}
+
+#[tokio::test]
+async fn down_of_a_stack_that_is_not_deployed_is_not_found_and_touches_nothing() {
+    let mut api = api();
+    let (status, body) = api
+        .call("DELETE", "/v1/stacks/app?volumes=true", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{}", text(&body));
+    assert!(text(&body).contains("berth ls"), "{}", text(&body));
+    assert!(api.node.calls().is_empty(), "{:?}", api.node.calls());
+}
+
+#[tokio::test]
+async fn down_of_a_stack_without_tasks_removes_its_networks_and_volumes_on_the_node() {
+    let mut api = api();
+    api.store
+        .update(|s| {
+            s.stacks.insert("app".into(), record("app", &["web"]));
+            Ok(())
+        })
+        .expect("write the store");
+    let (status, body) = api
+        .call("DELETE", "/v1/stacks/app?volumes=true", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    assert_eq!(
+        api.node.calls(),
+        ["remove_networks app", "remove_volumes app"]
+    );
+    assert!(api.store.read(|s| s.stacks.is_empty()));
+
+    // Without volumes=true the volumes stay.
+    api.store
+        .update(|s| {
+            s.stacks.insert("app".into(), record("app", &["web"]));
+            Ok(())
+        })
+        .expect("write the store");
+    let (status, _) = api.call("DELETE", "/v1/stacks/app", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        api.node.calls(),
+        [
+            "remove_networks app",
+            "remove_volumes app",
+            "remove_networks app"
+        ]
+    );
+}
