@@ -12,11 +12,11 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use rustls_pki_types::CertificateDer;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::identity::{Identity, IdentityError, Role, MANAGER_SERVER_NAME, NODE_URI_PREFIX};
+use crate::cert::{check_key_matches, CaCert, CaDigest};
+use crate::error::CaError;
+use crate::identity::{Identity, Role, MANAGER_SERVER_NAME, NODE_URI_PREFIX};
 use crate::node::NodeCredentials;
 
 /// How long a cluster CA is valid: 20 years, as Swarm's.
@@ -27,119 +27,6 @@ pub const NODE_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Certificates start this long before they are issued, so a peer whose clock is a
 /// little behind the CA's does not see a "not yet valid" certificate.
 pub const BACKDATE: Duration = Duration::from_secs(3600);
-
-/// Why a CA operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CaError {
-    #[error("generating a key or certificate failed: {0}")]
-    Generate(#[source] rcgen::Error),
-    #[error("{what} is not valid PEM: {detail}")]
-    BadPem { what: &'static str, detail: String },
-    #[error("{what} could not be parsed: {detail}")]
-    Parse { what: &'static str, detail: String },
-    #[error("the private key does not belong to {what} (their public keys differ)")]
-    KeyMismatch { what: &'static str },
-    #[error("the certificate is not a CA certificate (its basicConstraints do not say CA:TRUE)")]
-    NotCa,
-    #[error("the node certificate was not issued by this cluster's CA (its signature does not verify against the CA's key)")]
-    NotIssuedByCa,
-    #[error("the certificate signing request is not valid: {0} (expected a PEM CERTIFICATE REQUEST signed with its own key, like NodeKey::csr_pem makes)")]
-    Csr(#[source] rcgen::Error),
-    #[error("address {addr:?} cannot be put in a certificate: {detail} (give an IP address or a DNS name)")]
-    BadAddress { addr: String, detail: String },
-    #[error("the certificate's validity ended at or before it would start")]
-    EmptyValidity,
-    #[error(transparent)]
-    Identity(#[from] IdentityError),
-}
-
-/// SHA-256 of the CA certificate's DER bytes: what a join token pins.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CaDigest(pub [u8; 32]);
-
-impl CaDigest {
-    pub fn of(der: &[u8]) -> Self {
-        Self(Sha256::digest(der).into())
-    }
-}
-
-impl fmt::Display for CaDigest {
-    /// `sha256:<hex>`, the form shown to people (`berth cluster status`).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for CaDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CaDigest({self})")
-    }
-}
-
-/// The CA's certificate: public, given to every node.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CaCert {
-    der: CertificateDer<'static>,
-}
-
-impl fmt::Debug for CaCert {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CaCert({})", self.digest())
-    }
-}
-
-impl CaCert {
-    /// Checks that `der` is a CA certificate and wraps it.
-    pub fn from_der(der: Vec<u8>) -> Result<Self, CaError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| CaError::Parse {
-            what: "the CA certificate",
-            detail: e.to_string(),
-        })?;
-        if !cert.is_ca() {
-            return Err(CaError::NotCa);
-        }
-        Ok(Self {
-            der: CertificateDer::from(der),
-        })
-    }
-
-    pub fn from_pem(pem: &str) -> Result<Self, CaError> {
-        Self::from_der(crate::pem::parse_cert(pem, "the CA certificate")?.to_vec())
-    }
-
-    pub fn to_pem(&self) -> String {
-        crate::pem::cert(&self.der)
-    }
-
-    pub fn der(&self) -> &CertificateDer<'static> {
-        &self.der
-    }
-
-    pub fn digest(&self) -> CaDigest {
-        CaDigest::of(&self.der)
-    }
-
-    /// The end of the CA's validity; issued certificates never outlive it.
-    pub fn not_after(&self) -> SystemTime {
-        validity(&self.der).map_or(SystemTime::UNIX_EPOCH, |(_, end)| end)
-    }
-
-    /// Checks that `cert_der` was signed by this CA's key.
-    pub(crate) fn verify_issued(&self, cert_der: &[u8]) -> Result<(), CaError> {
-        let parse = |what, der| {
-            x509_parser::parse_x509_certificate(der)
-                .map(|(_, c)| c)
-                .map_err(|e| CaError::Parse {
-                    what,
-                    detail: e.to_string(),
-                })
-        };
-        let ca = parse("the CA certificate", &self.der)?;
-        let cert = parse("the node certificate", cert_der)?;
-        cert.verify_signature(Some(ca.public_key()))
-            .map_err(|_| CaError::NotIssuedByCa)
-    }
-}
 
 /// What to put in a node (or admin) certificate.
 #[derive(Debug, Clone)]
@@ -220,7 +107,7 @@ impl Ca {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
         let cert = CaCert::from_pem(cert_pem)?;
         let key = crate::pem::parse_key(key_pem, "the CA key")?;
-        check_key_matches(&cert.der, &key, "the CA certificate")?;
+        check_key_matches(cert.der(), &key, "the CA certificate")?;
         Ok(Self { cert, key })
     }
 
@@ -275,7 +162,7 @@ impl Ca {
     }
 
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, CaError> {
-        Issuer::from_ca_cert_der(&self.cert.der, &self.key).map_err(CaError::Generate)
+        Issuer::from_ca_cert_der(self.cert.der(), &self.key).map_err(CaError::Generate)
     }
 
     /// The certificate parameters of a node: pure over the request, the time and the
@@ -369,40 +256,10 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-/// The certificate's (not_before, not_after).
-pub(crate) fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let v = cert.validity();
-    let to_system = |t: &x509_parser::time::ASN1Time| {
-        let secs = t.timestamp();
-        if secs >= 0 {
-            SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()))
-        } else {
-            SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
-        }
-    };
-    Some((to_system(&v.not_before)?, to_system(&v.not_after)?))
-}
-
-/// Fails unless `key`'s public key is the one in `cert_der`.
-pub(crate) fn check_key_matches(
-    cert_der: &[u8],
-    key: &KeyPair,
-    what: &'static str,
-) -> Result<(), CaError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| CaError::Parse {
-        what,
-        detail: e.to_string(),
-    })?;
-    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(CaError::KeyMismatch { what });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cert::validity;
 
     #[test]
     fn validity_is_backdated_and_capped_by_the_ca() {

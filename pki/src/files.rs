@@ -11,7 +11,9 @@ use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::ca::{Ca, CaCert, CaError};
+use crate::ca::Ca;
+use crate::cert::CaCert;
+use crate::error::CaError;
 use crate::node::NodeCredentials;
 
 pub const CA_CERT_FILE: &str = "ca.crt";

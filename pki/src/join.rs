@@ -18,7 +18,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::ca::{Ca, CaCert, CaDigest, CaError, CertRequest};
+use crate::ca::{Ca, CertRequest};
+use crate::cert::{CaCert, CaDigest};
+use crate::error::CaError;
 use crate::identity::{Identity, NodeId};
 use crate::node::{NodeCredentials, NodeKey};
 use crate::tls::{refuse, TlsError};

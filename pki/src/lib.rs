@@ -20,6 +20,8 @@
 
 mod base36;
 pub mod ca;
+pub mod cert;
+pub mod error;
 pub mod files;
 pub mod identity;
 pub mod join;
@@ -30,7 +32,9 @@ pub mod token;
 
 use std::sync::Arc;
 
-pub use ca::{Ca, CaCert, CaDigest, CaError, CertRequest};
+pub use ca::{Ca, CertRequest};
+pub use cert::{CaCert, CaDigest};
+pub use error::CaError;
 pub use files::FileError;
 pub use identity::{
     access, authorize, peer_identity, AuthError, Identity, IdentityError, NodeId, NodeRole, Role,

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::ca::{check_key_matches, validity, CaCert, CaError};
+use crate::cert::{check_key_matches, validity, CaCert};
+use crate::error::CaError;
 use crate::identity::Identity;
 
 /// A fresh private key on a joining (or renewing) node, and the certificate signing

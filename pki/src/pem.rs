@@ -5,7 +5,7 @@ use rcgen::KeyPair;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
 
-use crate::ca::CaError;
+use crate::error::CaError;
 
 /// `der` as a PEM block with `label` (`CERTIFICATE`, `PRIVATE KEY`, ...).
 pub(crate) fn encode(label: &str, der: &[u8]) -> String {

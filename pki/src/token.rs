@@ -12,7 +12,7 @@ use std::str::FromStr;
 use subtle::ConstantTimeEq;
 
 use crate::base36::{self, Base36Error};
-use crate::ca::CaDigest;
+use crate::cert::CaDigest;
 use crate::identity::NodeRole;
 
 pub const TOKEN_PREFIX: &str = "BERTHTKN";

@@ -17,6 +17,7 @@ mod load;
 mod merge;
 pub mod model;
 pub mod names;
+mod origin;
 mod profiles;
 pub mod short_syntax;
 pub mod task;

@@ -9,8 +9,8 @@
 use std::collections::BTreeSet;
 
 use crate::diag::Diagnostics;
-use crate::load::Origin;
 use crate::model::Stack;
+use crate::origin::Origin;
 
 pub(crate) fn apply(
     stack: &mut Stack,

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::decode::project::cidr_contains;
 use crate::diag::Diagnostics;
-use crate::load::Origin;
 use crate::model::{DeployMode, MountType, PortMode, Stack};
+use crate::origin::Origin;
 
 pub(crate) fn validate(stack: &Stack, origin: &Origin, main_file: &str, diags: &mut Diagnostics) {
     let file_of = |svc: &str, attr: &str| origin.file(svc, attr).unwrap_or(main_file);

@@ -26,7 +26,8 @@
 //!
 //! Each concept has its file: `spec.rs` (the default config.json), `seccomp.rs`
 //! (profile table and BPF compilation), `caps.rs`, `rlimits.rs`, `namespaces.rs`,
-//! `mounts.rs`, `cgroups/` (v1 and v2, chosen at run time).
+//! `mounts.rs`, `cgroups/` (v1 and v2, chosen at run time), `tty.rs` (a container's
+//! terminal: its master passed back, window sizes, the relay).
 
 pub mod bundle;
 pub mod caps;
@@ -43,20 +44,19 @@ pub mod seccomp;
 pub mod spec;
 #[cfg(target_arch = "x86_64")]
 mod syscalls_x86_64;
+pub(crate) mod tty;
 
 use std::path::PathBuf;
 
 pub use bundle::Bundle;
-pub use exec::{
-    exec, relay, relay_stdio, set_window_size, window_size, ExecOptions, ExecProcess, ExecTarget,
-    WindowSize,
-};
+pub use exec::{exec, ExecOptions, ExecProcess, ExecTarget};
 pub use oom::{protect_from_oom, DAEMON_OOM_SCORE_ADJ, SHIM_OOM_SCORE_ADJ};
 pub use process::{
     cgroup_of, check_id, remove_cgroup, run, spawn, start_gated, sysctl_namespace, Container,
     ExitReport, RunOptions, SignalForwarding, Stdio, SysctlNamespace, INIT_ANNOTATION,
 };
 pub use spec::default_spec;
+pub use tty::{relay, relay_stdio, set_window_size, window_size, WindowSize};
 
 /// Everything that can stop a container from starting or being cleaned up.
 #[derive(Debug, thiserror::Error)]

@@ -94,7 +94,7 @@ pub fn run(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<ExitReport, R
     // A container with a terminal is relayed to this process's stdio, as `runc run`
     // does, until every process on the terminal has closed it.
     if let Some(master) = container.take_console() {
-        super::exec::relay_stdio(&master)?;
+        super::tty::relay_stdio(&master)?;
     }
     let report = container.wait();
     drop(forwarding);
@@ -199,7 +199,7 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     // mounts are made, and sends the master back over this socket (as runc's console
     // socket).
     let console = if process.terminal().unwrap_or(false) {
-        let (parent, child) = super::exec::console_socket_pair()?;
+        let (parent, child) = super::tty::console_socket_pair()?;
         plan.tty_socket = Some(child.as_raw_fd());
         if let Some(b) = process.console_size() {
             plan.tty_size = (
@@ -309,20 +309,20 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     // The init sent the master before it exec'd, so it is waiting in the socket.
     let console = match console {
         Some(socket) => {
-            let master = super::exec::receive_fd(&socket).ok_or_else(|| {
+            let master = super::tty::receive_fd(&socket).ok_or_else(|| {
                 RuntimeError::io(
                     format!("container {id}: receive its terminal"),
                     std::io::Error::other("the init exec'd without sending its terminal"),
                 )
             })?;
             let size = process.console_size().as_ref().map_or(
-                super::exec::WindowSize { rows: 24, cols: 80 },
-                |b| super::exec::WindowSize {
+                super::tty::WindowSize { rows: 24, cols: 80 },
+                |b| super::tty::WindowSize {
                     rows: b.height().try_into().unwrap_or(u16::MAX),
                     cols: b.width().try_into().unwrap_or(u16::MAX),
                 },
             );
-            super::exec::set_window_size(master.as_raw_fd(), size);
+            super::tty::set_window_size(master.as_raw_fd(), size);
             Some(master)
         }
         None => None,

@@ -21,7 +21,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use super::ShimError;
-use crate::runtime::exec::{window_size, RawMode, Winch, WindowSize, WINCHED};
+use crate::runtime::tty::{window_size, RawMode, Winch, WindowSize, WINCHED};
 
 pub const STDIN: u8 = 0;
 pub const RESIZE: u8 = 1;

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use serde_norway::Value;
 
 use super::files::{absolute, display_name, project_env, SourceFile};
-use super::{LoadCtx, Origin, Tree};
+use super::{LoadCtx, Tree};
 use crate::diag::{index, Diagnostics};
+use crate::origin::Origin;
 
 /// Deeper include chains than this are almost certainly a cycle through symlinks.
 const MAX_DEPTH: usize = 16;

@@ -39,7 +39,10 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
-use super::node::{lock, Input, NodeConfig, NodeError, Progress, Shared};
+use super::config::NodeConfig;
+use super::error::NodeError;
+use super::inbox::Input;
+use super::shared::{lock, Progress, Shared};
 use super::state_machine::StateMachine;
 use super::storage::DiskStorage;
 use super::transport::Transport;

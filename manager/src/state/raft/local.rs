@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::node::{bootstrap, NodeConfig, NodeError, RaftNode};
+use super::config::NodeConfig;
+use super::error::NodeError;
+use super::node::{bootstrap, RaftNode};
 use super::state_machine::StateMachine;
 use super::tcp::{RaftListener, TcpListenerHandle, TcpTransport};
 use super::transport::{MemNetwork, Transport};

@@ -1,6 +1,8 @@
 //! [`RaftNode`]: the handle callers use to talk to one Raft node (async methods, replies
-//! over oneshot channels), its settings and its published [`Status`]. The node itself
-//! runs on its own thread, in `driver.rs`.
+//! over oneshot channels). The node itself runs on its own thread, in `driver.rs`; what
+//! both sides use is below them: its settings (`config.rs`), its errors (`error.rs`),
+//! its inputs and [`Inbox`] (`inbox.rs`), and the state machine and published
+//! [`Status`] they share (`shared.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,175 +10,27 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Message};
-use raft::{RawNode, ReadOnlyOption, StateRole};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState};
+use raft::{RawNode, ReadOnlyOption};
 use tokio::sync::oneshot;
 
+use super::config::NodeConfig;
 use super::driver::Driver;
+use super::error::NodeError;
+use super::inbox::{Inbox, Input};
 use super::log::{LogError, LogOptions, LogStore};
-use super::state_machine::{RestoreError, StateMachine};
+use super::shared::{lock, Shared, Status};
+use super::state_machine::StateMachine;
 use super::storage::DiskStorage;
 use super::transport::Transport;
-
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error("raft node {id} knows no leader right now (an election is under way, or it is cut off from a majority); retry shortly")]
-    NoLeader { id: u64 },
-    #[error("raft node {id}: {what} did not complete within {after:?}; it may still commit, so read before retrying a write that is not idempotent")]
-    Timeout {
-        id: u64,
-        what: &'static str,
-        after: Duration,
-    },
-    #[error("raft node {id} has stopped: {reason}")]
-    Stopped { id: u64, reason: String },
-    #[error("an empty command cannot be proposed: raft uses empty entries for itself")]
-    EmptyCommand,
-    #[error("raft node {id} refused the configuration change: {reason}")]
-    ConfChange { id: u64, reason: String },
-    #[error("raft node {id}: {source}")]
-    Raft {
-        id: u64,
-        #[source]
-        source: raft::Error,
-    },
-    #[error(transparent)]
-    Log(#[from] LogError),
-    #[error("raft node {id}: {source}")]
-    Restore {
-        id: u64,
-        #[source]
-        source: RestoreError,
-    },
-    #[error("raft node {id}: cannot start its thread: {source}")]
-    Thread {
-        id: u64,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Tunables of a node. The defaults suit managers on a LAN; tests use short ticks.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub id: u64,
-    /// One Raft tick.
-    pub tick: Duration,
-    /// Ticks without a leader's heartbeat before a follower campaigns (randomized by
-    /// raft-rs between this and twice this).
-    pub election_ticks: usize,
-    pub heartbeat_ticks: usize,
-    /// Applied entries past the last snapshot that make the node take a new snapshot
-    /// and compact its log.
-    pub snapshot_entries: u64,
-    pub segment_bytes: u64,
-    /// How long a proposal or ReadIndex waits before its caller gets a Timeout.
-    pub request_timeout: Duration,
-}
-
-impl NodeConfig {
-    pub fn new(id: u64) -> NodeConfig {
-        NodeConfig {
-            id,
-            tick: Duration::from_millis(100),
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            snapshot_entries: 10_000,
-            segment_bytes: LogOptions::default().segment_bytes,
-            request_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// A node's view of the group, published after every turn of its loop.
-#[derive(Debug, Clone, Default)]
-pub struct Status {
-    pub id: u64,
-    pub term: u64,
-    /// The leader this node knows of (0: none).
-    pub leader: u64,
-    /// What the node is, as of its last Ready (raft-rs's own role type).
-    pub role: StateRole,
-    pub commit: u64,
-    pub applied: u64,
-    pub first_index: u64,
-    pub last_index: u64,
-    pub snapshot_index: u64,
-    /// The configuration as of the applied index.
-    pub voters: Vec<u64>,
-    pub learners: Vec<u64>,
-    /// Every term in which this node became leader (since it started).
-    pub led_terms: Vec<u64>,
-    /// Snapshots installed from a leader (since it started).
-    pub snapshots_installed: u64,
-    /// fsyncs of new log records (since it started): fewer than proposals when
-    /// proposals batch.
-    pub log_syncs: u64,
-    /// Set when the node stopped on an error.
-    pub stopped: Option<String>,
-    /// On the leader: each member's (id, highest index known to match the leader's
-    /// log, heard from within the last election timeout). Empty elsewhere.
-    pub progress: Vec<Progress>,
-}
-
-/// How far one member's log matches the leader's, as the leader sees it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub id: u64,
-    pub matched: u64,
-    pub recent_active: bool,
-}
 
 /// Makes the directory of one of a new cluster's first members: its log starts with
 /// `voters` as the configuration and `initial`'s state. Nodes added later start from
 /// an empty directory and get a snapshot from the leader.
 pub fn bootstrap<S: StateMachine>(dir: &Path, voters: &[u64], initial: &S) -> Result<(), LogError> {
     LogStore::bootstrap(dir, voters, initial.snapshot())
-}
-
-/// What the driver thread is asked to do.
-#[derive(Debug)]
-pub(super) enum Input {
-    Message(Box<Message>),
-    Propose {
-        command: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, NodeError>>,
-    },
-    ConfChange {
-        cc: ConfChangeV2,
-        reply: oneshot::Sender<Result<ConfState, NodeError>>,
-    },
-    ReadIndex {
-        reply: oneshot::Sender<Result<u64, NodeError>>,
-    },
-    Stop,
-}
-
-/// Where a transport delivers a node's incoming messages.
-#[derive(Debug, Clone)]
-pub struct Inbox {
-    tx: mpsc::Sender<Input>,
-}
-
-impl Inbox {
-    /// Hands `msg` to the node; false if the node has stopped.
-    pub fn deliver(&self, msg: Message) -> bool {
-        self.tx.send(Input::Message(Box::new(msg))).is_ok()
-    }
-}
-
-pub(super) struct Shared<S> {
-    pub(super) sm: Mutex<S>,
-    pub(super) status: Mutex<Status>,
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The driver never leaves the state machine or the status half-updated across a
-    // panic point it could resume from, so a poisoned lock's contents are usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A running Raft node. Dropping it is [`RaftNode::kill`].
@@ -300,9 +154,7 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Where the transport delivers this node's messages.
     pub fn inbox(&self) -> Inbox {
-        Inbox {
-            tx: self.tx.clone(),
-        }
+        Inbox::new(self.tx.clone())
     }
 
     fn stopped(&self) -> NodeError {

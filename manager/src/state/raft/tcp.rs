@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
-use super::node::Inbox;
+use super::inbox::Inbox;
 use super::transport::Transport;
 
 /// The largest frame accepted: a snapshot travels in one message.

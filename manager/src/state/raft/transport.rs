@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::Message;
 
-use super::node::Inbox;
+use super::inbox::Inbox;
 
 /// Sends Raft messages to peers. Delivery is best effort: Raft retries what is lost,
 /// so a send never blocks on the peer and never fails loudly.
