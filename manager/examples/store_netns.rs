@@ -291,6 +291,9 @@ fn record(key: &str) -> NodeRecord {
         raft_id: 0,
         joined_at: 0,
         labels: BTreeMap::new(),
+        availability: Default::default(),
+        platform: Default::default(),
+        capacity: Default::default(),
     }
 }
 

@@ -15,6 +15,9 @@
 //! - [`orchestrator`]: the pure function from stacks and tasks to the changes that
 //!   make them match (DESIGN invariant 2), and [`orchestrator::run`], the loop that
 //!   applies it;
+//! - [`scheduler`]: the pure function from unassigned tasks and nodes to a placement
+//!   plan (filters that explain their rejections, then ranking); not wired into the
+//!   daemon yet;
 //! - [`cluster`]: the cluster's membership: the pure plan of Raft configuration
 //!   changes, the node changes (init, join, promote, demote, rm, labels)
 //!   as pure functions over the state, the files a member keeps, and the membership
@@ -36,5 +39,6 @@ pub mod deploy;
 pub mod orchestrator;
 pub mod port;
 pub mod progress;
+pub mod scheduler;
 pub mod stacks;
 pub mod state;

@@ -25,6 +25,9 @@ fn node(id: &str, hostname: &str, role: NodeRole, raft_id: u64) -> NodeRecord {
         raft_id,
         joined_at: 0,
         labels: BTreeMap::new(),
+        availability: Default::default(),
+        platform: Default::default(),
+        capacity: Default::default(),
     }
 }
 

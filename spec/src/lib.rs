@@ -9,6 +9,7 @@
 //! Start reading at [`load()`]; the pipeline is described in the `load` module.
 
 pub mod canonical;
+pub mod constraint;
 pub(crate) mod decode;
 pub mod diag;
 pub mod dotenv;

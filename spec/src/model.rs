@@ -601,62 +601,7 @@ pub struct Preference {
     pub spread: String,
 }
 
-/// A placement constraint such as `node.labels.zone == east`, parsed so the scheduler
-/// does not parse strings; written back in the same form.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Constraint {
-    pub key: String,
-    pub equal: bool,
-    pub value: String,
-}
-
-impl fmt::Display for Constraint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let op = if self.equal { "==" } else { "!=" };
-        write!(f, "{} {op} {}", self.key, self.value)
-    }
-}
-
-impl std::str::FromStr for Constraint {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (key, equal, value) = if let Some((k, v)) = s.split_once("==") {
-            (k, true, v)
-        } else if let Some((k, v)) = s.split_once("!=") {
-            (k, false, v)
-        } else {
-            return Err(format!(
-                "invalid placement constraint {s:?}: expected KEY==VALUE or KEY!=VALUE, \
-                 like node.role==manager"
-            ));
-        };
-        let (key, value) = (key.trim(), value.trim());
-        if key.is_empty() || value.is_empty() {
-            return Err(format!(
-                "invalid placement constraint {s:?}: both sides of the operator must be set"
-            ));
-        }
-        Ok(Constraint {
-            key: key.to_string(),
-            equal,
-            value: value.to_string(),
-        })
-    }
-}
-
-impl Serialize for Constraint {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Constraint {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::constraint::{Constraint, ConstraintKey};
 
 /// A secret or config mounted into a service's containers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -321,6 +321,9 @@ pub fn init(
         raft_id: FIRST_RAFT_ID,
         joined_at: now_ms(),
         labels: BTreeMap::new(),
+        availability: Default::default(),
+        platform: Default::default(),
+        capacity: Default::default(),
     };
     store.update(|s| {
         record_init(s, record.clone(), node.clone());
@@ -420,6 +423,9 @@ pub fn admit_node(
             raft_id,
             joined_at: now_ms,
             labels: BTreeMap::new(),
+            availability: Default::default(),
+            platform: Default::default(),
+            capacity: Default::default(),
         },
     );
     Ok(raft_id)
@@ -1132,6 +1138,9 @@ mod tests {
                         raft_id: 1,
                         joined_at: 0,
                         labels: BTreeMap::new(),
+                        availability: Default::default(),
+                        platform: Default::default(),
+                        capacity: Default::default(),
                     },
                 );
                 s.tasks.get_mut("s-web-1.1").unwrap().node = Some("n".into());

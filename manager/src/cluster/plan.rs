@@ -103,6 +103,9 @@ mod tests {
             raft_id,
             joined_at: 0,
             labels: BTreeMap::new(),
+            availability: Default::default(),
+            platform: Default::default(),
+            capacity: Default::default(),
         }
     }
 

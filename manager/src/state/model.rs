@@ -74,6 +74,77 @@ pub struct NodeRecord {
     pub joined_at: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Whether the scheduler may place tasks here (`berth node update --availability`).
+    /// Like the two below, left out of the JSON while it has its default, so a state
+    /// written before these fields existed keeps its hash.
+    #[serde(default, skip_serializing_if = "Availability::is_active")]
+    pub availability: Availability,
+    /// Its os and architecture as the node reported them (empty: not reported).
+    #[serde(default, skip_serializing_if = "Platform::is_unknown")]
+    pub platform: Platform,
+    /// What it offers to tasks' reservations (zero: not reported).
+    #[serde(default, skip_serializing_if = "Capacity::is_zero")]
+    pub capacity: Capacity,
+}
+
+/// A node's availability for new tasks, as Swarm's: `pause` places nothing new there,
+/// `drain` also moves its tasks away.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    #[default]
+    Active,
+    Pause,
+    Drain,
+}
+
+impl Availability {
+    pub fn is_active(&self) -> bool {
+        *self == Availability::Active
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
+}
+
+/// An operating system and architecture in Go's (and OCI's) names: `linux`, `amd64`,
+/// `arm64`. An empty field is unknown, and unknown matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Platform {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub arch: String,
+}
+
+impl Platform {
+    pub fn is_unknown(&self) -> bool {
+        self.os.is_empty() && self.arch.is_empty()
+    }
+}
+
+/// What a node offers to reservations. CPUs are in millicores (1000 = one CPU; Compose's
+/// `cpus: 0.25` is 250), memory in bytes: integers, so the record stays `Eq` and sums are
+/// exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Capacity {
+    #[serde(default)]
+    pub millicpus: u64,
+    #[serde(default)]
+    pub memory: u64,
+}
+
+impl Capacity {
+    pub fn is_zero(&self) -> bool {
+        self.millicpus == 0 && self.memory == 0
+    }
 }
 
 /// One change to the state, as a transaction is replicated: the Raft log carries these,
@@ -147,6 +218,19 @@ pub fn apply_ops(state: &mut State, ops: &[Op]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_record_of_an_older_berth_loads_and_keeps_its_form() {
+        let old =
+            r#"{"id":"n1","role":"worker","addr":"10.0.0.2:4243","hostname":"h","joined_at":0}"#;
+        let node: NodeRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(node.availability, Availability::Active);
+        assert!(node.platform.is_unknown() && node.capacity.is_zero());
+        assert_eq!(
+            serde_json::to_string(&node).unwrap(),
+            old.replace(r#""joined_at""#, r#""raft_id":0,"joined_at""#)
+        );
+    }
 
     #[test]
     fn diffs_replay_to_the_new_state() {

@@ -1275,17 +1275,33 @@ fn placement(cx: &mut Cx, n: Node) -> Option<Placement> {
     let p = Placement {
         constraints: m
             .get(cx, "constraints", |cx, n| {
-                Some(cx.each(n, |cx, n| cx.parsed(n, str::parse)))
+                Some(cx.each(n, |cx, n| {
+                    let c: Constraint = cx.parsed(n, str::parse)?;
+                    if let ConstraintKey::EngineLabel(_) = c.key {
+                        cx.warn(
+                            n.path,
+                            "berth nodes have no engine labels: this constraint sees the label \
+                             as absent; use node.labels.KEY",
+                        );
+                    }
+                    Some(c)
+                }))
             })
             .unwrap_or_default(),
         preferences: m
             .get(cx, "preferences", |cx, n| {
                 Some(cx.each(n, |cx, n| {
                     let mut pm = cx.map(n)?;
-                    let spread = pm.get(cx, "spread", |cx, n| cx.string(n));
+                    let given = pm.has("spread");
+                    let spread = pm.get(cx, "spread", |cx, n| {
+                        cx.parsed(n, |s| {
+                            crate::constraint::check_spread(s).map(|()| s.to_string())
+                        })
+                    });
                     pm.finish(cx);
                     match spread {
                         Some(spread) => Some(Preference { spread }),
+                        None if given => None,
                         None => {
                             cx.error(n.path, "a placement preference needs spread: <label>");
                             None
