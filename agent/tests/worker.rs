@@ -309,29 +309,10 @@ fn service(image: &str) -> Service {
 }
 
 fn stack(services: &[(&str, Service)]) -> StackRecord {
-    StackRecord {
-        stack: Stack {
-            name: "app".into(),
-            services: services
-                .iter()
-                .map(|(k, s)| (k.to_string(), s.clone()))
-                .collect(),
-            networks: BTreeMap::new(),
-            volumes: BTreeMap::new(),
-            secrets: BTreeMap::new(),
-            configs: BTreeMap::new(),
-            extensions: BTreeMap::new(),
-        },
-        files: vec![],
-        project_dir: String::new(),
-        orphans: BTreeMap::new(),
-        oneoffs: BTreeMap::new(),
-        scale: BTreeMap::new(),
-        contents: BTreeMap::new(),
-        restarted: BTreeMap::new(),
-        secret_env: BTreeMap::new(),
-        stopped: vec![],
-    }
+    StackRecord::new(Stack::of_services(
+        "app",
+        services.iter().map(|(k, s)| (k.to_string(), s.clone())),
+    ))
 }
 
 fn task(service: &str, desired: DesiredState, state: Option<TaskState>) -> Task {

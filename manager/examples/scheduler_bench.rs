@@ -234,26 +234,7 @@ fn build(shape: &Shape) -> Built {
             );
         }
     }
-    let record = StackRecord {
-        stack: Stack {
-            name: "bench".into(),
-            services,
-            networks: BTreeMap::new(),
-            volumes: BTreeMap::new(),
-            secrets: BTreeMap::new(),
-            configs: BTreeMap::new(),
-            extensions: BTreeMap::new(),
-        },
-        files: vec![],
-        project_dir: String::new(),
-        orphans: BTreeMap::new(),
-        oneoffs: BTreeMap::new(),
-        scale: BTreeMap::new(),
-        secret_env: BTreeMap::new(),
-        contents: BTreeMap::new(),
-        restarted: BTreeMap::new(),
-        stopped: vec![],
-    };
+    let record = StackRecord::new(Stack::of_services("bench", services));
     let stacks = BTreeMap::from([("bench".to_string(), record)]);
     (stacks, tasks, nodes, ready)
 }

@@ -27,12 +27,7 @@ pub fn record_for(project: &spec::Project, stack: spec::Stack) -> StackRecord {
             .map(|f| f.display().to_string())
             .collect(),
         project_dir: project.project_dir.display().to_string(),
-        stack,
-        orphans: BTreeMap::new(),
-        oneoffs: BTreeMap::new(),
-        scale: BTreeMap::new(),
-        restarted: BTreeMap::new(),
-        stopped: Vec::new(),
+        ..StackRecord::new(stack)
     }
 }
 

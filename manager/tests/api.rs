@@ -4,7 +4,6 @@
 //! single-voter store in a temporary directory; the node is a fake of the
 //! `NodeAgent` seam that records what it was asked.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -143,27 +142,18 @@ impl Api {
 }
 
 fn record(name: &str, services: &[&str]) -> StackRecord {
-    let stack = Stack {
-        name: name.into(),
-        services: services
-            .iter()
-            .map(|s| {
-                (
-                    s.to_string(),
-                    Service {
-                        image: Some("busybox".into()),
-                        ..Service::default()
-                    },
-                )
-            })
-            .collect(),
-        networks: BTreeMap::new(),
-        volumes: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-        configs: BTreeMap::new(),
-        extensions: BTreeMap::new(),
-    };
-    serde_json::from_value(serde_json::json!({ "stack": stack })).expect("a record")
+    StackRecord::new(Stack::of_services(
+        name,
+        services.iter().map(|s| {
+            (
+                s.to_string(),
+                Service {
+                    image: Some("busybox".into()),
+                    ..Service::default()
+                },
+            )
+        }),
+    ))
 }
 
 fn task(service: &str, state: TaskState) -> Task {

@@ -3,7 +3,6 @@
 //! (`settle`), so a case also checks that progress and the orchestrator agree on which
 //! task is a slot's current one. Then the long poll over a real store.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,29 +46,10 @@ fn depends(image: &str, on: &str, condition: Condition) -> Service {
 }
 
 fn stack(name: &str, services: &[(&str, Service)]) -> StackRecord {
-    StackRecord {
-        stack: Stack {
-            name: name.into(),
-            services: services
-                .iter()
-                .map(|(k, s)| (k.to_string(), s.clone()))
-                .collect(),
-            networks: BTreeMap::new(),
-            volumes: BTreeMap::new(),
-            secrets: BTreeMap::new(),
-            configs: BTreeMap::new(),
-            extensions: BTreeMap::new(),
-        },
-        files: vec![],
-        project_dir: String::new(),
-        orphans: BTreeMap::new(),
-        oneoffs: BTreeMap::new(),
-        scale: BTreeMap::new(),
-        contents: BTreeMap::new(),
-        restarted: BTreeMap::new(),
-        secret_env: BTreeMap::new(),
-        stopped: vec![],
-    }
+    StackRecord::new(Stack::of_services(
+        name,
+        services.iter().map(|(k, s)| (k.to_string(), s.clone())),
+    ))
 }
 
 /// The store's state after the orchestrator has created what it can.

@@ -89,26 +89,7 @@ impl World {
         let record = self
             .stacks
             .entry(stack.into())
-            .or_insert_with(|| StackRecord {
-                stack: Stack {
-                    name: stack.into(),
-                    services: BTreeMap::new(),
-                    networks: BTreeMap::new(),
-                    volumes: BTreeMap::new(),
-                    secrets: BTreeMap::new(),
-                    configs: BTreeMap::new(),
-                    extensions: BTreeMap::new(),
-                },
-                files: vec![],
-                project_dir: String::new(),
-                orphans: BTreeMap::new(),
-                oneoffs: BTreeMap::new(),
-                scale: BTreeMap::new(),
-                secret_env: BTreeMap::new(),
-                contents: BTreeMap::new(),
-                restarted: BTreeMap::new(),
-                stopped: vec![],
-            });
+            .or_insert_with(|| StackRecord::new(Stack::of_services(stack, BTreeMap::new())));
         record.stack.services.insert(name.into(), service);
         for slot in 1..=replicas {
             self = self.task(stack, name, slot, None, TaskState::New);

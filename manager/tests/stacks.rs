@@ -1,8 +1,6 @@
 //! The stack verbs as tables of cases (`manager::stacks`): a state and a typed command
 //! in, the changed state (or a refusal) out; and `down` over a real single-host store.
 
-use std::collections::BTreeMap;
-
 use manager::stacks::{self, Down, UpRequest};
 use manager::state::model::State;
 use manager::state::store::{Store, StoreError};
@@ -10,37 +8,18 @@ use spec::model::{Service, Stack};
 use spec::task::{DesiredState, StackRecord, Task, TaskState, TaskStatus};
 
 fn record(name: &str, services: &[&str]) -> StackRecord {
-    StackRecord {
-        stack: Stack {
-            name: name.into(),
-            services: services
-                .iter()
-                .map(|s| {
-                    (
-                        s.to_string(),
-                        Service {
-                            image: Some("busybox".into()),
-                            ..Service::default()
-                        },
-                    )
-                })
-                .collect(),
-            networks: BTreeMap::new(),
-            volumes: BTreeMap::new(),
-            secrets: BTreeMap::new(),
-            configs: BTreeMap::new(),
-            extensions: BTreeMap::new(),
-        },
-        files: vec![],
-        project_dir: String::new(),
-        orphans: BTreeMap::new(),
-        oneoffs: BTreeMap::new(),
-        scale: BTreeMap::new(),
-        contents: BTreeMap::new(),
-        restarted: BTreeMap::new(),
-        secret_env: BTreeMap::new(),
-        stopped: vec![],
-    }
+    StackRecord::new(Stack::of_services(
+        name,
+        services.iter().map(|s| {
+            (
+                s.to_string(),
+                Service {
+                    image: Some("busybox".into()),
+                    ..Service::default()
+                },
+            )
+        }),
+    ))
 }
 
 fn task(service: &str, desired: DesiredState, state: TaskState) -> Task {

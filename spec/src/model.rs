@@ -36,6 +36,22 @@ pub struct Stack {
     pub extensions: BTreeMap<String, Raw>,
 }
 
+impl Stack {
+    /// A stack named `name` of `services`, with no networks, volumes, secrets, configs
+    /// or extensions of its own (what a program, not a file, makes: tests, benchmarks).
+    pub fn of_services(name: &str, services: impl IntoIterator<Item = (String, Service)>) -> Stack {
+        Stack {
+            name: name.to_string(),
+            services: services.into_iter().collect(),
+            networks: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            configs: BTreeMap::new(),
+            extensions: BTreeMap::new(),
+        }
+    }
+}
+
 /// One service: the template every task (container) of it is made from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

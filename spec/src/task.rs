@@ -58,6 +58,25 @@ pub struct StackRecord {
     pub stopped: Vec<String>,
 }
 
+impl StackRecord {
+    /// The record of a first deployment of `stack`: nothing recorded beside it yet (no
+    /// files, scale, orphans, one-offs, restarts, or stopped services).
+    pub fn new(stack: Stack) -> StackRecord {
+        StackRecord {
+            stack,
+            files: Vec::new(),
+            project_dir: String::new(),
+            orphans: BTreeMap::new(),
+            oneoffs: BTreeMap::new(),
+            scale: BTreeMap::new(),
+            secret_env: BTreeMap::new(),
+            contents: BTreeMap::new(),
+            restarted: BTreeMap::new(),
+            stopped: Vec::new(),
+        }
+    }
+}
+
 /// What the manager wants of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
