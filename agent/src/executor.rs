@@ -199,12 +199,13 @@ impl Executor {
         stack: &Stack,
         service: &Service,
         env: &BTreeMap<String, String>,
+        data: &BTreeMap<String, String>,
     ) -> TaskStatus {
         let mut status = TaskStatus {
             started_at: Some(now_ms()),
             ..task.status.clone()
         };
-        match self.try_start(task, stack, service, env) {
+        match self.try_start(task, stack, service, env, data) {
             Ok(s) => {
                 status.state = Some(TaskState::Running);
                 status.pid = s.pid;
@@ -241,6 +242,7 @@ impl Executor {
         stack: &Stack,
         service: &Service,
         env: &BTreeMap<String, String>,
+        data: &BTreeMap<String, String>,
     ) -> Result<shim::ContainerState, ExecutorError> {
         // The id names directories that are removed and written below (the bundle,
         // the image pin) before the shim checks it: a plain name or nothing.
@@ -279,6 +281,7 @@ impl Executor {
             secrets: stack.secrets.clone(),
             configs: stack.configs.clone(),
             environment: env.clone(),
+            data: data.clone(),
             // As `connect` decides: a network means hosts and resolv.conf bind mounts.
             network_files: self.net.is_some() && !service.networks.is_empty(),
         };

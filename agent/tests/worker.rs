@@ -201,6 +201,7 @@ impl Containers for FakeContainers {
         _stack: &Stack,
         service: &Service,
         _env: &BTreeMap<String, String>,
+        _data: &BTreeMap<String, String>,
     ) -> TaskStatus {
         self.call("start", &task.id);
         let mut node = self.fake();

@@ -20,6 +20,7 @@ use spec::task::StackRecord;
 pub fn record_for(project: &spec::Project, stack: spec::Stack) -> StackRecord {
     StackRecord {
         contents: file_contents(&project.stack),
+        data: file_data(&project.stack),
         secret_env: secret_environment(&project.stack, &project.environment),
         files: project
             .files
@@ -42,6 +43,23 @@ pub fn file_contents(stack: &spec::Stack) -> BTreeMap<String, String> {
                 continue;
             };
             out.insert(format!("{kind}.{key}"), hex::encode(Sha256::digest(&bytes)));
+        }
+    }
+    out
+}
+
+/// The content of every file-sourced secret and config (`secrets.<key>` -> base64),
+/// which the store keeps so that a task gets it on any node. An unreadable file is
+/// left to the container's start to report (it reads the file then).
+pub fn file_data(stack: &spec::Stack) -> BTreeMap<String, String> {
+    use base64::Engine as _;
+    let mut out = BTreeMap::new();
+    for (kind, objects) in [("secrets", &stack.secrets), ("configs", &stack.configs)] {
+        for (key, o) in objects {
+            if let Some(bytes) = o.file.as_ref().and_then(|f| std::fs::read(f).ok()) {
+                let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+                out.insert(format!("{kind}.{key}"), text);
+            }
         }
     }
     out

@@ -36,6 +36,7 @@
 pub mod api;
 pub mod cluster;
 pub mod deploy;
+pub mod dispatcher;
 pub mod orchestrator;
 pub mod port;
 pub mod progress;

@@ -79,6 +79,9 @@ pub enum SlotState {
     Unhealthy,
     /// Its container could not be made or started; `message` says why.
     CouldNotStart { message: String },
+    /// No node of the cluster can run it now (`message`: why, per node); it is
+    /// placed as soon as one can, so `up` does not wait for it.
+    Unplaced { message: String },
 }
 
 impl SlotState {
@@ -165,7 +168,7 @@ pub fn progress(state: &State, name: &str, wait_healthy: bool) -> Progress {
                 None => SlotState::Waiting,
             }
         };
-        for slot in 1..=replicas(deployed, svc_name, svc) {
+        for slot in slots(state, deployed, svc_name, svc, of(svc_name)) {
             let current = of(svc_name)
                 .iter()
                 .filter(|t| t.slot == slot && t.spec_hash == hash)
@@ -189,8 +192,40 @@ pub fn progress(state: &State, name: &str, wait_healthy: bool) -> Progress {
     }
 }
 
+/// The slots of a service `up` waits for: `1..=replicas`, or for a global service on
+/// a cluster, one per node, the slots its tasks hold (the orchestrator numbers them
+/// per node); slot 1 until it made any.
+fn slots(
+    state: &State,
+    record: &spec::task::StackRecord,
+    name: &str,
+    service: &spec::model::Service,
+    tasks: &[&Task],
+) -> Vec<u32> {
+    let global = service.deploy.as_ref().map(|d| d.mode) == Some(spec::model::DeployMode::Global);
+    if !(global && state.cluster.is_some()) {
+        return (1..=replicas(record, name, service)).collect();
+    }
+    let mut held: Vec<u32> = tasks
+        .iter()
+        .filter(|t| t.desired == DesiredState::Running)
+        .map(|t| t.slot)
+        .collect();
+    held.sort_unstable();
+    held.dedup();
+    if held.is_empty() {
+        held.push(1);
+    }
+    held
+}
+
 /// Where a slot's current task stands.
 fn task_state(t: &Task, wants_health: bool) -> SlotState {
+    if t.node.is_none() && t.status.state() == TaskState::New && !t.status.message.is_empty() {
+        return SlotState::Unplaced {
+            message: t.status.message.clone(),
+        };
+    }
     if t.status.never_started() {
         return SlotState::CouldNotStart {
             message: t.status.message.clone(),

@@ -57,6 +57,7 @@ fn cluster_record() -> ClusterRecord {
         manager_token: "m".into(),
         next_raft_id: 3,
         removed: Default::default(),
+        settings: Default::default(),
     }
 }
 

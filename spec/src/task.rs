@@ -49,6 +49,12 @@ pub struct StackRecord {
     /// (`secrets.<key>` -> hex), read by `up`: a changed file recreates its users.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub contents: BTreeMap<String, String>,
+    /// The content of each file-sourced secret and config (`secrets.<key>` -> base64),
+    /// read by `up` on its host, so that a task on any node gets the same bytes (a
+    /// cluster node has not the file). Never shown by the API, never written to a
+    /// worker's disk; a node is sent only those its tasks use.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
     /// How many times `berth restart` restarted each service: with the service's hash,
     /// what a dependent with `depends_on.<svc>.restart: true` follows.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -71,6 +77,7 @@ impl StackRecord {
             scale: BTreeMap::new(),
             secret_env: BTreeMap::new(),
             contents: BTreeMap::new(),
+            data: BTreeMap::new(),
             restarted: BTreeMap::new(),
             stopped: Vec::new(),
         }

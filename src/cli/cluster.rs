@@ -16,6 +16,7 @@ use clap::{Args, Subcommand};
 use super::context::{remote_client, remote_target};
 use crate::client::Client;
 use manager::cluster::ops::{ClusterStatus, InitAnswer, InitRequest, JoinAnswer, JoinLocalRequest};
+use manager::state::model::ClusterSettings;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -37,6 +38,27 @@ pub struct InitArgs {
     /// Where the cluster port listens [default: every address, the advertised port]
     #[arg(long = "listen-addr", value_name = "IP[:PORT]")]
     listen: Option<String>,
+    /// How long a node may miss heartbeats before it is down and its tasks are
+    /// replaced on other nodes (e.g. 10s, 1m)
+    #[arg(long = "node-grace", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_grace)]
+    node_grace: Duration,
+    /// Do not rebalance services spread unevenly when a node joins or returns
+    #[arg(long = "no-rebalance")]
+    no_rebalance: bool,
+}
+
+/// `--node-grace`: Go's duration notation, at least one second (heartbeats come every
+/// second: less would declare healthy nodes down).
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    let d = spec::units::parse_duration(text)?;
+    if d < Duration::from_secs(2) {
+        return Err(format!(
+            "{text:?} is too short: nodes heartbeat every second, so the grace must be \
+             at least 2s"
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +131,10 @@ pub fn cluster(state_dir: &Path, cmd: &ClusterCommand) -> anyhow::Result<ExitCod
                 Some(&InitRequest {
                     advertise: args.advertise.clone(),
                     listen: args.listen.clone(),
+                    settings: ClusterSettings {
+                        node_grace_ms: args.node_grace.as_millis() as u64,
+                        no_rebalance: args.no_rebalance,
+                    },
                 }),
             )?;
             wait_member(&c)?;

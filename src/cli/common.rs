@@ -130,18 +130,19 @@ pub(super) fn running_tasks(state: &State, name: &str, services: &[String]) -> V
 }
 
 /// Rows as aligned columns, three spaces apart, as Docker prints its tables.
-pub(super) fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
+pub(super) fn table<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let n = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+    let mut widths = vec![0usize; n];
     for r in rows {
-        for (i, c) in r.iter().enumerate() {
+        for (i, c) in r.as_ref().iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
     let mut out = String::new();
     for r in rows {
         let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            if i + 1 == N {
+        for (i, c) in r.as_ref().iter().enumerate() {
+            if i + 1 == n {
                 line.push_str(c);
             } else {
                 line.push_str(&format!("{c:<w$}   ", w = widths[i]));

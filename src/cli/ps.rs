@@ -71,27 +71,29 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
                         "ExitCode": t.status.exit_code.unwrap_or(0),
                         // Why it could not start, as Docker's State.Error.
                         "Error": if t.status.never_started() { t.status.message.as_str() } else { "" },
+                        // On a cluster: where it runs (empty while pending).
+                        "Node": node_name(&state, t), "NodeID": t.node.as_deref().unwrap_or(""),
                     })
                 })
                 .collect();
             serde_json::to_string(&rows)? + "\n"
         }
         (false, Format::Table) => {
-            let mut rows = vec![[
-                "NAME".to_string(),
-                "IMAGE".into(),
-                "SERVICE".into(),
-                "STATUS".into(),
-                "PORTS".into(),
-            ]];
+            // A cluster's containers say which node runs them.
+            let cluster = state.cluster.is_some();
+            let mut header = vec!["NAME".to_string(), "IMAGE".into(), "SERVICE".into()];
+            if cluster {
+                header.push("NODE".into());
+            }
+            header.extend(["STATUS".into(), "PORTS".into()]);
+            let mut rows = vec![header];
             for t in &tasks {
-                rows.push([
-                    t.name(),
-                    image_of(&state, t),
-                    t.service.clone(),
-                    status_text(t, now),
-                    ports_text(&client, t),
-                ]);
+                let mut row = vec![t.name(), image_of(&state, t), t.service.clone()];
+                if cluster {
+                    row.push(node_name(&state, t));
+                }
+                row.extend([status_text(t, now), ports_text(&client, t)]);
+                rows.push(row);
             }
             table(&rows)
         }
@@ -113,6 +115,17 @@ fn ports_text(client: &Client, t: &Task) -> String {
         .map(|p| format!("{}->{}/{}", p.host(), p.container_port, p.proto))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The hostname of the node a task is on (its id if the node is gone; empty if none).
+fn node_name(state: &State, t: &Task) -> String {
+    match &t.node {
+        Some(id) => state
+            .nodes
+            .get(id)
+            .map_or_else(|| id.clone(), |n| n.hostname.clone()),
+        None => String::new(),
+    }
 }
 
 fn latest_of_slot(state: &State, t: &Task) -> bool {
@@ -182,6 +195,10 @@ fn status_text(t: &Task, now: u64) -> String {
         ),
         TaskState::Rejected => format!("Error: {}", t.status.message),
         TaskState::Removed => format!("Removed: {}", t.status.message),
+        // The scheduler found no node for it: why, per node.
+        TaskState::New if t.node.is_none() && !t.status.message.is_empty() => {
+            format!("Pending: {}", t.status.message)
+        }
         _ => "Created".into(),
     }
 }

@@ -339,6 +339,18 @@ fn wait_up(
                     }
                 }
                 SlotState::Unhealthy => bail!("container {} is unhealthy", c.name),
+                // No node can run it now; it starts when one can. `--wait` asked for
+                // everything running: that cannot be, so say why.
+                SlotState::Unplaced { message } if args.wait => bail!(
+                    "container {} cannot run on any node of the cluster: {message}",
+                    c.name
+                ),
+                SlotState::Unplaced { message } => {
+                    if printed.insert(c.name.clone()) {
+                        lines
+                            .push_str(&format!(" ⧖ Container {:<30} Pending: {message}\n", c.name));
+                    }
+                }
                 SlotState::Starting => {
                     starting += 1;
                     pending.push(c.name.clone());

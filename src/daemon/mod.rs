@@ -19,6 +19,7 @@
 //! side asks of this process (calls to other managers, a restart in place);
 //! `preflight` is what the daemon checks before it serves.
 
+mod dispatcher_side;
 mod preflight;
 mod process;
 mod store_side;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use agent::executor::Executor;
 use agent::worker::{self, Assignments, TaskLoop};
 use anyhow::Context;
+use dispatcher_side::DispatcherSide;
 use manager::api::{cluster as cluster_api, NodeAgent};
 use manager::cluster::files::{self as cluster_files, ClusterConfig};
 use manager::cluster::{membership, ops as cluster_ops, Daemon, Member};
@@ -104,7 +106,11 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
         .context("start the async runtime")?;
     match cluster {
         Some((config, creds)) if config.role == NodeRole::Worker => {
-            rt.block_on(run_worker(state_dir, config, creds))
+            let net = open_network(state_dir)?;
+            let result = rt.block_on(run_worker(state_dir, shim, net.clone(), config, creds));
+            drop(rt);
+            drop(net);
+            result
         }
         cluster => {
             // overlay-net runs its own small runtime for netlink: it is made, and last
@@ -190,22 +196,14 @@ async fn run_manager(
                 port: Mutex::new(None),
                 ready: Default::default(),
                 known: Mutex::new(config.managers.clone()),
-                heartbeats: Mutex::default(),
+                liveness: Default::default(),
                 daemon: daemon.clone(),
             });
             member = Some(m);
             store
         }
     };
-    let executor = Executor {
-        state_dir: state_dir.to_path_buf(),
-        net: Some(net.clone()),
-        shim,
-        cgroup_parent: std::env::var("BERTH_CGROUP_PARENT")
-            .ok()
-            .filter(|p| !p.is_empty() && !p.contains(".."))
-            .unwrap_or_else(|| "berth".into()),
-    };
+    let executor = executor(state_dir, shim, net.clone());
     let me: Option<String> = member.as_ref().map(|m| m.node_id().to_string());
     let node: Arc<dyn NodeAgent> = Arc::new(ApiNode(agent::node::LocalNode::new(executor.clone())));
     let api = manager::api::router(store.clone(), node);
@@ -287,9 +285,12 @@ async fn run_manager(
         })
         .await?;
     }
+    if let Some(m) = &member {
+        tokio::spawn(membership::manager_heartbeats(m.clone()));
+    }
     tokio::spawn(manager::orchestrator::run::run_orchestrator(
         store.clone(),
-        me,
+        member.as_ref().map(|m| m.liveness.clone()),
     ));
     tokio::spawn(TaskLoop::new(side.clone(), side.clone(), executor.clone()).run());
     tokio::spawn(worker::run_health(side.clone(), side, executor));
@@ -324,10 +325,31 @@ fn wait_for_quorum(store: &Store) -> anyhow::Result<()> {
     }
 }
 
-/// A worker of a cluster: it heartbeats to the managers and answers `cluster status`
-/// locally. (Running tasks on workers comes with the scheduler and the dispatcher.)
+/// The node's container executor: containers under `$BERTH_CGROUP_PARENT` (default
+/// `berth`), on `net`.
+fn executor(
+    state_dir: &Path,
+    shim: agent::shim::ShimProgram,
+    net: Arc<overlay_net::NetworkManager>,
+) -> Executor {
+    Executor {
+        state_dir: state_dir.to_path_buf(),
+        net: Some(net),
+        shim,
+        cgroup_parent: std::env::var("BERTH_CGROUP_PARENT")
+            .ok()
+            .filter(|p| !p.is_empty() && !p.contains(".."))
+            .unwrap_or_else(|| "berth".into()),
+    }
+}
+
+/// A worker of a cluster: it heartbeats to the managers, runs the tasks the
+/// dispatcher assigns it (the same agent loops as a manager's, over
+/// `dispatcher_side`), and answers `cluster status` locally.
 async fn run_worker(
     state_dir: &Path,
+    shim: agent::shim::ShimProgram,
+    net: Arc<overlay_net::NetworkManager>,
     config: ClusterConfig,
     creds: pki::NodeCredentials,
 ) -> anyhow::Result<()> {
@@ -339,14 +361,62 @@ async fn run_worker(
     tokio::spawn(membership::worker_loop(
         state_dir.to_path_buf(),
         config.clone(),
-        creds,
+        creds.clone(),
         Arc::new(process::ThisDaemon),
     ));
+    let tls = manager::port::http_client_config(&creds, &pki::DenyList::new())
+        .context("make the cluster client's TLS settings")?;
+    let managers = config.managers.iter().map(|m| m.2.clone()).collect();
+    let side = DispatcherSide::new(state_dir.to_path_buf(), managers, tls);
+    tokio::spawn(side.clone().run());
+    let executor = executor(state_dir, shim, net.clone());
+    let serve =
+        std::future::IntoFuture::into_future(axum::serve(listener, cluster_api::worker(config)));
+    tokio::pin!(serve);
+    // Nothing acts before a manager gave a complete view: a worker that restarted
+    // must not take its running containers for strays.
     tokio::select! {
-        r = axum::serve(listener, cluster_api::worker(config)) => r.context("serve the API")?,
-        _ = shutdown_signal() => eprintln!("berth daemon: stopping"),
+        _ = side.first_view() => {}
+        r = &mut serve => return r.context("serve the API"),
+        _ = shutdown_signal() => {
+            eprintln!("berth daemon: stopping (containers keep running)");
+            return Ok(());
+        }
+    }
+    {
+        let (side, executor, net) = (side.clone(), executor.clone(), net.clone());
+        tokio::task::spawn_blocking(move || {
+            let view = side.view();
+            worker::recover::remove_strays(&view, &executor);
+            worker::recover::readopt_network(&view, &net);
+        })
+        .await?;
+    }
+    tokio::spawn(TaskLoop::new(side.clone(), side.clone(), executor.clone()).run());
+    tokio::spawn(worker::run_health(
+        side.clone(),
+        side.clone(),
+        executor.clone(),
+    ));
+    tokio::spawn(remove_strays_on_change(side, executor));
+    tokio::select! {
+        r = &mut serve => r.context("serve the API")?,
+        _ = shutdown_signal() => eprintln!("berth daemon: stopping (containers keep running)"),
     }
     Ok(())
+}
+
+/// On every new view, the containers no task of it knows go: a worker cut off from the
+/// cluster comes back to a view without the tasks that were replaced elsewhere.
+async fn remove_strays_on_change(side: DispatcherSide, executor: Executor) {
+    let mut changes = side.changes();
+    while changes.changed().await.is_ok() {
+        let (side, executor) = (side.clone(), executor.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            worker::recover::remove_strays_now(&side, &executor)
+        })
+        .await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -83,6 +83,10 @@ pub struct ContainerContext {
     pub configs: BTreeMap<String, spec_model::FileObject>,
     /// The environment `environment:`-sourced secrets and configs are read from.
     pub environment: BTreeMap<String, String>,
+    /// The content of file-sourced secrets and configs as `up` read it
+    /// (`secrets.<key>` -> base64), preferred over reading the file (which a cluster
+    /// node other than `up`'s host has not).
+    pub data: BTreeMap<String, String>,
     /// The container will get `/etc/hosts` and `/etc/resolv.conf` bind-mounted (it is
     /// connected to a network): its init layer has them (see [`init_layer`]).
     pub network_files: bool,

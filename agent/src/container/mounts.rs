@@ -313,7 +313,13 @@ fn file_object(
             ),
         ));
     }
-    let content = if let Some(text) = &obj.content {
+    let recorded = ctx.data.get(&format!("{kind}.{}", fm.source));
+    let content = if let Some(encoded) = recorded {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| ctx.field(field, format!("the recorded content is not base64: {e}")))?
+    } else if let Some(text) = &obj.content {
         text.clone().into_bytes()
     } else if let Some(var) = &obj.environment {
         ctx.environment

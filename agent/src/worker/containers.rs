@@ -17,13 +17,16 @@ use crate::executor::Executor;
 
 pub trait Containers: Clone + Send + Sync + 'static {
     /// Creates and starts the container of `task` from `service` of `stack`, with the
-    /// variables its secrets and configs read (`env`); the status it ended in.
+    /// variables its secrets and configs read (`env`) and the content of those that
+    /// come from files (`data`: `secrets.<key>` -> base64, the stack record's); the
+    /// status it ended in.
     fn start(
         &self,
         task: &Task,
         stack: &Stack,
         service: &Service,
         env: &BTreeMap<String, String>,
+        data: &BTreeMap<String, String>,
     ) -> TaskStatus;
 
     /// Stops the container of `task` (its stop signal, `grace` or the service's grace
@@ -64,8 +67,9 @@ impl Containers for Executor {
         stack: &Stack,
         service: &Service,
         env: &BTreeMap<String, String>,
+        data: &BTreeMap<String, String>,
     ) -> TaskStatus {
-        Executor::start(self, task, stack, service, env)
+        Executor::start(self, task, stack, service, env, data)
     }
 
     fn stop(&self, task: &Task, service: Option<&Service>, grace: Option<Duration>) -> TaskStatus {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use spec::task::{Health, Task, TaskState};
 
-use super::{Containers, View};
+use super::{Assignments, Containers, View};
 
 /// Containers on disk that no task of this node knows (a crash between creating one
 /// and recording it) are removed. On a cluster, only tasks placed on this node count
@@ -17,6 +17,28 @@ pub fn remove_strays<C: Containers>(view: &View, containers: &C) -> Vec<String> 
     for id in containers.list() {
         if !known.contains(id.as_str()) {
             eprintln!("berth daemon: removing container {id}, which no task knows");
+            containers.remove_stray(&id);
+            removed.push(id);
+        }
+    }
+    removed
+}
+
+/// The same while the loops run, on a node whose view comes from elsewhere (a worker's,
+/// from the managers): a node cut off from the cluster comes back to a view without
+/// the tasks the cluster replaced meanwhile, and their containers must go. The
+/// containers are listed before the view is read, so a container just made for a task
+/// of a newer view is never taken for a stray (views only move forward).
+pub fn remove_strays_now<A: Assignments, C: Containers>(
+    assignments: &A,
+    containers: &C,
+) -> Vec<String> {
+    let listed = containers.list();
+    let view = assignments.view();
+    let mut removed = Vec::new();
+    for id in listed {
+        if !view.tasks.contains_key(&id) {
+            eprintln!("berth daemon: removing container {id}, which no task of this node knows");
             containers.remove_stray(&id);
             removed.push(id);
         }

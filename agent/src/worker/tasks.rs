@@ -182,8 +182,10 @@ fn job<C: Containers>(view: &View, task: &Task, action: Action) -> Option<Job<C>
         Action::Start => {
             let (record, service) = found?;
             let (stack, service) = (record.stack.clone(), service.clone());
-            let env = record.secret_env.clone();
-            Some(Box::new(move |c: &C| c.start(&t, &stack, &service, &env)))
+            let (env, data) = (record.secret_env.clone(), record.data.clone());
+            Some(Box::new(move |c: &C| {
+                c.start(&t, &stack, &service, &env, &data)
+            }))
         }
         Action::Stop => {
             let service = found.map(|f| f.1.clone());

@@ -16,7 +16,7 @@ use pki::{NodeRole, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::files::ClusterConfig;
-use crate::cluster::membership::heard_from;
+use crate::cluster::membership::{heard_from, record_report, NodeReport};
 use crate::cluster::ops::{self, ClusterError, ClusterStatus, NodeChange, Refused};
 use crate::cluster::plan::raft_peers;
 use crate::cluster::{Daemon, Member};
@@ -24,7 +24,7 @@ use crate::port::Peer;
 use crate::state::store::{Store, StoreError};
 
 /// An error answer: `{"error": "..."}` with a status, as the rest of the API.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
@@ -184,7 +184,8 @@ pub fn manager(member: Arc<Member>) -> Router {
         .route("/v1/nodes/{name}", get(node).post(change))
         .route("/v1/dispatcher/heartbeat", post(heartbeat))
         .route("/v1/dispatcher/renew", post(renew))
-        .with_state(member)
+        .with_state(member.clone())
+        .merge(super::dispatcher::routes(member))
 }
 
 /// On the cluster port: a node certificate counts only as far as the store agrees.
@@ -365,14 +366,14 @@ fn bad_node_name(name: &str) -> Option<Response> {
 }
 
 /// The verified node behind a request on the cluster port.
-fn caller(peer: Option<Extension<Peer>>) -> Option<pki::Identity> {
+pub(super) fn caller(peer: Option<Extension<Peer>>) -> Option<pki::Identity> {
     match peer {
         Some(Extension(Peer(Some(identity)))) => Some(identity),
         _ => None,
     }
 }
 
-fn not_a_node() -> Response {
+pub(super) fn not_a_node() -> Response {
     error(
         StatusCode::UNAUTHORIZED,
         "this endpoint is for cluster nodes: call it on the cluster port with a node \
@@ -380,11 +381,24 @@ fn not_a_node() -> Response {
     )
 }
 
-async fn heartbeat(State(m): State<Arc<Member>>, peer: Option<Extension<Peer>>) -> Response {
+/// A node's heartbeat, with what it reports of itself (a berth from before reports
+/// were sent posts no body).
+async fn heartbeat(
+    State(m): State<Arc<Member>>,
+    peer: Option<Extension<Peer>>,
+    body: axum::body::Bytes,
+) -> Response {
     let Some(identity) = caller(peer) else {
         return not_a_node();
     };
-    Json(heard_from(&m, identity.id.as_str())).into_response()
+    let id = identity.id.as_str().to_string();
+    let answer = heard_from(&m, &id);
+    if let Ok(report) = serde_json::from_slice::<NodeReport>(&body) {
+        if m.is_leader() {
+            let _ = tokio::task::spawn_blocking(move || record_report(&m, &id, &report)).await;
+        }
+    }
+    Json(answer).into_response()
 }
 
 async fn renew(

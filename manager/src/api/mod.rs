@@ -33,6 +33,7 @@
 //! directory.
 
 pub mod cluster;
+pub mod dispatcher;
 pub mod events;
 pub mod stacks;
 pub mod tasks;
@@ -173,13 +174,17 @@ async fn state(AxState(cx): AxState<Ctx>) -> Json<State> {
 }
 
 /// The state as the API shows it: without the cluster's secrets (the CA key and the
-/// join tokens), which only managers' own code reads from the store. An admin or a
+/// join tokens) and the contents of the stacks' secrets and configs, which only managers' own code reads from the store. An admin or a
 /// member of the socket's group sees everything else.
 pub fn redacted(mut state: State) -> State {
     if let Some(c) = state.cluster.as_mut() {
         c.ca_key = String::new();
         c.worker_token = String::new();
         c.manager_token = String::new();
+    }
+    // Secrets' and configs' contents reach only the nodes whose tasks use them.
+    for record in state.stacks.values_mut() {
+        record.data.clear();
     }
     state
 }

@@ -21,6 +21,7 @@ use raft::StateRole;
 use super::files::{self, ClusterConfig};
 use super::plan::{next_conf_step, raft_peers, ConfStep, RaftView};
 use super::{ops, Daemon, Member};
+use crate::state::model::{Capacity, Platform};
 
 const TICK: Duration = Duration::from_millis(200);
 
@@ -232,6 +233,7 @@ pub async fn worker_loop(
         }
     };
     let mut config = config;
+    let report = NodeReport::of_this_host();
     let mut managers: Vec<String> = config.managers.iter().map(|m| m.2.clone()).collect();
     let mut next = 0usize;
     let mut last_error: Option<String> = None;
@@ -239,7 +241,7 @@ pub async fn worker_loop(
         let started = Instant::now();
         if !managers.is_empty() {
             let addr = managers[next % managers.len()].clone();
-            let (d, to, tls) = (daemon.clone(), addr.clone(), http.clone());
+            let (d, to, tls, report) = (daemon.clone(), addr.clone(), http.clone(), report.clone());
             let answer = tokio::task::spawn_blocking(move || {
                 super::call::<Heartbeat>(
                     &*d,
@@ -248,7 +250,7 @@ pub async fn worker_loop(
                     super::NODE_CALL_TIMEOUT,
                     "POST",
                     "/v1/dispatcher/heartbeat",
-                    None::<&()>,
+                    Some(&report),
                 )
             })
             .await;
@@ -304,14 +306,40 @@ pub async fn worker_loop(
     }
 }
 
-/// A manager's side of worker `id`'s heartbeat: it was heard from now; the answer
-/// says where the leader is, who the managers are and what the store makes of it.
+/// A manager's own heartbeat: managers run tasks too, so the leader must know they
+/// are up like any node. The leader notes its own; the others tell the leader (a
+/// manager that cannot reach the leader is, for the cluster, down: its tasks are better
+/// run where the leader can see them).
+pub async fn manager_heartbeats(member: Arc<Member>) {
+    let report = NodeReport::of_this_host();
+    let me = member.node_id().to_string();
+    loop {
+        let started = Instant::now();
+        if member.is_ready() {
+            let (m, report, me) = (member.clone(), report.clone(), me.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                if m.is_leader() {
+                    m.liveness.heard(&me, Instant::now());
+                    record_report(&m, &me, &report);
+                } else if let Some(addr) = m.leader_addr() {
+                    let _ = m.call::<Heartbeat>(
+                        &addr,
+                        "POST",
+                        "/v1/dispatcher/heartbeat",
+                        Some(&report),
+                    );
+                }
+            })
+            .await;
+        }
+        tokio::time::sleep(super::HEARTBEAT_EVERY.saturating_sub(started.elapsed())).await;
+    }
+}
+
+/// A manager's side of node `id`'s heartbeat: it was heard from now; the answer says
+/// where the leader is, who the managers are and what the store makes of it.
 pub fn heard_from(member: &Member, id: &str) -> Heartbeat {
-    member
-        .heartbeats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id.to_string(), Instant::now());
+    member.liveness.heard(id, Instant::now());
     let (managers, role) = member
         .store
         .read(|s| (raft_peers(&s.nodes, ""), s.nodes.get(id).map(|n| n.role)));
@@ -323,6 +351,72 @@ pub fn heard_from(member: &Member, id: &str) -> Heartbeat {
         },
         managers,
         role,
+    }
+}
+
+/// What a node says of itself with each heartbeat: what the scheduler needs to know of
+/// it. Recorded in the store only when it differs from the node's record (a node's
+/// platform and size rarely change), so heartbeats cost no Raft write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeReport {
+    pub platform: Platform,
+    pub capacity: Capacity,
+}
+
+impl NodeReport {
+    /// This machine: its os and architecture in Go's names, its CPUs (as millicores)
+    /// and its memory.
+    pub fn of_this_host() -> NodeReport {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            other => other,
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| mem_total(&text))
+            .unwrap_or(0);
+        NodeReport {
+            platform: Platform {
+                os: std::env::consts::OS.to_string(),
+                arch: arch.to_string(),
+            },
+            capacity: Capacity {
+                millicpus: cpus * 1000,
+                memory,
+            },
+        }
+    }
+}
+
+/// `MemTotal` of /proc/meminfo, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Records node `id`'s report in the store if it differs from its record (blocking).
+pub fn record_report(member: &Member, id: &str, report: &NodeReport) {
+    let differs = member.store.read(|s| {
+        s.nodes
+            .get(id)
+            .is_some_and(|n| n.platform != report.platform || n.capacity != report.capacity)
+    });
+    if !differs {
+        return;
+    }
+    let written = member.store.update(|s| {
+        if let Some(n) = s.nodes.get_mut(id) {
+            n.platform = report.platform.clone();
+            n.capacity = report.capacity;
+        }
+        Ok(())
+    });
+    if let Err(e) = written {
+        eprintln!("berth daemon: record what node {id} reported of itself: {e}");
     }
 }
 

@@ -21,14 +21,14 @@
 //! how to call another manager's API ([`Daemon::call`]).
 
 pub mod files;
+pub mod liveness;
 pub mod membership;
 pub mod ops;
 pub mod plan;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::raft::StateRole;
 use serde::de::DeserializeOwned;
@@ -107,8 +107,6 @@ pub fn call<T: DeserializeOwned>(
 
 /// How often a worker tells the leader it is up ([`membership::worker_loop`]).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// A worker not heard from for this long is shown unreachable ([`ops::views`]).
-pub const WORKER_DOWN_AFTER: Duration = Duration::from_secs(5);
 
 /// How long one node waits for another's answer.
 pub const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -133,9 +131,9 @@ pub struct Member {
     /// A manager that missed a membership change cannot learn it from the store until
     /// it hears from the leader, which it may not know.
     pub known: Mutex<Vec<(u64, String, String)>>,
-    /// When each worker was last heard from (on the manager it heartbeats to: the
-    /// leader).
-    pub heartbeats: Mutex<HashMap<String, Instant>>,
+    /// When each node was last heard from (on the manager it heartbeats to: the
+    /// leader), and since when this manager leads.
+    pub liveness: Arc<liveness::Liveness>,
     /// What only the daemon can do: call another manager, restart itself.
     pub daemon: Arc<dyn Daemon>,
 }

@@ -10,7 +10,7 @@
 //! those in a store transaction and do the I/O around it (certificates, files, calls to
 //! other managers).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,9 +20,11 @@ use pki::{Ca, CertRequest, Identity, JoinTokens, NodeId, NodeRole, Role};
 use serde::{Deserialize, Serialize};
 
 use super::files::{self, ClusterConfig, FilesError};
+use super::liveness::NodeStatus;
 use super::plan::{manager_by_raft_id, raft_peers};
 use super::{CallError, Daemon, Member};
-use crate::state::model::{ClusterRecord, NodeRecord, State};
+use crate::scheduler::Usage;
+use crate::state::model::{ClusterRecord, ClusterSettings, NodeRecord, State};
 use crate::state::raft::{Progress, Status};
 use crate::state::store::{Store, StoreError};
 use spec::task::now_ms;
@@ -165,6 +167,9 @@ pub struct InitRequest {
     /// port).
     #[serde(default)]
     pub listen: Option<String>,
+    /// The cluster's settings from the start (`--node-grace`, `--no-rebalance`).
+    #[serde(default)]
+    pub settings: ClusterSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,11 +220,18 @@ pub struct NodeView {
     #[serde(flatten)]
     pub record: NodeRecord,
     pub leader: bool,
+    /// From its heartbeats, as the leader sees them: `ready`, `down` (its tasks are
+    /// replaced elsewhere) or `unknown` (asked of a manager that does not lead).
+    #[serde(default)]
+    pub status: String,
     /// `reachable`, `unreachable` or `unknown`.
     pub reachability: String,
     /// `voter`, `learner` or `-`, and how far its log matches the leader's.
     pub raft: String,
     pub matched: u64,
+    /// The tasks it runs and what they reserve.
+    #[serde(default)]
+    pub usage: Usage,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -312,6 +324,7 @@ pub fn init(
         manager_token: tokens.token(NodeRole::Manager).to_string(),
         next_raft_id: FIRST_RAFT_ID + 1,
         removed: Default::default(),
+        settings: req.settings.clone(),
     };
     let node = NodeRecord {
         id: me.clone(),
@@ -589,13 +602,14 @@ fn remove_replica(state_dir: &Path) -> Result<(), ClusterError> {
     Ok(())
 }
 
-/// The nodes with what the leader knows of them, from its Raft `status` and the
-/// `heartbeats` of workers (when each was last heard from), as of `now`. Pure.
+/// The nodes with what the leader knows of them: from its Raft `status` (managers'
+/// reachability and logs), `live` (each node's status from its heartbeats) and `usage`
+/// (the tasks each runs and what they reserve). Pure.
 pub fn views(
     nodes: &BTreeMap<String, NodeRecord>,
     status: &Status,
-    heartbeats: &HashMap<String, Instant>,
-    now: Instant,
+    live: &dyn Fn(&str) -> NodeStatus,
+    usage: &BTreeMap<String, Usage>,
 ) -> Vec<NodeView> {
     let progress: BTreeMap<u64, Progress> = status.progress.iter().map(|p| (p.id, *p)).collect();
     nodes
@@ -608,26 +622,27 @@ pub fn views(
             } else {
                 "-"
             };
+            let node_status = live(&n.id);
             let reachability = match n.role {
                 NodeRole::Manager => match progress.get(&n.raft_id) {
                     Some(p) if p.recent_active => "reachable",
                     Some(_) => "unreachable",
                     None => "unknown",
                 },
-                NodeRole::Worker => match heartbeats.get(&n.id) {
-                    Some(at) if now.saturating_duration_since(*at) < super::WORKER_DOWN_AFTER => {
-                        "reachable"
-                    }
-                    Some(_) => "unreachable",
-                    None => "unknown",
+                NodeRole::Worker => match node_status {
+                    NodeStatus::Ready => "reachable",
+                    NodeStatus::Down => "unreachable",
+                    NodeStatus::Unknown => "unknown",
                 },
             };
             NodeView {
                 record: n.clone(),
                 leader: n.raft_id != 0 && n.raft_id == status.leader,
+                status: node_status.as_str().to_string(),
                 reachability: reachability.to_string(),
                 raft: raft.to_string(),
                 matched: progress.get(&n.raft_id).map_or(0, |p| p.matched),
+                usage: usage.get(&n.id).copied().unwrap_or_default(),
             }
         })
         .collect()
@@ -637,14 +652,17 @@ pub fn views(
 /// the leader instead (only it knows how far each member's log is).
 pub fn node_views(member: &Member) -> Vec<NodeView> {
     let status = member.store.node().status();
-    let heartbeats = member
-        .heartbeats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    member
-        .store
-        .read(|s| views(&s.nodes, &status, &heartbeats, Instant::now()))
+    let now = Instant::now();
+    let live = &member.liveness;
+    member.store.read(|s| {
+        let grace = s
+            .cluster
+            .as_ref()
+            .map(|c| c.settings.node_grace())
+            .unwrap_or_default();
+        let usage = crate::scheduler::usage(&s.stacks, &s.tasks);
+        views(&s.nodes, &status, &|id| live.status(id, now, grace), &usage)
+    })
 }
 
 /// `node ls`: the node list comes from the leader, which alone knows how far each
@@ -1106,6 +1124,7 @@ mod tests {
         let req = InitRequest {
             advertise: "10.1.2.3".into(),
             listen: None,
+            settings: Default::default(),
         };
         let task: spec::task::Task = serde_json::from_value(serde_json::json!({
             "id": "s-web-1.1", "stack": "s", "service": "web", "slot": 1, "generation": 1,

@@ -18,6 +18,7 @@
 //!
 //! [`run`] is the loop around it: the plan applied in a store transaction.
 
+pub mod nodes;
 pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,8 +57,45 @@ impl Plan {
     }
 }
 
-/// The plan for `stacks` given `tasks` at time `now` (unix ms).
+/// What the orchestrator knows of a cluster's nodes (all empty on a single host). The
+/// loop around it works these out from the store, the heartbeats and the scheduler's
+/// filters; the orchestrator only follows them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Nodes {
+    /// Nodes that missed their heartbeats past the grace period, and nodes the store no
+    /// longer has: their tasks are lost, and each is replaced by a new task in its slot
+    /// (whatever the restart policy: losing a node is not the task's failure). When the
+    /// node comes back, it stops what it still runs of them.
+    pub down: BTreeSet<String>,
+    /// Tasks to move (ids): their node is drained, or no longer meets their service's
+    /// constraints. A replacement is created first, and the task is stopped only once
+    /// its replacement runs, so the service never runs fewer tasks while it moves.
+    pub moving: BTreeSet<String>,
+    /// The nodes each `deploy.mode: global` service (stack, service) belongs on: one
+    /// slot per node, its tasks created on that node. A global service without an entry
+    /// (a single host) has slots like a replicated one.
+    pub global: BTreeMap<(String, String), Vec<String>>,
+}
+
+impl Nodes {
+    fn lost(&self, t: &Task) -> bool {
+        t.node.as_ref().is_some_and(|n| self.down.contains(n))
+    }
+}
+
+/// The plan for `stacks` given `tasks` at time `now` (unix ms), on a single host.
 pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u64) -> Plan {
+    reconcile_on(stacks, tasks, now, &Nodes::default())
+}
+
+/// The plan for `stacks` given `tasks` at time `now` (unix ms), on a cluster whose
+/// nodes are as `nodes` says.
+pub fn reconcile_on(
+    stacks: &BTreeMap<String, StackRecord>,
+    tasks: &[Task],
+    now: u64,
+    nodes: &Nodes,
+) -> Plan {
     let mut plan = Plan::default();
     // Tasks by (stack, service, slot), newest generation last.
     let mut slots: BTreeMap<(&str, &str, u32), Vec<&Task>> = BTreeMap::new();
@@ -98,8 +136,23 @@ pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u6
                 .filter(|(_, d)| d.restart)
                 .filter_map(|(dep, _)| Some((dep.clone(), dependency_marker(record, dep)?)))
                 .collect();
-            for slot in 1..=replicas {
+            // Replicated: slots 1..=replicas, placed by the scheduler. Global: a slot
+            // per node it belongs on, its task made for that node.
+            let placed: Vec<(u32, Option<&str>)> =
+                match nodes.global.get(&(stack_name.clone(), name.clone())) {
+                    None => (1..=replicas).map(|slot| (slot, None)).collect(),
+                    Some(on) => global_slots(&slots, stack_name, name, on)
+                        .into_iter()
+                        .map(|(node, slot)| (slot, Some(node)))
+                        .collect(),
+                };
+            for (slot, node) in placed {
                 wanted.insert((stack_name.as_str(), name.as_str(), slot));
+                // A global slot on a node that is down waits for it: its task is not
+                // replaced elsewhere, since it belongs on that node.
+                if node.is_some_and(|n| nodes.down.contains(n)) {
+                    continue;
+                }
                 let history = slots
                     .get(&(stack_name.as_str(), name.as_str(), slot))
                     .map(Vec::as_slice)
@@ -112,6 +165,8 @@ pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u6
                         service_name: name,
                         service,
                         slot,
+                        node,
+                        nodes,
                         hash: &hash,
                         stopped,
                         now,
@@ -140,10 +195,10 @@ pub fn reconcile(stacks: &BTreeMap<String, StackRecord>, tasks: &[Task], now: u6
         let keep_last = wanted.contains(key);
         for (i, t) in list.iter().enumerate() {
             let newest = i + 1 == list.len();
-            if t.desired == DesiredState::Remove
-                && t.status.state() == TaskState::Removed
-                && !(newest && keep_last)
-            {
+            // A lost task's record goes too: its node, if it comes back, removes the
+            // container as one no task of its view accounts for.
+            let gone = t.status.state() == TaskState::Removed || nodes.lost(t);
+            if t.desired == DesiredState::Remove && gone && !(newest && keep_last) {
                 plan.changes.push(Change::Delete { task: t.id.clone() });
             }
         }
@@ -222,11 +277,47 @@ fn hex_prefix(bytes: &[u8], n: usize) -> String {
         .collect()
 }
 
+/// The slot of each node a global service belongs on (`on`): the slot its newest task
+/// on that node has, else the lowest slot no task of the service holds. Slots stay with
+/// their node, so a node joining or leaving renames no other node's task.
+fn global_slots<'a>(
+    slots: &BTreeMap<(&str, &str, u32), Vec<&Task>>,
+    stack: &str,
+    service: &str,
+    on: &'a [String],
+) -> Vec<(&'a str, u32)> {
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    let mut of_node: BTreeMap<&str, u32> = BTreeMap::new();
+    for ((_, _, slot), list) in slots.range((stack, service, 0)..=(stack, service, u32::MAX)) {
+        used.insert(*slot);
+        if let Some(node) = list.last().and_then(|t| t.node.as_deref()) {
+            of_node.entry(node).or_insert(*slot);
+        }
+    }
+    let mut next = 1;
+    on.iter()
+        .map(|node| {
+            let slot = of_node.get(node.as_str()).copied().unwrap_or_else(|| {
+                while used.contains(&next) {
+                    next += 1;
+                }
+                used.insert(next);
+                next
+            });
+            (node.as_str(), slot)
+        })
+        .collect()
+}
+
 struct SlotCx<'a> {
     stack: &'a str,
     service_name: &'a str,
     service: &'a Service,
     slot: u32,
+    /// The node a new task of the slot is made for (a global service's); None: the
+    /// scheduler places it.
+    node: Option<&'a str>,
+    nodes: &'a Nodes,
     hash: &'a str,
     stopped: bool,
     now: u64,
@@ -234,21 +325,32 @@ struct SlotCx<'a> {
 }
 
 fn plan_slot(plan: &mut Plan, cx: SlotCx, history: &[&Task], ready: impl FnOnce() -> bool) {
+    // A task on a lost node is shut down (its node stops it if it comes back), and the
+    // slot is planned as if it had none.
+    for t in history.iter().filter(|t| cx.nodes.lost(t)) {
+        shut_down(plan, t);
+    }
     let live: Vec<&Task> = history
         .iter()
         .copied()
-        .filter(|t| t.desired == DesiredState::Running)
+        .filter(|t| t.desired == DesiredState::Running && !cx.nodes.lost(t))
         .collect();
-    // More than one live task in a slot cannot come from this function; keep the newest.
-    for extra in live.iter().rev().skip(1) {
-        remove(plan, extra);
-    }
     let current = live.last().copied();
+    // A task moving off its node hands over to its replacement (the newest): it keeps
+    // running until the replacement does. Any other extra live task cannot come from
+    // this function: keep the newest.
+    let handing_over = current.is_some_and(|c| c.status.state() != TaskState::Running);
+    for extra in live.iter().rev().skip(1) {
+        if !(handing_over && cx.nodes.moving.contains(&extra.id)) {
+            remove(plan, extra);
+        }
+    }
     // A task on its way out whose process may still run holds the slot: its published
-    // ports and its DNS name are still taken.
-    let leaving = history
-        .iter()
-        .any(|t| t.desired == DesiredState::Remove && !t.status.state().is_terminal());
+    // ports and its DNS name are still taken (unless its node is lost: then nothing
+    // can be known of it).
+    let leaving = history.iter().any(|t| {
+        t.desired == DesiredState::Remove && !t.status.state().is_terminal() && !cx.nodes.lost(t)
+    });
     let next_generation = history.last().map_or(1, |t| t.generation + 1);
 
     match current {
@@ -269,6 +371,14 @@ fn plan_slot(plan: &mut Plan, cx: SlotCx, history: &[&Task], ready: impl FnOnce(
                     t.restarts + 1
                 };
                 let next = new_task(&cx, next_generation, restarts);
+                plan.changes.push(Change::Create(Box::new(next)));
+            }
+        }
+        // Moving off its node (drained, or no longer meeting the constraints): a
+        // replacement first, placed elsewhere by the scheduler.
+        Some(t) if cx.nodes.moving.contains(&t.id) && live.len() == 1 => {
+            if ready() {
+                let next = new_task(&cx, next_generation, t.restarts);
                 plan.changes.push(Change::Create(Box::new(next)));
             }
         }
@@ -306,7 +416,7 @@ fn new_task(cx: &SlotCx, generation: u32, restarts: u32) -> Task {
         restarts,
         stop_grace_ms: None,
         deps_seen: cx.deps_seen.clone(),
-        node: None,
+        node: cx.node.map(str::to_string),
     }
 }
 

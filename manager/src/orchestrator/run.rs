@@ -1,12 +1,26 @@
 //! The loop that runs the orchestrator: whenever the store changes (or a plan asked to
 //! be woken), it makes a plan from the current state and applies it in one store
 //! transaction. The thin shell around the pure [`super::reconcile`].
+//!
+//! On a cluster only the leader runs it, and the same transaction also places the
+//! tasks that have no node (`crate::scheduler::schedule`), with the nodes the leader
+//! finds down (`crate::cluster::liveness`). Since nodes go down without the store
+//! changing, the leader also looks every second.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use raft::StateRole;
 
-use super::{Change, Plan};
+use super::{Change, Nodes, Plan};
+use crate::cluster::liveness::Liveness;
+use crate::scheduler;
 use crate::state::model::State;
 use crate::state::store::Store;
+
+/// How often the leader of a cluster looks at its nodes even if nothing changed.
+const CLUSTER_TICK: Duration = Duration::from_secs(1);
 
 /// Applies an orchestrator plan to a state (inside a store transaction).
 pub fn apply(state: &mut State, plan: &Plan) {
@@ -27,18 +41,53 @@ pub fn apply(state: &mut State, plan: &Plan) {
     }
 }
 
+/// Places the tasks of `state` that have no node, on the nodes not `down`: each placed
+/// task gets its node, each pending one says why in its status message (written only
+/// when it changes, so that a pass over an unchanged cluster writes nothing).
+pub fn place(state: &mut State, nodes: &Nodes) {
+    let ready = state
+        .nodes
+        .keys()
+        .filter(|id| !nodes.down.contains(*id))
+        .cloned()
+        .collect();
+    let plan = scheduler::schedule(&scheduler::Input {
+        stacks: &state.stacks,
+        tasks: &state.tasks,
+        nodes: &state.nodes,
+        ready: &ready,
+        images: &BTreeMap::new(),
+    });
+    for (id, node) in &plan.assignments {
+        if let Some(t) = state.tasks.get_mut(id) {
+            t.node = Some(node.clone());
+            t.status.message.clear();
+        }
+    }
+    for (id, why) in &plan.pending {
+        if let Some(t) = state.tasks.get_mut(id) {
+            let why = why.to_string();
+            if t.status.message != why {
+                t.status.message = why;
+            }
+        }
+    }
+}
+
 /// Runs the orchestrator whenever the store changes, or when a plan asked to be woken
-/// (a restart back-off), until the process ends. On a cluster (`placement`
-/// is this manager's node id) only the leader orchestrates, and the tasks it creates
-/// run on its node until the scheduler places them.
-pub async fn run_orchestrator(store: std::sync::Arc<Store>, placement: Option<String>) {
+/// (a restart back-off), until the process ends. On a cluster (`liveness` is the
+/// leader's memory of heartbeats) only the leader orchestrates, and it places tasks.
+pub async fn run_orchestrator(store: Arc<Store>, liveness: Option<Arc<Liveness>>) {
     let mut watch = store.watch();
     loop {
-        if placement.is_some() && store.node().status().role != StateRole::Leader {
-            // Leadership changes without a store change: look again soon.
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_millis(200), watch.changed()).await;
-            continue;
+        if let Some(live) = &liveness {
+            let leader = store.node().status().role == StateRole::Leader;
+            live.set_leader(leader, Instant::now());
+            if !leader {
+                // Leadership changes without a store change: look again soon.
+                let _ = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
+                continue;
+            }
         }
         let now = spec::task::now_ms();
         // The plan is made inside the transaction: if another manager's write wins
@@ -47,33 +96,43 @@ pub async fn run_orchestrator(store: std::sync::Arc<Store>, placement: Option<St
         let before = store.read(|s| s.version);
         let planned = store.update(|s| {
             let tasks: Vec<_> = s.tasks.values().cloned().collect();
-            let plan = super::reconcile(&s.stacks, &tasks, now);
-            apply(s, &plan);
-            if let Some(node) = &placement {
-                for change in &plan.changes {
-                    if let Change::Create(task) = change {
-                        if let Some(t) = s.tasks.get_mut(&task.id) {
-                            t.node = Some(node.clone());
-                        }
-                    }
+            match &liveness {
+                None => {
+                    let plan = super::reconcile(&s.stacks, &tasks, now);
+                    apply(s, &plan);
+                    Ok(plan)
+                }
+                Some(live) => {
+                    let grace = s
+                        .cluster
+                        .as_ref()
+                        .map(|c| c.settings.node_grace())
+                        .unwrap_or_default();
+                    let down = live.down(&s.nodes, Instant::now(), grace);
+                    let nodes = super::nodes::nodes(s, down, &BTreeMap::new());
+                    let plan = super::reconcile_on(&s.stacks, &tasks, now, &nodes);
+                    apply(s, &plan);
+                    place(s, &nodes);
+                    Ok(plan)
                 }
             }
-            Ok(plan)
         });
         let plan = match planned {
             Ok(plan) if !plan.changes.is_empty() && store.read(|s| s.version) != before => continue,
             Ok(plan) => plan,
             Err(e) => {
                 eprintln!("berth daemon: orchestrator: {e}");
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), watch.changed()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), watch.changed()).await;
                 continue;
             }
         };
-        let sleep = plan
+        let mut sleep = plan
             .wake_at
-            .map(|at| std::time::Duration::from_millis(at.saturating_sub(now).max(1)))
-            .unwrap_or(std::time::Duration::from_secs(60));
+            .map(|at| Duration::from_millis(at.saturating_sub(now).max(1)))
+            .unwrap_or(Duration::from_secs(60));
+        if liveness.is_some() {
+            sleep = sleep.min(CLUSTER_TICK);
+        }
         let _ = tokio::time::timeout(sleep, watch.changed()).await;
     }
 }

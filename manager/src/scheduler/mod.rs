@@ -270,6 +270,52 @@ pub fn global_nodes(
         .collect()
 }
 
+/// Whether `node` still suits a task of `service` it runs: its platform and the
+/// service's constraints. A task whose node stops fitting (its labels changed) is moved
+/// by the orchestrator. Availability is not asked: a paused node keeps its tasks, and a
+/// drained one is the orchestrator's own case.
+pub fn still_fits(
+    service: &Service,
+    node: &NodeRecord,
+    images: &BTreeMap<String, Platform>,
+) -> bool {
+    let need = Needs::of(service, images);
+    let n = NodeState::new(node, true);
+    filters::platform(&need, &n).is_ok() && filters::constraints(&need, &n).is_ok()
+}
+
+/// What each node runs, as the scheduler counts it: its tasks that may still run and
+/// the CPU and memory they reserve (`berth node ls`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub tasks: u32,
+    pub millicpus: u64,
+    pub memory: u64,
+}
+
+/// [`Usage`] per node id, counted as a scheduling pass counts it.
+pub fn usage(
+    stacks: &BTreeMap<String, StackRecord>,
+    tasks: &BTreeMap<String, Task>,
+) -> BTreeMap<String, Usage> {
+    let mut out: BTreeMap<String, Usage> = BTreeMap::new();
+    let none = BTreeMap::new();
+    for t in tasks.values() {
+        let Some(node) = &t.node else { continue };
+        if t.status.state().is_terminal() {
+            continue;
+        }
+        let u = out.entry(node.clone()).or_default();
+        u.tasks += 1;
+        if let Some(service) = service_of(stacks, t) {
+            let need = Needs::of(service, &none);
+            u.millicpus = u.millicpus.saturating_add(need.millicpus);
+            u.memory = u.memory.saturating_add(need.memory);
+        }
+    }
+    out
+}
+
 /// Applies a plan's assignments to the tasks (for the loop that will run the
 /// scheduler, and for tests): each assigned task gets its `node`.
 pub fn apply(tasks: &mut BTreeMap<String, Task>, plan: &Plan) {

@@ -56,6 +56,38 @@ pub struct ClusterRecord {
     /// list), for as long as the cluster lives.
     #[serde(default)]
     pub removed: BTreeSet<String>,
+    /// Its settings (`berth cluster update`); left out of the JSON while they are the
+    /// defaults, so a state written before they existed keeps its hash.
+    #[serde(default, skip_serializing_if = "ClusterSettings::is_default")]
+    pub settings: ClusterSettings,
+}
+
+/// The cluster's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    /// How long a node may go without a heartbeat before it is down and its tasks are
+    /// replaced, in ms (0: [`ClusterSettings::DEFAULT_NODE_GRACE`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub node_grace_ms: u64,
+    /// Services spread unevenly are not rebalanced when a node joins or returns
+    /// (Swarm's behaviour; berth rebalances by default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_rebalance: bool,
+}
+
+impl ClusterSettings {
+    pub const DEFAULT_NODE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub fn is_default(&self) -> bool {
+        *self == ClusterSettings::default()
+    }
+
+    pub fn node_grace(&self) -> std::time::Duration {
+        match self.node_grace_ms {
+            0 => Self::DEFAULT_NODE_GRACE,
+            ms => std::time::Duration::from_millis(ms),
+        }
+    }
 }
 
 /// One node of the cluster.

@@ -1,0 +1,172 @@
+//! The dispatcher: what each node is assigned, and the status it sends back (after
+//! swarmkit's `manager/dispatcher`). Every node's agent talks to the managers over the
+//! cluster port (mutual TLS, the node's certificate says who it is):
+//!
+//! - **Assignments** (`GET /v1/dispatcher/assignments`, a long poll): the node's
+//!   [`Assignment`], a complete view of what it runs, and then each time it changes.
+//!   A view is versioned by the store's version when it was made, so a node that hears
+//!   from a lagging manager, or gets an answer late, never goes back to an older view
+//!   (the node keeps the highest version it saw). The node says which view it has by
+//!   its digest; the manager answers as soon as the node's view differs from it.
+//! - **Status** (`POST /v1/dispatcher/status`): batches of task statuses and health
+//!   changes, merged by the rule every recorder follows
+//!   ([`spec::task::TaskStatus::merge_report`]: a state never moves back), and accepted
+//!   only for tasks assigned to the node that reports them.
+//!
+//! A view holds exactly what the node's tasks need: their services (nothing of the
+//! stack's other services), the stack's networks and volumes, and only the secrets and
+//! configs those services use, with their content. Nothing else of the store reaches a
+//! node.
+//!
+//! Views are complete, not deltas: a node's view is its tasks (tens, not thousands),
+//! and a complete view makes a lost or reordered answer harmless.
+//!
+//! This file is the pure core; the endpoints are in `crate::api::dispatcher`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use spec::model::Service;
+use spec::task::{Health, StackRecord, Task, TaskStatus};
+
+use crate::state::model::State;
+
+/// What a node is assigned, as of store version `version`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub version: u64,
+    /// A digest of `tasks` and `stacks`: equal views have equal digests, whatever
+    /// their version.
+    pub digest: String,
+    /// The node's tasks, by id.
+    pub tasks: BTreeMap<String, Task>,
+    /// The stacks they come from, trimmed to what the tasks need.
+    pub stacks: BTreeMap<String, StackRecord>,
+}
+
+/// The assignment of node `node` in `state`. Pure.
+pub fn assignment_for(state: &State, node: &str) -> Assignment {
+    let tasks: BTreeMap<String, Task> = state
+        .tasks
+        .iter()
+        .filter(|(_, t)| t.node.as_deref() == Some(node))
+        .map(|(id, t)| (id.clone(), t.clone()))
+        .collect();
+    let mut used: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for t in tasks.values() {
+        used.entry(&t.stack).or_default().insert(&t.service);
+    }
+    let stacks: BTreeMap<String, StackRecord> = used
+        .into_iter()
+        .filter_map(|(stack, services)| {
+            let record = state.stacks.get(stack)?;
+            Some((stack.to_string(), trimmed(record, &services)))
+        })
+        .collect();
+    let digest = {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&tasks).unwrap_or_default());
+        h.update([0]);
+        h.update(serde_json::to_vec(&stacks).unwrap_or_default());
+        hex::encode(h.finalize())
+    };
+    Assignment {
+        version: state.version,
+        digest,
+        tasks,
+        stacks,
+    }
+}
+
+/// `record` with only `services` (of its services, orphans and one-offs) and only the
+/// secrets, configs, their contents and the variables they read that those services
+/// use.
+fn trimmed(record: &StackRecord, services: &BTreeSet<&str>) -> StackRecord {
+    let keep = |map: &BTreeMap<String, Service>| -> BTreeMap<String, Service> {
+        map.iter()
+            .filter(|(name, _)| services.contains(name.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let mut out = record.clone();
+    out.stack.services = keep(&record.stack.services);
+    out.orphans = keep(&record.orphans);
+    out.oneoffs = keep(&record.oneoffs);
+    let all = out
+        .stack
+        .services
+        .values()
+        .chain(out.orphans.values())
+        .chain(out.oneoffs.values());
+    let (mut secrets, mut configs) = (BTreeSet::new(), BTreeSet::new());
+    for service in all {
+        secrets.extend(service.secrets.iter().map(|m| m.source.clone()));
+        configs.extend(service.configs.iter().map(|m| m.source.clone()));
+    }
+    out.stack.secrets.retain(|k, _| secrets.contains(k));
+    out.stack.configs.retain(|k, _| configs.contains(k));
+    let used_key = |key: &String| match key.split_once('.') {
+        Some(("secrets", name)) => secrets.contains(name),
+        Some(("configs", name)) => configs.contains(name),
+        _ => false,
+    };
+    out.data.retain(|k, _| used_key(k));
+    out.contents.retain(|k, _| used_key(k));
+    let vars: BTreeSet<&String> = out
+        .stack
+        .secrets
+        .values()
+        .chain(out.stack.configs.values())
+        .filter_map(|o| o.environment.as_ref())
+        .collect();
+    out.secret_env.retain(|k, _| vars.contains(k));
+    out
+}
+
+/// A node's batch of reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusBatch {
+    #[serde(default)]
+    pub statuses: Vec<(String, TaskStatus)>,
+    #[serde(default)]
+    pub health: Vec<(String, Health)>,
+}
+
+/// What became of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Reports recorded.
+    pub accepted: usize,
+    /// Task ids refused: not assigned to the reporting node (or no longer known).
+    pub refused: Vec<String>,
+    /// The store's version once the batch is in: a view older than this one does not
+    /// hold it, and the node ignores it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// Records `batch`, reported by node `node`, in `state`: only for tasks assigned to
+/// it, states only moving forward, health only for running tasks. Pure.
+pub fn accept(state: &mut State, node: &str, batch: &StatusBatch) -> Accepted {
+    let mut out = Accepted::default();
+    for (id, status) in &batch.statuses {
+        match state.tasks.get_mut(id) {
+            Some(t) if t.node.as_deref() == Some(node) => {
+                t.status = t.status.merge_report(status);
+                out.accepted += 1;
+            }
+            _ => out.refused.push(id.clone()),
+        }
+    }
+    for (id, health) in &batch.health {
+        match state.tasks.get_mut(id) {
+            Some(t) if t.node.as_deref() == Some(node) => {
+                t.status.merge_health(*health);
+                out.accepted += 1;
+            }
+            _ => out.refused.push(id.clone()),
+        }
+    }
+    out
+}

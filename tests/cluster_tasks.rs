@@ -1,0 +1,190 @@
+//! Tasks on every node of a cluster, for real: `berth daemon` processes in
+//! network-namespace hosts (`testkit::hosts`), a manager and workers made with the CLI,
+//! real containers (busybox) placed by the scheduler, handed to each node's agent by the
+//! dispatcher, and the faults the cluster must ride out (a worker's daemon killed, a
+//! worker cut off, drained, paused).
+
+#[path = "cluster/fixture.rs"]
+mod fixture;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fixture::Fixture;
+use testkit::hosts::poll_until;
+
+/// One row of `berth ps --format json`.
+#[derive(Debug, Clone)]
+struct Row {
+    name: String,
+    id: String,
+    service: String,
+    state: String,
+    status: String,
+    node: String,
+}
+
+impl Fixture {
+    /// `n` hosts with the test image: host 0 a manager, hosts 1 to `joined - 1`
+    /// workers (the rest join later, with the returned worker token); `init` flags in
+    /// `extra`.
+    fn manager_and_workers(n: usize, joined: usize, extra: &[&str]) -> (Fixture, String) {
+        let mut f = Fixture::new(n);
+        for i in 0..n {
+            f.import_busybox(i);
+        }
+        let (worker_token, _) = f.init_with(extra);
+        for i in 1..joined {
+            f.join(i, &worker_token);
+        }
+        f.wait_ready(0, joined);
+        (f, worker_token)
+    }
+
+    /// Waits until manager `i` counts `n` nodes, all ready.
+    fn wait_ready(&self, i: usize, n: usize) {
+        let ok = poll_until(Duration::from_secs(30), || {
+            let nodes = self.status(i);
+            nodes.as_array().is_some_and(|list| {
+                list.len() == n && list.iter().all(|node| node["status"] == "ready")
+            })
+        });
+        assert!(
+            ok,
+            "the cluster never had {n} ready nodes: {}",
+            self.status(i)
+        );
+    }
+
+    /// Writes `compose` (a stack named `name`) into the cluster's directory.
+    fn compose(&self, name: &str, compose: &str) -> PathBuf {
+        let path = self.hosts.dir().join(format!("{name}.yaml"));
+        std::fs::write(&path, format!("name: {name}\n{compose}")).expect("write compose file");
+        path
+    }
+
+    /// `berth ps -a --format json` of stack `name` on manager `i`.
+    fn ps(&self, i: usize, name: &str) -> Vec<Row> {
+        let out = self.berth(i, &["-p", name, "ps", "-a", "--format", "json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.iter()
+            .map(|r| Row {
+                name: r["Name"].as_str().unwrap_or_default().into(),
+                id: r["ID"].as_str().unwrap_or_default().into(),
+                service: r["Service"].as_str().unwrap_or_default().into(),
+                state: r["State"].as_str().unwrap_or_default().into(),
+                status: r["Status"].as_str().unwrap_or_default().into(),
+                node: r["NodeID"].as_str().unwrap_or_default().into(),
+            })
+            .collect()
+    }
+
+    /// The running tasks of `service`, per node id.
+    fn running_per_node(&self, i: usize, name: &str, service: &str) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in self.ps(i, name) {
+            if r.service == service && r.state == "running" {
+                *out.entry(r.node).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Waits for `what` to hold of stack `name`'s rows, showing them if it never does.
+    fn wait_rows(&self, name: &str, what: &str, mut cond: impl FnMut(&[Row]) -> bool) {
+        let ok = poll_until(Duration::from_secs(60), || cond(&self.ps(0, name)));
+        assert!(
+            ok,
+            "{what}: never so; ps:\n{:#?}\nlogs:\n{}",
+            self.ps(0, name),
+            (0..self.daemons.len())
+                .map(|h| format!("--- host {h}\n{}", self.log(h)))
+                .collect::<String>()
+        );
+    }
+}
+
+const SLEEP: &str = "image: busybox:local\n    command: [\"sleep\", \"3600\"]";
+
+#[test]
+fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes() {
+    // Host 3 joins later, for the global service to follow.
+    let (mut f, token) = Fixture::manager_and_workers(4, 3, &[]);
+    let ids: Vec<String> = (0..3).map(|i| f.node_id(i)).collect();
+    let file = f.compose(
+        "spread",
+        &format!(
+            "services:
+  web:
+    {SLEEP}
+    deploy:
+      replicas: 4
+  db:
+    {SLEEP}
+    deploy:
+      placement:
+        constraints: [node.labels.tier == db]
+  mon:
+    {SLEEP}
+    deploy:
+      mode: global
+"
+        ),
+    );
+    let file = file.to_str().expect("utf-8");
+    f.ok(0, &["-f", file, "up", "-d"]);
+    f.wait_rows("spread", "4 web, 3 mon running; db pending", |rows| {
+        let running = |s: &str| {
+            rows.iter()
+                .filter(|r| r.service == s && r.state == "running")
+                .count()
+        };
+        running("web") == 4
+            && running("mon") == 3
+            && rows
+                .iter()
+                .any(|r| r.service == "db" && r.status.contains("node.labels.tier"))
+    });
+    let web = f.running_per_node(0, "spread", "web");
+    assert!(
+        web.len() >= 3 && web.values().all(|n| *n <= 2),
+        "web spreads over the nodes, at most 2 on one: {web:?}"
+    );
+    let mon = f.running_per_node(0, "spread", "mon");
+    assert_eq!(mon.len(), 3, "one mon per node: {mon:?}");
+    // Each container is on the host the manager says, and only there.
+    for r in f.ps(0, "spread").iter().filter(|r| r.state == "running") {
+        let host = (0..3).find(|&i| ids[i] == r.node).expect("a known node");
+        for i in 0..3 {
+            assert_eq!(
+                f.containers_on(i).contains(&r.id),
+                i == host,
+                "{} on host {i}",
+                r.name
+            );
+        }
+    }
+    // The pending task is placed once a node gets the label.
+    f.ok(0, &["node", "update", "--label-add", "tier=db", &ids[2]]);
+    f.wait_rows("spread", "db runs on the labelled node", |rows| {
+        rows.iter()
+            .any(|r| r.service == "db" && r.state == "running" && r.node == ids[2])
+    });
+    // A node that joins gets the global service's task.
+    f.join(3, &token);
+    let late = f.node_id(3);
+    f.wait_rows("spread", "mon follows the node that joined", |rows| {
+        rows.iter()
+            .any(|r| r.service == "mon" && r.state == "running" && r.node == late)
+    });
+    f.ok(0, &["-f", file, "down"]);
+    f.wait_rows("spread", "everything is gone", |rows| rows.is_empty());
+    for i in 0..4 {
+        assert!(
+            f.containers_on(i).is_empty(),
+            "host {i} holds {:?}",
+            f.containers_on(i)
+        );
+    }
+}
