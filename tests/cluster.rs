@@ -12,7 +12,8 @@
 #[path = "cluster/fixture.rs"]
 mod fixture;
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use fixture::{drop_and_check, raw_get, stderr, Fixture, BERTH};

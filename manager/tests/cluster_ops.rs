@@ -3,9 +3,9 @@
 //! also checks that the state was left as it was: the store would run the same
 //! function inside a transaction and commit whatever it changed.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
 
+use manager::cluster::liveness::NodeStatus;
 use manager::cluster::ops::{
     self, admit_node, change, find, record_init, resolve, rotate_token, token, undo_init, views,
     NodeChange, Refused,
@@ -354,8 +354,8 @@ fn init_and_its_undo() {
     assert_eq!(s, after);
 }
 
-/// Managers are reachable as the leader's Raft progress says; workers as recent as
-/// their last heartbeat.
+/// Managers are reachable as the leader's Raft progress says; every node's status is
+/// its heartbeats' (as the leader's liveness says), and its usage is its tasks'.
 #[test]
 fn node_views_say_who_is_reachable() {
     let s = cluster();
@@ -376,27 +376,61 @@ fn node_views_say_who_is_reachable() {
         ],
         ..Status::default()
     };
-    let now = Instant::now() + Duration::from_secs(60);
-    let heartbeats = HashMap::from([
-        ("w1cc".to_string(), now - Duration::from_secs(1)),
-        ("w1dd".to_string(), now - Duration::from_secs(30)),
-    ]);
-    let got: Vec<(String, bool, String, String, u64)> = views(&s.nodes, &status, &heartbeats, now)
-        .into_iter()
-        .map(|v| (v.record.id, v.leader, v.reachability, v.raft, v.matched))
-        .collect();
+    let live = |id: &str| match id {
+        "w1cc" | "m1aa" => NodeStatus::Ready,
+        "w1dd" => NodeStatus::Down,
+        _ => NodeStatus::Unknown,
+    };
+    let usage = manager::scheduler::usage(&s.stacks, &s.tasks);
+    let got: Vec<(String, bool, String, String, String, u64)> =
+        views(&s.nodes, &status, &live, &usage)
+            .into_iter()
+            .map(|v| {
+                (
+                    v.record.id,
+                    v.leader,
+                    v.status,
+                    v.reachability,
+                    v.raft,
+                    v.matched,
+                )
+            })
+            .collect();
     let want = [
-        ("m1aa", true, "reachable", "voter", 10),
-        ("m2bb", false, "unreachable", "voter", 7),
-        ("w1cc", false, "reachable", "-", 0),
-        ("w1dd", false, "unreachable", "-", 0),
+        ("m1aa", true, "ready", "reachable", "voter", 10),
+        ("m2bb", false, "unknown", "unreachable", "voter", 7),
+        ("w1cc", false, "ready", "reachable", "-", 0),
+        ("w1dd", false, "down", "unreachable", "-", 0),
     ];
-    let want: Vec<(String, bool, String, String, u64)> = want
+    let want: Vec<(String, bool, String, String, String, u64)> = want
         .iter()
-        .map(|(id, l, r, raft, m)| (id.to_string(), *l, r.to_string(), raft.to_string(), *m))
+        .map(|(id, l, st, r, raft, m)| {
+            (
+                id.to_string(),
+                *l,
+                st.to_string(),
+                r.to_string(),
+                raft.to_string(),
+                *m,
+            )
+        })
         .collect();
     assert_eq!(got, want);
-    // A worker never heard from is unknown.
-    let got = views(&s.nodes, &status, &HashMap::new(), now);
-    assert_eq!(got[2].reachability, "unknown");
+    // The running container of w1cc counts; the removed one of w1dd does not.
+    let views = views(&s.nodes, &status, &live, &usage);
+    assert_eq!(views[2].usage.tasks, 1);
+    assert_eq!(views[3].usage.tasks, 0);
+    // A worker the leader knows nothing of is unknown.
+    let got = views_unknown(&s);
+    assert_eq!(got, "unknown");
+}
+
+fn views_unknown(s: &State) -> String {
+    let got = views(
+        &s.nodes,
+        &Status::default(),
+        &|_| NodeStatus::Unknown,
+        &Default::default(),
+    );
+    got[2].reachability.clone()
 }
