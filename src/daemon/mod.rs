@@ -205,6 +205,7 @@ async fn run_manager(
             .ok()
             .filter(|p| !p.is_empty() && !p.contains(".."))
             .unwrap_or_else(|| "berth".into()),
+        images: None,
     };
     let me: Option<String> = member.as_ref().map(|m| m.node_id().to_string());
     let node: Arc<dyn NodeAgent> = Arc::new(ApiNode(agent::node::LocalNode::new(executor.clone())));
