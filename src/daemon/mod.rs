@@ -19,6 +19,7 @@
 //! side asks of this process (calls to other managers, a restart in place);
 //! `preflight` is what the daemon checks before it serves.
 
+mod images;
 mod preflight;
 mod process;
 mod store_side;

@@ -24,7 +24,7 @@ use crate::port::Peer;
 use crate::state::store::{Store, StoreError};
 
 /// An error answer: `{"error": "..."}` with a status, as the rest of the API.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
@@ -365,14 +365,14 @@ fn bad_node_name(name: &str) -> Option<Response> {
 }
 
 /// The verified node behind a request on the cluster port.
-fn caller(peer: Option<Extension<Peer>>) -> Option<pki::Identity> {
+pub(super) fn caller(peer: Option<Extension<Peer>>) -> Option<pki::Identity> {
     match peer {
         Some(Extension(Peer(Some(identity)))) => Some(identity),
         _ => None,
     }
 }
 
-fn not_a_node() -> Response {
+pub(super) fn not_a_node() -> Response {
     error(
         StatusCode::UNAUTHORIZED,
         "this endpoint is for cluster nodes: call it on the cluster port with a node \
