@@ -26,14 +26,12 @@ struct Row {
 }
 
 impl Fixture {
-    /// `n` hosts with the test image: host 0 a manager, hosts 1 to `joined - 1`
-    /// workers (the rest join later, with the returned worker token); `init` flags in
-    /// `extra`.
+    /// `n` hosts: host 0 a manager, hosts 1 to `joined - 1` workers (the rest join
+    /// later, with the returned worker token); `init` flags in `extra`. Only the
+    /// manager has the test image: the workers fetch it from it.
     fn manager_and_workers(n: usize, joined: usize, extra: &[&str]) -> (Fixture, String) {
         let mut f = Fixture::new(n);
-        for i in 0..n {
-            f.import_busybox(i);
-        }
+        f.import_busybox(0);
         let (worker_token, _) = f.init_with(extra);
         for i in 1..joined {
             f.join(i, &worker_token);

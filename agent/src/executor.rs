@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use spec::model::{Service, Stack};
@@ -17,7 +18,8 @@ use spec::task::{now_ms, Task, TaskState, TaskStatus};
 
 use crate::container::{self, ContainerContext, ContainerError};
 use crate::image::reference::ReferenceError;
-use crate::image::{ImageError, ImageStore, Reference};
+use crate::image::source::{self, FindError};
+use crate::image::{ImageError, ImageSource, ImageStore, Reference};
 use crate::runtime::cgroups::CgroupError;
 use crate::runtime::RuntimeError;
 use crate::shim::{self, CreateOptions, ShimError, Status};
@@ -49,6 +51,14 @@ pub enum ExecutorError {
         service: String,
         #[source]
         source: ImageError,
+    },
+    /// The node lacks the image, or `pull_policy: always` wants it again, and the
+    /// executor's [`ImageSource`] could not bring it.
+    #[error("services.{service}.image: {source}")]
+    FetchImage {
+        service: String,
+        #[source]
+        source: FindError,
     },
     /// The image store could not be opened, or a container's claim on its image
     /// could not be dropped.
@@ -114,6 +124,10 @@ impl ExecutorError {
             ExecutorError::Pin(_) | ExecutorError::Bundle { .. } | ExecutorError::Shim(_) => {
                 TaskState::Failed
             }
+            // Failed is retried (with the service's restart policy); Rejected is not.
+            ExecutorError::FetchImage { source, .. } if source.may_succeed_later() => {
+                TaskState::Failed
+            }
             _ => TaskState::Rejected,
         }
     }
@@ -130,6 +144,10 @@ pub struct Executor {
     /// The cgroup every container's cgroup is made under (`berth` by default, like
     /// Docker's `docker`); each container gets `<parent>/<id>`.
     pub cgroup_parent: String,
+    /// Where an image this node lacks comes from, as the service's `pull_policy` allows
+    /// (`agent::image::source::find`); `None` (a single host): a missing image fails
+    /// the task.
+    pub images: Option<Arc<dyn ImageSource>>,
 }
 
 impl Executor {
@@ -259,12 +277,22 @@ impl Executor {
                 service: task.service.clone(),
                 source,
             })?;
-        let image = store
-            .image(&reference)
-            .map_err(|source| ExecutorError::ServiceImage {
+        let image = source::find(
+            &store,
+            &reference,
+            service.pull_policy.as_deref(),
+            self.images.as_deref(),
+        )
+        .map_err(|e| match e {
+            FindError::Store(source) => ExecutorError::ServiceImage {
                 service: task.service.clone(),
                 source,
-            })?;
+            },
+            source => ExecutorError::FetchImage {
+                service: task.service.clone(),
+                source,
+            },
+        })?;
         let ctx = ContainerContext {
             id: task.id.clone(),
             service: task.service.clone(),

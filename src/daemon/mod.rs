@@ -20,6 +20,7 @@
 //! `preflight` is what the daemon checks before it serves.
 
 mod dispatcher_side;
+mod images;
 mod preflight;
 mod process;
 mod store_side;
@@ -203,7 +204,14 @@ async fn run_manager(
             store
         }
     };
-    let executor = executor(state_dir, shim, net.clone());
+    let executor = executor(
+        state_dir,
+        shim,
+        net.clone(),
+        member
+            .as_ref()
+            .map(|m| (m.http.clone(), managers_from_store(m))),
+    );
     let me: Option<String> = member.as_ref().map(|m| m.node_id().to_string());
     let node: Arc<dyn NodeAgent> = Arc::new(ApiNode(agent::node::LocalNode::new(executor.clone())));
     let api = manager::api::router(store.clone(), node);
@@ -215,10 +223,12 @@ async fn run_manager(
                 daemon.clone(),
             )),
             Some(m) => {
-                // The cluster port: Raft and the API over mutual TLS.
+                // The cluster port: Raft and the API over mutual TLS, and this node's
+                // images for the nodes that lack them.
                 let router = api
                     .clone()
                     .merge(cluster_api::manager(m.clone()))
+                    .merge(images::router(state_dir)?)
                     .layer(axum::middleware::from_fn_with_state(
                         store.clone(),
                         cluster_api::check_record,
@@ -325,13 +335,54 @@ fn wait_for_quorum(store: &Store) -> anyhow::Result<()> {
     }
 }
 
+/// The cluster's managers' addresses, as a node knows them now.
+type ManagerList = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// The managers other than itself a worker last heard of (its heartbeats keep
+/// `<state>/cluster/config.json` current).
+fn managers_from_config(state_dir: &Path) -> ManagerList {
+    let dir = state_dir.to_path_buf();
+    Box::new(move || {
+        cluster_files::load(&dir)
+            .ok()
+            .flatten()
+            .map(|(config, _)| config.managers.iter().map(|m| m.2.clone()).collect())
+            .unwrap_or_default()
+    })
+}
+
+/// The other managers, as a manager's store has them.
+fn managers_from_store(member: &Arc<Member>) -> ManagerList {
+    let member = Arc::downgrade(member);
+    Box::new(move || {
+        let Some(m) = member.upgrade() else {
+            return Vec::new();
+        };
+        let me = m.node_id().to_string();
+        m.store.read(|s| {
+            s.nodes
+                .values()
+                .filter(|n| n.role == NodeRole::Manager && n.id != me)
+                .map(|n| n.addr.clone())
+                .collect()
+        })
+    })
+}
+
 /// The node's container executor: containers under `$BERTH_CGROUP_PARENT` (default
-/// `berth`), on `net`.
+/// `berth`), on `net`. A cluster node fetches an image it lacks from the managers
+/// (`images::ClusterImages`): with its client settings and the managers' addresses
+/// of `images`.
 fn executor(
     state_dir: &Path,
     shim: agent::shim::ShimProgram,
     net: Arc<overlay_net::NetworkManager>,
+    images: Option<(Arc<rustls::ClientConfig>, ManagerList)>,
 ) -> Executor {
+    let images = images.map(|(tls, managers)| {
+        let source = images::ClusterImages::new(state_dir, tls, managers);
+        Arc::new(source) as Arc<dyn agent::image::ImageSource>
+    });
     Executor {
         state_dir: state_dir.to_path_buf(),
         net: Some(net),
@@ -340,6 +391,7 @@ fn executor(
             .ok()
             .filter(|p| !p.is_empty() && !p.contains(".."))
             .unwrap_or_else(|| "berth".into()),
+        images,
     }
 }
 
@@ -367,9 +419,14 @@ async fn run_worker(
     let tls = manager::port::http_client_config(&creds, &pki::DenyList::new())
         .context("make the cluster client's TLS settings")?;
     let managers = config.managers.iter().map(|m| m.2.clone()).collect();
-    let side = DispatcherSide::new(state_dir.to_path_buf(), managers, tls);
+    let side = DispatcherSide::new(state_dir.to_path_buf(), managers, tls.clone());
     tokio::spawn(side.clone().run());
-    let executor = executor(state_dir, shim, net.clone());
+    let executor = executor(
+        state_dir,
+        shim,
+        net.clone(),
+        Some((tls.clone(), managers_from_config(state_dir))),
+    );
     let serve =
         std::future::IntoFuture::into_future(axum::serve(listener, cluster_api::worker(config)));
     tokio::pin!(serve);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::digest::Digest;
-use super::oci::{ConfigFile, ImageConfig, Manifest};
+use super::oci::{ConfigFile, Descriptor, ImageConfig, Manifest};
 use super::reference::Reference;
 use super::store::{ImageStore, StoreLock, Sweep};
 use super::ImageError;
@@ -51,6 +51,46 @@ fn json<T: serde::de::DeserializeOwned>(what: String, bytes: &[u8]) -> Result<T,
     serde_json::from_slice(bytes).map_err(|source| ImageError::Json { what, source })
 }
 
+/// The layers a puller must have for `manifest`, each with the diff id `config` gives
+/// it, in the manifest's order and each blob once (an image may list a layer twice).
+/// An error when manifest and config disagree on the number of layers.
+pub(crate) fn layers_to_fetch<'a>(
+    manifest: &'a Manifest,
+    config: &'a ConfigFile,
+) -> Result<Vec<(&'a Descriptor, &'a Digest)>, String> {
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(format!(
+            "the manifest lists {} layers but the config {}",
+            manifest.layers.len(),
+            config.rootfs.diff_ids.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    Ok(manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .filter(|(layer, _)| seen.insert(&layer.digest))
+        .collect())
+}
+
+/// Checks that `bytes` have the digest `expected`; `what` names them in the error.
+pub(crate) fn verify(
+    expected: &Digest,
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<(), ImageError> {
+    let actual = Digest::of(bytes);
+    if actual == *expected {
+        return Ok(());
+    }
+    Err(ImageError::DigestMismatch {
+        what: what(),
+        expected: expected.clone(),
+        actual,
+    })
+}
+
 impl ImageStore {
     /// The image `reference` names: by tag, or by digest within its repository.
     pub fn image(&self, reference: &Reference) -> Result<Image, ImageError> {
@@ -89,10 +129,7 @@ impl ImageStore {
             &self.read_blob(manifest_digest)?,
         )?;
         let config_digest = manifest.config.digest.clone();
-        let config: ConfigFile = json(
-            format!("image config {config_digest}"),
-            &self.read_blob(&config_digest)?,
-        )?;
+        let config = self.read_config(&config_digest)?;
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(ImageError::Invalid {
                 what: format!("image {}", reference.familiar()),
@@ -123,6 +160,17 @@ impl ImageStore {
             config: config.config,
             layers,
         })
+    }
+
+    /// A stored image config, checked against its digest.
+    pub(crate) fn read_config(&self, digest: &Digest) -> Result<ConfigFile, ImageError> {
+        json(format!("image config {digest}"), &self.read_blob(digest)?)
+    }
+
+    /// Whether a layer is in the store both as a blob and unpacked: a puller has
+    /// nothing left to do for it.
+    pub(crate) fn has_layer(&self, blob: &Digest, diff_id: &Digest) -> bool {
+        self.has_blob(blob) && self.layer_dir(diff_id).is_dir()
     }
 
     /// The unpacked layer directories of `image` in the order overlayfs's `lowerdir=`
@@ -177,6 +225,22 @@ impl ImageStore {
             });
         }
         Ok(images)
+    }
+
+    /// Registers the image whose manifest is `manifest_bytes` under `reference`, once
+    /// its config and every layer are in the store: how an image fetched blob by blob
+    /// (a registry pull, a fetch from another node) becomes visible, all at once.
+    pub(crate) fn register(
+        &self,
+        reference: &Reference,
+        manifest_bytes: &[u8],
+    ) -> Result<Image, ImageError> {
+        let lock = self.lock()?;
+        let images = self.commit_image(&lock, std::slice::from_ref(reference), manifest_bytes)?;
+        images
+            .into_iter()
+            .next()
+            .ok_or_else(|| ImageError::NotFound(reference.familiar()))
     }
 
     /// Removes `reference`, then everything no remaining image uses. An image that a

@@ -1,7 +1,8 @@
 //! The local image store: content-addressed blobs, image references, and safe layer
 //! unpacking. Images come in by [`import`] (a rootfs tar, like `docker import`) or
 //! [`load`] (an OCI layout or a `docker save` archive) or [`pull::pull`] (any OCI
-//! distribution registry), all through the same verifying [`store::BlobWriter`].
+//! distribution registry) or [`peer::fetch`] (another node of the cluster), all
+//! through the same verifying [`store::BlobWriter`].
 //!
 //! Where to start: [`ImageStore::open`], then [`ImageStore::image`] and [`ImageStore::layer_dirs`],
 //! which is what the runtime needs to build a container's rootfs.
@@ -11,9 +12,11 @@ mod images;
 mod import;
 mod load;
 pub mod oci;
+pub mod peer;
 pub mod progress;
 pub mod pull;
 pub mod reference;
+pub mod source;
 pub mod store;
 pub mod unpack;
 
@@ -26,6 +29,7 @@ pub use import::import;
 pub use load::load;
 pub use oci::ImageConfig;
 pub use reference::Reference;
+pub use source::{ImageSource, ImageSourceError};
 pub use store::ImageStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,9 @@ pub enum ImageError {
     },
     #[error("image {0:?} not found; import it with berth image import, load it with berth image load, or pull it")]
     NotFound(String),
+    /// A blob asked for by digest that no image in the store uses.
+    #[error("no image in this node's store has blob {0}")]
+    NoSuchBlob(Digest),
     #[error("image {image:?} is used by container(s) {containers}: remove them first (berth down, or berth rm)")]
     InUse { image: String, containers: String },
     #[error(transparent)]

@@ -14,7 +14,6 @@
 //! and bearer tokens, which the registry's `WWW-Authenticate` challenge leads the
 //! client to fetch.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -23,7 +22,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 
-use super::images::Image;
+use super::images::{layers_to_fetch, verify, Image};
 use super::oci::{host_architecture, Index, Manifest, MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX};
 pub use super::progress::Progress;
 use super::progress::{short, BlobProgress, Reporter};
@@ -163,14 +162,9 @@ pub async fn pull_async(
         .map_err(net)?;
     if let Some(pinned) = &reference.digest {
         // A reference by digest names exactly these bytes (the index, if it is one).
-        let actual = Digest::of(&bytes);
-        if actual != *pinned {
-            return Err(ImageError::DigestMismatch {
-                what: format!("manifest of {}", reference.familiar()),
-                expected: pinned.clone(),
-                actual,
-            });
-        }
+        verify(pinned, &bytes, || {
+            format!("manifest of {}", reference.familiar())
+        })?;
     }
     let mut target = target;
     if let Ok(index) = serde_json::from_slice::<Index>(&bytes) {
@@ -184,13 +178,9 @@ pub async fn pull_async(
                 .pull_manifest_raw(&target, &auth, MANIFEST_TYPES)
                 .await
                 .map_err(net)?;
-            if Digest::of(&platform_bytes) != chosen.digest {
-                return Err(ImageError::DigestMismatch {
-                    what: format!("manifest of {}", reference.familiar()),
-                    expected: chosen.digest.clone(),
-                    actual: Digest::of(&platform_bytes),
-                });
-            }
+            verify(&chosen.digest, &platform_bytes, || {
+                format!("manifest of {}", reference.familiar())
+            })?;
             bytes = platform_bytes;
         }
     }
@@ -219,42 +209,24 @@ pub async fn pull_async(
             progress.finish();
         }
     }
-    let config: super::oci::ConfigFile =
-        serde_json::from_slice(&store.read_blob(&manifest.config.digest)?)
-            .map_err(|e| pull_error(reference, format!("the image config is invalid: {e}")))?;
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(pull_error(
-            reference,
-            format!(
-                "the manifest lists {} layers but the config {}",
-                manifest.layers.len(),
-                config.rootfs.diff_ids.len()
-            ),
-        ));
-    }
+    let config = store.read_config(&manifest.config.digest)?;
 
     // Then the layers, each once: downloaded (unless the store has it), verified by the
     // store's writer, and unpacked right away on a blocking thread, so unpacking one
     // layer overlaps with downloading the others.
-    let mut seen = BTreeSet::new();
-    let layers: Vec<(&super::oci::Descriptor, &Digest)> = manifest
-        .layers
-        .iter()
-        .zip(&config.rootfs.diff_ids)
-        .filter(|(l, _)| seen.insert(l.digest.clone()))
-        .collect();
+    let layers = layers_to_fetch(&manifest, &config).map_err(|r| pull_error(reference, r))?;
     let jobs = layers.into_iter().map(|(desc, diff_id)| {
         let progress = report.blob(&desc.digest, desc.size);
         let (client, target, in_flight) = (&client, &target, &in_flight);
         async move {
-            if store.has_blob(&desc.digest) && store.layer_dir(diff_id).is_dir() {
+            if store.has_layer(&desc.digest, diff_id) {
                 progress.present();
                 return Ok(());
             }
             // Held across download and unpack: another puller of this layer waits here,
             // then finds both done and skips them.
             let _lock = lock_blob(store, in_flight, &desc.digest, reference).await?;
-            if store.has_blob(&desc.digest) && store.layer_dir(diff_id).is_dir() {
+            if store.has_layer(&desc.digest, diff_id) {
                 progress.present();
                 return Ok(());
             }
@@ -275,14 +247,9 @@ pub async fn pull_async(
         .try_collect::<Vec<()>>()
         .await?;
 
-    let lock = store.lock()?;
-    let images = store.commit_image(&lock, std::slice::from_ref(reference), &bytes)?;
-    drop(lock);
+    let image = store.register(reference, &bytes)?;
     drop(in_flight);
-    images
-        .into_iter()
-        .next()
-        .ok_or_else(|| pull_error(reference, "nothing was registered"))
+    Ok(image)
 }
 
 /// Whether raw manifest bytes are an index (or a Docker manifest list), by media type.

@@ -25,6 +25,10 @@
 //!   tasks change
 //! - the cluster's routes (`/v1/cluster`, `/v1/nodes`, `/v1/dispatcher/...`): see
 //!   [`cluster`]
+//! - [`images`]: `GET /v1/cluster/images/manifest?ref=` and
+//!   `GET /v1/cluster/images/blobs/{digest}`: this node's images, for other nodes
+//!   (their own router, [`images::router`], over the [`images::NodeImages`] seam; on
+//!   the cluster port only)
 //!
 //! Every name a request carries (the stack in the path, the names in a deployed
 //! record, a service, a task id) is checked against Compose's rules
@@ -35,6 +39,7 @@
 pub mod cluster;
 pub mod dispatcher;
 pub mod events;
+pub mod images;
 pub mod stacks;
 pub mod tasks;
 

@@ -5,19 +5,20 @@
 //! | path | who |
 //! |---|---|
 //! | `/v1/cluster/join`, `/v1/ping` | anyone, with or without a certificate (a joiner has none yet) |
-//! | `/v1/dispatcher/...` | a worker or a manager (every node runs an agent) |
+//! | `/v1/dispatcher/...`, `/v1/cluster/images/...` | a worker or a manager (every node runs an agent, and fetches the images it lacks from the managers) |
 //! | anything else | an admin (the CLI) or a manager |
 //!
-//! Only exact, plain paths are relaxed: a dispatcher path with a `.` or `..` segment,
-//! an empty segment or a percent sign is judged as "anything else", so no spelling of
-//! a path can reach the control API with a weaker certificate than it needs.
+//! Only exact, plain paths are relaxed: a node's path with a `.` or `..` segment, an
+//! empty segment or a percent sign is judged as "anything else", so no spelling of a
+//! path can reach the control API with a weaker certificate than it needs.
 
 use pki::{access, Identity, Role};
 
 /// Paths open to a client without a certificate.
 const OPEN: &[&str] = &["/v1/cluster/join", "/v1/ping"];
-/// Paths under this prefix are the dispatcher's (agents).
-const DISPATCHER_PREFIX: &str = "/v1/dispatcher/";
+/// Paths under these prefixes are for nodes: the dispatcher's (agents), and the images
+/// a node fetches from another (`crate::api::images`).
+const NODE_PREFIXES: &[&str] = &["/v1/dispatcher/", "/v1/cluster/images/"];
 
 /// Why a request was refused: its HTTP status (401 without a certificate, 403 with the
 /// wrong role) and a message for the caller, sent as `{"error": "..."}`.
@@ -32,7 +33,7 @@ pub struct Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     Open,
-    Dispatcher,
+    Node,
     Control,
 }
 
@@ -40,23 +41,27 @@ fn class(path: &str) -> Class {
     if OPEN.contains(&path) {
         return Class::Open;
     }
-    if let Some(rest) = path.strip_prefix(DISPATCHER_PREFIX) {
-        let plain = !rest.contains('%')
+    let plain = |rest: &str| {
+        !rest.contains('%')
             && rest
                 .split('/')
-                .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
-        if plain {
-            return Class::Dispatcher;
-        }
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+    };
+    let node = NODE_PREFIXES
+        .iter()
+        .any(|prefix| path.strip_prefix(prefix).is_some_and(plain));
+    if node {
+        Class::Node
+    } else {
+        Class::Control
     }
-    Class::Control
 }
 
 /// Ok if `peer` (None: the client presented no certificate) may call `path`.
 pub fn authorize(path: &str, peer: Option<&Identity>) -> Result<(), Refusal> {
     let (allowed, needs): (&[Role], &str) = match class(path) {
         Class::Open => return Ok(()),
-        Class::Dispatcher => (access::DISPATCHER, "a worker or manager certificate"),
+        Class::Node => (access::DISPATCHER, "a worker or manager certificate"),
         Class::Control => (access::CONTROL_API, "a manager or admin certificate"),
     };
     let Some(peer) = peer else {
@@ -121,6 +126,16 @@ mod tests {
             ("/v1/dispatcher/", &w, 403),
             ("/v1/dispatcher/%2e%2e/state", &w, 403),
             ("/v1/dispatcher", &w, 403),
+            // A node fetches the images it lacks; the CLI has no business there either.
+            ("/v1/cluster/images/manifest", &w, 200),
+            ("/v1/cluster/images/blobs/sha256:0123abcd", &m, 200),
+            ("/v1/cluster/images/manifest", &a, 403),
+            ("/v1/cluster/images/manifest", &none, 401),
+            ("/v1/cluster/images/../../state", &w, 403),
+            ("/v1/cluster/images/%2e%2e/state", &w, 403),
+            ("/v1/cluster/images", &w, 403),
+            ("/v1/cluster/imagesx/manifest", &w, 403),
+            ("/v1/cluster", &w, 403),
             ("/v1/cluster/join/", &none, 401),
             ("/v1/cluster/join/../../state", &none, 401),
             ("/V1/PING", &none, 401),
