@@ -154,11 +154,11 @@ fn node_changes() {
             Err(Refused::AlreadyWorker("w1dd".into())),
             |_| {},
         ),
-        // A node's live containers would be left unmanaged.
+        // An up node's live containers would be left unmanaged.
         (
             "w1cc",
             NodeChange::Remove { force: true },
-            &[],
+            &["w1cc"],
             Err(Refused::RunsContainers {
                 id: "w1cc".into(),
                 containers: vec!["s-web-1".into()],

@@ -24,7 +24,7 @@ use super::liveness::NodeStatus;
 use super::plan::{manager_by_raft_id, raft_peers};
 use super::{CallError, Daemon, Member};
 use crate::scheduler::Usage;
-use crate::state::model::{ClusterRecord, ClusterSettings, NodeRecord, State};
+use crate::state::model::{Availability, ClusterRecord, ClusterSettings, NodeRecord, State};
 use crate::state::raft::{Progress, Status};
 use crate::state::store::{Store, StoreError};
 use spec::task::now_ms;
@@ -96,8 +96,9 @@ pub enum Refused {
     #[error("{0:?} names several nodes; give more of the id")]
     Ambiguous(String),
     #[error(
-        "node {id} runs containers ({}): take their stacks down first (berth down); \
-         a worker does not run tasks yet, so they would be left unmanaged",
+        "node {id} is up and runs containers ({}): drain it first (berth node update \
+         --availability drain {id}), or take their stacks down (berth down): once \
+         removed, nothing would manage them",
         .containers.join(", ")
     )]
     RunsContainers { id: String, containers: Vec<String> },
@@ -838,6 +839,9 @@ pub enum NodeChange {
         #[serde(default)]
         remove: Vec<String>,
     },
+    /// `node update --availability`: `pause` places nothing new there, `drain` also
+    /// moves its tasks to other nodes.
+    Availability(Availability),
 }
 
 /// Applies `change` to node `name` (`reachable`: the ids of the nodes that are up, which
@@ -855,9 +859,10 @@ pub fn change(
         .filter(|n| n.role == NodeRole::Manager)
         .count();
     let next_raft_id = s.cluster.as_ref().map_or(0, |c| c.next_raft_id);
-    // Until the scheduler can move tasks, a node that stops running containers
-    // (a manager demoted to a worker, a removed node) would leave its containers
-    // unmanaged: refuse while it has any.
+    // A node removed while it is up would keep running its containers with nothing
+    // managing them (its tasks are replaced elsewhere): it must be drained first. A
+    // node that is down has its tasks replaced already, and a demoted manager goes on
+    // running its tasks as a worker.
     let live: Vec<String> = s
         .tasks
         .values()
@@ -865,7 +870,7 @@ pub fn change(
         .filter(|t| t.status.state() != spec::task::TaskState::Removed)
         .map(|t| t.name())
         .collect();
-    let stops_running = matches!(change, NodeChange::Demote | NodeChange::Remove { .. });
+    let stops_running = matches!(change, NodeChange::Remove { .. }) && reachable.contains(&id);
     if stops_running && !live.is_empty() {
         return Err(Refused::RunsContainers {
             id,
@@ -916,6 +921,7 @@ pub fn change(
                 node.labels.insert(k.clone(), v.clone());
             }
         }
+        NodeChange::Availability(a) => node.availability = *a,
     }
     Ok(id)
 }
