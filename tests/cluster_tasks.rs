@@ -89,6 +89,13 @@ impl Fixture {
         out
     }
 
+    /// How many tasks node `node` runs (every stack's, `node ps` on the manager).
+    fn running_on(&self, node: &str) -> usize {
+        let out = self.berth(0, &["node", "ps", "--format", "json", node]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.iter().filter(|r| r["State"] == "running").count()
+    }
+
     /// Waits for `what` to hold of stack `name`'s rows, showing them if it never does.
     fn wait_rows(&self, name: &str, what: &str, mut cond: impl FnMut(&[Row]) -> bool) {
         let ok = poll_until(Duration::from_secs(60), || cond(&self.ps(0, name)));
@@ -185,4 +192,149 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
             f.containers_on(i)
         );
     }
+}
+
+/// The running tasks of stack `name` as (task id, node id), from manager `i`.
+fn running(rows: &[Row]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = rows
+        .iter()
+        .filter(|r| r.state == "running")
+        .map(|r| (r.id.clone(), r.node.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_lost_worker_is_replaced_and_stops_what_was_replaced_when_it_returns() {
+    let (mut f, _) = Fixture::manager_and_workers(3, 3, &["--node-grace", "3s"]);
+    let ids: Vec<String> = (0..3).map(|i| f.node_id(i)).collect();
+    let file = f.compose(
+        "lost",
+        &format!(
+            "services:
+  web:
+    {SLEEP}
+    deploy:
+      replicas: 3
+"
+        ),
+    );
+    let file = file.to_str().expect("utf-8");
+    f.ok(0, &["-f", file, "up", "-d"]);
+    f.wait_rows("lost", "3 web running, one per node", |rows| {
+        let nodes: std::collections::BTreeSet<&str> = rows
+            .iter()
+            .filter(|r| r.state == "running")
+            .map(|r| r.node.as_str())
+            .collect();
+        running(rows).len() == 3 && nodes.len() == 3
+    });
+    let before = running(&f.ps(0, "lost"));
+
+    // kill -9 of a worker's daemon: its container keeps running, and the new daemon
+    // takes it back without a restart or a duplicate.
+    let on_1 = f.containers_on(1);
+    f.kill9(1);
+    f.start(1);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(running(&f.ps(0, "lost")), before, "nothing was replaced");
+    assert_eq!(f.containers_on(1), on_1, "nor duplicated on the node");
+
+    // Worker 2 cut off: its task runs elsewhere once the grace is over.
+    let lost: Vec<String> = before
+        .iter()
+        .filter(|(_, n)| *n == ids[2])
+        .map(|(t, _)| t.clone())
+        .collect();
+    assert_eq!(lost.len(), 1);
+    f.hosts.isolate(2).expect("cut host 2 off");
+    let cut = std::time::Instant::now();
+    f.wait_rows("lost", "3 web running on the two nodes left", |rows| {
+        let now = running(rows);
+        now.len() == 3 && now.iter().all(|(_, n)| *n != ids[2])
+    });
+    let took = cut.elapsed();
+    assert!(
+        took < Duration::from_secs(3 + 6),
+        "replaced {took:?} after the cut (grace 3 s)"
+    );
+    let nodes = f.status(0);
+    let down = nodes
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["id"] == ids[2].as_str()))
+        .map(|n| n["status"].clone());
+    assert_eq!(down, Some(serde_json::json!("down")), "{nodes}");
+
+    // Healed: the stale container stops, and the service runs exactly 3 tasks.
+    f.hosts.heal().expect("heal");
+    let ok = testkit::hosts::poll_until(Duration::from_secs(30), || {
+        let on_node: Vec<serde_json::Value> = serde_json::from_str(&f.ok(
+            0,
+            &["node", "ps", "-a", "--format", "json", &ids[2]],
+        ))
+        .unwrap_or_default();
+        on_node.iter().all(|t| t["State"] != "running") && !on_node.is_empty()
+    });
+    assert!(
+        ok,
+        "the returned node still runs its replaced task: {}\nlog:\n{}",
+        f.ok(0, &["node", "ps", "-a", &ids[2]]),
+        f.log(2)
+    );
+    assert_eq!(running(&f.ps(0, "lost")).len(), 3);
+    f.ok(0, &["-f", file, "down"]);
+    f.wait_rows("lost", "everything is gone", |rows| rows.is_empty());
+}
+
+#[test]
+fn drain_moves_tasks_before_stopping_them_and_pause_places_nothing_new() {
+    let (f, _) = Fixture::manager_and_workers(3, 3, &[]);
+    let ids: Vec<String> = (0..3).map(|i| f.node_id(i)).collect();
+    let file = f.compose(
+        "drain",
+        &format!(
+            "services:
+  web:
+    {SLEEP}
+    deploy:
+      replicas: 3
+"
+        ),
+    );
+    let file = file.to_str().expect("utf-8");
+    f.ok(0, &["-f", file, "up", "-d"]);
+    f.wait_rows("drain", "3 web running", |rows| running(rows).len() == 3);
+
+    // Pause node 1, scale up: nothing new lands there.
+    f.ok(0, &["node", "update", "--availability", "pause", &ids[1]]);
+    let on_1_before = f
+        .running_per_node(0, "drain", "web")
+        .get(&ids[1])
+        .copied()
+        .unwrap_or(0);
+    f.ok(0, &["-f", file, "up", "-d", "--scale", "web=6"]);
+    f.wait_rows("drain", "6 web running", |rows| running(rows).len() == 6);
+    let per_node = f.running_per_node(0, "drain", "web");
+    assert_eq!(
+        per_node.get(&ids[1]).copied().unwrap_or(0),
+        on_1_before,
+        "a paused node gets nothing new: {per_node:?}"
+    );
+
+    // Drain node 2: its tasks move, and the service never runs fewer than 6.
+    f.ok(0, &["node", "update", "--availability", "drain", &ids[2]]);
+    // Counted over every task (ps shows a slot's newest only, which is the
+    // replacement while it starts).
+    let mut fewest = usize::MAX;
+    let ok = testkit::hosts::poll_until(Duration::from_secs(60), || {
+        let all: usize = ids.iter().map(|n| f.running_on(n)).sum();
+        fewest = fewest.min(all);
+        let now = running(&f.ps(0, "drain"));
+        now.len() == 6 && now.iter().all(|(_, n)| *n != ids[2])
+    });
+    assert!(ok, "drained node still runs tasks: {:#?}", f.ps(0, "drain"));
+    assert!(fewest >= 6, "the service dropped to {fewest} running while moving");
+    f.ok(0, &["-f", file, "down"]);
+    f.wait_rows("drain", "everything is gone", |rows| rows.is_empty());
 }
