@@ -269,11 +269,9 @@ fn a_lost_worker_is_replaced_and_stops_what_was_replaced_when_it_returns() {
     // Healed: the stale container stops, and the service runs exactly 3 tasks.
     f.hosts.heal().expect("heal");
     let ok = testkit::hosts::poll_until(Duration::from_secs(30), || {
-        let on_node: Vec<serde_json::Value> = serde_json::from_str(&f.ok(
-            0,
-            &["node", "ps", "-a", "--format", "json", &ids[2]],
-        ))
-        .unwrap_or_default();
+        let on_node: Vec<serde_json::Value> =
+            serde_json::from_str(&f.ok(0, &["node", "ps", "-a", "--format", "json", &ids[2]]))
+                .unwrap_or_default();
         on_node.iter().all(|t| t["State"] != "running") && !on_node.is_empty()
     });
     assert!(
@@ -334,7 +332,10 @@ fn drain_moves_tasks_before_stopping_them_and_pause_places_nothing_new() {
         now.len() == 6 && now.iter().all(|(_, n)| *n != ids[2])
     });
     assert!(ok, "drained node still runs tasks: {:#?}", f.ps(0, "drain"));
-    assert!(fewest >= 6, "the service dropped to {fewest} running while moving");
+    assert!(
+        fewest >= 6,
+        "the service dropped to {fewest} running while moving"
+    );
     f.ok(0, &["-f", file, "down"]);
     f.wait_rows("drain", "everything is gone", |rows| rows.is_empty());
 }

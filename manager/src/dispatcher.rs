@@ -170,3 +170,118 @@ pub fn accept(state: &mut State, node: &str, batch: &StatusBatch) -> Accepted {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spec::model::{FileMount, FileObject, Stack};
+    use spec::task::{DesiredState, TaskState};
+
+    fn task(id: &str, service: &str, node: &str) -> Task {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "stack": "app", "service": service, "slot": 1, "generation": 1,
+            "spec_hash": "h", "desired": "running", "status": {}, "created_at": 0,
+            "node": node,
+        }))
+        .expect("a task")
+    }
+
+    fn secret(name: &str) -> FileObject {
+        FileObject {
+            name: name.into(),
+            file: Some(format!("/run/{name}")),
+            environment: None,
+            content: None,
+            external: false,
+            labels: Default::default(),
+            extensions: Default::default(),
+        }
+    }
+
+    /// `web` uses secret `a`, `db` secret `b`; web runs on n1, db on n2.
+    fn state() -> State {
+        let uses = |s: &str| Service {
+            image: Some("busybox".into()),
+            secrets: vec![FileMount {
+                source: s.into(),
+                target: format!("/run/secrets/{s}"),
+                uid: None,
+                gid: None,
+                mode: None,
+            }],
+            ..Service::default()
+        };
+        let mut stack = Stack::of_services(
+            "app",
+            [
+                ("web".to_string(), uses("a")),
+                ("db".to_string(), uses("b")),
+            ],
+        );
+        stack.secrets.insert("a".into(), secret("a"));
+        stack.secrets.insert("b".into(), secret("b"));
+        let mut record = StackRecord::new(stack);
+        record.data.insert("secrets.a".into(), "QQ==".into());
+        record.data.insert("secrets.b".into(), "Qg==".into());
+        let mut s = State::default();
+        s.stacks.insert("app".into(), record);
+        for t in [
+            task("app-web-1.1", "web", "n1"),
+            task("app-db-1.1", "db", "n2"),
+        ] {
+            s.tasks.insert(t.id.clone(), t);
+        }
+        s.version = 7;
+        s
+    }
+
+    #[test]
+    fn a_node_is_sent_only_its_tasks_and_the_secrets_they_use() {
+        let s = state();
+        let a = assignment_for(&s, "n1");
+        assert_eq!(a.version, 7);
+        assert_eq!(a.tasks.keys().collect::<Vec<_>>(), ["app-web-1.1"]);
+        let record = &a.stacks["app"];
+        assert_eq!(record.stack.services.keys().collect::<Vec<_>>(), ["web"]);
+        assert_eq!(record.stack.secrets.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(record.data.keys().collect::<Vec<_>>(), ["secrets.a"]);
+        // A node with no task gets nothing of any stack.
+        let none = assignment_for(&s, "n3");
+        assert!(none.tasks.is_empty() && none.stacks.is_empty());
+    }
+
+    #[test]
+    fn the_digest_follows_the_view_not_the_version() {
+        let mut s = state();
+        let a = assignment_for(&s, "n1");
+        s.version += 5;
+        s.tasks.get_mut("app-db-1.1").expect("db").status.message = "x".into();
+        assert_eq!(assignment_for(&s, "n1").digest, a.digest, "n2's change");
+        s.tasks.get_mut("app-web-1.1").expect("web").desired = DesiredState::Shutdown;
+        assert_ne!(assignment_for(&s, "n1").digest, a.digest);
+    }
+
+    #[test]
+    fn reports_count_only_for_the_reporting_nodes_tasks_and_never_move_back() {
+        let mut s = state();
+        s.tasks.get_mut("app-web-1.1").expect("web").status.state = Some(TaskState::Running);
+        let report = |state| TaskStatus {
+            state: Some(state),
+            ..TaskStatus::default()
+        };
+        let batch = StatusBatch {
+            statuses: vec![
+                ("app-web-1.1".into(), report(TaskState::Preparing)),
+                ("app-db-1.1".into(), report(TaskState::Failed)),
+                ("gone".into(), report(TaskState::Failed)),
+            ],
+            health: vec![("app-db-1.1".into(), Health::Healthy)],
+        };
+        let got = accept(&mut s, "n1", &batch);
+        assert_eq!(got.accepted, 1);
+        assert_eq!(got.refused, ["app-db-1.1", "gone", "app-db-1.1"]);
+        assert_eq!(s.tasks["app-web-1.1"].status.state(), TaskState::Running);
+        assert_eq!(s.tasks["app-db-1.1"].status.state(), TaskState::New);
+        assert_eq!(s.tasks["app-db-1.1"].status.health, Health::None);
+    }
+}

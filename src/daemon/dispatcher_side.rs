@@ -337,3 +337,78 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
         _ => f(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spec::task::{Task, TaskState};
+
+    fn side() -> DispatcherSide {
+        // No manager to ask: sends fail, which is what the unsent tests want.
+        let tls = manager::port::http_client_config(&test_credentials(), &pki::DenyList::new())
+            .expect("client settings");
+        DispatcherSide::new(
+            std::env::temp_dir().join("berth-no-such-state"),
+            Vec::new(),
+            tls,
+        )
+    }
+
+    fn test_credentials() -> pki::NodeCredentials {
+        let now = std::time::SystemTime::now();
+        let ca = pki::Ca::create(now).expect("a CA");
+        let id = pki::Identity::new(pki::NodeId::generate(), pki::Role::Worker);
+        ca.issue(&pki::CertRequest::new(id), now)
+            .expect("a certificate")
+    }
+
+    fn assignment(version: u64, state: TaskState) -> Assignment {
+        let task: Task = serde_json::from_value(serde_json::json!({
+            "id": "app-web-1.1", "stack": "app", "service": "web", "slot": 1,
+            "generation": 1, "spec_hash": "h", "desired": "running",
+            "status": {"state": format!("{state:?}").to_lowercase()}, "created_at": 0,
+        }))
+        .expect("a task");
+        Assignment {
+            version,
+            digest: format!("d{version}"),
+            tasks: [(task.id.clone(), task)].into(),
+            stacks: Default::default(),
+        }
+    }
+
+    fn state_of(side: &DispatcherSide) -> TaskState {
+        side.view().tasks["app-web-1.1"].status.state()
+    }
+
+    #[test]
+    fn an_older_view_never_replaces_a_newer_one() {
+        let side = side();
+        assert!(side.take(assignment(5, TaskState::Running)));
+        assert!(
+            !side.take(assignment(4, TaskState::New)),
+            "a lagging manager's"
+        );
+        assert_eq!(state_of(&side), TaskState::Running);
+        assert!(side.take(assignment(6, TaskState::Running)));
+    }
+
+    #[test]
+    fn reports_show_in_the_view_at_once_and_survive_a_view_that_lacks_them() {
+        let side = side();
+        side.take(assignment(5, TaskState::New));
+        let started = TaskStatus {
+            state: Some(TaskState::Running),
+            pid: Some(42),
+            ..TaskStatus::default()
+        };
+        // No manager takes it: kept, and the view says what the node did.
+        let sent = side.report(&[("app-web-1.1".into(), started)]);
+        assert!(sent.is_err());
+        assert_eq!(state_of(&side), TaskState::Running, "not started twice");
+        // A manager's view from before the report (same task, still new) arrives.
+        side.take(assignment(6, TaskState::New));
+        assert_eq!(state_of(&side), TaskState::Running);
+        assert_eq!(side.view().tasks["app-web-1.1"].status.pid, Some(42));
+    }
+}

@@ -28,10 +28,25 @@ pub fn nodes(state: &State, down: BTreeSet<String>, images: &BTreeMap<String, Pl
     for (stack_name, record) in &state.stacks {
         for (name, service) in &record.stack.services {
             if service.deploy.as_ref().map(|d| d.mode) == Some(DeployMode::Global) {
-                global.insert(
-                    (stack_name.clone(), name.clone()),
-                    scheduler::global_nodes(service, &state.nodes, images),
-                );
+                let mut on = scheduler::global_nodes(service, &state.nodes, images);
+                // A paused node keeps the task it runs (it only gets nothing new).
+                for t in state.tasks.values() {
+                    let keeps = t.stack == *stack_name
+                        && t.service == *name
+                        && t.desired == DesiredState::Running;
+                    let Some(node) = t.node.as_ref().and_then(|n| state.nodes.get(n)) else {
+                        continue;
+                    };
+                    if keeps
+                        && node.availability == Availability::Pause
+                        && still_fits(service, node, images)
+                        && !on.contains(&node.id)
+                    {
+                        on.push(node.id.clone());
+                    }
+                }
+                on.sort();
+                global.insert((stack_name.clone(), name.clone()), on);
             }
         }
     }
