@@ -266,21 +266,33 @@ fn a_lost_worker_is_replaced_and_stops_what_was_replaced_when_it_returns() {
         .map(|n| n["status"].clone());
     assert_eq!(down, Some(serde_json::json!("down")), "{nodes}");
 
-    // Healed: the stale container stops, and the service runs exactly 3 tasks.
+    // Healed: the stale container stops first, and the service is spread over the
+    // three nodes again (rebalanced), never running more than 3 at once.
     f.hosts.heal().expect("heal");
-    let ok = testkit::hosts::poll_until(Duration::from_secs(30), || {
+    let mut most = 0;
+    let ok = testkit::hosts::poll_until(Duration::from_secs(60), || {
         let on_node: Vec<serde_json::Value> =
             serde_json::from_str(&f.ok(0, &["node", "ps", "-a", "--format", "json", &ids[2]]))
                 .unwrap_or_default();
-        on_node.iter().all(|t| t["State"] != "running") && !on_node.is_empty()
+        let stale_stopped = on_node
+            .iter()
+            .any(|t| t["ID"] == lost[0].as_str() && t["State"] == "shutdown");
+        let all: usize = ids.iter().map(|n| f.running_on(n)).sum();
+        most = most.max(all);
+        let now = running(&f.ps(0, "lost"));
+        let nodes: std::collections::BTreeSet<&str> = now.iter().map(|(_, n)| n.as_str()).collect();
+        stale_stopped && now.len() == 3 && nodes.len() == 3
     });
     assert!(
         ok,
-        "the returned node still runs its replaced task: {}\nlog:\n{}",
+        "after the heal: {}\nps: {:#?}\nlog:\n{}",
         f.ok(0, &["node", "ps", "-a", &ids[2]]),
+        f.ps(0, "lost"),
         f.log(2)
     );
-    assert_eq!(running(&f.ps(0, "lost")).len(), 3);
+    // One over at most: the stale task until its node stops it, then a task moving
+    // back (start-first), which waits for the stale one to be stopped.
+    assert!(most <= 4, "{most} tasks ran at once");
     f.ok(0, &["-f", file, "down"]);
     f.wait_rows("lost", "everything is gone", |rows| rows.is_empty());
 }

@@ -200,11 +200,19 @@ fn a_lost_nodes_tasks_are_replaced_whatever_the_restart_policy_and_not_doubled_o
         .collect();
     assert_eq!(slots, BTreeSet::from([1, 2, 3]));
 
-    // Back: it stops what was replaced, nothing new is created, and the count holds.
+    // Back: it stops what was replaced, the count holds, and the service is spread
+    // again (a task moves back to it).
     c.down.clear();
     c.converge();
+    for id in &on_n3 {
+        assert_eq!(
+            c.state.tasks[id].status.state(),
+            TaskState::Shutdown,
+            "{id}"
+        );
+    }
     assert_eq!(c.total_running("web"), 3);
-    assert_eq!(c.running("web").get("n3"), None, "{:?}", c.running("web"));
+    assert_eq!(c.running("web").len(), 3, "{:?}", c.running("web"));
     assert!(!c.pass(), "a settled cluster stays settled");
 }
 
@@ -363,4 +371,59 @@ fn an_unplaceable_task_says_why_and_is_placed_once_a_node_fits() {
     assert_eq!(c.running("gpu"), BTreeMap::from([("n2".to_string(), 1)]));
     let t = c.state.tasks.values().next().expect("the task");
     assert!(t.status.message.is_empty(), "{}", t.status.message);
+}
+
+#[test]
+fn a_node_that_joins_gets_tasks_moved_to_it_one_at_a_time_never_below_the_count() {
+    let mut c = Cluster::new(&["n1", "n2"]);
+    c.deploy(&[("web", replicated(6))]);
+    c.converge();
+    assert_eq!(
+        c.running("web").values().copied().collect::<Vec<_>>(),
+        [3, 3]
+    );
+    c.state.nodes.insert("n3".into(), node("n3"));
+    // Step by step: at most one move of the service at a time, never fewer running.
+    for _ in 0..40 {
+        c.settle();
+        let in_flight = c
+            .state
+            .tasks
+            .values()
+            .filter(|t| {
+                t.desired == DesiredState::Running && t.status.state() != TaskState::Running
+            })
+            .count();
+        assert!(in_flight <= 1, "one move at a time: {in_flight}");
+        assert!(c.total_running("web") >= 6);
+        let before = c.state.clone();
+        c.agents();
+        if c.state == before {
+            break;
+        }
+    }
+    assert_eq!(
+        c.running("web").values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{:?}",
+        c.running("web")
+    );
+    assert!(!c.pass());
+}
+
+#[test]
+fn rebalancing_can_be_turned_off() {
+    let mut c = Cluster::new(&["n1", "n2"]);
+    c.state.cluster = Some(
+        serde_json::from_value(serde_json::json!({
+            "id": "c", "created_at": 0, "ca_cert": "", "ca_key": "", "worker_token": "",
+            "manager_token": "", "next_raft_id": 2, "settings": {"no_rebalance": true},
+        }))
+        .expect("a cluster record"),
+    );
+    c.deploy(&[("web", replicated(4))]);
+    c.converge();
+    c.state.nodes.insert("n3".into(), node("n3"));
+    c.converge();
+    assert_eq!(c.running("web").get("n3"), None);
 }

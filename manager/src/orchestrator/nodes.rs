@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use spec::model::DeployMode;
-use spec::task::DesiredState;
+use spec::task::{DesiredState, Task, TaskState};
 
 use super::Nodes;
 use crate::scheduler::{self, still_fits};
@@ -72,9 +72,145 @@ pub fn nodes(state: &State, down: BTreeSet<String>, images: &BTreeMap<String, Pl
             moving.insert(t.id.clone());
         }
     }
+    // A move under way (a slot with a newer live task: its replacement) goes on until
+    // the replacement runs, whatever started it.
+    let mut newest: BTreeMap<(&str, &str, u32), u32> = BTreeMap::new();
+    for t in state
+        .tasks
+        .values()
+        .filter(|t| t.desired == DesiredState::Running)
+    {
+        let g = newest.entry((&t.stack, &t.service, t.slot)).or_default();
+        *g = (*g).max(t.generation);
+    }
+    for t in state
+        .tasks
+        .values()
+        .filter(|t| t.desired == DesiredState::Running)
+    {
+        if newest[&(t.stack.as_str(), t.service.as_str(), t.slot)] > t.generation {
+            moving.insert(t.id.clone());
+        }
+    }
+    let rebalance = !state
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.settings.no_rebalance);
+    if rebalance && moving.is_empty() {
+        moving.extend(rebalancing(state, &down, &global, images));
+    }
     Nodes {
         down,
         moving,
         global,
     }
+}
+
+/// Services spread unevenly (a node joined or came back, and the others run more of
+/// them) are rebalanced gradually: per service, when nothing of it is starting or
+/// moving, one task moves from the node that runs the most of it, if that is two more
+/// than a node that could run it runs. Its replacement starts first, placed by the
+/// scheduler on the emptiest node, so the service never runs fewer tasks. Swarm never
+/// does this (moby issue 24103).
+///
+/// Only services the scheduler places on counts alone take part: one that reserves
+/// resources, publishes host-mode ports or limits replicas per node may not fit where
+/// the counts say, and a move that cannot be placed would leave a pending replacement.
+/// Nodes are eligible when up, active and meeting the service's constraints.
+fn rebalancing(
+    state: &State,
+    down: &BTreeSet<String>,
+    global: &BTreeMap<(String, String), Vec<String>>,
+    images: &BTreeMap<String, Platform>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut by_service: BTreeMap<(&str, &str), Vec<&Task>> = BTreeMap::new();
+    // Services with a task on its way out that may still run (a node that came back
+    // stops the tasks replaced while it was away): those go first.
+    let mut stopping: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for t in state.tasks.values() {
+        if t.desired == DesiredState::Running {
+            by_service
+                .entry((&t.stack, &t.service))
+                .or_default()
+                .push(t);
+        } else if !t.status.state().is_terminal() {
+            stopping.insert((&t.stack, &t.service));
+        }
+    }
+    for ((stack, name), tasks) in by_service {
+        if stopping.contains(&(stack, name))
+            || global.contains_key(&(stack.to_string(), name.to_string()))
+        {
+            continue;
+        }
+        let Some(service) = state
+            .stacks
+            .get(stack)
+            .and_then(|r| r.stack.services.get(name))
+        else {
+            continue;
+        };
+        if !counts_alone(service) {
+            continue;
+        }
+        // Something of it is starting, pending or moving: wait for it.
+        let settled = tasks
+            .iter()
+            .all(|t| t.node.is_some() && t.status.state() == TaskState::Running);
+        let mut slots = BTreeSet::new();
+        if !settled || !tasks.iter().all(|t| slots.insert(t.slot)) {
+            continue;
+        }
+        let eligible: Vec<&str> = state
+            .nodes
+            .values()
+            .filter(|n| !down.contains(&n.id) && n.availability == Availability::Active)
+            .filter(|n| still_fits(service, n, images))
+            .map(|n| n.id.as_str())
+            .collect();
+        let mut count: BTreeMap<&str, usize> = eligible.iter().map(|n| (*n, 0)).collect();
+        for t in &tasks {
+            if let Some(c) = t.node.as_deref().and_then(|n| count.get_mut(n)) {
+                *c += 1;
+            }
+        }
+        let Some((&fullest, &most)) = count
+            .iter()
+            .max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)))
+        else {
+            continue;
+        };
+        let least = count.values().copied().min().unwrap_or(0);
+        if most < least + 2 {
+            continue;
+        }
+        // The highest slot on the fullest node moves.
+        if let Some(t) = tasks
+            .iter()
+            .filter(|t| t.node.as_deref() == Some(fullest))
+            .max_by_key(|t| t.slot)
+        {
+            out.push(t.id.clone());
+        }
+    }
+    out
+}
+
+/// Whether the scheduler places a service's tasks by counts alone: no reservations,
+/// no host-mode published ports, no replicas-per-node limit.
+fn counts_alone(service: &spec::model::Service) -> bool {
+    let deploy = service.deploy.as_ref();
+    let reserves = deploy
+        .and_then(|d| d.resources.as_ref())
+        .and_then(|r| r.reservations.as_ref())
+        .is_some_and(|r| r.cpus.is_some() || r.memory.is_some());
+    let per_node = deploy
+        .and_then(|d| d.placement.as_ref())
+        .is_some_and(|p| p.max_replicas_per_node.is_some());
+    let host_ports = service
+        .ports
+        .iter()
+        .any(|p| p.mode == spec::model::PortMode::Host && p.published.is_some());
+    !(reserves || per_node || host_ports)
 }
