@@ -351,3 +351,46 @@ fn drain_moves_tasks_before_stopping_them_and_pause_places_nothing_new() {
     f.ok(0, &["-f", file, "down"]);
     f.wait_rows("drain", "everything is gone", |rows| rows.is_empty());
 }
+
+#[test]
+fn a_leader_failover_replaces_no_task() {
+    let mut f = Fixture::new(4);
+    f.import_busybox(0);
+    let (worker, manager) = f.init_with(&["--node-grace", "5s"]);
+    f.join(1, &manager);
+    f.join(2, &manager);
+    f.wait_managers(0, 3);
+    f.join(3, &worker);
+    f.wait_ready(0, 4);
+    let file = f.compose(
+        "failover",
+        &format!(
+            "services:
+  web:
+    {SLEEP}
+    deploy:
+      replicas: 4
+"
+        ),
+    );
+    let file = file.to_str().expect("utf-8");
+    f.ok(0, &["-f", file, "up", "-d"]);
+    f.wait_rows("failover", "4 web running on 4 nodes", |rows| {
+        let now = running(rows);
+        let nodes: std::collections::BTreeSet<&str> = now.iter().map(|(_, n)| n.as_str()).collect();
+        now.len() == 4 && nodes.len() == 4
+    });
+    let before = running(&f.ps(0, "failover"));
+    let leader = f.leader(0).expect("a leader");
+    let other = (0..3).find(|&i| i != leader).expect("another manager");
+    f.kill9(leader);
+    f.start(leader);
+    let ok = poll_until(Duration::from_secs(30), || f.leader(other).is_some());
+    assert!(ok, "no new leader");
+    // Past the grace, counted from the new leader's election: nothing was replaced.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(running(&f.ps(other, "failover")), before);
+    f.ok(other, &["-f", file, "down"]);
+    let ok = poll_until(Duration::from_secs(60), || f.ps(other, "failover").is_empty());
+    assert!(ok, "{:#?}", f.ps(other, "failover"));
+}
