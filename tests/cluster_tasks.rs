@@ -391,6 +391,73 @@ fn a_leader_failover_replaces_no_task() {
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(running(&f.ps(other, "failover")), before);
     f.ok(other, &["-f", file, "down"]);
-    let ok = poll_until(Duration::from_secs(60), || f.ps(other, "failover").is_empty());
+    let ok = poll_until(Duration::from_secs(60), || {
+        f.ps(other, "failover").is_empty()
+    });
     assert!(ok, "{:#?}", f.ps(other, "failover"));
+}
+
+#[test]
+fn a_secret_reaches_only_the_node_whose_task_uses_it_and_never_its_disk() {
+    let (f, _) = Fixture::manager_and_workers(3, 3, &[]);
+    let ids: Vec<String> = (0..3).map(|i| f.node_id(i)).collect();
+    let token = format!("token-{}", testkit::unique_name("s"));
+    let secret = f.hosts.dir().join("api_token.txt");
+    std::fs::write(&secret, &token).expect("write the secret");
+    let file = f.compose(
+        "secret",
+        &format!(
+            "services:
+  uses:
+    {SLEEP}
+    secrets: [api_token]
+    deploy:
+      placement:
+        constraints: [node.id == {}]
+  other:
+    {SLEEP}
+    deploy:
+      placement:
+        constraints: [node.id == {}]
+secrets:
+  api_token:
+    file: {}
+",
+            ids[1],
+            ids[2],
+            secret.display()
+        ),
+    );
+    let file = file.to_str().expect("utf-8");
+    f.ok(0, &["-f", file, "up", "-d"]);
+    f.wait_rows("secret", "both running", |rows| running(rows).len() == 2);
+    let uses = f
+        .ps(0, "secret")
+        .into_iter()
+        .find(|r| r.service == "uses")
+        .expect("the task using the secret");
+    // On the node that runs it: in the container's secrets, on a tmpfs.
+    let dir = f.state(1).join("containers").join(&uses.id).join("secrets");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("api_token")).expect("the secret's file"),
+        token
+    );
+    let fs = nix::sys::statfs::statfs(&dir).expect("statfs");
+    assert_eq!(fs.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
+    // Nowhere on the other worker (disk or tmpfs), and never in the API's answers.
+    let found = std::process::Command::new("grep")
+        .args(["-rl", "--", &token])
+        .arg(f.state(2))
+        .output()
+        .expect("grep");
+    assert!(
+        found.stdout.is_empty(),
+        "the secret is on host 2: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+    let state = fixture::raw_get(&f.state(0).join("berth.sock"), "/v1/state");
+    assert!(!state.contains(&token), "the API shows the secret");
+    f.ok(0, &["-f", file, "down"]);
+    f.wait_rows("secret", "everything is gone", |rows| rows.is_empty());
+    assert!(!dir.exists(), "the secret's tmpfs is left");
 }

@@ -577,9 +577,40 @@ fn a_secret_is_a_read_only_file_with_the_requested_owner_and_mode() {
         gid: Some("1001".into()),
         mode: Some(0o440),
     }];
-    let (_c, result, out) = fx.run_ctx(&ctx, &service);
+    let (c, result, out) = fx.run_ctx(&ctx, &service);
     assert_eq!(result.unwrap().status(), 0, "{out}");
     assert_eq!(out, "1000 1001 440\ns3cret\nread-only\n");
+    // On the host, the secret is in memory only: a tmpfs, gone with the container.
+    let dir = ctx.dir().join("secrets");
+    let fs = nix::sys::statfs::statfs(&dir).expect("statfs");
+    assert_eq!(fs.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
+    drop(c);
+    assert!(!dir.exists(), "{} is left", dir.display());
+
+    // The content a stack record carries (a cluster node has not the file) wins over
+    // the definition's source, bytes as they are.
+    let mut ctx = fx.ctx("secret-data");
+    ctx.secrets.insert(
+        "token".into(),
+        FileObject {
+            name: "proj_token".into(),
+            file: Some("/nonexistent/on/this/node".into()),
+            ..FileObject::default()
+        },
+    );
+    ctx.data
+        .insert("secrets.token".into(), "AP9yZWNvcmRlZA==".into());
+    service.secrets[0].uid = None;
+    service.secrets[0].gid = None;
+    let mut service = service.clone();
+    service.command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "od -An -c /run/secrets/token | tr -s ' '".into(),
+    ]);
+    let (_c, result, out) = fx.run_ctx(&ctx, &service);
+    assert_eq!(result.unwrap().status(), 0, "{out}");
+    assert_eq!(out.trim(), "\\0 377 r e c o r d e d");
 
     // An undefined secret names the field.
     service.secrets[0].source = "missing".into();

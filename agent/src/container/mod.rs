@@ -172,6 +172,8 @@ pub fn remove(state_dir: &Path, id: &str) -> Result<(), ContainerError> {
     check_id(id)?;
     rootfs::unmount(state_dir, id)?;
     let dir = container_dir(state_dir, id);
+    // Secrets live on a tmpfs of their own (`mounts::secrets_tmpfs`).
+    rootfs::unmount_all(&dir.join("secrets"), id)?;
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -274,6 +274,28 @@ fn seed(root: BorrowedFd<'_>, target: &Path, fresh: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Mounts a tmpfs on a container's `secrets/` directory, once: secrets are written
+/// to memory, never to the node's disk (as Docker does), and go when the container's
+/// directory is unmounted and removed. Small (secrets are), root's only, and nothing
+/// on it can be a device, a set-uid program or run at all.
+fn secrets_tmpfs(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(dir);
+    if std::fs::metadata(dir)?.dev() != std::fs::metadata(parent)?.dev() {
+        return Ok(()); // mounted already (a second secret)
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=16m"),
+    )
+    .map_err(io::Error::from)
+}
+
 /// Writes a secret's or config's content to `<container>/<kind>/<name>` with its
 /// owner and mode, and returns the file to bind-mount.
 fn file_object(
@@ -356,6 +378,9 @@ fn file_object(
     let mode = fm.mode.unwrap_or(0o444);
     let dir = ctx.dir().join(kind);
     std::fs::create_dir_all(&dir).map_err(ctx.io("create", &dir))?;
+    if kind == "secrets" {
+        secrets_tmpfs(&dir).map_err(ctx.io("mount a tmpfs on", &dir))?;
+    }
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(ctx.io("chmod", &dir))?;
     let path = dir.join(&fm.source);

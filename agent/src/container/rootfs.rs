@@ -255,7 +255,13 @@ fn make_private(target: &Path) -> io::Result<()> {
 /// detaching a busy one so that a lingering process cannot keep the upper layer
 /// pinned forever).
 pub fn unmount(state_dir: &Path, id: &str) -> Result<(), ContainerError> {
-    let target = container_dir(state_dir, id).join("rootfs");
+    unmount_all(&container_dir(state_dir, id).join("rootfs"), id)
+}
+
+/// Unmounts everything mounted at `target` (of container `id`), lazily if busy; a
+/// path with nothing mounted (or none at all) is fine.
+pub fn unmount_all(target: &Path, id: &str) -> Result<(), ContainerError> {
+    let target = target.to_path_buf();
     let err = |source| ContainerError::Io {
         id: id.to_string(),
         op: "unmount",
