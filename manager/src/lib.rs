@@ -16,8 +16,7 @@
 //!   make them match (DESIGN invariant 2), and [`orchestrator::run`], the loop that
 //!   applies it;
 //! - [`scheduler`]: the pure function from unassigned tasks and nodes to a placement
-//!   plan (filters that explain their rejections, then ranking); not wired into the
-//!   daemon yet;
+//!   plan (filters that explain their rejections, then ranking), run by the leader;
 //! - [`cluster`]: the cluster's membership: the pure plan of Raft configuration
 //!   changes, the node changes (init, join, promote, demote, rm, labels)
 //!   as pure functions over the state, the files a member keeps, and the membership
@@ -28,10 +27,13 @@
 //!   port told apart by ALPN; it serves `api`'s router and only knows HTTP as a
 //!   transport (plus the refusal of an unauthorized request).
 //!
-//! Scheduling and dispatch are trivial today: every task the orchestrator creates runs
-//! on the node of the manager that created it (the leader, on a cluster; see
-//! [`orchestrator::run::run_orchestrator`]), and that node's agent reads its tasks from
-//! the store directly. Workers run no tasks yet.
+//! - [`dispatcher`]: what each node is sent (its tasks and only what they need) and what
+//!   it may report (its own tasks' status); served by `api::dispatcher`.
+//!
+//! On a cluster the leader's pass ([`orchestrator::run::run_orchestrator`]) runs the
+//! orchestrator with the nodes' facts and then the scheduler, in one transaction; a
+//! manager's agent reads its tasks from its store replica, a worker's from the
+//! dispatcher.
 
 pub mod api;
 pub mod cluster;

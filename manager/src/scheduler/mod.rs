@@ -2,8 +2,8 @@
 //! invariant 2), [`schedule`]: `(stacks, tasks, nodes, readiness, image platforms) ->
 //! Plan`, no store, no clock, no I/O. The plan says, for every unassigned task (desired
 //! `running`, no `node`, not ended), either the node to put it on or why it stays
-//! pending. It is not wired into the daemon yet: until workers have an agent loop fed by
-//! the dispatcher, placing a task on a worker would place it where nothing runs it.
+//! pending. The leader runs it in its pass, after the orchestrator
+//! (`crate::orchestrator::run::place`).
 //!
 //! The pipeline, after swarmkit's `manager/scheduler`:
 //!
@@ -44,12 +44,11 @@
 //!   task does not carry its own); a task whose service is gone counts as a task but
 //!   reserves nothing.
 //! - A task on a node the store no longer has is neither counted nor placed again:
-//!   replacing it is the node-loss logic's (the orchestrator's, once nodes can be down).
+//!   replacing it is the node-loss logic's (the orchestrator's, `orchestrator::Nodes`).
 //! - A published port range needs one free port of the range; which one the node took
 //!   is not recorded, so the lowest free one stands for it.
-//! - `deploy.mode: global` is not modelled by the orchestrator yet (a global service
-//!   gets `replicas` slots like a replicated one); [`global_nodes`] says which nodes a
-//!   global service belongs on, for the orchestrator to make one slot per node.
+//! - A global service's tasks are made for their node by the orchestrator (one slot per
+//!   node [`global_nodes`] lists), so the scheduler never places them.
 
 mod explain;
 mod filters;
@@ -247,8 +246,8 @@ fn service_of<'a>(stacks: &'a BTreeMap<String, StackRecord>, t: &Task) -> Option
 /// logic's), and whether a node has room is the scheduler's to check when the task is
 /// placed.
 ///
-/// How the orchestrator is to use it (it does not model global services yet): one slot
-/// per node listed, its task created with `node` set; a task on a node no longer listed
+/// How the orchestrator uses it (`orchestrator::nodes`): one slot per node listed, its
+/// task created with `node` set (so reservations are not checked for it: a known gap); a task on a node no longer listed
 /// is removed (drained, constraints no longer met), except on a paused node, which
 /// keeps what it runs and gets nothing new (Swarm's rule); a node that joins, or starts
 /// meeting the constraints, gets its slot on the next pass.
