@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use manager::cluster::liveness::NodeStatus;
 use manager::cluster::ops::{
-    self, admit_node, change, find, record_init, resolve, rotate_token, token, undo_init, views,
-    NodeChange, Refused,
+    self, admit_node, change, change_settings, find, record_init, resolve, rotate_token, token,
+    undo_init, views, NodeChange, Refused, SettingsChange,
 };
 use manager::state::model::State;
 use manager::state::model::{ClusterRecord, NodeRecord};
@@ -433,4 +433,27 @@ fn views_unknown(s: &State) -> String {
         &Default::default(),
     );
     got[2].reachability.clone()
+}
+
+#[test]
+fn settings_change_only_what_is_given_and_refuse_a_grace_under_two_seconds() {
+    let mut s = cluster();
+    let set = |s: &mut State, grace: Option<u64>, rebalance: Option<bool>| {
+        change_settings(
+            s,
+            &SettingsChange {
+                node_grace_ms: grace,
+                rebalance,
+            },
+        )
+    };
+    let got = set(&mut s, Some(30_000), None).expect("a grace");
+    assert_eq!((got.node_grace_ms, got.no_rebalance), (30_000, false));
+    let got = set(&mut s, None, Some(false)).expect("no rebalancing");
+    assert_eq!((got.node_grace_ms, got.no_rebalance), (30_000, true));
+    let before = s.clone();
+    assert!(set(&mut s, Some(1_000), Some(true)).is_err());
+    assert_eq!(s, before, "a refused change changes nothing");
+    let mut single = State::default();
+    assert!(set(&mut single, Some(5_000), None).is_err());
 }

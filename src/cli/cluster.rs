@@ -15,7 +15,9 @@ use clap::{Args, Subcommand};
 
 use super::context::{remote_client, remote_target};
 use crate::client::Client;
-use manager::cluster::ops::{ClusterStatus, InitAnswer, InitRequest, JoinAnswer, JoinLocalRequest};
+use manager::cluster::ops::{
+    ClusterStatus, InitAnswer, InitRequest, JoinAnswer, JoinLocalRequest, SettingsChange,
+};
 use manager::state::model::ClusterSettings;
 
 #[derive(Debug, Subcommand)]
@@ -28,6 +30,19 @@ pub enum ClusterCommand {
     JoinToken(TokenArgs),
     /// Show this node's view of the cluster: leader, Raft state, members
     Status(StatusArgs),
+    /// Change the cluster's settings (node grace period, rebalancing)
+    Update(UpdateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// How long a node may miss heartbeats before it is down and its tasks are
+    /// replaced on other nodes (e.g. 10s, 1m)
+    #[arg(long = "node-grace", value_name = "DURATION", value_parser = parse_grace)]
+    node_grace: Option<Duration>,
+    /// Rebalance services spread unevenly when a node joins or returns (true|false)
+    #[arg(long, value_name = "BOOL")]
+    rebalance: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +225,22 @@ pub fn cluster(state_dir: &Path, cmd: &ClusterCommand) -> anyhow::Result<ExitCod
                     args.role, status.addr
                 );
             }
+        }
+        ClusterCommand::Update(args) => {
+            if args.node_grace.is_none() && args.rebalance.is_none() {
+                bail!("berth cluster update: nothing to change (--node-grace D, --rebalance true|false)");
+            }
+            let c = client(state_dir)?;
+            let change = SettingsChange {
+                node_grace_ms: args.node_grace.map(|d| d.as_millis() as u64),
+                rebalance: args.rebalance,
+            };
+            let s: ClusterSettings = c.call("POST", "/v1/cluster/settings", Some(&change))?;
+            println!(
+                "Cluster updated: node grace {}, rebalancing {}.",
+                spec::units::format_duration(s.node_grace()),
+                if s.no_rebalance { "off" } else { "on" }
+            );
         }
         ClusterCommand::Status(args) => {
             let c = client(state_dir)?;

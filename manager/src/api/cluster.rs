@@ -177,6 +177,7 @@ pub fn manager(member: Arc<Member>) -> Router {
             get(token).post(token_rotate),
         )
         .route("/v1/cluster/managers", get(managers))
+        .route("/v1/cluster/settings", post(settings))
         .route("/v1/cluster/init", post(already_member))
         .route("/v1/cluster/join-local", post(already_member))
         .route("/v1/dispatcher/raft/{id}", get(raft_member))
@@ -309,6 +310,17 @@ async fn token_rotate(
     match ops::join_token(&m, role, req.rotate) {
         Ok(t) => Json(t).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn settings(
+    State(m): State<Arc<Member>>,
+    Json(change): Json<ops::SettingsChange>,
+) -> Response {
+    match tokio::task::spawn_blocking(move || ops::update_settings(&m, &change)).await {
+        Ok(Ok(s)) => Json(s).into_response(),
+        Ok(Err(e)) => change_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -844,6 +844,44 @@ pub enum NodeChange {
     Availability(Availability),
 }
 
+/// A change of the cluster's settings (`berth cluster update`): each field given
+/// replaces the current one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsChange {
+    #[serde(default)]
+    pub node_grace_ms: Option<u64>,
+    #[serde(default)]
+    pub rebalance: Option<bool>,
+}
+
+/// Applies `change` to the cluster's settings; returns them. Pure.
+pub fn change_settings(s: &mut State, change: &SettingsChange) -> Result<ClusterSettings, Refused> {
+    let Some(c) = s.cluster.as_mut() else {
+        return Err(Refused::Other("this node is not in a cluster".into()));
+    };
+    if let Some(ms) = change.node_grace_ms {
+        if ms < 2000 {
+            return Err(Refused::Other(format!(
+                "a node grace of {ms} ms is too short: nodes heartbeat every second, so it \
+                 must be at least 2s"
+            )));
+        }
+        c.settings.node_grace_ms = ms;
+    }
+    if let Some(on) = change.rebalance {
+        c.settings.no_rebalance = !on;
+    }
+    Ok(c.settings.clone())
+}
+
+/// `berth cluster update`: the settings changed in one store transaction.
+pub fn update_settings(
+    member: &Member,
+    change: &SettingsChange,
+) -> Result<ClusterSettings, ClusterError> {
+    transact(&member.store, |s| change_settings(s, change))
+}
+
 /// Applies `change` to node `name` (`reachable`: the ids of the nodes that are up, which
 /// `rm` checks); returns its id. Pure: on a refusal the state is unchanged.
 pub fn change(
