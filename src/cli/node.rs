@@ -180,7 +180,8 @@ fn node_ps(c: &Client, args: &NodePsArgs) -> anyhow::Result<()> {
     let id = match &args.node {
         Some(name) => {
             let name = node_name(name)?;
-            let record: serde_json::Value = c.call("GET", &format!("/v1/nodes/{name}"), None::<&()>)?;
+            let record: serde_json::Value =
+                c.call("GET", &format!("/v1/nodes/{name}"), None::<&()>)?;
             record["id"].as_str().unwrap_or_default().to_string()
         }
         None => {
@@ -198,12 +199,18 @@ fn node_ps(c: &Client, args: &NodePsArgs) -> anyhow::Result<()> {
         .filter(|t| args.all || !t.status.state().is_terminal())
         .collect();
     tasks.sort_by(|a, b| {
-        (&a.stack, &a.service, a.slot, std::cmp::Reverse(a.generation)).cmp(&(
-            &b.stack,
-            &b.service,
-            b.slot,
-            std::cmp::Reverse(b.generation),
-        ))
+        (
+            &a.stack,
+            &a.service,
+            a.slot,
+            std::cmp::Reverse(a.generation),
+        )
+            .cmp(&(
+                &b.stack,
+                &b.service,
+                b.slot,
+                std::cmp::Reverse(b.generation),
+            ))
     });
     if args.format == "json" {
         let rows: Vec<serde_json::Value> = tasks
@@ -226,7 +233,12 @@ fn node_ps(c: &Client, args: &NodePsArgs) -> anyhow::Result<()> {
     );
     for t in tasks {
         let state = format!("{:?}", t.status.state()).to_lowercase();
-        let error: String = t.status.message.chars().filter(|c| !c.is_control()).collect();
+        let error: String = t
+            .status
+            .message
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
         out.push_str(&format!(
             "{:<32} {:<16} {:<10} {:<10} {}\n",
             t.name(),
@@ -339,7 +351,7 @@ fn human_bytes(n: u64) -> String {
 
 /// Millicores as CPUs: `2`, `0.5`.
 fn cpus(millicpus: u64) -> String {
-    if millicpus % 1000 == 0 {
+    if millicpus.is_multiple_of(1000) {
         (millicpus / 1000).to_string()
     } else {
         format!("{:.2}", millicpus as f64 / 1000.0)
