@@ -608,3 +608,73 @@ fn logs_exec_top_and_kill_reach_tasks_on_workers() {
     f.ok(0, &["-f", file, "down"]);
     f.wait_rows("remote", "everything is gone", |rows| rows.is_empty());
 }
+
+/// `BERTH_EXEC_BENCH=N cargo test --test cluster_tasks exec_latency -- --nocapture`:
+/// N runs of `berth exec -T SERVICE true` per path (direct, through the local daemon
+/// to a worker, `--host` to the manager for its own container and for a worker's),
+/// median and minimum (docs/decisions.md). Without the variable, nothing runs.
+#[test]
+fn exec_latency_direct_and_through_the_api() {
+    let Some(runs) = std::env::var("BERTH_EXEC_BENCH")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    else {
+        return;
+    };
+    let (f, _) = Fixture::manager_and_workers(2, 2, &[]);
+    let manager = f.node_id(0);
+    let file = f.compose(
+        "bench",
+        &format!(
+            "services:
+  here:
+    {SLEEP}
+    deploy:
+      placement:
+        constraints: [node.id == {manager}]
+  there:
+    {SLEEP}
+    deploy:
+      placement:
+        constraints: [node.role == worker]
+"
+        ),
+    );
+    f.ok(0, &["-f", file.to_str().expect("utf-8"), "up", "-d"]);
+    f.wait_rows("bench", "both run", |rows| running(rows).len() == 2);
+    let admin = f.state(0).join("cluster/admin");
+    fn exec(service: &str) -> [&str; 6] {
+        ["-p", "bench", "exec", "-T", service, "true"]
+    }
+    let time = |what: &str, run: &dyn Fn() -> std::process::Output| {
+        let mut took: Vec<Duration> = (0..runs)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                let out = run();
+                assert!(out.status.success(), "{what}: {}", fixture::stderr(&out));
+                started.elapsed()
+            })
+            .collect();
+        took.sort();
+        eprintln!(
+            "{what}: median {:.1} ms, min {:.1} ms",
+            took[runs / 2].as_secs_f64() * 1e3,
+            took[0].as_secs_f64() * 1e3
+        );
+    };
+    time("berth ps (a CLI call's floor)", &|| {
+        f.berth(0, &["-p", "bench", "ps"])
+    });
+    time("direct (container on the CLI's host)", &|| {
+        f.berth(0, &exec("here"))
+    });
+    time("local daemon -> worker", &|| f.berth(0, &exec("there")));
+    time("--host -> manager, its container", &|| {
+        f.remote(0, 0, &admin, &exec("here"))
+    });
+    time("--host -> manager -> worker", &|| {
+        f.remote(0, 0, &admin, &exec("there"))
+    });
+    f.ok(0, &["-p", "bench", "down"]);
+}
