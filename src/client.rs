@@ -1,6 +1,8 @@
 //! The CLI's side of the API: HTTP/1.1 over the daemon's unix socket, small enough to
 //! need no async runtime in the CLI (a request per command; streamed bodies are read
-//! as they come, chunked or not).
+//! as they come, chunked or not). One exception, [`Client::upgrade`]: an HTTP/1.1
+//! upgrade (exec's session) is async, so that its stream can be read and written at
+//! once over TLS, and a daemon can relay it to another node's.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -215,6 +217,122 @@ impl Client {
         }
         serde_json::from_str(&text)
             .with_context(|| format!("the daemon's answer to {method} {path}"))
+    }
+}
+
+/// The answer to [`Client::upgrade`].
+pub enum Upgrade {
+    /// `101 Switching Protocols`: the connection is the new protocol's.
+    Switched(manager::api::exec::ExecStream),
+    /// Any other answer: its status and the daemon's message.
+    Refused { status: u16, message: String },
+}
+
+/// How long the answer to an upgrade request may take (the command is started
+/// before it, on another node maybe).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// An answer's head larger than this is not one of ours.
+const MAX_HEAD: usize = 16 << 10;
+/// A refusal's body larger than this is cut.
+const MAX_REFUSAL: u64 = 64 << 10;
+
+impl Client {
+    /// `POST path` with the JSON `body`, asking to switch the connection to `protocol`
+    /// (an HTTP/1.1 upgrade), on the current tokio runtime.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &str,
+        body: &[u8],
+    ) -> anyhow::Result<Upgrade> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, addr): (manager::api::exec::ExecStream, Option<&str>) = match &self.target
+        {
+            Target::Unix(socket) => {
+                let s = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .with_context(|| format!("no berth daemon answers on {}", socket.display()))?;
+                (Box::new(s), None)
+            }
+            Target::Tls {
+                addr,
+                config,
+                server_name,
+            } => {
+                let tcp = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tokio::net::TcpStream::connect(addr.as_str()),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("no berth node answers on {addr} (timed out)"))?
+                .with_context(|| format!("no berth node answers on {addr}"))?;
+                tcp.set_nodelay(true)?;
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    connector.connect(server_name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("TLS with {addr} timed out"))?
+                .map_err(|e| handshake_error(addr, e))?;
+                (Box::new(tls), Some(addr.as_str()))
+            }
+        };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: berth\r\nConnection: Upgrade\r\n\
+             Upgrade: {protocol}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        stream.flush().await?;
+        // Byte by byte: what follows the head is the new protocol's, and must stay in
+        // the stream. A node that never answers (paused, cut off) is given up on.
+        let mut answer = Vec::new();
+        let read_head = async {
+            while !answer.ends_with(b"\r\n\r\n") {
+                if answer.len() > MAX_HEAD {
+                    bail!("the daemon's answer to POST {path} has no end to its head");
+                }
+                let byte = stream.read_u8().await.map_err(|e| match addr {
+                    // A server that refuses the client's certificate says so here.
+                    Some(addr) => handshake_error(addr, e),
+                    None => anyhow::Error::new(e).context("read the daemon's answer"),
+                })?;
+                answer.push(byte);
+            }
+            Ok(())
+        };
+        tokio::time::timeout(HEAD_TIMEOUT, read_head)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer to POST {path} in {HEAD_TIMEOUT:?}"))??;
+        let head = String::from_utf8_lossy(&answer);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("the daemon answered {status_line:?}, not HTTP"))?;
+        if status == 101 {
+            return Ok(Upgrade::Switched(stream));
+        }
+        let length = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+        let mut text = Vec::new();
+        let _ = stream
+            .take(length.unwrap_or(MAX_REFUSAL).min(MAX_REFUSAL))
+            .read_to_end(&mut text)
+            .await;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or(text);
+        Ok(Upgrade::Refused { status, message })
     }
 }
 

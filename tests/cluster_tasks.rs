@@ -461,3 +461,342 @@ secrets:
     f.wait_rows("secret", "everything is gone", |rows| rows.is_empty());
     assert!(!dir.exists(), "the secret's tmpfs is left");
 }
+
+/// The answer's status to `GET path` on host `to`'s cluster port, from host `from`
+/// with host `from`'s own node certificate (the server verified as node `to`).
+fn node_get(f: &Fixture, from: usize, to: usize, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let creds = pki::NodeCredentials::load(&f.state(from).join("cluster/node"))
+        .expect("host's node credentials");
+    let config =
+        manager::port::http_client_config(&creds, &pki::DenyList::new()).expect("client settings");
+    let id = pki::NodeId::new(&f.node_id(to)).expect("a node id");
+    let addr = f.addr(to);
+    let answer = f
+        .hosts
+        .host(from)
+        .run_in(|| {
+            let tcp = std::net::TcpStream::connect(&addr).expect("connect to the node");
+            let conn = rustls::ClientConnection::new(config, pki::tls::node_server_name(&id))
+                .expect("a TLS session");
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            write!(
+                tls,
+                "GET {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n"
+            )
+            .expect("send");
+            let mut out = String::new();
+            let _ = tls.read_to_string(&mut out);
+            out
+        })
+        .expect("run in the host");
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+}
+
+#[test]
+fn logs_exec_top_and_kill_reach_tasks_on_workers() {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let (f, _) = Fixture::manager_and_workers(3, 3, &[]);
+    let ids: Vec<String> = (0..3).map(|i| f.node_id(i)).collect();
+    // Says it started, then one line each time /tmp/go appears.
+    let file = f.compose(
+        "remote",
+        "services:
+  web:
+    image: busybox:local
+    command: [\"sh\", \"-c\", \"echo started; while true; do if [ -f /tmp/go ]; then rm /tmp/go; echo later; fi; sleep 0.1; done\"]
+    deploy:
+      replicas: 2
+      placement:
+        constraints: [node.role == worker]
+        max_replicas_per_node: 1
+",
+    );
+    let file = file.to_str().expect("utf-8");
+    f.ok(0, &["-f", file, "up", "-d"]);
+    f.wait_rows("remote", "web runs on both workers", |rows| {
+        let now = running(rows);
+        now.len() == 2 && now.iter().all(|(_, n)| *n != ids[0])
+    });
+    let rows = f.ps(0, "remote");
+    let first = rows
+        .iter()
+        .find(|r| r.name == "remote-web-1")
+        .expect("replica 1")
+        .clone();
+    let worker = (1..3).find(|&i| ids[i] == first.node).expect("on a worker");
+
+    // logs, from the manager, of containers on the workers.
+    let ok = poll_until(Duration::from_secs(10), || {
+        f.ok(0, &["-p", "remote", "logs", "web"])
+            .matches("started")
+            .count()
+            == 2
+    });
+    assert!(ok, "{}", f.ok(0, &["-p", "remote", "logs", "web"]));
+
+    // logs -f streams what the container writes after it started.
+    let mut follow = f
+        .command_in(0)
+        .arg("--state-dir")
+        .arg(f.state(0))
+        .args(["-p", "remote", "logs", "-f", "--no-log-prefix", "web"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start berth logs -f");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = follow.stdout.take().expect("its stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if line.trim() == want => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    assert!(wait_for("started"), "logs -f shows what came before");
+
+    // exec -T in the worker's container: output, stderr and the exit status, from the
+    // manager's host.
+    let out = f.berth(
+        0,
+        &[
+            "-p",
+            "remote",
+            "exec",
+            "-T",
+            "web",
+            "sh",
+            "-c",
+            "touch /tmp/go; echo out; echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", fixture::stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("out\n"), "{stdout:?}");
+    assert!(
+        fixture::stderr(&out).contains("err"),
+        "{}",
+        fixture::stderr(&out)
+    );
+    assert!(wait_for("later"), "logs -f streams a line written since");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // stdin reaches the command, and ends.
+    let mut cat = f
+        .command_in(0)
+        .arg("--state-dir")
+        .arg(f.state(0))
+        .args(["-p", "remote", "exec", "-T", "web", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start berth exec cat");
+    cat.stdin
+        .take()
+        .expect("its stdin")
+        .write_all(b"through the manager\n")
+        .expect("write its stdin");
+    let out = cat.wait_with_output().expect("berth exec cat");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "through the manager\n"
+    );
+
+    // A CLI that goes away ends its command on the worker.
+    let mut gone = f
+        .command_in(0)
+        .arg("--state-dir")
+        .arg(f.state(0))
+        .args([
+            "-p", "remote", "exec", "-T", "--index", "1", "web", "sleep", "1234",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start berth exec sleep");
+    let top = || f.ok(0, &["-p", "remote", "top", "web"]);
+    assert!(
+        poll_until(Duration::from_secs(10), || top().contains("sleep 1234")),
+        "{}",
+        top()
+    );
+    gone.kill().expect("kill the CLI");
+    let _ = gone.wait();
+    assert!(
+        poll_until(Duration::from_secs(10), || !top().contains("sleep 1234")),
+        "the command outlived its CLI: {}",
+        top()
+    );
+
+    // With a terminal (berth's own stdin is one, under `script`): the command gets
+    // one of the container's.
+    let line = format!(
+        "{} --state-dir {} -p remote exec web sh -c 'tty; exit 5'",
+        fixture::BERTH,
+        f.state(0).display()
+    );
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", f.hosts.host(0).netns_path().display()))
+        .args(["--", "script", "-qec", &line, "/dev/null"])
+        .env_remove("BERTH_HOST")
+        .env_remove("BERTH_TLS_DIR")
+        .env("BERTH_CONTEXT", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run berth exec under script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{text}{}",
+        fixture::stderr(&out)
+    );
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+
+    // A remote CLI (an admin certificate, --host) on another host reaches it too.
+    let admin = f.state(0).join("cluster/admin");
+    let out = f.remote(
+        worker,
+        0,
+        &admin,
+        &[
+            "-p",
+            "remote",
+            "exec",
+            "-T",
+            "web",
+            "sh",
+            "-c",
+            "echo remote; exit 4",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", fixture::stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "remote\n");
+
+    // top and stats of containers on the workers.
+    let top = f.ok(0, &["-p", "remote", "top", "web"]);
+    assert!(
+        top.contains("remote-web-1") && top.contains("remote-web-2") && top.contains("sleep"),
+        "{top}"
+    );
+    let stats = f.ok(0, &["-p", "remote", "stats", "web"]);
+    assert!(
+        stats.contains("remote-web-1") && stats.contains("remote-web-2"),
+        "{stats}"
+    );
+
+    // A worker may not reach into another worker's containers, nor into its own
+    // through the port; a manager may.
+    let other = 3 - worker;
+    let path = format!("/v1/node/tasks/{}/top", first.id);
+    assert_eq!(node_get(&f, other, worker, &path), 403);
+    assert_eq!(node_get(&f, worker, worker, &path), 403);
+    assert_eq!(node_get(&f, 0, worker, &path), 200);
+    // Nor a manager into a task that is not the node's.
+    let elsewhere = rows
+        .iter()
+        .find(|r| r.node != first.node)
+        .expect("a task on the other worker");
+    let path = format!("/v1/node/tasks/{}/top", elsewhere.id);
+    assert_eq!(node_get(&f, 0, worker, &path), 404);
+
+    // kill, from the manager: the workers' containers get the signal.
+    f.ok(0, &["-p", "remote", "kill", "web"]);
+    let killed: Vec<String> = running(&rows).into_iter().map(|(t, _)| t).collect();
+    f.wait_rows("remote", "the killed containers no longer run", |rows| {
+        rows.iter()
+            .all(|r| !(killed.contains(&r.id) && r.state == "running"))
+    });
+    f.ok(0, &["-f", file, "down"]);
+    f.wait_rows("remote", "everything is gone", |rows| rows.is_empty());
+}
+
+/// `BERTH_EXEC_BENCH=N cargo test --test cluster_tasks exec_latency -- --nocapture`:
+/// N runs of `berth exec -T SERVICE true` per path (direct, through the local daemon
+/// to a worker, `--host` to the manager for its own container and for a worker's),
+/// median and minimum (docs/decisions.md). Without the variable, nothing runs.
+#[test]
+fn exec_latency_direct_and_through_the_api() {
+    let Some(runs) = std::env::var("BERTH_EXEC_BENCH")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    else {
+        return;
+    };
+    let (f, _) = Fixture::manager_and_workers(2, 2, &[]);
+    let manager = f.node_id(0);
+    let file = f.compose(
+        "bench",
+        &format!(
+            "services:
+  here:
+    {SLEEP}
+    deploy:
+      placement:
+        constraints: [node.id == {manager}]
+  there:
+    {SLEEP}
+    deploy:
+      placement:
+        constraints: [node.role == worker]
+"
+        ),
+    );
+    f.ok(0, &["-f", file.to_str().expect("utf-8"), "up", "-d"]);
+    f.wait_rows("bench", "both run", |rows| running(rows).len() == 2);
+    let admin = f.state(0).join("cluster/admin");
+    fn exec(service: &str) -> [&str; 6] {
+        ["-p", "bench", "exec", "-T", service, "true"]
+    }
+    let time = |what: &str, run: &dyn Fn() -> std::process::Output| {
+        let mut took: Vec<Duration> = (0..runs)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                let out = run();
+                assert!(out.status.success(), "{what}: {}", fixture::stderr(&out));
+                started.elapsed()
+            })
+            .collect();
+        took.sort();
+        eprintln!(
+            "{what}: median {:.1} ms, min {:.1} ms",
+            took[runs / 2].as_secs_f64() * 1e3,
+            took[0].as_secs_f64() * 1e3
+        );
+    };
+    time("berth ps (a CLI call's floor)", &|| {
+        f.berth(0, &["-p", "bench", "ps"])
+    });
+    time("direct (container on the CLI's host)", &|| {
+        f.berth(0, &exec("here"))
+    });
+    time("local daemon -> worker", &|| f.berth(0, &exec("there")));
+    time("--host -> manager, its container", &|| {
+        f.remote(0, 0, &admin, &exec("here"))
+    });
+    time("--host -> manager -> worker", &|| {
+        f.remote(0, 0, &admin, &exec("there"))
+    });
+    f.ok(0, &["-p", "bench", "down"]);
+}

@@ -1,6 +1,6 @@
 //! What a node serves about itself, beyond its tasks' statuses: a container's logs,
-//! signals, freezing, processes, ports and resource use, and the removal of a stack's
-//! networks and volumes from this node. The API (`manager::api::NodeAgent`, implemented by
+//! signals, freezing, processes, ports and resource use, a command run in it (exec),
+//! and the removal of a stack's networks and volumes from this node. The API (`manager::api::NodeAgent`, implemented by
 //! the binary over [`LocalNode`]) turns these into HTTP answers.
 
 use std::path::PathBuf;
@@ -110,6 +110,23 @@ impl LocalNode {
             }
         };
         Ok(value)
+    }
+
+    /// Starts `req` in running container `task` through the exec helper (never from
+    /// this process: `shim::enter` says why), with `stdio` as its standard streams.
+    pub fn exec(
+        &self,
+        task: &str,
+        req: &shim::ExecRequest,
+        stdio: shim::ExecStdio,
+    ) -> Result<shim::ExecSession, ShimError> {
+        shim::exec(
+            &self.executor.shim,
+            &self.executor.shim_root(),
+            task,
+            req,
+            stdio,
+        )
     }
 
     /// Deletes the stack's networks (not external ones) from this node; returns their

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use manager::api::exec::{ExecError, ExecSpec, ExecStream, Starting};
 use manager::api::{router, LogLine, NodeAgent};
 use manager::progress::{Progress, SlotState};
 use manager::stacks::{UpRequest, UpResponse};
@@ -72,6 +73,40 @@ impl NodeAgent for FakeNode {
         Ok(serde_json::json!({ "task": task, "what": what }))
     }
 
+    /// A session that echoes its stdin as stdout and, once stdin ends, exits 3.
+    fn exec(&self, task: &str, spec: ExecSpec) -> Starting {
+        let called = self.called(format!("exec {task} {}", spec.args.join(" ")));
+        Box::pin(async move {
+            called.map_err(|m| ExecError::new(409, m))?;
+            let (mut ours, theirs) = tokio::io::duplex(1 << 16);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                loop {
+                    let Ok(kind) = ours.read_u8().await else {
+                        return;
+                    };
+                    let Ok(len) = ours.read_u32().await else {
+                        return;
+                    };
+                    let mut data = vec![0; len as usize];
+                    if ours.read_exact(&mut data).await.is_err() {
+                        return;
+                    }
+                    match kind {
+                        0 => {
+                            let _ = ours.write_all(&frame(1, &data)).await;
+                        }
+                        2 => break,
+                        _ => {}
+                    }
+                }
+                let _ = ours.write_all(&frame(3, &3i32.to_be_bytes())).await;
+                let _ = ours.shutdown().await;
+            });
+            Ok(Box::new(theirs) as ExecStream)
+        })
+    }
+
     fn remove_networks(&self, stack: &Stack) -> Result<Vec<String>, String> {
         self.called(format!("remove_networks {}", stack.name))?;
         Ok(vec![])
@@ -81,6 +116,14 @@ impl NodeAgent for FakeNode {
         self.called(format!("remove_volumes {}", stack.name))?;
         Ok(vec![])
     }
+}
+
+/// An exec stream's frame: kind, length (u32 BE), payload.
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
 }
 
 struct Api {
@@ -394,6 +437,199 @@ async fn down_of_a_stack_without_tasks_removes_its_networks_and_volumes_on_the_n
             "remove_networks app",
             "remove_volumes app",
             "remove_networks app"
+        ]
+    );
+}
+
+/// Sends an exec request for `task` over a real socket (an upgrade needs a
+/// connection): returns the answer's head, and the connection.
+async fn exec_request(
+    router: axum::Router,
+    task: &str,
+    body: &str,
+    upgrade: bool,
+) -> (String, tokio::net::UnixStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("api.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+    tokio::spawn(async move {
+        let _dir = dir;
+        let _ = axum::serve(listener, router).await;
+    });
+    let mut conn = tokio::net::UnixStream::connect(&sock)
+        .await
+        .expect("connect");
+    let upgrade = if upgrade {
+        "Connection: Upgrade\r\nUpgrade: berth-exec\r\n"
+    } else {
+        ""
+    };
+    let head = format!(
+        "POST /v1/tasks/{task}/exec HTTP/1.1\r\nHost: berth\r\n{upgrade}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        answer.push(conn.read_u8().await.expect("an answer"));
+    }
+    (String::from_utf8_lossy(&answer).into_owned(), conn)
+}
+
+#[tokio::test]
+async fn exec_switches_to_the_node_s_stream_and_carries_it_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = api();
+    api.deploy_with_tasks(TaskState::Running, TaskState::Running);
+    let spec = serde_json::json!({ "args": ["sh", "-c", "cat"] }).to_string();
+    let (head, mut conn) = exec_request(api.router.clone(), "app-web-1.1", &spec, true).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: berth-exec"),
+        "{head}"
+    );
+    conn.write_all(&frame(0, b"hello")).await.expect("stdin");
+    conn.write_all(&frame(2, &[])).await.expect("end of stdin");
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).await.expect("the session");
+    let mut want = frame(1, b"hello");
+    want.extend(frame(3, &3i32.to_be_bytes()));
+    assert_eq!(rest, want);
+    assert_eq!(api.node.calls(), ["exec app-web-1.1 sh -c cat"]);
+}
+
+#[tokio::test]
+async fn exec_refusals_are_statuses_before_any_switch() {
+    let api = api();
+    api.deploy_with_tasks(TaskState::Running, TaskState::Running);
+    let spec = serde_json::json!({ "args": ["true"] }).to_string();
+    // Not an upgrade, no command, no such task: never asked of the node.
+    let (head, _) = exec_request(api.router.clone(), "app-web-1.1", &spec, false).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let (head, _) = exec_request(api.router.clone(), "app-web-1.1", r#"{"args":[]}"#, true).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let (head, _) = exec_request(api.router.clone(), "app-gone-1.1", &spec, true).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert!(api.node.calls().is_empty(), "{:?}", api.node.calls());
+    // The node's refusal is the answer.
+    *api.node.fail.lock().expect("the fake's lock") =
+        Some("container app-web-1.1 is not running".into());
+    let (head, _) = exec_request(api.router.clone(), "app-web-1.1", &spec, true).await;
+    assert!(head.starts_with("HTTP/1.1 409"), "{head}");
+}
+
+/// What a node's own endpoints serve: the tasks in `assigned`, to the managers in
+/// `managers`.
+struct Scope {
+    assigned: Vec<&'static str>,
+    managers: Vec<&'static str>,
+}
+
+impl manager::api::node::NodeScope for Scope {
+    fn assigned(&self, id: &str) -> bool {
+        self.assigned.contains(&id)
+    }
+
+    fn manager(&self, id: &str) -> bool {
+        self.managers.contains(&id)
+    }
+}
+
+#[tokio::test]
+async fn a_node_serves_its_own_tasks_to_the_managers_it_knows_and_nobody_else() {
+    use manager::port::Peer;
+    use pki::{Identity, NodeId, Role};
+    let node = Arc::new(FakeNode::default());
+    let scope = Arc::new(Scope {
+        assigned: vec!["app-web-1.1"],
+        managers: vec!["m1"],
+    });
+    let mut router = manager::api::node::router(node.clone(), scope);
+    let who = |id: &str, role| Some(Identity::new(NodeId::new(id).expect("a node id"), role));
+    // (path, caller, status)
+    let cases = [
+        (
+            "/v1/node/tasks/app-web-1.1/top",
+            who("m1", Role::Manager),
+            200,
+        ),
+        (
+            "/v1/node/tasks/app-web-1.1/nothing",
+            who("m1", Role::Manager),
+            404,
+        ),
+        // Another node's task, or none: not asked of the node.
+        (
+            "/v1/node/tasks/app-db-1.1/top",
+            who("m1", Role::Manager),
+            404,
+        ),
+        ("/v1/node/tasks/..%2Fetc/top", who("m1", Role::Manager), 400),
+        // A manager this node does not know (removed, or not yet heard of), a worker,
+        // the CLI, nobody: refused before the task is looked at.
+        (
+            "/v1/node/tasks/app-web-1.1/top",
+            who("m2", Role::Manager),
+            403,
+        ),
+        (
+            "/v1/node/tasks/app-web-1.1/top",
+            who("m1", Role::Worker),
+            403,
+        ),
+        (
+            "/v1/node/tasks/app-web-1.1/top",
+            who("m1", Role::Admin),
+            403,
+        ),
+        ("/v1/node/tasks/app-web-1.1/top", None, 403),
+    ];
+    for (path, peer, want) in cases {
+        let mut req = Request::builder()
+            .method("GET")
+            .uri(path)
+            .body(Body::empty())
+            .expect("request");
+        req.extensions_mut().insert(Peer(peer.clone()));
+        let resp = router.call(req).await.expect("the router answers");
+        assert_eq!(resp.status().as_u16(), want, "{path} by {peer:?}");
+    }
+    assert_eq!(node.calls(), ["inspect app-web-1.1 top"]);
+
+    let post = |path: &str, body: serde_json::Value| {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        req.extensions_mut().insert(Peer(who("m1", Role::Manager)));
+        req
+    };
+    let resp = router
+        .call(post(
+            "/v1/node/tasks/app-web-1.1/kill",
+            serde_json::json!({ "signal": "TERM" }),
+        ))
+        .await
+        .expect("the router answers");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = router
+        .call(post(
+            "/v1/node/tasks/app-web-1.1/freeze",
+            serde_json::json!({ "frozen": true }),
+        ))
+        .await
+        .expect("the router answers");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        node.calls(),
+        [
+            "inspect app-web-1.1 top",
+            "kill app-web-1.1 TERM",
+            "freeze app-web-1.1 true"
         ]
     );
 }

@@ -180,6 +180,11 @@ pub mod access {
     pub const RAFT: &[Role] = &[Role::Manager];
     /// The dispatcher (assignments down, task status up): every node runs an agent.
     pub const DISPATCHER: &[Role] = &[Role::Manager, Role::Worker];
+    /// A node's own endpoints (its containers' logs, signals, exec): the managers,
+    /// which route the API's requests to the node a task runs on. Never a worker
+    /// (one node must not reach into another's containers) nor the CLI (it goes
+    /// through a manager, which checks what it asks against the store).
+    pub const NODE_API: &[Role] = &[Role::Manager];
 }
 
 /// The (node id, role) a certificate was issued for.

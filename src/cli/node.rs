@@ -351,7 +351,7 @@ fn human_bytes(n: u64) -> String {
 
 /// Millicores as CPUs: `2`, `0.5`.
 fn cpus(millicpus: u64) -> String {
-    if millicpus % 1000 == 0 {
+    if millicpus.is_multiple_of(1000) {
         (millicpus / 1000).to_string()
     } else {
         format!("{:.2}", millicpus as f64 / 1000.0)

@@ -426,6 +426,29 @@ fn exec_in(state_dir: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode> {
     exec_command(state_dir, &a.id, a.tty, &a.overrides, &a.cmd)
 }
 
+/// The `-e` entries of an exec: `KEY=VALUE` as given, `KEY` with this process's value
+/// (left out if it has none).
+pub(super) fn exec_env(o: &ExecOverrides) -> Vec<String> {
+    let mut env = Vec::new();
+    for e in &o.env {
+        if e.contains('=') {
+            env.push(e.clone());
+        } else if let Ok(v) = std::env::var(e) {
+            env.push(format!("{e}={v}"));
+        }
+    }
+    env
+}
+
+/// This terminal's size (rows, columns), 24x80 if it has none.
+pub(super) fn terminal_size() -> (u16, u16) {
+    use std::os::fd::AsRawFd;
+    let size = runtime::window_size(std::io::stdin().as_raw_fd())
+        .or_else(|| runtime::window_size(std::io::stdout().as_raw_fd()))
+        .unwrap_or(runtime::WindowSize { rows: 24, cols: 80 });
+    (size.rows, size.cols)
+}
+
 /// Runs a command in running container `id` (shim state under `shim_root`) through
 /// the exec helper; returns its exit status. With `tty`, a terminal of the container's
 /// own is relayed to this one (raw mode meanwhile, resized with it). Without, the
@@ -438,33 +461,17 @@ pub(super) fn exec_command(
     o: &ExecOverrides,
     cmd: &[String],
 ) -> anyhow::Result<ExitCode> {
-    use std::os::fd::{AsFd, AsRawFd};
-    let mut env = Vec::new();
-    for e in &o.env {
-        if e.contains('=') {
-            env.push(e.clone());
-        } else if let Ok(v) = std::env::var(e) {
-            env.push(format!("{e}={v}"));
-        }
-    }
-    let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
-    let tty = tty.then(|| {
-        let size = runtime::window_size(stdin.as_raw_fd())
-            .or_else(|| runtime::window_size(stdout.as_raw_fd()))
-            .unwrap_or(runtime::WindowSize { rows: 24, cols: 80 });
-        (size.rows, size.cols)
-    });
+    use std::os::fd::AsFd;
     let req = shim::ExecRequest {
         args: cmd.to_vec(),
-        env,
+        env: exec_env(o),
         user: o.user.clone(),
         cwd: o.workdir.clone(),
-        tty,
+        tty: tty.then(terminal_size),
         timeout_ms: None,
     };
     let program = unchecked_shim_program()?;
-    if tty.is_some() {
+    if req.tty.is_some() {
         let mut session = shim::exec(&program, shim_root, id, &req, shim::ExecStdio::default())?;
         if let Some(master) = session.take_master() {
             runtime::relay_stdio(&master)?;

@@ -17,10 +17,14 @@
 //! `<state>/cluster/config.json` says (single host, manager, worker); `store_side`
 //! implements the agent's seams over the store; `process` is what the manager's cluster
 //! side asks of this process (calls to other managers, a restart in place);
-//! `preflight` is what the daemon checks before it serves.
+//! `preflight` is what the daemon checks before it serves; `nodes` is the API's way
+//! to the node a task runs on, and every node's own endpoints for the managers;
+//! `exec` an exec session in one of this node's containers.
 
 mod dispatcher_side;
+mod exec;
 mod images;
+mod nodes;
 mod preflight;
 mod process;
 mod store_side;
@@ -213,7 +217,14 @@ async fn run_manager(
             .map(|m| (m.http.clone(), managers_from_store(m))),
     );
     let me: Option<String> = member.as_ref().map(|m| m.node_id().to_string());
-    let node: Arc<dyn NodeAgent> = Arc::new(ApiNode(agent::node::LocalNode::new(executor.clone())));
+    // The API asks a task's container of the node it runs on.
+    let here = Arc::new(ApiNode(agent::node::LocalNode::new(executor.clone())));
+    let node: Arc<dyn NodeAgent> = Arc::new(nodes::Nodes::new(
+        store.clone(),
+        me.clone(),
+        here.clone(),
+        member.as_ref().map(|m| m.http.clone()),
+    ));
     let api = manager::api::router(store.clone(), node);
     let local =
         match &member {
@@ -223,12 +234,18 @@ async fn run_manager(
                 daemon.clone(),
             )),
             Some(m) => {
-                // The cluster port: Raft and the API over mutual TLS, and this node's
-                // images for the nodes that lack them.
+                // The cluster port: Raft and the API over mutual TLS, this node's
+                // images for the nodes that lack them, and its own endpoints for the
+                // other managers.
+                let scope = nodes::ManagerScope {
+                    store: store.clone(),
+                    me: m.node_id().to_string(),
+                };
                 let router = api
                     .clone()
                     .merge(cluster_api::manager(m.clone()))
                     .merge(images::router(state_dir)?)
+                    .merge(manager::api::node::router(here.clone(), Arc::new(scope)))
                     .layer(axum::middleware::from_fn_with_state(
                         store.clone(),
                         cluster_api::check_record,
@@ -427,6 +444,18 @@ async fn run_worker(
         net.clone(),
         Some((tls.clone(), managers_from_config(state_dir))),
     );
+    // The cluster port: this node's own endpoints, for the managers.
+    let here = Arc::new(ApiNode(agent::node::LocalNode::new(executor.clone())));
+    let scope = nodes::WorkerScope {
+        side: side.clone(),
+        state_dir: state_dir.to_path_buf(),
+    };
+    let _port = nodes::serve_worker_port(
+        &config,
+        &creds,
+        manager::api::node::router(here, Arc::new(scope)),
+    )
+    .await?;
     let serve =
         std::future::IntoFuture::into_future(axum::serve(listener, cluster_api::worker(config)));
     tokio::pin!(serve);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use agent::node::LocalNode;
 use agent::worker::{Assignments, Changes, StatusReporter, View};
+use manager::api::exec::{ExecError, ExecSpec, ExecStream, Starting};
 use manager::api::{LogLine, NodeAgent};
 use manager::state::store::{Store, StoreError};
 use spec::model::Stack;
@@ -106,6 +107,22 @@ impl NodeAgent for ApiNode {
 
     fn inspect(&self, task: &str, what: &str) -> Result<serde_json::Value, String> {
         self.0.inspect(task, what).map_err(|e| e.to_string())
+    }
+
+    /// Started on a blocking thread (the helper answers once the command runs); the
+    /// session is served as `super::exec` says.
+    fn exec(&self, task: &str, spec: ExecSpec) -> Starting {
+        let (node, task) = (self.0.clone(), task.to_string());
+        Box::pin(async move {
+            let failed = |e: &dyn std::fmt::Display| ExecError::new(500, e.to_string());
+            let stream =
+                tokio::task::spawn_blocking(move || super::exec::start(&node, &task, &spec))
+                    .await
+                    .map_err(|e| failed(&e))??;
+            stream.set_nonblocking(true).map_err(|e| failed(&e))?;
+            let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| failed(&e))?;
+            Ok(Box::new(stream) as ExecStream)
+        })
     }
 
     fn remove_networks(&self, stack: &Stack) -> Result<Vec<String>, String> {

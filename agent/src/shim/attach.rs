@@ -14,6 +14,9 @@
 //!   once is not lost. The shim closes the connection when the container has exited.
 //!
 //! The framing is pure ([`frame`], [`Decoder`]); [`attach_stdio`] is the CLI's end.
+//! An exec session through the API (`manager::api::exec`) speaks the same frames, its
+//! [`END`] carrying the command's exit status ([`end_frame`]): the CLI's end is the
+//! same function.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -28,7 +31,8 @@ pub const RESIZE: u8 = 1;
 pub const CLOSE_STDIN: u8 = 2;
 pub const STDOUT: u8 = 1;
 pub const STDERR: u8 = 2;
-/// The last frame: the container has exited and everything it wrote was sent.
+/// The last frame: the container has exited and everything it wrote was sent. Empty
+/// from the shim; an exec session's carries the exit status (i32, big-endian).
 pub const END: u8 = 3;
 
 /// Output kept for the first client, at most.
@@ -72,6 +76,11 @@ pub fn resize_frame(size: WindowSize) -> Vec<u8> {
     let mut p = size.rows.to_be_bytes().to_vec();
     p.extend_from_slice(&size.cols.to_be_bytes());
     frame(RESIZE, &p)
+}
+
+/// An exec session's last frame, with the command's exit status.
+pub fn end_frame(status: i32) -> Vec<u8> {
+    frame(END, &status.to_be_bytes())
 }
 
 /// The rows and columns of a resize frame's payload.
@@ -132,16 +141,19 @@ pub fn connect(state: &Path, id: &str) -> Result<UnixStream, ShimError> {
 /// How an attachment ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
-    /// The shim sent everything and the end frame: the container has exited.
-    Complete,
+    /// The other end sent everything and the end frame: the container (or the exec'd
+    /// command) has exited, with this status if the end frame said it.
+    Complete { status: Option<i32> },
     /// The connection closed without the end frame; `received` says whether any
     /// output came (if none did, the caller can show the container's log instead).
     Cut { received: bool },
 }
 
 /// The CLI's end: this process's stdin to the container, its output to this process's
-/// stdout and stderr, until the shim ends the stream (the container exited).
-/// With `tty`, this terminal is in raw mode meanwhile and its size follows along.
+/// stdout and stderr, until the other end ends the stream (the container, or the
+/// command of an exec session, exited). `sock` is the shim's attach socket, or a
+/// socket relayed to an exec session. With `tty`, this terminal is in raw mode
+/// meanwhile and its size follows along.
 ///
 /// Input is copied on a thread of its own, so a container that does not read its
 /// input never stops its output from being shown, and the other way round.
@@ -217,7 +229,12 @@ pub fn attach_stdio(sock: UnixStream, tty: bool) -> std::io::Result<Ended> {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         for (kind, data) in frames {
             match kind {
-                END => return Ok(Ended::Complete),
+                END => {
+                    let status = <[u8; 4]>::try_from(data.as_slice())
+                        .ok()
+                        .map(i32::from_be_bytes);
+                    return Ok(Ended::Complete { status });
+                }
                 STDERR => {
                     stderr.write_all(&data)?;
                     stderr.flush()?;

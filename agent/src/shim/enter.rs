@@ -213,6 +213,17 @@ impl ExecSession {
         self.master.take()
     }
 
+    /// A handle that ends the process from another thread while [`ExecSession::wait`]
+    /// waits for it (the caller's client went away): it hangs up the control socket,
+    /// on which the helper kills the process; `wait` then returns an error.
+    pub fn hang_up_handle(&self) -> Result<HangUp, ShimError> {
+        let dup = self
+            .control
+            .try_clone()
+            .map_err(|e| ShimError::io(format!("container {}: exec control socket", self.id), e))?;
+        Ok(HangUp(dup))
+    }
+
     /// Waits for the process to end. With a timeout in the request, a process that
     /// ran longer was killed: that is [`ShimError::Timeout`].
     pub fn wait(mut self) -> Result<ExitReport, ShimError> {
@@ -291,6 +302,19 @@ impl ExecSession {
             Some(Err(e)) => e.to_string(),
             None => "gone".into(),
         }
+    }
+}
+
+/// See [`ExecSession::hang_up_handle`].
+#[derive(Debug)]
+pub struct HangUp(OwnedFd);
+
+impl HangUp {
+    /// Kills the session's process, if it still runs.
+    pub fn hang_up(&self) {
+        // Both directions: the helper's end then polls as hung up (a close of this
+        // duplicate alone would not, the session holds the socket open too).
+        let _ = nix::sys::socket::shutdown(self.0.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 }
 

@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use enter::{exec, helper_main, ExecRequest, ExecSession, ExecStdio};
+pub use enter::{exec, helper_main, ExecRequest, ExecSession, ExecStdio, HangUp};
 pub use log::{format_rfc3339, LogEntry, Stream};
 pub use run::run_main;
 pub use serve::main as shim_main;

@@ -21,6 +21,8 @@
 //! - [`tasks`]: `GET /v1/tasks/{id}/{top|stats|ports}`: a container's processes, its
 //!   memory and CPU, its published ports
 //! - `GET /v1/tasks/{id}/logs?follow=&tail=`: newline-delimited [`LogLine`]s, streamed
+//! - [`exec`]: `POST /v1/tasks/{id}/exec`: a command in the container, its stdio over
+//!   an HTTP/1.1 upgrade
 //! - [`events`]: `GET /v1/events`: newline-delimited [`events::Event`]s, streamed as
 //!   tasks change
 //! - the cluster's routes (`/v1/cluster`, `/v1/nodes`, `/v1/dispatcher/...`): see
@@ -29,6 +31,9 @@
 //!   `GET /v1/cluster/images/blobs/{digest}`: this node's images, for other nodes
 //!   (their own router, [`images::router`], over the [`images::NodeImages`] seam; on
 //!   the cluster port only)
+//! - [`node`]: `/v1/node/tasks/{id}/...`: a node's own endpoints (logs, kill, freeze,
+//!   top/stats/ports, exec) for the managers, which ask them of the node a task runs
+//!   on (their own router, on every node's cluster port)
 //!
 //! Every name a request carries (the stack in the path, the names in a deployed
 //! record, a service, a task id) is checked against Compose's rules
@@ -39,7 +44,9 @@
 pub mod cluster;
 pub mod dispatcher;
 pub mod events;
+pub mod exec;
 pub mod images;
+pub mod node;
 pub mod stacks;
 pub mod tasks;
 
@@ -56,10 +63,11 @@ use spec::model::Stack;
 use crate::state::model::State;
 use crate::state::store::{Store, StoreError};
 
-/// What the API needs from the node it runs on: what lives on the node and not in the
-/// store (a container's log and processes, its signals, the stack's networks and
+/// What the API needs from the nodes: what lives on a node and not in the store (a
+/// container's log and processes, its signals, exec, the stack's networks and
 /// volumes). The daemon implements it over the agent, so the manager never depends on
-/// the agent.
+/// the agent; on a cluster its implementation finds the node a task runs on and asks
+/// that node's own endpoints ([`node`]) when it is another.
 pub trait NodeAgent: Send + Sync + 'static {
     /// Calls `sink` with each log line of container `task`, following new lines while
     /// `follow` and the container runs; stops early when `sink` returns false.
@@ -79,6 +87,10 @@ pub trait NodeAgent: Send + Sync + 'static {
 
     /// A container's processes and resource use, as JSON (`top`, `stats`).
     fn inspect(&self, task: &str, what: &str) -> Result<serde_json::Value, String>;
+
+    /// Starts `spec` in container `task`; once it runs, its session's byte stream
+    /// ([`exec`]'s frames).
+    fn exec(&self, task: &str, spec: exec::ExecSpec) -> exec::Starting;
 
     /// Deletes the stack's networks (not external ones); returns their names.
     fn remove_networks(&self, stack: &Stack) -> Result<Vec<String>, String>;
@@ -169,6 +181,7 @@ pub fn router(store: Arc<Store>, node: Arc<dyn NodeAgent>) -> Router {
         )
         .route("/v1/stacks/{name}/runs", post(stacks::run))
         .route("/v1/tasks/{id}/logs", get(tasks::logs))
+        .route("/v1/tasks/{id}/exec", post(tasks::exec))
         .route("/v1/events", get(events::events))
         .route("/v1/tasks/{id}/{what}", get(tasks::inspect))
         .with_state(Ctx { store, node })

@@ -6,11 +6,15 @@
 //! |---|---|
 //! | `/v1/cluster/join`, `/v1/ping` | anyone, with or without a certificate (a joiner has none yet) |
 //! | `/v1/dispatcher/...`, `/v1/cluster/images/...` | a worker or a manager (every node runs an agent, and fetches the images it lacks from the managers) |
+//! | `/v1/node/...` | a manager only (a node's own containers: logs, signals, exec; managers route the API's requests there) |
 //! | anything else | an admin (the CLI) or a manager |
 //!
 //! Only exact, plain paths are relaxed: a node's path with a `.` or `..` segment, an
 //! empty segment or a percent sign is judged as "anything else", so no spelling of a
-//! path can reach the control API with a weaker certificate than it needs.
+//! path can reach the control API with a weaker certificate than it needs. The node
+//! class is the other way round (stricter than the control API: no admin), and any
+//! path that starts with `/v1/node` is in it, plain or not, so no spelling reaches it
+//! with an admin certificate either.
 
 use pki::{access, Identity, Role};
 
@@ -19,6 +23,9 @@ const OPEN: &[&str] = &["/v1/cluster/join", "/v1/ping"];
 /// Paths under these prefixes are for nodes: the dispatcher's (agents), and the images
 /// a node fetches from another (`crate::api::images`).
 const NODE_PREFIXES: &[&str] = &["/v1/dispatcher/", "/v1/cluster/images/"];
+/// Paths under this prefix are a node's own endpoints (`crate::api::node`), for the
+/// managers only.
+const NODE_API_PREFIX: &str = "/v1/node";
 
 /// Why a request was refused: its HTTP status (401 without a certificate, 403 with the
 /// wrong role) and a message for the caller, sent as `{"error": "..."}`.
@@ -34,12 +41,21 @@ pub struct Refusal {
 enum Class {
     Open,
     Node,
+    NodeApi,
     Control,
 }
 
 fn class(path: &str) -> Class {
     if OPEN.contains(&path) {
         return Class::Open;
+    }
+    // Stricter than the control API, so every spelling is in it (`/v1/nodes` is the
+    // control API's, and needs no such care: an admin may call it).
+    if path
+        .strip_prefix(NODE_API_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || !rest.starts_with('s'))
+    {
+        return Class::NodeApi;
     }
     let plain = |rest: &str| {
         !rest.contains('%')
@@ -62,6 +78,7 @@ pub fn authorize(path: &str, peer: Option<&Identity>) -> Result<(), Refusal> {
     let (allowed, needs): (&[Role], &str) = match class(path) {
         Class::Open => return Ok(()),
         Class::Node => (access::DISPATCHER, "a worker or manager certificate"),
+        Class::NodeApi => (access::NODE_API, "a manager certificate"),
         Class::Control => (access::CONTROL_API, "a manager or admin certificate"),
     };
     let Some(peer) = peer else {
@@ -138,6 +155,23 @@ mod tests {
             ("/v1/cluster", &w, 403),
             ("/v1/cluster/join/", &none, 401),
             ("/v1/cluster/join/../../state", &none, 401),
+            // A node's own endpoints: the managers only, never a worker (another
+            // node's containers) nor the CLI (it asks a manager).
+            ("/v1/node/tasks/t1/logs", &m, 200),
+            ("/v1/node/tasks/t1/exec", &m, 200),
+            ("/v1/node/tasks/t1/exec", &w, 403),
+            ("/v1/node/tasks/t1/exec", &a, 403),
+            ("/v1/node/tasks/t1/logs", &none, 401),
+            ("/v1/node", &a, 403),
+            ("/v1/node/", &a, 403),
+            ("/v1/node//tasks/t1/exec", &a, 403),
+            ("/v1/node/../tasks/t1/exec", &a, 403),
+            ("/v1/node/%2e%2e/state", &a, 403),
+            ("/v1/node/tasks/t1/kill", &w, 403),
+            // `/v1/nodes` is the control API's (node ls), not a node's.
+            ("/v1/nodes", &a, 200),
+            ("/v1/nodes/n1", &a, 200),
+            ("/v1/nodes", &w, 403),
             ("/V1/PING", &none, 401),
             ("", &none, 401),
         ];
@@ -161,6 +195,11 @@ mod tests {
         assert_eq!(
             err.message,
             "/v1/dispatcher/x: this endpoint needs a worker or manager certificate; the client presented an admin certificate for node n1"
+        );
+        let err = authorize("/v1/node/tasks/t1/exec", Some(&who(Role::Worker))).unwrap_err();
+        assert_eq!(
+            err.message,
+            "/v1/node/tasks/t1/exec: this endpoint needs a manager certificate; the client presented a worker certificate for node n1"
         );
         let err = authorize("/v1/state", None).unwrap_err();
         assert_eq!(

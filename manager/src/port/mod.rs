@@ -7,7 +7,8 @@
 //!   frames (the format of `raft/tcp.rs`) go into this node's Raft inbox, held by a
 //!   [`RaftSink`] so the port can start before the node.
 //! - `http/1.1` ([`ALPN_HTTP`]): the API (remote CLIs with an admin certificate,
-//!   joiners with none, agents). Every request is first checked by
+//!   joiners with none, agents, managers asking a node's own endpoints; a worker's
+//!   port, [`http_server_config`], serves only those). Every request is first checked by
 //!   [`authorize`] (path + verified certificate, pure), then reaches the router with a
 //!   [`Peer`] extension naming the client.
 //!
@@ -65,6 +66,18 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, PortError> {
     let mut config = pki::tls::server_config(creds, pki::ClientAuth::Optional, deny)?;
     config.alpn_protocols = vec![ALPN_RAFT.to_vec(), ALPN_HTTP.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A worker's port: HTTP only (a worker has no Raft, so a Raft client fails the
+/// handshake instead of sending frames nobody reads), and a client certificate
+/// required (nobody joins through a worker).
+pub fn http_server_config(
+    creds: &NodeCredentials,
+    deny: &DenyList,
+) -> Result<Arc<ServerConfig>, PortError> {
+    let mut config = pki::tls::server_config(creds, pki::ClientAuth::Required, deny)?;
+    config.alpn_protocols = vec![ALPN_HTTP.to_vec()];
     Ok(Arc::new(config))
 }
 
