@@ -24,7 +24,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "bench/cluster.sh: run as root (it makes network namespaces)" >&2
   exit 2
 fi
-for tool in ip busybox python3 nft; do
+for tool in ip nsenter busybox python3 nft; do
   command -v "$tool" >/dev/null || {
     echo "bench/cluster.sh: $tool is missing (apt-get install -y iproute2 busybox-static python3 nftables)" >&2
     exit 2
@@ -36,14 +36,22 @@ if [ -z "${BERTH:-}" ]; then
 fi
 
 work="$(mktemp -d)"
+[ -z "${VERBOSE:-}" ] || echo "bench/cluster.sh: working in $work" >&2
 p="bcb$$"
 br="${p}br"
 pids=()
 ns() { echo "${p}h$1"; }
+# In host I's network namespace only: `ip netns exec` also remounts /sys, which hides
+# the cgroup hierarchy the daemon needs.
+in_host() {
+  local i="$1"
+  shift
+  nsenter --net="/var/run/netns/$(ns "$i")" -- "$@"
+}
 b() { # b HOST ARGS...: the CLI in host HOST against its own daemon
   local i="$1"
   shift
-  ip netns exec "$(ns "$i")" "$BERTH" --state-dir "$work/h$i" "$@"
+  in_host "$i" "$BERTH" --state-dir "$work/h$i" "$@"
 }
 cleanup() {
   set +e
@@ -97,12 +105,16 @@ for i in range(n):
     print("    image: benchbox:local")
     print("""    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]""")
     print(f"    deploy: {{replicas: {r}}}")
+# A /24 holds 254 containers: room for all of them on one host.
+print("networks:")
+print("  default:")
+print("    ipam: {config: [{subnet: 10.90.0.0/20}]}")
 PY
 total=$((SERVICES * REPLICAS))
 
 start_daemon() {
   local i="$1"
-  ip netns exec "$(ns "$i")" env BERTH_NET_PREFIX=bb BERTH_CGROUP_PARENT="$p-$i" \
+  in_host "$i" env BERTH_NET_PREFIX=bb BERTH_CGROUP_PARENT="$p-$i" \
     "$BERTH" --state-dir "$work/h$i" daemon >>"$work/h$i.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do b "$i" cluster status >/dev/null 2>&1 && return; sleep 0.1; done
@@ -161,6 +173,10 @@ deadline=$(($(date +%s) + 180))
 while :; do
   now="$(running)"
   n=$(printf '%s\n' "$now" | grep -c . || true)
+  if [ -n "${VERBOSE:-}" ]; then
+    elsewhere=$(printf '%s\n' "$now" | grep -vc "$worker2" || true)
+    echo "$(python3 -c "print(f'{$(date +%s.%N) - $t0:.2f}')") s: $elsewhere running elsewhere" >&2
+  fi
   if [ "$n" = "$total" ] && ! printf '%s\n' "$now" | grep -q "$worker2"; then break; fi
   if [ "$(date +%s)" -gt "$deadline" ]; then
     echo "bench/cluster.sh: after 180 s, $n of $total run elsewhere" >&2

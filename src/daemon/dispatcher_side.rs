@@ -176,14 +176,15 @@ impl DispatcherSide {
             };
             let me = self.clone();
             let to = addr.clone();
-            let answer = tokio::task::spawn_blocking(move || me.poll_once(&to)).await;
+            // Its own thread: a poll must not wait behind this node's container jobs.
+            let answer = manager::cluster::own_thread(move || me.poll_once(&to)).await;
             match answer {
-                Ok(Ok(Some(a))) => {
+                Some(Ok(Some(a))) => {
                     last_error = None;
                     self.take(a);
                 }
-                Ok(Ok(None)) => last_error = None,
-                Ok(Err(e)) => {
+                Some(Ok(None)) => last_error = None,
+                Some(Err(e)) => {
                     let e = format!("{e:#}");
                     if last_error.as_ref() != Some(&e) {
                         eprintln!("berth daemon: dispatcher: {e}; asking the next manager");
@@ -192,7 +193,7 @@ impl DispatcherSide {
                     self.next_manager();
                     tokio::time::sleep(RETRY_AFTER).await;
                 }
-                Err(_) => tokio::time::sleep(RETRY_AFTER).await,
+                None => tokio::time::sleep(RETRY_AFTER).await,
             }
         }
     }

@@ -407,7 +407,7 @@ async fn heartbeat(
     let answer = heard_from(&m, &id);
     if let Ok(report) = serde_json::from_slice::<NodeReport>(&body) {
         if m.is_leader() {
-            let _ = tokio::task::spawn_blocking(move || record_report(&m, &id, &report)).await;
+            let _ = crate::cluster::own_thread(move || record_report(&m, &id, &report)).await;
         }
     }
     Json(answer).into_response()

@@ -90,7 +90,9 @@ async fn status(
     };
     let node = identity.id.as_str().to_string();
     let store = m.store.clone();
-    let done = tokio::task::spawn_blocking(move || {
+    // Not on the blocking pool: a node's reports must not wait behind this node's own
+    // container jobs.
+    let done = crate::cluster::own_thread(move || {
         store.update(|s| {
             if !s.nodes.contains_key(&node) {
                 return Ok(None);
@@ -100,15 +102,18 @@ async fn status(
     })
     .await;
     match done {
-        Ok(Ok(Some(mut accepted))) => {
+        Some(Ok(Some(mut accepted))) => {
             accepted.version = m.store.read(|s| s.version);
             Json(accepted).into_response()
         }
-        Ok(Ok(None)) => unknown_node(identity.id.as_str()),
-        Ok(Err(e)) => error(
+        Some(Ok(None)) => unknown_node(identity.id.as_str()),
+        Some(Err(e)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("record the status: {e}"),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "recording the status failed (its thread could not run)",
+        ),
     }
 }

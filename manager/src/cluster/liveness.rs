@@ -71,7 +71,14 @@ pub struct Liveness {
 struct Inner {
     heard: HashMap<String, Instant>,
     leader_since: Option<Instant>,
+    /// When the leader's loop last looked ([`Liveness::set_leader`]).
+    last_look: Option<Instant>,
 }
+
+/// A leader whose own loop went this long without looking was stalled (starved of CPU,
+/// paused): it cannot tell a silent node from heartbeats it failed to take in, so every
+/// node gets a fresh grace, as after a failover.
+pub const STALLED_AFTER: Duration = Duration::from_secs(3);
 
 impl Liveness {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -89,12 +96,18 @@ impl Liveness {
     }
 
     /// Tells it whether this manager leads now (each pass of the leader's loops calls
-    /// it): becoming leader starts every node's grace afresh; losing leadership
-    /// forgets when.
+    /// it, at least every second): becoming leader starts every node's grace afresh, and
+    /// so does a pass that comes [`STALLED_AFTER`] or more after the previous one;
+    /// losing leadership forgets when.
     pub fn set_leader(&self, leader: bool, now: Instant) {
         let mut inner = self.inner();
+        let stalled = inner
+            .last_look
+            .is_some_and(|t| now.saturating_duration_since(t) >= STALLED_AFTER);
+        inner.last_look = Some(now);
         match (leader, inner.leader_since) {
             (true, None) => inner.leader_since = Some(now),
+            (true, Some(_)) if stalled => inner.leader_since = Some(now),
             (false, Some(_)) => inner.leader_since = None,
             _ => {}
         }
@@ -174,10 +187,29 @@ mod tests {
         assert_eq!(live.status("a", later, GRACE), NodeStatus::Unknown);
         live.set_leader(true, later);
         assert_eq!(live.status("a", later, GRACE), NodeStatus::Ready);
-        // Staying leader does not move the start.
-        live.set_leader(true, later + Duration::from_secs(5));
+        // Staying leader, looking every second, does not move the start.
+        for s in 1..=11 {
+            live.set_leader(true, later + Duration::from_secs(s));
+        }
         assert_eq!(
             live.status("a", later + Duration::from_secs(11), GRACE),
+            NodeStatus::Down
+        );
+    }
+
+    #[test]
+    fn a_leader_that_stalled_gives_every_node_a_fresh_grace() {
+        let live = Liveness::default();
+        let t0 = Instant::now();
+        live.set_leader(true, t0);
+        live.heard("a", t0);
+        // The leader's loop does not run for 20 s (starved): it cannot know whether
+        // "a" went silent or its heartbeats were not taken in.
+        let after = t0 + Duration::from_secs(20);
+        live.set_leader(true, after);
+        assert_eq!(live.status("a", after, GRACE), NodeStatus::Ready);
+        assert_eq!(
+            live.status("a", after + Duration::from_secs(11), GRACE),
             NodeStatus::Down
         );
     }

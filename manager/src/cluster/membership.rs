@@ -106,9 +106,8 @@ async fn still_a_raft_member(member: &Arc<Member>, config: &ClusterConfig) -> bo
         let (m, addr) = (member.clone(), addr.clone());
         let path = format!("/v1/dispatcher/raft/{}", member.config.raft_id);
         let asked =
-            tokio::task::spawn_blocking(move || m.call::<bool>(&addr, "GET", &path, None::<&()>))
-                .await;
-        if let Ok(Ok(false)) = asked {
+            super::own_thread(move || m.call::<bool>(&addr, "GET", &path, None::<&()>)).await;
+        if let Some(Ok(false)) = asked {
             return false;
         }
     }
@@ -140,11 +139,11 @@ async fn learn_managers(member: &Arc<Member>) {
             continue;
         }
         let (m, to) = (member.clone(), addr.clone());
-        let asked = tokio::task::spawn_blocking(move || {
+        let asked = super::own_thread(move || {
             m.call::<Vec<(u64, String, String)>>(&to, "GET", "/v1/cluster/managers", None::<&()>)
         })
         .await;
-        if let Ok(Ok(list)) = asked {
+        if let Some(Ok(list)) = asked {
             for (raft_id, node, addr) in &list {
                 if node != member.node_id() {
                     if let (Ok(id), Ok(sock)) = (pki::NodeId::new(node), addr.parse()) {
@@ -242,7 +241,7 @@ pub async fn worker_loop(
         if !managers.is_empty() {
             let addr = managers[next % managers.len()].clone();
             let (d, to, tls, report) = (daemon.clone(), addr.clone(), http.clone(), report.clone());
-            let answer = tokio::task::spawn_blocking(move || {
+            let answer = super::own_thread(move || {
                 super::call::<Heartbeat>(
                     &*d,
                     &to,
@@ -255,7 +254,7 @@ pub async fn worker_loop(
             })
             .await;
             match answer {
-                Ok(Ok(hb)) => {
+                Some(Ok(hb)) => {
                     last_error = None;
                     if hb.role == Some(NodeRole::Manager) {
                         // Promoted: become a manager (a manager certificate, a Raft
@@ -291,7 +290,7 @@ pub async fn worker_loop(
                         _ => {}
                     }
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     let e = format!("heartbeat to {addr}: {e}");
                     if last_error.as_ref() != Some(&e) {
                         eprintln!("berth daemon: {e}");
@@ -299,7 +298,7 @@ pub async fn worker_loop(
                     }
                     next += 1;
                 }
-                Err(_) => next += 1,
+                None => next += 1,
             }
         }
         tokio::time::sleep(super::HEARTBEAT_EVERY.saturating_sub(started.elapsed())).await;
@@ -317,7 +316,7 @@ pub async fn manager_heartbeats(member: Arc<Member>) {
         let started = Instant::now();
         if member.is_ready() {
             let (m, report, me) = (member.clone(), report.clone(), me.clone());
-            let _ = tokio::task::spawn_blocking(move || {
+            let _ = super::own_thread(move || {
                 if m.is_leader() {
                     m.liveness.heard(&me, Instant::now());
                     record_report(&m, &me, &report);

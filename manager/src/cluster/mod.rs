@@ -105,6 +105,24 @@ pub fn call<T: DeserializeOwned>(
         .map_err(|e| CallError(format!("the daemon's answer to {method} {path}: {e}")))
 }
 
+/// Runs blocking `f` on a thread of its own, not on tokio's blocking pool, and waits
+/// for its result (None if the thread could not start or panicked). For the cluster's
+/// control traffic (heartbeats, the dispatcher's polls and reports, membership calls):
+/// during a large `up` the blocking pool is full of container jobs, each holding a
+/// thread for up to its grace period, and a heartbeat queued behind them arrives too
+/// late, so that a busy node looks down. A thread costs tens of microseconds, once a
+/// second at most per loop.
+pub async fn own_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("berth-cluster".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    rx.await.ok()
+}
+
 /// How often a worker tells the leader it is up ([`membership::worker_loop`]).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
