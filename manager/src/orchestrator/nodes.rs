@@ -24,32 +24,48 @@ pub fn nodes(state: &State, down: BTreeSet<String>, images: &BTreeMap<String, Pl
         }
     }
     let mut moving = BTreeSet::new();
+    // Paused nodes that run a live task of each service: they keep a global task.
+    let mut paused_with: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        let Some(node) = t.node.as_ref().and_then(|n| state.nodes.get(n)) else {
+            continue;
+        };
+        if t.desired == DesiredState::Running && node.availability == Availability::Pause {
+            paused_with
+                .entry((&t.stack, &t.service))
+                .or_default()
+                .insert(&node.id);
+        }
+    }
     let mut global = BTreeMap::new();
     for (stack_name, record) in &state.stacks {
         for (name, service) in &record.stack.services {
-            if service.deploy.as_ref().map(|d| d.mode) == Some(DeployMode::Global) {
-                let mut on = scheduler::global_nodes(service, &state.nodes, images);
-                // A paused node keeps the task it runs (it only gets nothing new).
-                for t in state.tasks.values() {
-                    let keeps = t.stack == *stack_name
-                        && t.service == *name
-                        && t.desired == DesiredState::Running;
-                    let Some(node) = t.node.as_ref().and_then(|n| state.nodes.get(n)) else {
-                        continue;
-                    };
-                    if keeps
-                        && node.availability == Availability::Pause
-                        && still_fits(service, node, images)
-                        && !on.contains(&node.id)
-                    {
-                        on.push(node.id.clone());
-                    }
-                }
-                on.sort();
-                global.insert((stack_name.clone(), name.clone()), on);
+            if service.deploy.as_ref().map(|d| d.mode) != Some(DeployMode::Global) {
+                continue;
             }
+            let mut on = scheduler::global_nodes(service, &state.nodes, images);
+            // A paused node keeps the task it runs (it only gets nothing new).
+            for id in paused_with
+                .get(&(stack_name.as_str(), name.as_str()))
+                .into_iter()
+                .flatten()
+            {
+                let fits = state
+                    .nodes
+                    .get(*id)
+                    .is_some_and(|n| still_fits(service, n, images));
+                if fits && !on.iter().any(|o| o == id) {
+                    on.push(id.to_string());
+                }
+            }
+            on.sort();
+            global.insert((stack_name.clone(), name.clone()), on);
         }
     }
+    let is_global: BTreeSet<(&str, &str)> = global
+        .keys()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     for t in state.tasks.values() {
         let Some(node) = t.node.as_ref().and_then(|n| state.nodes.get(n)) else {
             continue;
@@ -58,7 +74,7 @@ pub fn nodes(state: &State, down: BTreeSet<String>, images: &BTreeMap<String, Pl
             continue;
         }
         // A global task is never moved: it belongs on its node, or goes.
-        if global.contains_key(&(t.stack.clone(), t.service.clone())) {
+        if is_global.contains(&(t.stack.as_str(), t.service.as_str())) {
             continue;
         }
         let Some(service) = state
