@@ -55,23 +55,31 @@ b() { # b HOST ARGS...: the CLI in host HOST against its own daemon
 }
 cleanup() {
   set +e
-  for i in 0 1 2; do b "$i" -p bench -f "$work/compose.yaml" down -t 1 >/dev/null 2>&1; done
+  b 0 -p bench -f "$work/compose.yaml" down -t 1 >/dev/null 2>&1
+  # Whatever is left: every process in the hosts' cgroups (containers), every process
+  # naming the work directory (daemons, shims), mounts under it, the namespaces.
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null; done
-  sleep 0.5
-  # Whatever is left: the containers' shims, mounts and cgroups, the namespaces.
-  pkill -9 -f -- "--state-dir $work/" 2>/dev/null
+  for round in 1 2; do
+    for c in /sys/fs/cgroup/*/"$p"-* /sys/fs/cgroup/"$p"-*; do
+      [ -d "$c" ] || continue
+      find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null
+    done
+    pkill -9 -f -- "$work/" 2>/dev/null
+    sleep 0.5
+  done
+  mount | awk '{print $3}' | grep "^$work/" | sort -r | xargs -r -n1 umount -l 2>/dev/null
   for i in 0 1 2; do
-    umount "$work/h$i"/containers/*/rootfs "$work/h$i"/containers/*/secrets 2>/dev/null
     ip netns del "$(ns "$i")" 2>/dev/null
     ip link del "${p}v$i" 2>/dev/null
-    for c in /sys/fs/cgroup/*/"$p-$i" /sys/fs/cgroup/"$p-$i"; do
-      [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null
-    done
+  done
+  for c in /sys/fs/cgroup/*/"$p"-* /sys/fs/cgroup/"$p"-*; do
+    [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
   ip link del "$br" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # Three hosts on one bridge: 10.251.0.1-3.
 ip link add "$br" type bridge
