@@ -62,6 +62,18 @@ impl Fixture {
         path
     }
 
+    /// Deploys stack `name` from manager 0: one service, `web`, of `replicas` sleeping
+    /// busybox containers; returns the compose file's path.
+    fn up_web(&self, name: &str, replicas: u32) -> String {
+        let file = self.compose(
+            name,
+            &format!("services:\n  web:\n    {SLEEP}\n    deploy:\n      replicas: {replicas}\n"),
+        );
+        let file = file.to_str().expect("utf-8").to_string();
+        self.ok(0, &["-f", &file, "up", "-d"]);
+        file
+    }
+
     /// `berth ps -a --format json` of stack `name` on manager `i`.
     fn ps(&self, i: usize, name: &str) -> Vec<Row> {
         let out = self.berth(i, &["-p", name, "ps", "-a", "--format", "json"]);
@@ -209,19 +221,8 @@ fn running(rows: &[Row]) -> Vec<(String, String)> {
 fn a_lost_worker_is_replaced_and_stops_what_was_replaced_when_it_returns() {
     let (mut f, _) = Fixture::manager_and_workers(3, 3, &["--node-grace", "3s"]);
     let ids: Vec<String> = (0..3).map(|i| f.node_id(i)).collect();
-    let file = f.compose(
-        "lost",
-        &format!(
-            "services:
-  web:
-    {SLEEP}
-    deploy:
-      replicas: 3
-"
-        ),
-    );
-    let file = file.to_str().expect("utf-8");
-    f.ok(0, &["-f", file, "up", "-d"]);
+    let file = f.up_web("lost", 3);
+    let file = file.as_str();
     f.wait_rows("lost", "3 web running, one per node", |rows| {
         let nodes: std::collections::BTreeSet<&str> = rows
             .iter()
@@ -301,19 +302,8 @@ fn a_lost_worker_is_replaced_and_stops_what_was_replaced_when_it_returns() {
 fn drain_moves_tasks_before_stopping_them_and_pause_places_nothing_new() {
     let (f, _) = Fixture::manager_and_workers(3, 3, &[]);
     let ids: Vec<String> = (0..3).map(|i| f.node_id(i)).collect();
-    let file = f.compose(
-        "drain",
-        &format!(
-            "services:
-  web:
-    {SLEEP}
-    deploy:
-      replicas: 3
-"
-        ),
-    );
-    let file = file.to_str().expect("utf-8");
-    f.ok(0, &["-f", file, "up", "-d"]);
+    let file = f.up_web("drain", 3);
+    let file = file.as_str();
     f.wait_rows("drain", "3 web running", |rows| running(rows).len() == 3);
 
     // Pause node 1, scale up: nothing new lands there.
@@ -362,19 +352,8 @@ fn a_leader_failover_replaces_no_task() {
     f.wait_managers(0, 3);
     f.join(3, &worker);
     f.wait_ready(0, 4);
-    let file = f.compose(
-        "failover",
-        &format!(
-            "services:
-  web:
-    {SLEEP}
-    deploy:
-      replicas: 4
-"
-        ),
-    );
-    let file = file.to_str().expect("utf-8");
-    f.ok(0, &["-f", file, "up", "-d"]);
+    let file = f.up_web("failover", 4);
+    let file = file.as_str();
     f.wait_rows("failover", "4 web running on 4 nodes", |rows| {
         let now = running(rows);
         let nodes: std::collections::BTreeSet<&str> = now.iter().map(|(_, n)| n.as_str()).collect();
