@@ -16,7 +16,7 @@ use pki::{NodeRole, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::files::ClusterConfig;
-use crate::cluster::membership::{heard_from, record_report, NodeReport};
+use crate::cluster::membership::{heard_from, record_report, report_differs, NodeReport};
 use crate::cluster::ops::{self, ClusterError, ClusterStatus, NodeChange, Refused};
 use crate::cluster::plan::raft_peers;
 use crate::cluster::{Daemon, Member};
@@ -406,7 +406,9 @@ async fn heartbeat(
     let id = identity.id.as_str().to_string();
     let answer = heard_from(&m, &id);
     if let Ok(report) = serde_json::from_slice::<NodeReport>(&body) {
-        if m.is_leader() {
+        // A thread only for the rare report that changes the record: one per heartbeat
+        // would be a thousand a second on a large cluster.
+        if m.is_leader() && report_differs(&m, &id, &report) {
             let _ = crate::cluster::own_thread(move || record_report(&m, &id, &report)).await;
         }
     }

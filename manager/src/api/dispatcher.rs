@@ -17,6 +17,14 @@ use crate::cluster::Member;
 use crate::dispatcher::{accept, assignment_for, StatusBatch};
 use crate::port::Peer;
 
+/// How many status batches are written at once; the others wait their turn.
+const STATUS_WRITERS: usize = 4;
+
+fn status_writers() -> &'static tokio::sync::Semaphore {
+    static WRITERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(STATUS_WRITERS);
+    &WRITERS
+}
+
 /// The longest a poll for assignments waits for a change.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -91,7 +99,11 @@ async fn status(
     let node = identity.id.as_str().to_string();
     let store = m.store.clone();
     // Not on the blocking pool: a node's reports must not wait behind this node's own
-    // container jobs.
+    // container jobs. At most `STATUS_WRITERS` at once (they take turns at the store's
+    // writer anyway): a thread each for a thousand nodes' batches exhausted memory.
+    let Ok(_permit) = status_writers().acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the manager is stopping");
+    };
     let done = crate::cluster::own_thread(move || {
         store.update(|s| {
             if !s.nodes.contains_key(&node) {

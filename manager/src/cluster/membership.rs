@@ -397,14 +397,18 @@ fn mem_total(meminfo: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Records node `id`'s report in the store if it differs from its record (blocking).
-pub fn record_report(member: &Member, id: &str, report: &NodeReport) {
-    let differs = member.store.read(|s| {
+/// Whether node `id`'s report differs from its record (a read, no write).
+pub fn report_differs(member: &Member, id: &str, report: &NodeReport) -> bool {
+    member.store.read(|s| {
         s.nodes
             .get(id)
             .is_some_and(|n| n.platform != report.platform || n.capacity != report.capacity)
-    });
-    if !differs {
+    })
+}
+
+/// Records node `id`'s report in the store if it differs from its record (blocking).
+pub fn record_report(member: &Member, id: &str, report: &NodeReport) {
+    if !report_differs(member, id, report) {
         return;
     }
     let written = member.store.update(|s| {
