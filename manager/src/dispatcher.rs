@@ -47,11 +47,28 @@ pub struct Assignment {
 
 /// The assignment of node `node` in `state`. Pure.
 pub fn assignment_for(state: &State, node: &str) -> Assignment {
-    let tasks: BTreeMap<String, Task> = state
+    let ids = state
         .tasks
         .iter()
         .filter(|(_, t)| t.node.as_deref() == Some(node))
-        .map(|(id, t)| (id.clone(), t.clone()))
+        .map(|(id, _)| id);
+    Assignment::of(view_of(state, ids))
+}
+
+/// What a node's view holds, before its digest: its tasks and the trimmed stacks.
+#[derive(Debug)]
+pub struct ViewParts {
+    pub version: u64,
+    pub tasks: BTreeMap<String, Task>,
+    pub stacks: BTreeMap<String, StackRecord>,
+}
+
+/// The parts of the view of the node whose tasks are `ids` (found by a scan, or by
+/// the store's index: `Store::read_node`). Only copies: the digest, the costly part,
+/// is left for [`Assignment::of`], outside the store's lock.
+pub fn view_of<'a>(state: &State, ids: impl Iterator<Item = &'a String>) -> ViewParts {
+    let tasks: BTreeMap<String, Task> = ids
+        .filter_map(|id| Some((id.clone(), state.tasks.get(id)?.clone())))
         .collect();
     let mut used: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for t in tasks.values() {
@@ -64,18 +81,34 @@ pub fn assignment_for(state: &State, node: &str) -> Assignment {
             Some((stack.to_string(), trimmed(record, &services)))
         })
         .collect();
-    let digest = {
-        let mut h = Sha256::new();
-        h.update(serde_json::to_vec(&tasks).unwrap_or_default());
-        h.update([0]);
-        h.update(serde_json::to_vec(&stacks).unwrap_or_default());
-        hex::encode(h.finalize())
-    };
-    Assignment {
+    ViewParts {
         version: state.version,
-        digest,
         tasks,
         stacks,
+    }
+}
+
+impl Assignment {
+    /// The assignment made of `parts`, with its digest.
+    pub fn of(parts: ViewParts) -> Assignment {
+        let ViewParts {
+            version,
+            tasks,
+            stacks,
+        } = parts;
+        let digest = {
+            let mut h = Sha256::new();
+            h.update(serde_json::to_vec(&tasks).unwrap_or_default());
+            h.update([0]);
+            h.update(serde_json::to_vec(&stacks).unwrap_or_default());
+            hex::encode(h.finalize())
+        };
+        Assignment {
+            version,
+            digest,
+            tasks,
+            stacks,
+        }
     }
 }
 
@@ -89,10 +122,32 @@ fn trimmed(record: &StackRecord, services: &BTreeSet<&str>) -> StackRecord {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     };
-    let mut out = record.clone();
-    out.stack.services = keep(&record.stack.services);
-    out.orphans = keep(&record.orphans);
-    out.oneoffs = keep(&record.oneoffs);
+    // Cloned without its services first: a stack of a hundred services sends a node
+    // running one of them one, and copies one.
+    let s = &record.stack;
+    // Field by field, so that a field added to the record is a compile error here
+    // until someone decides whether nodes get it.
+    let mut out = StackRecord {
+        stack: spec::model::Stack {
+            name: s.name.clone(),
+            services: keep(&s.services),
+            networks: s.networks.clone(),
+            volumes: s.volumes.clone(),
+            secrets: s.secrets.clone(),
+            configs: s.configs.clone(),
+            extensions: s.extensions.clone(),
+        },
+        files: record.files.clone(),
+        project_dir: record.project_dir.clone(),
+        orphans: keep(&record.orphans),
+        oneoffs: keep(&record.oneoffs),
+        scale: record.scale.clone(),
+        secret_env: record.secret_env.clone(),
+        contents: record.contents.clone(),
+        data: record.data.clone(),
+        restarted: record.restarted.clone(),
+        stopped: record.stopped.clone(),
+    };
     let all = out
         .stack
         .services

@@ -33,8 +33,19 @@ impl StoreSide {
 impl Assignments for StoreSide {
     /// The store's stacks, with only the tasks this node runs.
     fn view(&self) -> View {
-        let state = self.store.snapshot();
-        View::for_node(state.tasks, state.stacks, self.me.as_deref())
+        // Only this node's tasks are copied: a manager of a large cluster must not copy
+        // every node's tasks for its own loops (it did, at 14% of its CPU).
+        match self.me.as_deref() {
+            Some(me) => self.store.read_node(me, |state, ids| View {
+                tasks: ids
+                    .filter_map(|id| Some((id.clone(), state.tasks.get(id)?.clone())))
+                    .collect(),
+                stacks: state.stacks.clone(),
+            }),
+            None => self.store.read(|state| {
+                View::for_node(state.tasks.clone(), state.stacks.clone(), None)
+            }),
+        }
     }
 
     fn changes(&self) -> Changes {

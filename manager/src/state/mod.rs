@@ -7,11 +7,14 @@
 //!   over the state; its own durable log; transports (memory, TCP, TLS);
 //! - [`model`]: the data: [`model::State`] and the [`model::Op`]s a transaction is
 //!   replicated as (pure);
+//! - [`by_node`]: the tasks by node and a change signal per node, kept beside the state
+//!   (what the dispatcher reads and waits on);
 //! - [`replicated`]: [`model::State`] as a Raft state machine (transactions with
 //!   optimistic concurrency on the state's version);
 //! - [`store`]: the handle everyone else uses: reads, watches and transactions, over a
 //!   Raft node (one voter on a single host).
 
+pub mod by_node;
 pub mod model;
 pub mod raft;
 pub mod replicated;

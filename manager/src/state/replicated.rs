@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use super::by_node::ByNode;
 use super::model::{apply_ops, Op, State};
 use super::raft::{RestoreError, StateMachine};
 
@@ -79,15 +80,43 @@ impl TxnResponse {
 pub struct Shared {
     state: Mutex<State>,
     changed: watch::Sender<u64>,
+    /// The tasks by node: changed with `state`, under its lock (taken after it).
+    by_node: Mutex<ByNode>,
 }
 
 impl Shared {
     fn new(state: State) -> Shared {
         let (changed, _) = watch::channel(state.version);
         Shared {
+            by_node: Mutex::new(ByNode::of(&state)),
             state: Mutex::new(state),
             changed,
         }
+    }
+
+    fn index(&self) -> MutexGuard<'_, ByNode> {
+        // Changed only after the state's ops ran, and in steps that cannot panic.
+        self.by_node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the state and the ids of `node`'s tasks in it.
+    pub fn read_node<R>(
+        &self,
+        node: &str,
+        f: impl FnOnce(&State, &mut dyn Iterator<Item = &String>) -> R,
+    ) -> R {
+        let state = self.lock();
+        let index = self.index();
+        let mut ids = index.tasks_of(node);
+        let r = f(&state, &mut ids);
+        drop(ids);
+        r
+    }
+
+    /// A receiver that sees a new version whenever a transaction touches `node`'s
+    /// tasks, the stacks they come from, or its record (see [`ByNode::follow`]).
+    pub fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
+        self.index().watch(node)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -136,7 +165,7 @@ impl StoreMachine {
 
 /// The pure step: what a transaction does to a state and answers.
 pub fn apply_txn(state: &mut State, txn: &Txn) -> TxnResponse {
-    if txn.base_version != state.version || txn.after.is_some_and(|a| a != state.last_txn) {
+    if conflicts(state, txn) {
         return TxnResponse::Conflict {
             version: state.version,
         };
@@ -147,6 +176,11 @@ pub fn apply_txn(state: &mut State, txn: &Txn) -> TxnResponse {
     TxnResponse::Applied {
         version: state.version,
     }
+}
+
+/// Whether `txn` was computed from another state than `state` (and so must not apply).
+fn conflicts(state: &State, txn: &Txn) -> bool {
+    txn.base_version != state.version || txn.after.is_some_and(|a| a != state.last_txn)
 }
 
 impl StateMachine for StoreMachine {
@@ -161,10 +195,17 @@ impl StateMachine for StoreMachine {
             }
         };
         let mut state = self.shared.lock();
+        let mut index = self.shared.index();
+        let touched = match conflicts(&state, &txn) {
+            true => None,
+            false => Some(index.follow(&state, &txn.ops)),
+        };
         let resp = apply_txn(&mut state, &txn);
-        if let TxnResponse::Applied { version } = resp {
-            drop(state);
-            self.shared.changed.send_replace(version);
+        drop(state);
+        if let (TxnResponse::Applied { version }, Some(touched)) = (&resp, touched) {
+            index.signal(&touched, *version);
+            drop(index);
+            self.shared.changed.send_replace(*version);
         }
         resp.encode()
     }
@@ -177,7 +218,10 @@ impl StateMachine for StoreMachine {
         let state: State = serde_json::from_slice(snapshot)
             .map_err(|e| RestoreError(format!("not a berth store snapshot: {e}")))?;
         let version = state.version;
-        *self.shared.lock() = state;
+        let mut current = self.shared.lock();
+        self.shared.index().rebuild(&state);
+        *current = state;
+        drop(current);
         self.shared.changed.send_replace(version);
         Ok(())
     }

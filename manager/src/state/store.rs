@@ -317,6 +317,11 @@ impl Store {
             if !applied {
                 p.broken = true;
             }
+            if p.in_flight == 0 {
+                // The next transaction starts from the applied state: a second copy
+                // of the whole state kept meanwhile would only cost memory.
+                p.projected = State::default();
+            }
             drop(p);
             match answer {
                 Ok(bytes) => match TxnResponse::decode(&bytes) {
@@ -363,6 +368,22 @@ impl Store {
     /// A receiver that sees the version of every transaction this node applies.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.shared.watch()
+    }
+
+    /// Runs `f` on the applied state and the ids of node `node`'s tasks in it: a look
+    /// at one node's tasks without a scan of all of them.
+    pub fn read_node<R>(
+        &self,
+        node: &str,
+        f: impl FnOnce(&State, &mut dyn Iterator<Item = &String>) -> R,
+    ) -> R {
+        self.shared.read_node(node, f)
+    }
+
+    /// A receiver that sees a new version whenever a transaction this node applies
+    /// touches node `node`'s tasks, the stacks they come from, or its record.
+    pub fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
+        self.shared.watch_node(node)
     }
 }
 
