@@ -81,6 +81,8 @@ impl DispatcherSide {
             pki::tls::manager_server_name(),
         )
         .with_timeout(timeout)
+        // Status batches merge forward only (a repeat changes nothing), polls are GETs.
+        .idempotent()
     }
 
     /// The manager to ask now, after refreshing the list from the configuration the
@@ -137,7 +139,6 @@ impl DispatcherSide {
 
     /// One poll: the manager's answer, a view or none (no change within the wait).
     fn poll_once(&self, addr: &str) -> anyhow::Result<Option<Assignment>> {
-        use std::io::Read;
         let have = self
             .inner
             .view
@@ -152,12 +153,10 @@ impl DispatcherSide {
         if let Some(d) = have {
             path.push_str(&format!("&have={d}"));
         }
-        let mut resp = self
+        let (status, text) = self
             .client(addr, POLL_WAIT + Duration::from_secs(10))
-            .request("GET", &path, None)?;
-        let mut text = String::new();
-        resp.body.read_to_string(&mut text)?;
-        match resp.status {
+            .fetch("GET", &path, None)?;
+        match status {
             204 => Ok(None),
             200 => Ok(Some(serde_json::from_str(&text).map_err(|e| {
                 anyhow::anyhow!("the assignment from {addr} is not one: {e}")

@@ -20,8 +20,16 @@ impl Daemon for ThisDaemon {
         timeout: Duration,
         request: Call<'_>,
     ) -> Result<serde_json::Value, CallError> {
+        // Safe to send twice, should a kept connection close under it: heartbeats (a
+        // report replaces the last), renewals (the node keeps the certificate it
+        // gets; another one issued is unused), lists (GET), a forwarded node removal
+        // (a repeat finds the node gone and says so; the admin saw an error in that
+        // case anyway). A join is the exception, and never goes twice: its TLS
+        // settings are made for it alone (`cluster::ops::join`), so it never finds a
+        // kept connection to retry on.
         crate::client::Client::tls(addr, tls, pki::tls::manager_server_name())
             .with_timeout(timeout)
+            .idempotent()
             .call(request.method, request.path, request.body)
             .map_err(|e| CallError(format!("{e:#}")))
     }
