@@ -423,6 +423,21 @@ secrets:
     );
     let fs = nix::sys::statfs::statfs(&dir).expect("statfs");
     assert_eq!(fs.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
+    // The node's disk copy of its view names the secret, never holds it (its content
+    // would be base64 in `data`).
+    let copy = std::fs::read_to_string(f.state(1).join("worker").join("view.json"))
+        .expect("the worker's copy of its view");
+    assert!(
+        !copy.contains(&token),
+        "the secret is in the view's copy: {copy}"
+    );
+    let copy: serde_json::Value = serde_json::from_str(&copy).expect("JSON");
+    let record = &copy["stacks"]["secret"];
+    assert!(
+        record["stack"]["secrets"]["api_token"].is_object(),
+        "{copy}"
+    );
+    assert!(record.get("data").is_none(), "{copy}");
     // Nowhere on the other worker (disk or tmpfs), and never in the API's answers.
     let found = std::process::Command::new("grep")
         .args(["-rl", "--", &token])

@@ -435,8 +435,7 @@ async fn run_worker(
     ));
     let tls = manager::port::http_client_config(&creds, &pki::DenyList::new())
         .context("make the cluster client's TLS settings")?;
-    let managers = config.managers.iter().map(|m| m.2.clone()).collect();
-    let side = DispatcherSide::new(state_dir.to_path_buf(), managers, tls.clone());
+    let side = DispatcherSide::new(state_dir.to_path_buf(), &config, tls.clone());
     tokio::spawn(side.clone().run());
     let executor = executor(
         state_dir,
@@ -460,7 +459,8 @@ async fn run_worker(
         std::future::IntoFuture::into_future(axum::serve(listener, cluster_api::worker(config)));
     tokio::pin!(serve);
     // Nothing acts before a manager gave a complete view: a worker that restarted
-    // must not take its running containers for strays.
+    // must not take its running containers for strays (nor act on the disk copy of
+    // its last view, which only sets the oldest view it takes).
     tokio::select! {
         _ = side.first_view() => {}
         r = &mut serve => return r.context("serve the API"),
