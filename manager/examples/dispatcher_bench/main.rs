@@ -11,7 +11,7 @@
 //! cargo build --release -p berth -p agent --bin berth --bin berth-shim
 //! cargo run --release -p manager --example dispatcher_bench -- \
 //!     [--nodes 1000] [--tasks-per-node 10] [--services 1] \
-//!     [--connections per-request|persistent] [--window 30] [--settle 10] \
+//!     [--connections persistent|per-request] [--window 30] [--settle 10] \
 //!     [--idle 15] [--join-concurrency 8] [--ramp-limit 600] [--node-grace 10s] \
 //!     [--berth target/release/berth] [--keep] [--perf PREFIX]
 //! ```
@@ -75,7 +75,7 @@ impl Args {
             nodes: 1000,
             tasks_per_node: 10,
             services: 1,
-            connections: Connections::PerRequest,
+            connections: Connections::Persistent,
             window: 30,
             settle: 10,
             idle: 15,
