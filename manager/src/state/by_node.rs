@@ -156,7 +156,7 @@ mod tests {
         let ops = diff(before, after);
         let touched = index.follow(before, &ops);
         let mut applied = before.clone();
-        apply_ops(&mut applied, &ops);
+        apply_ops(&mut applied, ops);
         let fresh = ByNode::of(&applied);
         assert_eq!(index.tasks, fresh.tasks, "the index drifted from the state");
         touched

@@ -220,28 +220,30 @@ pub fn diff(old: &State, new: &State) -> Vec<Op> {
 }
 
 /// Replays `ops` on `state` (the version aside): what every replica does with a
-/// committed transaction. Pure and deterministic.
-pub fn apply_ops(state: &mut State, ops: &[Op]) {
+/// committed transaction. Pure and deterministic. Takes the ops by value, so that the
+/// records move into the state: a deploy's transaction holds thousands of tasks, and a
+/// copy of each would only raise the manager's peak memory.
+pub fn apply_ops(state: &mut State, ops: impl IntoIterator<Item = Op>) {
     for op in ops {
         match op {
             Op::PutStack(k, v) => {
-                state.stacks.insert(k.clone(), (**v).clone());
+                state.stacks.insert(k, *v);
             }
             Op::DeleteStack(k) => {
-                state.stacks.remove(k);
+                state.stacks.remove(&k);
             }
             Op::PutTask(k, v) => {
-                state.tasks.insert(k.clone(), (**v).clone());
+                state.tasks.insert(k, *v);
             }
             Op::DeleteTask(k) => {
-                state.tasks.remove(k);
+                state.tasks.remove(&k);
             }
-            Op::SetCluster(c) => state.cluster = c.as_deref().cloned(),
+            Op::SetCluster(c) => state.cluster = c.map(|c| *c),
             Op::PutNode(k, v) => {
-                state.nodes.insert(k.clone(), (**v).clone());
+                state.nodes.insert(k, *v);
             }
             Op::DeleteNode(k) => {
-                state.nodes.remove(k);
+                state.nodes.remove(&k);
             }
         }
     }
@@ -292,7 +294,7 @@ mod tests {
         // Only what changed: b gone, c new, t1 changed, t2 gone, t3 new.
         assert_eq!(ops.len(), 5, "{ops:?}");
         let mut replayed = old.clone();
-        apply_ops(&mut replayed, &ops);
+        apply_ops(&mut replayed, ops.clone());
         assert_eq!(replayed, new);
         assert!(diff(&new, &new).is_empty());
         // The ops survive the wire.

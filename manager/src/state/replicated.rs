@@ -164,15 +164,16 @@ impl StoreMachine {
 }
 
 /// The pure step: what a transaction does to a state and answers.
-pub fn apply_txn(state: &mut State, txn: &Txn) -> TxnResponse {
-    if conflicts(state, txn) {
+pub fn apply_txn(state: &mut State, txn: Txn) -> TxnResponse {
+    if conflicts(state, &txn) {
         return TxnResponse::Conflict {
             version: state.version,
         };
     }
-    apply_ops(state, &txn.ops);
+    let id = txn.id;
+    apply_ops(state, txn.ops);
     state.version += 1;
-    state.last_txn = txn.id;
+    state.last_txn = id;
     TxnResponse::Applied {
         version: state.version,
     }
@@ -200,7 +201,7 @@ impl StateMachine for StoreMachine {
             true => None,
             false => Some(index.follow(&state, &txn.ops)),
         };
-        let resp = apply_txn(&mut state, &txn);
+        let resp = apply_txn(&mut state, txn);
         drop(state);
         if let (TxnResponse::Applied { version }, Some(touched)) = (&resp, touched) {
             index.signal(&touched, *version);
