@@ -42,9 +42,9 @@ impl Assignments for StoreSide {
                     .collect(),
                 stacks: state.stacks.clone(),
             }),
-            None => self.store.read(|state| {
-                View::for_node(state.tasks.clone(), state.stacks.clone(), None)
-            }),
+            None => self
+                .store
+                .read(|state| View::for_node(state.tasks.clone(), state.stacks.clone(), None)),
         }
     }
 

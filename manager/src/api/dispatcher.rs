@@ -15,8 +15,8 @@ use serde::Deserialize;
 use super::cluster::{caller, error, not_a_node};
 use crate::cluster::Member;
 use crate::dispatcher::{accept, view_of, Accepted, Assignment, StatusBatch};
-use crate::state::store::{Store, StoreError};
 use crate::port::Peer;
+use crate::state::store::{Store, StoreError};
 
 /// The longest a poll for assignments waits for a change.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -119,10 +119,10 @@ struct Queued {
 }
 
 /// The one writer of status batches: the batches that arrive while it commits one
-/// transaction all go into the next, together. A thousand nodes' batches after a
-/// deploy are then a few dozen transactions, not a thousand, each of which copies and
-/// compares the whole state and makes every watcher look again; and they wait in a
-/// queue, not on a thread each (a thread per batch exhausted memory at 1,000 nodes).
+/// transaction all go into the next, together, so that a burst (a thousand nodes
+/// reporting a deploy) costs fewer transactions, each of which copies and compares the
+/// whole state; and they wait in a queue, not on a thread each (a thread per batch
+/// exhausted memory at 1,000 nodes).
 #[derive(Debug)]
 pub struct StatusWriter {
     queue: std::sync::mpsc::Sender<Queued>,

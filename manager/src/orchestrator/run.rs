@@ -116,36 +116,36 @@ pub async fn run_orchestrator(store: Arc<Store>, liveness: Option<Arc<Liveness>>
         // first, it is made again from the state that includes it, never replayed
         // stale (which could give a slot two tasks).
         let before = store.read(|s| s.version);
+        // With the plan, the version and the nodes down it was made from.
         let planned = store.update(|s| {
             let tasks: Vec<_> = s.tasks.values().cloned().collect();
+            let seen = s.version;
             match &liveness {
                 None => {
                     let plan = super::reconcile(&s.stacks, &tasks, now);
                     apply(s, &plan);
-                    Ok(plan)
+                    Ok((plan, seen, BTreeSet::new()))
                 }
                 Some(live) => {
                     let down = live.down(&s.nodes, Instant::now(), grace(s));
-                    let nodes = super::nodes::nodes(s, down, &BTreeMap::new());
+                    let nodes = super::nodes::nodes(s, down.clone(), &BTreeMap::new());
                     let plan = super::reconcile_on(&s.stacks, &tasks, now, &nodes);
                     apply(s, &plan);
                     place(s, &nodes);
-                    Ok(plan)
+                    Ok((plan, seen, down))
                 }
             }
         });
         let plan = match planned {
-            Ok(plan) if !plan.changes.is_empty() && store.read(|s| s.version) != before => continue,
-            Ok(plan) => {
-                // Settled only if this pass wrote nothing (one that placed tasks runs
-                // once more, on what it wrote).
-                settled = match &liveness {
-                    Some(live) => store.read(|s| {
-                        (s.version == before)
-                            .then(|| (s.version, live.down(&s.nodes, Instant::now(), grace(s))))
-                    }),
-                    None => None,
-                };
+            Ok((plan, _, _)) if !plan.changes.is_empty() && store.read(|s| s.version) != before => {
+                continue
+            }
+            Ok((plan, seen, down)) => {
+                // Settled on what the pass saw (not what is there now: a node that went
+                // down since must still be acted on), and only if it wrote nothing (one
+                // that placed tasks runs once more, on what it wrote).
+                let wrote = store.read(|s| s.version) != seen;
+                settled = (liveness.is_some() && !wrote).then_some((seen, down));
                 wake_at = plan.wake_at;
                 plan
             }

@@ -180,7 +180,10 @@ mod tests {
             task("c", "other", Some("n3")),
         ]);
         let touched = step(&mut index, &s0, &s1);
-        assert_eq!(touched, BTreeSet::from(["n1".into(), "n2".into(), "n3".into()]));
+        assert_eq!(
+            touched,
+            BTreeSet::from(["n1".into(), "n2".into(), "n3".into()])
+        );
         assert_eq!(index.tasks_of("n1").count(), 0);
         assert_eq!(index.tasks_of("n2").collect::<Vec<_>>(), ["a", "b"]);
         index.signal(&touched, 5);
@@ -210,9 +213,6 @@ mod tests {
         // Deleted.
         let mut s4 = s3.clone();
         s4.tasks.remove("c");
-        assert_eq!(
-            step(&mut index, &s3, &s4),
-            BTreeSet::from(["n3".into()])
-        );
+        assert_eq!(step(&mut index, &s3, &s4), BTreeSet::from(["n3".into()]));
     }
 }
