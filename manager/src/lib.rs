@@ -40,6 +40,7 @@ pub mod cluster;
 pub mod deploy;
 pub mod dispatcher;
 pub mod orchestrator;
+pub mod plan;
 pub mod port;
 pub mod progress;
 pub mod scheduler;

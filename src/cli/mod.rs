@@ -18,6 +18,7 @@ mod images;
 mod kill;
 mod logs;
 mod ls;
+mod plan;
 mod node;
 mod port;
 mod ps;

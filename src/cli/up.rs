@@ -53,6 +53,14 @@ pub struct UpArgs {
     /// Keep existing containers even if their service changed
     #[arg(long)]
     no_recreate: bool,
+    /// Print what up would do (per service: create, recreate and why, scale, remove;
+    /// images to pull; on a cluster, where new tasks would go) and change nothing
+    #[arg(long, conflicts_with_all = ["detach", "wait", "abort_on_container_exit", "exit_code_from"])]
+    dry_run: bool,
+    /// With --dry-run: exit 2 when up would change something, 0 when not (as
+    /// terraform plan's)
+    #[arg(long, requires = "dry_run")]
+    detailed_exitcode: bool,
     /// Only these services (and what they depend on)
     #[arg(value_name = "SERVICE")]
     services: Vec<String>,
@@ -64,7 +72,9 @@ pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Res
     if !args.services.is_empty() {
         super::config::keep_with_dependencies(&mut stack, &args.services);
     }
-    check_images(state_dir, &stack)?;
+    if !args.dry_run {
+        check_images(state_dir, &stack)?;
+    }
     let mut scale = BTreeMap::new();
     for s in &args.scale {
         let (svc, n) = s
@@ -100,6 +110,9 @@ pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Res
         force_recreate: args.force_recreate,
         no_recreate: args.no_recreate,
     };
+    if args.dry_run {
+        return super::plan::dry_run(state_dir, &client, &req, args.detailed_exitcode);
+    }
     let started = Instant::now();
     let resp: UpResponse = client.call("PUT", &format!("/v1/stacks/{name}"), Some(&req))?;
     if !state.stacks.contains_key(&name) {

@@ -225,7 +225,24 @@ async fn run_manager(
         here.clone(),
         member.as_ref().map(|m| m.http.clone()),
     ));
-    let api = manager::api::router(store.clone(), node);
+    // What `up --dry-run` places new tasks by: on a cluster, the nodes this manager
+    // knows down (a follower knows of none) and where global services go.
+    let facts: manager::api::NodeFacts = match &member {
+        None => Arc::new(|_: &manager::state::model::State| Default::default()),
+        Some(m) => {
+            let live = m.liveness.clone();
+            Arc::new(move |s: &manager::state::model::State| {
+                let grace = s
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.settings.node_grace())
+                    .unwrap_or_default();
+                let down = live.down(&s.nodes, std::time::Instant::now(), grace);
+                manager::orchestrator::nodes::nodes(s, down, &Default::default())
+            })
+        }
+    };
+    let api = manager::api::router_with(store.clone(), node, facts);
     let local =
         match &member {
             None => api.merge(cluster_api::single_host(

@@ -160,21 +160,35 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// What every handler gets: the store, and the node it runs on.
+/// What every handler gets: the store, the node it runs on, and what it knows of the
+/// cluster's nodes.
 #[derive(Clone)]
 pub(crate) struct Ctx {
     store: Arc<Store>,
     node: Arc<dyn NodeAgent>,
+    facts: NodeFacts,
 }
 
-/// The API's routes over `store`, asking `node` for what lives on the node.
+/// The orchestrator's facts about the nodes of the state it is given (which are down,
+/// where global services go): a cluster's leader knows them from heartbeats; a single
+/// host has none ([`Nodes::default`]).
+pub type NodeFacts = Arc<dyn Fn(&State) -> crate::orchestrator::Nodes + Send + Sync>;
+
+/// The API's routes over `store`, asking `node` for what lives on the node (a single
+/// host's: no node facts).
 pub fn router(store: Arc<Store>, node: Arc<dyn NodeAgent>) -> Router {
+    router_with(store, node, Arc::new(|_: &State| Default::default()))
+}
+
+/// The API's routes, with the cluster's node facts for `up --dry-run`'s placements.
+pub fn router_with(store: Arc<Store>, node: Arc<dyn NodeAgent>, facts: NodeFacts) -> Router {
     Router::new()
         .route("/v1/ping", get(|| async { "ok" }))
         .route("/v1/state", get(state))
         .route("/v1/stacks/{name}", put(stacks::up).delete(stacks::down))
         .route("/v1/stacks/{name}/{verb}", post(stacks::services_verb))
         .route("/v1/stacks/{name}/progress", get(stacks::progress))
+        .route("/v1/stacks/{name}/plan", post(stacks::plan))
         .route(
             "/v1/stacks/{name}/run/{key}",
             axum::routing::delete(stacks::remove_run),
@@ -184,7 +198,7 @@ pub fn router(store: Arc<Store>, node: Arc<dyn NodeAgent>) -> Router {
         .route("/v1/tasks/{id}/exec", post(tasks::exec))
         .route("/v1/events", get(events::events))
         .route("/v1/tasks/{id}/{what}", get(tasks::inspect))
-        .with_state(Ctx { store, node })
+        .with_state(Ctx { store, node, facts })
 }
 
 async fn state(AxState(cx): AxState<Ctx>) -> Json<State> {

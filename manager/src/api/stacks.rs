@@ -43,7 +43,27 @@ pub(crate) async fn up(
     Path(name): Path<String>,
     Json(req): Json<UpRequest>,
 ) -> Result<Json<UpResponse>, ApiError> {
-    check_stack_name(&name)?;
+    check_request(&name, &req)?;
+    let resp = cx.store.update(|s| Ok(stacks::up(s, &name, &req)))?;
+    Ok(Json(resp))
+}
+
+/// `up --dry-run`: what `up` of this request would do, changing nothing.
+pub(crate) async fn plan(
+    AxState(cx): AxState<Ctx>,
+    Path(name): Path<String>,
+    Json(req): Json<UpRequest>,
+) -> Result<Json<crate::plan::UpPlan>, ApiError> {
+    check_request(&name, &req)?;
+    // Worked out on a copy, off the store's lock.
+    let state = cx.store.snapshot();
+    let nodes = (cx.facts)(&state);
+    Ok(Json(crate::plan::plan_up(&state, &name, &req, &nodes)))
+}
+
+/// An `up` request for stack `name`: a good name, a record that names itself so.
+fn check_request(name: &str, req: &UpRequest) -> Result<(), ApiError> {
+    check_stack_name(name)?;
     spec::names::check_record(&req.record)?;
     if req.record.stack.name != name {
         return Err(ApiError::new(
@@ -54,8 +74,7 @@ pub(crate) async fn up(
             ),
         ));
     }
-    let resp = cx.store.update(|s| Ok(stacks::up(s, &name, &req)))?;
-    Ok(Json(resp))
+    Ok(())
 }
 
 pub(crate) async fn down(

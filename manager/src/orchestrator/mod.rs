@@ -286,12 +286,34 @@ fn global_slots<'a>(
     service: &str,
     on: &'a [String],
 ) -> Vec<(&'a str, u32)> {
+    let of_service = slots
+        .range((stack, service, 0)..=(stack, service, u32::MAX))
+        .map(|((_, _, slot), list)| (*slot, list.as_slice()));
+    slots_on_nodes(of_service, on)
+}
+
+/// [`global_slots`] of one service's tasks by slot (each slot's list oldest first), for
+/// `up --dry-run`'s plan.
+pub fn global_slots_of<'a>(
+    by_slot: &BTreeMap<u32, Vec<&Task>>,
+    on: &'a [String],
+) -> Vec<(&'a str, u32)> {
+    slots_on_nodes(
+        by_slot.iter().map(|(slot, list)| (*slot, list.as_slice())),
+        on,
+    )
+}
+
+fn slots_on_nodes<'a, 't>(
+    of_service: impl Iterator<Item = (u32, &'t [&'t Task])>,
+    on: &'a [String],
+) -> Vec<(&'a str, u32)> {
     let mut used: BTreeSet<u32> = BTreeSet::new();
     let mut of_node: BTreeMap<&str, u32> = BTreeMap::new();
-    for ((_, _, slot), list) in slots.range((stack, service, 0)..=(stack, service, u32::MAX)) {
-        used.insert(*slot);
+    for (slot, list) in of_service {
+        used.insert(slot);
         if let Some(node) = list.last().and_then(|t| t.node.as_deref()) {
-            of_node.entry(node).or_insert(*slot);
+            of_node.entry(node).or_insert(slot);
         }
     }
     let mut next = 1;
