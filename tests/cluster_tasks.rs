@@ -206,6 +206,116 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
     }
 }
 
+/// Whether host `i`'s store has `busybox:local`.
+fn has_busybox(f: &Fixture, i: usize) -> bool {
+    let store = agent::image::ImageStore::open(&f.state(i)).expect("a host's image store");
+    let reference = agent::image::Reference::parse("busybox:local").expect("a reference");
+    store.image(&reference).is_ok()
+}
+
+#[test]
+fn an_image_only_on_one_worker_runs_elsewhere_and_one_no_node_has_is_refused() {
+    // No registry, and the image only on worker A (host 1), imported there once its
+    // daemon runs, as a user would.
+    let mut f = Fixture::new(3);
+    let (token, _) = f.init();
+    f.join(1, &token);
+    f.join(2, &token);
+    f.wait_ready(0, 3);
+    f.import_busybox(1);
+    let (a, b) = (f.node_id(1), f.node_id(2));
+    let manager = f.node_id(0);
+    // `web` (pull_policy missing, the default) must run on worker B; `pinned`
+    // (`never`: no registry pull, and present on a node is enough) on the manager.
+    let file = f.compose(
+        "elsewhere",
+        &format!(
+            "services:
+  web:
+    {SLEEP}
+    deploy:
+      placement:
+        constraints: [node.id == {b}]
+  pinned:
+    {SLEEP}
+    pull_policy: never
+    deploy:
+      placement:
+        constraints: [node.role == manager]
+"
+        ),
+    );
+    let file = file.to_str().expect("utf-8");
+    let out = f.berth(0, &["-f", file, "up", "-d"]);
+    let said = fixture::stderr(&out);
+    assert!(out.status.success(), "up: {said}\nlog:\n{}", f.log(0));
+    assert!(
+        said.contains(&format!("web Image busybox:local is on node {a} (")),
+        "up says where the image is: {said}"
+    );
+    f.wait_rows(
+        "elsewhere",
+        "web runs on B, pinned on the manager",
+        |rows| {
+            let on = |service: &str, node: &str| {
+                rows.iter()
+                    .any(|r| r.service == service && r.state == "running" && r.node == node)
+            };
+            on("web", &b) && on("pinned", &manager)
+        },
+    );
+    // Each fetched it from A, the only node that had it, digests checked on the way.
+    assert!(has_busybox(&f, 2) && has_busybox(&f, 0));
+    for i in [0, 2] {
+        assert!(
+            f.log(i)
+                .contains(&format!("fetched image busybox:local from node {a} (")),
+            "host {i}'s log:\n{}",
+            f.log(i)
+        );
+    }
+
+    // An image no node has and no registry gives: refused before anything changes,
+    // naming the service, the image and what to do.
+    let nowhere = f.compose(
+        "nowhere",
+        "services:
+  app:
+    image: 127.0.0.1:1/nope:1
+  strict:
+    image: 127.0.0.1:1/nope:1
+    pull_policy: never
+",
+    );
+    let before = fixture::raw_get(&f.state(0).join("berth.sock"), "/v1/state");
+    let out = f.berth(0, &["-f", nowhere.to_str().expect("utf-8"), "up", "-d"]);
+    let said = fixture::stderr(&out);
+    assert!(
+        !out.status.success(),
+        "up of an image nowhere succeeded: {said}"
+    );
+    for wanted in [
+        "services.app.image: no node of the cluster has image \"127.0.0.1:1/nope:1\", and no \
+         registry gave it (",
+        "services.strict.image: no node of the cluster has image \"127.0.0.1:1/nope:1\", and \
+         pull_policy is never; import or load it on any node of the cluster",
+        "nothing was changed",
+    ] {
+        assert!(said.contains(wanted), "{wanted:?} not in: {said}");
+    }
+    assert!(f.ps(0, "nowhere").is_empty(), "{:?}", f.ps(0, "nowhere"));
+    let after = fixture::raw_get(&f.state(0).join("berth.sock"), "/v1/state");
+    let stacks = |answer: &str| -> serde_json::Value {
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str::<serde_json::Value>(body).expect("the state")["stacks"].clone()
+    };
+    assert_eq!(stacks(&after), stacks(&before), "the stacks changed");
+    assert!(!f.containers_on(0).iter().any(|c| c.starts_with("nowhere")));
+
+    f.ok(0, &["-f", file, "down"]);
+    f.wait_rows("elsewhere", "everything is gone", |rows| rows.is_empty());
+}
+
 /// The running tasks of stack `name` as (task id, node id), from manager `i`.
 fn running(rows: &[Row]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = rows

@@ -185,6 +185,10 @@ pub mod access {
     /// (one node must not reach into another's containers) nor the CLI (it goes
     /// through a manager, which checks what it asks against the store).
     pub const NODE_API: &[Role] = &[Role::Manager];
+    /// Which nodes hold an image: every node (a node fetching an image it lacks asks
+    /// where it is) and the CLI (`berth up` accepts an image some node holds). The
+    /// answer names nodes and their addresses, which `node ls` shows an admin anyway.
+    pub const IMAGE_LOOKUP: &[Role] = &[Role::Manager, Role::Worker, Role::Admin];
 }
 
 /// The (node id, role) a certificate was issued for.

@@ -7,9 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Args;
+use manager::api::images::HoldersAnswer;
+use manager::cluster::ops::ClusterStatus;
 
 use super::common::load;
 use super::ProjectArgs;
+use crate::client::Client;
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
@@ -73,12 +76,18 @@ fn pull_one(
     Ok(())
 }
 
-/// Every service's image must be in the store before anything is deployed: missing
-/// ones are pulled (Compose's default `pull_policy: missing`; `always` pulls every
-/// time, `never` does not), so that a missing image stops `up` before it changes
-/// anything.
+/// Every service's image must be where its tasks can get it before anything is
+/// deployed, so that a missing image stops `up` before it changes anything. On a single
+/// host that is the store: missing images are pulled (Compose's default `pull_policy:
+/// missing`; `always` pulls every time, `never` does not). On a cluster (the CLI talks
+/// to a manager) an image the local store lacks may be on another node, which the node
+/// that runs a task fetches it from: one that some node holds needs no pull (`missing`)
+/// and is enough for `never`; `always` still pulls.
 pub(super) fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Result<()> {
     let store = agent::image::ImageStore::open(state_dir)?;
+    // Asked only once an image is missing here, so a single host with its images in
+    // the store talks to no daemon.
+    let mut cluster: Option<Option<Client>> = None;
     let mut missing = Vec::new();
     for (name, svc) in &stack.services {
         let Some(image) = &svc.image else {
@@ -95,38 +104,297 @@ pub(super) fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Res
                 continue;
             }
         };
-        let present = store.image(&reference).is_ok();
-        let pull = match policy {
-            "always" => true,
-            "never" => false,
-            "build" => {
-                missing.push(format!(
-                    "services.{name}.pull_policy: build is not supported (berth cannot build images yet)"
-                ));
-                continue;
-            }
-            _ => !present,
-        };
-        if pull {
-            super::write_stderr(&format!(" ⠿ {name} Pulling {image}\n"));
-            if let Err(e) = pull_one(&store, image, &[], true) {
-                missing.push(format!(
-                    "services.{name}.image: {image} is not in the store and could not be pulled ({e:#}); \
-                     import it with berth image import, load it with berth image load, or pull it \
-                     with berth image pull"
-                ));
-            }
-        } else if !present {
+        if policy == "build" {
             missing.push(format!(
-                "services.{name}.image: image {:?} not found and pull_policy is never; import it \
-                 with berth image import, load it with berth image load, or pull it",
-                reference.familiar()
+                "services.{name}.pull_policy: build is not supported (berth cannot build images yet)"
             ));
+            continue;
+        }
+        let present = store.image(&reference).is_ok();
+        let mut holders = || {
+            let client = cluster.get_or_insert_with(|| cluster_manager(state_dir));
+            let client = client.as_ref()?;
+            let path = manager::api::images::holders_path(&reference.to_string());
+            Some(
+                client
+                    .call::<HoldersAnswer>("GET", &path, None::<&()>)
+                    .map_err(|e| format!("{e:#}")),
+            )
+        };
+        let mut pull = || {
+            super::write_stderr(&format!(" ⠿ {name} Pulling {image}\n"));
+            pull_one(&store, image, &[], true).map_err(|e| format!("{e:#}"))
+        };
+        let familiar = reference.familiar();
+        match image_check(name, &familiar, policy, present, &mut holders, &mut pull) {
+            Ok(Some(note)) => super::write_stderr(&note),
+            Ok(None) => {}
+            Err(refusal) => missing.push(refusal),
         }
     }
     if missing.is_empty() {
         Ok(())
     } else {
         bail!("{}\nnothing was changed", missing.join("\n"))
+    }
+}
+
+/// The manager this CLI talks to, if it is one (a remote context, or a local daemon
+/// that is a cluster's manager); None on a single host, or with no daemon running.
+fn cluster_manager(state_dir: &Path) -> Option<Client> {
+    let client = match super::context::remote_client() {
+        Ok(Some(remote)) => remote,
+        // A broken context fails the verb when it connects, with its own message.
+        Err(_) => return None,
+        Ok(None) => {
+            let local = Client::new(&crate::daemon::socket_path(state_dir));
+            if !local.ping() {
+                return None;
+            }
+            local
+        }
+    };
+    let status: ClusterStatus = client.call("GET", "/v1/cluster", None::<&()>).ok()?;
+    (status.member && status.role == "manager").then_some(client)
+}
+
+/// Whether service `service`'s image `image` (its familiar name) is where a task can get
+/// it, by `policy`: `present` says whether the local store has it, `holders` which nodes
+/// of the cluster do (None: not a cluster), `pull` pulls it into the local store. Ok
+/// with a line to show, or the refusal, naming the service and the image and what to
+/// do. Asks `holders` and `pull` only when the answer depends on them.
+fn image_check(
+    service: &str,
+    image: &str,
+    policy: &str,
+    present: bool,
+    holders: &mut dyn FnMut() -> Option<Result<HoldersAnswer, String>>,
+    pull: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<Option<String>, String> {
+    const PUT_IT: &str = "import it with berth image import, load it with berth image load, \
+                          or pull it with berth image pull";
+    if policy == "always" {
+        return pull().map(|()| None).map_err(|e| {
+            format!(
+                "services.{service}.image: {image} is not in the store and could not be \
+                 pulled ({e}); {PUT_IT}"
+            )
+        });
+    }
+    if present {
+        return Ok(None);
+    }
+    let found = holders();
+    if let Some(Ok(answer)) = &found {
+        if !answer.holders.is_empty() {
+            let nodes: Vec<String> = answer.holders.iter().map(|h| h.to_string()).collect();
+            return Ok(Some(format!(
+                " ✔ {service} Image {image} is on {} (its tasks fetch it from there)\n",
+                nodes.join(", ")
+            )));
+        }
+    }
+    // Why the cluster could not say it has the image, for a refusal.
+    let cluster = match &found {
+        None => None,
+        Some(Ok(answer)) if answer.unanswered.is_empty() => Some(String::new()),
+        Some(Ok(answer)) => {
+            let silent: Vec<String> = answer
+                .unanswered
+                .iter()
+                .map(|u| format!("{}: {}", u.id, u.reason))
+                .collect();
+            Some(format!(
+                " (nodes that did not answer, which may have it: {})",
+                silent.join("; ")
+            ))
+        }
+        Some(Err(e)) => Some(format!(" (the nodes could not be asked: {e})")),
+    };
+    let Some(why) = cluster else {
+        // A single host, as before.
+        if policy == "never" {
+            return Err(format!(
+                "services.{service}.image: image {image:?} not found and pull_policy is never; \
+                 {PUT_IT}"
+            ));
+        }
+        return pull().map(|()| None).map_err(|e| {
+            format!(
+                "services.{service}.image: {image} is not in the store and could not be \
+                 pulled ({e}); {PUT_IT}"
+            )
+        });
+    };
+    const ON_A_NODE: &str = "import or load it on any node of the cluster (berth image \
+                             import, berth image load), or pull it on one (berth image pull)";
+    if policy == "never" {
+        return Err(format!(
+            "services.{service}.image: no node of the cluster has image {image:?}{why}, and \
+             pull_policy is never; {ON_A_NODE}"
+        ));
+    }
+    pull().map(|()| None).map_err(|e| {
+        format!(
+            "services.{service}.image: no node of the cluster has image {image:?}{why}, and \
+             no registry gave it ({e}); {ON_A_NODE}"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manager::api::images::{Holder, Unanswered};
+
+    /// What a check did: its answer, whether it asked the cluster, whether it pulled.
+    fn check(
+        policy: &str,
+        present: bool,
+        cluster: Option<Result<HoldersAnswer, String>>,
+        pulls: Result<(), String>,
+    ) -> (Result<Option<String>, String>, bool, bool) {
+        let (mut asked, mut pulled) = (false, false);
+        let got = image_check(
+            "web",
+            "app:1",
+            policy,
+            present,
+            &mut || {
+                asked = true;
+                cluster.clone()
+            },
+            &mut || {
+                pulled = true;
+                pulls.clone()
+            },
+        );
+        (got, asked, pulled)
+    }
+
+    fn on(ids: &[&str]) -> Option<Result<HoldersAnswer, String>> {
+        Some(Ok(HoldersAnswer {
+            holders: ids
+                .iter()
+                .map(|id| Holder {
+                    id: id.to_string(),
+                    hostname: format!("host-{id}"),
+                    addr: format!("{id}:7377"),
+                    digest: None,
+                })
+                .collect(),
+            asked: 3,
+            unanswered: Vec::new(),
+        }))
+    }
+
+    #[test]
+    fn an_image_on_some_node_of_the_cluster_needs_no_pull() {
+        let offline = || Err("no registry at 127.0.0.1:1".to_string());
+        let found = Ok(Some(
+            " ✔ web Image app:1 is on node w2 (host-w2, w2:7377) (its tasks fetch it from \
+             there)\n"
+                .to_string(),
+        ));
+        // (policy, present here, the cluster's answer, pull's) -> (answer, asked, pulled)
+        assert_eq!(
+            check("missing", true, on(&[]), offline()),
+            (Ok(None), false, false)
+        );
+        assert_eq!(
+            check("missing", false, on(&["w2"]), offline()),
+            (found.clone(), true, false)
+        );
+        assert_eq!(
+            check("never", false, on(&["w2"]), offline()),
+            (found, true, false)
+        );
+        // Always pulls, wherever the image is.
+        assert_eq!(
+            check("always", true, on(&["w2"]), Ok(())),
+            (Ok(None), false, true)
+        );
+        // On no node: pulled, as on a single host.
+        assert_eq!(
+            check("missing", false, on(&[]), Ok(())),
+            (Ok(None), true, true)
+        );
+        // A single host: the store and the registry only.
+        assert_eq!(
+            check("missing", false, None, Ok(())),
+            (Ok(None), true, true)
+        );
+        assert_eq!(
+            check("never", true, None, offline()),
+            (Ok(None), false, false)
+        );
+    }
+
+    #[test]
+    fn an_image_no_node_and_no_registry_has_is_refused_saying_what_to_do() {
+        let offline = || Err("no registry at 127.0.0.1:1".to_string());
+        let (got, _, pulled) = check("missing", false, on(&[]), offline());
+        assert!(pulled);
+        assert_eq!(
+            got,
+            Err(
+                "services.web.image: no node of the cluster has image \"app:1\", and no \
+                 registry gave it (no registry at 127.0.0.1:1); import or load it on any node \
+                 of the cluster (berth image import, berth image load), or pull it on one \
+                 (berth image pull)"
+                    .into()
+            )
+        );
+        let (got, _, pulled) = check("never", false, on(&[]), offline());
+        assert!(!pulled);
+        assert!(
+            got.as_ref().is_err_and(|e| e.starts_with(
+                "services.web.image: no node of the cluster has image \"app:1\", and \
+                 pull_policy is never; import or load it on any node"
+            )),
+            "{got:?}"
+        );
+        // Nodes that did not answer, or no answer at all, are named.
+        let silent = Some(Ok(HoldersAnswer {
+            holders: Vec::new(),
+            asked: 3,
+            unanswered: vec![Unanswered {
+                id: "w3".into(),
+                reason: "no answer within 3s".into(),
+            }],
+        }));
+        let (got, _, _) = check("missing", false, silent, offline());
+        assert!(
+            got.as_ref().is_err_and(|e| e.contains(
+                "has image \"app:1\" (nodes that did not answer, which may have it: w3: no \
+                 answer within 3s), and no registry gave it"
+            )),
+            "{got:?}"
+        );
+        let (got, _, _) = check("missing", false, Some(Err("HTTP 503".into())), offline());
+        assert!(
+            got.as_ref()
+                .is_err_and(|e| e.contains("(the nodes could not be asked: HTTP 503)")),
+            "{got:?}"
+        );
+        // A single host says what it said before.
+        let (got, _, _) = check("never", false, None, offline());
+        assert_eq!(
+            got,
+            Err(
+                "services.web.image: image \"app:1\" not found and pull_policy is never; \
+                 import it with berth image import, load it with berth image load, or pull \
+                 it with berth image pull"
+                    .into()
+            )
+        );
+        let (got, _, _) = check("always", true, on(&["w2"]), offline());
+        assert!(
+            got.as_ref().is_err_and(|e| e.starts_with(
+                "services.web.image: app:1 is not in the store \
+                                              and could not be pulled (no registry"
+            )),
+            "{got:?}"
+        );
     }
 }

@@ -208,13 +208,20 @@ async fn run_manager(
             store
         }
     };
+    // A manager looks up which nodes hold an image itself, for its own executor and
+    // for the nodes and CLIs that ask it.
     let executor = executor(
         state_dir,
         shim,
         net.clone(),
-        member
-            .as_ref()
-            .map(|m| (m.http.clone(), managers_from_store(m))),
+        member.as_ref().map(|m| {
+            images::ClusterImages::new(
+                state_dir,
+                m.http.clone(),
+                managers_from_store(m),
+                images::Lookup::new(m, state_dir).for_executor(tokio::runtime::Handle::current()),
+            )
+        }),
     );
     let me: Option<String> = member.as_ref().map(|m| m.node_id().to_string());
     // The API asks a task's container of the node it runs on.
@@ -243,57 +250,62 @@ async fn run_manager(
         }
     };
     let api = manager::api::router_with(store.clone(), node, facts);
-    let local =
-        match &member {
-            None => api.merge(cluster_api::single_host(
-                state_dir.to_path_buf(),
-                store.clone(),
-                daemon.clone(),
-            )),
-            Some(m) => {
-                // The cluster port: Raft and the API over mutual TLS, this node's
-                // images for the nodes that lack them, and its own endpoints for the
-                // other managers.
-                let scope = nodes::ManagerScope {
-                    store: store.clone(),
-                    me: m.node_id().to_string(),
-                };
-                let router = api
-                    .clone()
-                    .merge(cluster_api::manager(m.clone()))
-                    .merge(images::router(state_dir)?)
-                    .merge(manager::api::node::router(here.clone(), Arc::new(scope)))
-                    .layer(axum::middleware::from_fn_with_state(
-                        store.clone(),
-                        cluster_api::check_record,
-                    ))
-                    .layer(axum::middleware::from_fn_with_state(
-                        m.clone(),
-                        cluster_api::until_ready,
-                    ));
-                let tls = manager::port::server_config(&m.creds, &m.deny)
-                    .context("make the cluster port's TLS settings")?;
-                let listener = tokio::net::TcpListener::bind(m.config.listen)
-                    .await
-                    .with_context(|| format!("listen on the cluster port {}", m.config.listen))?;
-                let sink = manager::port::RaftSink::default();
-                sink.set(store.node().inbox());
-                sink.check_senders(manager::cluster::sender_check(m));
-                let port = manager::port::spawn(listener, tls, sink, router);
-                *m.port.lock().unwrap_or_else(|p| p.into_inner()) = Some(port);
-                eprintln!(
-                    "berth daemon: manager {} of cluster {}, cluster port {} (advertised {})",
-                    m.node_id(),
-                    m.config.cluster_id,
-                    m.config.listen,
-                    m.config.advertise
-                );
-                tokio::spawn(membership::run(m.clone()));
-                api.merge(cluster_api::manager(m.clone())).layer(
-                    axum::middleware::from_fn_with_state(m.clone(), cluster_api::until_ready),
-                )
-            }
-        };
+    let local = match &member {
+        None => api.merge(cluster_api::single_host(
+            state_dir.to_path_buf(),
+            store.clone(),
+            daemon.clone(),
+        )),
+        Some(m) => {
+            // The cluster port: Raft and the API over mutual TLS, this node's
+            // images for the nodes that lack them and where the others' are, and its
+            // own endpoints for the other managers.
+            let scope = nodes::ManagerScope {
+                store: store.clone(),
+                me: m.node_id().to_string(),
+            };
+            let holders =
+                manager::api::images::holders_router(Arc::new(images::Lookup::new(m, state_dir)));
+            let router = api
+                .clone()
+                .merge(cluster_api::manager(m.clone()))
+                .merge(holders.clone())
+                .merge(images::router(state_dir)?)
+                .merge(manager::api::node::router(here.clone(), Arc::new(scope)))
+                .layer(axum::middleware::from_fn_with_state(
+                    store.clone(),
+                    cluster_api::check_record,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    m.clone(),
+                    cluster_api::until_ready,
+                ));
+            let tls = manager::port::server_config(&m.creds, &m.deny)
+                .context("make the cluster port's TLS settings")?;
+            let listener = tokio::net::TcpListener::bind(m.config.listen)
+                .await
+                .with_context(|| format!("listen on the cluster port {}", m.config.listen))?;
+            let sink = manager::port::RaftSink::default();
+            sink.set(store.node().inbox());
+            sink.check_senders(manager::cluster::sender_check(m));
+            let port = manager::port::spawn(listener, tls, sink, router);
+            *m.port.lock().unwrap_or_else(|p| p.into_inner()) = Some(port);
+            eprintln!(
+                "berth daemon: manager {} of cluster {}, cluster port {} (advertised {})",
+                m.node_id(),
+                m.config.cluster_id,
+                m.config.listen,
+                m.config.advertise
+            );
+            tokio::spawn(membership::run(m.clone()));
+            api.merge(cluster_api::manager(m.clone()))
+                .merge(holders)
+                .layer(axum::middleware::from_fn_with_state(
+                    m.clone(),
+                    cluster_api::until_ready,
+                ))
+        }
+    };
     let listener = bind_socket(state_dir)?;
     let serve = std::future::IntoFuture::into_future(axum::serve(listener, local));
     tokio::pin!(serve);
@@ -404,19 +416,15 @@ fn managers_from_store(member: &Arc<Member>) -> ManagerList {
 }
 
 /// The node's container executor: containers under `$BERTH_CGROUP_PARENT` (default
-/// `berth`), on `net`. A cluster node fetches an image it lacks from the managers
-/// (`images::ClusterImages`): with its client settings and the managers' addresses
-/// of `images`.
+/// `berth`), on `net`. A cluster node fetches an image it lacks from the other nodes
+/// (`images`).
 fn executor(
     state_dir: &Path,
     shim: agent::shim::ShimProgram,
     net: Arc<overlay_net::NetworkManager>,
-    images: Option<(Arc<rustls::ClientConfig>, ManagerList)>,
+    images: Option<images::ClusterImages>,
 ) -> Executor {
-    let images = images.map(|(tls, managers)| {
-        let source = images::ClusterImages::new(state_dir, tls, managers);
-        Arc::new(source) as Arc<dyn agent::image::ImageSource>
-    });
+    let images = images.map(|source| Arc::new(source) as Arc<dyn agent::image::ImageSource>);
     Executor {
         state_dir: state_dir.to_path_buf(),
         net: Some(net),
@@ -454,13 +462,16 @@ async fn run_worker(
         .context("make the cluster client's TLS settings")?;
     let side = DispatcherSide::new(state_dir.to_path_buf(), &config, tls.clone());
     tokio::spawn(side.clone().run());
-    let executor = executor(
+    // An image it lacks: from the managers, else from a node they say holds it.
+    let source = images::ClusterImages::new(
         state_dir,
-        shim,
-        net.clone(),
-        Some((tls.clone(), managers_from_config(state_dir))),
+        tls.clone(),
+        managers_from_config(state_dir),
+        images::holders_from_managers(managers_from_config(state_dir), tls.clone()),
     );
-    // The cluster port: this node's own endpoints, for the managers.
+    let executor = executor(state_dir, shim, net.clone(), Some(source));
+    // The cluster port: this node's own endpoints, for the managers, and its images,
+    // for the nodes that lack them.
     let here = Arc::new(ApiNode(agent::node::LocalNode::new(executor.clone())));
     let scope = nodes::WorkerScope {
         side: side.clone(),
@@ -469,7 +480,7 @@ async fn run_worker(
     let _port = nodes::serve_worker_port(
         &config,
         &creds,
-        manager::api::node::router(here, Arc::new(scope)),
+        manager::api::node::router(here, Arc::new(scope)).merge(images::router(state_dir)?),
     )
     .await?;
     let serve =

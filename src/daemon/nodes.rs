@@ -10,7 +10,8 @@
 //!   removed from this node only.
 //! - [`ManagerScope`] and [`WorkerScope`] say which tasks a node's own endpoints serve
 //!   (those assigned to it) and to whom (the managers it knows).
-//! - [`serve_worker_port`] is a worker's cluster port: those endpoints only.
+//! - [`serve_worker_port`] is a worker's cluster port: those endpoints and its images
+//!   (`super::images::router`), for the nodes that lack them.
 
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
@@ -300,8 +301,9 @@ impl NodeScope for WorkerScope {
     }
 }
 
-/// A worker's cluster port on `config.listen`: its own endpoints (`router`), HTTP only,
-/// for the managers' certificates (`manager::port::authorize`).
+/// A worker's cluster port on `config.listen`: `router` (its own endpoints, for the
+/// managers' certificates, and its images, for every node's), HTTP only, each path's
+/// callers checked by `manager::port::authorize`.
 pub async fn serve_worker_port(
     config: &ClusterConfig,
     creds: &pki::NodeCredentials,
@@ -314,7 +316,7 @@ pub async fn serve_worker_port(
         .with_context(|| {
             format!(
                 "listen on the cluster port {} (a worker serves its containers' logs and \
-                 exec there, for the managers)",
+                 exec there, for the managers, and its images, for the other nodes)",
                 config.listen
             )
         })?;

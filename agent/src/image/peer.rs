@@ -10,7 +10,7 @@
 //! was removed) is not handed out.
 //!
 //! The fetching side, [`fetch`], is pure over the [`BlobSource`] seam (the binary's
-//! source calls a manager over the cluster port; the tests' source is a second store).
+//! source calls another node over the cluster port; the tests' source is a second store).
 //! It trusts nothing the source says: the manifest is checked against the digest the
 //! source states and the one the reference pins, every blob goes through the store's
 //! verifying writer and may not exceed the size its manifest gives, and the image is
@@ -102,7 +102,8 @@ fn images_blobs(store: &ImageStore) -> Result<BTreeSet<Digest>, ImageError> {
 // --- fetching ---
 
 /// Where [`fetch`] gets an image: another node (the binary's implementation calls a
-/// manager over the cluster port), or in tests a second store.
+/// manager, or a node that holds the image, over the cluster port), or in tests a
+/// second store.
 pub trait BlobSource {
     /// The manifest `reference` names at the source.
     fn manifest(&self, reference: &Reference) -> Result<PeerManifest, SourceError>;

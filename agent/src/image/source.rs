@@ -1,10 +1,11 @@
 //! Where a node gets an image its store lacks, and when it asks: the executor's
 //! [`ImageSource`] seam and the rule [`find`] applies to a service's `pull_policy`.
 //!
-//! On a cluster, a task may land on a node that never saw its image (imported or loaded
-//! on a manager, or pulled there by `berth up`). The binary's source fetches it from the
-//! managers over the cluster port ([`super::peer::fetch`]); a single host has none,
-//! since `up` put every image in the store before anything ran.
+//! On a cluster, a task may land on a node that never saw its image (imported, loaded
+//! or pulled on another node; `berth up` pulls on the manager). The binary's source
+//! fetches it from the managers, then from any node that holds it, over the cluster port
+//! ([`super::peer::fetch`]); a single host has none, since `up` put every image in the
+//! store before anything ran.
 
 use super::images::Image;
 use super::reference::Reference;
@@ -33,8 +34,8 @@ pub enum ImageSourceError {
 /// Why [`find`] has no image to give.
 #[derive(Debug, thiserror::Error)]
 pub enum FindError {
-    /// Not in the store, and not to be fetched (no source, or `pull_policy: never`);
-    /// or the store could not read it.
+    /// Not in the store, and no source to fetch it from; or the store could not read
+    /// it.
     #[error(transparent)]
     Store(#[from] ImageError),
     #[error("image {image} is not on this node and could not be fetched: {source}")]
@@ -69,11 +70,13 @@ impl FindError {
 
 /// The image `reference` names in `store`, fetched from `source` first when
 /// `pull_policy` (a service's, as the loader normalized it) says so:
-/// - `never`: never fetched; a missing image is an error, as on a single host;
 /// - `always`: fetched even when present, so that the node runs what the cluster has
 ///   under that name now (`berth up` pulled it on the manager);
-/// - anything else (`missing`, the default, `daily`, `every_...`, `build`): fetched
-///   only when missing, since a node keeps no record of when it last fetched.
+/// - anything else (`missing`, the default, `never`, `daily`, `every_...`, `build`):
+///   fetched only when missing, since a node keeps no record of when it last fetched.
+///   `never` too: it forbids a registry pull, and a source is other nodes of the
+///   cluster, never a registry (`berth up` accepts a `never` image that some node has,
+///   which the node that runs it must then fetch).
 ///
 /// Without a source the store's answer stands.
 pub fn find(
@@ -87,11 +90,7 @@ pub fn find(
     let Some(source) = source else {
         return Ok(found?);
     };
-    let fetch = match pull_policy {
-        Some("never") => false,
-        Some("always") => true,
-        _ => missing,
-    };
+    let fetch = pull_policy == Some("always") || missing;
     if !fetch {
         return Ok(found?);
     }
@@ -148,7 +147,7 @@ mod tests {
     fn the_pull_policy_decides_whether_the_source_is_asked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tar = testkit::busybox_rootfs_tar(dir.path()).expect("busybox rootfs tar");
-        let not_found = ImageSourceError::NotFound("no manager has it".into());
+        let not_found = ImageSourceError::NotFound("no node has it".into());
         let unreachable = ImageSourceError::Unavailable("m1: connection refused".into());
         // (pull_policy, image already in the store, a source and how it fails,
         //  whether the source is asked, what comes out)
@@ -174,9 +173,17 @@ mod tests {
                 true,
                 Want::Fetch,
             ),
-            // Never: not asked.
-            (Some("never"), false, Some(None), false, Want::NotFound),
+            // Never (no registry pull): asked only for an image the node lacks, as the
+            // source is the cluster's nodes.
+            (Some("never"), false, Some(None), true, Want::Image),
             (Some("never"), true, Some(None), false, Want::Image),
+            (
+                Some("never"),
+                false,
+                Some(Some(not_found.clone())),
+                true,
+                Want::Fetch,
+            ),
             // Always: asked even for an image the node has, and a failure says so.
             (Some("always"), true, Some(None), true, Want::Image),
             (
@@ -236,7 +243,7 @@ mod tests {
         let reference = Reference::parse("app:1").expect("reference");
         for (fails, retry) in [
             (
-                ImageSourceError::NotFound("no manager has it (m1: not found)".into()),
+                ImageSourceError::NotFound("no node has it (m1: not found)".into()),
                 false,
             ),
             (

@@ -30,7 +30,9 @@
 //! - [`images`]: `GET /v1/cluster/images/manifest?ref=` and
 //!   `GET /v1/cluster/images/blobs/{digest}`: this node's images, for other nodes
 //!   (their own router, [`images::router`], over the [`images::NodeImages`] seam; on
-//!   the cluster port only)
+//!   every node's cluster port only); and `GET /v1/cluster/images/holders?ref=`: which
+//!   nodes hold an image, for nodes and the CLI ([`images::holders_router`], over the
+//!   [`images::ImageHolders`] seam; on managers)
 //! - [`node`]: `/v1/node/tasks/{id}/...`: a node's own endpoints (logs, kill, freeze,
 //!   top/stats/ports, exec) for the managers, which ask them of the node a task runs
 //!   on (their own router, on every node's cluster port)

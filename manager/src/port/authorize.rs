@@ -5,7 +5,8 @@
 //! | path | who |
 //! |---|---|
 //! | `/v1/cluster/join`, `/v1/ping` | anyone, with or without a certificate (a joiner has none yet) |
-//! | `/v1/dispatcher/...`, `/v1/cluster/images/...` | a worker or a manager (every node runs an agent, and fetches the images it lacks from the managers) |
+//! | `/v1/cluster/images/holders` | a worker, a manager or an admin (which nodes hold an image: a node fetching one it lacks asks, and so does `berth up` from a remote CLI) |
+//! | `/v1/dispatcher/...`, `/v1/cluster/images/...` | a worker or a manager (every node runs an agent, and fetches the images it lacks from the other nodes) |
 //! | `/v1/node/...` | a manager only (a node's own containers: logs, signals, exec; managers route the API's requests there) |
 //! | anything else | an admin (the CLI) or a manager |
 //!
@@ -20,6 +21,8 @@ use pki::{access, Identity, Role};
 
 /// Paths open to a client without a certificate.
 const OPEN: &[&str] = &["/v1/cluster/join", "/v1/ping"];
+/// Paths open to every certificate of the cluster: nodes and admins.
+const LOOKUP: &[&str] = &["/v1/cluster/images/holders"];
 /// Paths under these prefixes are for nodes: the dispatcher's (agents), and the images
 /// a node fetches from another (`crate::api::images`).
 const NODE_PREFIXES: &[&str] = &["/v1/dispatcher/", "/v1/cluster/images/"];
@@ -40,6 +43,7 @@ pub struct Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     Open,
+    Lookup,
     Node,
     NodeApi,
     Control,
@@ -48,6 +52,9 @@ enum Class {
 fn class(path: &str) -> Class {
     if OPEN.contains(&path) {
         return Class::Open;
+    }
+    if LOOKUP.contains(&path) {
+        return Class::Lookup;
     }
     // Stricter than the control API, so every spelling is in it (`/v1/nodes` is the
     // control API's, and needs no such care: an admin may call it).
@@ -77,6 +84,10 @@ fn class(path: &str) -> Class {
 pub fn authorize(path: &str, peer: Option<&Identity>) -> Result<(), Refusal> {
     let (allowed, needs): (&[Role], &str) = match class(path) {
         Class::Open => return Ok(()),
+        Class::Lookup => (
+            access::IMAGE_LOOKUP,
+            "a worker, manager or admin certificate",
+        ),
         Class::Node => (access::DISPATCHER, "a worker or manager certificate"),
         Class::NodeApi => (access::NODE_API, "a manager certificate"),
         Class::Control => (access::CONTROL_API, "a manager or admin certificate"),
@@ -152,6 +163,15 @@ mod tests {
             ("/v1/cluster/images/%2e%2e/state", &w, 403),
             ("/v1/cluster/images", &w, 403),
             ("/v1/cluster/imagesx/manifest", &w, 403),
+            // Where an image is: every node, and the CLI (`up` from a remote host).
+            ("/v1/cluster/images/holders", &w, 200),
+            ("/v1/cluster/images/holders", &m, 200),
+            ("/v1/cluster/images/holders", &a, 200),
+            ("/v1/cluster/images/holders", &none, 401),
+            // Only that exact path: another spelling is the control API's.
+            ("/v1/cluster/images/holders/", &w, 403),
+            ("/v1/cluster/images/holders/../blobs/sha256:0123", &w, 403),
+            ("/v1/cluster/images/blobs/sha256:0123", &a, 403),
             ("/v1/cluster", &w, 403),
             ("/v1/cluster/join/", &none, 401),
             ("/v1/cluster/join/../../state", &none, 401),
