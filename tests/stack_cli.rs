@@ -292,8 +292,33 @@ fn up_ps_logs_idempotent_up_recreate_and_down() {
     let again: Vec<String> = f.ps(false).iter().map(|r| r.1.clone()).collect();
     assert_eq!(again, ids);
 
-    // A changed service is recreated; the others are left alone.
+    // --dry-run with nothing changed: nothing to do, exit 0 with --detailed-exitcode.
+    let plan = f.berth(&["up", "--dry-run", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{plan:?}");
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(text.contains("nothing to do"), "{text}");
+
+    // A changed service is recreated; the others are left alone. The plan says so
+    // first, and changes nothing.
     f.write_compose(&compose.replace("echo worker", "echo changed worker"));
+    let plan = f.berth(&["up", "--dry-run", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2), "{plan:?}");
+    let text = String::from_utf8_lossy(&plan.stdout);
+    let worker_line = text
+        .lines()
+        .find(|l| l.contains(" worker "))
+        .unwrap_or_else(|| panic!("no line for worker: {text}"));
+    assert!(
+        worker_line.starts_with("  recreate")
+            && worker_line.contains("2 of 2 task(s) (slots 1, 2)")
+            && worker_line.contains("command[2]")
+            && worker_line.contains("changed worker"),
+        "{text}"
+    );
+    let web_line = text.lines().find(|l| l.contains(" web ")).unwrap_or_default();
+    assert!(web_line.starts_with("  unchanged"), "{text}");
+    let untouched: Vec<String> = f.ps(false).iter().map(|r| r.1.clone()).collect();
+    assert_eq!(untouched, ids, "--dry-run changed something");
     f.ok(&["up", "-d"]);
     let after = f.ps(false);
     let web: Vec<_> = after.iter().filter(|r| r.0.ends_with("-web-1")).collect();

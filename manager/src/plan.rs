@@ -56,6 +56,11 @@ pub struct ServicePlan {
     /// Why the tasks are recreated: the attributes that changed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<AttrChange>,
+    /// Dependencies that will have no task, which its new tasks would wait for
+    /// forever (their slots are in neither `create` nor `recreate`: a task being
+    /// replaced is removed, and its replacement waits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waits_for: Vec<String>,
     /// On a cluster, where each new task would go: `(slot, node hostname)`, or why
     /// it could not be placed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -140,15 +145,14 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
             .copied()
             .filter(|t| &t.service == svc_name)
             .collect();
-        // Live before `up`: what runs now (a stopped service's tasks do not).
-        let live_before = of_service
-            .iter()
-            .filter(|t| {
-                before
-                    .get(t.id.as_str())
-                    .is_some_and(|b| b.desired == DesiredState::Running)
-            })
-            .count() as u32;
+        // Live before `up`: what runs now (a stopped service's tasks do not). `up`
+        // itself may mark them for replacement (--force-recreate).
+        let was_live = |t: &Task| {
+            before
+                .get(t.id.as_str())
+                .is_some_and(|b| b.desired == DesiredState::Running)
+        };
+        let live_before = of_service.iter().filter(|t| was_live(t)).count() as u32;
         let definition = record
             .stack
             .services
@@ -156,7 +160,7 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
             .or_else(|| record.orphans.get(svc_name));
         let Some(service) = definition else {
             // Dropped and not kept: removed with `--remove-orphans`.
-            let remove: Vec<u32> = slots_of(&of_service, |t| t.desired == DesiredState::Running);
+            let remove: Vec<u32> = slots_of(&of_service, was_live);
             plan.services.push(ServicePlan {
                 service: svc_name.clone(),
                 action: if remove.is_empty() {
@@ -169,6 +173,7 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
                 replicas: (live_before, 0),
                 remove,
                 changed: vec![],
+                waits_for: vec![],
                 placed: vec![],
             });
             continue;
@@ -202,6 +207,7 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
             remove: vec![],
             replicas: (live_before, slots.len() as u32),
             changed: vec![],
+            waits_for: never_met(record, service, nodes, name),
             placed: vec![],
         };
         let wanted: BTreeSet<u32> = slots.iter().copied().collect();
@@ -213,12 +219,9 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
                 .max_by_key(|t| t.generation);
             // Running before, marked for replacement by `up` itself (--force-recreate,
             // or a container that never started).
-            let marked = in_slot.iter().any(|t| {
-                t.desired == DesiredState::Remove
-                    && before
-                        .get(t.id.as_str())
-                        .is_some_and(|b| b.desired == DesiredState::Running)
-            });
+            let marked = in_slot
+                .iter()
+                .any(|t| t.desired == DesiredState::Remove && was_live(t));
             match live {
                 Some(t) if t.spec_hash != hash || moved(t, &deps_seen) => {
                     sp.recreate.push(*slot)
@@ -228,9 +231,13 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
                 None => sp.create.push(*slot),
             }
         }
-        sp.remove = slots_of(&of_service, |t| {
-            t.desired == DesiredState::Running && !wanted.contains(&t.slot)
-        });
+        sp.remove = slots_of(&of_service, |t| was_live(t) && !wanted.contains(&t.slot));
+        if !sp.waits_for.is_empty() {
+            // Nothing new starts: what would be replaced only goes.
+            sp.remove.append(&mut sp.recreate);
+            sp.remove.sort_unstable();
+            sp.create.clear();
+        }
         if !sp.recreate.is_empty() {
             let first = sp.recreate[0];
             let task = of_service
@@ -327,6 +334,24 @@ fn place_new(plan: &mut UpPlan, mut after: State, name: &str, new: Vec<Task>, no
         }
         sp.placed.sort_by_key(|(slot, _)| *slot);
     }
+}
+
+/// The dependencies of `service` that will have no task in `record` (no slot), so
+/// that a condition on them is never met.
+fn never_met(record: &StackRecord, service: &Service, nodes: &Nodes, stack: &str) -> Vec<String> {
+    service
+        .depends_on
+        .keys()
+        .filter(|dep| match record.stack.services.get(*dep) {
+            // A dependency the file lacks is an optional one (validation saw to it).
+            None => false,
+            Some(d) => match nodes.global.get(&(stack.to_string(), dep.to_string())) {
+                Some(on) => on.is_empty(),
+                None => orchestrator::replicas(record, dep, d) == 0,
+            },
+        })
+        .cloned()
+        .collect()
 }
 
 fn by_slot<'a>(tasks: &[&'a Task]) -> BTreeMap<u32, Vec<&'a Task>> {

@@ -52,7 +52,9 @@ fn record(services: &BTreeMap<String, Svc>, secret_content: u8) -> StackRecord {
                     mode: None,
                 });
             }
-            if s.after_a && name != "a" && services.contains_key("a") {
+            // Only on an `a` that runs: a dependency with no task is never met, and
+            // its dependents wait (the orchestrator's matter, not the plan's).
+            if s.after_a && name != "a" && services.get("a").is_some_and(|a| a.replicas > 0) {
                 svc.depends_on.insert(
                     "a".into(),
                     Dependency {

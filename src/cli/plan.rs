@@ -141,5 +141,11 @@ fn describe(sp: &ServicePlan) -> String {
     if !sp.remove.is_empty() && sp.action != Action::Remove {
         parts.push(format!("removed slots {}", slots(&sp.remove)));
     }
+    if !sp.waits_for.is_empty() {
+        parts.push(format!(
+            "its new tasks would wait for {}, which will have no task",
+            sp.waits_for.join(", ")
+        ));
+    }
     parts.join(", ")
 }
