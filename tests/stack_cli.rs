@@ -315,7 +315,10 @@ fn up_ps_logs_idempotent_up_recreate_and_down() {
             && worker_line.contains("changed worker"),
         "{text}"
     );
-    let web_line = text.lines().find(|l| l.contains(" web ")).unwrap_or_default();
+    let web_line = text
+        .lines()
+        .find(|l| l.contains(" web "))
+        .unwrap_or_default();
     assert!(web_line.starts_with("  unchanged"), "{text}");
     let untouched: Vec<String> = f.ps(false).iter().map(|r| r.1.clone()).collect();
     assert_eq!(untouched, ids, "--dry-run changed something");

@@ -223,9 +223,7 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
                 .iter()
                 .any(|t| t.desired == DesiredState::Remove && was_live(t));
             match live {
-                Some(t) if t.spec_hash != hash || moved(t, &deps_seen) => {
-                    sp.recreate.push(*slot)
-                }
+                Some(t) if t.spec_hash != hash || moved(t, &deps_seen) => sp.recreate.push(*slot),
                 Some(_) => {}
                 None if marked => sp.recreate.push(*slot),
                 None => sp.create.push(*slot),

@@ -193,8 +193,7 @@ fn check(first: StackRecord, second: StackRecord, force: bool, remove_orphans: b
     );
     assert_eq!(
         plan.changes(),
-        !outcome(&base, &s).is_empty()
-            || plan.services.iter().any(|s| s.action == Action::Orphan),
+        !outcome(&base, &s).is_empty() || plan.services.iter().any(|s| s.action == Action::Orphan),
         "{plan:#?}"
     );
     plan
@@ -301,5 +300,77 @@ proptest! {
             force,
             remove_orphans,
         );
+    }
+}
+
+/// On a cluster, the plan says where each new task would go, by the scheduler's own
+/// rules, and why one that fits nowhere stays pending.
+#[test]
+fn on_a_cluster_the_plan_places_new_tasks_or_says_why_not() {
+    use manager::plan::Placed;
+    use manager::state::model::{Availability, NodeRecord};
+    use spec::model::Placement;
+    let node = |id: &str, tier: &str| NodeRecord {
+        id: id.into(),
+        role: pki::NodeRole::Worker,
+        addr: String::new(),
+        hostname: format!("host-{id}"),
+        raft_id: 0,
+        joined_at: 0,
+        labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
+        availability: Availability::Active,
+        platform: Default::default(),
+        capacity: Default::default(),
+    };
+    let mut s = State::default();
+    s.nodes.insert("n1".into(), node("n1", "web"));
+    s.nodes.insert("n2".into(), node("n2", "web"));
+    let constrained = |tier: &str, replicas: u32| Service {
+        image: Some("busybox".into()),
+        deploy: Some(Deploy {
+            replicas: Some(replicas),
+            placement: Some(Placement {
+                constraints: vec![format!("node.labels.tier == {tier}")
+                    .parse()
+                    .expect("a constraint")],
+                ..Placement::default()
+            }),
+            ..Deploy::default()
+        }),
+        ..Service::default()
+    };
+    let record = StackRecord::new(Stack::of_services(
+        "app",
+        [
+            ("web".to_string(), constrained("web", 2)),
+            ("db".to_string(), constrained("db", 1)),
+        ],
+    ));
+    let req = UpRequest {
+        record,
+        remove_orphans: false,
+        force_recreate: false,
+        no_recreate: false,
+    };
+    let plan = plan_up(&s, "app", &req, &Default::default());
+    let web = plan.services.iter().find(|p| p.service == "web").unwrap();
+    assert_eq!(web.action, Action::Create);
+    // Spread: one on each node.
+    let mut hosts: Vec<&Placed> = web.placed.iter().map(|(_, p)| p).collect();
+    hosts.sort_by_key(|p| format!("{p:?}"));
+    assert_eq!(
+        hosts,
+        [
+            &Placed::Node("host-n1".into()),
+            &Placed::Node("host-n2".into())
+        ]
+    );
+    let db = plan.services.iter().find(|p| p.service == "db").unwrap();
+    match &db.placed[..] {
+        [(1, Placed::Pending(why))] => assert!(
+            why.contains("no suitable node") && why.contains("node.labels.tier == db"),
+            "{why}"
+        ),
+        other => panic!("db: {other:?}"),
     }
 }

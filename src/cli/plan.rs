@@ -127,9 +127,8 @@ fn describe(sp: &ServicePlan) -> String {
             "{} task(s): no longer in the file (--remove-orphans)",
             sp.remove.len()
         )),
-        Action::Orphan => parts.push(
-            "no longer in the file, kept running (up --remove-orphans removes it)".into(),
-        ),
+        Action::Orphan => parts
+            .push("no longer in the file, kept running (up --remove-orphans removes it)".into()),
         Action::Unchanged => parts.push(format!("{to} task(s)")),
     }
     if sp.action == Action::Recreate && from != to {
