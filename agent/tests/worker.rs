@@ -334,6 +334,7 @@ fn task(service: &str, desired: DesiredState, state: Option<TaskState>) -> Task 
         stop_grace_ms: None,
         deps_seen: BTreeMap::new(),
         node: None,
+        for_node: None,
     }
 }
 

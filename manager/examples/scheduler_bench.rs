@@ -230,6 +230,7 @@ fn build(shape: &Shape) -> Built {
                     stop_grace_ms: None,
                     deps_seen: BTreeMap::new(),
                     node: None,
+                    for_node: None,
                 },
             );
         }

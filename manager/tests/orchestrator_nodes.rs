@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use manager::orchestrator::{nodes::nodes, reconcile_on, run};
 use manager::state::model::{Availability, NodeRecord, State};
 use pki::NodeRole;
-use spec::model::{Constraint, Deploy, DeployMode, Placement, Service, Stack};
+use spec::model::{
+    Constraint, Deploy, DeployMode, Placement, ResourceSet, Resources, Service, Stack,
+};
 use spec::task::{DesiredState, StackRecord, Task, TaskState, TaskStatus};
 
 const NOW: u64 = 1_000_000;
@@ -426,4 +428,74 @@ fn rebalancing_can_be_turned_off() {
     c.state.nodes.insert("n3".into(), node("n3"));
     c.converge();
     assert_eq!(c.running("web").get("n3"), None);
+}
+
+#[test]
+fn a_global_service_gets_no_task_on_a_node_without_room_until_it_has_some() {
+    const MIB: u64 = 1 << 20;
+    let mut c = Cluster::new(&["n1", "n2"]);
+    for (n, memory) in [("n1", 1024 * MIB), ("n2", 256 * MIB)] {
+        c.state.nodes.get_mut(n).expect("node").capacity.memory = memory;
+    }
+    let mut mon = global();
+    if let Some(d) = mon.deploy.as_mut() {
+        d.resources = Some(Resources {
+            reservations: Some(ResourceSet {
+                memory: Some(512 * MIB),
+                ..ResourceSet::default()
+            }),
+            ..Resources::default()
+        });
+    }
+    c.deploy(&[("mon", mon)]);
+    c.converge();
+    assert_eq!(c.running("mon"), BTreeMap::from([("n1".to_string(), 1)]));
+    // n2's task is made for it and waits there, saying why; nothing runs it.
+    let pending = c
+        .state
+        .tasks
+        .values()
+        .find(|t| t.for_node.as_deref() == Some("n2"))
+        .expect("n2's task");
+    assert_eq!(pending.node, None);
+    assert!(
+        pending.status.message.contains("insufficient memory"),
+        "{}",
+        pending.status.message
+    );
+    assert!(!c.pass(), "a settled cluster stays settled");
+    // Room on n2: its task is placed there.
+    c.state.nodes.get_mut("n2").expect("n2").capacity.memory = 1024 * MIB;
+    c.converge();
+    assert_eq!(
+        c.running("mon"),
+        BTreeMap::from([("n1".to_string(), 1), ("n2".to_string(), 1)])
+    );
+    // The stack goes: the running tasks are removed, and nothing waits on a node.
+    c.state.stacks.clear();
+    c.converge();
+    assert!(c.state.tasks.is_empty(), "{:#?}", c.state.tasks);
+}
+
+#[test]
+fn a_task_no_node_took_goes_at_once_when_it_is_no_longer_wanted() {
+    // Stopped (`stop`, or `down`'s stop waves, which wait for its tasks to end).
+    let mut c = Cluster::new(&["n1"]);
+    c.deploy(&[("db", constrained(1, "node.labels.tier == db"))]);
+    c.converge();
+    assert_eq!(c.state.tasks.len(), 1, "pending");
+    if let Some(r) = c.state.stacks.get_mut("app") {
+        r.stopped.push("db".into());
+    }
+    c.converge();
+    assert!(c.state.tasks.is_empty(), "{:#?}", c.state.tasks);
+    // Started again, then its stack removed.
+    if let Some(r) = c.state.stacks.get_mut("app") {
+        r.stopped.clear();
+    }
+    c.converge();
+    assert_eq!(c.state.tasks.len(), 1, "pending again");
+    c.state.stacks.clear();
+    c.converge();
+    assert!(c.state.tasks.is_empty(), "{:#?}", c.state.tasks);
 }

@@ -1,8 +1,8 @@
 //! The scheduler as tables of cases: nodes, stacks and tasks in, a placement plan out.
 //! One test per filter, per ranking rule, for spread preferences, global services and
 //! the pending reasons' words; then proptests for what must hold of every plan
-//! (constraints, reservations and `max_replicas_per_node` respected, spread within one,
-//! the same input giving the same plan).
+//! (constraints, reservations and `max_replicas_per_node` respected, global services'
+//! tasks included, spread within one, the same input giving the same plan).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -125,8 +125,24 @@ impl World {
                 stop_grace_ms: None,
                 deps_seen: BTreeMap::new(),
                 node: node.map(Into::into),
+                for_node: None,
             },
         );
+        self
+    }
+
+    /// A global service of stack `app`: one unassigned task made for each of `nodes`,
+    /// as the orchestrator makes them (slot i + 1 for node i).
+    fn global(mut self, name: &str, def: serde_json::Value, nodes: &[&str]) -> Self {
+        let mut def = def;
+        def["deploy"]["mode"] = json!("global");
+        self = self.service(name, def, 0);
+        for (i, node) in nodes.iter().enumerate() {
+            let slot = i as u32 + 1;
+            self = self.task("app", name, slot, None, TaskState::New);
+            let id = Task::make_id("app", name, slot, 1);
+            self.tasks.get_mut(&id).expect("task").for_node = Some(node.to_string());
+        }
         self
     }
 
@@ -583,6 +599,95 @@ fn global_services_belong_on_every_eligible_node() {
 }
 
 #[test]
+fn a_global_task_goes_on_its_own_node_only_once_its_reservations_fit() {
+    let w = World::default()
+        .node("a")
+        .node("b")
+        .node("c")
+        .node("d")
+        .with("b", |n| n.capacity.memory = 800 * MIB)
+        .not_ready("c")
+        .service(
+            "db",
+            json!({"deploy": {"resources": {"reservations": {"memory": 512 * MIB}}}}),
+            0,
+        )
+        .running("db", 1, "b")
+        .global(
+            "mon",
+            json!({"deploy": {"resources": {"reservations": {"memory": 512 * MIB}}}}),
+            &["a", "b", "c", "gone"],
+        );
+    let plan = w.plan();
+    // a has room: its task goes there, and nowhere else (d is empty, but not its node).
+    assert_eq!(placements(&plan, "mon", 4), strings(&["a", "-", "-", "-"]));
+    assert_eq!(
+        reason(&plan, "app-mon-2.1"),
+        "no suitable node (1 node: insufficient memory: needs 512 MiB, 288 MiB free of 800 MiB)"
+    );
+    assert_eq!(
+        reason(&plan, "app-mon-3.1"),
+        "no suitable node (1 node: not ready)"
+    );
+    assert_eq!(
+        reason(&plan, "app-mon-4.1"),
+        "its node gone is no longer in the cluster"
+    );
+    // Room made on b (its db task ended): the next pass places it.
+    let mut w = w;
+    w.tasks.get_mut("app-db-101.1").expect("db").status.state = Some(TaskState::Complete);
+    assert_eq!(
+        placements(&w.plan(), "mon", 4),
+        strings(&["a", "b", "-", "-"])
+    );
+}
+
+#[test]
+fn global_tasks_take_their_nodes_before_other_services_and_never_over_commit() {
+    // One node of 1 GiB: "api" (sorted first) would take it and leave the global task
+    // without room; global tasks go first, as in Swarm.
+    let w = World::default()
+        .node("a")
+        .with("a", |n| n.capacity.memory = GIB)
+        .service(
+            "api",
+            json!({"deploy": {"resources": {"reservations": {"memory": 768 * MIB}}}}),
+            1,
+        )
+        .global(
+            "mon",
+            json!({"deploy": {"resources": {"reservations": {"memory": 512 * MIB}}}}),
+            &["a"],
+        );
+    let plan = w.plan();
+    assert_eq!(placements(&plan, "mon", 1), strings(&["a"]));
+    assert_eq!(
+        reason(&plan, "app-api-1.1"),
+        "no suitable node (1 node: insufficient memory: needs 768 MiB, 512 MiB free of 1 GiB)"
+    );
+    // Two global services on one node: the second waits for room.
+    let w = World::default()
+        .node("a")
+        .with("a", |n| n.capacity.millicpus = 1000)
+        .global(
+            "log",
+            json!({"deploy": {"resources": {"reservations": {"cpus": 0.75}}}}),
+            &["a"],
+        )
+        .global(
+            "mon",
+            json!({"deploy": {"resources": {"reservations": {"cpus": 0.5}}}}),
+            &["a"],
+        );
+    let plan = w.plan();
+    assert_eq!(placements(&plan, "log", 1), strings(&["a"]));
+    assert!(
+        reason(&plan, "app-mon-1.1").contains("insufficient cpu"),
+        "{plan:?}"
+    );
+}
+
+#[test]
 fn pending_reasons_count_nodes_per_filter_in_pipeline_order() {
     let w = World::default()
         .node("a")
@@ -651,7 +756,7 @@ fn only_unassigned_running_tasks_are_scheduled() {
 /// not ready; services with a constraint on the tier, reservations, a cap per node.
 fn world() -> impl Strategy<Value = World> {
     let node = (0..3u8, 0..5u64, 0..9u64, any::<bool>(), any::<bool>());
-    let service = (0..5u8, 0..3u64, 0..4u64, 0..3u32, 0..25u32);
+    let service = (0..5u8, 0..3u64, 0..4u64, 0..3u32, 0..25u32, any::<bool>());
     (
         prop::collection::vec(node, 0..10),
         prop::collection::vec(service, 1..5),
@@ -676,7 +781,8 @@ fn world() -> impl Strategy<Value = World> {
                     w = w.not_ready(&id);
                 }
             }
-            for (i, (constraint, cpus, mem, max, replicas)) in services.into_iter().enumerate() {
+            let ids: Vec<String> = w.nodes.keys().cloned().collect();
+            for (i, (constraint, cpus, mem, max, replicas, global)) in services.into_iter().enumerate() {
                 let constraints: Vec<String> = match constraint {
                     0 | 1 => vec![],
                     2 => vec!["node.labels.tier==t1".into()],
@@ -686,7 +792,14 @@ fn world() -> impl Strategy<Value = World> {
                 let def = json!({"deploy": {
                     "placement": {"constraints": constraints, "max_replicas_per_node": max},
                     "resources": {"reservations": {"cpus": cpus as f64 * 0.25, "memory": mem * 128 * MIB}}}});
-                w = w.service(&format!("s{i}"), def, replicas);
+                w = if global {
+                    // A task for every node, as if each belonged (the scheduler checks
+                    // the constraints again).
+                    let on: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    w.global(&format!("s{i}"), def, &on)
+                } else {
+                    w.service(&format!("s{i}"), def, replicas)
+                };
             }
             w
         })
@@ -721,6 +834,9 @@ proptest! {
                 prop_assert!(c.matches(label), "{} on {} breaks {}", task, node, c);
             }
             prop_assert!(w.ready.contains(node) && record.availability == Availability::Active);
+            if let Some(own) = &w.tasks[task].for_node {
+                prop_assert_eq!(own, node, "a global task goes on its own node only");
+            }
             let r = deploy.resources.as_ref().and_then(|r| r.reservations.as_ref()).expect("reservations");
             *cpu.entry(node).or_default() += (r.cpus.unwrap_or(0.0) * 1000.0).round() as u64;
             *mem.entry(node).or_default() += r.memory.unwrap_or(0);

@@ -241,6 +241,12 @@ pub struct Task {
     /// node runs every task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The node a `deploy.mode: global` service's task is made for (its id), kept for
+    /// the task's life; `None` for every other task. Such a task gets `node` from the
+    /// scheduler, only this one, and only once the node has room for its reservations
+    /// (till then it is pending, with the reason, as any other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_node: Option<String>,
 }
 
 impl Task {

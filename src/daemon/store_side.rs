@@ -168,6 +168,7 @@ mod tests {
             stop_grace_ms: None,
             deps_seen: Default::default(),
             node: node.map(str::to_string),
+            for_node: None,
         }
     }
 

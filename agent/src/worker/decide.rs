@@ -113,6 +113,7 @@ mod tests {
             stop_grace_ms: None,
             deps_seen: Default::default(),
             node: None,
+            for_node: None,
         }
     }
 

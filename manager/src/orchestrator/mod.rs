@@ -75,11 +75,21 @@ pub struct Nodes {
     /// slot per node, its tasks created on that node. A global service without an entry
     /// (a single host) has slots like a replicated one.
     pub global: BTreeMap<(String, String), Vec<String>>,
+    /// Tasks are placed on nodes (a cluster): a task without a node never ran
+    /// anywhere (false on a single host, whose one node runs every task).
+    pub placed: bool,
 }
 
 impl Nodes {
     fn lost(&self, t: &Task) -> bool {
         t.node.as_ref().is_some_and(|n| self.down.contains(n))
+    }
+
+    /// A task no node ever took (pending) that is no longer wanted running: nothing
+    /// of it is on a node to stop or remove, so its record goes at once (it must not
+    /// hold a slot, nor `down`, which waits for its tasks to end).
+    fn never_ran(&self, t: &Task) -> bool {
+        self.placed && t.node.is_none() && t.desired != DesiredState::Running
     }
 }
 
@@ -198,7 +208,8 @@ pub fn reconcile_on(
             // A lost task's record goes too: its node, if it comes back, removes the
             // container as one no task of its view accounts for.
             let gone = t.status.state() == TaskState::Removed || nodes.lost(t);
-            if t.desired == DesiredState::Remove && gone && !(newest && keep_last) {
+            let done = t.desired == DesiredState::Remove && gone && !(newest && keep_last);
+            if done || nodes.never_ran(t) {
                 plan.changes.push(Change::Delete { task: t.id.clone() });
             }
         }
@@ -312,7 +323,10 @@ fn slots_on_nodes<'a, 't>(
     let mut of_node: BTreeMap<&str, u32> = BTreeMap::new();
     for (slot, list) in of_service {
         used.insert(slot);
-        if let Some(node) = list.last().and_then(|t| t.node.as_deref()) {
+        if let Some(node) = list
+            .last()
+            .and_then(|t| t.for_node.as_deref().or(t.node.as_deref()))
+        {
             of_node.entry(node).or_insert(slot);
         }
     }
@@ -336,8 +350,8 @@ struct SlotCx<'a> {
     service_name: &'a str,
     service: &'a Service,
     slot: u32,
-    /// The node a new task of the slot is made for (a global service's); None: the
-    /// scheduler places it.
+    /// The node a new task of the slot is made for (a global service's: the scheduler
+    /// places it there or nowhere); None: the scheduler chooses.
     node: Option<&'a str>,
     nodes: &'a Nodes,
     hash: &'a str,
@@ -438,7 +452,10 @@ fn new_task(cx: &SlotCx, generation: u32, restarts: u32) -> Task {
         restarts,
         stop_grace_ms: None,
         deps_seen: cx.deps_seen.clone(),
-        node: cx.node.map(str::to_string),
+        // A global task is made for its node, and the scheduler gives it that node
+        // once the node has room for it.
+        node: None,
+        for_node: cx.node.map(str::to_string),
     }
 }
 

@@ -119,6 +119,7 @@ pub fn nodes(state: &State, down: BTreeSet<String>, images: &BTreeMap<String, Pl
         down,
         moving,
         global,
+        placed: true,
     }
 }
 

@@ -15,6 +15,9 @@ pub enum Pending {
     NoSuitableNode(Vec<Rejected>),
     /// The task's service is no longer deployed (the orchestrator removes the task).
     NoService,
+    /// A global service's task whose node (its id) the store no longer has (the
+    /// orchestrator removes the task).
+    NodeGone(String),
 }
 
 /// One reason and how many nodes gave it. For reservations, the figures are the
@@ -88,6 +91,7 @@ impl fmt::Display for Pending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Pending::NoService => f.write_str("its service is no longer deployed"),
+            Pending::NodeGone(id) => write!(f, "its node {id} is no longer in the cluster"),
             Pending::NoSuitableNode(list) if list.is_empty() => {
                 f.write_str("no suitable node (the cluster has no nodes)")
             }

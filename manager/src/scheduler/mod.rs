@@ -48,7 +48,10 @@
 //! - A published port range needs one free port of the range; which one the node took
 //!   is not recorded, so the lowest free one stands for it.
 //! - A global service's tasks are made for their node by the orchestrator (one slot per
-//!   node [`global_nodes`] lists), so the scheduler never places them.
+//!   node [`global_nodes`] lists, the node in `Task::for_node`). The scheduler places
+//!   each on that node only, before any other task (Swarm's order), once the node
+//!   passes every filter: a node without its reservations free gets no task of the
+//!   service (it stays pending with the reason), and never an over-committed one.
 
 mod explain;
 mod filters;
@@ -113,10 +116,16 @@ pub fn schedule(input: &Input<'_>) -> Plan {
     let mut needs: HashMap<(&str, &str), Option<Needs<'_>>> = HashMap::new();
     let mut placed: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
     let mut groups: BTreeMap<(&str, &str), Vec<&Task>> = BTreeMap::new();
+    let mut global: BTreeMap<(&str, &str), Vec<&Task>> = BTreeMap::new();
     for t in input.tasks.values() {
         let group = (t.stack.as_str(), t.service.as_str());
         if is_unassigned(t) {
-            groups.entry(group).or_default().push(t);
+            let into = if t.for_node.is_some() {
+                &mut global
+            } else {
+                &mut groups
+            };
+            into.entry(group).or_default().push(t);
             continue;
         }
         let on = t.node.as_deref().and_then(|n| index.get(n).copied());
@@ -133,6 +142,27 @@ pub fn schedule(input: &Input<'_>) -> Plan {
         placed.entry(group).or_default().push(i);
     }
 
+    // Global tasks first: each has one node it may go on, the others a choice.
+    for (group, tasks) in global {
+        let Some(service) = service_of(input.stacks, tasks[0]) else {
+            for t in tasks {
+                plan.pending.insert(t.id.clone(), Pending::NoService);
+            }
+            continue;
+        };
+        let need = Needs::of(service, input.images);
+        let on_nodes = placed.get(&group).map(Vec::as_slice).unwrap_or_default();
+        for t in tasks {
+            match place_on_its_node(&mut nodes, &index, &need, on_nodes, t) {
+                Ok(node) => {
+                    plan.assignments.insert(t.id.clone(), node);
+                }
+                Err(why) => {
+                    plan.pending.insert(t.id.clone(), why);
+                }
+            }
+        }
+    }
     for (group, mut tasks) in groups {
         tasks.sort_by(|a, b| (a.slot, a.generation, &a.id).cmp(&(b.slot, b.generation, &b.id)));
         let Some(service) = service_of(input.stacks, tasks[0]) else {
@@ -223,6 +253,28 @@ fn place_group<'a>(
     }
 }
 
+/// Places a global service's task on the node it is made for (`Task::for_node`) if
+/// that node passes every filter, and counts it there; else why not. `on_nodes` lists
+/// the node of each of the service's tasks already placed.
+fn place_on_its_node(
+    nodes: &mut [NodeState<'_>],
+    index: &HashMap<&str, usize>,
+    need: &Needs<'_>,
+    on_nodes: &[usize],
+    task: &Task,
+) -> Result<String, Pending> {
+    let id = task.for_node.as_deref().unwrap_or_default();
+    let Some(&i) = index.get(id) else {
+        return Err(Pending::NodeGone(id.to_string()));
+    };
+    let service_tasks = on_nodes.iter().filter(|&&n| n == i).count() as u32;
+    filters::static_check(need, &nodes[i])
+        .and_then(|()| filters::dynamic_check(need, &nodes[i], service_tasks))
+        .map_err(|why| Pending::NoSuitableNode(vec![Rejected { nodes: 1, why }]))?;
+    nodes[i].take(need);
+    Ok(nodes[i].record.id.clone())
+}
+
 /// A candidate's place in the ranking tree (the root without spread preferences).
 fn path<'p, 'a>(paths: &'p [Vec<&'a str>], i: usize) -> &'p [&'a str] {
     paths.get(i).map_or(&[], Vec::as_slice)
@@ -247,10 +299,11 @@ fn service_of<'a>(stacks: &'a BTreeMap<String, StackRecord>, t: &Task) -> Option
 /// placed.
 ///
 /// How the orchestrator uses it (`orchestrator::nodes`): one slot per node listed, its
-/// task created with `node` set (so reservations are not checked for it: a known gap); a task on a node no longer listed
-/// is removed (drained, constraints no longer met), except on a paused node, which
-/// keeps what it runs and gets nothing new (Swarm's rule); a node that joins, or starts
-/// meeting the constraints, gets its slot on the next pass.
+/// task made for that node (`for_node`), which [`schedule`] gives it once the node has
+/// room for the service's reservations (until then it is pending); a task on a node no
+/// longer listed is removed (drained, constraints no longer met), except on a paused
+/// node, which keeps what it runs and gets nothing new (Swarm's rule); a node that
+/// joins, or starts meeting the constraints, gets its slot on the next pass.
 pub fn global_nodes(
     service: &Service,
     nodes: &BTreeMap<String, NodeRecord>,
