@@ -22,6 +22,7 @@ if [ -z "${BERTH:-}" ]; then
   cargo build --release -q -p berth -p agent --bin berth --bin berth-shim
   BERTH="$CARGO_TARGET_DIR/release/berth"
 fi
+BERTH="$(realpath "$BERTH")"
 
 work="$(mktemp -d)"
 state="$work/state"
@@ -53,13 +54,20 @@ for i in range(n):
     print("    image: benchbox:local")
     print("""    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]""")
     print(f"    environment: {{MODE: {mode if i == 0 else 'a'}}}")
+# A /24 holds 254 addresses: the default network gets room for every container.
+print("networks:")
+print("  default:")
+print("    ipam: {config: [{subnet: 10.91.0.0/20}]}")
 PY
 }
 gen a > "$work/s/compose.yaml"
 "$BERTH" --state-dir "$state" daemon >"$work/daemon.log" 2>&1 &
 for _ in $(seq 100); do "$BERTH" --state-dir "$state" ls >/dev/null 2>&1 && break; sleep 0.1; done
 start=$(date +%s.%N)
-(cd "$work/s" && "$BERTH" --state-dir "$state" -p drybench up -d >/dev/null 2>&1)
+(cd "$work/s" && "$BERTH" --state-dir "$state" -p drybench up -d >"$work/up.log" 2>&1) || {
+  tail -5 "$work/up.log" >&2
+  exit 1
+}
 echo "up -d of $N services: $(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')") s"
 
 b="cd $work/s && $BERTH --state-dir $state -p drybench"

@@ -274,10 +274,12 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
                 stop_grace_ms: None,
                 deps_seen: BTreeMap::new(),
                 node: None,
+                for_node: None,
             };
             if let Some(on) = nodes.global.get(&(name.to_string(), svc_name.clone())) {
                 let by_slot = by_slot(&of_service);
-                t.node = orchestrator::global_slots_of(&by_slot, on)
+                // Made for its node; the scheduler places it there if it fits.
+                t.for_node = orchestrator::global_slots_of(&by_slot, on)
                     .into_iter()
                     .find(|(_, s)| s == slot)
                     .map(|(n, _)| n.to_string());
