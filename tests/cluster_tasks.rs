@@ -129,12 +129,15 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
     // Host 3 joins later, for the global service to follow.
     let (mut f, token) = Fixture::manager_and_workers(4, 3, &[]);
     let ids: Vec<String> = (0..3).map(|i| f.node_id(i)).collect();
+    // A bind source is the node's own: one missing there fails the task, saying where.
+    let missing = f.hosts.dir().join("no-such-dir");
     let file = f.compose(
         "spread",
-        &format!(
+        &(format!(
             "services:
   web:
     {SLEEP}
+    volumes: [data:/data]
     deploy:
       replicas: 4
   db:
@@ -146,11 +149,35 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
     {SLEEP}
     deploy:
       mode: global
-"
-        ),
+  files:
+    {SLEEP}
+    volumes:
+      - type: bind
+        source: {missing}
+        target: /data
+        bind:
+          create_host_path: false
+    deploy:
+      placement:
+        constraints: [node.id == {worker}]
+",
+            missing = missing.display(),
+            worker = ids[1],
+        ) + "volumes:\n  data: {}\n"),
     );
     let file = file.to_str().expect("utf-8");
-    f.ok(0, &["-f", file, "up", "-d"]);
+    let up = f.berth(0, &["-f", file, "up", "-d"]);
+    let err = String::from_utf8_lossy(&up.stderr);
+    assert!(
+        !up.status.success()
+            && err.contains(&format!(
+                "spread-files-1 could not start: on node {}",
+                manager::cluster::ops::clean_hostname(&manager::cluster::ops::hostname())
+            ))
+            && err.contains(&format!("({}): services.files.volumes[0]", ids[1]))
+            && err.contains(&format!("bind source {} does not exist", missing.display())),
+        "up fails, naming the node and the path: {err}"
+    );
     f.wait_rows("spread", "4 web, 3 mon running; db pending", |rows| {
         let running = |s: &str| {
             rows.iter()
@@ -162,6 +189,13 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
             && rows
                 .iter()
                 .any(|r| r.service == "db" && r.status.contains("node.labels.tier"))
+            && rows.iter().any(|r| {
+                r.service == "files"
+                    && r.node == ids[1]
+                    && r.status.contains("on node ")
+                    && r.status.contains(&format!("({})", ids[1]))
+                    && r.status.contains(&missing.display().to_string())
+            })
     });
     let web = f.running_per_node(0, "spread", "web");
     assert!(
@@ -195,7 +229,28 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
         rows.iter()
             .any(|r| r.service == "mon" && r.state == "running" && r.node == late)
     });
-    f.ok(0, &["-f", file, "down"]);
+    // What the stack made on each node: its network there, and web's volume.
+    let entries = |i: usize, dir: &str| -> Vec<String> {
+        std::fs::read_dir(f.state(i).join(dir))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (node, _) in f.running_per_node(0, "spread", "web") {
+        let i = (0..4)
+            .find(|&i| f.node_id(i) == node)
+            .expect("a known node");
+        assert!(
+            !entries(i, "network/networks").is_empty(),
+            "host {i}'s network"
+        );
+        assert!(!entries(i, "volumes").is_empty(), "host {i}'s volume");
+    }
+    // `down -v` removes them on every node, not only on the manager it was sent to.
+    f.ok(0, &["-f", file, "down", "-v"]);
     f.wait_rows("spread", "everything is gone", |rows| rows.is_empty());
     for i in 0..4 {
         assert!(
@@ -203,6 +258,12 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
             "host {i} holds {:?}",
             f.containers_on(i)
         );
+        assert_eq!(
+            entries(i, "network/networks"),
+            Vec::<String>::new(),
+            "host {i}"
+        );
+        assert_eq!(entries(i, "volumes"), Vec::<String>::new(), "host {i}");
     }
 }
 

@@ -203,6 +203,7 @@ impl Drop for Fixture {
             cgroup_parent: self.project.clone(),
             net: None,
             images: None,
+            node: None,
         };
         for id in executor.containers() {
             executor.remove_stray(&id);

@@ -148,6 +148,9 @@ pub struct Executor {
     /// (`agent::image::source::find`); `None` (a single host): a missing image fails
     /// the task.
     pub images: Option<Arc<dyn ImageSource>>,
+    /// This node's hostname on a cluster, where a start that fails says on which node
+    /// (a missing bind source is the node's own, as in Swarm); `None` on a single host.
+    pub node: Option<String>,
 }
 
 impl Executor {
@@ -244,7 +247,10 @@ impl Executor {
                 // Nothing of the container is left: neither is its claim on the image.
                 let _ = self.unpin(&task.id);
                 status.state = Some(e.state());
-                status.message = e.to_string();
+                status.message = match &self.node {
+                    Some(node) => format!("on node {node}: {e}"),
+                    None => e.to_string(),
+                };
                 // It never ran: no start time, so that `ps`, `events` and `up` tell
                 // it from a container that ran and exited (`TaskStatus::never_started`).
                 status.started_at = None;

@@ -222,6 +222,7 @@ async fn run_manager(
                 images::Lookup::new(m, state_dir).for_executor(tokio::runtime::Handle::current()),
             )
         }),
+        member.as_ref().map(|m| m.node_id()),
     );
     let me: Option<String> = member.as_ref().map(|m| m.node_id().to_string());
     // The API asks a task's container of the node it runs on.
@@ -417,12 +418,13 @@ fn managers_from_store(member: &Arc<Member>) -> ManagerList {
 
 /// The node's container executor: containers under `$BERTH_CGROUP_PARENT` (default
 /// `berth`), on `net`. A cluster node fetches an image it lacks from the other nodes
-/// (`images`).
+/// (`images`), and a start that fails there names the node (its id, `node`).
 fn executor(
     state_dir: &Path,
     shim: agent::shim::ShimProgram,
     net: Arc<overlay_net::NetworkManager>,
     images: Option<images::ClusterImages>,
+    node: Option<&str>,
 ) -> Executor {
     let images = images.map(|source| Arc::new(source) as Arc<dyn agent::image::ImageSource>);
     Executor {
@@ -434,6 +436,10 @@ fn executor(
             .filter(|p| !p.is_empty() && !p.contains(".."))
             .unwrap_or_else(|| "berth".into()),
         images,
+        node: node.map(|id| {
+            let host = manager::cluster::ops::clean_hostname(&manager::cluster::ops::hostname());
+            format!("{host} ({id})")
+        }),
     }
 }
 
@@ -469,7 +475,13 @@ async fn run_worker(
         managers_from_config(state_dir),
         images::holders_from_managers(managers_from_config(state_dir), tls.clone()),
     );
-    let executor = executor(state_dir, shim, net.clone(), Some(source));
+    let executor = executor(
+        state_dir,
+        shim,
+        net.clone(),
+        Some(source),
+        Some(&config.node_id),
+    );
     // The cluster port: this node's own endpoints, for the managers, and its images,
     // for the nodes that lack them.
     let here = Arc::new(ApiNode(agent::node::LocalNode::new(executor.clone())));

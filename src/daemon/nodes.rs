@@ -6,8 +6,10 @@
 //!   that node's own endpoints at its record's address, over mutual TLS with this
 //!   manager's certificate, the node's certificate verified by its id
 //!   (`pki::tls::node_server_name`). Where a task is comes from the store
-//!   ([`route`], pure). What a stack leaves on nodes (networks, volumes) is still
-//!   removed from this node only.
+//!   ([`route`], pure). What `down` removes of a stack on nodes (networks; volumes
+//!   with `-v`) goes on every node of the cluster ([`Nodes::on_every_node`]); a node
+//!   that cannot be reached keeps it (a worker's networks of stacks it no longer runs
+//!   go when its daemon restarts, `agent::worker::recover`).
 //! - [`ManagerScope`] and [`WorkerScope`] say which tasks a node's own endpoints serve
 //!   (those assigned to it) and to whom (the managers it knows).
 //! - [`serve_worker_port`] is a worker's cluster port: those endpoints and its images
@@ -248,11 +250,71 @@ impl NodeAgent for Nodes {
     }
 
     fn remove_networks(&self, stack: &Stack) -> Result<Vec<String>, String> {
-        self.local.remove_networks(stack)
+        let here = self.local.remove_networks(stack)?;
+        Ok(self.on_every_node(stack, "networks", here))
     }
 
     fn remove_volumes(&self, stack: &Stack) -> Result<Vec<String>, String> {
-        self.local.remove_volumes(stack)
+        let here = self.local.remove_volumes(stack)?;
+        Ok(self.on_every_node(stack, "volumes", here))
+    }
+}
+
+/// How long `down` waits for another node to remove a stack's networks or volumes.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Nodes {
+    /// `down`'s removal of `what` (networks, volumes) of `stack` on every other node
+    /// of the cluster, all at once; the names removed anywhere, `here`'s first. A node
+    /// that fails or cannot be reached is logged and keeps them: the stack is already
+    /// gone from the store, and the other nodes' removals stand.
+    fn on_every_node(&self, stack: &Stack, what: &str, here: Vec<String>) -> Vec<String> {
+        let (Some(me), Some(tls)) = (&self.me, &self.tls) else {
+            return here;
+        };
+        let others: Vec<(String, String)> = self.store.read(|s| {
+            s.nodes
+                .values()
+                .filter(|n| &n.id != me)
+                .map(|n| (n.id.clone(), n.addr.clone()))
+                .collect()
+        });
+        let path = format!("/v1/node/stacks/{what}/remove");
+        let answers: Vec<Result<Vec<String>, String>> = std::thread::scope(|scope| {
+            let calls: Vec<_> = others
+                .iter()
+                .map(|(node, addr)| {
+                    let path = &path;
+                    scope.spawn(move || {
+                        let id =
+                            pki::NodeId::new(node).map_err(|e| format!("node {node:?}: {e}"))?;
+                        let client =
+                            Client::tls(addr, tls.clone(), pki::tls::node_server_name(&id))
+                                .with_timeout(REMOVE_TIMEOUT);
+                        client
+                            .call::<Vec<String>>("POST", path, Some(stack))
+                            .map_err(|e| format!("node {node}: {e:#}"))
+                    })
+                })
+                .collect();
+            calls
+                .into_iter()
+                .map(|c| c.join().unwrap_or_else(|_| Err("the call panicked".into())))
+                .collect()
+        });
+        let mut all = here;
+        for answer in answers {
+            match answer {
+                Ok(names) => all.extend(names),
+                Err(e) => eprintln!(
+                    "berth daemon: down {}: {what} left on a node: {e}",
+                    stack.name
+                ),
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        all.retain(|n| seen.insert(n.clone()));
+        all
     }
 }
 

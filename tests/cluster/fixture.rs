@@ -113,6 +113,7 @@ impl Fixture {
             cgroup_parent: self.cgroup_parent(i),
             net: None,
             images: None,
+            node: None,
         };
         for id in executor.containers() {
             executor.remove_stray(&id);

@@ -10,6 +10,9 @@
 //! - `POST /v1/node/tasks/{id}/kill` ([`KillRequest`]), `POST .../freeze`
 //!   ([`FreezeRequest`])
 //! - `POST /v1/node/tasks/{id}/exec`: an exec session ([`super::exec`])
+//! - `POST /v1/node/stacks/{networks|volumes}/remove` (a [`Stack`]): `down`'s removal
+//!   of what the stack left on this node (its networks; with `-v`, its volumes), once
+//!   its tasks have ended; the names removed
 //!
 //! Who may ask: the port lets only manager certificates through
 //! (`port::authorize`, the node class); here the caller must also be a manager this
@@ -32,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::tasks::{check_view, inspect_on, stream_logs, LogsQuery};
 use super::{check_name, ApiError, NodeAgent};
 use crate::port::Peer;
+use spec::model::Stack;
 
 /// Which tasks and which callers a node's endpoints serve.
 pub trait NodeScope: Send + Sync + 'static {
@@ -71,12 +75,26 @@ pub fn router(node: Arc<dyn NodeAgent>, scope: Arc<dyn NodeScope>) -> Router {
         .route("/v1/node/tasks/{id}/freeze", post(freeze))
         .route("/v1/node/tasks/{id}/exec", post(exec))
         .route("/v1/node/tasks/{id}/{what}", get(inspect))
+        .route("/v1/node/stacks/{what}/remove", post(remove))
         .with_state(NodeCtx { node, scope })
 }
 
 /// The caller is a manager this node knows, and task `id` a plain name of a task
 /// assigned here.
 fn check(cx: &NodeCtx, peer: Option<&Peer>, id: &str) -> Result<(), ApiError> {
+    check_caller(cx, peer)?;
+    check_name("task id", id)?;
+    if !cx.scope.assigned(id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("task {id} is not assigned to this node"),
+        ));
+    }
+    Ok(())
+}
+
+/// The caller is a manager this node knows.
+fn check_caller(cx: &NodeCtx, peer: Option<&Peer>) -> Result<(), ApiError> {
     let caller = peer.and_then(|p| p.0.as_ref());
     let known = caller
         .is_some_and(|who| who.role == pki::Role::Manager && cx.scope.manager(who.id.as_str()));
@@ -90,13 +108,6 @@ fn check(cx: &NodeCtx, peer: Option<&Peer>, id: &str) -> Result<(), ApiError> {
                 ),
                 None => "a node's own endpoints are for its cluster's managers, on the cluster port".into(),
             },
-        ));
-    }
-    check_name("task id", id)?;
-    if !cx.scope.assigned(id) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("task {id} is not assigned to this node"),
         ));
     }
     Ok(())
@@ -160,4 +171,31 @@ async fn exec(
 ) -> Result<Response, ApiError> {
     check(&cx, peer.as_deref(), &id)?;
     super::exec::serve(cx.node.clone(), id, req).await
+}
+
+/// `down` on a manager: the stack's networks or volumes on this node go. A network a
+/// container still uses stays, with an error (as on a single host).
+async fn remove(
+    AxState(cx): AxState<NodeCtx>,
+    peer: Option<Extension<Peer>>,
+    Path(what): Path<String>,
+    Json(stack): Json<Stack>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    check_caller(&cx, peer.as_deref())?;
+    super::check_stack_name(&stack.name)?;
+    let node = cx.node.clone();
+    let removed = match what.as_str() {
+        "networks" => tokio::task::spawn_blocking(move || node.remove_networks(&stack)).await,
+        "volumes" => tokio::task::spawn_blocking(move || node.remove_volumes(&stack)).await,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no such removal: {what:?} (networks or volumes)"),
+            ))
+        }
+    };
+    removed
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
 }

@@ -261,7 +261,8 @@ pub struct ClusterStatus {
     pub led_terms: Vec<u64>,
 }
 
-fn hostname() -> String {
+/// This machine's hostname, as its node record has it.
+pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
