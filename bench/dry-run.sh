@@ -26,14 +26,22 @@ BERTH="$(realpath "$BERTH")"
 
 work="$(mktemp -d)"
 state="$work/state"
+# The containers' cgroups, this run's own (removed at the end).
+export BERTH_CGROUP_PARENT="berth-drybench-$$"
 cleanup() {
   set +e
-  (cd "$work/s" 2>/dev/null && "$BERTH" --state-dir "$state" down -t 1 >/dev/null 2>&1)
+  (cd "$work/s" 2>/dev/null && "$BERTH" --state-dir "$state" -p drybench down -t 1 >/dev/null 2>&1)
   pkill -f -- "--state-dir $state daemon" 2>/dev/null
   sleep 0.5
-  umount "$state"/containers/*/rootfs 2>/dev/null
+  # Whatever down left: kill what runs in this run's cgroups, then remove them.
+  for procs in /sys/fs/cgroup/*/"$BERTH_CGROUP_PARENT"/*/cgroup.procs; do
+    [ -f "$procs" ] && xargs -r kill -9 <"$procs" 2>/dev/null
+  done
+  pkill -9 -f -- "$state" 2>/dev/null
+  sleep 0.5
+  grep -o " $state[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  find /sys/fs/cgroup/*/"$BERTH_CGROUP_PARENT" -depth -type d -exec rmdir {} + 2>/dev/null
   rm -rf "$work"
-  rmdir /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth 2>/dev/null
 }
 trap cleanup EXIT
 
@@ -70,10 +78,14 @@ start=$(date +%s.%N)
 }
 echo "up -d of $N services: $(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')") s"
 
+# Let the daemon settle (the first health and status passes over 1,000 tasks).
+sleep 5
 b="cd $work/s && $BERTH --state-dir $state -p drybench"
-hyperfine --runs "$RUNS" -N --export-json "$work/same.json" -n "up --dry-run, $N services, none changed" \
+hyperfine --runs "$RUNS" -N --warmup 2 -n "config -q (loading the file alone), $N services" \
+  "sh -c '$b config -q'"
+hyperfine --runs "$RUNS" -N --warmup 2 --export-json "$work/same.json" -n "up --dry-run, $N services, none changed" \
   "sh -c '$b up --dry-run >/dev/null'"
 gen b > "$work/s/compose.yaml"
-hyperfine --runs "$RUNS" -N --export-json "$work/one.json" -n "up --dry-run, $N services, one changed" \
+hyperfine --runs "$RUNS" -N --warmup 2 --export-json "$work/one.json" -n "up --dry-run, $N services, one changed" \
   "sh -c '$b up --dry-run >/dev/null'"
 (cd "$work/s" && "$BERTH" --state-dir "$state" -p drybench up --dry-run | grep -v '^  unchanged')

@@ -129,6 +129,10 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
     // Host 3 joins later, for the global service to follow.
     let (mut f, token) = Fixture::manager_and_workers(4, 3, &[]);
     let ids: Vec<String> = (0..3).map(|i| f.node_id(i)).collect();
+    // Reservations: two of big's tasks fit a node (every host is this machine), a
+    // third does not.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let big_cpus = cpus * 1000 * 2 / 5;
     // A bind source is the node's own: one missing there fails the task, saying where.
     let missing = f.hosts.dir().join("no-such-dir");
     let file = f.compose(
@@ -149,6 +153,13 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
     {SLEEP}
     deploy:
       mode: global
+  big:
+    {SLEEP}
+    deploy:
+      replicas: 7
+      resources:
+        reservations:
+          cpus: \"{big_cpus}\"
   files:
     {SLEEP}
     volumes:
@@ -162,6 +173,7 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
         constraints: [node.id == {worker}]
 ",
             missing = missing.display(),
+            big_cpus = big_cpus as f64 / 1000.0,
             worker = ids[1],
         ) + "volumes:\n  data: {}\n"),
     );
@@ -186,6 +198,10 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
         };
         running("web") == 4
             && running("mon") == 3
+            && running("big") == 6
+            && rows
+                .iter()
+                .any(|r| r.service == "big" && r.status.contains("insufficient cpu"))
             && rows
                 .iter()
                 .any(|r| r.service == "db" && r.status.contains("node.labels.tier"))
@@ -204,6 +220,11 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
     );
     let mon = f.running_per_node(0, "spread", "mon");
     assert_eq!(mon.len(), 3, "one mon per node: {mon:?}");
+    let big = f.running_per_node(0, "spread", "big");
+    assert!(
+        big.values().all(|n| *n == 2),
+        "reservations hold: two of big per node, {big:?}"
+    );
     // Each container is on the host the manager says, and only there.
     for r in f.ps(0, "spread").iter().filter(|r| r.state == "running") {
         let host = (0..3).find(|&i| ids[i] == r.node).expect("a known node");
@@ -229,6 +250,16 @@ fn tasks_spread_over_nodes_follow_constraints_and_global_services_follow_nodes()
         rows.iter()
             .any(|r| r.service == "mon" && r.state == "running" && r.node == late)
     });
+    // The task of big that fitted nowhere fits the new node.
+    f.wait_rows("spread", "big's last task runs on the new node", |rows| {
+        rows.iter()
+            .any(|r| r.service == "big" && r.state == "running" && r.node == late)
+    });
+    let big = f.running_per_node(0, "spread", "big");
+    assert!(
+        big.values().all(|n| *n <= 2) && big.values().sum::<usize>() == 7,
+        "reservations hold on four nodes: {big:?}"
+    );
     // What the stack made on each node: its network there, and web's volume.
     let entries = |i: usize, dir: &str| -> Vec<String> {
         std::fs::read_dir(f.state(i).join(dir))

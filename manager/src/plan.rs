@@ -139,12 +139,16 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
     };
     // Hypothetical new tasks, for the scheduler to place (cluster only).
     let mut new_tasks: Vec<Task> = Vec::new();
+    // Grouped once: a thousand services must not each scan every task.
+    let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for t in &tasks {
+        by_service.entry(t.service.as_str()).or_default().push(t);
+    }
     for svc_name in names {
-        let of_service: Vec<&Task> = tasks
-            .iter()
-            .copied()
-            .filter(|t| &t.service == svc_name)
-            .collect();
+        let of_service: Vec<&Task> = by_service
+            .get(svc_name.as_str())
+            .cloned()
+            .unwrap_or_default();
         // Live before `up`: what runs now (a stopped service's tasks do not). `up`
         // itself may mark them for replacement (--force-recreate).
         let was_live = |t: &Task| {

@@ -34,12 +34,16 @@ pub(super) fn dry_run(
 fn images_to_pull(state_dir: &Path, stack: &spec::Stack) -> Vec<(String, String, &'static str)> {
     let store = agent::image::ImageStore::open(state_dir).ok();
     let mut out = Vec::new();
+    // Each image looked up once, however many services use it.
+    let mut known: std::collections::HashMap<String, bool> = Default::default();
     for (name, svc) in &stack.services {
         let Some(image) = &svc.image else { continue };
         let Ok(reference) = agent::image::Reference::parse(image) else {
             continue;
         };
-        let present = store.as_ref().is_some_and(|s| s.image(&reference).is_ok());
+        let present = *known
+            .entry(reference.to_string())
+            .or_insert_with(|| store.as_ref().is_some_and(|s| s.image(&reference).is_ok()));
         match svc.pull_policy.as_deref().unwrap_or("missing") {
             "always" => out.push((image.clone(), name.clone(), "pull_policy: always")),
             "never" | "build" => {}

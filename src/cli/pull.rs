@@ -2,6 +2,7 @@
 //! [`check_images`], which `up` and `run` call so that a missing image stops them
 //! before they change anything.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -89,6 +90,9 @@ pub(super) fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Res
     // the store talks to no daemon.
     let mut cluster: Option<Option<Client>> = None;
     let mut missing = Vec::new();
+    // Each image is looked up once, however many services use it (a thousand services
+    // of one image read its index and manifest once, not a thousand times).
+    let mut known: HashMap<String, bool> = HashMap::new();
     for (name, svc) in &stack.services {
         let Some(image) = &svc.image else {
             missing.push(format!(
@@ -110,7 +114,10 @@ pub(super) fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Res
             ));
             continue;
         }
-        let present = store.image(&reference).is_ok();
+        let key = reference.to_string();
+        let present = *known
+            .entry(key.clone())
+            .or_insert_with(|| store.image(&reference).is_ok());
         let mut holders = || {
             let client = cluster.get_or_insert_with(|| cluster_manager(state_dir));
             let client = client.as_ref()?;
@@ -127,8 +134,13 @@ pub(super) fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Res
         };
         let familiar = reference.familiar();
         match image_check(name, &familiar, policy, present, &mut holders, &mut pull) {
-            Ok(Some(note)) => super::write_stderr(&note),
-            Ok(None) => {}
+            Ok(note) => {
+                // Here now, or enough as it is (a node holds it).
+                known.insert(key, true);
+                if let Some(note) = note {
+                    super::write_stderr(&note);
+                }
+            }
             Err(refusal) => missing.push(refusal),
         }
     }

@@ -88,7 +88,13 @@ pub fn up(state_dir: &Path, project: &ProjectArgs, args: &UpArgs) -> anyhow::Res
     }
     let client = connect(state_dir, true)?;
     let name = stack.name.clone();
-    let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+    // The deployed state, for what `up` of some services keeps and for the networks a
+    // first deployment makes; a plan of the whole stack needs none of it.
+    let state: State = if args.dry_run && args.services.is_empty() {
+        State::default()
+    } else {
+        client.call("GET", "/v1/state", None::<&()>)?
+    };
     if !args.services.is_empty() {
         // Services not named keep what is deployed.
         if let Some(old) = state.stacks.get(&name) {

@@ -373,27 +373,25 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ShimError> 
 
 /// The start time of `pid` (field 22 of /proc/<pid>/stat), or None if it is gone.
 pub(crate) fn start_time(pid: i32) -> Option<u64> {
+    stat(pid).map(|(_, start)| start)
+}
+
+/// The state letter and start time of `pid`, from one read of `/proc/PID/stat`.
+fn stat(pid: i32) -> Option<(char, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = text[text.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 22, starttime: the 20th after the state (field 3).
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
 }
 
 /// Whether `pid` is still the process that started at `start` (not a recycled pid,
-/// not a zombie).
+/// not a zombie). One read of its stat: the daemon asks it of every container twice a
+/// second.
 fn alive(pid: i32, start: u64) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some(close) = text.rfind(')') else {
-        return false;
-    };
-    let mut fields = text[close + 1..].split_whitespace();
-    let zombie = fields.next() == Some("Z");
-    !zombie && start_time(pid) == Some(start)
+    pid > 0 && stat(pid).is_some_and(|(state, s)| state != 'Z' && s == start)
 }
 
 /// Starts container `id` from `bundle` under a new shim. Returns when the container
@@ -792,4 +790,31 @@ pub fn logs(
             .map(|s| matches!(s.status, Status::Created | Status::Running))
             .unwrap_or(false)
     })
+}
+
+#[cfg(test)]
+mod stat_tests {
+    use super::*;
+
+    #[test]
+    fn alive_knows_a_process_by_its_pid_and_start_time_and_not_a_zombie() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).expect("this process's start time");
+        assert!(alive(me, start));
+        assert!(!alive(me, start + 1), "a recycled pid is another process");
+        assert!(!alive(0, start));
+        // A child that exited and was not reaped yet is a zombie: not alive.
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id() as i32;
+        let born = start_time(pid).expect("the child's start time");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while stat(pid).is_some_and(|(s, _)| s != 'Z') && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!alive(pid, born), "a zombie is not alive");
+        child.wait().expect("reap");
+        assert!(!alive(pid, born), "a reaped process is gone");
+    }
 }
