@@ -93,6 +93,7 @@ pub(super) fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Res
     // Each image is looked up once, however many services use it (a thousand services
     // of one image read its index and manifest once, not a thousand times).
     let mut known: HashMap<String, bool> = HashMap::new();
+    let mut asked: HashMap<String, Option<Result<HoldersAnswer, String>>> = HashMap::new();
     for (name, svc) in &stack.services {
         let Some(image) = &svc.image else {
             missing.push(format!(
@@ -119,24 +120,33 @@ pub(super) fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Res
             .entry(key.clone())
             .or_insert_with(|| store.image(&reference).is_ok());
         let mut holders = || {
+            if let Some(answer) = asked.get(&key) {
+                return answer.clone();
+            }
             let client = cluster.get_or_insert_with(|| cluster_manager(state_dir));
-            let client = client.as_ref()?;
-            let path = manager::api::images::holders_path(&reference.to_string());
-            Some(
+            let answer = client.as_ref().map(|client| {
+                let path = manager::api::images::holders_path(&reference.to_string());
                 client
                     .call::<HoldersAnswer>("GET", &path, None::<&()>)
-                    .map_err(|e| format!("{e:#}")),
-            )
+                    .map_err(|e| format!("{e:#}"))
+            });
+            asked.insert(key.clone(), answer.clone());
+            answer
         };
+        let mut pulled = false;
         let mut pull = || {
             super::write_stderr(&format!(" ⠿ {name} Pulling {image}\n"));
-            pull_one(&store, image, &[], true).map_err(|e| format!("{e:#}"))
+            let done = pull_one(&store, image, &[], true).map_err(|e| format!("{e:#}"));
+            pulled = done.is_ok();
+            done
         };
         let familiar = reference.familiar();
         match image_check(name, &familiar, policy, present, &mut holders, &mut pull) {
             Ok(note) => {
-                // Here now, or enough as it is (a node holds it).
-                known.insert(key, true);
+                if pulled {
+                    // In the store now, for the next services that use it.
+                    known.insert(key, true);
+                }
                 if let Some(note) = note {
                     super::write_stderr(&note);
                 }

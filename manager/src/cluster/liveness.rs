@@ -140,6 +140,27 @@ impl Liveness {
             .cloned()
             .collect()
     }
+
+    /// The first moment after `now` at which a node of `nodes` that is ready now would
+    /// be down, if it stays silent (None when not the leader, or no node is ready):
+    /// the leader looks then, not only on its tick, so a node is found down as its
+    /// grace runs out.
+    pub fn next_down(
+        &self,
+        nodes: &BTreeMap<String, NodeRecord>,
+        now: Instant,
+        grace: Duration,
+    ) -> Option<Instant> {
+        let inner = self.inner();
+        let since = inner.leader_since?;
+        nodes
+            .keys()
+            .map(|id| inner.heard.get(id).map_or(since, |h| (*h).max(since)) + grace)
+            // `status` says down once strictly more than the grace has passed.
+            .filter(|at| *at >= now)
+            .min()
+            .map(|at| at + Duration::from_millis(1))
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +194,45 @@ mod tests {
                 "{heard:?} {since:?}"
             );
         }
+    }
+
+    #[test]
+    fn next_down_is_when_the_first_ready_node_s_grace_runs_out() {
+        let t0 = Instant::now();
+        let live = Liveness::default();
+        let nodes: BTreeMap<String, NodeRecord> = ["a", "b", "c"]
+            .iter()
+            .map(|id| {
+                let n: NodeRecord = serde_json::from_value(serde_json::json!({
+                    "id": id, "role": "worker", "addr": "", "hostname": id, "joined_at": 0,
+                }))
+                .expect("node record");
+                (id.to_string(), n)
+            })
+            .collect();
+        assert_eq!(live.next_down(&nodes, t0, GRACE), None, "not the leader");
+        live.set_leader(true, t0);
+        live.heard("a", t0 + Duration::from_secs(3));
+        live.heard("b", t0 + Duration::from_secs(5));
+        // c never heard: its grace runs from the leadership.
+        let at = live.next_down(&nodes, t0 + Duration::from_secs(6), GRACE);
+        assert_eq!(at, Some(t0 + GRACE + Duration::from_millis(1)));
+        let next = at.expect("c");
+        assert_eq!(
+            live.down(&nodes, next, GRACE),
+            BTreeSet::from(["c".to_string()])
+        );
+        // c is down: a's is next.
+        let at = live.next_down(&nodes, next, GRACE);
+        assert_eq!(
+            at,
+            Some(t0 + Duration::from_secs(13) + Duration::from_millis(1))
+        );
+        let at = at.expect("a");
+        assert!(live.down(&nodes, at, GRACE).contains("a"));
+        assert!(!live
+            .down(&nodes, at - Duration::from_millis(2), GRACE)
+            .contains("a"));
     }
 
     #[test]

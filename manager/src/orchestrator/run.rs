@@ -5,7 +5,8 @@
 //! On a cluster only the leader runs it, and the same transaction also places the
 //! tasks that have no node (`crate::scheduler::schedule`), with the nodes the leader
 //! finds down (`crate::cluster::liveness`). Since nodes go down without the store
-//! changing, the leader also looks every second.
+//! changing, the leader also looks every second, and at the moment the first node's
+//! grace runs out (`Liveness::next_down`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,6 +22,15 @@ use crate::state::store::Store;
 
 /// How often the leader of a cluster looks at its nodes even if nothing changed.
 const CLUSTER_TICK: Duration = Duration::from_secs(1);
+
+/// How long the leader may sleep: its tick, or less if a node's grace runs out
+/// sooner (`next_down`), so a silent node is acted on as soon as it is down.
+fn until(next_down: Option<Instant>) -> Duration {
+    next_down.map_or(CLUSTER_TICK, |at| {
+        at.saturating_duration_since(Instant::now())
+            .min(CLUSTER_TICK)
+    })
+}
 
 /// Applies an orchestrator plan to a state (inside a store transaction).
 pub fn apply(state: &mut State, plan: &Plan) {
@@ -104,10 +114,17 @@ pub async fn run_orchestrator(store: Arc<Store>, liveness: Option<Arc<Liveness>>
                 let _ = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
                 continue;
             }
-            let seen = store.read(|s| (s.version, live.down(&s.nodes, Instant::now(), grace(s))));
+            let look = Instant::now();
+            let (seen, next_down) = store.read(|s| {
+                let grace = grace(s);
+                (
+                    (s.version, live.down(&s.nodes, look, grace)),
+                    live.next_down(&s.nodes, look, grace),
+                )
+            });
             let due = wake_at.is_some_and(|at| spec::task::now_ms() >= at);
             if settled.as_ref() == Some(&seen) && !due {
-                let _ = tokio::time::timeout(CLUSTER_TICK, watch.changed()).await;
+                let _ = tokio::time::timeout(until(next_down), watch.changed()).await;
                 continue;
             }
         }
@@ -159,8 +176,10 @@ pub async fn run_orchestrator(store: Arc<Store>, liveness: Option<Arc<Liveness>>
             .wake_at
             .map(|at| Duration::from_millis(at.saturating_sub(now).max(1)))
             .unwrap_or(Duration::from_secs(60));
-        if liveness.is_some() {
-            sleep = sleep.min(CLUSTER_TICK);
+        if let Some(live) = &liveness {
+            let look = Instant::now();
+            let next_down = store.read(|s| live.next_down(&s.nodes, look, grace(s)));
+            sleep = sleep.min(until(next_down));
         }
         let _ = tokio::time::timeout(sleep, watch.changed()).await;
     }
