@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::decode::project::cidr_contains;
 use crate::diag::Diagnostics;
-use crate::model::{DeployMode, MountType, PortMode, Stack};
+use crate::model::{DeployMode, Healthcheck, MountType, PortMode, Stack, UpdateConfig};
 use crate::origin::Origin;
 
 pub(crate) fn validate(stack: &Stack, origin: &Origin, main_file: &str, diags: &mut Diagnostics) {
@@ -96,6 +96,24 @@ pub(crate) fn validate(stack: &Stack, origin: &Origin, main_file: &str, diags: &
             if matches!(d.mode, DeployMode::Global | DeployMode::GlobalJob) && d.replicas.is_some()
             {
                 diags.error(file("deploy"), &at("deploy.replicas"), "a global service runs one task per node; remove replicas or use mode: replicated");
+            }
+            for (key, config) in [
+                ("update_config", &d.update_config),
+                ("rollback_config", &d.rollback_config),
+            ] {
+                let Some(config) = config else { continue };
+                let path = at(&format!("deploy.{key}"));
+                // Loaded and kept, but the updater that reads it is not built yet:
+                // say so rather than let a user believe the update rolls.
+                diags.warn(
+                    file("deploy"),
+                    &path,
+                    "not acted on by berth yet: a changed service's containers are all \
+                     recreated at once, as Compose does",
+                );
+                if let Some(why) = monitor_too_short(config, svc.healthcheck.as_ref()) {
+                    diags.warn(file("deploy"), &format!("{path}.monitor"), why);
+                }
             }
         }
         if let Some(cn) = &svc.container_name {
@@ -252,4 +270,31 @@ fn cycles<'a>(stack: &'a Stack, file_of: &dyn Fn(&str, &str) -> &'a str, diags: 
             format!("dependency cycle: {}", chain.join(" -> ")),
         );
     }
+}
+
+/// Swarm's `monitor` when `update_config` leaves it out.
+const DEFAULT_MONITOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why `config`'s `monitor` cannot see a new task fail its healthcheck: the check may
+/// first call it unhealthy only after `start_period + interval x retries` (Docker's
+/// defaults: 0 s, 30 s, 3), and a task that turns unhealthy after the monitor counts
+/// as updated (Swarm's trap). None when it is long enough, or there is no check.
+fn monitor_too_short(config: &UpdateConfig, check: Option<&Healthcheck>) -> Option<String> {
+    use std::time::Duration;
+    let check = check.filter(|c| !c.disable && c.test.first().is_none_or(|t| t != "NONE"))?;
+    let interval = check.interval.unwrap_or(Duration::from_secs(30));
+    let retries = check.retries.unwrap_or(3);
+    let needed = check.start_period.unwrap_or_default() + interval * retries;
+    let monitor = config.monitor.unwrap_or(DEFAULT_MONITOR);
+    (monitor < needed).then(|| {
+        let show = crate::units::format_duration;
+        format!(
+            "monitor {} is shorter than the healthcheck's start_period + interval x retries \
+             ({}): a new task that turns unhealthy later would count as updated; set \
+             monitor: {} or more",
+            show(monitor),
+            show(needed),
+            show(needed)
+        )
+    })
 }

@@ -367,6 +367,63 @@ fn unsupported_attributes_warn_by_name_and_are_kept() {
 }
 
 #[test]
+fn update_config_warns_that_it_is_not_acted_on_and_when_its_monitor_is_too_short() {
+    let file = "services:
+  web:
+    image: web
+    healthcheck: {test: [CMD, check], interval: 10s, retries: 3, start_period: 5s}
+    deploy:
+      update_config: {parallelism: 1, monitor: 20s}
+      rollback_config: {monitor: 40s}
+  api:
+    image: api
+    healthcheck: {test: [CMD, check]}
+    deploy:
+      update_config: {order: start-first}
+  worker:
+    image: worker
+    deploy:
+      update_config: {monitor: 1s}
+";
+    let dir = dir_with(&[("compose.yaml", file)]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let w = warnings(&p);
+    for path in [
+        "services.web.deploy.update_config",
+        "services.web.deploy.rollback_config",
+        "services.api.deploy.update_config",
+        "services.worker.deploy.update_config",
+    ] {
+        assert!(
+            w.contains(&format!("compose.yaml: {path}: not acted on by berth yet")),
+            "{path}: {w}"
+        );
+    }
+    // 20 s < 5 s + 10 s x 3; 40 s is enough.
+    assert!(
+        w.contains("compose.yaml: services.web.deploy.update_config.monitor: monitor 20s is shorter than the healthcheck's start_period + interval x retries (35s)"),
+        "{w}"
+    );
+    assert!(!w.contains("rollback_config.monitor"), "{w}");
+    // Swarm's default monitor (5 s) against Docker's default check (30 s x 3).
+    assert!(
+        w.contains("services.api.deploy.update_config.monitor: monitor 5s is shorter than the healthcheck's start_period + interval x retries (1m30s)"),
+        "{w}"
+    );
+    // No healthcheck: nothing to miss.
+    assert!(!w.contains("worker.deploy.update_config.monitor"), "{w}");
+    assert_eq!(
+        p.stack.services["web"]
+            .deploy
+            .as_ref()
+            .and_then(|d| d.update_config.as_ref())
+            .and_then(|u| u.parallelism),
+        Some(1),
+        "kept in the stack"
+    );
+}
+
+#[test]
 fn dependency_cycles_are_reported_once_each() {
     let dir = dir_with(&[("compose.yaml", "services:\n  a: {image: x, depends_on: [b]}\n  b: {image: x, depends_on: [c]}\n  c: {image: x, depends_on: [a]}\n  d: {image: x, depends_on: [d]}\n")]);
     let e = load(dir.path(), &[], &[]).unwrap_err();
