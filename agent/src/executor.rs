@@ -148,8 +148,9 @@ pub struct Executor {
     /// (`agent::image::source::find`); `None` (a single host): a missing image fails
     /// the task.
     pub images: Option<Arc<dyn ImageSource>>,
-    /// This node's hostname on a cluster, where a start that fails says on which node
-    /// (a missing bind source is the node's own, as in Swarm); `None` on a single host.
+    /// This node on a cluster, as `hostname (id)`: a start that fails there says on
+    /// which node (a missing bind source is the node's own, as in Swarm); `None` on a
+    /// single host.
     pub node: Option<String>,
 }
 
