@@ -996,3 +996,93 @@ fn exec_latency_direct_and_through_the_api() {
     });
     f.ok(0, &["-p", "bench", "down"]);
 }
+
+#[test]
+fn a_rolling_update_on_a_cluster_keeps_every_replica_and_rolls_back_a_failing_one() {
+    let (f, _) = Fixture::manager_and_workers(3, 3, &[]);
+    let ids: Vec<String> = (0..3).map(|i| f.node_id(i)).collect();
+    let web = |version: &str, check: &str| {
+        format!(
+            r#"services:
+  web:
+    image: busybox:local
+    environment: {{VERSION: "{version}"}}
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+    healthcheck:
+      test: ["CMD", "{check}"]
+      interval: 200ms
+      retries: 1
+    deploy:
+      replicas: 3
+      update_config: {{parallelism: 1, monitor: 500ms, failure_action: rollback, order: start-first}}
+      rollback_config: {{parallelism: 0, monitor: 200ms}}
+"#
+        )
+    };
+    let file = f.compose("roll", &web("v1", "true"));
+    let file = file.to_str().expect("utf-8").to_string();
+    f.ok(
+        0,
+        &["-f", &file, "up", "-d", "--wait", "--wait-timeout", "60"],
+    );
+    let ids_running = |f: &Fixture| -> Vec<String> {
+        let mut v: Vec<String> = f
+            .ps(0, "roll")
+            .into_iter()
+            .filter(|r| r.state == "running")
+            .map(|r| r.id)
+            .collect();
+        v.sort();
+        v
+    };
+    let v1 = ids_running(&f);
+    assert_eq!(v1.len(), 3);
+
+    // v2 rolls start-first, one at a time: the nodes never run fewer than 3 of them.
+    f.compose("roll", &web("v2", "true"));
+    let fewest = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let all: usize = ids.iter().map(|n| f.running_on(n)).sum();
+                fewest.fetch_min(all, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let out = f.berth(
+            0,
+            &["-f", &file, "up", "-d", "--wait", "--wait-timeout", "90"],
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(out.status.success(), "{}", fixture::stderr(&out));
+    });
+    assert!(
+        fewest.load(std::sync::atomic::Ordering::Relaxed) >= 3,
+        "fewer than 3 ran during the update"
+    );
+    let v2 = ids_running(&f);
+    assert_eq!(v2.len(), 3);
+    assert!(v2.iter().all(|id| !v1.contains(id)), "{v1:?} -> {v2:?}");
+    let ps = f.ok(0, &["-p", "roll", "ps"]);
+    assert!(ps.contains("service web: update completed"), "{ps}");
+
+    // A failing definition: rolled back by itself, the v2 tasks kept, `up` says why.
+    f.compose("roll", &web("v3", "false"));
+    let out = f.berth(
+        0,
+        &["-f", &file, "up", "-d", "--wait", "--wait-timeout", "90"],
+    );
+    let err = fixture::stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the update of service web failed and"),
+        "{err}"
+    );
+    assert!(err.contains("unhealthy"), "{err}");
+    f.wait_rows("roll", "the rollback to finish", |_| {
+        f.ok(0, &["ls"]).contains("web: rolled back")
+    });
+    assert_eq!(ids_running(&f), v2, "the healthy v2 tasks were kept");
+    f.ok(0, &["-f", &file, "down"]);
+    f.wait_rows("roll", "everything is gone", |rows| rows.is_empty());
+}

@@ -3,240 +3,14 @@
 //! directory and project name; the fixture's `Drop` kills the daemon and removes every
 //! container it left, so a failing test leaves nothing mounted or running.
 
-use std::path::{Path, PathBuf};
+#[path = "stack/fixture.rs"]
+mod fixture;
+
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct Fixture {
-    tmp: tempfile::TempDir,
-    project: String,
-    /// The daemon's network object prefix and address pool, unique to this test.
-    net_prefix: String,
-    net_pool: String,
-    daemon: Option<Child>,
-}
-
-impl Fixture {
-    /// An empty state directory and project directory, with this test's names.
-    fn empty(tag: &str) -> Fixture {
-        let f = Fixture {
-            tmp: tempfile::tempdir().expect("tempdir"),
-            project: testkit::unique_name(tag).replace('_', "-").to_lowercase(),
-            net_prefix: testkit::netns::short_prefix(),
-            net_pool: format!("10.{}.0.0/16", testkit::netns::pool_octet()),
-            daemon: None,
-        };
-        std::fs::create_dir_all(f.dir()).expect("project dir");
-        f
-    }
-
-    /// A state directory with the `busybox:local` image, and a project directory
-    /// holding `compose` (its `name:` set to this test's project name).
-    fn new(tag: &str, compose: &str) -> Fixture {
-        let f = Fixture::empty(tag);
-        f.write_compose(compose);
-        let tar = testkit::busybox_rootfs_tar(f.tmp.path()).expect("busybox tar");
-        let tar = tar.to_str().expect("utf-8");
-        f.ok(&["image", "import", tar, "busybox:local"]);
-        f
-    }
-
-    /// A state directory with the examples' image (made by examples/make-image.sh).
-    fn for_examples(tag: &str) -> Fixture {
-        let f = Fixture::empty(tag);
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(root.join("examples/make-image.sh"))
-            .arg(env!("CARGO_BIN_EXE_berth"))
-            .env("BERTH_STATE_DIR", f.state())
-            .output()
-            .expect("run examples/make-image.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        f
-    }
-
-    /// berth with an example's compose file, under this test's project name.
-    fn example(&self, name: &str, args: &[&str]) -> Output {
-        self.example_env(name, args, &[])
-    }
-
-    fn example_env(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples")
-            .join(name)
-            .join("compose.yaml");
-        let file = file.to_str().expect("utf-8").to_string();
-        let mut all = vec!["-f", &file, "-p", &self.project];
-        all.extend_from_slice(args);
-        self.berth_env(&all, env)
-    }
-
-    fn state(&self) -> PathBuf {
-        self.tmp.path().join("state")
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.tmp.path().join("project")
-    }
-
-    fn write_compose(&self, compose: &str) {
-        let text = format!("name: {}\n{compose}", self.project);
-        std::fs::write(self.dir().join("compose.yaml"), text).expect("write compose.yaml");
-    }
-
-    fn berth(&self, args: &[&str]) -> Output {
-        self.berth_env(args, &[])
-    }
-
-    fn berth_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        self.command(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run berth")
-    }
-
-    /// `berth args...` with this test's state, names and project directory, for tests
-    /// that drive the process themselves (stdin, signals).
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.env("BERTH_CGROUP_PARENT", &self.project)
-            .env("BERTH_NET_PREFIX", &self.net_prefix)
-            .env("BERTH_NET_POOL", &self.net_pool)
-            .arg("--state-dir")
-            .arg(self.state())
-            .args(args)
-            .current_dir(self.dir());
-        cmd
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.berth(args);
-        assert!(
-            out.status.success(),
-            "berth {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
-    }
-
-    /// Starts the daemon in the foreground of a child we own (so the fixture can kill it).
-    fn start_daemon(&mut self) {
-        self.start_daemon_env(&[]);
-    }
-
-    fn start_daemon_env(&mut self, env: &[(&str, &str)]) {
-        std::fs::create_dir_all(self.state()).expect("state dir");
-        let log = std::fs::File::create(self.tmp.path().join("daemon.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .envs(env.iter().copied())
-            .env("BERTH_CGROUP_PARENT", &self.project)
-            .env("BERTH_NET_PREFIX", &self.net_prefix)
-            .env("BERTH_NET_POOL", &self.net_pool)
-            .arg("--state-dir")
-            .arg(self.state())
-            .arg("daemon")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start berth daemon");
-        self.daemon = Some(child);
-        wait_for(
-            || self.state().join("berth.sock").exists(),
-            "the daemon's socket",
-        );
-        wait_for(
-            || self.berth(&["ls"]).status.success(),
-            "the daemon to answer",
-        );
-    }
-
-    fn kill_daemon(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-    }
-
-    /// `ps --format json`, as (name, id, state) rows.
-    fn ps(&self, all: bool) -> Vec<(String, String, String)> {
-        let mut args = vec!["ps", "--format", "json"];
-        if all {
-            args.push("-a");
-        }
-        let out = self.ok(&args);
-        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("ps json");
-        rows.iter()
-            .map(|r| {
-                let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-                (s("Name"), s("ID"), s("State"))
-            })
-            .collect()
-    }
-
-    fn container_pid(&self, id: &str) -> i32 {
-        let path = self
-            .state()
-            .join("run/containers")
-            .join(id)
-            .join("state.json");
-        let text = std::fs::read_to_string(&path).expect("state.json");
-        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-        v["pid"].as_i64().expect("pid") as i32
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.kill_daemon();
-        // Whatever the test left: stop and remove every container, unmount its rootfs.
-        let executor = agent::executor::Executor {
-            state_dir: self.state(),
-            shim: agent::shim::ShimProgram::new(
-                PathBuf::from(env!("CARGO_BIN_EXE_berth")),
-                vec!["runtime".into(), "shim".into()],
-            ),
-            cgroup_parent: self.project.clone(),
-            net: None,
-            images: None,
-            node: None,
-        };
-        for id in executor.containers() {
-            executor.remove_stray(&id);
-        }
-        if let Ok(entries) = std::fs::read_dir(self.state().join("containers")) {
-            for e in entries.flatten() {
-                if let Some(id) = e.file_name().to_str() {
-                    let _ = agent::container::remove(&self.state(), id);
-                }
-            }
-        }
-        // Every network object the test's daemons made, by prefix.
-        let mut cfg = overlay_net::NetConfig::new(self.state());
-        cfg.prefix = self.net_prefix.clone();
-        cfg.netns_dir = self.state().join("netns");
-        if let Ok(net) = overlay_net::NetworkManager::open(cfg) {
-            let _ = net.gc(&[], &[]);
-        }
-        testkit::remove_cgroup(&self.project);
-    }
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
+use fixture::{alive, wait_for, Fixture};
 
 /// Sleeps that end at once on SIGTERM, so `down` is quick.
 const SLEEPER: &str = "trap 'exit 0' TERM; sleep 1000 & wait";
@@ -1664,4 +1438,215 @@ fn the_daemon_refuses_to_start_where_the_cgroup_hierarchy_is_not_visible() {
         err.contains("stopped at once") && err.contains("cgroup hierarchy not visible"),
         "{err}"
     );
+}
+
+/// `berth events` in the background: its output lines so far.
+struct Events {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Events {
+    fn start(f: &Fixture) -> Events {
+        use std::io::BufRead;
+        let mut child = f
+            .command(&["events", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("berth events");
+        let out = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Events { child, lines }
+    }
+
+    /// The events so far, as JSON values.
+    fn all(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn rolling_updates_roll_in_batches_roll_back_on_failure_and_berth_rollback_returns() {
+    let file = |version: &str, check: &str| {
+        format!(
+            r#"services:
+  web:
+    image: busybox:local
+    command: ["sh", "-c", "echo {version} > /version; {SLEEPER}"]
+    healthcheck:
+      test: ["CMD", "{check}"]
+      interval: 200ms
+      retries: 1
+    deploy:
+      replicas: 3
+      update_config: {{parallelism: 2, delay: 2s, monitor: 1s, failure_action: rollback, order: start-first}}
+      rollback_config: {{parallelism: 0, monitor: 300ms}}
+"#
+        )
+    };
+    let mut f = Fixture::new("rolling", &file("v1", "true"));
+    f.start_daemon();
+    f.ok(&["up", "-d", "--wait", "--wait-timeout", "30"]);
+    let ids = |f: &Fixture| -> Vec<String> {
+        let mut v: Vec<String> = f.ps(false).into_iter().map(|(_, id, _)| id).collect();
+        v.sort();
+        v
+    };
+    let versions = |f: &Fixture| -> Vec<String> {
+        (1..=3)
+            .map(|i| {
+                f.ok(&["exec", "--index", &i.to_string(), "web", "cat", "/version"])
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(versions(&f), ["v1", "v1", "v1"]);
+
+    // v2 rolls: two at a time, the third 2 s after the first two were healthy for 1 s.
+    let events = Events::start(&f);
+    std::thread::sleep(Duration::from_millis(300));
+    f.write_compose(&file("v2", "true"));
+    let plan = f.ok(&["up", "--dry-run"]);
+    assert!(
+        plan.contains("rolling: 2 at a time, start-first, 2000 ms apart, monitor 1000 ms, on failure rollback"),
+        "{plan}"
+    );
+    let out = f.berth(&["up", "-d", "--wait", "--wait-timeout", "60"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(versions(&f), ["v2", "v2", "v2"]);
+    let all = events.all();
+    let creates: Vec<u64> = all
+        .iter()
+        .filter(|e| e["action"] == "create" && e["service"] == "web")
+        .map(|e| e["time"].as_u64().unwrap_or_default())
+        .collect();
+    assert_eq!(creates.len(), 3, "{all:#?}");
+    assert!(creates[1] - creates[0] < 500, "a batch of two: {creates:?}");
+    assert!(
+        creates[2] - creates[1] >= 3_000,
+        "monitor + delay: {creates:?}"
+    );
+    let updates: Vec<String> = all
+        .iter()
+        .filter(|e| e["action"] == "update")
+        .map(|e| e["update"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(updates.iter().any(|u| u == "updating 2/3"), "{updates:?}");
+    assert_eq!(
+        updates.last().map(String::as_str),
+        Some("update completed"),
+        "{updates:?}"
+    );
+    let good = ids(&f);
+
+    // A definition whose healthcheck fails: rolled back, the v2 tasks never touched
+    // past the first batch, and `up --wait` says why.
+    f.write_compose(&file("v3", "false"));
+    let out = f.berth(&["up", "-d", "--wait", "--wait-timeout", "60"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the update of service web failed and"),
+        "{err}"
+    );
+    assert!(err.contains("is unhealthy"), "{err}");
+    wait_for(
+        || f.ok(&["ls"]).contains("web: rolled back"),
+        "the rollback to finish",
+    );
+    assert_eq!(versions(&f), ["v2", "v2", "v2"]);
+    assert_eq!(
+        ids(&f),
+        good,
+        "start-first rollback keeps the healthy tasks"
+    );
+    let ps = f.ok(&["ps"]);
+    assert!(ps.contains("service web: rolled back: "), "{ps}");
+    assert!(ps.contains("of 3 tasks failed"), "{ps}");
+
+    // `berth rollback` returns to the definition before the last change (by
+    // rollback_config: all at once): v1 deployed over v2, then rolled back to v2.
+    f.write_compose(&file("v1", "true"));
+    f.ok(&["up", "-d", "--wait", "--wait-timeout", "60"]);
+    assert_eq!(versions(&f), ["v1", "v1", "v1"]);
+    let out = f.ok(&["rollback", "web"]);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(versions(&f), ["v2", "v2", "v2"]);
+    assert!(f
+        .ok(&["ls"])
+        .contains("web: rolled back: asked by berth rollback"));
+    f.ok(&["down"]);
+}
+
+#[test]
+fn max_failure_ratio_tolerates_its_share_then_failure_action_pause_stops_the_update() {
+    // Replicas whose hostname ends in one of `sick` fail their healthcheck.
+    let file = |version: &str, sick: &str| {
+        format!(
+            r#"services:
+  web:
+    image: busybox:local
+    environment: {{VERSION: "{version}"}}
+    command: ["sh", "-c", "{SLEEPER}"]
+    healthcheck:
+      test: ["CMD-SHELL", "case $$(hostname) in {sick}) exit 1;; esac"]
+      interval: 200ms
+      retries: 1
+    deploy:
+      replicas: 4
+      update_config: {{parallelism: 0, monitor: 1s, max_failure_ratio: 0.5, failure_action: pause}}
+"#
+        )
+    };
+    let mut f = Fixture::new("ratio", &file("v1", "none"));
+    f.start_daemon();
+    f.ok(&["up", "-d", "--wait", "--wait-timeout", "30"]);
+    // Two of four fail: within the ratio, the update completes and says so.
+    f.write_compose(&file("v2", "*-1|*-2"));
+    f.ok(&["up", "-d"]);
+    wait_for(
+        || {
+            f.ok(&["ps"])
+                .contains("service web: update completed: 2 of 4 tasks failed")
+        },
+        "the update to complete with two failures",
+    );
+    // Three of four: past the ratio, the update pauses and `up --wait` says why.
+    f.write_compose(&file("v3", "*-1|*-2|*-3"));
+    let out = f.berth(&["up", "-d", "--wait", "--wait-timeout", "30"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the update of service web is paused: 3 of 4 tasks failed"),
+        "{err}"
+    );
+    assert!(
+        f.ok(&["ls"]).contains("web: update paused"),
+        "ls shows the pause"
+    );
+    f.ok(&["down", "-t", "1"]);
 }

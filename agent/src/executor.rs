@@ -20,6 +20,7 @@ use crate::container::{self, ContainerContext, ContainerError};
 use crate::image::reference::ReferenceError;
 use crate::image::source::{self, FindError};
 use crate::image::{ImageError, ImageSource, ImageStore, Reference};
+use crate::namespace_modes::{self, NamespaceError, Networking};
 use crate::runtime::cgroups::CgroupError;
 use crate::runtime::RuntimeError;
 use crate::shim::{self, CreateOptions, ShimError, Status};
@@ -71,6 +72,14 @@ pub enum ExecutorError {
     Container(#[from] ContainerError),
     #[error("services.{service}.ports: publishing ports needs a network (network_mode: none?)")]
     PortsWithoutNetwork { service: String },
+    #[error(
+        "services.{service}.ports: cannot publish ports with network_mode: {mode} (the \
+         ports are the other container's); remove ports or network_mode"
+    )]
+    PortsInJoinedNetwork { service: String, mode: String },
+    /// `network_mode`, `pid`, `ipc`, `uts`, `cgroup`, `userns_mode`.
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
     #[error("services.{service}.networks.{network}: external networks are not supported yet")]
     ExternalNetwork { service: String, network: String },
     #[error("networks.{network}: {source}")]
@@ -124,6 +133,8 @@ impl ExecutorError {
             ExecutorError::Pin(_) | ExecutorError::Bundle { .. } | ExecutorError::Shim(_) => {
                 TaskState::Failed
             }
+            // The container to join may run later (or again): retried.
+            ExecutorError::Namespace(NamespaceError::NotRunning { .. }) => TaskState::Failed,
             // Failed is retried (with the service's restart policy); Rejected is not.
             ExecutorError::FetchImage { source, .. } if source.may_succeed_later() => {
                 TaskState::Failed
@@ -317,8 +328,10 @@ impl Executor {
             configs: stack.configs.clone(),
             environment: env.clone(),
             data: data.clone(),
-            // As `connect` decides: a network means hosts and resolv.conf bind mounts.
-            network_files: self.net.is_some() && !service.networks.is_empty(),
+            // As `connect` decides: a network, or another's or the host's network
+            // namespace, means hosts and resolv.conf bind mounts.
+            network_files: (self.net.is_some() && !service.networks.is_empty())
+                || service.network_mode.as_deref().is_some_and(|m| m != "none"),
         };
         // A container left by an earlier attempt of this very task (a crash between
         // prepare and create) is cleared first.
@@ -327,7 +340,30 @@ impl Executor {
         store.pin(&task.id, &image).map_err(ExecutorError::Pin)?;
         let prepared = container::prepare(&store, &image, service, &ctx)?;
         let mut spec = prepared.bundle.spec.clone();
-        if let Err(e) = self.connect(task, stack, service, &ctx, &mut spec) {
+        // What `container:NAME` of another service finds this container by.
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
+        annotations.insert(
+            namespace_modes::NAME_ANNOTATION.to_string(),
+            ctx.hostname.clone(),
+        );
+        spec.set_annotations(Some(annotations));
+        // Resolved now, just before the start: a joined container's init is read from
+        // its shim's record at this moment (and checked again by the runtime).
+        let shim_root = self.shim_root();
+        let targets = namespace_modes::ShimTargets {
+            shim_root: &shim_root,
+        };
+        let networking = namespace_modes::apply(
+            &mut spec,
+            &stack.name,
+            &task.service,
+            service,
+            &targets,
+            &namespace_modes::host_hostname(),
+        )
+        .map_err(ExecutorError::from)
+        .and_then(|networking| self.connect(task, stack, service, &ctx, &networking, &mut spec));
+        if let Err(e) = networking {
             self.release(&task.id);
             let _ = container::remove(&self.state_dir, &task.id);
             return Err(e);
@@ -350,7 +386,14 @@ impl Executor {
         // attached caller.
         opts.stdin_once = service.stdin_open && !stack.services.contains_key(&task.service);
         match shim::create(&self.shim_root(), &ctx.dir(), &task.id, &opts) {
-            Ok(s) => Ok(s),
+            Ok(s) => {
+                // Runs: without a healthcheck, it serves from now on; with one, the
+                // health loop says when.
+                if s.status == Status::Running && self.healthcheck(service).is_none() {
+                    self.set_healthy(&task.id, true);
+                }
+                Ok(s)
+            }
             Err(e) => {
                 drop(prepared);
                 self.release(&task.id);
@@ -376,6 +419,9 @@ impl Executor {
             .or_else(|| service.and_then(|s| s.stop_grace_period))
             .unwrap_or(DEFAULT_STOP_GRACE);
         let mut status = task.status.clone();
+        // Leave DNS and the port backends before the signal (the worker's job did
+        // already; this covers any other caller, and does nothing the second time).
+        self.leave(&task.id);
         match shim::stop(&self.shim_root(), &task.id, signal, grace) {
             Ok(_) | Err(ShimError::NotFound { .. }) => {}
             Err(e) => status.message = e.to_string(),
@@ -444,6 +490,36 @@ impl Executor {
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
     }
+}
+
+/// Writes the container's `/etc/resolv.conf` and `/etc/hosts` into its directory `dir`
+/// and bind-mounts them, unless the service mounts its own there.
+fn bind_network_files(
+    dir: &Path,
+    spec: &mut oci_spec::runtime::Spec,
+    resolv_conf: &str,
+    hosts: &str,
+) -> Result<(), ExecutorError> {
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (file, text) in [("resolv.conf", resolv_conf), ("hosts", hosts)] {
+        let path = dir.join(file);
+        if let Err(source) = std::fs::write(&path, text) {
+            return Err(ExecutorError::NetworkFile { path, source });
+        }
+        // Not where the service mounts its own.
+        let target = PathBuf::from("/etc").join(file);
+        if mounts.iter().any(|m| m.destination() == &target) {
+            continue;
+        }
+        let mut m = oci_spec::runtime::Mount::default();
+        m.set_destination(target);
+        m.set_typ(Some("bind".into()));
+        m.set_source(Some(path));
+        m.set_options(Some(vec!["rbind".into(), "rprivate".into()]));
+        mounts.push(m);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 /// The shim's options from the service's `logging` (json-file's max-size and max-file)
@@ -521,15 +597,39 @@ impl Executor {
     /// Connects the container of `task` to its service's networks before it starts:
     /// the networks exist (made if needed), a network namespace with one interface per
     /// network is made, the spec joins it and bind-mounts the `/etc/resolv.conf` and
-    /// `/etc/hosts` written for it, and its ports are published.
+    /// `/etc/hosts` written for it, and its ports are published. A container in the
+    /// host's or another container's network namespace (`network_mode`) is attached to
+    /// nothing and gets copies of their `/etc/resolv.conf` and `/etc/hosts`.
     fn connect(
         &self,
         task: &Task,
         stack: &Stack,
         service: &Service,
         ctx: &ContainerContext,
+        networking: &Networking,
         spec: &mut oci_spec::runtime::Spec,
     ) -> Result<(), ExecutorError> {
+        match networking {
+            Networking::Own => {}
+            Networking::Loopback if service.ports.is_empty() => return Ok(()),
+            Networking::Loopback => {
+                return Err(ExecutorError::PortsWithoutNetwork {
+                    service: task.service.clone(),
+                })
+            }
+            Networking::Shared { resolv_conf, hosts } => {
+                let mode = service.network_mode.clone().unwrap_or_default();
+                // In the host's namespace the ports are the host's own already (the
+                // loader warned that they are ignored, as Docker does).
+                if !service.ports.is_empty() && mode != "host" {
+                    return Err(ExecutorError::PortsInJoinedNetwork {
+                        service: task.service.clone(),
+                        mode,
+                    });
+                }
+                return bind_network_files(&ctx.dir(), spec, resolv_conf, hosts);
+            }
+        }
         let Some(net) = &self.net else { return Ok(()) };
         if service.networks.is_empty() {
             if service.ports.is_empty() {
@@ -582,35 +682,15 @@ impl Executor {
             dns_search: service.dns_search.clone(),
             dns_opt: service.dns_opt.clone(),
             extra_hosts: service.extra_hosts.clone(),
-            healthy: self.healthcheck(service).is_none(),
+            // Not serving yet: a container joins its service's DNS answers and port
+            // backends once it runs (`try_start`), or once healthy if it has a check.
+            healthy: false,
         };
         let attachment = net.attach(&req).map_err(|source| ExecutorError::Attach {
             service: task.service.clone(),
             source,
         })?;
-        let dir = ctx.dir();
-        let mut mounts = spec.mounts().clone().unwrap_or_default();
-        for (file, text) in [
-            ("resolv.conf", &attachment.resolv_conf),
-            ("hosts", &attachment.hosts),
-        ] {
-            let path = dir.join(file);
-            if let Err(source) = std::fs::write(&path, text) {
-                return Err(ExecutorError::NetworkFile { path, source });
-            }
-            // Not where the service mounts its own.
-            let target = PathBuf::from("/etc").join(file);
-            if mounts.iter().any(|m| m.destination() == &target) {
-                continue;
-            }
-            let mut m = oci_spec::runtime::Mount::default();
-            m.set_destination(target);
-            m.set_typ(Some("bind".into()));
-            m.set_source(Some(path));
-            m.set_options(Some(vec!["rbind".into(), "rprivate".into()]));
-            mounts.push(m);
-        }
-        spec.set_mounts(Some(mounts));
+        bind_network_files(&ctx.dir(), spec, &attachment.resolv_conf, &attachment.hosts)?;
         if let Some(linux) = spec.linux_mut() {
             let mut namespaces = linux.namespaces().clone().unwrap_or_default();
             for ns in namespaces.iter_mut() {
@@ -639,11 +719,23 @@ impl Executor {
         }
     }
 
-    /// Marks a container healthy or not for DNS (its service name answers only with
-    /// healthy containers).
+    /// Marks a container healthy or not: its service name answers, and its host ports
+    /// send new connections, only to healthy containers.
     pub fn set_healthy(&self, id: &str, healthy: bool) {
         if let Some(net) = &self.net {
-            net.set_healthy(id, healthy);
+            if let Err(e) = net.set_healthy(id, healthy) {
+                eprintln!("berth: container {id}: marking it healthy={healthy}: {e}");
+            }
+        }
+    }
+
+    /// Takes a container out of its service's DNS answers and port backends before
+    /// it stops (`NetworkManager::leave`).
+    pub fn leave(&self, id: &str) {
+        if let Some(net) = &self.net {
+            if let Err(e) = net.leave(id) {
+                eprintln!("berth: container {id}: taking it out of DNS and its ports: {e}");
+            }
         }
     }
 }

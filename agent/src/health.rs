@@ -77,6 +77,23 @@ impl Checker {
         }
     }
 
+    /// A checker for a container that was already checked, as `known` (a restarted
+    /// daemon's): it goes on from there instead of from `starting`, so that a healthy
+    /// container stays in its service's DNS answers and port backends across the
+    /// restart. Its next probe is due at once.
+    pub fn resume(check: &Healthcheck, started: u64, known: Health) -> Checker {
+        let mut c = Checker::new(check, started);
+        match known {
+            Health::Healthy => c.status = Health::Healthy,
+            Health::Unhealthy => {
+                c.status = Health::Unhealthy;
+                c.failures = c.retries;
+            }
+            Health::Starting | Health::None => {}
+        }
+        c
+    }
+
     pub fn status(&self) -> Health {
         self.status
     }

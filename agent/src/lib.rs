@@ -5,6 +5,9 @@
 //!   container work); start-up recovery.
 //! - `executor`: the container work on this node's runtime (start, stop, remove,
 //!   observe, probe), with typed errors that become task statuses.
+//! - `namespace_modes`: a service's `network_mode`, `pid`, `ipc`, `uts`, `cgroup` and
+//!   `userns_mode` made into its container's namespaces (the host's, or another
+//!   container's joined).
 //! - `node`: what the node serves about itself (logs, signals, freeze, processes,
 //!   ports, stats; removing a stack's networks and volumes).
 //! - `health`: healthchecks as Docker runs them, a pure state machine.
@@ -20,6 +23,7 @@ pub mod container;
 pub mod executor;
 pub mod health;
 pub mod image;
+pub mod namespace_modes;
 pub mod node;
 pub mod runtime;
 pub mod shim;

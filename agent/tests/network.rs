@@ -313,14 +313,14 @@ fn scaling_a_service_changes_its_dns_answers_at_once() {
 
     // Unhealthy tasks leave the answer within the 100 ms the issue asks, and come back.
     let t = Instant::now();
-    assert!(net.mgr.set_healthy(&ids[0], false));
+    assert!(net.mgr.set_healthy(&ids[0], false).unwrap());
     assert_eq!(resolve(&front, "api").unwrap().len(), 2);
     assert!(
         t.elapsed() < Duration::from_millis(100),
         "{:?}",
         t.elapsed()
     );
-    assert!(net.mgr.set_healthy(&ids[0], true));
+    assert!(net.mgr.set_healthy(&ids[0], true).unwrap());
     assert_eq!(resolve(&front, "api").unwrap().len(), 3);
 
     // Scale back to 1.

@@ -299,6 +299,51 @@ fn joining_a_network_namespace_by_path() {
     assert_eq!(out.trim(), host.join(" "));
 }
 
+/// In the host's UTS namespace (`uts: host`) a hostname would rename the host: refused.
+#[test]
+fn a_hostname_without_a_uts_namespace_of_its_own_is_refused() {
+    let before = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let mut b = TestBundle::new("hostuts", "hostname");
+    b.spec.set_hostname(Some("renamed-host".into()));
+    let namespaces = b.linux().namespaces_mut().as_mut().unwrap();
+    namespaces.retain(|n| n.typ() != LinuxNamespaceType::Uts);
+    let (result, out) = b.run();
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("hostname needs a uts namespace"), "{e}\n{out}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        before
+    );
+    // Without a hostname it runs, with the host's name.
+    b.spec.set_hostname(None);
+    assert_eq!(b.output(), before);
+}
+
+/// A namespace joined by `/proc/<pid>/ns/...` must be the one of the process its owner
+/// annotation names, with that start time: a recycled pid is refused.
+#[test]
+fn a_joined_namespace_of_a_gone_process_is_refused() {
+    let me = std::process::id();
+    let start = runtime::start_time(me as i32).unwrap();
+    let mut b = TestBundle::new("joinowner", "true");
+    let mut ns = LinuxNamespace::default();
+    ns.set_typ(LinuxNamespaceType::Network);
+    ns.set_path(Some(format!("/proc/{me}/ns/net").into()));
+    let namespaces = b.linux().namespaces_mut().as_mut().unwrap();
+    namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    namespaces.push(ns);
+    let owner = format!("{}net", runtime::JOIN_OWNER_ANNOTATION);
+    b.spec.set_annotations(Some(
+        [(owner.clone(), format!("{me}:{}", start + 1))].into(),
+    ));
+    let (result, _) = b.run();
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("is gone"), "{e}");
+    b.spec
+        .set_annotations(Some([(owner, format!("{me}:{start}"))].into()));
+    b.output();
+}
+
 #[test]
 fn the_same_bundle_runs_under_runc() {
     if which("runc").is_none() {

@@ -147,6 +147,12 @@ fn trimmed(record: &StackRecord, services: &BTreeSet<&str>) -> StackRecord {
         data: record.data.clone(),
         restarted: record.restarted.clone(),
         stopped: record.stopped.clone(),
+        // What a rollback returns to and how an update stands are the managers'.
+        previous: BTreeMap::new(),
+        updates: BTreeMap::new(),
+        // Which git-ops source deployed it is the managers' too.
+        source: None,
+        taking_down: false,
     };
     let all = out
         .stack
@@ -202,8 +208,9 @@ pub struct Accepted {
 }
 
 /// Records `batch`, reported by node `node`, in `state`: only for tasks assigned to
-/// it, states only moving forward, health only for running tasks. Pure.
-pub fn accept(state: &mut State, node: &str, batch: &StatusBatch) -> Accepted {
+/// it, states only moving forward, health only for running tasks (a change to healthy
+/// seen at `now`). Pure.
+pub fn accept(state: &mut State, node: &str, batch: &StatusBatch, now: u64) -> Accepted {
     let mut out = Accepted::default();
     for (id, status) in &batch.statuses {
         match state.tasks.get_mut(id) {
@@ -217,7 +224,7 @@ pub fn accept(state: &mut State, node: &str, batch: &StatusBatch) -> Accepted {
     for (id, health) in &batch.health {
         match state.tasks.get_mut(id) {
             Some(t) if t.node.as_deref() == Some(node) => {
-                t.status.merge_health(*health);
+                t.status.merge_health(*health, now);
                 out.accepted += 1;
             }
             _ => out.refused.push(id.clone()),
@@ -332,7 +339,7 @@ mod tests {
             ],
             health: vec![("app-db-1.1".into(), Health::Healthy)],
         };
-        let got = accept(&mut s, "n1", &batch);
+        let got = accept(&mut s, "n1", &batch, 1);
         assert_eq!(got.accepted, 1);
         assert_eq!(got.refused, ["app-db-1.1", "gone", "app-db-1.1"]);
         assert_eq!(s.tasks["app-web-1.1"].status.state(), TaskState::Running);

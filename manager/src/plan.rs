@@ -65,6 +65,11 @@ pub struct ServicePlan {
     /// it could not be placed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placed: Vec<(u32, Placed)>,
+    /// How a recreate proceeds when the service rolls (`update_config`, or any
+    /// service on a cluster): `2 at a time, start-first, monitor 1s, on failure
+    /// rollback`. None: all at once, as Compose does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling: Option<String>,
 }
 
 /// A service's fate, in one word.
@@ -179,6 +184,7 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
                 changed: vec![],
                 waits_for: vec![],
                 placed: vec![],
+                rolling: None,
             });
             continue;
         };
@@ -213,6 +219,7 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
             changed: vec![],
             waits_for: never_met(record, service, nodes, name),
             placed: vec![],
+            rolling: None,
         };
         let wanted: BTreeSet<u32> = slots.iter().copied().collect();
         for slot in &slots {
@@ -263,6 +270,9 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
         } else {
             Action::Unchanged
         };
+        if sp.action == Action::Recreate {
+            sp.rolling = rolling_text(service, nodes.placed);
+        }
         for slot in sp.create.iter().chain(&sp.recreate) {
             let mut t = Task {
                 id: format!("{name}-{svc_name}-{slot}.plan"),
@@ -530,6 +540,40 @@ fn json_diff(path: &str, a: &Value, b: &Value, out: &mut Vec<AttrChange>) {
             new: (!b.is_null()).then(|| b.to_string()),
         }),
     }
+}
+
+/// How a changed `service` rolls, in words, or None if it is recreated all at once.
+fn rolling_text(service: &spec::model::Service, cluster: bool) -> Option<String> {
+    use spec::model::{FailureAction, UpdateOrder};
+    let p = orchestrator::update::Policy::of(service, false, cluster)?;
+    let at_a_time = match p.parallelism {
+        0 => "all at once".to_string(),
+        n => format!("{n} at a time"),
+    };
+    let mut order = match p.order {
+        UpdateOrder::StartFirst => "start-first",
+        UpdateOrder::StopFirst => "stop-first",
+    }
+    .to_string();
+    if p.order == UpdateOrder::StartFirst {
+        if let Some(why) = spec::start_first_clash(service) {
+            order = format!("stop-first ({why})");
+        }
+    }
+    let delay = if p.delay_ms > 0 {
+        format!(", {} ms apart", p.delay_ms)
+    } else {
+        String::new()
+    };
+    let action = match p.failure_action {
+        FailureAction::Pause => "pause",
+        FailureAction::Continue => "continue",
+        FailureAction::Rollback => "rollback",
+    };
+    Some(format!(
+        "{at_a_time}, {order}{delay}, monitor {} ms, on failure {action}",
+        p.monitor_ms
+    ))
 }
 
 #[cfg(test)]

@@ -43,6 +43,10 @@ pub struct Progress {
     /// One per slot the stack wants running, services by name, slots in order; none
     /// of a service `berth stop` stopped.
     pub containers: Vec<ContainerProgress>,
+    /// The rolling update of each service that has one (what `up` reports, and stops
+    /// on when it pauses or rolls back).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub updates: BTreeMap<String, spec::task::UpdateStatus>,
 }
 
 /// One slot of a service: its container's name and where it stands.
@@ -131,6 +135,7 @@ pub fn progress(state: &State, name: &str, wait_healthy: bool) -> Progress {
             version: state.version,
             deployed: false,
             containers: Vec::new(),
+            updates: BTreeMap::new(),
         };
     };
     // The stack's tasks by service, read once: a slot's lookups stay within its
@@ -189,6 +194,7 @@ pub fn progress(state: &State, name: &str, wait_healthy: bool) -> Progress {
         version: state.version,
         deployed: true,
         containers,
+        updates: deployed.updates.clone(),
     }
 }
 
@@ -294,6 +300,7 @@ mod tests {
                     },
                 },
             ],
+            updates: BTreeMap::new(),
         };
         let json = serde_json::to_value(&p).expect("serialize");
         assert_eq!(

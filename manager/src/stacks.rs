@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use spec::task::{DesiredState, StackRecord, TaskState};
+use spec::task::{DesiredState, StackRecord, TaskState, UpdateState, UpdateStatus};
+
+use crate::orchestrator::spec_hash;
 
 use crate::state::model::State;
 use crate::state::store::{Store, StoreError};
@@ -111,6 +113,7 @@ pub fn up(s: &mut State, name: &str, req: &UpRequest) -> UpResponse {
                 }
             }
         }
+        carry_updates(old, &mut record);
     }
     for t in s.tasks.values_mut() {
         if t.stack != name || t.desired != DesiredState::Running {
@@ -124,6 +127,82 @@ pub fn up(s: &mut State, name: &str, req: &UpRequest) -> UpResponse {
     }
     s.stacks.insert(name.to_string(), record);
     resp
+}
+
+/// What a new deployment `record` keeps of the earlier one's rolling updates: a
+/// service whose definition changed remembers the one it had (what a rollback
+/// returns to), and its update begins afresh (the orchestrator records it); one left
+/// as it was keeps its previous definition and its update's status, except that `up`
+/// starts a paused update again and forgets a rollback (the file given again is the
+/// definition wanted: what still runs another one is updated to it).
+fn carry_updates(old: &StackRecord, record: &mut StackRecord) {
+    for (k, svc) in &record.stack.services {
+        let Some(before) = old.stack.services.get(k) else {
+            continue;
+        };
+        if spec_hash(old, before) != spec_hash(record, svc) {
+            record.previous.insert(k.clone(), before.clone());
+            continue;
+        }
+        if let Some(p) = old.previous.get(k) {
+            record.previous.insert(k.clone(), p.clone());
+        }
+        if let Some(u) = old.updates.get(k) {
+            if matches!(u.state, UpdateState::Updating | UpdateState::Completed) {
+                record.updates.insert(k.clone(), u.clone());
+            }
+        }
+    }
+}
+
+/// `berth rollback [SERVICE...]` (Swarm's `service rollback`): each service (none
+/// named: every one that has a previous definition) returns to its previous
+/// definition, rolling back by its `rollback_config`; tasks still running that
+/// definition are kept. Returns the services rolled back. Pure.
+pub fn rollback(
+    s: &mut State,
+    name: &str,
+    services: &[String],
+    now: u64,
+) -> Result<Vec<String>, StoreError> {
+    let record = s.stacks.get_mut(name).ok_or_else(|| {
+        StoreError::Rejected(format!(
+            "no stack named {name:?} is deployed (berth up deploys it)"
+        ))
+    })?;
+    let chosen: Vec<String> = if services.is_empty() {
+        record.previous.keys().cloned().collect()
+    } else {
+        services.to_vec()
+    };
+    if chosen.is_empty() {
+        return Err(StoreError::Rejected(format!(
+            "no service of stack {name:?} has a previous definition to roll back to (a service has one once `berth up` changed it)"
+        )));
+    }
+    for svc in &chosen {
+        if !record.stack.services.contains_key(svc) {
+            return Err(StoreError::Rejected(format!(
+                "stack {name:?} has no service {svc:?}"
+            )));
+        }
+        if !record.previous.contains_key(svc) {
+            return Err(StoreError::Rejected(format!(
+                "service {svc:?} of stack {name:?} has no previous definition to roll back to (it has one once `berth up` changed it)"
+            )));
+        }
+    }
+    for svc in &chosen {
+        let previous = &record.previous[svc];
+        let status = UpdateStatus::begin(
+            UpdateState::RollingBack,
+            spec_hash(record, previous),
+            now,
+            "asked by berth rollback".to_string(),
+        );
+        crate::orchestrator::run::roll_back(record, svc, status);
+    }
+    Ok(chosen)
 }
 
 /// `stop`, `start`, `restart`, `rm`, `kill`, `pause` and `unpause` of `services`
@@ -203,7 +282,7 @@ pub fn services(
         "kill" | "pause" | "unpause" => {}
         other => {
             return Err(StoreError::Rejected(format!(
-                "unknown verb {other:?}: stop, start, restart, rm, kill, pause or unpause"
+                "unknown verb {other:?}: stop, start, restart, rm, kill, pause, unpause or rollback"
             )))
         }
     }
@@ -320,6 +399,7 @@ pub fn stop_wave(s: &mut State, name: &str, wave: &[String], grace_ms: Option<u6
         }
     }
     if let Some(r) = s.stacks.get_mut(name) {
+        r.taking_down = true;
         for svc in wave {
             if !r.stopped.contains(svc) {
                 r.stopped.push(svc.clone());

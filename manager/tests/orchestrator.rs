@@ -556,3 +556,36 @@ fn the_restart_window_decides_when_attempts_start_over() {
     assert!(created(&later.changes).is_empty(), "{later:?}");
     assert_eq!(later.wake_at, None);
 }
+
+/// A changed `security_opt`, `group_add` or `oom_score_adj` changes the spec hash, so
+/// the orchestrator recreates the service's containers with it.
+#[test]
+fn security_options_groups_and_oom_score_are_part_of_the_spec_hash() {
+    use spec::security::SecurityOpt;
+    let record = stack(&[("web", service("web:1"))]);
+    let base = service("web:1");
+    let variants = [
+        Service {
+            security_opt: vec![SecurityOpt::NoNewPrivileges(true)],
+            ..base.clone()
+        },
+        Service {
+            security_opt: vec![SecurityOpt::SeccompUnconfined],
+            ..base.clone()
+        },
+        Service {
+            group_add: vec!["wheel".into()],
+            ..base.clone()
+        },
+        Service {
+            oom_score_adj: Some(500),
+            ..base.clone()
+        },
+    ];
+    let mut hashes = vec![spec_hash(&record, &base)];
+    hashes.extend(variants.iter().map(|s| spec_hash(&record, s)));
+    let mut unique = hashes.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), hashes.len(), "{hashes:?}");
+}

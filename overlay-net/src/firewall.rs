@@ -1,11 +1,11 @@
 //! nftables rules, planned as text by pure functions and applied by a `Firewall`.
 //!
-//! Each berth network owns one `ip` table named like its bridge, and each container
-//! with published ports one table of its own, so removing a network or a container's
-//! ports is deleting one table, and `gc` finds leftovers by prefix alone.
+//! Each berth network owns one `ip` table named like its bridge, and each published
+//! host port one table of its own (shared by the replicas publishing it), so removing
+//! a network or a port is deleting one table, and `gc` finds leftovers by prefix alone.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Command, Stdio};
 
 use crate::ipam::Subnet;
@@ -141,56 +141,86 @@ pub fn network_script(r: &NetworkRules) -> String {
     )
 }
 
-/// One published port, resolved: a host port (or range start) to a container address.
+/// One host port as published, resolved: the host side and the containers behind it.
+/// Several containers share one host port when they are replicas of one service
+/// (`crate::port_groups`); one that publishes it alone has a single backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortRule {
     pub proto: &'static str,
     /// `None`: every local address of the host.
     pub host_ip: Option<Ipv4Addr>,
     pub host_port: u16,
-    pub container_ip: Ipv4Addr,
-    pub container_port: u16,
+    /// Where new connections go, spread evenly over them in turn. Empty: none is
+    /// serving (all unhealthy or leaving), so no DNAT rule, and the connection reaches
+    /// berth's own bound, unlistening socket: refused, as with no container at all.
+    pub backends: Vec<SocketAddrV4>,
+    /// Every container still behind the port, serving or not: their replies are
+    /// masqueraded, so that connections made before one stopped serving still work.
+    pub members: Vec<SocketAddrV4>,
 }
 
-/// The nft script for a container's published ports: DNAT from the network
-/// (prerouting) and from the host itself (output, which also covers 127.0.0.1 with the
-/// bridge's `route_localnet`), and masquerade of loopback-sourced connections so the
-/// container's replies come back through the bridge. Connections from berth networks
-/// (names starting with `prefix`) are masqueraded too: a client on the container's own
+/// The DNAT statement for `backends` (at least one): a plain `dnat to` for one, and
+/// for several a `numgen inc` map, which hands each new connection the next backend
+/// in turn (conntrack keeps a connection with the backend it got, so changing the map
+/// never moves an established connection).
+fn dnat(backends: &[SocketAddrV4]) -> String {
+    match backends {
+        [one] => format!("dnat to {one}"),
+        many => {
+            let map: Vec<String> = many
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{i} : {} . {}", b.ip(), b.port()))
+                .collect();
+            format!(
+                "dnat ip to numgen inc mod {} map {{ {} }}",
+                many.len(),
+                map.join(", ")
+            )
+        }
+    }
+}
+
+/// The nft script for one published host port: DNAT from the network (prerouting)
+/// and from the host itself (output, which also covers 127.0.0.1 with the bridge's
+/// `route_localnet`), and masquerade of loopback-sourced connections so the
+/// containers' replies come back through the bridge. Connections from berth networks
+/// (names starting with `prefix`) are masqueraded too: a client on a container's own
 /// network would otherwise get the reply straight from the container, not from the
 /// address it called, and drop it (unless `br_netfilter` happens to be loaded and
 /// un-NATs bridged replies, as it is on some hosts and not on others).
-pub fn ports_script(table: &str, prefix: &str, rules: &[PortRule]) -> String {
-    let mut dnat = String::new();
+pub fn ports_script(table: &str, prefix: &str, r: &PortRule) -> String {
+    let mut dnat_rules = String::new();
     let mut output = String::new();
     let mut post = String::new();
-    for r in rules {
+    if !r.backends.is_empty() {
         let dst = match r.host_ip {
             Some(ip) => format!("ip daddr {ip}"),
             None => "fib daddr type local".to_string(),
         };
         let line = format!(
-            "    {dst} {proto} dport {hp} dnat to {cip}:{cp}\n",
+            "    {dst} {proto} dport {hp} {dnat}\n",
             proto = r.proto,
             hp = r.host_port,
-            cip = r.container_ip,
-            cp = r.container_port
+            dnat = dnat(&r.backends),
         );
         // A port on a loopback address is for the host's own programs: it is DNAT'd
         // in the output hook only, never for packets that arrive from a network.
         if !r.host_ip.is_some_and(|ip| ip.is_loopback()) {
-            dnat.push_str(&line);
+            dnat_rules.push_str(&line);
         }
         output.push_str(&line);
+    }
+    for m in &r.members {
         post.push_str(&format!(
             "    ip saddr 127.0.0.0/8 ip daddr {cip} {proto} dport {cp} masquerade\n    iifname \"{prefix}*\" ip daddr {cip} {proto} dport {cp} ct status dnat masquerade\n",
             proto = r.proto,
-            cip = r.container_ip,
-            cp = r.container_port
+            cip = m.ip(),
+            cp = m.port()
         ));
     }
     format!(
-        "add table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{output}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}  }}\n}}\n"
+        "add table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat_rules}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{output}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}  }}\n}}\n"
     )
 }
 
@@ -246,31 +276,40 @@ mod tests {
         );
     }
 
+    fn addr(last: u8, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(10, 89, 0, last), port)
+    }
+
     #[test]
     fn ports_dnat_from_outside_and_from_the_host() {
-        let rules = [
-            PortRule {
-                proto: "tcp",
-                host_ip: None,
-                host_port: 8080,
-                container_ip: Ipv4Addr::new(10, 89, 0, 2),
-                container_port: 80,
-            },
-            PortRule {
-                proto: "udp",
-                host_ip: Some(Ipv4Addr::LOCALHOST),
-                host_port: 5353,
-                container_ip: Ipv4Addr::new(10, 89, 0, 2),
-                container_port: 53,
-            },
-        ];
-        let s = ports_script("berthnabcdef", "berth", &rules);
+        let tcp = PortRule {
+            proto: "tcp",
+            host_ip: None,
+            host_port: 8080,
+            backends: vec![addr(2, 80)],
+            members: vec![addr(2, 80)],
+        };
+        let s = ports_script("berthpabcdef", "berth", &tcp);
         assert_eq!(
             s.matches("fib daddr type local tcp dport 8080 dnat to 10.89.0.2:80")
                 .count(),
             2,
             "{s}"
         );
+        assert!(
+            s.contains(
+                "iifname \"berth*\" ip daddr 10.89.0.2 tcp dport 80 ct status dnat masquerade"
+            ),
+            "{s}"
+        );
+        let udp = PortRule {
+            proto: "udp",
+            host_ip: Some(Ipv4Addr::LOCALHOST),
+            host_port: 5353,
+            backends: vec![addr(2, 53)],
+            members: vec![addr(2, 53)],
+        };
+        let s = ports_script("berthpabcdef", "berth", &udp);
         // Loopback: from the host's own programs only (the output hook).
         assert_eq!(
             s.matches("ip daddr 127.0.0.1 udp dport 5353 dnat to 10.89.0.2:53")
@@ -284,11 +323,40 @@ mod tests {
             s.contains("ip saddr 127.0.0.0/8 ip daddr 10.89.0.2 udp dport 53 masquerade"),
             "{s}"
         );
-        assert!(
-            s.contains(
-                "iifname \"berth*\" ip daddr 10.89.0.2 tcp dport 80 ct status dnat masquerade"
-            ),
-            "{s}"
-        );
+    }
+
+    #[test]
+    fn a_shared_port_spreads_over_its_serving_backends_and_masquerades_every_member() {
+        // Three replicas, one of them leaving (a member, no longer a backend), and a
+        // new task listening on another container port.
+        let r = PortRule {
+            proto: "tcp",
+            host_ip: None,
+            host_port: 18080,
+            backends: vec![addr(2, 80), addr(4, 8080)],
+            members: vec![addr(2, 80), addr(3, 80), addr(4, 8080)],
+        };
+        let s = ports_script("berthpabcdef", "berth", &r);
+        let spread = "tcp dport 18080 dnat ip to numgen inc mod 2 map { 0 : 10.89.0.2 . 80, 1 : 10.89.0.4 . 8080 }";
+        assert_eq!(s.matches(spread).count(), 2, "{s}");
+        assert!(!s.contains("dnat to 10.89.0.3"), "{s}");
+        for m in [
+            "10.89.0.2 tcp dport 80",
+            "10.89.0.3 tcp dport 80",
+            "10.89.0.4 tcp dport 8080",
+        ] {
+            assert!(
+                s.contains(&format!("ip saddr 127.0.0.0/8 ip daddr {m} masquerade")),
+                "{s}"
+            );
+        }
+        // None serving: no DNAT at all (the held socket refuses), the table stays.
+        let none = PortRule {
+            backends: Vec::new(),
+            ..r
+        };
+        let s = ports_script("berthpabcdef", "berth", &none);
+        assert!(!s.contains("dnat to") && !s.contains("dnat ip to"), "{s}");
+        assert!(s.contains("table ip berthpabcdef {"), "{s}");
     }
 }

@@ -163,8 +163,18 @@ impl Links for Rtnetlink {
                 .execute()
                 .await
                 .map_err(|e| LinkError::new("add address to bridge", name, e))?;
+            // A bridge without a MAC of its own takes the lowest of its ports', so it
+            // changes when that container goes: every other container's ARP entry for
+            // the gateway (its DNS server, its way out) goes stale and its packets are
+            // dropped until it asks again (a DNS lookup failed during a rolling update).
+            // Fixed from the gateway's address, as Docker's is.
             h.link()
-                .set(LinkUnspec::new_with_index(index).up().build())
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .address(mac_for(gateway).to_vec())
+                        .up()
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|e| LinkError::new("bring up bridge", name, e))

@@ -17,8 +17,10 @@
 //! - kernel seams, each a small trait with a real implementation and a fake in the
 //!   tests: `kernel` (links and namespaces over rtnetlink) and `firewall` (nft
 //!   scripts, applied by the `nft` tool);
-//! - published ports: `ports` (host port reservations, DNAT rules) and `proxy` (the
-//!   userspace relay for the host's IPv6 addresses).
+//! - published ports: `ports` (host port reservations, DNAT rules), `port_groups`
+//!   (pure: which containers are behind each host port, who may share it, which of
+//!   them are serving) and `proxy` (the userspace relay for the host's IPv6
+//!   addresses, spreading over the same backends).
 //!
 //! The WireGuard mesh between nodes (per-node key pairs, peers, allowed IPs, a kernel
 //! or TUN device) goes in a `mesh/` module beside `network/` when its issue comes:
@@ -31,6 +33,7 @@ pub mod ipam;
 pub mod kernel;
 pub mod names;
 mod network;
+pub mod port_groups;
 pub mod ports;
 pub mod proxy;
 pub mod resolv;

@@ -52,9 +52,20 @@ pub fn veth_host(prefix: &str, container: &str, network: &str) -> String {
     format!("{prefix}v{}", short_hash(&[container, network], 6))
 }
 
-/// The nftables table holding a container's published ports.
-pub fn ports_table(prefix: &str, container: &str) -> String {
-    format!("{prefix}n{}", short_hash(&[container], 6))
+/// The nftables table of one published IPv4 host port (`host`: `None` for every
+/// address), shared by every container behind it. (Before ports could be shared,
+/// each container had a table `<prefix>n<hash>`; `gc` still removes those.)
+pub fn port_table(
+    prefix: &str,
+    proto: &str,
+    host: Option<std::net::Ipv4Addr>,
+    port: u16,
+) -> String {
+    let host = host.map(|h| h.to_string()).unwrap_or_default();
+    format!(
+        "{prefix}p{}",
+        short_hash(&[proto, &host, &port.to_string()], 6)
+    )
 }
 
 /// The file name of a container's network namespace under the netns directory.
@@ -72,13 +83,22 @@ mod tests {
         for name in [
             bridge("berthnet", long),
             veth_host("berthnet", long, long),
-            ports_table("berthnet", long),
+            port_table("berthnet", "tcp", None, 65535),
         ] {
             assert!(name.len() <= 15, "{name}");
             assert!(name.starts_with("berthnet"), "{name}");
         }
         assert_ne!(veth_host("b", "c1", "n1"), veth_host("b", "c1", "n2"));
         assert_ne!(short_hash(&["ab", "c"], 8), short_hash(&["a", "bc"], 8));
+        let lo = Some(std::net::Ipv4Addr::LOCALHOST);
+        assert_ne!(
+            port_table("b", "tcp", None, 80),
+            port_table("b", "udp", None, 80)
+        );
+        assert_ne!(
+            port_table("b", "tcp", None, 80),
+            port_table("b", "tcp", lo, 80)
+        );
     }
 
     #[test]

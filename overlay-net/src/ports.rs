@@ -1,32 +1,38 @@
-//! Published ports: from a service's `ports:` to host ports held by berth and the DNAT
-//! rules that send them to the container.
+//! Published ports: from a service's `ports:` to host ports held by berth, and the
+//! DNAT rule that sends one to the containers behind it.
 //!
 //! Each IPv4 host port is *reserved* by a socket bound to it (never listening, never
 //! read): the kernel then tells us, and anyone else, that the port is taken, while
-//! the DNAT rules catch the traffic before it could reach that socket. The host's IPv6
-//! addresses get a userspace relay instead ([`crate::proxy`]): containers are
-//! IPv4-only, and nftables does not translate between families. A port with no host
-//! address is published on both, as Docker does: `0.0.0.0:P` and `[::]:P`.
+//! the DNAT rules catch the traffic before it could reach that socket (and when no
+//! container is serving, there is no rule, and the socket refuses the connection).
+//! The host's IPv6 addresses get a userspace relay instead ([`crate::proxy`]):
+//! containers are IPv4-only, and nftables does not translate between families. A port
+//! with no host address is published on both, as Docker does: `0.0.0.0:P` and `[::]:P`.
+//!
+//! A [`HostPort`] is held once however many containers are behind it: which ones, and
+//! who may share it, is `crate::port_groups`'s bookkeeping.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 use nix::sys::socket::{bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-use spec::model::{Port, Protocol};
+use spec::model::{Port, PortMode, Protocol};
 
 use crate::firewall::PortRule;
-use crate::proxy::{Bound, Relay};
+use crate::proxy::{Backends, Bound, Relay};
 
 /// Why a port could not be published.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PublishError {
-    #[error("service {service}: host port {port}/{proto} on {host} is already in use (by another program or container); publish another port or stop what holds it")]
+    #[error("service {service}: host port {port}/{proto} on {host} is already in use by {holder}; publish another port or stop what holds it")]
     InUse {
         service: String,
         port: String,
         proto: &'static str,
         host: String,
+        /// `service web of stack shop`, or `another program or container`.
+        holder: String,
     },
     #[error("service {service}: ports: {what}")]
     Unsupported { service: String, what: String },
@@ -50,22 +56,6 @@ pub struct Published {
 }
 
 impl Published {
-    /// The DNAT rule for an IPv4 publication; IPv6 ones are relayed, not rules.
-    pub fn rule(&self) -> Option<PortRule> {
-        let host_ip = match self.host_ip {
-            None => None,
-            Some(IpAddr::V4(ip)) => Some(ip),
-            Some(IpAddr::V6(_)) => return None,
-        };
-        Some(PortRule {
-            proto: if self.proto == "udp" { "udp" } else { "tcp" },
-            host_ip,
-            host_port: self.host_port,
-            container_ip: self.container_ip,
-            container_port: self.container_port,
-        })
-    }
-
     /// The host side as Docker prints it: `0.0.0.0:8080`, `[::]:8080`.
     pub fn host(&self) -> String {
         match self.host_ip {
@@ -82,15 +72,56 @@ enum Hold {
     Relay(#[allow(dead_code)] Relay),
 }
 
-/// A held host port.
+/// A held host port: its IPv4 socket and/or IPv6 relay, whatever the number of
+/// containers behind it. Dropping it frees the port.
 #[derive(Debug)]
-pub struct Reservation {
-    pub published: Published,
-    _hold: Hold,
+pub struct HostPort {
+    pub port: u16,
+    /// The IPv4 side, if any: `Some(None)` on every address, `Some(Some(a))` on `a`.
+    pub v4: Option<Option<Ipv4Addr>>,
+    /// The IPv6 address relayed, if any.
+    pub v6: Option<Ipv6Addr>,
+    /// Where the IPv6 relay sends new connections; the manager keeps it in step with
+    /// the DNAT rule's backends.
+    pub relay: Backends,
+    _holds: Vec<Hold>,
+}
+
+impl HostPort {
+    /// What is published for one container behind this port (`backend`): one entry
+    /// per side (IPv4, IPv6), as Docker reports them.
+    pub fn published(&self, proto: &str, backend: SocketAddrV4) -> Vec<Published> {
+        let entry = |host_ip| Published {
+            proto: proto.to_string(),
+            host_ip,
+            host_port: self.port,
+            container_ip: *backend.ip(),
+            container_port: backend.port(),
+        };
+        let v4 = self.v4.map(|h| entry(h.map(IpAddr::V4)));
+        let v6 = self.v6.map(|a| entry(Some(IpAddr::V6(a))));
+        v4.into_iter().chain(v6).collect()
+    }
+
+    /// The DNAT rule of the IPv4 side (none without one: IPv6 is relayed).
+    pub fn rule(
+        &self,
+        proto: &'static str,
+        backends: Vec<SocketAddrV4>,
+        members: Vec<SocketAddrV4>,
+    ) -> Option<PortRule> {
+        Some(PortRule {
+            proto,
+            host_ip: self.v4?,
+            host_port: self.port,
+            backends,
+            members,
+        })
+    }
 }
 
 /// Where a port is published on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HostIp {
     /// Every address: IPv4 by DNAT, and IPv6 by relay where the host has IPv6.
     Any,
@@ -148,29 +179,21 @@ fn no_ipv6(e: Errno) -> bool {
 }
 
 /// Why holding one candidate port failed.
-enum HoldError {
+#[derive(Debug)]
+pub enum HoldError {
     Sys(Errno),
     Relay(std::io::Error),
 }
 
-/// Holds `port` (0: one the kernel picks) for one publication to `target`: the IPv4
-/// socket and/or the IPv6 relay its host address needs. All or nothing: on error what
-/// was held is dropped, which frees it.
-fn hold(
-    proto: &'static str,
-    ip: HostIp,
-    port: u16,
-    target: SocketAddrV4,
-) -> Result<Vec<Reservation>, HoldError> {
-    let mut out = Vec::new();
+/// Holds `port` (0: one the kernel picks) on `ip`: the IPv4 socket and/or the IPv6
+/// relay (sending to no backend until told) its host address needs. All or nothing:
+/// on error what was held is dropped, which frees it.
+pub fn hold(proto: &'static str, ip: HostIp, port: u16) -> Result<HostPort, HoldError> {
+    let mut holds = Vec::new();
     let mut port = port;
-    let published = |host_ip, host_port| Published {
-        proto: proto.to_string(),
-        host_ip,
-        host_port,
-        container_ip: *target.ip(),
-        container_port: target.port(),
-    };
+    let mut v4_side = None;
+    let mut v6_side = None;
+    let relay = Backends::default();
     if let HostIp::Any | HostIp::V4(_) = ip {
         let v4 = match ip {
             HostIp::V4(a) => Some(a),
@@ -179,10 +202,8 @@ fn hold(
         let (fd, got) = reserve_v4(proto, v4, port).map_err(HoldError::Sys)?;
         // The IPv6 side takes the same number, as Docker's `0.0.0.0:P` and `[::]:P`.
         port = got;
-        out.push(Reservation {
-            published: published(v4.map(IpAddr::V4), got),
-            _hold: Hold::Socket(fd),
-        });
+        v4_side = Some(v4);
+        holds.push(Hold::Socket(fd));
     }
     let v6 = match ip {
         HostIp::V6(a) => Some(a),
@@ -192,93 +213,126 @@ fn hold(
     if let Some(a) = v6 {
         match Bound::new(proto, SocketAddrV6::new(a, port, 0, 0)) {
             Ok(bound) => {
-                let got = bound.port();
-                let relay = bound.relay(target).map_err(HoldError::Relay)?;
-                out.push(Reservation {
-                    published: published(Some(IpAddr::V6(a)), got),
-                    _hold: Hold::Relay(relay),
-                });
+                port = bound.port();
+                holds.push(Hold::Relay(
+                    bound.relay(relay.clone()).map_err(HoldError::Relay)?,
+                ));
+                v6_side = Some(a);
             }
             Err(e) if ip == HostIp::Any && no_ipv6(e) => {}
             Err(e) => return Err(HoldError::Sys(e)),
         }
     }
-    Ok(out)
+    Ok(HostPort {
+        port,
+        v4: v4_side,
+        v6: v6_side,
+        relay,
+        _holds: holds,
+    })
 }
 
-/// Reserves the host ports of `ports` for a container at `container_ip`: a published
-/// range means "one free port of it", as in Compose; no published port means one the
-/// kernel picks. All or nothing: on error, what was reserved is released.
-pub fn reserve(
+/// One entry of a service's `ports:`, read: what it asks of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub proto: &'static str,
+    pub host: HostIp,
+    /// The published port or range; `None`: one the kernel picks.
+    pub range: Option<(u16, u16)>,
+    pub target: u16,
+    /// The replicas of the service may share it: one published port (not a range,
+    /// not ephemeral) in the default `mode: ingress`. A range gives each container a
+    /// port of its own, as Compose does (that is what a range is for there), and
+    /// `mode: host` means one container per port, as on Swarm.
+    pub shared: bool,
+}
+
+/// Reads one entry of `ports:`. Pure.
+pub fn wanted(service: &str, port: &Port) -> Result<Wanted, PublishError> {
+    let range = port.published.map(|r| (r.start, r.end));
+    Ok(Wanted {
+        proto: proto_name(service, port.protocol)?,
+        host: host_ip(service, port)?,
+        range,
+        target: port.target,
+        shared: port.mode == PortMode::Ingress && range.is_some_and(|(a, b)| a == b),
+    })
+}
+
+/// Holds a port for `w`: its one port, the first free port of its range, or one the
+/// kernel picks. `taken` says which candidates berth already holds, and for whom: they
+/// are skipped (and named if nothing else is free).
+pub fn hold_wanted(
     service: &str,
-    ports: &[Port],
-    container_ip: Ipv4Addr,
-) -> Result<Vec<Reservation>, PublishError> {
-    let mut out = Vec::new();
-    for port in ports {
-        let proto = proto_name(service, port.protocol)?;
-        let ip = host_ip(service, port)?;
-        let target = SocketAddrV4::new(container_ip, port.target);
-        let range = port.published.map(|r| (r.start, r.end)).unwrap_or((0, 0));
-        let mut last_err = None;
-        let mut got = None;
-        // With no published port the kernel picks one for IPv4, which IPv6 may have
-        // taken: a few fresh picks before calling it in use.
-        let candidates: Vec<u16> = if range == (0, 0) {
-            vec![0; 8]
-        } else {
-            (range.0..=range.1).collect()
-        };
-        for candidate in candidates {
-            match hold(proto, ip, candidate, target) {
-                Ok(ok) => {
-                    got = Some(ok);
-                    break;
-                }
-                Err(e) => last_err = Some(e),
+    port: &Port,
+    w: &Wanted,
+    taken: impl Fn(u16) -> Option<String>,
+) -> Result<HostPort, PublishError> {
+    // With no published port the kernel picks one for IPv4, which IPv6 may have
+    // taken: a few fresh picks before calling it in use.
+    let candidates: Vec<u16> = match w.range {
+        None => vec![0; 8],
+        Some((a, b)) => (a..=b).collect(),
+    };
+    let mut last_err = None;
+    let mut holder = None;
+    for candidate in candidates {
+        if candidate != 0 {
+            if let Some(h) = taken(candidate) {
+                holder = Some(h);
+                last_err = Some(HoldError::Sys(Errno::EADDRINUSE));
+                continue;
             }
         }
-        let shown = port
-            .published
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "0".to_string());
-        match (got, last_err) {
-            (Some(held), _) => out.extend(held),
-            (None, Some(HoldError::Sys(Errno::EADDRINUSE))) => {
-                return Err(PublishError::InUse {
-                    service: service.to_string(),
-                    port: shown,
-                    proto,
-                    host: match ip {
-                        HostIp::Any => "0.0.0.0 and [::]".to_string(),
-                        HostIp::V4(a) => a.to_string(),
-                        HostIp::V6(a) => format!("[{a}]"),
-                    },
-                })
-            }
-            (None, Some(HoldError::Sys(Errno::EADDRNOTAVAIL))) => {
-                return Err(PublishError::Unsupported {
-                    service: service.to_string(),
-                    what: format!(
-                        "host_ip {} is not an address of this host; use one of its addresses or leave host_ip out",
-                        port.host_ip.as_deref().unwrap_or_default()
-                    ),
-                })
-            }
-            (None, e) => {
-                return Err(PublishError::Reserve {
-                    service: service.to_string(),
-                    port: shown,
-                    message: match e {
-                        Some(HoldError::Sys(e)) => e.to_string(),
-                        Some(HoldError::Relay(e)) => format!("could not start the IPv6 relay: {e}"),
-                        None => String::new(),
-                    },
-                })
-            }
+        match hold(w.proto, w.host, candidate) {
+            Ok(held) => return Ok(held),
+            Err(e) => last_err = Some(e),
         }
     }
-    Ok(out)
+    Err(hold_error(service, port, w, last_err, holder))
+}
+
+/// The error for a port that could not be held (`holder`: who of berth's holds it).
+pub fn hold_error(
+    service: &str,
+    port: &Port,
+    w: &Wanted,
+    e: Option<HoldError>,
+    holder: Option<String>,
+) -> PublishError {
+    let shown = port
+        .published
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "0".to_string());
+    match e {
+        Some(HoldError::Sys(Errno::EADDRINUSE)) => PublishError::InUse {
+            service: service.to_string(),
+            port: shown,
+            proto: w.proto,
+            host: match w.host {
+                HostIp::Any => "0.0.0.0 and [::]".to_string(),
+                HostIp::V4(a) => a.to_string(),
+                HostIp::V6(a) => format!("[{a}]"),
+            },
+            holder: holder.unwrap_or_else(|| "another program or container".to_string()),
+        },
+        Some(HoldError::Sys(Errno::EADDRNOTAVAIL)) => PublishError::Unsupported {
+            service: service.to_string(),
+            what: format!(
+                "host_ip {} is not an address of this host; use one of its addresses or leave host_ip out",
+                port.host_ip.as_deref().unwrap_or_default()
+            ),
+        },
+        e => PublishError::Reserve {
+            service: service.to_string(),
+            port: shown,
+            message: match e {
+                Some(HoldError::Sys(e)) => e.to_string(),
+                Some(HoldError::Relay(e)) => format!("could not start the IPv6 relay: {e}"),
+                None => String::new(),
+            },
+        },
+    }
 }
 
 /// The address a client on the host uses for a published port (for reports and tests).
@@ -343,52 +397,62 @@ mod tests {
             container_port: 80,
         };
         assert_eq!(p.host(), "0.0.0.0:8080");
-        assert!(p.rule().is_some());
         p.host_ip = Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
         assert_eq!(p.host(), "[::]:8080");
         assert_eq!(local_addr(&p).to_string(), "[::1]:8080");
-        // IPv6 is relayed, never a DNAT rule.
-        assert!(p.rule().is_none());
+    }
+
+    #[test]
+    fn only_a_single_published_port_in_ingress_mode_is_shared() {
+        let w = |p: Port| wanted("web", &p).unwrap().shared;
+        assert!(w(port(Some((8080, 8080)), Protocol::Tcp, None)));
+        assert!(!w(port(Some((8080, 8081)), Protocol::Tcp, None)));
+        assert!(!w(port(None, Protocol::Tcp, None)));
+        let mut host = port(Some((8080, 8080)), Protocol::Udp, None);
+        host.mode = PortMode::Host;
+        assert!(!w(host));
     }
 
     #[test]
     fn a_taken_port_is_a_clear_error_and_ranges_pick_a_free_one() {
-        let ip = Ipv4Addr::new(10, 0, 0, 2);
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = held.local_addr().unwrap().port();
-        let e = reserve(
-            "web",
-            &[port(Some((taken, taken)), Protocol::Tcp, Some("127.0.0.1"))],
-            ip,
-        )
-        .unwrap_err();
+        let hold = |p: Port| {
+            let w = wanted("web", &p).unwrap();
+            hold_wanted("web", &p, &w, |_| None)
+        };
+        let e = hold(port(Some((taken, taken)), Protocol::Tcp, Some("127.0.0.1"))).unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.contains("service web") && msg.contains(&format!("{taken}/tcp")),
+            msg.contains("service web")
+                && msg.contains(&format!("{taken}/tcp"))
+                && msg.contains("in use by another program"),
             "{msg}"
         );
-        // The kernel picks a port when none is published; the reservation then holds it.
-        let r = reserve("web", &[port(None, Protocol::Udp, Some("127.0.0.1"))], ip).unwrap();
-        let got = r[0].published.host_port;
+        // Held by berth for another service: that service is named.
+        let p = port(Some((taken, taken)), Protocol::Tcp, Some("127.0.0.1"));
+        let w = wanted("api", &p).unwrap();
+        let e = hold_wanted("api", &p, &w, |_| Some("service web of stack shop".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in use by service web of stack shop"), "{e}");
+        // The kernel picks a port when none is published; the hold keeps it.
+        let r = hold(port(None, Protocol::Udp, Some("127.0.0.1"))).unwrap();
+        let got = r.port;
         assert_ne!(got, 0);
         assert!(std::net::UdpSocket::bind(("127.0.0.1", got)).is_err());
         drop(r);
         assert!(std::net::UdpSocket::bind(("127.0.0.1", got)).is_ok());
         // A range skips the taken port.
         if taken < u16::MAX {
-            let r = reserve(
-                "web",
-                &[port(
-                    Some((taken, taken + 1)),
-                    Protocol::Tcp,
-                    Some("127.0.0.1"),
-                )],
-                ip,
-            );
-            if let Ok(r) = r {
-                assert_eq!(r[0].published.host_port, taken + 1);
+            if let Ok(r) = hold(port(
+                Some((taken, taken + 1)),
+                Protocol::Tcp,
+                Some("127.0.0.1"),
+            )) {
+                assert_eq!(r.port, taken + 1);
             }
         }
-        assert!(reserve("web", &[port(None, Protocol::Sctp, None)], ip).is_err());
+        assert!(wanted("web", &port(None, Protocol::Sctp, None)).is_err());
     }
 }

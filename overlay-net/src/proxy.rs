@@ -8,6 +8,11 @@
 //! address. The container sees the bridge's gateway as the client, as it does behind
 //! docker-proxy.
 //!
+//! A relay sends each new TCP connection or UDP flow to the next of its current
+//! [`Backends`] in turn, as the IPv4 side's DNAT map does: the containers behind the
+//! port that are serving (healthy, not leaving). A connection or flow keeps the
+//! backend it started with; with no backend, a new connection is closed at once.
+//!
 //! The relays run as tasks of one small tokio runtime on a thread of their own, started
 //! on first use. A [`Relay`] value owns its listener: dropping it stops the relay and
 //! frees the port, so unpublishing is dropping the reservation, as for IPv4.
@@ -54,6 +59,43 @@ fn runtime() -> io::Result<Handle> {
         .name("berth-proxy".to_string())
         .spawn(move || rt.block_on(std::future::pending::<()>()))?;
     Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Where a relay sends new connections: shared with the manager, which changes it
+/// when containers join or leave the port, or stop serving.
+#[derive(Debug, Clone, Default)]
+pub struct Backends(Arc<BackendsInner>);
+
+#[derive(Debug, Default)]
+struct BackendsInner {
+    list: Mutex<Vec<SocketAddrV4>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Backends {
+    pub fn new(list: Vec<SocketAddrV4>) -> Backends {
+        let b = Backends::default();
+        b.set(list);
+        b
+    }
+
+    /// Replaces the backends; connections already relayed keep theirs.
+    pub fn set(&self, list: Vec<SocketAddrV4>) {
+        *self.0.list.lock().unwrap_or_else(|p| p.into_inner()) = list;
+    }
+
+    /// The backend for a new connection: each in turn; `None` when there is none.
+    pub fn pick(&self) -> Option<SocketAddrV4> {
+        let list = self.0.list.lock().unwrap_or_else(|p| p.into_inner());
+        if list.is_empty() {
+            return None;
+        }
+        let n = self
+            .0
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        list.get(n % list.len()).copied()
+    }
 }
 
 /// An IPv6 socket bound (and, for TCP, listening) on a host port: the port is held from
@@ -106,8 +148,8 @@ impl Bound {
         self.port
     }
 
-    /// Starts relaying what arrives to `target`.
-    pub fn relay(self, target: SocketAddrV4) -> io::Result<Relay> {
+    /// Starts relaying what arrives to `backends`.
+    pub fn relay(self, backends: Backends) -> io::Result<Relay> {
         let handle = runtime()?;
         let _guard = handle.enter();
         let (stopped, done) = std::sync::mpsc::channel();
@@ -118,7 +160,7 @@ impl Bound {
                 socket: Arc::new(socket),
                 _stopped: Arc::new(Stopped(stopped)),
             };
-            handle.spawn(relay_udp(listener, target))
+            handle.spawn(relay_udp(listener, backends))
         } else {
             // One value owns both, so the listener closes before the signal whether the
             // task is aborted mid-await or before it was ever polled (an async block's
@@ -127,7 +169,7 @@ impl Bound {
                 listener: TcpListener::from_std(std::net::TcpListener::from(self.fd))?,
                 _stopped: Stopped(stopped),
             };
-            handle.spawn(relay_tcp(listener, target))
+            handle.spawn(relay_tcp(listener, backends))
         };
         Ok(Relay { task, done })
     }
@@ -172,7 +214,7 @@ impl Drop for Relay {
     }
 }
 
-async fn relay_tcp(owned: TcpOwned, target: SocketAddrV4) {
+async fn relay_tcp(owned: TcpOwned, backends: Backends) {
     let listener = &owned.listener;
     // Connections in flight end with the relay, as they would with the DNAT rules.
     let mut conns = tokio::task::JoinSet::new();
@@ -182,6 +224,11 @@ async fn relay_tcp(owned: TcpOwned, target: SocketAddrV4) {
                 let Ok((client, _)) = accepted else {
                     // Out of descriptors or similar: back off rather than spin.
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                // None serving: closed at once, as the IPv4 side refuses.
+                let Some(target) = backends.pick() else {
+                    drop(client);
                     continue;
                 };
                 if conns.len() >= MAX_TCP_CONNECTIONS {
@@ -218,7 +265,7 @@ struct Flow {
 
 type Flows = Arc<Mutex<HashMap<SocketAddr, Flow>>>;
 
-async fn relay_udp(listener: Listener, target: SocketAddrV4) {
+async fn relay_udp(listener: Listener, backends: Backends) {
     let flows: Flows = Arc::default();
     let mut replies = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 65536];
@@ -236,6 +283,7 @@ async fn relay_udp(listener: Listener, target: SocketAddrV4) {
                 let upstream = match existing {
                     Some(s) => s,
                     None => {
+                        let Some(target) = backends.pick() else { continue };
                         let Ok(s) = new_flow(target).await else { continue };
                         let s = Arc::new(s);
                         let task = replies.spawn(relay_replies(

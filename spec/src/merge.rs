@@ -3,8 +3,9 @@
 //! The rules are the Compose spec's (merge.md), applied to YAML trees before decoding:
 //! mappings merge key by key; sequences append; scalars are replaced; and per-attribute
 //! exceptions: `command`, `entrypoint` and `healthcheck.test` are replaced; `ports`,
-//! `volumes`, `secrets` and `configs` merge by their unique key (a later entry with the
-//! same key replaces the earlier one); list-or-mapping attributes (`environment`,
+//! `volumes`, `secrets`, `configs`, `devices`, `env_file` and `ipam.config` merge by
+//! their unique key (a later entry with the same key replaces the earlier one; pools of
+//! one subnet merge); `extra_hosts` keeps every address once; list-or-mapping attributes (`environment`,
 //! `labels`, `networks`, `depends_on` ...) merge as mappings whatever form each side
 //! uses; `!reset` removes a value and `!override` replaces it without merging.
 
@@ -34,11 +35,14 @@ enum Rule {
     /// `ipam.config` pools, merged by subnet.
     IpamPools,
     ExtraHosts,
+    /// `devices`, unique by the path in the container.
+    Devices,
+    /// `env_file`, unique by path in either form.
+    EnvFiles,
 }
 
 fn rule(path: &[&str]) -> Rule {
     match path {
-        [p, ..] if p.starts_with("x-") => Rule::Replace,
         ["services", _, attr] => match *attr {
             "command" | "entrypoint" => Rule::Replace,
             "environment" | "labels" | "sysctls" | "annotations" => Rule::KeyValue,
@@ -55,23 +59,23 @@ fn rule(path: &[&str]) -> Rule {
             | "cap_drop"
             | "profiles"
             | "tmpfs"
-            | "env_file"
             | "security_opt"
             | "group_add"
             | "links"
             | "external_links"
-            | "devices"
             | "device_cgroup_rules" => Rule::UniqueList,
+            "devices" => Rule::Devices,
+            "env_file" => Rule::EnvFiles,
             "logging" => Rule::Logging,
             "build" => Rule::Build,
             "extra_hosts" => Rule::ExtraHosts,
-            a if a.starts_with("x-") => Rule::Replace,
             _ => Rule::Default,
         },
         ["services", _, "healthcheck", "test"] => Rule::Replace,
         ["services", _, "networks", _, "aliases"] => Rule::UniqueList,
         ["networks", _, "ipam", "config"] => Rule::IpamPools,
         ["services", _, "build", "args" | "labels"] => Rule::KeyValue,
+        ["services", _, "build", "tags"] => Rule::UniqueList,
         ["services", _, "deploy", "labels"] => Rule::KeyValue,
         ["networks" | "volumes" | "secrets" | "configs", _, "labels" | "driver_opts"] => {
             Rule::KeyValue
@@ -108,7 +112,20 @@ pub(crate) fn merge(base: Value, over: Value, path: &[&str]) -> Option<Value> {
         Rule::Replace => over,
         Rule::KeyValue => merge_maps(key_value_map(base), key_value_map(over), path),
         Rule::NameMap => merge_maps(name_map(base), name_map(over), path),
-        Rule::ExtraHosts => merge_maps(extra_hosts_map(base), extra_hosts_map(over), path),
+        // compose-go keeps every address: a host may have several, and the override
+        // adds to them; only an entry repeated exactly is dropped.
+        Rule::ExtraHosts => match (extra_hosts_list(base), extra_hosts_list(over)) {
+            (Some(mut a), Some(b)) => {
+                for item in b {
+                    if !a.contains(&item) {
+                        a.push(item);
+                    }
+                }
+                Value::Sequence(a)
+            }
+            // Invalid entries were reported when the file was checked on its own.
+            _ => Value::Null,
+        },
         Rule::Ports => merge_by_key(base, over, port_key),
         Rule::Volumes => merge_by_key(base, over, volume_key),
         Rule::Secrets => merge_by_key(base, over, |v| file_mount_key(v, "/run/secrets/")),
@@ -133,7 +150,18 @@ pub(crate) fn merge(base: Value, over: Value, path: &[&str]) -> Option<Value> {
             }
         }
         Rule::Build => merge_default(build_map(base), build_map(over), path),
-        Rule::IpamPools => merge_by_key(base, over, |v| v.get("subnet").and_then(scalar_text)),
+        // A pool of the same subnet merges deeply (compose-go): its aux_addresses add up.
+        Rule::IpamPools => merge_by_key_with(
+            base,
+            over,
+            |v| v.get("subnet").and_then(scalar_text),
+            |a, b| merge_default(a, b, path),
+        ),
+        Rule::Devices => merge_by_key(base, over, device_key),
+        Rule::EnvFiles => merge_by_key(base, over, |v| match v {
+            Value::Mapping(_) => v.get("path").and_then(scalar_text),
+            other => scalar_text(other),
+        }),
         Rule::Default => merge_default(base, over, path),
     };
     strip_tags(merged)
@@ -247,23 +275,51 @@ fn name_map(v: Value) -> Value {
     }
 }
 
-/// `["host:1.2.3.4", "other=::1"]` -> `{host: 1.2.3.4, other: "::1"}`.
-fn extra_hosts_map(v: Value) -> Value {
+/// Either form of `extra_hosts` as a list of `host=ip`, one address each, so that the
+/// same address written two ways is one entry. `None` if an entry is invalid.
+fn extra_hosts_list(v: Value) -> Option<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut add = |text: &str| -> Option<()> {
+        for (host, ip) in short_syntax::parse_extra_hosts(text).ok()? {
+            out.push(Value::from(format!("{host}={ip}")));
+        }
+        Some(())
+    };
     match v {
         Value::Sequence(items) => {
-            let mut m = Mapping::new();
             for item in items {
-                match scalar_text(&item).map(|t| short_syntax::parse_extra_host(&t)) {
-                    Some(Ok((host, ip))) => {
-                        m.insert(Value::from(host), Value::from(ip));
-                    }
-                    // Invalid entries were reported when the file was checked on its own.
-                    _ => return Value::Null,
+                add(&scalar_text(&item)?)?;
+            }
+        }
+        Value::Mapping(m) => {
+            for (host, ips) in m {
+                let host = scalar_text(&host)?;
+                let ips = match ips {
+                    Value::Sequence(ips) => ips,
+                    one => vec![one],
+                };
+                for ip in ips {
+                    add(&format!("{host}={}", scalar_text(&ip)?))?;
                 }
             }
-            Value::Mapping(m)
         }
-        other => other,
+        Value::Null => {}
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// A device's path in the container: `/dev/sda` alone, the second part of
+/// `/dev/sda:/dev/xvda[:rwm]`, or the long form's `target` (compose-go's key).
+fn device_key(v: &Value) -> Option<String> {
+    match v {
+        Value::Mapping(_) => v.get("target").and_then(scalar_text),
+        other => {
+            let text = scalar_text(other)?;
+            let mut parts = text.split(':');
+            let first = parts.next().map(str::to_string);
+            parts.next().map(str::to_string).or(first)
+        }
     }
 }
 
@@ -290,13 +346,27 @@ fn scalar_text(v: &Value) -> Option<String> {
 /// Appends `over`'s entries to `base`'s; an entry whose key is already present replaces
 /// the earlier one in place. Entries without a key (invalid, reported elsewhere) append.
 fn merge_by_key(base: Value, over: Value, key: impl Fn(&Value) -> Option<String>) -> Value {
+    merge_by_key_with(base, over, key, |_, over| over)
+}
+
+/// [`merge_by_key`], with `combine(earlier, later)` making the entry that replaces an
+/// earlier one of the same key.
+fn merge_by_key_with(
+    base: Value,
+    over: Value,
+    key: impl Fn(&Value) -> Option<String>,
+    combine: impl Fn(Value, Value) -> Value,
+) -> Value {
     let (Some(mut a), Some(b)) = (as_list(base), as_list(over)) else {
         return Value::Null;
     };
     for item in b {
         let k = key(&item);
         match k.and_then(|k| a.iter().position(|x| key(x).as_deref() == Some(k.as_str()))) {
-            Some(i) => a[i] = item,
+            Some(i) => {
+                let earlier = std::mem::take(&mut a[i]);
+                a[i] = combine(earlier, item);
+            }
             None => a.push(item),
         }
     }
@@ -436,8 +506,8 @@ mod tests {
             ("!override replaces without merging",
              "services: {a: {ports: ['8080:80']}}", "services: {a: {ports: !override ['8443:443']}}",
              "services: {a: {ports: ['8443:443']}}"),
-            ("extension fields are replaced",
-             "x-common: {a: 1}", "x-common: {b: 2}", "x-common: {b: 2}"),
+            ("extension fields merge like any mapping (compose-go)",
+             "x-common: {a: 1}", "x-common: {b: 2}", "x-common: {a: 1, b: 2}"),
             ("an empty override keeps the base",
              "services: {a: {networks: {front: {aliases: [www]}}, user: u}}",
              "services: {a: {networks: [front], user: }}",

@@ -123,6 +123,16 @@ pub struct Service {
     pub ulimits: BTreeMap<String, Ulimit>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
+    /// In file order; a later entry of a kind wins (`security::SecurityOpts::of`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<crate::security::SecurityOpt>,
+    /// Supplementary groups: names (resolved in the image's /etc/group when the
+    /// container starts) or gids.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
+    /// -1000..=1000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i32>,
     /// Canonical signal name, e.g. `SIGTERM`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
@@ -152,6 +162,27 @@ pub struct Service {
     pub cpu_shares: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpuset: Option<String>,
+    /// CFS period in microseconds (1000..=1000000), as Docker's `--cpu-period`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<u64>,
+    /// CFS quota in microseconds per period; -1 is unlimited, else at least 1000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    /// Real-time period in microseconds (cgroup v1's `cpu.rt_period_us`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_rt_period: Option<u64>,
+    /// Real-time runtime in microseconds per period; -1 is unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_rt_runtime: Option<i64>,
+    /// 0..=100; cgroup v1 only (Docker ignores it on v2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_swappiness: Option<u8>,
+    /// Memory + swap in bytes, as Docker's `--memory-swap`; -1 is unlimited swap.
+    /// Needs a memory limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memswap_limit: Option<i64>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub oom_kill_disable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -160,6 +191,20 @@ pub struct Service {
     pub container_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
+    /// The namespace attributes, as written; `spec::namespaces::parse` says what each
+    /// means (the loader checked that it parses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uts: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userns_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     /// Attributes of the Compose spec that berth accepts but does not act on yet. The
     /// loader warns about each by name; they are printed back by `berth config`.
     #[serde(flatten)]
@@ -344,8 +389,9 @@ pub struct Mount {
 pub struct BindOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub propagation: Option<String>,
-    /// Compose creates a missing bind source unless this is false; the default is true
-    /// for the short syntax and false for the long one, as in Compose.
+    /// Compose creates a missing bind source unless this is false; the default is true,
+    /// for the short syntax and for a long one's `bind:` section, as in compose-go (a
+    /// long bind without a `bind:` section has no `BindOptions`, and is not created).
     pub create_host_path: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selinux: Option<String>,

@@ -11,12 +11,14 @@ use std::collections::BTreeSet;
 use crate::diag::Diagnostics;
 use crate::model::Stack;
 use crate::origin::Origin;
+use crate::references::Implicit;
 
 pub(crate) fn apply(
     stack: &mut Stack,
     active: &BTreeSet<String>,
     named: &[String],
     origin: &Origin,
+    implicit: &Implicit,
     main_file: &str,
     diags: &mut Diagnostics,
 ) {
@@ -63,15 +65,27 @@ pub(crate) fn apply(
             if !how.required {
                 continue;
             }
-            diags.error(
-                origin.file(name, "depends_on").unwrap_or(main_file),
-                &format!("services.{name}.depends_on.{dep}"),
-                format!(
-                    "service {dep:?} is disabled by its profiles ({}); enable one with --profile, \
-                     or mark the dependency required: false",
-                    target.profiles.join(", ")
+            let profiles = target.profiles.join(", ");
+            // A dependency made by links, volumes_from or service:X is reported where
+            // that reference is written.
+            match implicit.get(&(name.clone(), dep.clone())) {
+                Some((file, path)) => diags.error(
+                    file,
+                    path,
+                    format!(
+                        "service {dep:?} is disabled by its profiles ({profiles}); enable one \
+                         with --profile"
+                    ),
                 ),
-            );
+                None => diags.error(
+                    origin.file(name, "depends_on").unwrap_or(main_file),
+                    &format!("services.{name}.depends_on.{dep}"),
+                    format!(
+                        "service {dep:?} is disabled by its profiles ({profiles}); enable one \
+                         with --profile, or mark the dependency required: false"
+                    ),
+                ),
+            }
         }
         if let Some(svc) = stack.services.get_mut(name) {
             for dep in dropped {

@@ -251,10 +251,24 @@ const EXTRA_HOST_FORMS: &str = "expected host=ip or host:ip, like myhost=10.0.0.
 /// Returns the host name and the address without brackets.
 ///
 /// As in compose-go and the engine, `=` separates if present, else the first `:`, and
-/// `host-gateway` is the engine's placeholder for the host's address. Deviation: compose-go
-/// lets one entry list several addresses (`host=1.2.3.4,::1`); this returns one pair, so such an
-/// entry is an error asking for one entry per address. Host names containing whitespace are
-/// rejected too, since they would split into separate names in /etc/hosts.
+/// `host-gateway` is the engine's placeholder for the host's address. As in compose-go,
+/// one entry may list several addresses (`host=1.2.3.4,::1`): a pair for each. Host names
+/// containing whitespace are rejected, since they would split into separate names in
+/// /etc/hosts.
+pub fn parse_extra_hosts(s: &str) -> Result<Vec<(String, String)>, String> {
+    let split = s.split_once('=').or_else(|| s.split_once(':'));
+    let Some((host, ips)) = split.filter(|(_, ips)| ips.contains(',')) else {
+        return parse_extra_host(s).map(|h| vec![h]);
+    };
+    // compose-go reads `h=ip1,ip2` as two entries for one host.
+    ips.split(',')
+        .map(|ip| parse_extra_host(&format!("{host}={ip}")))
+        .collect()
+}
+
+/// Parses one `extra_hosts` address: `host=ip` or `host:ip` -> (host, ip), without the
+/// brackets an IPv6 address may be written in. One address only: this is also how an
+/// entry of a loaded stack is read back, which always holds one.
 pub fn parse_extra_host(s: &str) -> Result<(String, String), String> {
     let split = s.split_once('=').or_else(|| s.split_once(':'));
     let (host, ip) =

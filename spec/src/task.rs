@@ -62,6 +62,113 @@ pub struct StackRecord {
     /// Services stopped by `berth stop`: their tasks are shut down, not restarted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<String>,
+    /// Each service's definition before its last change, by `up` or by a rollback:
+    /// what a rollback returns to (Swarm's `PreviousSpec`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub previous: BTreeMap<String, crate::model::Service>,
+    /// The rolling update (or rollback) of each service that rolls, as the
+    /// orchestrator keeps it: what `ls`, `ps`, `events` and `up --wait` show.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub updates: BTreeMap<String, UpdateStatus>,
+    /// The git-ops source that deployed it (None: deployed by hand, with `berth up`).
+    /// A source changes only stacks it deployed; one deployed otherwise is not adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `down` is taking it down (its services stop wave by wave): not a change to put
+    /// back, whoever watches for drift.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub taking_down: bool,
+}
+
+/// Where a service's rolling update stands. Written by the orchestrator only (and
+/// reset by `up` and `rollback`), in the transaction that acts on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    /// The definition's hash being rolled to (a task's `spec_hash`).
+    pub to_hash: String,
+    /// Unix ms.
+    pub started_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    /// Slots whose task failed within `monitor` during this update (each counted once).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub failed: std::collections::BTreeSet<u32>,
+    /// Slots whose new task was updated (ready past `monitor`): what becomes of it
+    /// afterwards is no longer the update's failure.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub done: std::collections::BTreeSet<u32>,
+    /// Slots running the new definition (past `monitor`), of `total`.
+    #[serde(default)]
+    pub updated: u32,
+    #[serde(default)]
+    pub total: u32,
+    /// Why it paused or rolled back; or a note (start-first done as stop-first, why).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    /// Stopped by `failure_action: pause`; `berth up` starts it again.
+    Paused,
+    RollingBack,
+    /// The rollback itself failed and paused.
+    RollbackPaused,
+    RolledBack,
+    Completed,
+}
+
+impl UpdateStatus {
+    /// An update (or rollback) to `to_hash` beginning at `now`.
+    pub fn begin(state: UpdateState, to_hash: String, now: u64, message: String) -> UpdateStatus {
+        UpdateStatus {
+            state,
+            to_hash,
+            started_at: now,
+            finished_at: None,
+            failed: std::collections::BTreeSet::new(),
+            done: std::collections::BTreeSet::new(),
+            updated: 0,
+            total: 0,
+            message,
+        }
+    }
+
+    /// It is (or was) a rollback.
+    pub fn rolls_back(&self) -> bool {
+        matches!(
+            self.state,
+            UpdateState::RollingBack | UpdateState::RollbackPaused | UpdateState::RolledBack
+        )
+    }
+}
+
+impl UpdateState {
+    /// Still moving: the orchestrator replaces tasks.
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollingBack)
+    }
+}
+
+impl std::fmt::Display for UpdateStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (n, m) = (self.updated, self.total);
+        match self.state {
+            UpdateState::Updating => write!(f, "updating {n}/{m}")?,
+            UpdateState::Paused => write!(f, "update paused {n}/{m}")?,
+            UpdateState::RollingBack => write!(f, "rolling back {n}/{m}")?,
+            UpdateState::RollbackPaused => write!(f, "rollback paused {n}/{m}")?,
+            UpdateState::RolledBack => write!(f, "rolled back")?,
+            UpdateState::Completed => write!(f, "update completed")?,
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
 }
 
 impl StackRecord {
@@ -80,6 +187,10 @@ impl StackRecord {
             data: BTreeMap::new(),
             restarted: BTreeMap::new(),
             stopped: Vec::new(),
+            previous: BTreeMap::new(),
+            updates: BTreeMap::new(),
+            source: None,
+            taking_down: false,
         }
     }
 }
@@ -161,6 +272,10 @@ pub struct TaskStatus {
     /// The container's main pid while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// Since when (unix ms) its healthcheck has passed without a break: a rolling
+    /// update's `monitor` counts from here for a service with a healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_at: Option<u64>,
 }
 
 impl TaskStatus {
@@ -193,14 +308,34 @@ impl TaskStatus {
         if self.health != Health::None {
             merged.health = self.health;
         }
+        merged.healthy_at = self.healthy_at;
         merged
     }
 
-    /// Records a health change from the health loop: only while the task runs (a probe
-    /// that finished after its container stopped says nothing about the task).
-    pub fn merge_health(&mut self, health: Health) {
+    /// Records a health change from the health loop, seen at `now`: only while the
+    /// task runs (a probe that finished after its container stopped says nothing about
+    /// the task).
+    pub fn merge_health(&mut self, health: Health, now: u64) {
         if self.state() == TaskState::Running {
+            if health != Health::Healthy {
+                self.healthy_at = None;
+            } else if self.health != Health::Healthy || self.healthy_at.is_none() {
+                self.healthy_at = Some(now);
+            }
             self.health = health;
+        }
+    }
+
+    /// Since when the task has been what a rolling update waits for: running, and
+    /// healthy if it has a healthcheck. None while it is not.
+    pub fn ready_since(&self) -> Option<u64> {
+        if self.state() != TaskState::Running {
+            return None;
+        }
+        match self.health {
+            Health::None => self.started_at,
+            Health::Healthy => self.healthy_at.or(self.started_at),
+            Health::Starting | Health::Unhealthy => None,
         }
     }
 }
@@ -337,7 +472,8 @@ mod tests {
             (TaskState::Shutdown, false),
         ] {
             let mut s = status(state, Health::Starting, "");
-            s.merge_health(Health::Healthy);
+            s.merge_health(Health::Healthy, 7);
+            assert_eq!(s.healthy_at.is_some(), recorded, "{state:?}");
             let want = if recorded {
                 Health::Healthy
             } else {

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::decode::project::cidr_contains;
 use crate::diag::Diagnostics;
-use crate::model::{DeployMode, Healthcheck, MountType, PortMode, Stack, UpdateConfig};
+use crate::model::{
+    DeployMode, Healthcheck, MountType, PortMode, Stack, UpdateConfig, UpdateOrder,
+};
 use crate::origin::Origin;
 
 pub(crate) fn validate(stack: &Stack, origin: &Origin, main_file: &str, diags: &mut Diagnostics) {
@@ -80,6 +82,85 @@ pub(crate) fn validate(stack: &Stack, origin: &Origin, main_file: &str, diags: &
             );
         }
 
+        if svc.network_mode.is_some() && !svc.networks.is_empty() {
+            diags.error(
+                file("networks"),
+                &at("networks"),
+                "network_mode and networks are mutually exclusive; remove one",
+            );
+        }
+        // Two mounts on one path: one would hide the other (compose-go refuses it).
+        let mut mounts: BTreeMap<&str, String> = BTreeMap::new();
+        let tmpfs = svc.tmpfs.iter().enumerate().map(|(i, t)| {
+            let target = t.split_once(':').map_or(t.as_str(), |(p, _)| p);
+            (format!("tmpfs[{i}]"), target)
+        });
+        let volumes = (svc.volumes.iter().enumerate())
+            .map(|(i, m)| (format!("volumes[{i}]"), m.target.as_str()));
+        for (attr, target) in tmpfs.chain(volumes) {
+            if let Some(first) = mounts.get(target) {
+                diags.error(
+                    file(&attr),
+                    &at(&attr),
+                    format!("{target} is already mounted by services.{name}.{first}; mount one of them elsewhere"),
+                );
+            } else {
+                mounts.insert(target, attr);
+            }
+        }
+        let limits = (svc.deploy.as_ref())
+            .and_then(|d| d.resources.as_ref())
+            .and_then(|r| r.limits.as_ref());
+        let reservations = (svc.deploy.as_ref())
+            .and_then(|d| d.resources.as_ref())
+            .and_then(|r| r.reservations.as_ref());
+        let show_bytes = |b: Option<u64>| b.map(|b| b.to_string()).unwrap_or_default();
+        // The service-level shorthands and deploy's resources say the same thing;
+        // compose-go refuses them when they differ.
+        let pairs = [
+            (
+                "cpus",
+                "deploy.resources.limits.cpus",
+                svc.cpus
+                    .zip(limits.and_then(|l| l.cpus))
+                    .filter(|(a, b)| (a - b).abs() > 1e-9)
+                    .map(|(a, b)| (a.to_string(), b.to_string())),
+            ),
+            (
+                "mem_limit",
+                "deploy.resources.limits.memory",
+                svc.mem_limit
+                    .zip(limits.and_then(|l| l.memory))
+                    .filter(|(a, b)| a != b)
+                    .map(|(a, b)| (show_bytes(Some(a)), show_bytes(Some(b)))),
+            ),
+            (
+                "mem_reservation",
+                "deploy.resources.reservations.memory",
+                svc.mem_reservation
+                    .zip(reservations.and_then(|l| l.memory))
+                    .filter(|(a, b)| a != b)
+                    .map(|(a, b)| (show_bytes(Some(a)), show_bytes(Some(b)))),
+            ),
+            (
+                "pids_limit",
+                "deploy.resources.limits.pids",
+                svc.pids_limit
+                    .zip(limits.and_then(|l| l.pids))
+                    .filter(|(a, b)| a != b)
+                    .map(|(a, b)| (a.to_string(), b.to_string())),
+            ),
+        ];
+        for (short, long, differ) in pairs {
+            if let Some((a, b)) = differ {
+                diags.error(
+                    file(short),
+                    &at(short),
+                    format!("{short} ({a}) and {long} ({b}) disagree; set only one"),
+                );
+            }
+        }
+
         let replicas = svc.deploy.as_ref().and_then(|d| d.replicas);
         if let (Some(scale), Some(replicas)) = (svc.scale, replicas) {
             if scale != replicas {
@@ -103,16 +184,17 @@ pub(crate) fn validate(stack: &Stack, origin: &Origin, main_file: &str, diags: &
             ] {
                 let Some(config) = config else { continue };
                 let path = at(&format!("deploy.{key}"));
-                // Loaded and kept, but the updater that reads it is not built yet:
-                // say so rather than let a user believe the update rolls.
-                diags.warn(
-                    file("deploy"),
-                    &path,
-                    "not acted on by berth yet: a changed service's containers are all \
-                     recreated at once, as Compose does",
-                );
                 if let Some(why) = monitor_too_short(config, svc.healthcheck.as_ref()) {
                     diags.warn(file("deploy"), &format!("{path}.monitor"), why);
+                }
+                if config.order == Some(UpdateOrder::StartFirst) {
+                    if let Some(why) = start_first_clash(svc) {
+                        diags.warn(
+                            file("deploy"),
+                            &format!("{path}.order"),
+                            format!("start-first will be done as stop-first: {why}"),
+                        );
+                    }
                 }
             }
         }
@@ -136,7 +218,8 @@ pub(crate) fn validate(stack: &Stack, origin: &Origin, main_file: &str, diags: &
             let Some(addr) = &attach.ipv4_address else {
                 continue;
             };
-            let Some(network) = stack.networks.get(net) else {
+            // An external network's subnet is not known here; the engine checks it.
+            let Some(network) = stack.networks.get(net).filter(|n| !n.external) else {
                 continue;
             };
             let subnets: Vec<&str> = network
@@ -167,7 +250,11 @@ pub(crate) fn validate(stack: &Stack, origin: &Origin, main_file: &str, diags: &
     cycles(stack, &file_of, diags);
 }
 
-fn undefined<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+pub(crate) fn undefined<'a>(
+    what: &str,
+    name: &str,
+    known: impl Iterator<Item = &'a String>,
+) -> String {
     let known: Vec<&str> = known.map(String::as_str).collect();
     let hint = match crate::decode::suggest(name, &known) {
         Some(s) => format!("; did you mean {s:?}?"),
@@ -273,7 +360,48 @@ fn cycles<'a>(stack: &'a Stack, file_of: &dyn Fn(&str, &str) -> &'a str, diags: 
 }
 
 /// Swarm's `monitor` when `update_config` leaves it out.
-const DEFAULT_MONITOR: std::time::Duration = std::time::Duration::from_secs(5);
+pub const DEFAULT_MONITOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why a `start-first` update of `service` must stop the old task before it starts
+/// the new one: something the two cannot both hold on one node. None: it can start
+/// first. The loader warns with it; the updater follows it and says so.
+pub fn start_first_clash(service: &crate::model::Service) -> Option<String> {
+    if let Some(p) = service
+        .ports
+        .iter()
+        .find(|p| p.mode == PortMode::Host && p.published.is_some())
+    {
+        let port = p.published.map(|r| r.to_string()).unwrap_or_default();
+        return Some(format!(
+            "host port {port} is published in host mode (one container per node)"
+        ));
+    }
+    // A range gives each container a port of its own: the new task needs one free
+    // beside the old one's, which a range sized to the replicas does not have.
+    if let Some(p) = service
+        .ports
+        .iter()
+        .find(|p| p.published.is_some_and(|r| r.start != r.end))
+    {
+        let range = p.published.map(|r| r.to_string()).unwrap_or_default();
+        return Some(format!(
+            "host ports {range} are a range (a port per container)"
+        ));
+    }
+    if let Some(name) = &service.container_name {
+        return Some(format!("container_name {name} names one container"));
+    }
+    if let Some((net, _)) = service
+        .networks
+        .iter()
+        .find(|(_, n)| n.ipv4_address.is_some() || n.ipv6_address.is_some())
+    {
+        return Some(format!(
+            "a fixed address on network {net} is one container's"
+        ));
+    }
+    None
+}
 
 /// Why `config`'s `monitor` cannot see a new task fail its healthcheck: the check may
 /// first call it unhealthy only after `start_period + interval x retries` (Docker's

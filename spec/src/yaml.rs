@@ -17,7 +17,33 @@ use serde_norway::{Mapping, Value};
 /// file is about 1 MiB), small enough that reading it is never a memory problem.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Reads a text file of at most [`MAX_FILE_BYTES`].
+/// A transformation of every file a load reads (its Compose files and env files),
+/// given the file's path and text: git-ops decrypts SOPS-encrypted files with it.
+pub type FileFilter = dyn Fn(&Path, String) -> Result<String, String>;
+
+std::thread_local! {
+    static FILTER: std::cell::RefCell<Option<Box<FileFilter>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a load: it runs on the calling thread) with `filter` applied to every
+/// file it reads; an error from `filter` is the file's read error.
+pub fn with_file_filter<R>(filter: Box<FileFilter>, f: impl FnOnce() -> R) -> R {
+    let old = FILTER.with(|cell| cell.replace(Some(filter)));
+    // Restored even if `f` panics, so a later load on this thread reads plainly.
+    struct Restore(Option<Box<FileFilter>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let old = self.0.take();
+            FILTER.with(|cell| *cell.borrow_mut() = old);
+        }
+    }
+    let _restore = Restore(old);
+    f()
+}
+
+/// Reads a text file of at most [`MAX_FILE_BYTES`] (through the filter of
+/// [`with_file_filter`], if one is set).
 pub(crate) fn read_limited(path: &Path) -> std::io::Result<String> {
     let file = std::fs::File::open(path)?;
     let mut text = String::new();
@@ -28,7 +54,12 @@ pub(crate) fn read_limited(path: &Path) -> std::io::Result<String> {
             format!("file is larger than {} MiB", MAX_FILE_BYTES / (1024 * 1024)),
         ));
     }
-    Ok(text)
+    FILTER.with(|cell| match cell.borrow().as_ref() {
+        Some(filter) => {
+            filter(path, text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        }
+        None => Ok(text),
+    })
 }
 
 /// Parses one YAML document. An empty file or one holding only comments is `Null`.
@@ -44,7 +75,8 @@ pub fn parse(text: &str) -> Result<Value, String> {
     let Some(first) = docs.next() else {
         return Ok(Value::Null);
     };
-    let value = Value::deserialize(first).map_err(describe)?;
+    let value = Value::deserialize(first)
+        .map_err(|e| self_alias(text, &e).unwrap_or_else(|| describe(e)))?;
     if docs.next().is_some() {
         // A second document is almost always a mistake (two files pasted together, or a
         // Kubernetes manifest), and silently ignoring it would drop services.
@@ -56,6 +88,41 @@ pub fn parse(text: &str) -> Result<Value, String> {
     let mut value = value;
     apply_merge_keys(&mut value).map_err(|e| e.describe())?;
     Ok(value)
+}
+
+/// An anchor used inside its own value (`x: &a [*a]`) expands without end, which the
+/// parser reports as too deep a nesting. The error points at the node that recursed;
+/// if that node is anchored and its alias appears after it, say so instead.
+fn self_alias(text: &str, e: &serde_norway::Error) -> Option<String> {
+    if !e.to_string().contains("recursion limit exceeded") {
+        return None;
+    }
+    let l = e.location()?;
+    let start: usize = (text.split_inclusive('\n'))
+        .take(l.line().checked_sub(1)?)
+        .map(str::len)
+        .sum();
+    let line = text.get(start..)?.lines().next()?;
+    let rest = line.get(l.column().checked_sub(1)?..)?;
+    let anchor = rest.strip_prefix('&')?;
+    let name: String = anchor
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | '[' | ']' | '{' | '}'))
+        .collect();
+    let after = text.get(start + line.len() - rest.len()..)?;
+    let alias = format!("*{name}");
+    let used = after.match_indices(&alias).any(|(i, _)| {
+        let end = after[i + alias.len()..].chars().next();
+        end.is_none_or(|c| c.is_whitespace() || matches!(c, ',' | ']' | '}'))
+    });
+    used.then(|| {
+        format!(
+            "line {}, column {}: the anchor &{name} is used inside its own value (*{name}): \
+             it would expand without end; refer to it only after its value ends",
+            l.line(),
+            l.column()
+        )
+    })
 }
 
 fn describe(e: serde_norway::Error) -> String {

@@ -400,6 +400,99 @@ fn secrets_configs_and_misc() {
 
 /// Each row: a service attribute with a mistake, and the exact error line.
 #[test]
+fn security_and_groups() {
+    check(&[
+        ("security_opt: [no-new-privileges]", "
+  security_opt:
+  - no-new-privileges:true"),
+        ("security_opt: ['no-new-privileges=false', 'seccomp:unconfined', systempaths=unconfined]", "
+  security_opt:
+  - no-new-privileges:false
+  - seccomp=unconfined
+  - systempaths=unconfined"),
+        // An inline profile (what `berth config` prints for a file) is kept, compacted.
+        ("security_opt: ['seccomp={\"defaultAction\": \"SCMP_ACT_ALLOW\"}']", "
+  security_opt:
+  - seccomp={\"defaultAction\":\"SCMP_ACT_ALLOW\"}"),
+        ("security_opt: [apparmor=unconfined, label=disable]", "
+  security_opt:
+  - apparmor=unconfined
+  - label=disable"),
+        ("group_add: [wheel, 1234]", "
+  group_add:
+  - wheel
+  - '1234'"),
+        ("oom_score_adj: 500", "
+  oom_score_adj: 500"),
+        ("oom_score_adj: -1000", "
+  oom_score_adj: -1000"),
+    ]);
+}
+
+#[test]
+fn cgroup_knobs() {
+    check(&[
+        (
+            "cpu_period: 50000\ncpu_quota: 25000",
+            "
+  cpu_period: 50000
+  cpu_quota: 25000",
+        ),
+        (
+            "cpu_quota: -1",
+            "
+  cpu_quota: -1",
+        ),
+        (
+            "cpu_quota: 0",
+            "
+  cpu_quota: -1",
+        ),
+        (
+            "cpu_rt_period: 1000000\ncpu_rt_runtime: 950000",
+            "
+  cpu_rt_period: 1000000
+  cpu_rt_runtime: 950000",
+        ),
+        (
+            "cpu_rt_period: 1400us\ncpu_rt_runtime: 400ms",
+            "
+  cpu_rt_period: 1400
+  cpu_rt_runtime: 400000",
+        ),
+        (
+            "cpu_rt_runtime: -1",
+            "
+  cpu_rt_runtime: -1",
+        ),
+        (
+            "mem_swappiness: 0",
+            "
+  mem_swappiness: 0",
+        ),
+        ("mem_swappiness: -1", "{}"),
+        (
+            "mem_limit: 64m\nmemswap_limit: 128m",
+            "
+  mem_limit: 67108864
+  memswap_limit: 134217728",
+        ),
+        (
+            "mem_limit: 64m\nmemswap_limit: -1",
+            "
+  mem_limit: 67108864
+  memswap_limit: -1",
+        ),
+        (
+            "oom_kill_disable: true",
+            "
+  oom_kill_disable: true",
+        ),
+        ("oom_kill_disable: false", "{}"),
+    ]);
+}
+
+#[test]
 fn attribute_errors() {
     let cases: &[(&str, &str)] = &[
         ("ports: ['70000:80']", "-: services.s.ports[0]: port 70000 is out of range (1-65535)"),
@@ -431,6 +524,27 @@ fn attribute_errors() {
         ("scale: 2\ndeploy: {replicas: 3}", "-: services.s.scale: scale (2) and deploy.replicas (3) disagree; set only one"),
         ("scale: 2\ncontainer_name: fixed", "-: services.s.container_name: a service with several replicas cannot have a fixed container_name"),
         ("ports: ['8080:80', '8080:81']", "-: services.s.ports[1]: host port 8080/tcp is already published by services.s.ports[0]"),
+        ("network_mode: bridge", "-: services.s.network_mode: \"bridge\" is not a network_mode berth knows; use one of: host, none, service:NAME, container:NAME"),
+        ("uts: 'container:x'", "-: services.s.uts: \"container:x\" is not a uts berth knows; use one of: host, private"),
+        ("ipc: 'service:'", "-: services.s.ipc: \"service:\" names no service"),
+        ("security_opt: [no-new-privilege]", "-: services.s.security_opt[0]: unknown security option \"no-new-privilege\"; known: no-new-privileges[:true|false], seccomp=unconfined, seccomp=PROFILE.json, apparmor=PROFILE, label=..., systempaths=unconfined"),
+        ("security_opt: ['no-new-privileges:yes']", "-: services.s.security_opt[0]: invalid no-new-privileges value \"yes\": use true or false"),
+        ("security_opt: [systempaths=ro]", "-: services.s.security_opt[0]: invalid systempaths value \"ro\": the only value is unconfined"),
+        ("cpu_period: 999", "-: services.s.cpu_period: 999 is out of range (1000-1000000)"),
+        ("cpu_period: 1000001", "-: services.s.cpu_period: 1000001 is out of range (1000-1000000)"),
+        ("cpu_quota: 999", "-: services.s.cpu_quota: 999 is out of range: at least 1000 (1ms), or -1 for no limit"),
+        ("cpu_quota: 50000\ncpus: 0.5", "-: services.s.cpu_quota: cannot be combined with cpus (or deploy.resources.limits.cpus), as in Docker: set cpus alone, or cpu_quota and cpu_period"),
+        ("cpu_period: 50000\ndeploy: {resources: {limits: {cpus: '1'}}}", "-: services.s.cpu_period: cannot be combined with cpus (or deploy.resources.limits.cpus), as in Docker: set cpus alone, or cpu_quota and cpu_period"),
+        ("cpu_rt_period: 0", "-: services.s.cpu_rt_period: 0 is out of range (at least 1)"),
+        ("cpu_rt_runtime: soon", "-: services.s.cpu_rt_runtime: invalid duration \"soon\": expected a number followed by a unit (ns, us, ms, s, m, h), like 30s or 1m30s"),
+        ("mem_swappiness: 101", "-: services.s.mem_swappiness: 101 is out of range (-1-100)"),
+        ("memswap_limit: 1g", "-: services.s.memswap_limit: needs a memory limit (mem_limit or deploy.resources.limits.memory), as in Docker"),
+        ("mem_limit: 1g\nmemswap_limit: 512m", "-: services.s.memswap_limit: 536870912 is less than the memory limit (1073741824): it is memory plus swap, so it must be at least as large"),
+        ("oom_kill_disable: maybe", "-: services.s.oom_kill_disable: expected true or false, found \"maybe\""),
+        ("oom_score_adj: 1001", "-: services.s.oom_score_adj: 1001 is out of range (-1000-1000)"),
+        ("oom_score_adj: -1001", "-: services.s.oom_score_adj: -1001 is out of range (-1000-1000)"),
+        ("group_add: ['a:b']", "-: services.s.group_add[0]: \"a:b\" is not a group: give a group name or a gid"),
+        ("network_mode: 'service:other'\nports: ['80:80']", "-: services.s.ports: cannot publish ports with network_mode: service:other; remove ports or network_mode"),
     ];
     let mut failures = Vec::new();
     for (attrs, want) in cases {

@@ -114,13 +114,8 @@ fn include_brings_resources_with_their_own_directory_and_env() {
 }
 
 #[test]
-fn include_conflicts_cycles_and_missing_files_are_errors() {
+fn include_cycles_and_missing_files_are_errors() {
     let dir = dir_with(&[
-        (
-            "conflict.yaml",
-            "include: [sub/compose.yaml]\nservices:\n  db: {image: mine}\n",
-        ),
-        ("sub/compose.yaml", "services:\n  db: {image: theirs}\n"),
         (
             "loop.yaml",
             "include: [loop2.yaml]\nservices: {a: {image: x}}\n",
@@ -134,13 +129,6 @@ fn include_conflicts_cycles_and_missing_files_are_errors() {
             "include: [nope/compose.yaml]\nservices: {a: {image: x}}\n",
         ),
     ]);
-    let e = load(dir.path(), &["conflict.yaml"], &[]).unwrap_err();
-    assert!(
-        errors(&e)
-            .contains("services.db is defined both here and in the included sub/compose.yaml"),
-        "{}",
-        errors(&e)
-    );
     let e = load(dir.path(), &["loop.yaml"], &[]).unwrap_err();
     assert!(errors(&e).contains("include cycle"), "{}", errors(&e));
     let e = load(dir.path(), &["missing.yaml"], &[]).unwrap_err();
@@ -348,7 +336,7 @@ fn discovery_searches_parent_directories_and_compose_file_variable() {
 
 #[test]
 fn unsupported_attributes_warn_by_name_and_are_kept() {
-    let dir = dir_with(&[("compose.yaml", "version: '3.8'\nservices:\n  web:\n    image: web\n    devices: ['/dev/fuse']\n    security_opt: ['no-new-privileges:true']\n")]);
+    let dir = dir_with(&[("compose.yaml", "version: '3.8'\nservices:\n  web:\n    image: web\n    devices: ['/dev/fuse']\n    mac_address: '02:42:ac:11:00:02'\n")]);
     let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
     let w = warnings(&p);
     assert!(
@@ -360,14 +348,14 @@ fn unsupported_attributes_warn_by_name_and_are_kept() {
         "{w}"
     );
     assert!(
-        w.contains("compose.yaml: services.web.security_opt: not supported by berth yet"),
+        w.contains("compose.yaml: services.web.mac_address: not supported by berth yet"),
         "{w}"
     );
     assert!(p.stack.services["web"].unsupported.contains_key("devices"));
 }
 
 #[test]
-fn update_config_warns_that_it_is_not_acted_on_and_when_its_monitor_is_too_short() {
+fn update_config_warns_when_its_monitor_is_too_short_and_when_start_first_cannot_be() {
     let file = "services:
   web:
     image: web
@@ -382,23 +370,25 @@ fn update_config_warns_that_it_is_not_acted_on_and_when_its_monitor_is_too_short
       update_config: {order: start-first}
   worker:
     image: worker
+    ports: [{target: 80, published: 8080, mode: host}]
     deploy:
-      update_config: {monitor: 1s}
+      update_config: {monitor: 1s, order: start-first}
 ";
     let dir = dir_with(&[("compose.yaml", file)]);
     let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
     let w = warnings(&p);
-    for path in [
-        "services.web.deploy.update_config",
-        "services.web.deploy.rollback_config",
-        "services.api.deploy.update_config",
-        "services.worker.deploy.update_config",
-    ] {
-        assert!(
-            w.contains(&format!("compose.yaml: {path}: not acted on by berth yet")),
-            "{path}: {w}"
-        );
-    }
+    // berth acts on them: no "not supported" warning.
+    assert!(!w.contains("not acted on"), "{w}");
+    assert!(!w.contains("update_config: not supported"), "{w}");
+    // A host-mode port cannot be held by an old and a new task at once.
+    assert!(
+        w.contains("compose.yaml: services.worker.deploy.update_config.order: start-first will be done as stop-first: host port 8080 is published in host mode"),
+        "{w}"
+    );
+    assert!(
+        !w.contains("services.api.deploy.update_config.order"),
+        "{w}"
+    );
     // 20 s < 5 s + 10 s x 3; 40 s is enough.
     assert!(
         w.contains("compose.yaml: services.web.deploy.update_config.monitor: monitor 20s is shorter than the healthcheck's start_period + interval x retries (35s)"),
@@ -636,4 +626,83 @@ fn interpolation_touches_values_never_keys() {
         .unwrap_or_else(|e| panic!("{}", errors(&e)));
     let labels = &p.stack.services["web"].labels;
     assert_eq!(labels.get("${KEY}").map(String::as_str), Some("v"));
+}
+
+#[test]
+fn a_seccomp_profile_file_is_read_at_load_relative_to_the_project() {
+    let profile = r#"{"defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#;
+    let dir = dir_with(&[
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: web\n    security_opt: ['seccomp=profiles/strict.json']\n",
+        ),
+        ("profiles/strict.json", profile),
+    ]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let text = spec::canonical::to_yaml(&p.stack).expect("prints");
+    assert!(
+        text.contains(r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"action":"SCMP_ACT_ERRNO","names":["mkdir"]}]}"#),
+        "{text}"
+    );
+    // What `berth config` printed loads back to the same service.
+    let again = dir_with(&[("compose.yaml", text.as_str())]);
+    let q = load(again.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    assert_eq!(
+        q.stack.services["web"].security_opt,
+        p.stack.services["web"].security_opt
+    );
+}
+
+#[test]
+fn a_missing_or_malformed_seccomp_profile_is_a_load_error() {
+    let dir = dir_with(&[
+        (
+            "compose.yaml",
+            "services:\n  a:\n    image: x\n    security_opt: ['seccomp=nope.json']\n  b:\n    image: x\n    security_opt: ['seccomp=bad.json']\n",
+        ),
+        ("bad.json", r#"{"syscalls": []}"#),
+    ]);
+    let e = errors(&load(dir.path(), &[], &[]).expect_err("must fail"));
+    assert!(
+        e.contains("services.a.security_opt[0]: cannot read the seccomp profile"),
+        "{e}"
+    );
+    assert!(e.contains("nope.json"), "{e}");
+    assert!(
+        e.contains("services.b.security_opt[0]:") && e.contains("not in Docker's format"),
+        "{e}"
+    );
+}
+
+#[test]
+fn apparmor_and_selinux_options_warn_that_they_are_not_applied() {
+    let dir = dir_with(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: web\n    security_opt: [apparmor=docker-default, 'label=type:svirt_t']\n",
+    )]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let w = warnings(&p);
+    assert!(w.contains("services.web.security_opt[0]: not applied: berth's runtime does not load AppArmor profiles"), "{w}");
+    assert!(w.contains("services.web.security_opt[1]: not applied: berth's runtime does not set SELinux labels"), "{w}");
+}
+
+#[test]
+fn security_opt_and_group_add_merge_as_lists_oom_score_adj_is_replaced() {
+    let dir = dir_with(&[
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: web\n    security_opt: [no-new-privileges]\n    group_add: [wheel]\n    oom_score_adj: 100\n",
+        ),
+        (
+            "compose.override.yaml",
+            "services:\n  web:\n    security_opt: [no-new-privileges, seccomp=unconfined]\n    group_add: ['1234']\n    oom_score_adj: 200\n",
+        ),
+    ]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let web = &p.stack.services["web"];
+    let opts: Vec<String> = web.security_opt.iter().map(ToString::to_string).collect();
+    assert_eq!(opts, ["no-new-privileges:true", "seccomp=unconfined"]);
+    assert_eq!(web.group_add, ["wheel", "1234"]);
+    assert_eq!(web.oom_score_adj, Some(200));
 }

@@ -39,6 +39,13 @@ pub fn events(
         }
         let text = if args.json {
             line + "\n"
+        } else if let Some(gitops) = &e.gitops {
+            format!("{} gitops {}: {gitops}\n", e.time, e.stack)
+        } else if let Some(update) = &e.update {
+            format!(
+                "{} service update (service={}): {update}\n",
+                e.time, e.service
+            )
         } else {
             let exit = e
                 .exit_code

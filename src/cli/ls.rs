@@ -41,6 +41,12 @@ pub fn ls(state_dir: &Path, args: &LsArgs) -> anyhow::Result<ExitCode> {
         if exited > 0 {
             status.push_str(&format!(", exited({exited})"));
         }
+        // Rolling updates that have not completed: where they stand.
+        for (svc, u) in &record.updates {
+            if u.state != spec::task::UpdateState::Completed {
+                status.push_str(&format!(", {svc}: {u}"));
+            }
+        }
         rows.push([name.clone(), status, record.files.join(",")]);
         names.push_str(name);
         names.push('\n');

@@ -13,6 +13,7 @@ mod daemon;
 mod down;
 mod events;
 mod exec;
+mod gitops;
 mod image;
 mod images;
 mod kill;
@@ -131,6 +132,9 @@ enum Command {
     Pause(services::ServicesArgs),
     /// Thaw the services' containers
     Unpause(services::ServicesArgs),
+    /// Return services to their definition before the last change (by their
+    /// rollback_config; containers still running it are kept)
+    Rollback(services::ServicesArgs),
     /// Run a one-off container of a service
     Run(run::RunArgs),
     /// Stream the project's container events
@@ -140,7 +144,7 @@ enum Command {
     /// Pull the images of the project's services
     Pull(pull::PullArgs),
     /// Run the berth daemon in the foreground (berth up starts one when none runs)
-    Daemon,
+    Daemon(daemon::DaemonArgs),
     /// Make a cluster, join one, show it, manage its join tokens
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -150,6 +154,9 @@ enum Command {
     /// Point verbs at a remote cluster manager, or back at the local daemon
     #[command(subcommand)]
     Context(context::ContextCommand),
+    /// Keep the stacks of a directory or a git repository deployed
+    #[command(subcommand)]
+    Gitops(gitops::GitopsCommand),
     /// Run OCI bundles directly, like runc (plumbing)
     #[command(hide = true)]
     Runtime(runtime::RuntimeArgs),
@@ -222,6 +229,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
             &args,
             "unpause",
         ),
+        Command::Rollback(args) => services::services_verb(
+            &cli.state_dir,
+            &cli.project.with(&args.project),
+            &args,
+            "rollback",
+        ),
         Command::Run(args) => run::run(&cli.state_dir, &cli.project.with(&args.project), &args),
         Command::Events(args) => {
             events::events(&cli.state_dir, &cli.project.with(&args.project), &args)
@@ -230,10 +243,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
             images::images(&cli.state_dir, &cli.project.with(&args.project), &args)
         }
         Command::Pull(args) => pull::pull(&cli.state_dir, &cli.project.with(&args.project), &args),
-        Command::Daemon => daemon::daemon(&cli.state_dir),
+        Command::Daemon(args) => daemon::daemon(&cli.state_dir, &args),
         Command::Cluster(cmd) => cluster::cluster(&cli.state_dir, &cmd),
         Command::Node(cmd) => node::node(&cli.state_dir, &cmd),
         Command::Context(cmd) => context::context(&cmd),
+        Command::Gitops(cmd) => gitops::gitops(&cli.state_dir, &cmd),
     }
 }
 

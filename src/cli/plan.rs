@@ -125,6 +125,9 @@ fn describe(sp: &ServicePlan) -> String {
                 sp.recreate.len(),
                 slots(&sp.recreate)
             ));
+            if let Some(rolling) = &sp.rolling {
+                parts.push(format!("rolling: {rolling}"));
+            }
         }
         Action::Scale => parts.push(format!("{from} -> {to}")),
         Action::Remove => parts.push(format!(

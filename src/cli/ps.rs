@@ -73,6 +73,8 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
                         "Error": if t.status.never_started() { t.status.message.as_str() } else { "" },
                         // On a cluster: where it runs (empty while pending).
                         "Node": node_name(&state, t), "NodeID": t.node.as_deref().unwrap_or(""),
+                        // Where its service's rolling update stands, if it had one.
+                        "Update": state.stacks.get(&t.stack).and_then(|r| r.updates.get(&t.service)).map(|u| u.to_string()).unwrap_or_default(),
                     })
                 })
                 .collect();
@@ -95,7 +97,12 @@ pub fn ps(state_dir: &Path, project: &ProjectArgs, args: &PsArgs) -> anyhow::Res
                 row.extend([status_text(t, now), ports_text(&client, t)]);
                 rows.push(row);
             }
-            table(&rows)
+            let updates = updates_text(&state, &name, &args.services);
+            if updates.is_empty() {
+                table(&rows)
+            } else {
+                format!("{}\n{updates}", table(&rows))
+            }
         }
     };
     write_stdout(&text)?;
@@ -128,27 +135,50 @@ fn node_name(state: &State, t: &Task) -> String {
     }
 }
 
+/// The slot's newest task not on its way out (a start-first replacement that failed
+/// and goes leaves the slot to the task it was to replace).
 fn latest_of_slot(state: &State, t: &Task) -> bool {
     !state.tasks.values().any(|o| {
         o.stack == t.stack
             && o.service == t.service
             && o.slot == t.slot
             && o.generation > t.generation
+            && o.desired != DesiredState::Remove
     })
 }
 
+/// The image a task runs: its service's, or during a rolling update (or after a
+/// rollback) the previous definition's if that is what the task was made from.
 fn image_of(state: &State, t: &Task) -> String {
-    state
-        .stacks
-        .get(&t.stack)
-        .and_then(|r| {
-            r.stack
-                .services
-                .get(&t.service)
-                .or(r.orphans.get(&t.service))
-        })
+    let Some(r) = state.stacks.get(&t.stack) else {
+        return String::new();
+    };
+    let current = r
+        .stack
+        .services
+        .get(&t.service)
+        .or(r.orphans.get(&t.service));
+    let previous = r
+        .previous
+        .get(&t.service)
+        .filter(|p| manager::orchestrator::spec_hash(r, p) == t.spec_hash);
+    previous
+        .or(current)
         .and_then(|s| s.image.clone())
         .unwrap_or_default()
+}
+
+/// Where the rolling updates of the services shown stand, one line each, under the
+/// table (none when no service of them has had one).
+fn updates_text(state: &State, stack: &str, services: &[String]) -> String {
+    let Some(r) = state.stacks.get(stack) else {
+        return String::new();
+    };
+    r.updates
+        .iter()
+        .filter(|(svc, _)| services.is_empty() || services.contains(svc))
+        .map(|(svc, u)| format!("service {svc}: {u}\n"))
+        .collect()
 }
 
 fn state_word(status: &spec::task::TaskStatus) -> &'static str {

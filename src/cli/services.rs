@@ -1,5 +1,5 @@
-//! The verbs that act on services: `start`, `stop`, `restart`, `rm`, `pause` and
-//! `unpause`. Each asks the daemon, then waits until the change shows.
+//! The verbs that act on services: `start`, `stop`, `restart`, `rm`, `pause`,
+//! `unpause` and `rollback`. Each asks the daemon, then waits until the change shows.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use manager::stacks::ServicesRequest;
 use manager::state::model::State;
-use spec::task::{DesiredState, TaskState};
+use spec::task::{DesiredState, TaskState, UpdateState};
 
 use super::common::{connect, project_name, report_services};
 use super::ProjectArgs;
@@ -40,6 +40,22 @@ pub fn services_verb(
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let state: State = client.call("GET", "/v1/state", None::<&()>)?;
+        if verb == "rollback" {
+            match rolled_back(&state, &name, &done) {
+                Ok(true) => break,
+                Ok(false) if Instant::now() > deadline => {
+                    anyhow::bail!(
+                        "still rolling back {} after 120 s; `berth ps` shows how far",
+                        done.join(", ")
+                    )
+                }
+                Ok(false) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let settled = done.iter().all(|svc| {
             let mut of = state
                 .tasks
@@ -69,8 +85,28 @@ pub fn services_verb(
         "rm" => "Removed",
         "pause" => "Paused",
         "unpause" => "Unpaused",
+        "rollback" => "Rolled back",
         _ => "Restarted",
     };
     report_services(&done, word);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the rollback of each of `services` has finished; an error naming why if one
+/// paused (a task of the previous definition failed too).
+fn rolled_back(state: &State, stack: &str, services: &[String]) -> anyhow::Result<bool> {
+    let Some(record) = state.stacks.get(stack) else {
+        anyhow::bail!("stack {stack} was taken down while rolling back");
+    };
+    let mut all = true;
+    for svc in services {
+        match record.updates.get(svc) {
+            Some(u) if u.state == UpdateState::RollbackPaused => {
+                anyhow::bail!("the rollback of service {svc} paused: {}", u.message)
+            }
+            Some(u) if u.state == UpdateState::RolledBack => {}
+            _ => all = false,
+        }
+    }
+    Ok(all)
 }

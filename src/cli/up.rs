@@ -14,6 +14,7 @@ use manager::api::LogLine;
 use manager::progress::{Progress, SlotState};
 use manager::stacks::{ServicesRequest, UpRequest, UpResponse};
 use manager::state::model::State;
+use spec::task::UpdateState;
 use spec::task::{DesiredState, StackRecord, Task};
 
 use super::common::{connect, load};
@@ -335,6 +336,44 @@ fn wait_up(
         let mut starting = 0;
         let mut pending = Vec::new();
         let mut lines = String::new();
+        // A service being updated: its new tasks' health is the updater's to judge
+        // (it rolls back or pauses, and that is reported first).
+        let rolling: BTreeSet<&String> = progress
+            .updates
+            .iter()
+            .filter(|(_, u)| u.state == UpdateState::Updating)
+            .map(|(svc, _)| svc)
+            .collect();
+        // Rolling updates: say how far they are; stop on one that paused or rolled
+        // back; with --wait, wait for them to complete (a task can still fail within
+        // its monitor after it started).
+        for (svc, u) in &progress.updates {
+            match u.state {
+                UpdateState::Paused | UpdateState::RollbackPaused => bail!(
+                    "the update of service {svc} is paused: {}; fix the definition and run `berth up` again (the update starts over), or `berth rollback {svc}`",
+                    u.message
+                ),
+                UpdateState::RollingBack | UpdateState::RolledBack => bail!(
+                    "the update of service {svc} failed and {} to its previous definition: {}",
+                    if u.state == UpdateState::RolledBack {
+                        "was rolled back"
+                    } else {
+                        "is rolling back"
+                    },
+                    u.message
+                ),
+                UpdateState::Updating => {
+                    let line = format!(" ⟳ Service {svc:<32} {u}\n");
+                    if printed.insert(line.clone()) {
+                        lines.push_str(&line);
+                    }
+                    if args.wait {
+                        pending.push(format!("the update of {svc} ({u})"));
+                    }
+                }
+                UpdateState::Completed => {}
+            }
+        }
         for c in &progress.containers {
             if c.state.has_live_container() {
                 failed.remove(&c.name);
@@ -357,6 +396,9 @@ fn wait_up(
                         lines.push_str(&format!(" ✔ Container {:<30} {what}\n", c.name));
                     }
                 }
+                SlotState::Unhealthy if rolling.contains(&c.service) => {
+                    pending.push(c.name.clone())
+                }
                 SlotState::Unhealthy => bail!("container {} is unhealthy", c.name),
                 // No node can run it now; it starts when one can. `--wait` asked for
                 // everything running: that cannot be, so say why.
@@ -374,6 +416,10 @@ fn wait_up(
                     starting += 1;
                     pending.push(c.name.clone());
                 }
+                // A slot waiting for its turn in a rolling update: `up -d` returns
+                // once the update is under way (as `docker service update --detach`);
+                // `--wait` waits for it.
+                SlotState::Waiting if rolling.contains(&c.service) && !args.wait => {}
                 SlotState::Waiting | SlotState::Pending => pending.push(c.name.clone()),
             }
         }

@@ -449,7 +449,7 @@ fn merge(view: &mut View, batch: &StatusBatch) {
     }
     for (id, health) in &batch.health {
         if let Some(t) = view.tasks.get_mut(id) {
-            t.status.merge_health(*health);
+            t.status.merge_health(*health, spec::task::now_ms());
         }
     }
 }

@@ -23,6 +23,7 @@
 
 mod dispatcher_side;
 mod exec;
+mod gitops_side;
 mod images;
 mod nodes;
 mod preflight;
@@ -81,7 +82,14 @@ fn warn_without_nft() {
     }
 }
 
-pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<()> {
+/// How `berth daemon` was asked to run.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Where git-ops webhooks are served (None: nowhere).
+    pub webhook_listen: Option<std::net::SocketAddr>,
+}
+
+pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram, opts: &Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create the state directory {}", state_dir.display()))?;
     // Only root may look inside; with a socket group, its members may reach the socket
@@ -121,7 +129,7 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram) -> anyhow::Result<(
             // overlay-net runs its own small runtime for netlink: it is made, and last
             // dropped, outside this one (a runtime cannot be dropped inside another).
             let net = open_network(state_dir)?;
-            let result = rt.block_on(run_manager(state_dir, shim, net.clone(), cluster));
+            let result = rt.block_on(run_manager(state_dir, shim, net.clone(), cluster, opts));
             drop(rt);
             drop(net);
             result
@@ -146,6 +154,7 @@ async fn run_manager(
     shim: agent::shim::ShimProgram,
     net: Arc<overlay_net::NetworkManager>,
     cluster: Option<(ClusterConfig, pki::NodeCredentials)>,
+    opts: &Options,
 ) -> anyhow::Result<()> {
     let manager_dir = state_dir.join("manager");
     let daemon: Arc<dyn Daemon> = Arc::new(process::ThisDaemon);
@@ -250,7 +259,24 @@ async fn run_manager(
             })
         }
     };
-    let api = manager::api::router_with(store.clone(), node, facts);
+    // Git-ops: its endpoints on every manager, its controller acting on the leader.
+    let gitops = gitops::Controller {
+        store: store.clone(),
+        node: node.clone(),
+        images: Arc::new(gitops_side::DaemonImages::new(state_dir)),
+        fetcher: Arc::new(gitops::fetch::Sources {
+            dir: state_dir.join("gitops"),
+        }),
+    };
+    if let Some(addr) = opts.webhook_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen for git-ops webhooks on {addr}"))?;
+        eprintln!("berth daemon: git-ops webhooks on {addr}");
+        tokio::spawn(gitops::webhook::serve(listener, store.clone()));
+    }
+    let api = manager::api::router_with(store.clone(), node, facts)
+        .merge(gitops::api::router(gitops.clone()));
     let local = match &member {
         None => api.merge(cluster_api::single_host(
             state_dir.to_path_buf(),
@@ -349,6 +375,7 @@ async fn run_manager(
         store.clone(),
         member.as_ref().map(|m| m.liveness.clone()),
     ));
+    tokio::spawn(gitops.run());
     tokio::spawn(TaskLoop::new(side.clone(), side.clone(), executor.clone()).run());
     tokio::spawn(worker::run_health(side.clone(), side, executor));
     tokio::select! {

@@ -74,7 +74,7 @@ impl StatusReporter for StoreSide {
         self.store.update(|s| {
             for (id, health) in changes {
                 if let Some(t) = s.tasks.get_mut(id) {
-                    t.status.merge_health(*health);
+                    t.status.merge_health(*health, spec::task::now_ms());
                 }
             }
             Ok(())

@@ -24,6 +24,7 @@ pub mod init_layer;
 mod inroot;
 pub mod mounts;
 pub mod rootfs;
+mod seccomp;
 pub mod spec;
 pub mod user;
 

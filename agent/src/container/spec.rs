@@ -9,12 +9,13 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use ::spec::model::Service;
+use ::spec::security::{Seccomp, SecurityOpts};
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxCpu, LinuxDeviceCgroup, LinuxMemory, LinuxPids,
     PosixRlimitBuilder, PosixRlimitType, Spec,
 };
 
-use super::{inroot, mounts, user, ContainerContext, ContainerError};
+use super::{inroot, mounts, seccomp, user, ContainerContext, ContainerError};
 use crate::image::Image;
 use crate::runtime::{self, spec::DEFAULT_CAPABILITIES};
 
@@ -90,14 +91,37 @@ pub fn bundle_for(
     process.set_cwd(PathBuf::from(&cwd));
     // `tty: true`: the shim relays a pty of the container's own instead of pipes.
     process.set_terminal(service.tty.then_some(true));
-    if let Some(u) = &resolved {
-        let mut ou = oci_spec::runtime::User::default();
-        ou.set_uid(u.uid);
-        ou.set_gid(u.gid);
-        ou.set_additional_gids((!u.additional_gids.is_empty()).then(|| u.additional_gids.clone()));
+    let groups = added_groups(root.as_fd(), service, ctx)?;
+    if resolved.is_some() || !groups.is_empty() {
+        let mut ou = process.user().clone();
+        let mut gids = Vec::new();
+        if let Some(u) = &resolved {
+            ou.set_uid(u.uid);
+            ou.set_gid(u.gid);
+            gids.extend(&u.additional_gids);
+        }
+        // `group_add` comes on top of the user's own groups, as Docker's.
+        for g in groups {
+            if !gids.contains(&g) {
+                gids.push(g);
+            }
+        }
+        ou.set_additional_gids((!gids.is_empty()).then_some(gids));
         process.set_user(ou);
     }
+    if let Some(adj) = service.oom_score_adj {
+        process.set_oom_score_adj(Some(adj));
+    }
+    let security = SecurityOpts::of(&service.security_opt);
+    // Docker's default is off; the runtime's own default spec turns it on, as
+    // runtime-tools' does, so the service's choice is always written.
+    process.set_no_new_privileges(Some(security.no_new_privileges.unwrap_or(false)));
     let caps = capabilities(service, ctx)?;
+    let cap_names: Vec<String> = caps
+        .iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
     let mut c = process.capabilities().clone().unwrap_or_default();
     c.set_bounding(Some(caps.clone()));
     c.set_effective(Some(caps.clone()));
@@ -198,7 +222,12 @@ pub fn bundle_for(
         .and_then(|d| d.resources.as_ref())
         .and_then(|r| r.limits.as_ref());
     let memory_limit = service.mem_limit.or(limits.and_then(|l| l.memory));
-    if memory_limit.is_some() || service.mem_reservation.is_some() {
+    if memory_limit.is_some()
+        || service.mem_reservation.is_some()
+        || service.mem_swappiness.is_some()
+        || service.memswap_limit.is_some()
+        || service.oom_kill_disable
+    {
         let as_i64 =
             |field: &str, v: u64| i64::try_from(v).map_err(|_| ctx.field(field, "too large"));
         let mut memory = LinuxMemory::default();
@@ -209,10 +238,24 @@ pub fn bundle_for(
                 .map(|v| as_i64("mem_reservation", v))
                 .transpose()?,
         );
+        // Docker's --memory-swap: memory + swap, -1 unlimited; unset leaves the runtime's
+        // default (no swap beyond the limit).
+        memory.set_swap(service.memswap_limit);
+        memory.set_swappiness(service.mem_swappiness.map(u64::from));
+        if service.oom_kill_disable {
+            memory.set_disable_oom_killer(Some(true));
+        }
         resources.set_memory(Some(memory));
     }
     let cpus = service.cpus.or(limits.and_then(|l| l.cpus));
-    if cpus.is_some() || service.cpu_shares.is_some() || service.cpuset.is_some() {
+    if cpus.is_some()
+        || service.cpu_shares.is_some()
+        || service.cpuset.is_some()
+        || service.cpu_period.is_some()
+        || service.cpu_quota.is_some()
+        || service.cpu_rt_period.is_some()
+        || service.cpu_rt_runtime.is_some()
+    {
         let mut cpu = LinuxCpu::default();
         if let Some(cpus) = cpus {
             if !(cpus.is_finite() && cpus > 0.0) {
@@ -221,6 +264,23 @@ pub fn bundle_for(
             cpu.set_quota(Some((cpus * CPU_PERIOD as f64).round() as i64));
             cpu.set_period(Some(CPU_PERIOD));
         }
+        // The loader refuses these beside `cpus`, as Docker's daemon does.
+        if service.cpu_period.is_some() {
+            cpu.set_period(service.cpu_period);
+        }
+        if service.cpu_quota.is_some() {
+            cpu.set_quota(service.cpu_quota);
+        }
+        if let (Some(period), Some(runtime)) = (service.cpu_rt_period, service.cpu_rt_runtime) {
+            if runtime > 0 && runtime.unsigned_abs() > period {
+                return Err(ctx.field(
+                    "cpu_rt_runtime",
+                    format!("{runtime}us is longer than cpu_rt_period ({period}us)"),
+                ));
+            }
+        }
+        cpu.set_realtime_period(service.cpu_rt_period);
+        cpu.set_realtime_runtime(service.cpu_rt_runtime);
         cpu.set_shares(service.cpu_shares);
         cpu.set_cpus(service.cpuset.clone());
         resources.set_cpu(Some(cpu));
@@ -238,13 +298,47 @@ pub fn bundle_for(
         resources.set_devices(Some(vec![allow]));
     }
     linux.set_resources(Some(resources));
-    if service.privileged {
-        // FIXME: Docker also gives a privileged container the host's device nodes.
+    // `privileged` turns off the filter and the path masks; `security_opt` may ask
+    // for either alone, or for a profile of its own (which, as in Docker, a privileged
+    // container does not get either).
+    if service.privileged || security.seccomp == Some(Seccomp::Unconfined) {
         linux.set_seccomp(None);
+    } else if let Some(Seccomp::Profile(profile)) = &security.seccomp {
+        let oci = seccomp::to_oci(profile, &cap_names).map_err(|e| ctx.field("security_opt", e))?;
+        // Compiled once here too, so that a profile the runtime cannot compile is
+        // reported against the field that holds it.
+        runtime::seccomp::compile(&oci).map_err(|e| ctx.field("security_opt", e.to_string()))?;
+        linux.set_seccomp(Some(oci));
+    }
+    if service.privileged || security.systempaths_unconfined {
         linux.set_masked_paths(Some(Vec::new()));
         linux.set_readonly_paths(Some(Vec::new()));
     }
+    // FIXME: Docker also gives a privileged container the host's device nodes.
     Ok(spec)
+}
+
+/// The gids of `group_add`: numbers as they are, names looked up in the image's own
+/// /etc/group (read inside the rootfs, as for `user:`).
+fn added_groups(
+    root: impl AsFd,
+    service: &Service,
+    ctx: &ContainerContext,
+) -> Result<Vec<u32>, ContainerError> {
+    let root = root.as_fd();
+    service
+        .group_add
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            user::resolve_id(root, g, true).map_err(|e| {
+                ctx.field(
+                    format!("group_add[{i}]"),
+                    format!("{e}; add the group to the image or give a numeric gid"),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Docker's rules: the service's `entrypoint` replaces the image's and drops the

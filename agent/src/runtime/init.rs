@@ -266,7 +266,14 @@ pub(crate) fn describe(plan: &InitPlan, f: &Failure) -> String {
             "write sysctl /proc/{}: refused, it is not a file of the kernel's procfs mounted at /proc (a mount, volume or symlink in the way)",
             sysctl(i)
         ),
-        Some(Step::OomScoreAdj) => "write /proc/self/oom_score_adj".to_string(),
+        // The usual failure: a score below the current one needs CAP_SYS_RESOURCE.
+        Some(Step::OomScoreAdj) => format!(
+            "write {} to /proc/self/oom_score_adj (lowering the score below the current one needs CAP_SYS_RESOURCE)",
+            plan.oom_score_adj
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+        ),
         Some(Step::OomScoreAdjNotProcfs) => "write /proc/self/oom_score_adj: refused, it is not a file of the kernel's procfs mounted at /proc (a mount, volume or symlink in the way)".to_string(),
         Some(Step::MaskPath) => format!("mask {}", item(&plan.masked)),
         Some(Step::MaskDevNull) => format!(

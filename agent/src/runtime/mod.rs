@@ -50,6 +50,7 @@ use std::path::PathBuf;
 
 pub use bundle::Bundle;
 pub use exec::{exec, ExecOptions, ExecProcess, ExecTarget};
+pub use namespaces::JOIN_OWNER_ANNOTATION;
 pub use oom::{protect_from_oom, DAEMON_OOM_SCORE_ADJ, SHIM_OOM_SCORE_ADJ};
 pub use process::{
     cgroup_of, check_id, remove_cgroup, run, spawn, start_gated, sysctl_namespace, Container,

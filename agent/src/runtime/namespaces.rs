@@ -3,8 +3,9 @@
 //! child), and the cgroup namespace, which the child unshares only once the parent has
 //! put it in its cgroup (so the container's cgroup is its `/`).
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
 
@@ -90,13 +91,76 @@ pub fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan, RuntimeError
     Ok(plan)
 }
 
-/// Opens the namespaces to join, in the spec's order, for the child's `setns`.
-pub fn open_joins(plan: &NamespacePlan) -> Result<Vec<(OwnedFd, libc::c_int)>, RuntimeError> {
+/// The prefix of the annotations that name the process a joined namespace must belong
+/// to: `berth.join-owner.<net|pid|ipc|uts|cgroup>` = `<pid>:<start time>`, the start
+/// time as [`super::start_time`] reads it. A pid is recycled once its process is
+/// reaped; a namespace opened while the pid still has that start time is that
+/// process's, and the open descriptor keeps it (the agent sets these when a container
+/// joins another's namespace).
+pub const JOIN_OWNER_ANNOTATION: &str = "berth.join-owner.";
+
+/// The `/proc/<pid>/ns/` name of a `CLONE_NEW*` flag.
+fn proc_name(flag: libc::c_int) -> &'static str {
+    match flag {
+        libc::CLONE_NEWNET => "net",
+        libc::CLONE_NEWPID => "pid",
+        libc::CLONE_NEWIPC => "ipc",
+        libc::CLONE_NEWUTS => "uts",
+        libc::CLONE_NEWCGROUP => "cgroup",
+        libc::CLONE_NEWUSER => "user",
+        _ => "mnt",
+    }
+}
+
+/// Checks, once `path` is open, that it is the namespace the owner annotation of its
+/// kind names (if there is one): the path is that pid's, and the pid still has the
+/// recorded start time.
+pub(crate) fn check_owner(
+    annotations: Option<&HashMap<String, String>>,
+    flag: libc::c_int,
+    path: &Path,
+) -> Result<(), RuntimeError> {
+    let name = proc_name(flag);
+    let Some(owner) = annotations.and_then(|a| a.get(&format!("{JOIN_OWNER_ANNOTATION}{name}")))
+    else {
+        return Ok(());
+    };
+    let parsed = owner
+        .split_once(':')
+        .and_then(|(p, s)| Some((p.parse::<i32>().ok()?, s.parse::<u64>().ok()?)));
+    let Some((pid, start)) = parsed else {
+        return Err(RuntimeError::unsupported(format!(
+            "annotation {JOIN_OWNER_ANNOTATION}{name}: {owner:?} is not <pid>:<start time>"
+        )));
+    };
+    if path != Path::new(&format!("/proc/{pid}/ns/{name}")) {
+        return Err(RuntimeError::unsupported(format!(
+            "namespace {}: not the {name} namespace of process {pid}, which the annotation \
+             {JOIN_OWNER_ANNOTATION}{name} names",
+            path.display()
+        )));
+    }
+    if super::start_time(pid) != Some(start) {
+        return Err(RuntimeError::unsupported(format!(
+            "namespace {}: the container whose namespace it was is gone",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Opens the namespaces to join, in the spec's order, for the child's `setns`; each is
+/// checked against its owner annotation (`annotations`, the spec's) once open.
+pub fn open_joins(
+    plan: &NamespacePlan,
+    annotations: Option<&HashMap<String, String>>,
+) -> Result<Vec<(OwnedFd, libc::c_int)>, RuntimeError> {
     plan.join
         .iter()
         .map(|(path, flag)| {
             let file = std::fs::File::open(path)
                 .map_err(|e| RuntimeError::io(format!("namespace {}", path.display()), e))?;
+            check_owner(annotations, *flag, path)?;
             Ok((OwnedFd::from(file), *flag))
         })
         .collect()
@@ -141,6 +205,24 @@ mod tests {
         assert_eq!(plan.pid_join, Some(PathBuf::from("/proc/1/ns/pid")));
         assert_eq!(plan.clone_flags, libc::CLONE_NEWNS);
         assert!(plan.join.is_empty());
+    }
+
+    #[test]
+    fn a_joined_namespace_must_belong_to_its_annotated_owner() {
+        let me = std::process::id() as i32;
+        let start = crate::runtime::start_time(me).unwrap();
+        let path = PathBuf::from(format!("/proc/{me}/ns/net"));
+        let annotate =
+            |v: String| Some(HashMap::from([(format!("{JOIN_OWNER_ANNOTATION}net"), v)]));
+        let net = libc::CLONE_NEWNET;
+        check_owner(None, net, &path).unwrap();
+        check_owner(annotate(format!("{me}:{start}")).as_ref(), net, &path).unwrap();
+        // A recycled pid has another start time.
+        let e = check_owner(annotate(format!("{me}:{}", start + 1)).as_ref(), net, &path);
+        assert!(e.unwrap_err().to_string().contains("is gone"));
+        // Not the annotated process's namespace.
+        let e = check_owner(annotate(format!("1:{start}")).as_ref(), net, &path);
+        assert!(e.unwrap_err().to_string().contains("not the net namespace"));
     }
 
     #[test]

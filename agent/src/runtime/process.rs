@@ -182,7 +182,7 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let spec = &bundle.spec;
     let linux = spec.linux().clone().unwrap_or_default();
     let ns = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default())?;
-    let joins = namespaces::open_joins(&ns)?;
+    let joins = namespaces::open_joins(&ns, spec.annotations().as_ref())?;
     let mut plan = plan_init(bundle, id, &ns, &hierarchy, opts)?;
     // In a new user namespace the init cannot write its own oom_score_adj: it is not
     // dumpable, so its /proc files belong to the host's root, not to the namespace's.
@@ -239,7 +239,10 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
     let plan_ref = &plan;
     // A pid namespace to join is this thread's for its children while it clones.
     let pid_ns = match &ns.pid_join {
-        Some(path) => Some(PidNamespaceEntered::enter(path)?),
+        Some(path) => Some(PidNamespaceEntered::enter(
+            path,
+            spec.annotations().as_ref(),
+        )?),
         None => None,
     };
     // SAFETY: the callback runs in the child, which has a copy of this process's memory
@@ -343,7 +346,10 @@ pub fn spawn(bundle: &Bundle, id: &str, opts: &RunOptions) -> Result<Container, 
 struct PidNamespaceEntered(OwnedFd);
 
 impl PidNamespaceEntered {
-    fn enter(path: &Path) -> Result<PidNamespaceEntered, RuntimeError> {
+    fn enter(
+        path: &Path,
+        annotations: Option<&std::collections::HashMap<String, String>>,
+    ) -> Result<PidNamespaceEntered, RuntimeError> {
         let open = |p: &Path| {
             std::fs::File::open(p)
                 .map(OwnedFd::from)
@@ -351,6 +357,7 @@ impl PidNamespaceEntered {
         };
         let own = open(Path::new("/proc/thread-self/ns/pid_for_children"))?;
         let target = open(path)?;
+        namespaces::check_owner(annotations, libc::CLONE_NEWPID, path)?;
         nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| {
             RuntimeError::io(format!("join pid namespace {}", path.display()), e.into())
         })?;

@@ -50,8 +50,14 @@ pub trait Containers: Clone + Send + Sync + 'static {
     /// Runs one health probe in container `id`: true if `command` exits 0 in time.
     fn probe(&self, id: &str, command: &[String], timeout: Duration) -> bool;
 
-    /// Marks container `id` healthy or not for service discovery.
+    /// Marks container `id` healthy or not: only a healthy one answers for its
+    /// service in DNS and gets new connections on the host ports it publishes.
     fn set_healthy(&self, id: &str, healthy: bool);
+
+    /// Takes container `id` out of its service's DNS answers and its host ports'
+    /// backends for good: called before it is stopped or removed, so that no new
+    /// lookup or connection reaches it during its stop grace period.
+    fn leave(&self, id: &str);
 
     /// The ids of every container on this node.
     fn list(&self) -> Vec<String>;
@@ -103,6 +109,10 @@ impl Containers for Executor {
 
     fn set_healthy(&self, id: &str, healthy: bool) {
         Executor::set_healthy(self, id, healthy)
+    }
+
+    fn leave(&self, id: &str) {
+        Executor::leave(self, id)
     }
 
     fn list(&self) -> Vec<String> {

@@ -65,7 +65,9 @@ impl HealthChecks {
             let Some(command) = probe_command(&check) else {
                 continue;
             };
-            let checker = Checker::new(&check, task.status.started_at.unwrap_or(now));
+            // What the task says already (a restarted daemon) is where it goes on from.
+            let started = task.status.started_at.unwrap_or(now);
+            let checker = Checker::resume(&check, started, task.status.health);
             if task.status.health != checker.status() {
                 changes.push((task.id.clone(), checker.status()));
             }

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use spec::task::{Health, Task, TaskState};
+use spec::task::{DesiredState, Health, Task, TaskState};
 
 use super::{Assignments, Containers, View};
 
@@ -81,13 +81,17 @@ pub fn readopt_network(view: &View, net: &overlay_net::NetworkManager) {
     }
     for t in running {
         if let Some((_, service)) = view.service_of(t) {
+            // Serving as before the restart (running without a check, or healthy),
+            // unless it is to stop; first, so that its ports are published with it.
+            let serving = t.desired == DesiredState::Running
+                && matches!(t.status.health, Health::None | Health::Healthy);
+            if let Err(e) = net.set_healthy(&t.id, serving) {
+                eprintln!("berth daemon: {}: marking it healthy again: {e}", t.name());
+            }
             if !service.ports.is_empty() {
                 if let Err(e) = net.publish(&t.id, &t.service, &service.ports) {
                     eprintln!("berth daemon: {}: publish ports again: {e}", t.name());
                 }
-            }
-            if let Some(h) = Some(t.status.health).filter(|h| *h != Health::None) {
-                net.set_healthy(&t.id, h == Health::Healthy);
             }
         }
     }

@@ -187,13 +187,21 @@ fn job<C: Containers>(view: &View, task: &Task, action: Action) -> Option<Job<C>
                 c.start(&t, &stack, &service, &env, &data)
             }))
         }
+        // Out of DNS and the port backends first, then the stop signal: the grace
+        // period is for the requests it has, not for new ones.
         Action::Stop => {
             let service = found.map(|f| f.1.clone());
-            Some(Box::new(move |c: &C| c.stop(&t, service.as_ref(), grace)))
+            Some(Box::new(move |c: &C| {
+                c.leave(&t.id);
+                c.stop(&t, service.as_ref(), grace)
+            }))
         }
         Action::Remove => {
             let service = found.map(|f| f.1.clone());
-            Some(Box::new(move |c: &C| c.remove(&t, service.as_ref(), grace)))
+            Some(Box::new(move |c: &C| {
+                c.leave(&t.id);
+                c.remove(&t, service.as_ref(), grace)
+            }))
         }
         Action::Observe => None,
     }

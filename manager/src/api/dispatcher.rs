@@ -166,7 +166,7 @@ fn write_round(store: &Store, round: Vec<Queued>) {
             .map(|q| {
                 s.nodes
                     .contains_key(&q.node)
-                    .then(|| accept(s, &q.node, &q.batch))
+                    .then(|| accept(s, &q.node, &q.batch, spec::task::now_ms()))
             })
             .collect::<Vec<_>>())
     });

@@ -120,7 +120,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
         ApiError {
             status: status.as_u16(),
             error: error.into(),
@@ -219,6 +219,14 @@ pub fn redacted(mut state: State) -> State {
     // Secrets' and configs' contents reach only the nodes whose tasks use them.
     for record in state.stacks.values_mut() {
         record.data.clear();
+    }
+    // The revisions git-ops keeps are whole records, contents included.
+    for source in state.gitops.values_mut() {
+        for stack in source.stacks.values_mut() {
+            for rev in &mut stack.revisions {
+                rev.record.data.clear();
+            }
+        }
     }
     state
 }

@@ -89,12 +89,28 @@ pub(crate) async fn down(
         check_stack_name(&name)?;
     }
     let grace = q.timeout.map(|t| t.saturating_mul(1000));
-    let Some(stacks::Down { record, containers }) = stacks::down(&cx.store, &name, grace).await?
-    else {
-        return Err(ApiError::new(
+    match take_down(&cx.store, &cx.node, &name, q.volumes, grace).await? {
+        Some(resp) => Ok(Json(resp)),
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no stack named {name:?} is deployed (berth ls lists them)"),
-        ));
+        )),
+    }
+}
+
+/// `down` of stack `name`: its containers stopped in waves and removed, then its
+/// networks, and with `volumes` its named volumes, on every node. None: no such
+/// stack. What `berth down` and a git-ops prune do.
+pub async fn take_down(
+    store: &std::sync::Arc<crate::state::store::Store>,
+    node: &std::sync::Arc<dyn super::NodeAgent>,
+    name: &str,
+    volumes: bool,
+    grace_ms: Option<u64>,
+) -> Result<Option<DownResponse>, ApiError> {
+    let Some(stacks::Down { record, containers }) = stacks::down(store, name, grace_ms).await?
+    else {
+        return Ok(None);
     };
     let mut resp = DownResponse {
         removed_containers: containers,
@@ -103,22 +119,22 @@ pub(crate) async fn down(
     if let Some(record) = &record {
         // Networks go once their containers have, unless another deployment of the
         // same name came back meanwhile.
-        let node = cx.node.clone();
+        let node = node.clone();
         let stack = record.stack.clone();
         resp.removed_networks = tokio::task::spawn_blocking(move || node.remove_networks(&stack))
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     }
-    if let (true, Some(record)) = (q.volumes, record) {
-        let node = cx.node.clone();
+    if let (true, Some(record)) = (volumes, record) {
+        let node = node.clone();
         resp.removed_volumes =
             tokio::task::spawn_blocking(move || node.remove_volumes(&record.stack))
                 .await
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     }
-    Ok(Json(resp))
+    Ok(Some(resp))
 }
 
 pub(crate) async fn services_verb(
@@ -130,9 +146,13 @@ pub(crate) async fn services_verb(
     for svc in &req.services {
         check_name("services", svc)?;
     }
-    let done = cx
-        .store
-        .update(|s| stacks::services(s, &name, &verb, &req.services))?;
+    let done = cx.store.update(|s| {
+        if verb == "rollback" {
+            stacks::rollback(s, &name, &req.services, spec::task::now_ms())
+        } else {
+            stacks::services(s, &name, &verb, &req.services)
+        }
+    })?;
     if verb == "pause" || verb == "unpause" {
         let targets = cx.store.read(|s| stacks::running(s, &name, &done));
         let (node, frozen) = (cx.node.clone(), verb == "pause");

@@ -20,12 +20,13 @@
 
 pub mod nodes;
 pub mod run;
+pub mod update;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 use spec::model::{Condition, Restart, RestartCondition, RestartPolicy, Service, Stack};
-use spec::task::{DesiredState, Health, StackRecord, Task, TaskState};
+use spec::task::{DesiredState, Health, StackRecord, Task, TaskState, UpdateState, UpdateStatus};
 
 /// Ended tasks kept per slot, for `ps -a` and logs of what came before.
 pub const HISTORY: usize = 2;
@@ -40,8 +41,26 @@ const BACKOFF_RESET_MS: u64 = 10_000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     Create(Box<Task>),
-    SetDesired { task: String, desired: DesiredState },
-    Delete { task: String },
+    SetDesired {
+        task: String,
+        desired: DesiredState,
+    },
+    Delete {
+        task: String,
+    },
+    /// Records where a service's rolling update stands.
+    SetUpdate {
+        stack: String,
+        service: String,
+        status: UpdateStatus,
+    },
+    /// Returns a service to its previous definition (the two swap, as Swarm's
+    /// rollback does), its update now rolling back as `status` says.
+    Rollback {
+        stack: String,
+        service: String,
+        status: UpdateStatus,
+    },
 }
 
 /// What to do now, and when to look again even if nothing changes (a restart back-off).
@@ -156,6 +175,56 @@ pub fn reconcile_on(
                         .map(|(node, slot)| (slot, Some(node)))
                         .collect(),
                 };
+            // The rolling updater says which outdated slots may be replaced now.
+            let decision =
+                if record.oneoffs.contains_key(name) || !record.stack.services.contains_key(name) {
+                    update::Decision {
+                        replace: placed.iter().map(|(slot, _)| *slot).collect(),
+                        ..Default::default()
+                    }
+                } else {
+                    let status = record.updates.get(name);
+                    let rolling_back = status.is_some_and(|u| u.to_hash == hash && u.rolls_back());
+                    let policy = update::Policy::of(service, rolling_back, nodes.placed);
+                    let views: Vec<update::Slot> = placed
+                        .iter()
+                        .map(|(slot, _)| update::Slot {
+                            slot: *slot,
+                            history: slots
+                                .get(&(stack_name.as_str(), name.as_str(), *slot))
+                                .map(Vec::as_slice)
+                                .unwrap_or_default(),
+                        })
+                        .collect();
+                    let input = update::Input {
+                        service,
+                        previous: record.previous.get(name),
+                        policy: policy.as_ref(),
+                        status,
+                        hash: &hash,
+                        slots: &views,
+                    };
+                    update::decide(&input, nodes, now)
+                };
+            if let Some(at) = decision.wake_at {
+                plan.wake(at);
+            }
+            if let Some(status) = decision.status.clone() {
+                if decision.rollback {
+                    plan.changes
+                        .push(rollback(record, stack_name, name, status, now));
+                    // The next pass plans the slots with the previous definition.
+                    for (slot, _) in &placed {
+                        wanted.insert((stack_name.as_str(), name.as_str(), *slot));
+                    }
+                    continue;
+                }
+                plan.changes.push(Change::SetUpdate {
+                    stack: stack_name.clone(),
+                    service: name.clone(),
+                    status,
+                });
+            }
             for (slot, node) in placed {
                 wanted.insert((stack_name.as_str(), name.as_str(), slot));
                 // A global slot on a node that is down waits for it: its task is not
@@ -181,6 +250,8 @@ pub fn reconcile_on(
                         stopped,
                         now,
                         deps_seen: &deps_seen,
+                        replace: decision.replace.contains(&slot),
+                        start_first: decision.start_first,
                     },
                     history,
                     ready,
@@ -215,6 +286,42 @@ pub fn reconcile_on(
         }
     }
     plan
+}
+
+/// The change that rolls service `name` back to its previous definition, its update's
+/// `status` saying why; without a previous definition (nothing to return to) the
+/// update pauses instead.
+fn rollback(
+    record: &StackRecord,
+    stack: &str,
+    name: &str,
+    status: UpdateStatus,
+    now: u64,
+) -> Change {
+    let Some(previous) = record.previous.get(name) else {
+        return Change::SetUpdate {
+            stack: stack.to_string(),
+            service: name.to_string(),
+            status: UpdateStatus {
+                state: UpdateState::Paused,
+                message: format!(
+                    "{}; there is no previous definition to roll back to",
+                    status.message
+                ),
+                ..status
+            },
+        };
+    };
+    Change::Rollback {
+        stack: stack.to_string(),
+        service: name.to_string(),
+        status: UpdateStatus::begin(
+            UpdateState::RollingBack,
+            spec_hash(record, previous),
+            now,
+            status.message,
+        ),
+    }
 }
 
 /// The number of slots of a service: `up --scale`, else `deploy.replicas`, else
@@ -358,6 +465,10 @@ struct SlotCx<'a> {
     stopped: bool,
     now: u64,
     deps_seen: &'a BTreeMap<String, String>,
+    /// The rolling updater lets this slot be replaced now if it is outdated.
+    replace: bool,
+    /// Replace it by starting the new task first.
+    start_first: bool,
 }
 
 fn plan_slot(plan: &mut Plan, cx: SlotCx, history: &[&Task], ready: impl FnOnce() -> bool) {
@@ -371,13 +482,20 @@ fn plan_slot(plan: &mut Plan, cx: SlotCx, history: &[&Task], ready: impl FnOnce(
         .copied()
         .filter(|t| t.desired == DesiredState::Running && !cx.nodes.lost(t))
         .collect();
-    let current = live.last().copied();
-    // A task moving off its node hands over to its replacement (the newest): it keeps
-    // running until the replacement does. Any other extra live task cannot come from
-    // this function: keep the newest.
-    let handing_over = current.is_some_and(|c| c.status.state() != TaskState::Running);
-    for extra in live.iter().rev().skip(1) {
-        if !(handing_over && cx.nodes.moving.contains(&extra.id)) {
+    // The task the slot keeps: the newest live one of the current definition, else
+    // the newest (while rolling back, a task still running the previous definition
+    // is kept, and the newer one of the failed definition goes: moby issue 43081).
+    let current = update::kept(&live, cx.hash);
+    // A task moving off its node, or replaced start-first, hands over to its
+    // replacement: it keeps running until the replacement is ready (running, and
+    // healthy if it has a healthcheck). Any other extra live task goes.
+    let handing_over = current.is_some_and(|c| c.status.ready_since().is_none());
+    for extra in live
+        .iter()
+        .filter(|t| Some(t.id.as_str()) != current.map(|c| c.id.as_str()))
+    {
+        let replaced = cx.start_first && current.is_some_and(|c| c.spec_hash == cx.hash);
+        if !(handing_over && (cx.nodes.moving.contains(&extra.id) || replaced)) {
             remove(plan, extra);
         }
     }
@@ -391,7 +509,19 @@ fn plan_slot(plan: &mut Plan, cx: SlotCx, history: &[&Task], ready: impl FnOnce(
 
     match current {
         Some(t) if cx.stopped => shut_down(plan, t),
-        Some(t) if t.spec_hash != cx.hash => remove(plan, t),
+        // Outdated, and the updater lets it go now (a dead task always may).
+        Some(t) if t.spec_hash != cx.hash && (cx.replace || t.status.state().is_terminal()) => {
+            if cx.start_first && !t.status.state().is_terminal() {
+                if live.len() == 1 && ready() {
+                    let next = new_task(&cx, next_generation, 0);
+                    plan.changes.push(Change::Create(Box::new(next)));
+                }
+            } else {
+                remove(plan, t);
+            }
+        }
+        // Outdated, waiting for its turn in a rolling update.
+        Some(t) if t.spec_hash != cx.hash => {}
         // A dependency with `restart: true` was updated or restarted since this task
         // started: recreate it, as Compose does.
         Some(t) if dependency_moved(t, cx.deps_seen) => remove(plan, t),
@@ -502,7 +632,7 @@ fn ran_long(t: &Task, window: Option<std::time::Duration>) -> bool {
 
 /// The restart policy of a service, as one of deploy's: `deploy.restart_policy` wins
 /// over `restart:`; Compose's default is not to restart.
-fn policy(service: &Service) -> RestartPolicy {
+pub fn policy(service: &Service) -> RestartPolicy {
     if let Some(p) = service
         .deploy
         .as_ref()

@@ -47,8 +47,44 @@ pub fn apply(state: &mut State, plan: &Plan) {
             Change::Delete { task } => {
                 state.tasks.remove(task);
             }
+            Change::SetUpdate {
+                stack,
+                service,
+                status,
+            } => {
+                if let Some(r) = state.stacks.get_mut(stack) {
+                    r.updates.insert(service.clone(), status.clone());
+                }
+            }
+            Change::Rollback {
+                stack,
+                service,
+                status,
+            } => {
+                if let Some(r) = state.stacks.get_mut(stack) {
+                    roll_back(r, service, status.clone());
+                }
+            }
         }
     }
+}
+
+/// Swaps service `name`'s definition with its previous one (so that a second
+/// rollback returns to the first, as Swarm's) and records `status`.
+pub fn roll_back(
+    record: &mut spec::task::StackRecord,
+    name: &str,
+    status: spec::task::UpdateStatus,
+) {
+    let (Some(previous), Some(current)) = (
+        record.previous.remove(name),
+        record.stack.services.get_mut(name),
+    ) else {
+        return;
+    };
+    let failed = std::mem::replace(current, previous);
+    record.previous.insert(name.to_string(), failed);
+    record.updates.insert(name.to_string(), status);
 }
 
 /// Places the tasks of `state` that have no node, on the nodes not `down`: each placed

@@ -102,7 +102,8 @@ impl ByNode {
                 Op::PutNode(id, _) | Op::DeleteNode(id) => {
                     touched.insert(id.clone());
                 }
-                Op::SetCluster(_) => {}
+                // A node's view has no git-ops in it.
+                Op::SetCluster(_) | Op::PutSource(..) | Op::DeleteSource(_) => {}
             }
         }
         touched

@@ -5,6 +5,7 @@
 //! From the bottom up (each module uses only those above it in this list):
 //! - [`raft`]: a state machine replicated over a Raft group (TiKV's raft-rs), generic
 //!   over the state; its own durable log; transports (memory, TCP, TLS);
+//! - [`gitops`]: the git-ops sources and what they did, part of the data (pure);
 //! - [`model`]: the data: [`model::State`] and the [`model::Op`]s a transaction is
 //!   replicated as (pure);
 //! - [`by_node`]: the tasks by node and a change signal per node, kept beside the state
@@ -15,6 +16,7 @@
 //!   Raft node (one voter on a single host).
 
 pub mod by_node;
+pub mod gitops;
 pub mod model;
 pub mod raft;
 pub mod replicated;

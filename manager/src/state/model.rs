@@ -30,6 +30,9 @@ pub struct State {
     /// The id of the last applied transaction (`Txn::id`; 0 before any that had one).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub last_txn: u64,
+    /// Git-ops sources by name, with what each did to its stacks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gitops: BTreeMap<String, super::gitops::Source>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -190,6 +193,8 @@ pub enum Op {
     SetCluster(Option<Box<ClusterRecord>>),
     PutNode(String, Box<NodeRecord>),
     DeleteNode(String),
+    PutSource(String, Box<super::gitops::Source>),
+    DeleteSource(String),
 }
 
 /// The changes that turn `old` into `new` (the version aside). Pure.
@@ -216,6 +221,12 @@ pub fn diff(old: &State, new: &State) -> Vec<Op> {
         ops.push(Op::SetCluster(new.cluster.clone().map(Box::new)));
     }
     ops.extend(changes(&old.nodes, &new.nodes, Op::PutNode, Op::DeleteNode));
+    ops.extend(changes(
+        &old.gitops,
+        &new.gitops,
+        Op::PutSource,
+        Op::DeleteSource,
+    ));
     ops
 }
 
@@ -244,6 +255,12 @@ pub fn apply_ops(state: &mut State, ops: impl IntoIterator<Item = Op>) {
             }
             Op::DeleteNode(k) => {
                 state.nodes.remove(&k);
+            }
+            Op::PutSource(k, v) => {
+                state.gitops.insert(k, *v);
+            }
+            Op::DeleteSource(k) => {
+                state.gitops.remove(&k);
             }
         }
     }

@@ -240,6 +240,13 @@ impl Store {
         &self.node
     }
 
+    /// Whether this manager leads the Raft group now (a single host's one voter does):
+    /// what the loops that act on the whole cluster's state (the orchestrator,
+    /// git-ops) run on, and only there.
+    pub fn is_leader(&self) -> bool {
+        self.node.status().role == raft::StateRole::Leader
+    }
+
     /// A snapshot of the applied state.
     pub fn snapshot(&self) -> State {
         self.shared.lock().clone()

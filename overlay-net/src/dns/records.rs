@@ -61,6 +61,13 @@ impl Records {
         found
     }
 
+    /// Whether a container answers for its service on any network now.
+    pub fn is_healthy(&self, container: &str) -> bool {
+        self.endpoints
+            .iter()
+            .any(|((_, c), ep)| c == container && ep.healthy)
+    }
+
     fn on<'a, 'n>(&'a self, network: &'n str) -> impl Iterator<Item = &'a Endpoint> + use<'a, 'n> {
         self.endpoints
             .iter()

@@ -1,6 +1,7 @@
 //! Attachments: a container's network namespace, one veth per network with its
 //! address, the default route, its `/etc/resolv.conf` and `/etc/hosts`, and its DNS
-//! records (and whether they answer for its service: [`NetworkManager::set_healthy`]).
+//! records (and whether they answer for its service and get connections on its host
+//! ports: [`NetworkManager::set_healthy`], [`NetworkManager::leave`]).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -251,13 +252,10 @@ impl NetworkManager {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove_container(id);
-        // A ports table exists only while ports are published (publish and unpublish
-        // keep the record in step); running `nft` costs a process.
-        if !record.published.is_empty() {
-            self.firewall
-                .delete_table(&names::ports_table(&self.cfg.prefix, id))?;
-        }
-        st.reservations.remove(id);
+        // Its host ports: released if it was the last one behind them, else their
+        // rules no longer name it. (No `nft` run for a container that published none.)
+        self.leave_ports(st, id)?;
+        st.leaving.remove(id);
         // Dropping the namespace is enough: the kernel then destroys it, and the veths
         // with it (both ends), in its own batched cleanup. Deleting each veth first
         // costs a synchronous teardown per link (about 10 ms each, serialized here),
@@ -269,14 +267,45 @@ impl NetworkManager {
         Ok(())
     }
 
-    /// Marks a container healthy (it answers for its service name and aliases) or not.
-    /// Takes effect for the next DNS query. False if the container is unknown.
-    pub fn set_healthy(&self, container_id: &str, healthy: bool) -> bool {
+    /// Marks a container healthy (it answers for its service name and aliases, and
+    /// gets new connections on the host ports it is behind) or not. A container that
+    /// is leaving stays out whatever its health. Takes effect for the next DNS query
+    /// and the next connection. `Ok(false)` if the container is unknown.
+    pub fn set_healthy(&self, container_id: &str, healthy: bool) -> Result<bool, NetError> {
+        let mut st = self.lock();
+        let serving = healthy && !st.leaving.contains(container_id);
+        let known = self
+            .dns
+            .records()
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_healthy(container_id, serving);
+        for key in st.ports.set_serving(container_id, serving) {
+            self.apply_port(&st, &key)?;
+        }
+        Ok(known)
+    }
+
+    /// Takes a container out of its services' DNS answers and the backends of its
+    /// host ports for good, before it is stopped: no new connection or lookup reaches
+    /// it while it finishes the ones it has (conntrack keeps established connections
+    /// with it). Its own names (container name, hostname) still resolve until it is
+    /// detached. Doing it again, or for an unknown container, does nothing.
+    pub fn leave(&self, container_id: &str) -> Result<(), NetError> {
+        let mut st = self.lock();
+        if !st.containers.contains_key(container_id) || !st.leaving.insert(container_id.to_string())
+        {
+            return Ok(());
+        }
         self.dns
             .records()
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .set_healthy(container_id, healthy)
+            .set_healthy(container_id, false);
+        for key in st.ports.set_serving(container_id, false) {
+            self.apply_port(&st, &key)?;
+        }
+        Ok(())
     }
 }
 

@@ -65,7 +65,17 @@ impl NetworkManager {
         }
         for c in st.containers.values() {
             keep_netns.insert(c.netns.clone());
-            keep_tables.insert(names::ports_table(prefix, &c.id));
+            // Its host ports' tables, as they were published: a restarted daemon
+            // publishes them again over these (replacing each table in one
+            // transaction), so published ports keep working across the restart.
+            for p in &c.published {
+                let v4 = match p.host_ip {
+                    None => None,
+                    Some(std::net::IpAddr::V4(a)) => Some(a),
+                    Some(std::net::IpAddr::V6(_)) => continue,
+                };
+                keep_tables.insert(names::port_table(prefix, &p.proto, v4, p.host_port));
+            }
             for itf in &c.interfaces {
                 keep_links.insert(itf.host_veth.clone());
             }
@@ -74,7 +84,8 @@ impl NetworkManager {
         let ours = |name: &str| {
             name.strip_prefix(prefix.as_str()).is_some_and(|rest| {
                 rest.len() == 7
-                    && rest.starts_with(['b', 'v', 'n'])
+                    // `n`: a container's own ports table, from before ports were shared.
+                    && rest.starts_with(['b', 'v', 'n', 'p'])
                     && rest[1..].chars().all(|c| c.is_ascii_hexdigit())
             })
         };

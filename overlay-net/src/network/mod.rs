@@ -12,7 +12,8 @@
 //! - `records.rs`: the on-disk state (file layout, JSON writes, reading it back);
 //! - `networks.rs`: a network's bridge, subnet, nft table and DNS listener;
 //! - `attachments.rs`: a container's namespace, veths, addresses, DNS records, health;
-//! - `published.rs`: a container's published ports (reservations and DNAT table);
+//! - `published.rs`: published ports (host ports held once, shared by a service's
+//!   replicas, each with its DNAT table spreading over the serving containers);
 //! - `gc.rs`: removing what a crash or a lost state dir left behind.
 //!
 //! The WireGuard mesh of a later issue lives beside this module (`crate::mesh`, not
@@ -42,7 +43,8 @@ use crate::firewall::{Firewall, FirewallError, NftCli};
 use crate::ipam::{IpamError, Pool};
 use crate::kernel::{LinkError, Links, Rtnetlink};
 use crate::names;
-use crate::ports::{PublishError, Reservation};
+use crate::port_groups::Groups;
+use crate::ports::{HostPort, PublishError};
 use crate::resolv::ResolvError;
 use attachments::ContainerRecord;
 use records::read_dir_json;
@@ -58,8 +60,9 @@ pub enum NetError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Firewall(#[from] FirewallError),
+    /// Boxed: with the holder's name it is the largest, and every result carries it.
     #[error(transparent)]
-    Publish(#[from] PublishError),
+    Publish(Box<PublishError>),
     #[error(transparent)]
     Resolv(#[from] ResolvError),
     #[error("network state {path}: {message}")]
@@ -84,6 +87,12 @@ pub enum NetError {
     BadId(String),
     #[error("container {0}: publishing ports needs at least one network")]
     NoInterface(String),
+}
+
+impl From<PublishError> for NetError {
+    fn from(e: PublishError) -> NetError {
+        NetError::Publish(Box::new(e))
+    }
 }
 
 /// Where and how the manager works.
@@ -123,8 +132,11 @@ impl NetConfig {
 struct State {
     networks: BTreeMap<String, NetworkInfo>,
     containers: BTreeMap<String, ContainerRecord>,
-    /// The sockets holding each container's published host ports.
-    reservations: BTreeMap<String, Vec<Reservation>>,
+    /// The host ports this process holds, and the containers behind each.
+    ports: Groups<HostPort>,
+    /// Containers leaving before their stop ([`NetworkManager::leave`]): out of their
+    /// services' DNS answers and port backends until detached, whatever their health.
+    leaving: BTreeSet<String>,
     /// Networks this process has made complete (bridge, address, rules, DNS) since it
     /// opened the manager: `ensure_network` of one of them does nothing more.
     ready: BTreeSet<String>,

@@ -16,7 +16,15 @@ pub(crate) fn decode_project(cx: &mut Cx, root: &Value) -> Option<Stack> {
         value: root,
         path: "",
     })?;
-    m.get(cx, "name", |cx, n| cx.string(n));
+    // compose-go refuses a name that YAML reads as a number (`name: 123`): quoted, it is
+    // a string and fine.
+    m.get(cx, "name", |cx, n| match n.v() {
+        Value::String(s) => Some(s.clone()),
+        _ => {
+            cx.error(n.path, "the project name must be a string; quote it");
+            None
+        }
+    });
     if m.has("version") {
         m.take("version");
         cx.warn(
@@ -249,6 +257,18 @@ fn volume(cx: &mut Cx, n: Node) -> Option<Volume> {
             .unwrap_or_default(),
         extensions: BTreeMap::new(),
     };
+    // An external volume is made outside the project: what would create it here has
+    // nothing to act on. compose-go refuses it for volumes (networks may carry both).
+    if v.external {
+        for key in ["driver", "driver_opts", "labels"] {
+            if m.has(key) {
+                cx.error(
+                    &m.path_of(key),
+                    format!("conflicts with external: true (the volume is made outside the project); remove {key} or external"),
+                );
+            }
+        }
+    }
     if let Some(driver) = &v.driver {
         if driver != "local" {
             cx.warn(

@@ -7,6 +7,7 @@ use serde_norway::Value;
 use super::{kind, Cx, MapReader, Node};
 use crate::diag::join;
 use crate::model::*;
+use crate::security::SecurityOpt;
 use crate::short_syntax::{self, VolumeKind};
 use crate::units;
 
@@ -20,44 +21,28 @@ pub(crate) const UNSUPPORTED: &[&str] = &[
     "annotations",
     "attach",
     "blkio_config",
-    "cgroup",
     "cgroup_parent",
     "cpu_count",
     "cpu_percent",
-    "cpu_period",
-    "cpu_quota",
-    "cpu_rt_period",
-    "cpu_rt_runtime",
     "credential_spec",
     "develop",
     "device_cgroup_rules",
     "devices",
     "external_links",
     "gpus",
-    "group_add",
-    "ipc",
     "isolation",
     "label_file",
     "links",
     "mac_address",
-    "mem_swappiness",
-    "memswap_limit",
     "models",
-    "network_mode",
-    "oom_kill_disable",
-    "oom_score_adj",
-    "pid",
     "platform",
     "post_start",
     "pre_stop",
     "provider",
     "pull_refresh_after",
     "runtime",
-    "security_opt",
     "storage_opt",
     "use_api_socket",
-    "userns_mode",
-    "uts",
     "volumes_from",
 ];
 
@@ -183,6 +168,15 @@ pub(crate) fn decode_service(cx: &mut Cx, n: Node) -> Option<Service> {
         sysctls: m
             .get(cx, "sysctls", |cx, n| Some(sysctls(cx, n)))
             .unwrap_or_default(),
+        security_opt: m
+            .get(cx, "security_opt", |cx, n| Some(cx.each(n, security_opt)))
+            .unwrap_or_default(),
+        group_add: m
+            .get(cx, "group_add", |cx, n| Some(cx.each(n, group)))
+            .unwrap_or_default(),
+        oom_score_adj: m
+            .get(cx, "oom_score_adj", |cx, n| cx.int_in(n, -1000, 1000))
+            .and_then(|x| i32::try_from(x).ok()),
         stop_signal: m.get(cx, "stop_signal", |cx, n| {
             cx.parsed(n, |s| units::parse_signal(s).map(str::to_string))
         }),
@@ -210,12 +204,34 @@ pub(crate) fn decode_service(cx: &mut Cx, n: Node) -> Option<Service> {
             })
             .map(|x| x as u64),
         cpuset: m.get(cx, "cpuset", |cx, n| cx.parsed(n, cpuset)),
+        cpu_period: m
+            .get(cx, "cpu_period", |cx, n| cx.int_in(n, 1000, 1_000_000))
+            .map(|x| x as u64),
+        cpu_quota: m.get(cx, "cpu_quota", cpu_quota),
+        cpu_rt_period: m
+            .get(cx, "cpu_rt_period", |cx, n| micros(cx, n, 1))
+            .map(|x| x as u64),
+        cpu_rt_runtime: m.get(cx, "cpu_rt_runtime", |cx, n| micros(cx, n, -1)),
+        // -1 is Docker's "not set".
+        mem_swappiness: m
+            .get(cx, "mem_swappiness", |cx, n| cx.int_in(n, -1, 100))
+            .and_then(|x| u8::try_from(x).ok()),
+        memswap_limit: m.get(cx, "memswap_limit", memswap_limit),
+        oom_kill_disable: m
+            .get(cx, "oom_kill_disable", |cx, n| cx.bool(n))
+            .unwrap_or(false),
         scale: m.get(cx, "scale", |cx, n| cx.u32(n)),
         profiles: m
             .get(cx, "profiles", |cx, n| Some(profiles(cx, n)))
             .unwrap_or_default(),
         container_name: m.get(cx, "container_name", |cx, n| cx.parsed(n, container_name)),
         logging: m.get(cx, "logging", logging),
+        network_mode: namespace(cx, &mut m, "network_mode"),
+        pid: namespace(cx, &mut m, "pid"),
+        ipc: namespace(cx, &mut m, "ipc"),
+        uts: namespace(cx, &mut m, "uts"),
+        userns_mode: namespace(cx, &mut m, "userns_mode"),
+        cgroup: namespace(cx, &mut m, "cgroup"),
         ..Service::default()
     };
 
@@ -223,13 +239,16 @@ pub(crate) fn decode_service(cx: &mut Cx, n: Node) -> Option<Service> {
     let env_files = m.get(cx, "env_file", |cx, n| Some(cx.each_or_one(n, env_file)));
     s.env_file = env_files.unwrap_or_default();
     s.environment = read_env_files(cx, &s.env_file, &m.path_of("env_file"));
-    if let Some(env) = m.get(cx, "environment", |cx, n| Some(cx.list_or_map(n))) {
+    if let Some(env) = m.get(cx, "environment", |cx, n| Some(environment(cx, n))) {
         for (k, v) in env {
             // `environment: [FOO]` passes FOO through from the environment of the load.
             let v = v.or_else(|| (cx.env)(&k));
             s.environment.insert(k, v);
         }
     }
+
+    ports_beside_network_mode(cx, &m, &s);
+    resource_combinations(cx, &m, &s);
 
     if m.has("extends") {
         // Resolved before decoding; only a tree that skipped that step gets here.
@@ -243,7 +262,139 @@ pub(crate) fn decode_service(cx: &mut Cx, n: Node) -> Option<Service> {
     Some(s)
 }
 
+/// `environment:` as a list or a mapping. In the list form, a name followed by spaces
+/// (`DEBUG = true`) is refused, as compose-go does: it would set a variable named
+/// `DEBUG ` to ` true`, which is never what was meant.
+fn environment(cx: &mut Cx, n: Node) -> Vec<(String, Option<String>)> {
+    if let Value::Sequence(items) = n.v() {
+        for (i, item) in items.iter().enumerate() {
+            let Some(text) = item.as_str() else { continue };
+            let name = text.split_once('=').map_or(text, |(k, _)| k);
+            if name.ends_with(char::is_whitespace) {
+                cx.error(
+                    &crate::diag::index(n.path, i),
+                    format!(
+                        "variable {:?} ends with a space; write {}=... with no space before =",
+                        name,
+                        name.trim_end()
+                    ),
+                );
+            }
+        }
+    }
+    cx.list_or_map(n)
+}
+
+/// Published ports mean nothing in another container's network namespace or in one
+/// with only loopback (an error, as Compose's); in the host's they are the container's
+/// own ports already (ignored with a warning, as Docker's).
+fn ports_beside_network_mode(cx: &mut Cx, m: &MapReader, s: &Service) {
+    let Some(mode) = s.network_mode.as_deref() else {
+        return;
+    };
+    if s.ports.is_empty() {
+        return;
+    }
+    let path = m.path_of("ports");
+    if mode == "host" {
+        cx.warn(
+            &path,
+            "ignored with network_mode: host: the container's ports are the host's own",
+        );
+    } else {
+        cx.error(
+            &path,
+            format!("cannot publish ports with network_mode: {mode}; remove ports or network_mode"),
+        );
+    }
+}
+
+/// A namespace attribute (`spec::namespaces`), kept as written once its value is known.
+fn namespace(cx: &mut Cx, m: &mut MapReader, key: &'static str) -> Option<String> {
+    m.get(cx, key, |cx, n| {
+        cx.parsed(n, |s| {
+            crate::namespaces::parse(key, s).map(|_| s.to_string())
+        })
+    })
+}
+
 /// Moves the present unsupported attributes into `into`, warning about each by name.
+/// Attributes Docker acts on for Windows containers only, and ignores on Linux.
+const WINDOWS_ONLY: &[&str] = &["cpu_count", "cpu_percent"];
+
+/// Docker's daemon refuses these combinations when the container is created; berth
+/// says so at load, naming the field.
+fn resource_combinations(cx: &mut Cx, m: &MapReader, s: &Service) {
+    let limits = (s.deploy.as_ref())
+        .and_then(|d| d.resources.as_ref())
+        .and_then(|r| r.limits.as_ref());
+    let cpus = s.cpus.or(limits.and_then(|l| l.cpus)).is_some();
+    for key in ["cpu_period", "cpu_quota"] {
+        if cpus && m.has(key) {
+            cx.error(
+                &m.path_of(key),
+                "cannot be combined with cpus (or deploy.resources.limits.cpus), as in Docker: set cpus alone, or cpu_quota and cpu_period",
+            );
+        }
+    }
+    let memory = s.mem_limit.or(limits.and_then(|l| l.memory));
+    match (s.memswap_limit, memory) {
+        (Some(swap), None) if swap != 0 => cx.error(
+            &m.path_of("memswap_limit"),
+            "needs a memory limit (mem_limit or deploy.resources.limits.memory), as in Docker",
+        ),
+        (Some(swap), Some(mem)) if swap > 0 && (swap as u64) < mem => cx.error(
+            &m.path_of("memswap_limit"),
+            format!("{swap} is less than the memory limit ({mem}): it is memory plus swap, so it must be at least as large"),
+        ),
+        _ => {}
+    }
+}
+
+/// `cpu_quota`: microseconds per period; -1 (or 0, Docker's unset) is no limit, else at
+/// least 1000 as the daemon checks.
+fn cpu_quota(cx: &mut Cx, n: Node) -> Option<i64> {
+    let q = cx.int(n)?;
+    match q {
+        -1 | 0 => Some(-1),
+        q if q >= 1000 => Some(q),
+        _ => {
+            cx.error(
+                n.path,
+                format!("{q} is out of range: at least 1000 (1ms), or -1 for no limit"),
+            );
+            None
+        }
+    }
+}
+
+/// A time in microseconds: an integer, or a duration string (`950ms`, `1s`) as
+/// compose-go accepts for `cpu_rt_period` and `cpu_rt_runtime`; `min` is the least.
+fn micros(cx: &mut Cx, n: Node, min: i64) -> Option<i64> {
+    let x = match n.v() {
+        Value::Number(_) => cx.int(n)?,
+        Value::String(s) if s.trim().parse::<i64>().is_ok() => cx.int(n)?,
+        _ => {
+            let d = cx.parsed(n, units::parse_duration)?;
+            i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+        }
+    };
+    if x < min {
+        cx.error(n.path, format!("{x} is out of range (at least {min})"));
+        return None;
+    }
+    Some(x)
+}
+
+/// `memswap_limit`: a size, or -1 for unlimited swap.
+fn memswap_limit(cx: &mut Cx, n: Node) -> Option<i64> {
+    match n.v() {
+        Value::Number(x) if x.as_i64() == Some(-1) => Some(-1),
+        Value::String(s) if s.trim() == "-1" => Some(-1),
+        _ => bytes(cx, n).map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+    }
+}
+
 pub(crate) fn carry_unsupported(
     cx: &mut Cx,
     m: &mut MapReader,
@@ -255,7 +406,11 @@ pub(crate) fn carry_unsupported(
             if let Some(v) = m.take(key) {
                 cx.warn(
                     &path,
-                    "not supported by berth yet; kept in the stack, but it has no effect",
+                    if WINDOWS_ONLY.contains(key) {
+                        "acts only on Windows containers: Docker ignores it on Linux, and so does berth; kept in the stack, but it has no effect"
+                    } else {
+                        "not supported by berth yet; kept in the stack, but it has no effect"
+                    },
                 );
                 into.insert((*key).to_string(), v.clone());
             }
@@ -472,6 +627,66 @@ fn capabilities(cx: &mut Cx, n: Node) -> Vec<String> {
     })
 }
 
+/// A `security_opt` entry. A seccomp profile file (made absolute by the loader) is
+/// read now, so that the stack carries the profile itself.
+fn security_opt(cx: &mut Cx, n: Node) -> Option<SecurityOpt> {
+    let text = cx.string(n)?;
+    let inline = match text.split_once(['=', ':']) {
+        Some(("seccomp", v)) if v != "unconfined" && !v.trim_start().starts_with('{') => {
+            match crate::yaml::read_limited(std::path::Path::new(v)) {
+                Ok(profile) => match crate::security::check_seccomp_profile(&profile) {
+                    Ok(json) => Some(SecurityOpt::Seccomp(json)),
+                    Err(e) => {
+                        cx.error(n.path, format!("{v}: {e}"));
+                        return None;
+                    }
+                },
+                Err(e) => {
+                    cx.error(
+                        n.path,
+                        format!("cannot read the seccomp profile {v}: {e}; give the path of a JSON file, relative to the project directory"),
+                    );
+                    return None;
+                }
+            }
+        }
+        _ => None,
+    };
+    let opt = match inline {
+        Some(o) => o,
+        None => cx.parsed(n, SecurityOpt::parse)?,
+    };
+    // berth's runtime has no AppArmor or SELinux support (and the hosts it is tested
+    // on have neither), so such an option is kept but has no effect. Turning them off
+    // is what berth does anyway, so that needs no warning.
+    match &opt {
+        SecurityOpt::AppArmor(p) if p != "unconfined" => cx.warn(
+            n.path,
+            "not applied: berth's runtime does not load AppArmor profiles; the container runs unconfined by AppArmor",
+        ),
+        SecurityOpt::Label(l) if l != "disable" => cx.warn(
+            n.path,
+            "not applied: berth's runtime does not set SELinux labels; the container runs with its parent's label",
+        ),
+        _ => {}
+    }
+    Some(opt)
+}
+
+/// A `group_add` entry: a gid or a group name (checked in the image when the
+/// container starts, since only the image has its /etc/group).
+fn group(cx: &mut Cx, n: Node) -> Option<String> {
+    let g = cx.string(n)?;
+    if g.is_empty() || g.contains([':', '\n']) {
+        cx.error(
+            n.path,
+            format!("{g:?} is not a group: give a group name or a gid"),
+        );
+        return None;
+    }
+    Some(g)
+}
+
 fn ulimits(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, Ulimit>> {
     let mut m = cx.map(n)?;
     let mut out = BTreeMap::new();
@@ -541,8 +756,8 @@ fn extra_hosts(cx: &mut Cx, n: Node) -> Vec<String> {
             }
         }
         _ => {
-            for (h, ip) in cx.each(n, |cx, n| cx.parsed(n, short_syntax::parse_extra_host)) {
-                out.push(format!("{h}={ip}"));
+            for hosts in cx.each(n, |cx, n| cx.parsed(n, short_syntax::parse_extra_hosts)) {
+                out.extend(hosts.into_iter().map(|(h, ip)| format!("{h}={ip}")));
             }
         }
     }
@@ -683,7 +898,7 @@ fn mount(cx: &mut Cx, n: Node) -> Option<Mount> {
                     VolumeKind::Volume => MountType::Volume,
                 },
                 source: v.source,
-                target: v.target,
+                target: clean_target(&v.target),
                 read_only: v.read_only,
                 bind: None,
                 volume: None,
@@ -725,6 +940,34 @@ fn mount(cx: &mut Cx, n: Node) -> Option<Mount> {
     }
 }
 
+/// A container path cleaned lexically, as compose-go does with Go's `path.Clean`
+/// (`/data/../x` is `/x`, `/srv//cache/` is `/srv/cache`), so that two spellings of
+/// one path are one mount target.
+fn clean_target(path: &str) -> String {
+    if path.is_empty() {
+        return String::new();
+    }
+    let rooted = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
+            }
+            // Above the root is the root.
+            ".." if rooted => {}
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
+}
+
 fn bind_default_short() -> BindOptions {
     BindOptions {
         create_host_path: true,
@@ -761,9 +1004,10 @@ fn mount_long(cx: &mut Cx, n: Node) -> Option<Mount> {
                     )),
                 })
             }),
+            // compose-go's default for a `bind:` section that leaves it out.
             create_host_path: b
                 .get(cx, "create_host_path", |cx, n| cx.bool(n))
-                .unwrap_or(false),
+                .unwrap_or(true),
             selinux: b.get(cx, "selinux", |cx, n| {
                 cx.parsed(n, |s| match s {
                     "z" | "Z" => Ok(s.to_string()),
@@ -829,7 +1073,7 @@ fn mount_long(cx: &mut Cx, n: Node) -> Option<Mount> {
     Some(Mount {
         kind,
         source,
-        target,
+        target: clean_target(&target),
         read_only,
         bind,
         volume,
@@ -1043,6 +1287,13 @@ fn build(cx: &mut Cx, n: Node) -> Option<Build> {
         shm_size: m.get(cx, "shm_size", bytes),
         unsupported: BTreeMap::new(),
     };
+    // compose-go refuses both: which one builds would be a guess.
+    if b.dockerfile.is_some() && b.dockerfile_inline.is_some() {
+        cx.error(
+            &m.path_of("dockerfile_inline"),
+            "dockerfile and dockerfile_inline are mutually exclusive; keep one",
+        );
+    }
     // The rest of the build section is kept verbatim: berth will read it when it builds.
     for (k, v) in m.drain() {
         b.unsupported.insert(k, v.clone());

@@ -144,11 +144,60 @@ pub(crate) fn find_files(
     ))
 }
 
-/// The environment files are interpolated with: the `.env` file of the project directory
-/// (or the `--env-file`s), overridden by the process environment, as in Compose.
+/// An included project's environment: its `env_file`s, or the `.env` of its directory.
 pub(crate) fn project_env(
     env_files: &[PathBuf],
     project_dir: &Path,
+    working_dir: &Path,
+    process_env: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, LoadError> {
+    layered_env(env_files, &[project_dir], working_dir, process_env)
+}
+
+/// Where the top-level project's environment comes from, before the files are known:
+/// `--env-file`, else `COMPOSE_ENV_FILES` (comma-separated, as docker compose reads
+/// it), else the default `.env` files unless `COMPOSE_DISABLE_ENV_FILE` is true. Both
+/// variables come from the process environment only, as in docker compose. `None`:
+/// no default `.env`.
+pub(crate) fn env_file_choice(
+    env_files: &[PathBuf],
+    process_env: &BTreeMap<String, String>,
+) -> Result<Option<Vec<PathBuf>>, LoadError> {
+    if !env_files.is_empty() {
+        return Ok(Some(env_files.to_vec()));
+    }
+    if let Some(list) = process_env.get("COMPOSE_ENV_FILES") {
+        let files: Vec<PathBuf> = (list.split(','))
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        if !files.is_empty() {
+            return Ok(Some(files));
+        }
+    }
+    match process_env
+        .get("COMPOSE_DISABLE_ENV_FILE")
+        .map(String::as_str)
+    {
+        // Go's strconv.ParseBool, which compose-go reads it with.
+        None | Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(Some(Vec::new())),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(None),
+        Some(other) => Err(LoadError::single(
+            "",
+            "",
+            format!("COMPOSE_DISABLE_ENV_FILE={other:?}: expected true or false"),
+        )),
+    }
+}
+
+/// The environment files are interpolated with, as docker compose builds it: the
+/// process environment, over the `env_files` given (later files winning) or, with none
+/// given, over the `.env` of each of `dirs` (the working directory's, then the project
+/// directory's: a variable set by an earlier one is kept, as compose-go's
+/// `Mapping.Merge` does). A default `.env` that is missing or a directory is skipped.
+pub(crate) fn layered_env(
+    env_files: &[PathBuf],
+    dirs: &[&Path],
     working_dir: &Path,
     process_env: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, LoadError> {
@@ -159,11 +208,21 @@ pub(crate) fn project_env(
             .map(|p| absolute(working_dir, p, None))
             .collect()
     } else {
-        vec![project_dir.join(".env")]
+        let mut files: Vec<PathBuf> = Vec::new();
+        for d in dirs {
+            let f = d.join(".env");
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+        files
     };
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for file in files {
         let shown = display_name(&file, working_dir);
+        if !explicit && file.is_dir() {
+            continue;
+        }
         let text = match crate::yaml::read_limited(&file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => continue,
@@ -178,7 +237,13 @@ pub(crate) fn project_env(
         let lookup = |name: &str| process_env.get(name).or_else(|| env.get(name)).cloned();
         let pairs = crate::dotenv::parse(&text, &lookup)
             .map_err(|e| LoadError::single(&shown, "", e.to_string()))?;
-        env.extend(pairs);
+        if explicit {
+            env.extend(pairs);
+        } else {
+            for (k, v) in pairs {
+                env.entry(k).or_insert(v);
+            }
+        }
     }
     env.extend(process_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     Ok(env)

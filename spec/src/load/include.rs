@@ -2,8 +2,8 @@
 //!
 //! Each entry is loaded as a project of its own (its own directory, `.env` and files,
 //! with its own includes), and its services, networks, volumes, secrets and configs are
-//! added to the including file. A name defined on both sides is an error, as in Compose:
-//! an include is a dependency, not an override.
+//! added to the including file. A name defined on both sides is merged, the including
+//! file's definition over the included one, as compose-go does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,14 +49,7 @@ pub(crate) fn apply(
             continue;
         };
         origin.absorb(included.origin);
-        add_resources(
-            root,
-            included.value,
-            &path,
-            display,
-            &spec.files[0].display,
-            diags,
-        );
+        add_resources(root, included.value);
     }
     Some(origin)
 }
@@ -213,14 +206,9 @@ fn load_included(
     tree
 }
 
-fn add_resources(
-    root: &mut Value,
-    included: Value,
-    path: &str,
-    display: &str,
-    from: &str,
-    diags: &mut Diagnostics,
-) {
+/// Adds `included`'s resources to `root`; what `root` (or an earlier include) already
+/// defines wins, as compose-go merges them.
+fn add_resources(root: &mut Value, included: Value) {
     let Value::Mapping(included) = included else {
         return;
     };
@@ -255,13 +243,13 @@ fn add_resources(
             if target.get(&k) == Some(&v) {
                 continue;
             }
-            if target.contains_key(&k) {
-                let key = k.as_str().unwrap_or_default();
-                diags.error(
-                    display,
-                    path,
-                    format!("{name}.{key} is defined both here and in the included {from}; rename one of them"),
-                );
+            // Defined here too: the local definition is an override of the included
+            // one, as in compose-go (so `!override` and `!reset` work on it).
+            if let Some(local) = target.remove(&k) {
+                let key = k.as_str().unwrap_or_default().to_string();
+                if let Some(merged) = crate::merge::merge(v, local, &[name, &key]) {
+                    target.insert(k, merged);
+                }
                 continue;
             }
             target.insert(k, v);

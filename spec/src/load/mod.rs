@@ -29,7 +29,10 @@ use crate::model::{Network, ServiceNetwork, Stack};
 use crate::origin::Origin;
 
 pub use files::DEFAULT_FILES;
-use files::{check_project_name, find_files, normalize_project_name, project_env, SourceFile};
+use files::{
+    check_project_name, env_file_choice, find_files, layered_env, normalize_project_name,
+    SourceFile,
+};
 
 /// What to load, as the command line and the caller's environment say.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +43,9 @@ pub struct LoadOptions {
     pub project_name: Option<String>,
     /// `--project-directory`; default: the directory of the first file.
     pub project_directory: Option<PathBuf>,
-    /// `--env-file`, in order (later files win); default: `<project dir>/.env`.
+    /// `--env-file`, in order (later files win); default: `COMPOSE_ENV_FILES` from
+    /// `environment`, else the `.env` of the working directory, then of the project
+    /// directory (unless `COMPOSE_DISABLE_ENV_FILE` is true).
     pub env_files: Vec<PathBuf>,
     /// `--profile`; `COMPOSE_PROFILES` adds to these.
     pub profiles: Vec<String>,
@@ -93,9 +98,27 @@ pub(crate) struct Tree {
 pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
     let wd = &opts.working_dir;
     // COMPOSE_FILE may come from the .env of the working directory, as in Compose; read
-    // it before the files are known.
-    let early_dir = opts.project_directory.clone().unwrap_or_else(|| wd.clone());
-    let early_env = project_env(&opts.env_files, &early_dir, wd, &opts.environment)?;
+    // it before the files are known. That directory is docker compose's first guess:
+    // --project-directory, else the first -f file's directory, else the working one.
+    let choice = env_file_choice(&opts.env_files, &opts.environment)?;
+    let (env_files, default_env) = match &choice {
+        Some(files) => (files.as_slice(), true),
+        None => (&[][..], false),
+    };
+    let early_dir = match (&opts.project_directory, opts.files.first()) {
+        (Some(d), _) => files::absolute(wd, d, None),
+        (None, Some(f)) if f.as_os_str() != "-" => {
+            let f = files::absolute(wd, f, None);
+            f.parent().map_or_else(|| wd.clone(), Path::to_path_buf)
+        }
+        _ => wd.clone(),
+    };
+    let early_dirs: Vec<&Path> = if default_env {
+        vec![&early_dir]
+    } else {
+        Vec::new()
+    };
+    let early_env = layered_env(env_files, &early_dirs, wd, &opts.environment)?;
     let mut files = find_files(&opts.files, wd, &early_env)?;
     for f in files.iter_mut().filter(|f| f.display == "-") {
         f.text = Some(opts.stdin_text.clone().unwrap_or_default());
@@ -108,7 +131,13 @@ pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
             .unwrap_or(Path::new("/"))
             .to_path_buf(),
     };
-    let mut env = project_env(&opts.env_files, &project_dir, wd, &opts.environment)?;
+    // The project directory's .env adds what the first one did not set.
+    let dirs: Vec<&Path> = if default_env {
+        vec![&early_dir, &project_dir]
+    } else {
+        Vec::new()
+    };
+    let mut env = layered_env(env_files, &dirs, wd, &opts.environment)?;
 
     let mut diags = Diagnostics::default();
     let parsed = parse_all(&files, &mut diags);
@@ -157,6 +186,14 @@ pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
     let mut stack = decoded;
     stack.name = name;
     normalize(&mut stack);
+    // Before profiles, so that a reference to a disabled service is reported as a
+    // dependency on it is.
+    let implicit = crate::references::add_implicit_dependencies(
+        &mut stack,
+        &tree.origin,
+        &main_file,
+        &mut diags,
+    );
 
     // --profile replaces COMPOSE_PROFILES, as in Compose.
     let profiles: BTreeSet<String> = if opts.profiles.is_empty() {
@@ -182,6 +219,7 @@ pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
         &profiles,
         &opts.services,
         &tree.origin,
+        &implicit,
         &main_file,
         &mut diags,
     );
@@ -201,14 +239,31 @@ pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
 }
 
 /// Reads and parses each file; the ones that fail are reported and left out.
+/// Files that are all empty make no project, as in compose-go.
 pub(crate) fn parse_all(files: &[SourceFile], diags: &mut Diagnostics) -> Vec<(SourceFile, Value)> {
-    files
+    let parsed: Vec<(SourceFile, Value)> = files
         .iter()
         .filter_map(|f| {
             let value = tree::read_and_parse(&f.path, f.text.as_deref(), &f.display, diags)?;
             Some((f.clone(), value))
         })
-        .collect()
+        .collect();
+    let empty = |v: &Value| v.as_mapping().is_some_and(|m| m.is_empty());
+    if parsed.len() == files.len() && parsed.iter().all(|(_, v)| empty(v)) {
+        if let Some(first) = files.first() {
+            let what = if files.len() > 1 {
+                "the files are all empty"
+            } else {
+                "the file is empty"
+            };
+            diags.error(
+                &first.display,
+                "",
+                format!("{what}; a Compose file needs at least a services: section"),
+            );
+        }
+    }
+    parsed
 }
 
 /// Steps 3 and 4 for a set of parsed files: each one finished, then all merged.
@@ -323,7 +378,7 @@ fn normalize(stack: &mut Stack) {
     let mut uses_default = false;
     for svc in stack.services.values_mut() {
         // `network_mode` replaces networking altogether; such a service joins no network.
-        if svc.networks.is_empty() && !svc.unsupported.contains_key("network_mode") {
+        if svc.networks.is_empty() && svc.network_mode.is_none() {
             svc.networks
                 .insert("default".to_string(), ServiceNetwork::default());
         }

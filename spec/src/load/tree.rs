@@ -53,14 +53,9 @@ pub(crate) fn read_and_parse(
     };
     match &value {
         Value::Mapping(_) => Some(value),
-        Value::Null => {
-            diags.error(
-                display,
-                "",
-                "the file is empty; a Compose file needs at least a services: section",
-            );
-            None
-        }
+        // An empty override changes nothing (compose-go merges it as an empty mapping);
+        // a project whose files are all empty is refused by `parse_all`.
+        Value::Null => Some(Value::Mapping(serde_norway::Mapping::new())),
         other => {
             diags.error(
                 display,
@@ -176,7 +171,8 @@ fn interpolate_tree(
 }
 
 /// Makes the file's relative host paths absolute against `base`: build contexts, env
-/// files, bind-mount sources, extends files and secret/config files. Compose resolves
+/// files, bind-mount sources, extends files, secret/config files and seccomp profiles
+/// (`security_opt: [seccomp=FILE]`). Compose resolves
 /// them against the directory of the project (or of the extended/included file), not
 /// against wherever the command happens to run.
 pub(crate) fn resolve_paths(root: &mut Value, base: &Path, home: Option<&str>) {
@@ -235,6 +231,17 @@ pub(crate) fn resolve_paths(root: &mut Value, base: &Path, home: Option<&str>) {
                             }
                         }
                         _ => {}
+                    }
+                }
+            }
+            // `seccomp=PROFILE.json`: a file of the project, like an env file.
+            if let Some(Value::Sequence(opts)) = svc.get_mut("security_opt") {
+                for opt in opts {
+                    let Value::String(text) = opt else { continue };
+                    if let Some(("seccomp", v)) = text.split_once(['=', ':']) {
+                        if v != "unconfined" && !v.trim_start().starts_with('{') {
+                            *text = format!("seccomp={}", abs(v));
+                        }
                     }
                 }
             }

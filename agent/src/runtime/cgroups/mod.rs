@@ -65,6 +65,10 @@ pub struct Resources {
     pub cpu_shares: Option<u64>,
     pub cpu_quota: Option<i64>,
     pub cpu_period: Option<u64>,
+    /// v1's `cpu.rt_period_us` and `cpu.rt_runtime_us` (real-time group scheduling);
+    /// v2 has none.
+    pub cpu_rt_period: Option<u64>,
+    pub cpu_rt_runtime: Option<i64>,
     pub cpuset_cpus: Option<String>,
     pub cpuset_mems: Option<String>,
     pub pids_limit: Option<i64>,
@@ -113,9 +117,8 @@ impl Resources {
             res.cpu_period = c.period().filter(|p| *p > 0);
             res.cpuset_cpus = c.cpus().clone().filter(|s| !s.is_empty());
             res.cpuset_mems = c.mems().clone().filter(|s| !s.is_empty());
-            if c.realtime_runtime().is_some() || c.realtime_period().is_some() {
-                return unsupported("cpu.realtimeRuntime / realtimePeriod");
-            }
+            res.cpu_rt_period = c.realtime_period().filter(|p| *p > 0);
+            res.cpu_rt_runtime = c.realtime_runtime().filter(|r| *r != 0);
         }
         res.pids_limit = r.pids().map(|p| p.limit());
         for d in r.devices().iter().flatten() {

@@ -114,6 +114,30 @@ impl CgroupV1 {
                 &quota.to_string(),
             )?;
         }
+        if res.cpu_rt_period.is_some() || res.cpu_rt_runtime.is_some() {
+            let dir = self.need("cpu")?;
+            let rt = |file: &str, value: String| {
+                let path = dir.join(file);
+                if !path.exists() {
+                    return Err(CgroupError::Unsupported(format!(
+                        "{file} is absent: this kernel has no real-time group scheduling (CONFIG_RT_GROUP_SCHED), so cpu_rt_period and cpu_rt_runtime cannot be set"
+                    )));
+                }
+                write(&path, &value).map_err(|e| match e {
+                    CgroupError::Io { path, source } => CgroupError::Unsupported(format!(
+                        "write {value} to {}: {source} (a real-time runtime must fit in its parent's: give the parent cgroup a budget in its cpu.rt_runtime_us, as dockerd's --cpu-rt-runtime does)",
+                        path.display()
+                    )),
+                    other => other,
+                })
+            };
+            if let Some(period) = res.cpu_rt_period {
+                rt("cpu.rt_period_us", period.to_string())?;
+            }
+            if let Some(runtime) = res.cpu_rt_runtime {
+                rt("cpu.rt_runtime_us", runtime.to_string())?;
+            }
+        }
         if let Some(cpus) = &res.cpuset_cpus {
             write(&self.need("cpuset")?.join("cpuset.cpus"), cpus)?;
         }

@@ -98,6 +98,11 @@ impl CgroupV2 {
             let period = res.cpu_period.unwrap_or(100_000);
             write(&f("cpu.max"), &format!("{quota} {period}"))?;
         }
+        if res.cpu_rt_period.is_some() || res.cpu_rt_runtime.is_some() {
+            return Err(CgroupError::Unsupported(
+                "cpu_rt_period and cpu_rt_runtime need cgroup v1: cgroup v2 has no real-time group scheduling".into(),
+            ));
+        }
         if let Some(cpus) = &res.cpuset_cpus {
             write(&f("cpuset.cpus"), cpus)?;
         }
