@@ -77,6 +77,8 @@ pub enum ExecutorError {
          ports are the other container's); remove ports or network_mode"
     )]
     PortsInJoinedNetwork { service: String, mode: String },
+    #[error(transparent)]
+    VolumesFrom(#[from] crate::volumes_from::VolumesFromError),
     /// `network_mode`, `pid`, `ipc`, `uts`, `cgroup`, `userns_mode`.
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
@@ -135,6 +137,9 @@ impl ExecutorError {
             }
             // The container to join may run later (or again): retried.
             ExecutorError::Namespace(NamespaceError::NotRunning { .. }) => TaskState::Failed,
+            ExecutorError::VolumesFrom(crate::volumes_from::VolumesFromError::NotFound {
+                ..
+            }) => TaskState::Failed,
             // Failed is retried (with the service's restart policy); Rejected is not.
             ExecutorError::FetchImage { source, .. } if source.may_succeed_later() => {
                 TaskState::Failed
@@ -319,9 +324,15 @@ impl Executor {
                 .container_name
                 .clone()
                 .unwrap_or_else(|| task.name()),
+            // `cgroup_parent` (checked by the loader: a path below the root, no `..`)
+            // in place of berth's own parent.
             cgroups_path: Some(PathBuf::from(format!(
                 "/{}/{}",
-                self.cgroup_parent, task.id
+                service
+                    .cgroup_parent
+                    .as_deref()
+                    .map_or(self.cgroup_parent.as_str(), |p| p.trim_matches('/')),
+                task.id
             ))),
             volumes: stack.volumes.clone(),
             secrets: stack.secrets.clone(),
@@ -362,6 +373,10 @@ impl Executor {
             &namespace_modes::host_hostname(),
         )
         .map_err(ExecutorError::from)
+        .and_then(|networking| {
+            crate::volumes_from::apply(&mut spec, &stack.name, &task.service, service, &shim_root)?;
+            Ok(networking)
+        })
         .and_then(|networking| self.connect(task, stack, service, &ctx, &networking, &mut spec));
         if let Err(e) = networking {
             self.release(&task.id);

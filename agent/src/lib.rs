@@ -27,6 +27,7 @@ pub mod namespace_modes;
 pub mod node;
 pub mod runtime;
 pub mod shim;
+pub mod volumes_from;
 pub mod worker;
 
 /// Changes with every build of this crate: `berth-shim --build-id` prints it, so that

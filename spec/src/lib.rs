@@ -11,6 +11,7 @@
 pub mod canonical;
 pub mod constraint;
 pub(crate) mod decode;
+pub mod devices;
 pub mod diag;
 pub mod dotenv;
 pub mod interpolate;

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::devices::{BlkioConfig, DeviceMapping, DeviceRequest, DeviceRule};
+
 /// An extension field (`x-*`) or an attribute berth carries without interpreting.
 pub type Raw = serde_norway::Value;
 
@@ -205,6 +207,49 @@ pub struct Service {
     pub userns_mode: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// Host devices made in the container, or CDI devices by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceMapping>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_cgroup_rules: Vec<DeviceRule>,
+    /// `gpus: all` is one request with `count: -1`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<DeviceRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blkio_config: Option<BlkioConfig>,
+    /// `SERVICE[:ro|rw]` or `container:NAME[:ro|rw]`, as written (checked at load).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes_from: Vec<String>,
+    /// `SERVICE[:ALIAS]`: the service reachable by the alias too, from this container.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+    /// `CONTAINER[:ALIAS]`: a container outside the stack, reachable by the alias.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub external_links: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    /// A cgroup (relative to the cgroup root) to put the container under, instead
+    /// of berth's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_parent: Option<String>,
+    /// OCI annotations of the container.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Absolute paths of the files `labels` were read from (they are in `labels`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub label_file: Vec<String>,
+    /// `attach: false`: `up` in the foreground does not follow this service's logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach: Option<bool>,
+    /// `os/arch[/variant]` the image must be for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// With `pull_policy: refresh`: pull again once the local image is this old.
+    #[serde(skip_serializing_if = "Option::is_none", with = "duration_opt")]
+    pub pull_refresh_after: Option<Duration>,
+    /// Options of the container's writable layer (Docker's `--storage-opt`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_opt: BTreeMap<String, String>,
     /// Attributes of the Compose spec that berth accepts but does not act on yet. The
     /// loader warns about each by name; they are printed back by `berth config`.
     #[serde(flatten)]
@@ -427,6 +472,10 @@ pub struct ServiceNetwork {
     pub ipv6_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
+    /// This network's MAC address for the container (else the service's, else a
+    /// random one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -587,7 +636,10 @@ pub struct ResourceSet {
     pub memory: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pids: Option<i64>,
-    /// `devices` and `generic_resources` are carried, not acted on.
+    /// Devices by kind (GPUs): reservations only, made into CDI devices.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceRequest>,
+    /// `generic_resources` is carried, not acted on.
     #[serde(flatten)]
     pub unsupported: BTreeMap<String, Raw>,
 }

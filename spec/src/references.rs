@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::diag::Diagnostics;
-use crate::model::{Condition, Dependency, Raw, Service, Stack};
+use crate::model::{Condition, Dependency, Service, Stack};
 use crate::origin::Origin;
 
 /// A service named by an attribute of another.
@@ -23,23 +23,14 @@ struct Reference {
     restart: bool,
 }
 
-/// The services `svc` refers to: through `links` and `volumes_from` (kept verbatim in
-/// `unsupported`) and the namespace attributes (typed).
+/// The services `svc` refers to: through `links`, `volumes_from` and the namespace
+/// attributes.
 fn references(svc: &Service) -> Vec<Reference> {
-    let unsupported = &svc.unsupported;
     let mut refs = Vec::new();
-    let strings = |key: &str| -> Vec<(usize, String)> {
-        match unsupported.get(key) {
-            Some(Raw::Sequence(items)) => items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, v)| Some((i, v.as_str()?.to_string())))
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
+    let strings =
+        |list: &[String]| -> Vec<(usize, String)> { list.iter().cloned().enumerate().collect() };
     // `db` or `db:alias`.
-    for (i, link) in strings("links") {
+    for (i, link) in strings(&svc.links) {
         let service = link.split(':').next().unwrap_or_default().to_string();
         refs.push(Reference {
             at: format!("links[{i}]"),
@@ -48,7 +39,7 @@ fn references(svc: &Service) -> Vec<Reference> {
         });
     }
     // `db`, `db:ro`; `container:name[:ro]` is a container outside the project.
-    for (i, from) in strings("volumes_from") {
+    for (i, from) in strings(&svc.volumes_from) {
         if from.starts_with("container:") {
             continue;
         }

@@ -393,8 +393,96 @@ fn secrets_configs_and_misc() {
       max-size: 10m"),
         ("x-note: kept\ndevices: ['/dev/fuse']", "
   devices:
-  - /dev/fuse
+  - source: /dev/fuse
+    target: /dev/fuse
+    permissions: rwm
   x-note: kept"),
+    ]);
+}
+
+/// What reaches into the host or into another container, in its long form.
+#[test]
+fn devices_links_and_host_attributes() {
+    check(&[
+        ("devices: ['/dev/fuse:r', '/dev/sda:/dev/xvda:rw', 'vendor.com/class=dev0', {source: /dev/loop0, permissions: rw}]", "
+  devices:
+  - source: /dev/fuse
+    target: /dev/fuse
+    permissions: r
+  - source: /dev/sda
+    target: /dev/xvda
+    permissions: rw
+  - source: vendor.com/class=dev0
+  - source: /dev/loop0
+    target: /dev/loop0
+    permissions: rw"),
+        ("device_cgroup_rules: ['c 1:3 mr', 'b 8:* rwm', 'a *:* m']", "
+  device_cgroup_rules:
+  - c 1:3 mr
+  - b 8:* rwm
+  - a *:* m"),
+        ("gpus: all", "
+  gpus:
+  - count: -1
+    capabilities:
+    - gpu"),
+        ("gpus: [{driver: nvidia, device_ids: ['0', '1']}]", "
+  gpus:
+  - driver: nvidia
+    device_ids:
+    - '0'
+    - '1'
+    capabilities:
+    - gpu"),
+        ("deploy: {resources: {reservations: {devices: [{capabilities: [gpu], count: 1}]}}}", "
+  deploy:
+    mode: replicated
+    resources:
+      reservations:
+        devices:
+        - count: 1
+          capabilities:
+          - gpu"),
+        ("blkio_config: {weight: 300, weight_device: [{path: /dev/sda, weight: 400}], device_read_bps: [{path: /dev/sda, rate: 12mb}], device_write_iops: [{path: /dev/sda, rate: 30}]}", "
+  blkio_config:
+    weight: 300
+    weight_device:
+    - path: /dev/sda
+      weight: 400
+    device_read_bps:
+    - path: /dev/sda
+      rate: 12582912
+    device_write_iops:
+    - path: /dev/sda
+      rate: 30"),
+        ("volumes_from: ['other:ro', 'container:legacy']\nlinks: ['other:db']\nexternal_links: [legacy-db]", "
+  depends_on:
+    other:
+      condition: service_started
+      restart: true
+      required: true
+  volumes_from:
+  - other:ro
+  - container:legacy
+  links:
+  - other:db
+  external_links:
+  - legacy-db"),
+        ("mac_address: 02:42:AC:11:00:02\nnetworks: {front: {mac_address: '02-42-ac-11-00-03'}}", "
+  networks:
+    front:
+      mac_address: 02:42:ac:11:00:03
+  mac_address: 02:42:ac:11:00:02"),
+        ("cgroup_parent: berth-limits/web/\nannotations: {com.example.a: '1'}\nattach: false\nplatform: linux/AMD64\npull_policy: refresh\npull_refresh_after: 12h\nstorage_opt: {size: 1G}", "
+  pull_policy: refresh
+  cgroup_parent: /berth-limits/web
+  annotations:
+    com.example.a: '1'
+  attach: false
+  platform: linux/amd64
+  pull_refresh_after: 12h0m0s
+  storage_opt:
+    size: 1G"),
     ]);
 }
 
@@ -544,6 +632,23 @@ fn attribute_errors() {
         ("oom_score_adj: 1001", "-: services.s.oom_score_adj: 1001 is out of range (-1000-1000)"),
         ("oom_score_adj: -1001", "-: services.s.oom_score_adj: -1001 is out of range (-1000-1000)"),
         ("group_add: ['a:b']", "-: services.s.group_add[0]: \"a:b\" is not a group: give a group name or a gid"),
+        ("devices: ['dev/fuse']", "-: services.s.devices[0]: device \"dev/fuse\" must be an absolute host path (or a CDI name vendor.com/class=name)"),
+        ("devices: ['/dev/fuse:/dev/f:rx']", "-: services.s.devices[0]: invalid permissions \"rx\" of device \"/dev/fuse\": some of r, w and m (e.g. rwm)"),
+        ("device_cgroup_rules: ['c 1-3 r']", "-: services.s.device_cgroup_rules[0]: invalid device cgroup rule \"c 1-3 r\": write TYPE MAJOR:MINOR ACCESS, e.g. \"c 1:3 rwm\" or \"b 8:* r\" (type a, b or c; numbers or *; access some of r, w, m)"),
+        ("gpus: some", "-: services.s.gpus: write all, or a list of device requests"),
+        ("gpus: [{count: 1, device_ids: ['0']}]", "-: services.s.gpus[0]: count and device_ids cannot be set together"),
+        ("blkio_config: {weight: 5}", "-: services.s.blkio_config.weight: 5 is out of range: 10 to 1000"),
+        ("blkio_config: {device_read_bps: [{path: sda, rate: 1}]}", "-: services.s.blkio_config.device_read_bps[0].path: \"sda\" must be the absolute path of a device"),
+        ("volumes_from: ['other:rx']", "-: services.s.volumes_from[0]: invalid mode \"rx\" in \"other:rx\": ro or rw"),
+        ("volumes_from: [missing]", "-: services.s.volumes_from[0]: service \"missing\" is not defined; define it under the top-level services: section"),
+        ("links: ['other:a b']", "-: services.s.links[0]: invalid link \"other:a b\": write NAME or NAME:ALIAS (letters, digits, _ . -)"),
+        ("mac_address: 01:00:5e:00:00:01", "-: services.s.mac_address: \"01:00:5e:00:00:01\" is a multicast address: a container's MAC address must be unicast (an even first octet)"),
+        ("mac_address: 02:42:ac:11:00", "-: services.s.mac_address: invalid MAC address \"02:42:ac:11:00\": six hexadecimal octets, like 02:42:ac:11:00:02"),
+        ("cgroup_parent: ../escape", "-: services.s.cgroup_parent: invalid cgroup_parent \"../escape\": a path of cgroup names below the cgroup root, like berth-limits/web"),
+        ("cgroup_parent: user.slice", "-: services.s.cgroup_parent: \"user.slice\" is a systemd slice: berth manages cgroups with cgroupfs; give a path like user"),
+        ("platform: 'linux/'", "-: services.s.platform: invalid platform \"linux/\": write os/arch[/variant], like linux/amd64 or linux/arm64/v8"),
+        ("label_file: ./no-such.labels", "-: services.s.label_file: cannot read label file /nonexistent/berth-test/app/no-such.labels: No such file or directory (os error 2); create it or remove it from label_file"),
+        ("annotations: {berth.init: 'true'}", "-: services.s.annotations.berth.init: annotations starting with berth. are berth's own; use another prefix"),
         ("network_mode: 'service:other'\nports: ['80:80']", "-: services.s.ports: cannot publish ports with network_mode: service:other; remove ports or network_mode"),
     ];
     let mut failures = Vec::new();

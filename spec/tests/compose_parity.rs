@@ -290,7 +290,7 @@ fn override_merge_rules_of_compose_go() {
     );
     assert_eq!(
         s(&p, &["devices"]),
-        yaml("['/dev/nvme0n1:/dev/sda', '/dev/sdb:/dev/xvdb:r', '/dev/fuse', '/dev/sdc:/dev/sdc']")
+        yaml("[{source: /dev/nvme0n1, target: /dev/sda, permissions: rwm}, {source: /dev/sdb, target: /dev/xvdb, permissions: r}, {source: /dev/fuse, target: /dev/fuse, permissions: rwm}, {source: /dev/sdc, target: /dev/sdc, permissions: rwm}]")
     );
 
     // blkio_config device lists append: compose-go does not make them unique by path.
@@ -300,7 +300,7 @@ fn override_merge_rules_of_compose_go() {
     );
     assert_eq!(
         s(&p, &["blkio_config"]),
-        yaml("{weight: 300, device_read_bps: [{path: /dev/sda, rate: 1k}, {path: /dev/sda, rate: 2k}]}")
+        yaml("{weight: 300, device_read_bps: [{path: /dev/sda, rate: 1024}, {path: /dev/sda, rate: 2048}]}")
     );
 
     // links and build tags: appended, each once.

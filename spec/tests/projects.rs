@@ -336,7 +336,7 @@ fn discovery_searches_parent_directories_and_compose_file_variable() {
 
 #[test]
 fn unsupported_attributes_warn_by_name_and_are_kept() {
-    let dir = dir_with(&[("compose.yaml", "version: '3.8'\nservices:\n  web:\n    image: web\n    devices: ['/dev/fuse']\n    mac_address: '02:42:ac:11:00:02'\n")]);
+    let dir = dir_with(&[("compose.yaml", "version: '3.8'\nservices:\n  web:\n    image: web\n    runtime: runsc\n    use_api_socket: true\n")]);
     let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
     let w = warnings(&p);
     assert!(
@@ -344,14 +344,14 @@ fn unsupported_attributes_warn_by_name_and_are_kept() {
         "{w}"
     );
     assert!(
-        w.contains("compose.yaml: services.web.devices: not supported by berth yet"),
+        w.contains("compose.yaml: services.web.runtime: not supported by berth yet"),
         "{w}"
     );
     assert!(
-        w.contains("compose.yaml: services.web.mac_address: not supported by berth yet"),
+        w.contains("compose.yaml: services.web.use_api_socket: not supported by berth yet"),
         "{w}"
     );
-    assert!(p.stack.services["web"].unsupported.contains_key("devices"));
+    assert!(p.stack.services["web"].unsupported.contains_key("runtime"));
 }
 
 #[test]
@@ -545,11 +545,11 @@ mod compose_parity {
         );
         let dir_ok = dir_with(&[
             ("a.yaml", "services:\n  web: {image: x}\n"),
-            ("b.yaml", "services:\n  web: {devices: [/dev/fuse]}\n"),
+            ("b.yaml", "services:\n  web: {runtime: runsc}\n"),
         ]);
         let p = load(dir_ok.path(), &["a.yaml", "b.yaml"], &[]).expect("loads");
         assert!(
-            warnings(&p).starts_with("b.yaml: services.web.devices: not supported"),
+            warnings(&p).starts_with("b.yaml: services.web.runtime: not supported"),
             "{}",
             warnings(&p)
         );

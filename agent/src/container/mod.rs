@@ -20,6 +20,7 @@
 //! working directory) is opened inside the rootfs with `openat2(RESOLVE_IN_ROOT)`, so a
 //! symlink in the image can never make the agent read or write the host's files.
 
+pub mod devices;
 pub mod init_layer;
 mod inroot;
 pub mod mounts;

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use ::spec::model::Service;
 use ::spec::security::{Seccomp, SecurityOpts};
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxCpu, LinuxDeviceCgroup, LinuxMemory, LinuxPids,
-    PosixRlimitBuilder, PosixRlimitType, Spec,
+    Capabilities, Capability, LinuxBlockIo, LinuxCpu, LinuxDeviceCgroup, LinuxMemory, LinuxPids,
+    LinuxThrottleDevice, LinuxThrottleDeviceBuilder, LinuxWeightDeviceBuilder, PosixRlimitBuilder,
+    PosixRlimitType, Spec,
 };
 
-use super::{inroot, mounts, seccomp, user, ContainerContext, ContainerError};
+use super::{devices, inroot, mounts, seccomp, user, ContainerContext, ContainerError};
 use crate::image::Image;
 use crate::runtime::{self, spec::DEFAULT_CAPABILITIES};
 
@@ -59,12 +60,19 @@ pub fn bundle_for(
         .hostname
         .clone()
         .unwrap_or_else(|| ctx.hostname.clone());
-    let env = environment(
+    let mut env = environment(
         &config.env,
         &service.environment,
         &hostname,
         resolved.as_ref(),
     );
+    // Devices (host nodes, cgroup rules, CDI devices): read from this host now.
+    let dev = devices::edits(service, ctx)?;
+    for e in &dev.env {
+        let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        env.retain(|x| x.split_once('=').map_or(x.as_str(), |(k, _)| k) != key);
+        env.push(e.clone());
+    }
 
     let cwd = service
         .working_dir
@@ -91,7 +99,8 @@ pub fn bundle_for(
     process.set_cwd(PathBuf::from(&cwd));
     // `tty: true`: the shim relays a pty of the container's own instead of pipes.
     process.set_terminal(service.tty.then_some(true));
-    let groups = added_groups(root.as_fd(), service, ctx)?;
+    let mut groups = added_groups(root.as_fd(), service, ctx)?;
+    groups.extend(&dev.gids);
     if resolved.is_some() || !groups.is_empty() {
         let mut ou = process.user().clone();
         let mut gids = Vec::new();
@@ -193,7 +202,24 @@ pub fn bundle_for(
     // A service mount replaces a default one at the same place (e.g. its own /dev/shm).
     all.retain(|d| !added.iter().any(|a| a.destination() == d.destination()));
     all.extend(added);
+    // A CDI spec's mounts (driver libraries and the like) come last.
+    all.retain(|d| {
+        !dev.mounts
+            .iter()
+            .any(|a| a.destination() == d.destination())
+    });
+    all.extend(dev.mounts.iter().cloned());
     spec.set_mounts(Some(all));
+
+    // `annotations`: the container's own, beside berth's (which they cannot replace:
+    // the loader refuses the `berth.` prefix).
+    if !service.annotations.is_empty() {
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
+        for (k, v) in &service.annotations {
+            annotations.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        spec.set_annotations(Some(annotations));
+    }
 
     let linux = spec
         .linux_mut()
@@ -297,7 +323,21 @@ pub fn bundle_for(
         allow.set_access(Some("rwm".into()));
         resources.set_devices(Some(vec![allow]));
     }
+    if !dev.rules.is_empty() {
+        let mut rules = resources.devices().clone().unwrap_or_default();
+        rules.extend(dev.rules.iter().cloned());
+        resources.set_devices(Some(rules));
+    }
+    if let Some(blkio) = &service.blkio_config {
+        resources.set_block_io(Some(block_io(blkio, ctx)?));
+    }
     linux.set_resources(Some(resources));
+    if !dev.nodes.is_empty() {
+        let mut nodes = linux.devices().clone().unwrap_or_default();
+        nodes.retain(|n| !dev.nodes.iter().any(|d| d.path() == n.path()));
+        nodes.extend(dev.nodes.iter().cloned());
+        linux.set_devices(Some(nodes));
+    }
     // `privileged` turns off the filter and the path masks; `security_opt` may ask
     // for either alone, or for a profile of its own (which, as in Docker, a privileged
     // container does not get either).
@@ -316,6 +356,66 @@ pub fn bundle_for(
     }
     // FIXME: Docker also gives a privileged container the host's device nodes.
     Ok(spec)
+}
+
+/// `blkio_config` as the runtime spec's block I/O: device paths become the numbers of
+/// the devices they are on this host.
+fn block_io(
+    b: &::spec::devices::BlkioConfig,
+    ctx: &ContainerContext,
+) -> Result<LinuxBlockIo, ContainerError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let numbers = |field: &str, path: &str| -> Result<(i64, i64), ContainerError> {
+        let meta =
+            std::fs::metadata(path).map_err(|e| ctx.field(field, format!("device {path}: {e}")))?;
+        if !meta.file_type().is_block_device() {
+            return Err(ctx.field(
+                field,
+                format!("{path} is not a block device; name a disk, like /dev/sda"),
+            ));
+        }
+        Ok((
+            i64::from(libc::major(meta.rdev())),
+            i64::from(libc::minor(meta.rdev())),
+        ))
+    };
+    let mut io = LinuxBlockIo::default();
+    io.set_weight(b.weight);
+    let mut weights = Vec::new();
+    for (i, w) in b.weight_device.iter().enumerate() {
+        let (major, minor) = numbers(&format!("blkio_config.weight_device[{i}]"), &w.path)?;
+        let d = LinuxWeightDeviceBuilder::default()
+            .major(major)
+            .minor(minor)
+            .weight(w.weight)
+            .build()
+            .map_err(|e| ctx.field("blkio_config", e.to_string()))?;
+        weights.push(d);
+    }
+    if !weights.is_empty() {
+        io.set_weight_device(Some(weights));
+    }
+    let throttles = |name: &str,
+                     list: &[::spec::devices::ThrottleDevice]|
+     -> Result<Option<Vec<LinuxThrottleDevice>>, ContainerError> {
+        let mut out = Vec::new();
+        for (i, t) in list.iter().enumerate() {
+            let (major, minor) = numbers(&format!("blkio_config.{name}[{i}]"), &t.path)?;
+            let d = LinuxThrottleDeviceBuilder::default()
+                .major(major)
+                .minor(minor)
+                .rate(t.rate)
+                .build()
+                .map_err(|e| ctx.field("blkio_config", e.to_string()))?;
+            out.push(d);
+        }
+        Ok((!out.is_empty()).then_some(out))
+    };
+    io.set_throttle_read_bps_device(throttles("device_read_bps", &b.device_read_bps)?);
+    io.set_throttle_write_bps_device(throttles("device_write_bps", &b.device_write_bps)?);
+    io.set_throttle_read_iops_device(throttles("device_read_iops", &b.device_read_iops)?);
+    io.set_throttle_write_iops_device(throttles("device_write_iops", &b.device_write_iops)?);
+    Ok(io)
 }
 
 /// The gids of `group_add`: numbers as they are, names looked up in the image's own

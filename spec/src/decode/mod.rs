@@ -11,6 +11,7 @@
 //! `${REPLICAS:-3}` is the string "3", so numbers and booleans are also accepted as
 //! strings, but "three" is still an error.
 
+mod host;
 pub(crate) mod project;
 mod service;
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_norway::Value;
 
-use super::{kind, Cx, MapReader, Node};
+use super::{host, kind, Cx, MapReader, Node};
 use crate::diag::join;
 use crate::model::*;
 use crate::security::SecurityOpt;
@@ -18,32 +18,17 @@ pub(crate) const MAX_PORTS_PER_ENTRY: u32 = 1000;
 /// Attributes of the Compose spec that berth accepts and keeps, but does not act on yet.
 /// Each one present in a file gets a warning naming it.
 pub(crate) const UNSUPPORTED: &[&str] = &[
-    "annotations",
-    "attach",
-    "blkio_config",
-    "cgroup_parent",
     "cpu_count",
     "cpu_percent",
     "credential_spec",
     "develop",
-    "device_cgroup_rules",
-    "devices",
-    "external_links",
-    "gpus",
     "isolation",
-    "label_file",
-    "links",
-    "mac_address",
     "models",
-    "platform",
     "post_start",
     "pre_stop",
     "provider",
-    "pull_refresh_after",
     "runtime",
-    "storage_opt",
     "use_api_socket",
-    "volumes_from",
 ];
 
 /// Capabilities a container may be given (Linux 6.x), without the `CAP_` prefix.
@@ -232,8 +217,63 @@ pub(crate) fn decode_service(cx: &mut Cx, n: Node) -> Option<Service> {
         uts: namespace(cx, &mut m, "uts"),
         userns_mode: namespace(cx, &mut m, "userns_mode"),
         cgroup: namespace(cx, &mut m, "cgroup"),
+        devices: m
+            .get(cx, "devices", |cx, n| Some(cx.each(n, host::device)))
+            .unwrap_or_default(),
+        device_cgroup_rules: m
+            .get(cx, "device_cgroup_rules", |cx, n| {
+                Some(cx.each(n, host::device_rule))
+            })
+            .unwrap_or_default(),
+        gpus: m.get(cx, "gpus", host::gpus).unwrap_or_default(),
+        blkio_config: m
+            .get(cx, "blkio_config", host::blkio_config)
+            .filter(|b| !b.is_empty()),
+        volumes_from: m
+            .get(cx, "volumes_from", |cx, n| {
+                Some(cx.each(n, host::volumes_from))
+            })
+            .unwrap_or_default(),
+        links: m
+            .get(cx, "links", |cx, n| Some(cx.each(n, host::link)))
+            .unwrap_or_default(),
+        external_links: m
+            .get(cx, "external_links", |cx, n| Some(cx.each(n, host::link)))
+            .unwrap_or_default(),
+        mac_address: m.get(cx, "mac_address", host::mac_address),
+        cgroup_parent: m.get(cx, "cgroup_parent", host::cgroup_parent),
+        annotations: m
+            .get(cx, "annotations", |cx, n| Some(labels(cx, n)))
+            .unwrap_or_default(),
+        label_file: m
+            .get(cx, "label_file", |cx, n| Some(cx.strings(n)))
+            .unwrap_or_default(),
+        attach: m.get(cx, "attach", |cx, n| cx.bool(n)),
+        platform: m.get(cx, "platform", host::platform),
+        pull_refresh_after: m.get(cx, "pull_refresh_after", duration),
+        storage_opt: m
+            .get(cx, "storage_opt", host::storage_opt)
+            .unwrap_or_default(),
         ..Service::default()
     };
+    // berth's own annotations tell its runtime what to join and check: not the file's.
+    let reserved: Vec<String> = (s.annotations.keys())
+        .filter(|k| k.starts_with("berth."))
+        .cloned()
+        .collect();
+    for k in reserved {
+        cx.error(
+            &join(&m.path_of("annotations"), &k),
+            "annotations starting with berth. are berth's own; use another prefix",
+        );
+        s.annotations.remove(&k);
+    }
+    // Labels from files first; `labels` wins, as in compose-go.
+    if !s.label_file.is_empty() {
+        let mut from_files = host::read_label_files(cx, &s.label_file, &m.path_of("label_file"));
+        from_files.append(&mut s.labels);
+        s.labels = from_files;
+    }
 
     // environment and env_file: env_file values first, environment wins, as in Compose.
     let env_files = m.get(cx, "env_file", |cx, n| Some(cx.each_or_one(n, env_file)));
@@ -434,7 +474,7 @@ fn duration(cx: &mut Cx, n: Node) -> Option<std::time::Duration> {
 }
 
 /// A size: a number of bytes, or a string with a unit (`512m`, `1.5g`).
-fn bytes(cx: &mut Cx, n: Node) -> Option<u64> {
+pub(super) fn bytes(cx: &mut Cx, n: Node) -> Option<u64> {
     match n.v() {
         Value::Number(x) => match x.as_u64() {
             Some(b) => Some(b),
@@ -521,14 +561,21 @@ fn command(cx: &mut Cx, n: Node) -> Option<Vec<String>> {
 fn pull_policy(s: &str) -> Result<String, String> {
     let ok = matches!(
         s,
-        "always" | "never" | "missing" | "if_not_present" | "build" | "daily" | "weekly"
+        "always"
+            | "never"
+            | "missing"
+            | "if_not_present"
+            | "build"
+            | "daily"
+            | "weekly"
+            | "refresh"
     ) || s
         .strip_prefix("every_")
         .is_some_and(|d| units::parse_duration(d).is_ok());
     if !ok {
         return Err(format!(
-            "invalid pull_policy {s:?}: expected always, never, missing, build, daily, weekly \
-             or every_<duration>"
+            "invalid pull_policy {s:?}: expected always, never, missing, build, daily, weekly, \
+             every_<duration> or refresh (with pull_refresh_after)"
         ));
     }
     // `if_not_present` is Compose's older spelling of `missing`.
@@ -1109,10 +1156,10 @@ fn networks(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, ServiceNetwork>> {
                     ipv4_address: nm.get(cx, "ipv4_address", |cx, n| cx.parsed(n, ipv4)),
                     ipv6_address: nm.get(cx, "ipv6_address", |cx, n| cx.parsed(n, ipv6)),
                     priority: nm.get(cx, "priority", |cx, n| cx.int(n)),
+                    mac_address: nm.get(cx, "mac_address", host::mac_address),
                 };
                 for key in [
                     "link_local_ips",
-                    "mac_address",
                     "driver_opts",
                     "gw_priority",
                     "interface_name",
@@ -1438,9 +1485,15 @@ fn resource_set(cx: &mut Cx, n: Node) -> Option<ResourceSet> {
         cpus: m.get(cx, "cpus", cpus),
         memory: m.get(cx, "memory", bytes),
         pids: m.get(cx, "pids", |cx, n| cx.int_in(n, -1, i64::MAX)),
+        devices: Vec::new(),
         unsupported: BTreeMap::new(),
     };
-    for key in ["devices", "generic_resources"] {
+    r.devices = m
+        .get(cx, "devices", |cx, n| {
+            Some(cx.each(n, host::device_request))
+        })
+        .unwrap_or_default();
+    for key in ["generic_resources"] {
         if m.has(key) {
             let path = m.path_of(key);
             if let Some(v) = m.take(key) {

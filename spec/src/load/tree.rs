@@ -171,7 +171,7 @@ fn interpolate_tree(
 }
 
 /// Makes the file's relative host paths absolute against `base`: build contexts, env
-/// files, bind-mount sources, extends files, secret/config files and seccomp profiles
+/// and label files, bind-mount sources, extends files, secret/config files and seccomp profiles
 /// (`security_opt: [seccomp=FILE]`). Compose resolves
 /// them against the directory of the project (or of the extended/included file), not
 /// against wherever the command happens to run.
@@ -209,6 +209,18 @@ pub(crate) fn resolve_paths(root: &mut Value, base: &Path, home: Option<&str>) {
                     Value::Sequence(items) => items.iter_mut().for_each(&mut fix),
                     other => fix(other),
                 }
+            }
+            // `label_file: a.labels` or a list of them, as env files.
+            match svc.get_mut("label_file") {
+                Some(Value::String(p)) => *p = abs(p),
+                Some(Value::Sequence(items)) => {
+                    for item in items {
+                        if let Value::String(p) = item {
+                            *p = abs(p);
+                        }
+                    }
+                }
+                _ => {}
             }
             if let Some(Value::Sequence(vols)) = svc.get_mut("volumes") {
                 for vol in vols {

@@ -75,6 +75,67 @@ pub struct Resources {
     /// The spec's device rules, in order; the defaults are added where they are
     /// applied ([`devices::effective_rules`]).
     pub devices: Vec<devices::DeviceRule>,
+    pub block_io: BlockIo,
+}
+
+/// Block I/O: a weight (10-1000, v1's scale), weights per device and throttles per
+/// device, each device as `(major, minor)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockIo {
+    pub weight: Option<u16>,
+    pub weight_device: Vec<((i64, i64), u16)>,
+    pub read_bps: Vec<((i64, i64), u64)>,
+    pub write_bps: Vec<((i64, i64), u64)>,
+    pub read_iops: Vec<((i64, i64), u64)>,
+    pub write_iops: Vec<((i64, i64), u64)>,
+}
+
+impl BlockIo {
+    fn from_spec(b: &oci_spec::runtime::LinuxBlockIo) -> BlockIo {
+        let throttles = |l: &Option<Vec<oci_spec::runtime::LinuxThrottleDevice>>| {
+            l.iter()
+                .flatten()
+                .map(|t| ((t.major(), t.minor()), t.rate()))
+                .collect()
+        };
+        BlockIo {
+            weight: b.weight().filter(|w| *w > 0),
+            weight_device: (b.weight_device().iter().flatten())
+                .filter_map(|d| Some(((d.major(), d.minor()), d.weight()?)))
+                .collect(),
+            read_bps: throttles(b.throttle_read_bps_device()),
+            write_bps: throttles(b.throttle_write_bps_device()),
+            read_iops: throttles(b.throttle_read_iops_device()),
+            write_iops: throttles(b.throttle_write_iops_device()),
+        }
+    }
+
+    /// cgroup v2's `io.max` lines: one per device, its limits together.
+    pub fn io_max_lines(&self) -> Vec<String> {
+        let mut by_dev: std::collections::BTreeMap<(i64, i64), Vec<String>> = Default::default();
+        for (key, list) in [
+            ("rbps", &self.read_bps),
+            ("wbps", &self.write_bps),
+            ("riops", &self.read_iops),
+            ("wiops", &self.write_iops),
+        ] {
+            for (dev, rate) in list {
+                by_dev
+                    .entry(*dev)
+                    .or_default()
+                    .push(format!("{key}={rate}"));
+            }
+        }
+        by_dev
+            .into_iter()
+            .map(|((ma, mi), limits)| format!("{ma}:{mi} {}", limits.join(" ")))
+            .collect()
+    }
+}
+
+/// v1's blkio weight (10-1000) on v2's io.weight scale (1-10000), as runc converts it.
+pub fn blkio_weight_to_io_weight(w: u16) -> u64 {
+    1 + (u64::from(w).saturating_sub(10)) * 9999 / 990
 }
 
 impl Resources {
@@ -86,9 +147,6 @@ impl Resources {
                 "linux.resources.{what} is not supported yet"
             )))
         };
-        if r.block_io().is_some() {
-            return unsupported("blockIO");
-        }
         if r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()) {
             return unsupported("hugepageLimits");
         }
@@ -121,6 +179,9 @@ impl Resources {
             res.cpu_rt_runtime = c.realtime_runtime().filter(|r| *r != 0);
         }
         res.pids_limit = r.pids().map(|p| p.limit());
+        if let Some(b) = r.block_io() {
+            res.block_io = BlockIo::from_spec(b);
+        }
         for d in r.devices().iter().flatten() {
             res.devices.push(devices::DeviceRule::from_spec(
                 d.allow(),

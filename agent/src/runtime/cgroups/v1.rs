@@ -152,6 +152,46 @@ impl CgroupV1 {
             };
             write(&self.need("pids")?.join("pids.max"), &value)?;
         }
+        let b = &res.block_io;
+        if *b != super::BlockIo::default() {
+            let dir = self.need("blkio")?;
+            // A weight needs a proportional I/O scheduler (CFQ, BFQ); without one the
+            // files are absent and Docker discards the weight with a warning: so does
+            // berth. Throttles work with any scheduler.
+            let weight_file = ["blkio.weight", "blkio.bfq.weight"]
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|p| p.exists());
+            if b.weight.is_some() || !b.weight_device.is_empty() {
+                match &weight_file {
+                    None => eprintln!(
+                        "berth: this kernel's block I/O scheduler has no weights (blkio.weight is absent): blkio_config weights discarded, as Docker does"
+                    ),
+                    Some(file) => {
+                        if let Some(w) = b.weight {
+                            write(file, &w.to_string())?;
+                        }
+                        let device_file = file.with_file_name(format!(
+                            "{}_device",
+                            file.file_name().and_then(|n| n.to_str()).unwrap_or("blkio.weight")
+                        ));
+                        for ((ma, mi), w) in &b.weight_device {
+                            write(&device_file, &format!("{ma}:{mi} {w}"))?;
+                        }
+                    }
+                }
+            }
+            for (file, list) in [
+                ("blkio.throttle.read_bps_device", &b.read_bps),
+                ("blkio.throttle.write_bps_device", &b.write_bps),
+                ("blkio.throttle.read_iops_device", &b.read_iops),
+                ("blkio.throttle.write_iops_device", &b.write_iops),
+            ] {
+                for ((ma, mi), rate) in list {
+                    write(&dir.join(file), &format!("{ma}:{mi} {rate}"))?;
+                }
+            }
+        }
         if let Some(dir) = self.dir("devices") {
             // Without spec rules the container still gets only the defaults (runc's
             // behaviour): everything is denied first.

@@ -117,6 +117,38 @@ impl CgroupV2 {
             };
             write(&f("pids.max"), &value)?;
         }
+        let b = &res.block_io;
+        if b.weight.is_some() || !b.weight_device.is_empty() {
+            let file = ["io.bfq.weight", "io.weight"]
+                .iter()
+                .map(|n| f(n))
+                .find(|p| p.exists());
+            match file {
+                None => eprintln!(
+                    "berth: the io controller has no weights here (io.weight is absent): blkio_config weights discarded, as Docker does"
+                ),
+                Some(file) => {
+                    let bfq = file.ends_with("io.bfq.weight");
+                    // io.bfq.weight takes v1's scale, io.weight its own.
+                    let scale = |w: u16| {
+                        if bfq {
+                            u64::from(w)
+                        } else {
+                            super::blkio_weight_to_io_weight(w)
+                        }
+                    };
+                    if let Some(w) = b.weight {
+                        write(&file, &format!("default {}", scale(w)))?;
+                    }
+                    for ((ma, mi), w) in &b.weight_device {
+                        write(&file, &format!("{ma}:{mi} {}", scale(*w)))?;
+                    }
+                }
+            }
+        }
+        for line in b.io_max_lines() {
+            write(&f("io.max"), &line)?;
+        }
         Ok(())
     }
 
