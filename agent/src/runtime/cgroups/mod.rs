@@ -386,10 +386,22 @@ mod tests {
 
     #[test]
     fn resources_from_spec_refuse_what_is_not_applied() {
-        let json = r#"{"blockIO": {"weight": 10}}"#;
+        let json = r#"{"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}"#;
         let r: LinuxResources = serde_json::from_str(json).unwrap();
         let e = Resources::from_spec(&r).unwrap_err().to_string();
-        assert!(e.contains("blockIO"), "{e}");
+        assert!(e.contains("hugepageLimits"), "{e}");
+
+        // Block I/O: read, and written per version (io.max groups a device's limits).
+        let json = r#"{"blockIO": {"weight": 500, "weightDevice": [{"major": 8, "minor": 0, "weight": 200}],
+            "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}],
+            "throttleWriteIOPSDevice": [{"major": 8, "minor": 0, "rate": 40}, {"major": 7, "minor": 0, "rate": 9}]}}"#;
+        let r: LinuxResources = serde_json::from_str(json).unwrap();
+        let b = Resources::from_spec(&r).unwrap().block_io;
+        assert_eq!(b.weight, Some(500));
+        assert_eq!(b.weight_device, [((8, 0), 200)]);
+        assert_eq!(b.io_max_lines(), ["7:0 wiops=9", "8:0 rbps=1048576 wiops=40"]);
+        assert_eq!(blkio_weight_to_io_weight(10), 1);
+        assert_eq!(blkio_weight_to_io_weight(1000), 10000);
 
         let json = r#"{"memory": {"limit": 33554432}, "pids": {"limit": 10},
             "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
