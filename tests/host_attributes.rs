@@ -37,6 +37,15 @@ fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) {
     );
 }
 
+/// This machine's architecture in Go's names, as platforms are written.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// Opens the node for writing without writing: "opened", or the shell's error.
 const OPEN_W: &str = "(: > /dev/lc) 2>&1 && echo opened";
 
@@ -123,6 +132,9 @@ fn devices_rules_cdi_and_blkio_reach_the_container() {
                 d = disk.display()
             ),
         ),
+        sh("foreign", "true", "    platform: linux/s390x\n"),
+        sh("native", "echo native", &format!("    platform: linux/{}\n", host_arch())),
+        sh("sized", "true", "    storage_opt: {size: 1G}\n"),
     ]
     .concat();
     let mut f = Fixture::new("hostattrs", &compose);
@@ -170,6 +182,20 @@ fn devices_rules_cdi_and_blkio_reach_the_container() {
             && err.contains("has no device \"missing\""),
         "{err}"
     );
+
+    // platform: this host's runs; another is refused before anything runs.
+    let (ok, out, err) = run(&f, "native");
+    assert!(ok && out.contains("native"), "{out}{err}");
+    let (ok, out, err) = run(&f, "foreign");
+    assert!(!ok, "{out}{err}");
+    assert!(
+        err.contains(".platform: linux/s390x cannot run on this linux/"),
+        "{err}"
+    );
+    // storage_opt: no size limit on berth's writable layer, said so.
+    let (ok, out, err) = run(&f, "sized");
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains(".storage_opt: berth cannot limit"), "{err}");
 
     // Throttles in the container's own blkio cgroup (the weight, which this host's I/O
     // scheduler may not have, is discarded as Docker discards it, not an error).

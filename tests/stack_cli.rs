@@ -392,6 +392,10 @@ fn attached_up_streams_prefixed_output_and_exit_code_from() {
   client:
     image: busybox:local
     command: ["sh", "-c", "sleep 0.3; echo client done; exit 7"]
+  quiet:
+    image: busybox:local
+    attach: false
+    command: ["sh", "-c", "echo not shown; {SLEEPER}"]
 "#
     );
     let mut f = Fixture::new("attach", &compose);
@@ -405,11 +409,13 @@ fn attached_up_streams_prefixed_output_and_exit_code_from() {
         "{stdout}"
     );
     assert!(stdout.contains("| serving"), "{stdout}");
+    // `attach: false`: it ran, its output was not shown.
+    assert!(!stdout.contains("not shown"), "{stdout}");
     assert!(stderr.contains("Aborting on container exit"), "{stderr}");
     // The stack is stopped, not removed.
     assert!(f.ps(false).is_empty());
     let all = f.ps(true);
-    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all.len(), 3, "{all:?}");
     assert!(all.iter().all(|r| r.2 == "exited"), "{all:?}");
     f.ok(&["down"]);
 }

@@ -195,8 +195,17 @@ fn attach(client: &Client, name: &str, args: &UpArgs) -> anyhow::Result<ExitCode
             .filter(|t| t.stack == name && t.desired == DesiredState::Running)
             .collect();
         let width = tasks.iter().map(|t| t.name().len()).max().unwrap_or(0);
+        // `attach: false`: the service runs, its output is not shown (as Compose).
+        let quiet = |service: &str| {
+            (state.stacks.get(name))
+                .and_then(|r| r.stack.services.get(service))
+                .is_some_and(|s| s.attach == Some(false))
+        };
         for t in &tasks {
-            if t.status.started_at.is_some() && following.insert(t.id.clone()) {
+            if t.status.started_at.is_some()
+                && !quiet(&t.service)
+                && following.insert(t.id.clone())
+            {
                 if !services.contains(&t.service) {
                     services.push(t.service.clone());
                 }

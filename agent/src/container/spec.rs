@@ -32,6 +32,22 @@ pub fn bundle_for(
     ctx: &ContainerContext,
 ) -> Result<Spec, ContainerError> {
     let config = &image.config;
+    if let Some(p) = &service.platform {
+        check_platform(p, image, crate::image::oci::host_architecture())
+            .map_err(|e| ctx.field("platform", e))?;
+    }
+    if !service.storage_opt.is_empty() {
+        // Docker limits a container's writable layer only on overlay2 over xfs with
+        // project quotas; berth's layer is a plain directory of the state directory.
+        return Err(ctx.field(
+            "storage_opt",
+            format!(
+                "berth cannot limit the container's writable layer ({} is a directory of {}); remove storage_opt, or give the service a tmpfs or a volume for what it writes",
+                ctx.dir().join("upper").display(),
+                ctx.state_dir.display()
+            ),
+        ));
+    }
     let args = command(image, service, ctx)?;
     let mut spec = runtime::default_spec(Path::new("rootfs"), &args)?;
     let rootfs = ctx.dir().join("rootfs");
@@ -416,6 +432,38 @@ fn block_io(
     io.set_throttle_read_iops_device(throttles("device_read_iops", &b.device_read_iops)?);
     io.set_throttle_write_iops_device(throttles("device_write_iops", &b.device_write_iops)?);
     Ok(io)
+}
+
+/// `platform: os/arch[/variant]` against this host and the image: berth runs images
+/// natively (no emulator), so the platform must be the host's, and the image one for it.
+fn check_platform(platform: &str, image: &Image, host_arch: &str) -> Result<(), String> {
+    let mut parts = platform.split('/');
+    let os = parts.next().unwrap_or_default();
+    let arch = normalize_arch(parts.next().unwrap_or(host_arch));
+    if os != "linux" || arch != host_arch {
+        return Err(format!(
+            "{platform} cannot run on this linux/{host_arch} host: berth runs images natively, without an emulator; remove platform, or run the service on a node of that platform"
+        ));
+    }
+    let image_arch = normalize_arch(&image.architecture);
+    if !image_arch.is_empty() && image_arch != arch {
+        return Err(format!(
+            "the image {} is for {}/{}, not {platform}: pull it for this platform",
+            image.reference.familiar(),
+            image.os,
+            image.architecture
+        ));
+    }
+    Ok(())
+}
+
+/// Go's architecture names for what `uname -m` says.
+fn normalize_arch(arch: &str) -> String {
+    match arch.to_ascii_lowercase().as_str() {
+        "x86_64" | "x86-64" => "amd64".into(),
+        "aarch64" => "arm64".into(),
+        other => other.to_string(),
+    }
 }
 
 /// The gids of `group_add`: numbers as they are, names looked up in the image's own

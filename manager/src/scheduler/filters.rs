@@ -44,9 +44,8 @@ impl<'a> Needs<'a> {
             .and_then(|d| d.resources.as_ref())
             .and_then(|r| r.reservations.as_ref());
         let platform = service
-            .unsupported
-            .get("platform")
-            .and_then(|v| v.as_str())
+            .platform
+            .as_deref()
             .map(parse_platform)
             .or_else(|| {
                 let image = service.image.as_deref()?;
