@@ -421,6 +421,49 @@ fn attached_up_streams_prefixed_output_and_exit_code_from() {
 }
 
 #[test]
+fn pull_policies_with_an_age_pull_again_once_the_image_is_older() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tar = testkit::busybox_rootfs_tar(&tmp.path().join("img")).expect("rootfs tar");
+    let layout = tmp.path().join("layout");
+    testkit::oci::oci_layout(&tar, &layout, "1").expect("layout");
+    let registry = testkit::registry::Registry::start().expect("registry");
+    registry
+        .push_layout(&layout, "1", "tools/busybox:1", None)
+        .expect("push");
+    let image = format!("{}/tools/busybox:1", registry.addr);
+    let compose = |policy: &str| {
+        format!(
+            "services:\n  svc:\n    image: {image}\n    {policy}\n    command: [\"{SLEEPER}\"]\n"
+        )
+    };
+    let mut f = Fixture::new(
+        "pullage",
+        &compose("pull_policy: refresh\n    pull_refresh_after: 1s"),
+    );
+    f.start_daemon();
+    let up = |f: &Fixture| {
+        let out = f.berth(&["up", "-d"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    // Missing: pulled.
+    assert!(up(&f).contains("Pulling"));
+    // Younger than a second: used as it is.
+    let err = up(&f);
+    assert!(!err.contains("Pulling"), "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Older: pulled again, saying why.
+    let err = up(&f);
+    assert!(err.contains("older than its pull_policy allows"), "{err}");
+    // daily: pulled a moment ago, so not again.
+    f.write_compose(&compose("pull_policy: daily"));
+    let err = up(&f);
+    assert!(!err.contains("Pulling"), "{err}");
+    f.ok(&["down"]);
+}
+
+#[test]
 fn up_pulls_missing_images_and_kill_rm_events_images_work() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let tar = testkit::busybox_rootfs_tar(&tmp.path().join("img")).expect("rootfs tar");

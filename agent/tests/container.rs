@@ -519,6 +519,66 @@ fn a_named_volume_is_seeded_from_the_image_and_persists_across_containers() {
 }
 
 #[test]
+fn containers_that_make_one_volume_at_once_share_it() {
+    // Replicas of a service starting together on one node: each finds the volume
+    // missing and seeds it; they must all end up on the one volume. Eight at once
+    // (a barrier lines them up), over several volumes.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("rootfs");
+    std::fs::create_dir_all(root.join("srv/data")).unwrap();
+    std::fs::write(root.join("srv/data/seed"), "from-image\n").unwrap();
+    let state = tmp.path().join("state");
+    let mut service = Service::default();
+    service.volumes = vec![volume(Some("data"), "/srv/data")];
+    for round in 0..10 {
+        let name = format!("proj_race{round}");
+        let barrier = std::sync::Barrier::new(8);
+        let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let mut ctx = ContainerContext {
+                        id: format!("c{round}-{i}"),
+                        service: "web".into(),
+                        state_dir: state.clone(),
+                        ..ContainerContext::default()
+                    };
+                    ctx.volumes.insert(
+                        "data".into(),
+                        spec::model::Volume {
+                            name: name.clone(),
+                            ..Default::default()
+                        },
+                    );
+                    let (service, barrier, root) = (&service, &barrier, &root);
+                    s.spawn(move || {
+                        let dir = File::open(root).unwrap();
+                        barrier.wait();
+                        container::mounts::service_mounts(service, &ctx, dir.as_fd())
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &results {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        let volume = state.join("volumes").join(&name);
+        let names: Vec<String> = std::fs::read_dir(&volume)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["_data"], "no side directory is left");
+        assert_eq!(
+            std::fs::read_to_string(volume.join("_data/seed")).unwrap(),
+            "from-image\n"
+        );
+    }
+}
+
+#[test]
 fn a_bind_mount_with_create_host_path_creates_its_source() {
     let fx = Fixture::busybox();
     let source = fx.tmp.path().join("host/made/here");

@@ -256,6 +256,22 @@ pub struct Service {
     pub unsupported: BTreeMap<String, Raw>,
 }
 
+impl Service {
+    /// How old the local image may be before `up` pulls it again: `daily`, `weekly`,
+    /// `every_<duration>`, and `refresh` with `pull_refresh_after`; None for the
+    /// policies that do not look at age.
+    pub fn pull_max_age(&self) -> Option<Duration> {
+        match self.pull_policy.as_deref()? {
+            "daily" => Some(Duration::from_secs(24 * 3600)),
+            "weekly" => Some(Duration::from_secs(7 * 24 * 3600)),
+            "refresh" => self.pull_refresh_after,
+            p => p
+                .strip_prefix("every_")
+                .and_then(|d| crate::units::parse_duration(d).ok()),
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }

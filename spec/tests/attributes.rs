@@ -649,6 +649,7 @@ fn attribute_errors() {
         ("platform: 'linux/'", "-: services.s.platform: invalid platform \"linux/\": write os/arch[/variant], like linux/amd64 or linux/arm64/v8"),
         ("label_file: ./no-such.labels", "-: services.s.label_file: cannot read label file /nonexistent/berth-test/app/no-such.labels: No such file or directory (os error 2); create it or remove it from label_file"),
         ("annotations: {berth.init: 'true'}", "-: services.s.annotations.berth.init: annotations starting with berth. are berth's own; use another prefix"),
+        ("pull_policy: refresh", "-: services.s.pull_policy: refresh needs pull_refresh_after (how old the local image may be, like 12h)"),
         ("network_mode: 'service:other'\nports: ['80:80']", "-: services.s.ports: cannot publish ports with network_mode: service:other; remove ports or network_mode"),
     ];
     let mut failures = Vec::new();

@@ -80,7 +80,9 @@ fn pull_one(
 /// Every service's image must be where its tasks can get it before anything is
 /// deployed, so that a missing image stops `up` before it changes anything. On a single
 /// host that is the store: missing images are pulled (Compose's default `pull_policy:
-/// missing`; `always` pulls every time, `never` does not). On a cluster (the CLI talks
+/// missing`; `always` pulls every time, `never` does not; `daily`, `weekly`,
+/// `every_<duration>` and `refresh` with `pull_refresh_after` pull again once the image
+/// in the store is older than that, by the time the store recorded it was set). On a cluster (the CLI talks
 /// to a manager) an image the local store lacks may be on another node, which the node
 /// that runs a task fetches it from: one that some node holds needs no pull (`missing`)
 /// and is enough for `never`; `always` still pulls.
@@ -93,6 +95,7 @@ pub(super) fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Res
     // Each image is looked up once, however many services use it (a thousand services
     // of one image read its index and manifest once, not a thousand times).
     let mut known: HashMap<String, bool> = HashMap::new();
+    let mut refreshed: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut asked: HashMap<String, Option<Result<HoldersAnswer, String>>> = HashMap::new();
     for (name, svc) in &stack.services {
         let Some(image) = &svc.image else {
@@ -116,9 +119,31 @@ pub(super) fn check_images(state_dir: &Path, stack: &spec::Stack) -> anyhow::Res
             continue;
         }
         let key = reference.to_string();
-        let present = *known
+        let mut present = *known
             .entry(key.clone())
             .or_insert_with(|| store.image(&reference).is_ok());
+        // daily, weekly, every_<duration>, refresh: an image older than that is pulled
+        // again; if that fails, the one in the store is used, with a warning.
+        if let (true, Some(max_age)) = (present, svc.pull_max_age()) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let stale = store
+                .fetched_at(&reference)
+                .is_none_or(|at| now.saturating_sub(at) >= max_age.as_secs());
+            if stale && !refreshed.contains(&key) {
+                refreshed.insert(key.clone());
+                super::write_stderr(&format!(
+                    " ⠿ {name} Pulling {image} (older than its pull_policy allows)\n"
+                ));
+                if let Err(e) = pull_one(&store, image, &[], true) {
+                    super::write_stderr(&format!(
+                        " ! {name} {image} could not be pulled again ({e:#}); using the one in the store\n"
+                    ));
+                }
+                present = store.image(&reference).is_ok();
+            }
+        }
         let mut holders = || {
             if let Some(answer) = asked.get(&key) {
                 return answer.clone();

@@ -202,9 +202,7 @@ fn attach(client: &Client, name: &str, args: &UpArgs) -> anyhow::Result<ExitCode
                 .is_some_and(|s| s.attach == Some(false))
         };
         for t in &tasks {
-            if t.status.started_at.is_some()
-                && !quiet(&t.service)
-                && following.insert(t.id.clone())
+            if t.status.started_at.is_some() && !quiet(&t.service) && following.insert(t.id.clone())
             {
                 if !services.contains(&t.service) {
                     services.push(t.service.clone());

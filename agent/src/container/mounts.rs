@@ -227,8 +227,11 @@ fn volume_dir(
     }
     std::fs::create_dir_all(&volume).map_err(ctx.io("create volume", &volume))?;
     // Seeded in a side directory and renamed: a crash half-way never leaves a volume
-    // that looks seeded but is not.
-    let fresh = volume.join("_data.new");
+    // that looks seeded but is not. The side directory is this container's own, and
+    // the rename never replaces: two containers that make the volume at once (replicas
+    // starting together) each seed their own, the first rename wins, and the other
+    // uses the winner's (which may already be mounted, so it must not be replaced).
+    let fresh = volume.join(format!("_data.new.{}", ctx.id));
     match std::fs::remove_dir_all(&fresh) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -241,7 +244,19 @@ fn volume_dir(
         seed(root, Path::new(&v.target), &fresh)
             .map_err(ctx.io("seed volume from the image", &fresh))?;
     }
-    std::fs::rename(&fresh, &data).map_err(ctx.io("create volume", &data))?;
+    match nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &fresh,
+        nix::fcntl::AT_FDCWD,
+        &data,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) | Err(Errno::ENOTEMPTY) => {
+            let _ = std::fs::remove_dir_all(&fresh);
+        }
+        Err(e) => return Err(ctx.io("create volume", &data)(e.into())),
+    }
     Ok(data)
 }
 

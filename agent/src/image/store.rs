@@ -280,42 +280,62 @@ impl ImageStore {
         self.root.join("index.json")
     }
 
-    /// All references, by their full name.
-    pub fn references(&self) -> Result<BTreeMap<String, Digest>, ImageError> {
+    fn index(&self) -> Result<IndexFile, ImageError> {
         let path = self.index_path();
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(IndexFile {
+                    references: BTreeMap::new(),
+                    fetched: BTreeMap::new(),
+                })
+            }
             Err(e) => return Err(io_err("reading", &path)(e)),
         };
-        let index: IndexFile =
-            serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
-                what: path.display().to_string(),
-                source,
-            })?;
-        Ok(index.references)
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
+            what: path.display().to_string(),
+            source,
+        })
     }
 
-    fn write_references(&self, references: BTreeMap<String, Digest>) -> Result<(), ImageError> {
-        let bytes = serde_json::to_vec_pretty(&IndexFile { references }).map_err(|source| {
-            ImageError::Json {
-                what: "the reference index".to_string(),
-                source,
-            }
+    /// All references, by their full name.
+    pub fn references(&self) -> Result<BTreeMap<String, Digest>, ImageError> {
+        Ok(self.index()?.references)
+    }
+
+    /// When `reference` was last set (seconds since the epoch); None if unknown (set
+    /// by a berth that did not record it, or absent).
+    pub fn fetched_at(&self, reference: &Reference) -> Option<u64> {
+        self.index()
+            .ok()?
+            .fetched
+            .get(&reference.to_string())
+            .copied()
+    }
+
+    fn write_index(&self, index: &IndexFile) -> Result<(), ImageError> {
+        let bytes = serde_json::to_vec_pretty(index).map_err(|source| ImageError::Json {
+            what: "the reference index".to_string(),
+            source,
         })?;
         write_atomic(&self.index_path(), &bytes)
     }
 
-    /// Points `reference` at `manifest`. The caller holds the lock.
+    /// Points `reference` at `manifest`, now. The caller holds the lock.
     pub fn set_reference(
         &self,
         _lock: &StoreLock,
         reference: &Reference,
         manifest: &Digest,
     ) -> Result<(), ImageError> {
-        let mut refs = self.references()?;
-        refs.insert(reference.to_string(), manifest.clone());
-        self.write_references(refs)
+        let mut index = self.index()?;
+        let name = reference.to_string();
+        index.references.insert(name.clone(), manifest.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        index.fetched.insert(name, now);
+        self.write_index(&index)
     }
 
     /// Removes `reference`; false if there was none. The caller holds the lock.
@@ -324,10 +344,12 @@ impl ImageStore {
         _lock: &StoreLock,
         reference: &Reference,
     ) -> Result<bool, ImageError> {
-        let mut refs = self.references()?;
-        let found = refs.remove(&reference.to_string()).is_some();
+        let mut index = self.index()?;
+        let name = reference.to_string();
+        let found = index.references.remove(&name).is_some();
         if found {
-            self.write_references(refs)?;
+            index.fetched.remove(&name);
+            self.write_index(&index)?;
         }
         Ok(found)
     }
@@ -489,6 +511,10 @@ fn hex_names(dir: &Path) -> Result<BTreeSet<Digest>, ImageError> {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct IndexFile {
     references: BTreeMap<String, Digest>,
+    /// When each reference was last set (pulled, imported, loaded), in seconds since
+    /// the epoch: what `pull_policy: daily` and the like compare against.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    fetched: BTreeMap<String, u64>,
 }
 
 /// A blob being written; see the module doc. Dropped without [`BlobWriter::commit`],

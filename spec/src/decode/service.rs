@@ -256,6 +256,17 @@ pub(crate) fn decode_service(cx: &mut Cx, n: Node) -> Option<Service> {
             .unwrap_or_default(),
         ..Service::default()
     };
+    match (s.pull_policy.as_deref(), s.pull_refresh_after) {
+        (Some("refresh"), None) => cx.error(
+            &m.path_of("pull_policy"),
+            "refresh needs pull_refresh_after (how old the local image may be, like 12h)",
+        ),
+        (policy, Some(_)) if policy != Some("refresh") => cx.warn(
+            &m.path_of("pull_refresh_after"),
+            "acts only with pull_policy: refresh; ignored",
+        ),
+        _ => {}
+    }
     // berth's own annotations tell its runtime what to join and check: not the file's.
     let reserved: Vec<String> = (s.annotations.keys())
         .filter(|k| k.starts_with("berth."))

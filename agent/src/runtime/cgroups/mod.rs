@@ -399,7 +399,10 @@ mod tests {
         let b = Resources::from_spec(&r).unwrap().block_io;
         assert_eq!(b.weight, Some(500));
         assert_eq!(b.weight_device, [((8, 0), 200)]);
-        assert_eq!(b.io_max_lines(), ["7:0 wiops=9", "8:0 rbps=1048576 wiops=40"]);
+        assert_eq!(
+            b.io_max_lines(),
+            ["7:0 wiops=9", "8:0 rbps=1048576 wiops=40"]
+        );
         assert_eq!(blkio_weight_to_io_weight(10), 1);
         assert_eq!(blkio_weight_to_io_weight(1000), 10000);
 
