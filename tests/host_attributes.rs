@@ -132,6 +132,8 @@ fn devices_rules_cdi_and_blkio_reach_the_container() {
                 d = disk.display()
             ),
         ),
+        sh("privileged", "ls -l /dev/kmsg /dev/loop-control 2>&1", "    privileged: true\n"),
+        sh("unprivileged", "ls -l /dev/kmsg /dev/loop-control 2>&1; true", ""),
         sh("foreign", "true", "    platform: linux/s390x\n"),
         sh("native", "echo native", &format!("    platform: linux/{}\n", host_arch())),
         sh("sized", "true", "    storage_opt: {size: 1G}\n"),
@@ -182,6 +184,17 @@ fn devices_rules_cdi_and_blkio_reach_the_container() {
             && err.contains("has no device \"missing\""),
         "{err}"
     );
+
+    // privileged: the host's devices (these two are on any Linux host with loop
+    // devices), which a container does not otherwise see.
+    let (ok, out, err) = run(&f, "privileged");
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("1,  11") && out.contains("10, 237"),
+        "{out}{err}"
+    );
+    let (_, out, err) = run(&f, "unprivileged");
+    assert_eq!(out.matches("No such file").count(), 2, "{out}{err}");
 
     // platform: this host's runs; another is refused before anything runs.
     let (ok, out, err) = run(&f, "native");

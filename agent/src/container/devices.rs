@@ -150,6 +150,18 @@ fn host_device(d: &DeviceMapping, out: &mut DeviceEdits) -> Result<(), String> {
     }
 }
 
+/// Every device node of the host's /dev, at the same path: what Docker gives a
+/// privileged container (`HostDevices`), less what a container has of its own
+/// (pseudo-terminals, shared memory, message queues) and the console.
+pub fn host_devices() -> Vec<LinuxDevice> {
+    const OWN: &[&str] = &["/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/console"];
+    walk(Path::new("/dev"))
+        .into_iter()
+        .filter(|p| !OWN.iter().any(|o| p.starts_with(o)))
+        .filter_map(|p| node_of(&p, &p, "rwm").ok().flatten().map(|(n, _)| n))
+        .collect()
+}
+
 /// Files under `dir`, depth first, symlinks not followed (bounded, as /dev is small).
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

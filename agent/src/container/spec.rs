@@ -82,8 +82,15 @@ pub fn bundle_for(
         &hostname,
         resolved.as_ref(),
     );
-    // Devices (host nodes, cgroup rules, CDI devices): read from this host now.
-    let dev = devices::edits(service, ctx)?;
+    // Devices (host nodes, cgroup rules, CDI devices): read from this host now. A
+    // privileged container gets every device of the host, as with Docker.
+    let mut dev = devices::edits(service, ctx)?;
+    if service.privileged {
+        let host = devices::host_devices();
+        let named: Vec<PathBuf> = dev.nodes.iter().map(|n| n.path().clone()).collect();
+        dev.nodes
+            .extend(host.into_iter().filter(|n| !named.contains(n.path())));
+    }
     for e in &dev.env {
         let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
         env.retain(|x| x.split_once('=').map_or(x.as_str(), |(k, _)| k) != key);
@@ -370,7 +377,6 @@ pub fn bundle_for(
         linux.set_masked_paths(Some(Vec::new()));
         linux.set_readonly_paths(Some(Vec::new()));
     }
-    // FIXME: Docker also gives a privileged container the host's device nodes.
     Ok(spec)
 }
 
@@ -571,8 +577,12 @@ fn parse_capability(name: &str) -> Option<Capability> {
 /// dropped ones; `cap_drop: [ALL]` is only the added ones; otherwise the defaults
 /// minus the dropped plus the added. `privileged` is every capability.
 fn capabilities(service: &Service, ctx: &ContainerContext) -> Result<Capabilities, ContainerError> {
+    // "All" is all that berth itself may hand on: its bounding set (a host that runs
+    // berth without CAP_SYS_RESOURCE, say, cannot give it, and asking would make the
+    // container's start fail with EPERM).
     let all = || -> Capabilities {
-        caps::all()
+        caps::read(None, caps::CapSet::Bounding)
+            .unwrap_or_else(|_| caps::all())
             .iter()
             .filter_map(|c| parse_capability(&c.to_string()))
             .collect()
