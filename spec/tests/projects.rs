@@ -240,6 +240,21 @@ fn environment_precedence_env_file_and_interpolation_warnings() {
 }
 
 #[test]
+fn label_files_are_read_relative_to_the_project_and_labels_win() {
+    let dir = dir_with(&[
+        ("compose.yaml", "services:\n  web:\n    image: web\n    label_file: [meta/a.labels, ./b.labels]\n    labels: {c: from-labels}\n"),
+        ("meta/a.labels", "# comment\na=from-a\nb=from-a\nc=from-a\n"),
+        ("b.labels", "b=from-b\n"),
+    ]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let web = &p.stack.services["web"];
+    assert_eq!(web.labels["a"], "from-a");
+    assert_eq!(web.labels["b"], "from-b", "a later file wins");
+    assert_eq!(web.labels["c"], "from-labels", "labels win over files");
+    assert!(web.label_file[0].ends_with("meta/a.labels") && web.label_file[0].starts_with('/'));
+}
+
+#[test]
 fn env_file_attribute_is_read_and_environment_wins() {
     let dir = dir_with(&[
         ("compose.yaml", "services:\n  web:\n    image: web\n    env_file: [web.env, {path: optional.env, required: false}]\n    environment: {B: from-environment}\n"),
