@@ -80,6 +80,8 @@ impl TestNet {
                 project: self.prefix.clone(),
                 internal,
                 ipam: None,
+                enable_ipv6: false,
+                ipam6: None,
             })
             .expect("ensure network")
     }
@@ -345,6 +347,7 @@ fn fake_upstream() -> (DnsServer, SocketAddr) {
         container: "up".into(),
         network: "up".into(),
         ip: Ipv4Addr::new(192, 0, 2, 123),
+        ip6: None,
         project: "org".into(),
         service: "example".into(),
         names: vec![],
@@ -646,6 +649,8 @@ fn crash_child(spec: &str) -> ! {
             project: prefix.into(),
             internal: false,
             ipam: None,
+            enable_ipv6: false,
+            ipam6: None,
         })
         .unwrap();
     let id = format!("{prefix}-crashed");

@@ -37,7 +37,7 @@ mod fixture;
 
 pub use client::query_a;
 pub use hickory_proto::op::ResponseCode;
-pub use records::{Answer, Endpoint, Records};
+pub use records::{Answer, Endpoint, Family, Records};
 pub use server::DnsServer;
 pub use upstream::parse_nameservers;
 pub use wire::{fit_udp, respond};
