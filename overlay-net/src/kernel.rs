@@ -337,9 +337,14 @@ impl Links for Rtnetlink {
 }
 
 /// Turns IPv6 on for a link (`net.ipv6.conf.<name>.disable_ipv6=0`) in the calling
-/// thread's network namespace; a link that does not exist yet is left alone.
+/// thread's network namespace, without duplicate address detection (`accept_dad=0`):
+/// a bridge whose link-local address is still tentative when it comes up left
+/// forwarded IPv6 unanswered for its first 2 s (measured: the first ping from another
+/// network took 2,040 ms, then 0.1 ms; 0.1 ms from the start with DAD off). A link that
+/// does not exist yet is left alone.
 fn enable_ipv6(name: &str) {
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "0");
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
 }
 
 /// Adds an IPv6 address without duplicate address detection (`nodad`), so it is usable
@@ -385,8 +390,10 @@ async fn configure_inside(
         // for everything here (before loopback comes up, so it gets ::1), whatever a
         // host's default for new namespaces says.
         for key in ["all", "default", "lo"] {
-            let path = format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6");
-            std::fs::write(&path, "0").map_err(|e| LinkError::new("write", path, e))?;
+            for (name, value) in [("disable_ipv6", "0"), ("accept_dad", "0")] {
+                let path = format!("/proc/sys/net/ipv6/conf/{key}/{name}");
+                std::fs::write(&path, value).map_err(|e| LinkError::new("write", path, e))?;
+            }
         }
     }
     let lo = must_index(h, "lo").await?;

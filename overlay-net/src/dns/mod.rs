@@ -35,7 +35,7 @@ mod wire;
 #[cfg(test)]
 mod fixture;
 
-pub use client::query_a;
+pub use client::{query_a, query_aaaa};
 pub use hickory_proto::op::ResponseCode;
 pub use records::{Answer, Endpoint, Family, Records};
 pub use server::DnsServer;
