@@ -56,15 +56,15 @@ fn sh(f: &Fixture, service: &str, script: &str) -> String {
 #[test]
 fn containers_on_an_ipv6_network_reach_each_other_over_ipv6_and_publish_over_ipv6() {
     let port = free_port();
-    // An IPv6 subnet of this test's own (the pool octet is unique to it).
-    let f0 = Fixture::empty("ipv6-probe");
-    let octet: u8 = f0
+    // The image and this test's names first; the file, which needs them, after.
+    let mut f = Fixture::new("ipv6", "services: {}\n");
+    // An IPv6 subnet of this test's own (its IPv4 pool's octet is unique to it).
+    let octet: u8 = f
         .net_pool
         .split('.')
         .nth(1)
         .and_then(|o| o.parse().ok())
         .expect("pool octet");
-    drop(f0);
     let subnet = format!("fd42:be47:{octet:x}::/64");
     let web6: Ipv6Addr = format!("fd42:be47:{octet:x}::80").parse().unwrap();
     let gateway6: Ipv6Addr = format!("fd42:be47:{octet:x}::1").parse().unwrap();
@@ -109,7 +109,7 @@ networks:
     enable_ipv6: true
 "#
     );
-    let mut f = Fixture::new("ipv6", &compose);
+    f.write_compose(&compose);
     f.start_daemon();
     f.ok(&["up", "-d", "--wait", "--wait-timeout", "30"]);
 
