@@ -37,7 +37,13 @@ impl NetworkRequest {
             name: net.name.clone(),
             project: project.to_string(),
             internal: net.internal,
-            ipam: config.clone().find(|p| !is_v6(p)).cloned(),
+            // Without enable_ipv6, the first entry whatever it is, as before IPv6
+            // existed (an IPv6 one is then refused as not IPv4).
+            ipam: if net.enable_ipv6 {
+                config.clone().find(|p| !is_v6(p)).cloned()
+            } else {
+                config.clone().next().cloned()
+            },
             enable_ipv6: net.enable_ipv6,
             ipam6: if net.enable_ipv6 {
                 config.clone().find(|p| is_v6(p)).cloned()
@@ -289,5 +295,32 @@ mod tests {
         assert!(!fake.k().links.contains(&b.bridge));
         assert!(!fake.k().tables.contains_key(&b.bridge));
         assert!(!m.network_file(&b.bridge).exists());
+    }
+
+    #[test]
+    fn ipam_entries_are_split_by_family_only_with_enable_ipv6() {
+        let pool = |subnet: &str| IpamPool {
+            subnet: Some(subnet.to_string()),
+            ..IpamPool::default()
+        };
+        let mut spec_net = spec::model::Network {
+            name: "p_front".into(),
+            ipam: Some(spec::model::Ipam {
+                config: vec![pool("fd00:9::/64"), pool("10.9.0.0/24")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Without enable_ipv6: the first entry, as before (an IPv6 one is refused).
+        let r = NetworkRequest::from_spec("p", &spec_net);
+        assert_eq!(
+            (r.ipam, r.ipam6, r.enable_ipv6),
+            (Some(pool("fd00:9::/64")), None, false)
+        );
+        spec_net.enable_ipv6 = true;
+        let r = NetworkRequest::from_spec("p", &spec_net);
+        assert_eq!(r.ipam, Some(pool("10.9.0.0/24")));
+        assert_eq!(r.ipam6, Some(pool("fd00:9::/64")));
+        assert!(r.enable_ipv6);
     }
 }
