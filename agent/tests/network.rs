@@ -460,6 +460,11 @@ fn containers_on_an_ipv6_network_talk_over_ipv6_resolve_aaaa_and_are_published_o
         ),
     );
     assert_eq!(web.att.interfaces[0].address6, Some(web6));
+    assert!(
+        web.att.hosts.contains(&format!("{web6}\t")),
+        "{}",
+        web.att.hosts
+    );
 
     // The DNS server answers AAAA with the IPv6 address, A with the IPv4 one.
     let socket = UdpSocket::bind("0.0.0.0:0").unwrap();

@@ -154,6 +154,7 @@ impl NetworkManager {
             &req.service,
             &hostname,
             interfaces.first().map(|i| i.address),
+            interfaces.first().and_then(|i| i.address6),
             gateway,
             &req.extra_hosts,
         )?;
