@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use agent::runtime::{self, Bundle, RunOptions, Stdio};
 use oci_spec::runtime::LinuxNamespaceType;
-use overlay_net::dns::{query_a, DnsServer, Endpoint};
+use overlay_net::dns::{query_a, query_aaaa, DnsServer, Endpoint};
 use overlay_net::ipam::{Pool, Subnet};
 use overlay_net::{
     AttachRequest, Attachment, NetConfig, NetworkInfo, NetworkManager, NetworkRequest,
@@ -74,12 +74,23 @@ impl TestNet {
     }
 
     fn network(&self, name: &str, internal: bool) -> NetworkInfo {
+        self.network_with(name, internal, false)
+    }
+
+    /// An `enable_ipv6` network (with the default ULA subnet).
+    fn network6(&self, name: &str, internal: bool) -> NetworkInfo {
+        self.network_with(name, internal, true)
+    }
+
+    fn network_with(&self, name: &str, internal: bool, enable_ipv6: bool) -> NetworkInfo {
         self.mgr
             .ensure_network(&NetworkRequest {
                 name: format!("{}_{name}", self.prefix),
                 project: self.prefix.clone(),
                 internal,
                 ipam: None,
+                enable_ipv6,
+                ipam6: None,
             })
             .expect("ensure network")
     }
@@ -345,6 +356,7 @@ fn fake_upstream() -> (DnsServer, SocketAddr) {
         container: "up".into(),
         network: "up".into(),
         ip: Ipv4Addr::new(192, 0, 2, 123),
+        ip6: None,
         project: "org".into(),
         service: "example".into(),
         names: vec![],
@@ -423,6 +435,179 @@ fn an_internal_network_has_no_route_out_and_a_normal_one_does() {
         out.contains(&format!("default via {}", public.addressing.gateway)),
         "normal network has no default route:\n{out}"
     );
+}
+
+#[test]
+fn containers_on_an_ipv6_network_talk_over_ipv6_resolve_aaaa_and_are_published_over_ipv6() {
+    let net = TestNet::new();
+    let front = net.network6("front", false);
+    let other = net.network6("other", false);
+    let internal = net.network6("vault", true);
+    let a6 = front.addressing6.expect("front has IPv6");
+    // The server listens on its IPv6 and IPv4 addresses separately, with a page each:
+    // what a client gets says which family reached it.
+    let web6 = a6.subnet.nth(0x80).unwrap();
+    let web4 = front.addressing.subnet.nth(0x80).unwrap();
+    let mut req = net.request(&testkit::unique_name("web"), "web", &[&front]);
+    req.networks[0].1.ipv6_address = Some(web6.to_string());
+    req.networks[0].1.ipv4_address = Some(web4.to_string());
+    let web = Container::start_with(
+        &net,
+        req,
+        &format!(
+            "mkdir -p /w6 /w4 && echo hello-over-ipv6 > /w6/index.html && echo hello-over-ipv4 > /w4/index.html && \
+             httpd -p [{web6}]:80 -h /w6 && httpd -p {web4}:80 -h /w4 && {UNTIL_STOPPED}"
+        ),
+    );
+    assert_eq!(web.att.interfaces[0].address6, Some(web6));
+    assert!(
+        web.att.hosts.contains(&format!("{web6}\t")),
+        "{}",
+        web.att.hosts
+    );
+
+    // The DNS server answers AAAA with the IPv6 address, A with the IPv4 one.
+    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let dns = SocketAddr::new(IpAddr::V4(front.addressing.gateway), 53);
+    assert_eq!(query_aaaa(&socket, dns, "web", 1).unwrap(), Ok(vec![web6]));
+    assert_eq!(query_a(&socket, dns, "web", 2).unwrap(), Ok(vec![web4]));
+    assert_eq!(
+        query_aaaa(&socket, dns, "tasks.web", 3).unwrap(),
+        Ok(vec![web6])
+    );
+
+    // Another container on the network finds it by name over IPv6 and reaches it.
+    let mut client = Container::start(
+        &net,
+        "client",
+        &[&front],
+        "ip -6 addr; ip -6 route; nslookup -type=AAAA web; \
+         ip=$(nslookup -type=AAAA web | awk '/^Address: /{a=$2} END{print a}'); echo aaaa=$ip; \
+         ping -6 -c1 -W2 $ip; echo ping=$?; \
+         for i in $(seq 100); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 $ip 80 && break; sleep 0.05; done",
+    );
+    let (status, out) = client.finish();
+    assert_eq!(status, 0, "{out}");
+    assert!(
+        out.contains(&format!("aaaa={web6}")),
+        "no AAAA for web:\n{out}"
+    );
+    assert!(out.contains("ping=0"), "ping -6 failed:\n{out}");
+    assert!(out.contains("hello-over-ipv6"), "no page over IPv6:\n{out}");
+    assert!(
+        out.contains(&format!("default via {}", a6.gateway)),
+        "no IPv6 default route:\n{out}"
+    );
+
+    // From another IPv6 network: no name, no route through (the ip6 isolation).
+    let mut outsider = Container::start(
+        &net,
+        "outsider",
+        &[&other],
+        &format!(
+            "nslookup -type=AAAA web; echo nslookup=$?; ping -6 -c1 -W3 {web6}; echo ping=$?; \
+             printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {web6} 80; echo nc=$?"
+        ),
+    );
+    let (_, out) = outsider.finish();
+    assert!(
+        out.contains("nslookup=1"),
+        "web resolved from another network:\n{out}"
+    );
+    assert!(
+        out.contains("ping=1"),
+        "web pinged from another network:\n{out}"
+    );
+    assert!(
+        out.contains("nc=1"),
+        "web reached from another network:\n{out}"
+    );
+    assert!(!out.contains("hello-over"), "{out}");
+
+    // An internal IPv6 network has no IPv6 way out either.
+    let mut inside = Container::start(
+        &net,
+        "vault",
+        &[&internal],
+        &format!(
+            "ip -6 route; ip -6 route get {web6}; echo get=$?; ping -6 -c1 -W1 {}; echo ping=$?",
+            a6.gateway
+        ),
+    );
+    let (_, out) = inside.finish();
+    assert!(
+        !out.contains("default"),
+        "internal network has an IPv6 default route:\n{out}"
+    );
+    assert!(
+        out.contains("ping=1"),
+        "internal network reached the outside:\n{out}"
+    );
+
+    // Published: [::1] (the relay, connecting over IPv6), the host's own IPv6 address
+    // (ip6 DNAT, here the bridge's) and IPv4 (DNAT) all reach the container, each over
+    // its family.
+    let hp = free_port();
+    let published = net
+        .mgr
+        .publish(&web.id, "web", &[port(hp, 80, Protocol::Tcp, None)])
+        .unwrap();
+    assert!(!published.is_empty(), "{published:?}");
+    let get = |addr: SocketAddr| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match http_get(addr) {
+                Ok(out) if out.contains("hello-over") => return out,
+                other if Instant::now() > deadline => panic!("GET {addr}: {other:?}"),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    };
+    assert!(
+        get(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), hp)).contains("hello-over-ipv6"),
+        "[::1] did not reach the container over IPv6"
+    );
+    assert!(
+        get(SocketAddr::new(IpAddr::V6(a6.gateway), hp)).contains("hello-over-ipv6"),
+        "the host's IPv6 address did not reach the container over IPv6"
+    );
+    assert!(
+        get(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), hp)).contains("hello-over-ipv4"),
+        "127.0.0.1 did not reach the container over IPv4"
+    );
+    // The host's IPv6 addresses are DNAT'd by the kernel, not relayed (only ::1 is).
+    let table = overlay_net::names::port_table(&net.prefix, "tcp", None, hp);
+    let rules = std::process::Command::new("nft")
+        .args(["list", "table", "ip6", &table])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains(&format!("dnat to [{web6}]:80")),
+        "no ip6 DNAT for the published port:\n{rules}"
+    );
+    // The other network reaches the published port at the host's address, not the
+    // container itself (as for IPv4).
+    let mut visitor = Container::start(
+        &net,
+        "visitor",
+        &[&other],
+        &format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {} {hp}; echo nc=$?",
+            other.addressing6.unwrap().gateway
+        ),
+    );
+    let (_, out) = visitor.finish();
+    assert!(
+        out.contains("hello-over-ipv6"),
+        "published port not reached over IPv6 from another network:\n{out}"
+    );
+    net.mgr.unpublish(&web.id).unwrap();
+    assert!(http_get(SocketAddr::new(IpAddr::V6(a6.gateway), hp))
+        .map_or(true, |o| !o.contains("hello")));
 }
 
 fn port(published: u16, target: u16, protocol: Protocol, host_ip: Option<&str>) -> Port {
@@ -646,6 +831,8 @@ fn crash_child(spec: &str) -> ! {
             project: prefix.into(),
             internal: false,
             ipam: None,
+            enable_ipv6: false,
+            ipam6: None,
         })
         .unwrap();
     let id = format!("{prefix}-crashed");

@@ -75,6 +75,8 @@ fn run(mgr: &NetworkManager, n: usize) -> Result<(), Box<dyn std::error::Error>>
         project: "bench".into(),
         internal: false,
         ipam: None,
+        enable_ipv6: false,
+        ipam6: None,
     })?;
     let mut attach = Vec::new();
     let mut ids = Vec::new();

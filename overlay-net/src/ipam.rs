@@ -38,10 +38,15 @@ pub enum IpamError {
         network: String,
         field: String,
         value: String,
-        subnet: Subnet,
+        /// IPv4 or IPv6, as printed.
+        subnet: String,
     },
     #[error("network {network}: no free address left in {subnet}")]
-    SubnetFull { network: String, subnet: Subnet },
+    SubnetFull {
+        network: String,
+        /// IPv4 or IPv6, as printed.
+        subnet: String,
+    },
     #[error("network {network}: ipv4_address {address} of service {service} is not usable in subnet {subnet} (it is the network, broadcast or gateway address, or outside the subnet)")]
     AddressOutside {
         network: String,
@@ -54,6 +59,31 @@ pub enum IpamError {
         network: String,
         service: String,
         address: Ipv4Addr,
+    },
+    #[error("{0:?} is not an IPv6 subnet (expected an IPv6 prefix, for example fd00:1::/64)")]
+    BadSubnet6(String),
+    #[error("{0:?} is not an IPv6 address")]
+    BadAddress6(String),
+    #[error(
+        "network {network}: IPv6 subnet {subnet} overlaps {other}; choose another ipam.config.subnet"
+    )]
+    Overlap6 {
+        network: String,
+        subnet: crate::ipam6::Subnet6,
+        other: crate::ipam6::Subnet6,
+    },
+    #[error("network {network}: ipv6_address {address} of service {service} is not usable in subnet {subnet} (it is the subnet's first address or the gateway, or outside the subnet)")]
+    AddressOutside6 {
+        network: String,
+        service: String,
+        address: std::net::Ipv6Addr,
+        subnet: crate::ipam6::Subnet6,
+    },
+    #[error("network {network}: ipv6_address {address} of service {service} is already used by another container")]
+    AddressTaken6 {
+        network: String,
+        service: String,
+        address: std::net::Ipv6Addr,
     },
 }
 
@@ -249,7 +279,7 @@ pub fn plan_network(
         }
         None => subnet.nth(1).ok_or_else(|| IpamError::SubnetFull {
             network: network.to_string(),
-            subnet,
+            subnet: subnet.to_string(),
         })?,
     };
     Ok(Addressing {
@@ -271,7 +301,7 @@ pub fn plan_range(
         network: network.to_string(),
         field,
         value,
-        subnet: net.subnet,
+        subnet: net.subnet.to_string(),
     };
     if let Some(range) = ip_range {
         let range: Subnet = range.parse()?;
@@ -341,7 +371,7 @@ pub fn plan_address(
         .find(|ip| usable(&net.subnet, *ip) && *ip != net.gateway && !used.contains(ip))
         .ok_or_else(|| IpamError::SubnetFull {
             network: network.to_string(),
-            subnet: net.subnet,
+            subnet: net.subnet.to_string(),
         })
 }
 

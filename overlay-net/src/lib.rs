@@ -30,6 +30,7 @@
 pub mod dns;
 pub mod firewall;
 pub mod ipam;
+pub mod ipam6;
 pub mod kernel;
 pub mod names;
 mod network;

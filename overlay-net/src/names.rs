@@ -68,6 +68,14 @@ pub fn port_table(
     )
 }
 
+/// The nftables tables of a host port published on one IPv6 address only.
+pub fn port_table6(prefix: &str, proto: &str, host: std::net::Ipv6Addr, port: u16) -> String {
+    format!(
+        "{prefix}p{}",
+        short_hash(&[proto, &host.to_string(), &port.to_string()], 6)
+    )
+}
+
 /// The file name of a container's network namespace under the netns directory.
 pub fn netns_file(prefix: &str, container: &str) -> String {
     format!("{prefix}-{container}")

@@ -13,7 +13,7 @@
 //! container's alone, as in Compose). The last member's leaving releases the hold.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use crate::ports::HostIp;
 
@@ -56,6 +56,8 @@ pub enum Sharing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Member {
     backend: SocketAddrV4,
+    /// Its IPv6 address and port, on an `enable_ipv6` network.
+    backend6: Option<SocketAddrV6>,
     /// Gets new connections (healthy and not leaving).
     serving: bool,
 }
@@ -84,6 +86,31 @@ impl<H> Group<H> {
     /// Every member's address, serving or not.
     pub fn members(&self) -> Vec<SocketAddrV4> {
         self.members.values().map(|m| m.backend).collect()
+    }
+
+    /// The serving members' IPv6 addresses (those that have one), in container id
+    /// order.
+    pub fn backends6(&self) -> Vec<SocketAddrV6> {
+        self.members
+            .values()
+            .filter(|m| m.serving)
+            .filter_map(|m| m.backend6)
+            .collect()
+    }
+
+    /// Every member's IPv6 address, serving or not (those that have one).
+    pub fn members6(&self) -> Vec<SocketAddrV6> {
+        self.members.values().filter_map(|m| m.backend6).collect()
+    }
+
+    /// Where the IPv6 relay sends new connections: each serving member's IPv6 address
+    /// if it has one, else its IPv4 one.
+    pub fn relay_backends(&self) -> Vec<SocketAddr> {
+        self.members
+            .values()
+            .filter(|m| m.serving)
+            .map(|m| m.backend6.map_or(SocketAddr::V4(m.backend), SocketAddr::V6))
+            .collect()
     }
 }
 
@@ -160,11 +187,29 @@ impl<H> Groups<H> {
     /// Puts container `id` behind `key` (after [`Claim::Join`] or [`Self::insert`]);
     /// false if no group holds `key`.
     pub fn join(&mut self, key: &PortKey, id: &str, backend: SocketAddrV4, serving: bool) -> bool {
+        self.join_dual(key, id, backend, None, serving)
+    }
+
+    /// [`Self::join`] for a container with an IPv6 address too (`backend6`).
+    pub fn join_dual(
+        &mut self,
+        key: &PortKey,
+        id: &str,
+        backend: SocketAddrV4,
+        backend6: Option<SocketAddrV6>,
+        serving: bool,
+    ) -> bool {
         let Some(g) = self.groups.get_mut(key) else {
             return false;
         };
-        g.members
-            .insert(id.to_string(), Member { backend, serving });
+        g.members.insert(
+            id.to_string(),
+            Member {
+                backend,
+                backend6,
+                serving,
+            },
+        );
         true
     }
 

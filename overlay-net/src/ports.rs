@@ -5,9 +5,12 @@
 //! read): the kernel then tells us, and anyone else, that the port is taken, while
 //! the DNAT rules catch the traffic before it could reach that socket (and when no
 //! container is serving, there is no rule, and the socket refuses the connection).
-//! The host's IPv6 addresses get a userspace relay instead ([`crate::proxy`]):
-//! containers are IPv4-only, and nftables does not translate between families. A port
-//! with no host address is published on both, as Docker does: `0.0.0.0:P` and `[::]:P`.
+//! The host's IPv6 addresses are held by a userspace relay ([`crate::proxy`]): it
+//! serves containers that are IPv4-only (nftables does not translate between
+//! families) and `[::1]`; containers on an `enable_ipv6` network get the rest of the
+//! IPv6 side by `ip6` DNAT to their IPv6 address ([`crate::firewall::PortRule6`]). A
+//! port with no host address is published on both, as Docker does: `0.0.0.0:P` and
+//! `[::]:P`.
 //!
 //! A [`HostPort`] is held once however many containers are behind it: which ones, and
 //! who may share it, is `crate::port_groups`'s bookkeeping.
@@ -19,7 +22,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
 use spec::model::{Port, PortMode, Protocol};
 
-use crate::firewall::PortRule;
+use crate::firewall::{PortRule, PortRule6};
 use crate::proxy::{Backends, Bound, Relay};
 
 /// Why a port could not be published.
@@ -103,20 +106,46 @@ impl HostPort {
         v4.into_iter().chain(v6).collect()
     }
 
-    /// The DNAT rule of the IPv4 side (none without one: IPv6 is relayed).
+    /// The DNAT rules: the IPv4 side's, and the IPv6 side's when its containers have
+    /// IPv6 addresses (`members6`). None when there is neither (an IPv6 side of
+    /// IPv4-only containers is relayed).
     pub fn rule(
         &self,
         proto: &'static str,
-        backends: Vec<SocketAddrV4>,
-        members: Vec<SocketAddrV4>,
+        (backends, members): (Vec<SocketAddrV4>, Vec<SocketAddrV4>),
+        (backends6, members6): (Vec<SocketAddrV6>, Vec<SocketAddrV6>),
     ) -> Option<PortRule> {
+        let v6 = self
+            .v6
+            .filter(|_| !members6.is_empty())
+            .map(|host_ip| PortRule6 {
+                host_ip,
+                backends: backends6,
+                members: members6,
+            });
+        if self.v4.is_none() && v6.is_none() {
+            return None;
+        }
+        let (backends, members) = match self.v4 {
+            Some(_) => (backends, members),
+            None => (Vec::new(), Vec::new()),
+        };
         Some(PortRule {
             proto,
-            host_ip: self.v4?,
+            host_ip: self.v4.flatten(),
             host_port: self.port,
             backends,
             members,
+            v6,
         })
+    }
+
+    /// The name of this port's nft tables (`ip`, and `ip6` when DNAT'd over IPv6).
+    pub fn table(&self, prefix: &str, proto: &str) -> String {
+        match (self.v4, self.v6) {
+            (None, Some(v6)) => crate::names::port_table6(prefix, proto, v6, self.port),
+            (v4, _) => crate::names::port_table(prefix, proto, v4.flatten(), self.port),
+        }
     }
 }
 

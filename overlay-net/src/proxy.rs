@@ -1,12 +1,17 @@
 //! Published ports on the host's IPv6 addresses: a userspace relay.
 //!
-//! Containers are IPv4-only and nftables cannot translate between address families
-//! (there is no NAT64 in it), so a client that connects to `[::1]:8080` or to the
-//! host's global IPv6 address is served the way Docker's `docker-proxy` serves it: berth
-//! listens on the IPv6 address (with `IPV6_V6ONLY`, so the IPv4 side stays with the
-//! DNAT rules) and relays every TCP connection or UDP flow to the container's IPv4
-//! address. The container sees the bridge's gateway as the client, as it does behind
-//! docker-proxy.
+//! Containers on a network without `enable_ipv6` are IPv4-only and nftables cannot
+//! translate between address families (there is no NAT64 in it), so a client that
+//! connects to `[::1]:8080` or to the host's global IPv6 address is served the way
+//! Docker's `docker-proxy` serves it: berth listens on the IPv6 address (with
+//! `IPV6_V6ONLY`, so the IPv4 side stays with the DNAT rules) and relays every TCP
+//! connection or UDP flow to the container's IPv4 address. The container sees the
+//! bridge's gateway as the client, as it does behind docker-proxy.
+//!
+//! Containers with IPv6 get their IPv6 side by `ip6` DNAT instead
+//! (`firewall::PortRule6`), except for `::1`, which the kernel never routes off the host
+//! (IPv6 has no `route_localnet`): a connection to `[::1]:P` still reaches the relay,
+//! which then connects to the container's IPv6 address, as docker-proxy does.
 //!
 //! A relay sends each new TCP connection or UDP flow to the next of its current
 //! [`Backends`] in turn, as the IPv4 side's DNAT map does: the containers behind the
@@ -68,24 +73,26 @@ pub struct Backends(Arc<BackendsInner>);
 
 #[derive(Debug, Default)]
 struct BackendsInner {
-    list: Mutex<Vec<SocketAddrV4>>,
+    /// IPv4 addresses, or IPv6 ones for containers on an `enable_ipv6` network.
+    list: Mutex<Vec<SocketAddr>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
 impl Backends {
-    pub fn new(list: Vec<SocketAddrV4>) -> Backends {
+    pub fn new<A: Into<SocketAddr>>(list: Vec<A>) -> Backends {
         let b = Backends::default();
         b.set(list);
         b
     }
 
     /// Replaces the backends; connections already relayed keep theirs.
-    pub fn set(&self, list: Vec<SocketAddrV4>) {
+    pub fn set<A: Into<SocketAddr>>(&self, list: Vec<A>) {
+        let list = list.into_iter().map(Into::into).collect();
         *self.0.list.lock().unwrap_or_else(|p| p.into_inner()) = list;
     }
 
     /// The backend for a new connection: each in turn; `None` when there is none.
-    pub fn pick(&self) -> Option<SocketAddrV4> {
+    pub fn pick(&self) -> Option<SocketAddr> {
         let list = self.0.list.lock().unwrap_or_else(|p| p.into_inner());
         if list.is_empty() {
             return None;
@@ -237,7 +244,7 @@ async fn relay_tcp(owned: TcpOwned, backends: Backends) {
                 }
                 conns.spawn(async move {
                     let _ = client.set_nodelay(true);
-                    let connect = TcpStream::connect(SocketAddr::V4(target));
+                    let connect = TcpStream::connect(target);
                     // A container that does not answer closes the client's connection,
                     // as a refused DNAT'd connection would.
                     let Ok(Ok(upstream)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await
@@ -324,13 +331,13 @@ fn evict_oldest(flows: &mut HashMap<SocketAddr, Flow>) {
     }
 }
 
-async fn new_flow(target: SocketAddrV4) -> io::Result<UdpSocket> {
-    let s = UdpSocket::bind(SocketAddr::V4(SocketAddrV4::new(
-        std::net::Ipv4Addr::UNSPECIFIED,
-        0,
-    )))
-    .await?;
-    s.connect(SocketAddr::V4(target)).await?;
+async fn new_flow(target: SocketAddr) -> io::Result<UdpSocket> {
+    let any: SocketAddr = match target {
+        SocketAddr::V4(_) => SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, 0, 0, 0).into(),
+    };
+    let s = UdpSocket::bind(any).await?;
+    s.connect(target).await?;
     Ok(s)
 }
 

@@ -37,6 +37,7 @@ pub fn hosts(
     service: &str,
     hostname: &str,
     own: Option<Ipv4Addr>,
+    own6: Option<std::net::Ipv6Addr>,
     gateway: Option<Ipv4Addr>,
     extra_hosts: &[String],
 ) -> Result<String, ResolvError> {
@@ -44,6 +45,10 @@ pub fn hosts(
         "# written by berth\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     );
     if let Some(ip) = own {
+        out.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    // On an enable_ipv6 network the hostname has its IPv6 address too, as with Docker.
+    if let Some(ip) = own6 {
         out.push_str(&format!("{ip}\t{hostname}\n"));
     }
     for entry in extra_hosts {
@@ -93,6 +98,7 @@ mod tests {
             "web",
             "web-1",
             Some(Ipv4Addr::new(10, 89, 0, 2)),
+            Some("fd00:89::2".parse().unwrap()),
             Some(gw),
             &[
                 "db.local:10.0.0.5".into(),
@@ -102,12 +108,13 @@ mod tests {
         )
         .unwrap();
         assert!(h.contains("10.89.0.2\tweb-1\n"), "{h}");
+        assert!(h.contains("fd00:89::2\tweb-1\n"), "{h}");
         assert!(h.contains("10.0.0.5\tdb.local\n"), "{h}");
         assert!(h.contains("::1\tv6\n"), "{h}");
         assert!(h.contains("10.89.0.1\thost.internal\n"), "{h}");
-        let e = hosts("web", "w", None, None, &["x:host-gateway".into()]).unwrap_err();
+        let e = hosts("web", "w", None, None, None, &["x:host-gateway".into()]).unwrap_err();
         assert!(e.to_string().contains("service web"), "{e}");
-        let e = hosts("web", "w", None, None, &["x:notanip".into()]).unwrap_err();
+        let e = hosts("web", "w", None, None, None, &["x:notanip".into()]).unwrap_err();
         assert!(e.to_string().contains("invalid IP address"), "{e}");
     }
 }

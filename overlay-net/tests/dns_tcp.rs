@@ -20,6 +20,7 @@ fn server(net: &str, project: &str, service: &str, n: u8, upstream: Vec<SocketAd
             container: format!("{service}-{i}"),
             network: net.into(),
             ip: Ipv4Addr::new(10, 7, 0, i + 1),
+            ip6: None,
             project: project.into(),
             service: service.into(),
             names: vec![],

@@ -122,6 +122,6 @@ fn a_tcp_relay_spreads_connections_over_its_current_backends() {
         assert_eq!(fetch(port).unwrap(), "c");
     }
     // None serving: the connection is closed without an answer.
-    backends.set(Vec::new());
+    backends.set(Vec::<SocketAddrV4>::new());
     assert_eq!(fetch(port).unwrap_or_default(), "");
 }

@@ -10,6 +10,7 @@ fn ep(container: &str, network: &str, ip: u8, service: &str, healthy: bool) -> E
         container: container.into(),
         network: network.into(),
         ip: Ipv4Addr::new(10, 0, 0, ip),
+        ip6: None,
         project: "shop".into(),
         service: service.into(),
         names: vec![container.into(), format!("{container}-host")],

@@ -35,9 +35,9 @@ mod wire;
 #[cfg(test)]
 mod fixture;
 
-pub use client::query_a;
+pub use client::{query_a, query_aaaa};
 pub use hickory_proto::op::ResponseCode;
-pub use records::{Answer, Endpoint, Records};
+pub use records::{Answer, Endpoint, Family, Records};
 pub use server::DnsServer;
 pub use upstream::parse_nameservers;
 pub use wire::{fit_udp, respond};

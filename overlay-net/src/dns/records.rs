@@ -2,7 +2,7 @@
 //! and the answer a name gets for a client on one network.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// One container on one network, as DNS sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -10,6 +10,9 @@ pub struct Endpoint {
     pub container: String,
     pub network: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on an `enable_ipv6` network: what AAAA queries answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub project: String,
     pub service: String,
     /// The container's own names (container name, hostname): always resolvable.
@@ -21,11 +24,19 @@ pub struct Endpoint {
     pub upstream: Vec<SocketAddr>,
 }
 
-/// What the server does with an A query.
+/// Which addresses a query asks for: A (IPv4) or AAAA (IPv6) records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// What the server does with an A or AAAA query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// The name is ours; these addresses (possibly none: NOERROR with no records).
-    Addresses(Vec<Ipv4Addr>),
+    /// The name is ours; these addresses (possibly none: NOERROR with no records, as
+    /// for AAAA on a network without IPv6), all of the family asked for.
+    Addresses(Vec<IpAddr>),
     /// The name is in our domain but unknown.
     NxDomain,
     /// Not ours: ask the upstream resolvers.
@@ -75,6 +86,12 @@ impl Records {
             .map(|(_, ep)| ep)
     }
 
+    /// The endpoint of `container` on `network`.
+    pub fn endpoint(&self, network: &str, container: &str) -> Option<&Endpoint> {
+        self.endpoints
+            .get(&(network.to_string(), container.to_string()))
+    }
+
     /// The endpoint with address `ip` on `network` (the client of a query).
     pub fn client(&self, network: &str, ip: Ipv4Addr) -> Option<&Endpoint> {
         self.on(network).find(|ep| ep.ip == ip)
@@ -87,6 +104,19 @@ impl Records {
     /// that container. Single-label names and names under a project of this network
     /// are ours (NXDOMAIN when unknown); anything else is forwarded.
     pub fn answer(&self, network: &str, name: &str, rotation: usize) -> Answer {
+        self.answer_for(network, name, rotation, Family::V4)
+    }
+
+    /// [`Self::answer`] for A (`Family::V4`) or AAAA (`Family::V6`) records: the same
+    /// names and rules, each member's address of that family (members without an IPv6
+    /// address have no AAAA record; the name is still known).
+    pub fn answer_for(&self, network: &str, name: &str, rotation: usize, family: Family) -> Answer {
+        let addr = |ep: &Endpoint| -> Option<IpAddr> {
+            match family {
+                Family::V4 => Some(IpAddr::V4(ep.ip)),
+                Family::V6 => ep.ip6.map(IpAddr::V6),
+            }
+        };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let (tasks, wanted) = match name.strip_prefix("tasks.") {
             Some(rest) => (true, rest),
@@ -100,18 +130,18 @@ impl Records {
                     .and_then(|s| s.strip_suffix('.'))
                     .is_some_and(|s| s == ep.service)
         };
-        let mut service: Vec<Ipv4Addr> = self
+        let mut service: Vec<IpAddr> = self
             .on(network)
             .filter(|ep| ep.healthy && is_service(ep))
-            .map(|ep| ep.ip)
+            .filter_map(addr)
             .collect();
         let mut known = self.on(network).any(is_service);
         if !tasks {
             for ep in self.on(network) {
                 if ep.names.iter().any(|n| n == wanted) {
                     known = true;
-                    if !service.contains(&ep.ip) {
-                        service.push(ep.ip);
+                    if let Some(ip) = addr(ep).filter(|ip| !service.contains(ip)) {
+                        service.push(ip);
                     }
                 }
             }
@@ -143,7 +173,52 @@ mod tests {
     use crate::dns::fixture::records;
 
     fn ips(v: &[u8]) -> Answer {
-        Answer::Addresses(v.iter().map(|i| Ipv4Addr::new(10, 0, 0, *i)).collect())
+        Answer::Addresses(
+            v.iter()
+                .map(|i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, *i)))
+                .collect(),
+        )
+    }
+
+    fn ips6(v: &[u16]) -> Answer {
+        Answer::Addresses(
+            v.iter()
+                .map(|i| IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, *i)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn aaaa_answers_follow_the_same_names_with_ipv6_addresses() {
+        let mut r = records();
+        // `web-1` and `web-3` are on front with IPv6 too; `web-2` is not.
+        for (c, i) in [("web-1", 2), ("web-3", 4)] {
+            let mut ep = r.endpoint("front", c).unwrap().clone();
+            ep.ip6 = Some(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i));
+            r.insert(ep);
+        }
+        let v6 = Family::V6;
+        let cases = [
+            ("web", 0, ips6(&[2])),
+            ("tasks.web", 0, ips6(&[2])),
+            ("web-alias", 0, ips6(&[2])),
+            ("web.shop", 0, ips6(&[2])),
+            // Its own names even while unhealthy, as for A.
+            ("web-3", 0, ips6(&[4])),
+            ("web-3-host", 0, ips6(&[4])),
+            // Known, without IPv6: NOERROR with no AAAA (not NXDOMAIN).
+            ("web-2", 0, ips6(&[])),
+            ("db", 0, Answer::NxDomain),
+            ("example.com", 0, Answer::Forward),
+        ];
+        for (name, rot, want) in cases {
+            assert_eq!(r.answer_for("front", name, rot, v6), want, "{name}");
+        }
+        // A is unchanged.
+        assert_eq!(r.answer("front", "web", 0), ips(&[2, 3]));
+        assert_eq!(r.answer_for("front", "web", 0, Family::V4), ips(&[2, 3]));
+        assert!(r.set_healthy("web-3", true));
+        assert_eq!(r.answer_for("front", "web", 1, v6), ips6(&[4, 2]));
     }
 
     #[test]

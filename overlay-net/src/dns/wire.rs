@@ -8,10 +8,10 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
 
-use super::records::{Answer, Records};
+use super::records::{Answer, Family, Records};
 
 /// The answer to one query packet, or `None` when it must be forwarded (or is not a
 /// query we can read). Pure: records, the asking network and client, and the bytes.
@@ -23,7 +23,11 @@ pub fn respond(
 ) -> Option<Result<Vec<u8>, Vec<u8>>> {
     let query = Message::from_vec(packet).ok()?;
     let q = query.queries().first()?.clone();
-    let answer = records.answer(network, &q.name().to_ascii(), rotation);
+    let family = match q.query_type() {
+        RecordType::AAAA => Family::V6,
+        _ => Family::V4,
+    };
+    let answer = records.answer_for(network, &q.name().to_ascii(), rotation, family);
     let mut reply = Message::new();
     reply
         .set_id(query.id())
@@ -51,10 +55,17 @@ pub fn respond(
         }
         Answer::Addresses(ips) => {
             reply.set_authoritative(true);
-            if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
+            if matches!(
+                q.query_type(),
+                RecordType::A | RecordType::AAAA | RecordType::ANY
+            ) {
                 for ip in ips {
+                    let rdata = match ip {
+                        std::net::IpAddr::V4(ip) => RData::A(A(ip)),
+                        std::net::IpAddr::V6(ip) => RData::AAAA(AAAA(ip)),
+                    };
                     // TTL 0: answers change as tasks come and go; clients must not cache.
-                    reply.add_answer(Record::from_rdata(q.name().clone(), 0, RData::A(A(ip))));
+                    reply.add_answer(Record::from_rdata(q.name().clone(), 0, rdata));
                 }
             }
         }
@@ -173,6 +184,26 @@ mod tests {
             (m.response_code(), m.answers().len()),
             (ResponseCode::NoError, 0)
         );
+        // With IPv6 on the network, AAAA answers with it, and A stays IPv4.
+        let mut r6 = r.clone();
+        let mut ep = r6.endpoint("front", "web-1").unwrap().clone();
+        ep.ip6 = Some("fd00::2".parse().unwrap());
+        r6.insert(ep);
+        let reply = respond(&r6, "front", &query("web.", RecordType::AAAA), 0)
+            .unwrap()
+            .unwrap();
+        let m = Message::from_vec(&reply).unwrap();
+        let got: Vec<(RecordType, String)> = m
+            .answers()
+            .iter()
+            .map(|a| (a.record_type(), a.data().to_string()))
+            .collect();
+        assert_eq!(got, [(RecordType::AAAA, "fd00::2".to_string())]);
+        let reply = respond(&r6, "front", &query("web.", RecordType::A), 0)
+            .unwrap()
+            .unwrap();
+        let m = Message::from_vec(&reply).unwrap();
+        assert!(m.answers().iter().all(|a| a.record_type() == RecordType::A));
         let reply = respond(&r, "front", &query("nope.", RecordType::A), 0)
             .unwrap()
             .unwrap();

@@ -4,7 +4,7 @@
 //! ports: [`NetworkManager::set_healthy`], [`NetworkManager::leave`]).
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,7 @@ use super::records::{check_id, remove_file, write_json};
 use super::{NetError, NetworkInfo, NetworkManager, State};
 use crate::dns::Endpoint;
 use crate::ipam::plan_address;
+use crate::ipam6::plan_address6;
 use crate::kernel::VethPlan;
 use crate::names;
 use crate::ports::Published;
@@ -48,6 +49,9 @@ pub struct Interface {
     pub host_veth: String,
     pub address: Ipv4Addr,
     pub prefix_len: u8,
+    /// Its IPv6 address, on an `enable_ipv6` network (`ipv6_address` honored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
 }
 
 /// What the daemon needs to start a connected container.
@@ -117,12 +121,28 @@ impl NetworkManager {
                 &used,
                 opts.ipv4_address.as_deref(),
             )?;
+            let address6 = match (&net.addressing6, opts.ipv6_address.as_deref()) {
+                (Some(a6), requested) => {
+                    let used6: BTreeSet<Ipv6Addr> = st
+                        .containers
+                        .values()
+                        .flat_map(|c| &c.interfaces)
+                        .chain(&interfaces)
+                        .filter(|itf| &itf.network == name)
+                        .filter_map(|itf| itf.address6)
+                        .collect();
+                    Some(plan_address6(name, &req.service, a6, &used6, requested)?)
+                }
+                // As before IPv6 existed here: a network without enable_ipv6 ignores it.
+                (None, _) => None,
+            };
             interfaces.push(Interface {
                 network: name.clone(),
                 ifname: format!("eth{i}"),
                 host_veth: names::veth_host(&self.cfg.prefix, &req.container_id, name),
                 address,
                 prefix_len: net.addressing.subnet.prefix_len(),
+                address6,
             });
         }
         let hostname = req
@@ -134,6 +154,7 @@ impl NetworkManager {
             &req.service,
             &hostname,
             interfaces.first().map(|i| i.address),
+            interfaces.first().and_then(|i| i.address6),
             gateway,
             &req.extra_hosts,
         )?;
@@ -151,6 +172,7 @@ impl NetworkManager {
                 container: req.container_id.clone(),
                 network: name.clone(),
                 ip: itf.address,
+                ip6: itf.address6,
                 project: req.project.to_ascii_lowercase(),
                 service: req.service.to_ascii_lowercase(),
                 names: [Some(&req.container_name), req.hostname.as_ref()]
@@ -217,6 +239,9 @@ impl NetworkManager {
 
     fn plumb(&self, record: &ContainerRecord, nets: &[NetworkInfo]) -> Result<(), NetError> {
         let route_via = nets.iter().position(|n| !n.internal);
+        let route_via6 = nets
+            .iter()
+            .position(|n| !n.internal && n.addressing6.is_some());
         let plans: Vec<VethPlan> = record
             .interfaces
             .iter()
@@ -230,6 +255,14 @@ impl NetworkManager {
                 address: itf.address,
                 prefix_len: itf.prefix_len,
                 default_via: (route_via == Some(i)).then_some(net.addressing.gateway),
+                address6: itf
+                    .address6
+                    .zip(net.addressing6.map(|a| a.subnet.prefix_len())),
+                // The IPv6 default route goes through the first non-internal network
+                // with IPv6, which may not be the IPv4 one's.
+                default_via6: (route_via6 == Some(i))
+                    .then(|| net.addressing6.map(|a| a.gateway))
+                    .flatten(),
             })
             .collect();
         self.links.create_netns(&record.netns, &plans)?;
@@ -400,5 +433,81 @@ mod tests {
         assert!(fake.k().netns.is_empty());
         assert!(!fake.k().links.iter().any(|l| l.starts_with("fkv")));
         m.remove_network("p_front").unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_network_gives_dual_stack_interfaces_routes_and_aaaa_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::default();
+        let m = open(dir.path(), &fake);
+        let plain = m.ensure_network(&net("p_plain", false)).unwrap();
+        assert_eq!(plain.addressing6, None);
+        let front = m.ensure_network(&net6("p_front", false)).unwrap();
+        let a6 = front.addressing6.expect("IPv6 addressing");
+        assert_eq!(a6.subnet.addr().octets()[0], 0xfd, "{}", a6.subnet);
+        assert!(
+            fake.k().tables[&front.bridge].contains("table ip6 "),
+            "{}",
+            fake.k().tables[&front.bridge]
+        );
+        assert!(!fake.k().tables[&plain.bridge].contains("ip6"));
+        // Turning IPv6 on for an existing network is a change, as ipam is.
+        assert!(matches!(
+            m.ensure_network(&net6("p_plain", false)),
+            Err(NetError::NetworkChanged { .. })
+        ));
+        let wanted = a6.subnet.nth(0x99).unwrap();
+        let mut req = attach_req("c1", &[("p_plain", None), ("p_front", None)]);
+        req.networks[1].1.ipv6_address = Some(wanted.to_string());
+        // On a network without IPv6, ipv6_address is ignored, as before.
+        req.networks[0].1.ipv6_address = Some("fd00:1::9".into());
+        let att = m.attach(&req).unwrap();
+        assert_eq!(att.interfaces[0].address6, None);
+        assert_eq!(att.interfaces[1].address6, Some(wanted));
+        let c2 = m.attach(&attach_req("c2", &[("p_front", None)])).unwrap();
+        assert_eq!(c2.interfaces[0].address6, a6.subnet.nth(2));
+        let plans = fake.k().plans.clone();
+        // IPv4 default route through the first network, IPv6's through the first with
+        // IPv6; addresses carry the subnet's length.
+        assert_eq!(plans[0].default_via, Some(plain.addressing.gateway));
+        assert_eq!((plans[0].address6, plans[0].default_via6), (None, None));
+        assert_eq!(plans[1].default_via, None);
+        assert_eq!(plans[1].address6, Some((wanted, 64)));
+        assert_eq!(plans[1].default_via6, Some(a6.gateway));
+        // The same ipv6_address again is refused.
+        let mut again = attach_req("c3", &[("p_front", None)]);
+        again.networks[0].1.ipv6_address = Some(wanted.to_string());
+        let e = m.attach(&again).unwrap_err();
+        assert!(e.to_string().contains("already used"), "{e}");
+        // DNS: AAAA for the names on the IPv6 network, none on the other.
+        let records = m.dns.records().read().unwrap().clone();
+        let aaaa = |net: &str, name: &str| records.answer_for(net, name, 0, crate::dns::Family::V6);
+        assert_eq!(
+            aaaa("p_front", "p-c1"),
+            crate::dns::Answer::Addresses(vec![IpAddr::V6(wanted)])
+        );
+        assert_eq!(
+            aaaa("p_plain", "p-c1"),
+            crate::dns::Answer::Addresses(vec![])
+        );
+        // Reopened (a restarted daemon): the records come back with their IPv6.
+        drop(m);
+        let m = open(dir.path(), &fake);
+        assert_eq!(
+            m.networks()
+                .iter()
+                .find(|n| n.name == "p_front")
+                .unwrap()
+                .addressing6,
+            Some(a6)
+        );
+        let records = m.dns.records().read().unwrap().clone();
+        assert_eq!(
+            records.answer_for("p_front", "web", 0, crate::dns::Family::V6),
+            crate::dns::Answer::Addresses(vec![
+                IpAddr::V6(a6.subnet.nth(2).unwrap()),
+                IpAddr::V6(wanted)
+            ])
+        );
     }
 }

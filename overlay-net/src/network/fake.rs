@@ -40,7 +40,13 @@ impl Fake {
 }
 
 impl Links for Fake {
-    fn ensure_bridge(&self, name: &str, _: Ipv4Addr, _: u8) -> Result<(), LinkError> {
+    fn ensure_bridge(
+        &self,
+        name: &str,
+        _: Ipv4Addr,
+        _: u8,
+        _: Option<(std::net::Ipv6Addr, u8)>,
+    ) -> Result<(), LinkError> {
         let mut k = self.k();
         if k.links.insert(name.to_string()) {
             k.bridges_created += 1;
@@ -56,6 +62,9 @@ impl Links for Fake {
     }
     fn host_routes(&self) -> Result<Vec<Subnet>, LinkError> {
         Ok(vec!["0.0.0.0/0".parse().expect("route")])
+    }
+    fn host_routes6(&self) -> Result<Vec<crate::ipam6::Subnet6>, LinkError> {
+        Ok(vec!["::/0".parse().expect("route")])
     }
     fn create_netns(&self, path: &Path, veths: &[VethPlan]) -> Result<(), LinkError> {
         let mut k = self.k();
@@ -130,6 +139,16 @@ pub(super) fn net(name: &str, internal: bool) -> NetworkRequest {
         project: "p".into(),
         internal,
         ipam: None,
+        enable_ipv6: false,
+        ipam6: None,
+    }
+}
+
+/// An `enable_ipv6` network with the default (ULA) IPv6 subnet.
+pub(super) fn net6(name: &str, internal: bool) -> NetworkRequest {
+    NetworkRequest {
+        enable_ipv6: true,
+        ..net(name, internal)
     }
 }
 

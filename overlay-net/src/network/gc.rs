@@ -72,7 +72,12 @@ impl NetworkManager {
                 let v4 = match p.host_ip {
                     None => None,
                     Some(std::net::IpAddr::V4(a)) => Some(a),
-                    Some(std::net::IpAddr::V6(_)) => continue,
+                    // A port on one IPv6 address only has tables of its own (`ip6`
+                    // DNAT); keeping a name that does not exist is harmless.
+                    Some(std::net::IpAddr::V6(a)) => {
+                        keep_tables.insert(names::port_table6(prefix, &p.proto, a, p.host_port));
+                        continue;
+                    }
                 };
                 keep_tables.insert(names::port_table(prefix, &p.proto, v4, p.host_port));
             }

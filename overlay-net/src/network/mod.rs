@@ -54,8 +54,9 @@ use records::read_dir_json;
 pub enum NetError {
     #[error(transparent)]
     Prefix(#[from] names::BadPrefix),
+    /// Boxed: the IPv6 variants made it the largest, and every result carries it.
     #[error(transparent)]
-    Ipam(#[from] IpamError),
+    Ipam(Box<IpamError>),
     #[error(transparent)]
     Link(#[from] LinkError),
     #[error(transparent)]
@@ -87,6 +88,12 @@ pub enum NetError {
     BadId(String),
     #[error("container {0}: publishing ports needs at least one network")]
     NoInterface(String),
+}
+
+impl From<IpamError> for NetError {
+    fn from(e: IpamError) -> NetError {
+        NetError::Ipam(Box::new(e))
+    }
 }
 
 impl From<PublishError> for NetError {

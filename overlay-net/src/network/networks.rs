@@ -10,6 +10,7 @@ use super::records::{remove_file, write_json};
 use super::{NetError, NetworkManager};
 use crate::firewall::{network_script, NetworkRules};
 use crate::ipam::{plan_network, plan_range, Addressing};
+use crate::ipam6::{is_ipv6_subnet, plan_network6, Addressing6};
 use crate::names;
 
 /// A network as the stack file asks for it.
@@ -19,17 +20,36 @@ pub struct NetworkRequest {
     pub name: String,
     pub project: String,
     pub internal: bool,
-    /// The first `ipam.config` entry.
+    /// The first IPv4 `ipam.config` entry (or one without a subnet).
     pub ipam: Option<IpamPool>,
+    /// `enable_ipv6`: the bridge and every container on it get IPv6 too.
+    pub enable_ipv6: bool,
+    /// The first IPv6 `ipam.config` entry, when `enable_ipv6`; without one the
+    /// network gets a ULA /64 (`ipam6`).
+    pub ipam6: Option<IpamPool>,
 }
 
 impl NetworkRequest {
     pub fn from_spec(project: &str, net: &spec::model::Network) -> NetworkRequest {
+        let config = net.ipam.iter().flat_map(|i| i.config.iter());
+        let is_v6 = |p: &&IpamPool| p.subnet.as_deref().is_some_and(is_ipv6_subnet);
         NetworkRequest {
             name: net.name.clone(),
             project: project.to_string(),
             internal: net.internal,
-            ipam: net.ipam.as_ref().and_then(|i| i.config.first().cloned()),
+            // Without enable_ipv6, the first entry whatever it is, as before IPv6
+            // existed (an IPv6 one is then refused as not IPv4).
+            ipam: if net.enable_ipv6 {
+                config.clone().find(|p| !is_v6(p)).cloned()
+            } else {
+                config.clone().next().cloned()
+            },
+            enable_ipv6: net.enable_ipv6,
+            ipam6: if net.enable_ipv6 {
+                config.clone().find(|p| is_v6(p)).cloned()
+            } else {
+                None
+            },
         }
     }
 }
@@ -48,6 +68,22 @@ pub struct NetworkInfo {
     /// The `ipam` it was made with: a later request must ask for the same.
     #[serde(default)]
     requested: Option<IpamPool>,
+    /// Its IPv6 addressing, for an `enable_ipv6` network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addressing6: Option<Addressing6>,
+    /// The IPv6 `ipam` entry it was made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    requested6: Option<IpamPool>,
+}
+
+impl NetworkInfo {
+    /// Whether `req` asks for something else than this network was made with.
+    fn differs(&self, req: &NetworkRequest) -> bool {
+        self.internal != req.internal
+            || self.requested != req.ipam
+            || self.addressing6.is_some() != req.enable_ipv6
+            || self.requested6 != req.ipam6
+    }
 }
 
 impl NetworkManager {
@@ -83,13 +119,9 @@ impl NetworkManager {
     fn ready_network(&self, req: &NetworkRequest) -> Result<Option<NetworkInfo>, NetError> {
         let st = self.lock();
         match st.networks.get(&req.name) {
-            Some(existing)
-                if existing.internal != req.internal || existing.requested != req.ipam =>
-            {
-                Err(NetError::NetworkChanged {
-                    network: req.name.clone(),
-                })
-            }
+            Some(existing) if existing.differs(req) => Err(NetError::NetworkChanged {
+                network: req.name.clone(),
+            }),
             Some(existing) if st.ready.contains(&req.name) => Ok(Some(existing.clone())),
             _ => Ok(None),
         }
@@ -100,7 +132,7 @@ impl NetworkManager {
         let requested = req.ipam.clone();
         let info = match st.networks.get(&req.name) {
             Some(existing) => {
-                if existing.internal != req.internal || existing.requested != requested {
+                if existing.differs(req) {
                     return Err(NetError::NetworkChanged {
                         network: req.name.clone(),
                     });
@@ -125,6 +157,26 @@ impl NetworkManager {
                     )?,
                     None => Vec::new(),
                 };
+                let addressing6 = if req.enable_ipv6 {
+                    let others6: Vec<_> = st
+                        .networks
+                        .values()
+                        .filter_map(|n| n.addressing6.map(|a| a.subnet))
+                        .collect();
+                    let wanted6 = req.ipam6.as_ref().and_then(|p| {
+                        p.subnet
+                            .as_deref()
+                            .map(|s| (s, p.gateway.as_deref(), p.ip_range.as_deref()))
+                    });
+                    Some(plan_network6(
+                        &req.name,
+                        wanted6,
+                        &self.links.host_routes6()?,
+                        &others6,
+                    )?)
+                } else {
+                    None
+                };
                 let info = NetworkInfo {
                     name: req.name.clone(),
                     project: req.project.clone(),
@@ -133,6 +185,8 @@ impl NetworkManager {
                     internal: req.internal,
                     reserved,
                     requested,
+                    addressing6,
+                    requested6: req.ipam6.clone(),
                 };
                 write_json(&self.network_file(&info.bridge), &info)?;
                 st.networks.insert(info.name.clone(), info.clone());
@@ -144,15 +198,20 @@ impl NetworkManager {
             &info.bridge,
             info.addressing.gateway,
             info.addressing.subnet.prefix_len(),
+            info.addressing6.map(|a| (a.gateway, a.subnet.prefix_len())),
         )?;
         if !info.internal {
             // NAT for outbound traffic needs forwarding on, as Docker sets it.
             let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+            if info.addressing6.is_some() {
+                let _ = std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1");
+            }
         }
         self.firewall.apply(&network_script(&NetworkRules {
             prefix: &self.cfg.prefix,
             bridge: &info.bridge,
             subnet: info.addressing.subnet,
+            subnet6: info.addressing6.map(|a| a.subnet),
             internal: info.internal,
         }))?;
         let addr = SocketAddr::new(IpAddr::V4(info.addressing.gateway), self.cfg.dns_port);
@@ -236,5 +295,32 @@ mod tests {
         assert!(!fake.k().links.contains(&b.bridge));
         assert!(!fake.k().tables.contains_key(&b.bridge));
         assert!(!m.network_file(&b.bridge).exists());
+    }
+
+    #[test]
+    fn ipam_entries_are_split_by_family_only_with_enable_ipv6() {
+        let pool = |subnet: &str| IpamPool {
+            subnet: Some(subnet.to_string()),
+            ..IpamPool::default()
+        };
+        let mut spec_net = spec::model::Network {
+            name: "p_front".into(),
+            ipam: Some(spec::model::Ipam {
+                config: vec![pool("fd00:9::/64"), pool("10.9.0.0/24")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Without enable_ipv6: the first entry, as before (an IPv6 one is refused).
+        let r = NetworkRequest::from_spec("p", &spec_net);
+        assert_eq!(
+            (r.ipam, r.ipam6, r.enable_ipv6),
+            (Some(pool("fd00:9::/64")), None, false)
+        );
+        spec_net.enable_ipv6 = true;
+        let r = NetworkRequest::from_spec("p", &spec_net);
+        assert_eq!(r.ipam, Some(pool("10.9.0.0/24")));
+        assert_eq!(r.ipam6, Some(pool("fd00:9::/64")));
+        assert!(r.enable_ipv6);
     }
 }

@@ -8,7 +8,7 @@
 //! connections over those serving: healthy ([`NetworkManager::set_healthy`]) and not
 //! leaving ([`NetworkManager::leave`]).
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 use nix::errno::Errno;
 use spec::model::Port;
@@ -16,7 +16,6 @@ use spec::model::Port;
 use super::records::write_json;
 use super::{NetError, NetworkManager, State};
 use crate::firewall::ports_script;
-use crate::names;
 use crate::port_groups::{Claim, PortKey, Sharing};
 use crate::ports::{self, HoldError, Published};
 
@@ -48,11 +47,13 @@ impl NetworkManager {
         // published nowhere (as with Docker). The IPv6 relay connects from the host
         // itself, past the internal network's forward rules, so this must be decided
         // here and not left to the firewall.
+        // Its IPv6 address on that network, if the network has IPv6: the IPv6 side is
+        // then DNAT'd to it rather than relayed to the IPv4 address.
         let ip = record
             .interfaces
             .iter()
             .find(|i| st.networks.get(&i.network).is_some_and(|n| !n.internal))
-            .map(|i| i.address);
+            .map(|i| (i.address, i.address6));
         self.leave_ports(&mut st, container_id)?;
         let project = record
             .endpoints
@@ -61,7 +62,7 @@ impl NetworkManager {
             .unwrap_or_default();
         let serving = self.serving(&st, container_id);
         let mut published = Vec::new();
-        if let Some(ip) = ip {
+        if let Some((ip, ip6)) = ip {
             for port in ports {
                 let one = self.publish_one(
                     &mut st,
@@ -69,7 +70,10 @@ impl NetworkManager {
                     &project,
                     service,
                     port,
-                    SocketAddrV4::new(ip, port.target),
+                    (
+                        SocketAddrV4::new(ip, port.target),
+                        ip6.map(|a| SocketAddrV6::new(a, port.target, 0, 0)),
+                    ),
                     serving,
                 );
                 match one {
@@ -101,7 +105,7 @@ impl NetworkManager {
         project: &str,
         service: &str,
         port: &Port,
-        backend: SocketAddrV4,
+        (backend, backend6): (SocketAddrV4, Option<SocketAddrV6>),
         serving: bool,
     ) -> Result<Vec<Published>, NetError> {
         let w = ports::wanted(service, port)?;
@@ -152,7 +156,7 @@ impl NetworkManager {
                 key
             }
         };
-        st.ports.join(&key, id, backend, serving);
+        st.ports.join_dual(&key, id, backend, backend6, serving);
         self.apply_port(st, &key)?;
         Ok(st
             .ports
@@ -166,10 +170,11 @@ impl NetworkManager {
         let Some(g) = st.ports.get(key) else {
             return Ok(());
         };
-        let backends = g.backends();
-        g.hold.relay.set(backends.clone());
-        if let Some(rule) = g.hold.rule(key.proto, backends, g.members()) {
-            let table = names::port_table(&self.cfg.prefix, key.proto, rule.host_ip, key.port);
+        g.hold.relay.set(g.relay_backends());
+        let v4 = (g.backends(), g.members());
+        let v6 = (g.backends6(), g.members6());
+        if let Some(rule) = g.hold.rule(key.proto, v4, v6) {
+            let table = g.hold.table(&self.cfg.prefix, key.proto);
             self.firewall
                 .apply(&ports_script(&table, &self.cfg.prefix, &rule))?;
         }
@@ -182,8 +187,8 @@ impl NetworkManager {
         let left = st.ports.leave(id);
         let mut result = Ok(());
         for (key, hold) in left.released {
-            if let Some(v4) = hold.v4 {
-                let table = names::port_table(&self.cfg.prefix, key.proto, v4, key.port);
+            if hold.v4.is_some() || hold.v6.is_some() {
+                let table = hold.table(&self.cfg.prefix, key.proto);
                 if let Err(e) = self.firewall.delete_table(&table) {
                     result = result.and(Err(e.into()));
                 }
@@ -334,5 +339,56 @@ mod tests {
         m.detach("web-2").unwrap();
         assert!(!fake.k().tables.contains_key(&table));
         std::net::TcpListener::bind(("127.0.0.1", number)).expect("released");
+    }
+
+    #[test]
+    fn ipv6_containers_get_an_ip6_dnat_table_and_the_relay_their_ipv6_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::default();
+        let m = open(dir.path(), &fake);
+        let front = m.ensure_network(&net6("p_front", false)).unwrap();
+        let a6 = front.addressing6.unwrap();
+        let number = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let port = spec::model::Port {
+            host_ip: None,
+            ..one_port(number)
+        };
+        m.attach(&attach_req("web-1", &[("p_front", None)]))
+            .unwrap();
+        let published = m
+            .publish("web-1", "web", std::slice::from_ref(&port))
+            .unwrap();
+        let table = crate::names::port_table("fk", "tcp", None, number);
+        let script = fake.k().tables.get(&table).cloned().unwrap_or_default();
+        let ip6 = a6.subnet.nth(2).unwrap();
+        assert!(
+            script.contains(&format!("tcp dport {number} dnat to [{ip6}]:80")),
+            "{script}"
+        );
+        assert!(
+            script.contains(&format!("tcp dport {number} dnat to 127.66.0.2:80")),
+            "{script}"
+        );
+        // Where the host has IPv6, the relay (for ::1) sends to the IPv6 address.
+        let key = crate::port_groups::PortKey {
+            proto: "tcp",
+            host: crate::ports::HostIp::Any,
+            port: number,
+        };
+        let st = m.lock();
+        let g = st.ports.get(&key).expect("held");
+        if g.hold.v6.is_some() {
+            assert_eq!(published.len(), 2);
+            assert_eq!(
+                g.relay_backends(),
+                vec![std::net::SocketAddr::new(ip6.into(), 80)]
+            );
+        }
+        drop(st);
+        m.detach("web-1").unwrap();
+        assert!(!fake.k().tables.contains_key(&table));
     }
 }
