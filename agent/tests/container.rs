@@ -528,8 +528,10 @@ fn containers_that_make_one_volume_at_once_share_it() {
     std::fs::create_dir_all(root.join("srv/data")).unwrap();
     std::fs::write(root.join("srv/data/seed"), "from-image\n").unwrap();
     let state = tmp.path().join("state");
-    let mut service = Service::default();
-    service.volumes = vec![volume(Some("data"), "/srv/data")];
+    let service = Service {
+        volumes: vec![volume(Some("data"), "/srv/data")],
+        ..Service::default()
+    };
     for round in 0..10 {
         let name = format!("proj_race{round}");
         let barrier = std::sync::Barrier::new(8);
