@@ -423,12 +423,7 @@ fn parse_capability(name: &str) -> Option<Capability> {
 /// dropped ones; `cap_drop: [ALL]` is only the added ones; otherwise the defaults
 /// minus the dropped plus the added. `privileged` is every capability.
 fn capabilities(service: &Service, ctx: &ContainerContext) -> Result<Capabilities, ContainerError> {
-    let all = || -> Capabilities {
-        caps::all()
-            .iter()
-            .filter_map(|c| parse_capability(&c.to_string()))
-            .collect()
-    };
+    let all = runtime::spec::all_capabilities;
     if service.privileged {
         return Ok(all());
     }
