@@ -69,12 +69,24 @@ fn post_start_runs_in_the_container_as_asked_and_pre_stop_runs_before_the_stop_s
     };
     // The first hook: the service's user (app, 1000) by default, the service's
     // environment under the hook's own, the working directory it asked for.
-    assert_eq!(exec(&["cat", "/out/post"]).trim(), "1000 svc hook hook /etc");
+    assert_eq!(
+        exec(&["cat", "/out/post"]).trim(),
+        "1000 svc hook hook /etc"
+    );
     // The second: root as asked, and every capability for the hook's process only.
     assert_eq!(exec(&["cat", "/tmp/root"]).trim(), "0");
     let hook_caps = cap_eff(&exec(&["cat", "/tmp/caps"]));
     assert_ne!(hook_caps & CAP_SYS_ADMIN, 0, "{hook_caps:x}");
-    let root_exec = f.ok(&["exec", "-T", "-u", "root", "web", "grep", "CapEff", "/proc/self/status"]);
+    let root_exec = f.ok(&[
+        "exec",
+        "-T",
+        "-u",
+        "root",
+        "web",
+        "grep",
+        "CapEff",
+        "/proc/self/status",
+    ]);
     assert_eq!(cap_eff(&root_exec) & CAP_SYS_ADMIN, 0, "{root_exec}");
     assert_eq!(read(&out.join("order")), "post_start\n");
 
@@ -149,19 +161,31 @@ fn pre_stop_failures_are_logged_a_slow_one_is_cut_at_the_grace_period_and_an_exi
     f.start_daemon();
     f.ok(&["up", "-d"]);
     fixture::wait_for(
-        || f.ps(true).iter().any(|(n, _, s)| n.contains("exited") && s == "exited"),
+        || {
+            f.ps(true)
+                .iter()
+                .any(|(n, _, s)| n.contains("exited") && s == "exited")
+        },
         "the exited service's container to exit",
     );
 
     let began = Instant::now();
     f.ok(&["down"]);
     // The slow hook had the 2 s grace period, not its 60 s.
-    assert!(began.elapsed() < Duration::from_secs(20), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        began.elapsed()
+    );
     assert_eq!(read(&out.join("slow")), "started\n");
     // A failing hook does not stop the next one, nor the stop.
     assert_eq!(read(&out.join("failing")), "second\n");
     // A container that already exited has nothing to prepare for.
-    assert!(!out.join("exited").exists(), "{}", read(&out.join("exited")));
+    assert!(
+        !out.join("exited").exists(),
+        "{}",
+        read(&out.join("exited"))
+    );
     let log = read(&f.tmp.path().join("daemon.log"));
     assert!(
         log.contains("services.failing.pre_stop[0]") && log.contains("exited with code 5"),
@@ -198,7 +222,11 @@ fn pre_start_steps_run_in_order_once_per_service_before_its_containers() {
     fixture::wait_for(
         || {
             let seen: Vec<String> = std::fs::read_dir(&out)
-                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
                 .unwrap_or_default();
             seen.iter().filter(|n| n.starts_with("seen-")).count() == 2
         },

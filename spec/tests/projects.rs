@@ -738,9 +738,8 @@ fn lifecycle_hooks_append_across_files_and_a_bad_one_names_its_file() {
     ]);
     let e = load(dir.path(), &[], &[]).expect_err("a hook without a command");
     assert!(
-        errors(&e).contains(
-            "compose.override.yaml: services.web.post_start[0]: a hook needs a command"
-        ),
+        errors(&e)
+            .contains("compose.override.yaml: services.web.post_start[0]: a hook needs a command"),
         "{}",
         errors(&e)
     );

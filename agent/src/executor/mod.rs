@@ -259,7 +259,9 @@ impl Executor {
         // The service's replicas on this node take turns from their `pre_start` steps
         // to their container's start: the next one sees that one runs, and skips them.
         let turn = pre_start::turn(task, service);
-        let guard = turn.as_ref().map(|t| t.lock().unwrap_or_else(PoisonError::into_inner));
+        let guard = turn
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(PoisonError::into_inner));
         let started = self
             .pre_start(task, stack, service, env, data)
             .and_then(|()| self.try_start(task, stack, service, env, data, true));

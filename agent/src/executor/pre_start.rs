@@ -93,7 +93,10 @@ impl Executor {
             .filter(|c| is_replica(&c.id, &task.stack, &task.service))
             .any(|c| {
                 crate::runtime::Bundle::load(&c.bundle).is_ok_and(|b| {
-                    b.spec.annotations().as_ref().and_then(|a| a.get(SPEC_HASH_ANNOTATION))
+                    b.spec
+                        .annotations()
+                        .as_ref()
+                        .and_then(|a| a.get(SPEC_HASH_ANNOTATION))
                         == Some(&task.spec_hash)
                 })
             })
@@ -193,10 +196,7 @@ fn step_service(task: &Task, service: &Service, step: &PreStartHook, index: usiz
     }
     // Its own name, so that it does not take the replica's; no ports, no terminal,
     // no hooks, no restarts: it runs once, to its end.
-    s.container_name = Some(format!(
-        "{}-{}-pre-start-{index}",
-        task.stack, task.service
-    ));
+    s.container_name = Some(format!("{}-{}-pre-start-{index}", task.stack, task.service));
     s.ports.clear();
     s.tty = false;
     s.stdin_open = false;

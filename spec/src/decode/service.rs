@@ -289,7 +289,10 @@ fn hook(cx: &mut Cx, n: Node) -> Option<ServiceHook> {
     }
     match command {
         Some(c) if !c.is_empty() => {}
-        Some(_) => cx.error(&m.path_of("command"), "is empty: give the command the hook runs"),
+        Some(_) => cx.error(
+            &m.path_of("command"),
+            "is empty: give the command the hook runs",
+        ),
         // A command that did not decode was reported already.
         None if m.has("command") => {}
         None => cx.error(
