@@ -250,7 +250,10 @@ mod tests {
             user: Some("app".into()),
             working_dir: Some("/srv".into()),
             environment: BTreeMap::from([("A".into(), Some("service".into()))]),
-            ports: vec![Default::default()],
+            ports: vec![serde_json::from_value(
+                serde_json::json!({"target": 80, "protocol": "tcp"}),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))],
             post_start: vec![Default::default()],
             ..Default::default()
         };
