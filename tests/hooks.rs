@@ -155,6 +155,13 @@ fn pre_stop_failures_are_logged_a_slow_one_is_cut_at_the_grace_period_and_an_exi
     command: ["true"]
     pre_stop:
       - command: ["sh", "-c", "echo ran >> /out/exited"]
+  pool:
+    image: busybox:local
+    scale: 2
+    volumes: ['./out:/out']
+    command: ["sleep", "1000"]
+    pre_stop:
+      - command: ["sh", "-c", "hostname >> /out/pool"]
 "#;
     let mut f = Fixture::new("hookstop", compose);
     let out = out_dir(&f);
@@ -167,6 +174,18 @@ fn pre_stop_failures_are_logged_a_slow_one_is_cut_at_the_grace_period_and_an_exi
                 .any(|(n, _, s)| n.contains("exited") && s == "exited")
         },
         "the exited service's container to exit",
+    );
+
+    // A scale-down stops the replica it removes, hooks first.
+    f.ok(&["up", "-d", "--scale", "pool=1"]);
+    fixture::wait_for(
+        || read(&out.join("pool")).lines().count() == 1,
+        "the removed replica's pre_stop",
+    );
+    assert!(
+        read(&out.join("pool")).ends_with("-pool-2\n"),
+        "{}",
+        read(&out.join("pool"))
     );
 
     let began = Instant::now();
