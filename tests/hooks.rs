@@ -307,3 +307,45 @@ fn a_failing_pre_start_step_fails_up_naming_it_and_the_service_never_starts() {
     assert!(f.running().is_empty(), "{:?}", f.running());
     f.ok(&["down"]);
 }
+
+#[test]
+fn down_ends_a_post_start_command_that_never_ends() {
+    // Neither a post_start command nor a pre_start step has a timeout (as in docker
+    // compose); a stop of their task must still end them, or `down` would wait for
+    // them (60 s here).
+    let compose = r#"services:
+  stuck:
+    image: busybox:local
+    volumes: ['./out:/out']
+    stop_grace_period: 1s
+    command: ["sleep", "1000"]
+    post_start:
+      - command: ["sh", "-c", "echo hook >> /out/stuck; sleep 60"]
+"#;
+    let mut f = Fixture::new("hookstuck", compose);
+    let out = out_dir(&f);
+    f.start_daemon();
+    let up = f
+        .command(&["up", "-d"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn up");
+    fixture::wait_for(|| read(&out.join("stuck")) == "hook\n", "the hook to run");
+
+    let began = Instant::now();
+    f.ok(&["down", "-t", "1"]);
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        began.elapsed()
+    );
+    // `up`, which waited for the start, ends with the stack gone.
+    up.wait_with_output().expect("up ends");
+    assert!(f.ps(true).is_empty(), "{:?}", f.ps(true));
+    let log = read(&f.tmp.path().join("daemon.log"));
+    assert!(
+        log.contains("services.stuck.post_start[0]: ended before it finished"),
+        "{log}"
+    );
+}

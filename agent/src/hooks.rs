@@ -10,9 +10,11 @@
 //! variables on top. What it writes to stdout and stderr is kept (the last
 //! [`OUTPUT_TAIL`] bytes) to say why it failed.
 
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use spec::model::ServiceHook;
@@ -71,6 +73,15 @@ pub enum HookError {
         #[source]
         source: ShimError,
     },
+    /// The task was to stop while it ran: ended, and the start with it.
+    #[error(
+        "services.{service}.{phase}[{index}]: ended before it finished: the container is to stop"
+    )]
+    Interrupted {
+        service: String,
+        phase: Phase,
+        index: usize,
+    },
     #[error("services.{service}.{phase}[{index}]: keeping its output: {source}")]
     Output {
         service: String,
@@ -110,6 +121,51 @@ fn output_suffix(output: &str) -> String {
         String::new()
     } else {
         format!(": {trimmed}")
+    }
+}
+
+/// What ends the hook or step a task's start waits on, and whether it was used.
+type Ender = (Box<dyn Fn() + Send>, bool);
+
+/// The [`Ender`] of each task whose start waits on a hook or step, by task id (see
+/// [`interrupt`]).
+static STARTS: LazyLock<Mutex<HashMap<String, Ender>>> = LazyLock::new(Default::default);
+
+/// Ends what the start of `task` waits on, if it waits on a `post_start` command or a
+/// `pre_start` step: its task is to stop, and neither has a timeout of its own, so one
+/// that never ends would otherwise hold the task's start job, and its stop, forever.
+/// The start then fails with [`HookError::Interrupted`]. Does nothing otherwise.
+pub fn interrupt(task: &str) {
+    let mut starts = STARTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((end, used)) = starts.get_mut(task) {
+        if !*used {
+            *used = true;
+            end();
+        }
+    }
+}
+
+/// While it lives, [`interrupt`] of `task` calls `end`.
+pub(crate) struct Interruptible(String);
+
+impl Interruptible {
+    pub(crate) fn new(task: &str, end: impl Fn() + Send + 'static) -> Interruptible {
+        let mut starts = STARTS.lock().unwrap_or_else(PoisonError::into_inner);
+        starts.insert(task.to_string(), (Box::new(end), false));
+        Interruptible(task.to_string())
+    }
+
+    /// Whether [`interrupt`] was called.
+    pub(crate) fn interrupted(&self) -> bool {
+        let starts = STARTS.lock().unwrap_or_else(PoisonError::into_inner);
+        starts.get(&self.0).is_some_and(|(_, used)| *used)
+    }
+}
+
+impl Drop for Interruptible {
+    fn drop(&mut self) {
+        let mut starts = STARTS.lock().unwrap_or_else(PoisonError::into_inner);
+        starts.remove(&self.0);
     }
 }
 
@@ -172,8 +228,26 @@ pub fn run(
         stderr: Some(out.as_fd()),
     };
     let req = request(hook, timeout);
-    let waited = shim::exec(target.shim, target.shim_root, target.id, &req, stdio)
-        .and_then(|session| session.wait());
+    let mut interruptible = None;
+    let waited =
+        shim::exec(target.shim, target.shim_root, target.id, &req, stdio).and_then(|session| {
+            // A `pre_stop` command runs in a stop already, bounded by its grace period.
+            if target.phase == Phase::PostStart {
+                let hang_up = session.hang_up_handle()?;
+                interruptible = Some(Interruptible::new(target.id, move || hang_up.hang_up()));
+            }
+            session.wait()
+        });
+    if interruptible
+        .as_ref()
+        .is_some_and(Interruptible::interrupted)
+    {
+        return Err(HookError::Interrupted {
+            service: target.service.to_string(),
+            phase: target.phase,
+            index,
+        });
+    }
     let output = || tail(&out).unwrap_or_default();
     match waited {
         Ok(report) if report.status() == 0 => Ok(()),

@@ -464,7 +464,8 @@ impl Executor {
                 Err(e) if e.not_running() => return Ok(()),
                 Err(e) => {
                     self.leave(&task.id);
-                    let (signal, grace) = stop_signal_and_grace(Some(service), None);
+                    let asked = task.stop_grace_ms.map(Duration::from_millis);
+                    let (signal, grace) = stop_signal_and_grace(Some(service), asked);
                     let _ = shim::stop(&shim_root, &task.id, signal, grace);
                     self.release(&task.id);
                     return Err(ExecutorError::Hook(e));

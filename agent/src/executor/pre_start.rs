@@ -24,7 +24,7 @@ use spec::model::{PreStartHook, Service, Stack};
 use spec::task::Task;
 
 use super::{Executor, ExecutorError};
-use crate::hooks::{HookError, Phase, OUTPUT_TAIL};
+use crate::hooks::{HookError, Interruptible, Phase, OUTPUT_TAIL};
 use crate::shim::{self, Status};
 
 /// The bundle annotation holding a container's task's `spec_hash`.
@@ -127,8 +127,19 @@ impl Executor {
                 source: Box::new(e),
             }),
             Ok(_) => {
+                let (root, id) = (self.shim_root(), step_task.id.clone());
+                let interruptible = Interruptible::new(&task.id, move || {
+                    let _ = shim::kill(&root, &id, libc::SIGKILL);
+                });
                 let ended = shim::wait(&self.shim_root(), &step_task.id, None);
                 match ended.map(|s| s.exit.map(|e| e.status())) {
+                    _ if interruptible.interrupted() => {
+                        Err(ExecutorError::Hook(HookError::Interrupted {
+                            service: task.service.clone(),
+                            phase: Phase::PreStart,
+                            index,
+                        }))
+                    }
                     Ok(Some(0)) => Ok(()),
                     Ok(code) => Err(ExecutorError::Hook(HookError::Exited {
                         service: task.service.clone(),
