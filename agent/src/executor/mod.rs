@@ -17,7 +17,7 @@ use spec::model::{Service, Stack};
 use spec::task::{now_ms, Task, TaskState, TaskStatus};
 
 use crate::container::{self, ContainerContext, ContainerError};
-use crate::hooks::{self, HookError};
+use crate::hooks::HookError;
 use crate::image::reference::ReferenceError;
 use crate::image::source::{self, FindError};
 use crate::image::{ImageError, ImageSource, ImageStore, Reference};
@@ -26,6 +26,7 @@ use crate::runtime::cgroups::CgroupError;
 use crate::runtime::RuntimeError;
 use crate::shim::{self, CreateOptions, ShimError, Status};
 
+mod lifecycle;
 mod pre_start;
 pub use pre_start::pre_start_owner;
 
@@ -441,74 +442,6 @@ impl Executor {
                 self.release(&task.id);
                 let _ = container::remove(&self.state_dir, &task.id);
                 Err(e.into())
-            }
-        }
-    }
-
-    /// Runs the service's `post_start` hooks in the container just started, in order.
-    /// One that fails stops the container (its stop signal and grace period, without
-    /// `pre_stop`): the task failed to start, and its error names the hook. A container
-    /// that exited meanwhile runs none, and its status says how it ended.
-    fn post_start(&self, task: &Task, service: &Service) -> Result<(), ExecutorError> {
-        let shim_root = self.shim_root();
-        let target = hooks::Target {
-            shim: &self.shim,
-            shim_root: &shim_root,
-            id: &task.id,
-            service: &task.service,
-            phase: hooks::Phase::PostStart,
-        };
-        for (i, hook) in service.post_start.iter().enumerate() {
-            match hooks::run(target, i, hook, None) {
-                Ok(()) => {}
-                Err(e) if e.not_running() => return Ok(()),
-                Err(e) => {
-                    self.leave(&task.id);
-                    let asked = task.stop_grace_ms.map(Duration::from_millis);
-                    let (signal, grace) = stop_signal_and_grace(Some(service), asked);
-                    let _ = shim::stop(&shim_root, &task.id, signal, grace);
-                    self.release(&task.id);
-                    return Err(ExecutorError::Hook(e));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs the service's `pre_stop` hooks in the running container of `task`, in
-    /// order, all within `grace` (a hook still running then is killed, and the rest
-    /// skipped). A hook that fails is logged and the next one runs: the stop goes on.
-    fn pre_stop(&self, task: &Task, service: &Service, grace: Duration) {
-        let shim_root = self.shim_root();
-        let target = hooks::Target {
-            shim: &self.shim,
-            shim_root: &shim_root,
-            id: &task.id,
-            service: &task.service,
-            phase: hooks::Phase::PreStop,
-        };
-        let deadline = std::time::Instant::now() + grace;
-        for (i, hook) in service.pre_stop.iter().enumerate() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                eprintln!(
-                    "berth daemon: container {} ({}): services.{}.pre_stop[{i}] and after: \
-                     skipped, the stop grace period ({grace:?}) is over",
-                    task.name(),
-                    task.id,
-                    task.service
-                );
-                return;
-            }
-            match hooks::run(target, i, hook, Some(left)) {
-                Ok(()) => {}
-                // It exited meanwhile: nothing left to prepare for its stop.
-                Err(e) if e.not_running() => return,
-                Err(e) => eprintln!(
-                    "berth daemon: container {} ({}): {e}; stopping it anyway",
-                    task.name(),
-                    task.id
-                ),
             }
         }
     }
