@@ -216,3 +216,28 @@ fn project_directory_and_env_file_flags() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn config_prints_lifecycle_hooks_in_their_long_form_without_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let compose = "name: hooks\nservices:\n  web:\n    image: busybox\n    \
+        pre_start: [{command: 'sh -c \"echo init\"'}]\n    \
+        post_start: [{command: touch /ready, user: root, privileged: true}]\n    \
+        pre_stop: [{command: [sync], environment: [A=1]}]\n";
+    std::fs::write(dir.path().join("compose.yaml"), compose).expect("write");
+    let out = berth(dir.path(), &["config"], None);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "hooks are supported: no warning");
+    let yaml = text(&out.stdout);
+    assert!(
+        yaml.contains(
+            "    pre_start:\n    - command:\n      - sh\n      - -c\n      - echo init\n    \
+             post_start:\n    - command:\n      - touch\n      - /ready\n      user: root\n      \
+             privileged: true\n    pre_stop:\n    - command:\n      - sync\n      \
+             environment:\n        A: '1'\n"
+        ),
+        "{yaml}"
+    );
+    let again = berth(dir.path(), &["config", "-f", "-"], Some(&yaml));
+    assert_eq!(text(&again.stdout), yaml, "stderr: {}", text(&again.stderr));
+}

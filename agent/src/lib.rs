@@ -10,6 +10,8 @@
 //!   container's joined).
 //! - `node`: what the node serves about itself (logs, signals, freeze, processes,
 //!   ports, stats; removing a stack's networks and volumes).
+//! - `hooks`: a service's `post_start` and `pre_stop` commands, run in its container
+//!   through the exec helper.
 //! - `health`: healthchecks as Docker runs them, a pure state machine.
 //! - `image`: the content-addressed image store (import, load, pull, safe unpack).
 //! - `container`: an image and a Compose service turned into a runnable bundle
@@ -22,6 +24,7 @@
 pub mod container;
 pub mod executor;
 pub mod health;
+pub mod hooks;
 pub mod image;
 pub mod namespace_modes;
 pub mod node;

@@ -197,6 +197,40 @@ fn exec_applies_env_user_and_cwd_overrides() {
 }
 
 #[test]
+fn a_privileged_exec_alone_gets_every_capability() {
+    let c = Running::start("privileged", "sleep 1000", None);
+    let caps = |privileged| {
+        let (report, out) = c.exec(
+            "grep -E '^Cap(Eff|Bnd)' /proc/self/status",
+            None,
+            ExecRequest {
+                privileged,
+                ..ExecRequest::default()
+            },
+        );
+        assert_eq!(report.status(), 0, "{out}");
+        out
+    };
+    let plain = caps(false);
+    let privileged = caps(true);
+    // Docker's default set is 00000000a80425fb; every capability sets far more bits,
+    // SYS_ADMIN (bit 21) among them.
+    let eff = |out: &str| {
+        let hex = out
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        u64::from_str_radix(&hex, 16).unwrap()
+    };
+    assert_eq!(eff(&plain) & (1 << 21), 0, "{plain}");
+    assert_ne!(eff(&privileged) & (1 << 21), 0, "{privileged}");
+    // The container itself keeps its own set: a later plain exec is as before.
+    assert_eq!(caps(false), plain);
+}
+
+#[test]
 fn exec_with_a_tty_gets_a_terminal_of_the_given_size() {
     let c = Running::start("tty", "sleep 1000", None);
     let opts = ExecRequest {

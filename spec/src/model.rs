@@ -250,6 +250,19 @@ pub struct Service {
     /// Options of the container's writable layer (Docker's `--storage-opt`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub storage_opt: BTreeMap<String, String>,
+    /// Steps run to completion, in order, each in an ephemeral container of its own,
+    /// before the service's container starts (init containers); one that fails fails
+    /// the task, and its container is not made.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pre_start: Vec<PreStartHook>,
+    /// Commands run in the container once it has started, in order (`exec`-like); one
+    /// that fails fails the task.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub post_start: Vec<ServiceHook>,
+    /// Commands run in the running container before its stop signal, in order, within
+    /// its stop grace period; one that fails is logged and the stop goes on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pre_stop: Vec<ServiceHook>,
     /// Attributes of the Compose spec that berth accepts but does not act on yet. The
     /// loader warns about each by name; they are printed back by `berth config`.
     #[serde(flatten)]
@@ -274,6 +287,54 @@ impl Service {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// A lifecycle hook (`post_start`, `pre_stop`): a command run inside the service's
+/// container, as `berth exec` runs one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceHook {
+    /// The program and its arguments (a string in the file is split as `command` is).
+    pub command: Vec<String>,
+    /// Docker's `USER[:GROUP]`; `None` runs it as the service's user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Every capability for the hook's process (the container keeps its own).
+    #[serde(skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    /// An absolute path in the container; `None` is the service's working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Added to the service's environment, replacing a variable of the same name.
+    /// `None` values, as in [`Service::environment`], leave the variable unset.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, Option<String>>,
+}
+
+/// A `pre_start` step: an ephemeral container made from the service (its volumes,
+/// networks, environment, security settings) with these changes, run to completion.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PreStartHook {
+    /// `None` is the service's image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `None` is the image's own command (its entrypoint is always the image's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// `None`: the service's user when the step uses the service's image, else the
+    /// image's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The step's container is privileged (as a service's `privileged`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    /// `None`: as `user`, the service's or the image's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Added to the service's environment, replacing a variable of the same name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, Option<String>>,
 }
 
 /// `build:` is carried so that `config` shows it; berth does not build images yet.

@@ -272,6 +272,54 @@ fn healthcheck_restart_and_lifecycle() {
 }
 
 #[test]
+fn lifecycle_hooks() {
+    check(&[
+        // A string is split as `command:` is (no shell), a list is kept as written.
+        ("post_start: [{command: touch /ready}]", "
+  post_start:
+  - command:
+    - touch
+    - /ready"),
+        ("post_start:\n- command: [sh, -c, 'echo $$X > /f']\n  user: '1000:1000'\n  privileged: true\n  working_dir: /tmp\n  environment: [X=1, PASSED]", "
+  post_start:
+  - command:
+    - sh
+    - -c
+    - echo $X > /f
+    user: 1000:1000
+    privileged: true
+    working_dir: /tmp
+    environment:
+      PASSED: from-env
+      X: '1'"),
+        ("pre_stop: [{command: 'sh -c \"sleep 1\"', environment: {A: b}}, {command: [sync]}]", "
+  pre_stop:
+  - command:
+    - sh
+    - -c
+    - sleep 1
+    environment:
+      A: b
+  - command:
+    - sync"),
+        // pre_start: every key optional; the image and command default at run time.
+        ("pre_start: [{}, {image: alpine, command: 'sh -c \"echo A\"', user: root, privileged: true, working_dir: /w, environment: [A=1], per_replica: false}]", "
+  pre_start:
+  - {}
+  - image: alpine
+    command:
+    - sh
+    - -c
+    - echo A
+    user: root
+    privileged: true
+    working_dir: /w
+    environment:
+      A: '1'"),
+    ]);
+}
+
+#[test]
 fn resources_and_limits() {
     check(&[
         ("mem_limit: 512m\nmem_reservation: 1g\ncpus: 1.5\ncpu_shares: 512\ncpuset: 0-1\npids_limit: 100\nshm_size: 64M", "
@@ -650,6 +698,15 @@ fn attribute_errors() {
         ("label_file: ./no-such.labels", "-: services.s.label_file: cannot read label file /nonexistent/berth-test/app/no-such.labels: No such file or directory (os error 2); create it or remove it from label_file"),
         ("annotations: {berth.init: 'true'}", "-: services.s.annotations.berth.init: annotations starting with berth. are berth's own; use another prefix"),
         ("pull_policy: refresh", "-: services.s.pull_policy: refresh needs pull_refresh_after (how old the local image may be, like 12h)"),
+        ("post_start: [{user: root}]", "-: services.s.post_start[0]: a hook needs a command: add command: [...] (the program and its arguments)"),
+        ("pre_stop: [{command: []}]", "-: services.s.pre_stop[0].command: is empty: give the command the hook runs"),
+        ("post_start: [{command: x, working_dir: tmp}]", "-: services.s.post_start[0].working_dir: \"tmp\" must be an absolute path in the container"),
+        ("post_start: [{command: x, privileged: sure}]", "-: services.s.post_start[0].privileged: expected true or false, found \"sure\""),
+        ("pre_stop: [{command: x, usr: root}]", "-: services.s.pre_stop[0].usr: unknown attribute; did you mean \"user\"?"),
+        ("pre_start: [{command: x, per_replica: true}]", "-: services.s.pre_start[0].per_replica: a step per replica is not supported (nor by docker compose): remove per_replica or set it to false"),
+        ("pre_start: [{command: x, volumes: [data:/data]}]", "-: services.s.pre_start[0].volumes: unknown attribute"),
+        ("pre_start: [{comand: x}]", "-: services.s.pre_start[0].comand: unknown attribute; did you mean \"command\"?"),
+        ("post_start: {command: x}", "-: services.s.post_start: expected a list, found a mapping"),
         ("network_mode: 'service:other'\nports: ['80:80']", "-: services.s.ports: cannot publish ports with network_mode: service:other; remove ports or network_mode"),
     ];
     let mut failures = Vec::new();

@@ -721,3 +721,41 @@ fn security_opt_and_group_add_merge_as_lists_oom_score_adj_is_replaced() {
     assert_eq!(web.group_add, ["wheel", "1234"]);
     assert_eq!(web.oom_score_adj, Some(200));
 }
+
+#[test]
+fn lifecycle_hooks_append_across_files_and_a_bad_one_names_its_file() {
+    // compose-go appends sequences it has no special rule for: an override adds hooks
+    // after the base file's, and `!reset` drops them.
+    let dir = dir_with(&[
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: web\n    post_start: [{command: [a]}]\n    pre_stop: [{command: [x]}]\n",
+        ),
+        (
+            "compose.override.yaml",
+            "services:\n  web:\n    post_start: [{command: [b], user: root}]\n    pre_stop: !reset []\n",
+        ),
+    ]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let web = &p.stack.services["web"];
+    let commands: Vec<&[String]> = web.post_start.iter().map(|h| &h.command[..]).collect();
+    assert_eq!(commands, [&["a".to_string()][..], &["b".to_string()][..]]);
+    assert_eq!(web.post_start[1].user.as_deref(), Some("root"));
+    assert!(web.pre_stop.is_empty(), "{:?}", web.pre_stop);
+    assert!(!warnings(&p).contains("post_start"), "{}", warnings(&p));
+
+    let dir = dir_with(&[
+        ("compose.yaml", "services:\n  web:\n    image: web\n"),
+        (
+            "compose.override.yaml",
+            "services:\n  web:\n    post_start: [{user: root}]\n",
+        ),
+    ]);
+    let e = load(dir.path(), &[], &[]).expect_err("a hook without a command");
+    assert!(
+        errors(&e)
+            .contains("compose.override.yaml: services.web.post_start[0]: a hook needs a command"),
+        "{}",
+        errors(&e)
+    );
+}

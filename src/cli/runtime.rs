@@ -469,6 +469,7 @@ pub(super) fn exec_command(
         cwd: o.workdir.clone(),
         tty: tty.then(terminal_size),
         timeout_ms: None,
+        privileged: false,
     };
     let program = unchecked_shim_program()?;
     if req.tty.is_some() {

@@ -42,6 +42,7 @@ pub fn start(node: &LocalNode, task: &str, spec: &ExecSpec) -> Result<UnixStream
         cwd: spec.workdir.as_ref().map(PathBuf::from),
         tty: spec.tty,
         timeout_ms: None,
+        privileged: false,
     };
     let internal = |what: &str, e: std::io::Error| {
         ExecError::new(500, format!("container {task}: exec: {what}: {e}"))

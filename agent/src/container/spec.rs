@@ -580,13 +580,7 @@ fn capabilities(service: &Service, ctx: &ContainerContext) -> Result<Capabilitie
     // "All" is all that berth itself may hand on: its bounding set (a host that runs
     // berth without CAP_SYS_RESOURCE, say, cannot give it, and asking would make the
     // container's start fail with EPERM).
-    let all = || -> Capabilities {
-        caps::read(None, caps::CapSet::Bounding)
-            .unwrap_or_else(|_| caps::all())
-            .iter()
-            .filter_map(|c| parse_capability(&c.to_string()))
-            .collect()
-    };
+    let all = runtime::spec::grantable_capabilities;
     if service.privileged {
         return Ok(all());
     }

@@ -56,6 +56,10 @@ pub struct ExecOptions<'a> {
     /// SIGKILL the process when the thread that called [`exec`] dies (the exec
     /// helper's choice: a helper killed for a timeout takes its probe with it).
     pub kill_with_parent: bool,
+    /// Every capability for this process (Docker's `exec --privileged`): bounding,
+    /// permitted and effective, as far as the caller's own bounding set allows; the
+    /// rest of the hardening (seccomp, no_new_privs, user) stays the bundle's.
+    pub privileged: bool,
 }
 
 /// A process started by [`exec`]: the caller's child.
@@ -160,6 +164,14 @@ pub fn exec(
         user.set_gid(*gid);
         user.set_additional_gids(Some(groups.clone()));
         process.set_user(user);
+    }
+    if opts.privileged {
+        let all = super::spec::grantable_capabilities();
+        let mut caps = process.capabilities().clone().unwrap_or_default();
+        caps.set_bounding(Some(all.clone()));
+        caps.set_permitted(Some(all.clone()));
+        caps.set_effective(Some(all));
+        process.set_capabilities(Some(caps));
     }
     let mut plan = plan_process(&process, &linux, opts.stdio)?;
     plan.kill_with_parent = opts.kill_with_parent;

@@ -74,6 +74,27 @@ pub const DEFAULT_NOFILE: u64 = 1_048_576;
 /// The default environment: a PATH, as Docker sets when the image has none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Every capability berth knows.
+pub fn all_capabilities() -> Capabilities {
+    to_oci(::caps::all())
+}
+
+/// Every capability this process may still give (its bounding set): what a
+/// privileged container or exec gets. A host whose bounding set lacks some (a daemon run in a
+/// container, or under a systemd `CapabilityBoundingSet=`) cannot grant them.
+pub fn grantable_capabilities() -> Capabilities {
+    match ::caps::read(None, ::caps::CapSet::Bounding) {
+        Ok(set) => to_oci(set),
+        Err(_) => all_capabilities(),
+    }
+}
+
+fn to_oci(set: impl IntoIterator<Item = ::caps::Capability>) -> Capabilities {
+    set.into_iter()
+        .filter_map(|c| serde_json::from_value(serde_json::Value::String(c.to_string())).ok())
+        .collect()
+}
+
 /// A default spec running `args` in the root filesystem `rootfs` (relative to the
 /// bundle, usually `rootfs`), with Docker's defaults: new pid, mount, uts, ipc, net and
 /// cgroup namespaces; Docker's capabilities, masked and read-only paths and seccomp

@@ -59,6 +59,10 @@ pub struct ExecRequest {
     /// timeout).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Every capability for the process (a lifecycle hook's `privileged`); never the
+    /// container's own, which keeps what it has.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// The process's standard streams: descriptors the caller owns (pipes, files,
@@ -394,6 +398,7 @@ pub fn helper_main(state: &Path, build: Option<&str>) -> i32 {
             stderr: Some(stderr.as_fd()),
         },
         kill_with_parent: true,
+        privileged: req.privileged,
         ..Default::default()
     };
     let mut process = match super::exec_here(state, &id, req.user.as_deref(), opts) {

@@ -64,6 +64,11 @@ pub trait Containers: Clone + Send + Sync + 'static {
 
     /// Removes a container no task knows, at once.
     fn remove_stray(&self, id: &str);
+
+    /// The start of task `id` is still running but the task is to stop: end what it
+    /// waits on that has no end of its own (a lifecycle hook), so the start ends and
+    /// the stop can run. Nothing by default.
+    fn interrupt_start(&self, _id: &str) {}
 }
 
 impl Containers for Executor {
@@ -121,5 +126,9 @@ impl Containers for Executor {
 
     fn remove_stray(&self, id: &str) {
         Executor::remove_stray(self, id)
+    }
+
+    fn interrupt_start(&self, id: &str) {
+        crate::hooks::interrupt(id)
     }
 }

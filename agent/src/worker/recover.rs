@@ -37,7 +37,11 @@ pub fn remove_strays_now<A: Assignments, C: Containers>(
     let view = assignments.view();
     let mut removed = Vec::new();
     for id in listed {
-        if !view.tasks.contains_key(&id) {
+        // A task's `pre_start` step runs in a container of its own while the task
+        // starts: it is the task's, not a stray. (At a restart, `remove_strays`
+        // removes it: the job that ran it died with the old daemon.)
+        let owner = crate::executor::pre_start_owner(&id).unwrap_or(&id);
+        if !view.tasks.contains_key(owner) {
             eprintln!("berth daemon: removing container {id}, which no task of this node knows");
             containers.remove_stray(&id);
             removed.push(id);

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use spec::task::{Task, TaskState, TaskStatus};
+use spec::task::{DesiredState, Task, TaskState, TaskStatus};
 use tokio::sync::mpsc;
 
 use super::decide::{self, decide, Action};
@@ -90,6 +90,11 @@ impl<A: Assignments, R: StatusReporter, C: Containers> TaskLoop<A, R, C> {
         for task in view.tasks.values() {
             let found = view.service_of(task);
             let busy = self.busy.contains(&task.id);
+            if busy && task.desired != DesiredState::Running {
+                // A start still running (its hooks have no end of their own) is ended
+                // so that the stop can run: a no-op for any other job.
+                self.containers.interrupt_start(&task.id);
+            }
             let Some(action) = decide(task, found.is_some(), busy, observe, || {
                 container_runs(&self.containers, task)
             }) else {

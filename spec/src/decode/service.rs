@@ -24,8 +24,6 @@ pub(crate) const UNSUPPORTED: &[&str] = &[
     "develop",
     "isolation",
     "models",
-    "post_start",
-    "pre_stop",
     "provider",
     "runtime",
     "use_api_socket",
@@ -254,6 +252,15 @@ pub(crate) fn decode_service(cx: &mut Cx, n: Node) -> Option<Service> {
         storage_opt: m
             .get(cx, "storage_opt", host::storage_opt)
             .unwrap_or_default(),
+        pre_start: m
+            .get(cx, "pre_start", |cx, n| Some(cx.each(n, pre_start_hook)))
+            .unwrap_or_default(),
+        post_start: m
+            .get(cx, "post_start", |cx, n| Some(cx.each(n, hook)))
+            .unwrap_or_default(),
+        pre_stop: m
+            .get(cx, "pre_stop", |cx, n| Some(cx.each(n, hook)))
+            .unwrap_or_default(),
         ..Service::default()
     };
     match (s.pull_policy.as_deref(), s.pull_refresh_after) {
@@ -311,6 +318,78 @@ pub(crate) fn decode_service(cx: &mut Cx, n: Node) -> Option<Service> {
     carry_unsupported(cx, &mut m, &mut s.unsupported);
     m.finish(cx);
     Some(s)
+}
+
+/// One `post_start` or `pre_stop` entry. `command` is required (as in compose-go's
+/// schema), in either form `command:` takes.
+fn hook(cx: &mut Cx, n: Node) -> Option<ServiceHook> {
+    let mut m = cx.map(n)?;
+    let command = m.get(cx, "command", command);
+    let mut h = ServiceHook {
+        command: command.clone().unwrap_or_default(),
+        user: m.get(cx, "user", |cx, n| cx.string(n)),
+        privileged: m.get(cx, "privileged", |cx, n| cx.bool(n)).unwrap_or(false),
+        working_dir: m.get(cx, "working_dir", absolute_path),
+        environment: BTreeMap::new(),
+    };
+    if let Some(env) = m.get(cx, "environment", |cx, n| Some(environment(cx, n))) {
+        for (k, v) in env {
+            let v = v.or_else(|| (cx.env)(&k));
+            h.environment.insert(k, v);
+        }
+    }
+    match command {
+        Some(c) if !c.is_empty() => {}
+        Some(_) => cx.error(
+            &m.path_of("command"),
+            "is empty: give the command the hook runs",
+        ),
+        // A command that did not decode was reported already.
+        None if m.has("command") => {}
+        None => cx.error(
+            n.path,
+            "a hook needs a command: add command: [...] (the program and its arguments)",
+        ),
+    }
+    m.ignore_extensions(cx);
+    m.finish(cx);
+    Some(h)
+}
+
+/// One `pre_start` step (compose-go's `pre_start_hook`): every key is optional.
+/// `per_replica: true` (a step per replica) is refused, as docker compose refuses it.
+fn pre_start_hook(cx: &mut Cx, n: Node) -> Option<PreStartHook> {
+    let mut m = cx.map(n)?;
+    let mut h = PreStartHook {
+        image: m.get(cx, "image", |cx, n| cx.string(n)),
+        command: m.get(cx, "command", command),
+        user: m.get(cx, "user", |cx, n| cx.string(n)),
+        privileged: m.get(cx, "privileged", |cx, n| cx.bool(n)).unwrap_or(false),
+        working_dir: m.get(cx, "working_dir", absolute_path),
+        environment: BTreeMap::new(),
+    };
+    if let Some(env) = m.get(cx, "environment", |cx, n| Some(environment(cx, n))) {
+        for (k, v) in env {
+            let v = v.or_else(|| (cx.env)(&k));
+            h.environment.insert(k, v);
+        }
+    }
+    if h.command.as_ref().is_some_and(Vec::is_empty) {
+        cx.error(
+            &m.path_of("command"),
+            "is empty: give the command the step runs, or leave command out to run the image's",
+        );
+    }
+    if m.get(cx, "per_replica", |cx, n| cx.bool(n)) == Some(true) {
+        cx.error(
+            &m.path_of("per_replica"),
+            "a step per replica is not supported (nor by docker compose): remove per_replica \
+             or set it to false",
+        );
+    }
+    m.ignore_extensions(cx);
+    m.finish(cx);
+    Some(h)
 }
 
 /// `environment:` as a list or a mapping. In the list form, a name followed by spaces

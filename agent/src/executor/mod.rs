@@ -10,13 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use spec::model::{Service, Stack};
 use spec::task::{now_ms, Task, TaskState, TaskStatus};
 
 use crate::container::{self, ContainerContext, ContainerError};
+use crate::hooks::HookError;
 use crate::image::reference::ReferenceError;
 use crate::image::source::{self, FindError};
 use crate::image::{ImageError, ImageSource, ImageStore, Reference};
@@ -24,6 +25,10 @@ use crate::namespace_modes::{self, NamespaceError, Networking};
 use crate::runtime::cgroups::CgroupError;
 use crate::runtime::RuntimeError;
 use crate::shim::{self, CreateOptions, ShimError, Status};
+
+mod lifecycle;
+mod pre_start;
+pub use pre_start::pre_start_owner;
 
 /// Docker's default grace period before SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -124,6 +129,18 @@ pub enum ExecutorError {
     NoCgroup { id: String },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// A `post_start` hook failed (the container ran, and was stopped), or a
+    /// `pre_start` step exited with an error (the container was not made).
+    #[error(transparent)]
+    Hook(HookError),
+    /// A `pre_start` step's container could not be made or started.
+    #[error("services.{service}.pre_start[{index}]: {source}")]
+    PreStart {
+        service: String,
+        index: usize,
+        #[source]
+        source: Box<ExecutorError>,
+    },
 }
 
 impl ExecutorError {
@@ -132,9 +149,11 @@ impl ExecutorError {
     /// running it failed.
     pub fn state(&self) -> TaskState {
         match self {
-            ExecutorError::Pin(_) | ExecutorError::Bundle { .. } | ExecutorError::Shim(_) => {
-                TaskState::Failed
-            }
+            ExecutorError::Pin(_)
+            | ExecutorError::Bundle { .. }
+            | ExecutorError::Shim(_)
+            | ExecutorError::Hook(_) => TaskState::Failed,
+            ExecutorError::PreStart { source, .. } => source.state(),
             // The container to join may run later (or again): retried.
             ExecutorError::Namespace(NamespaceError::NotRunning { .. }) => TaskState::Failed,
             ExecutorError::VolumesFrom(crate::volumes_from::VolumesFromError::NotFound {
@@ -243,7 +262,17 @@ impl Executor {
             started_at: Some(now_ms()),
             ..task.status.clone()
         };
-        match self.try_start(task, stack, service, env, data) {
+        // The service's replicas on this node take turns from their `pre_start` steps
+        // to their container's start: the next one sees that one runs, and skips them.
+        let turn = pre_start::turn(task, service);
+        let guard = turn
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(PoisonError::into_inner));
+        let started = self
+            .pre_start(task, stack, service, env, data)
+            .and_then(|()| self.try_start(task, stack, service, env, data, true));
+        drop(guard);
+        match started.and_then(|s| self.post_start(task, service).map(|()| s)) {
             Ok(s) => {
                 status.state = Some(TaskState::Running);
                 status.pid = s.pid;
@@ -262,7 +291,10 @@ impl Executor {
             }
             Err(e) => {
                 // Nothing of the container is left: neither is its claim on the image.
-                let _ = self.unpin(&task.id);
+                // (A failed hook leaves a stopped container, removed with its task.)
+                if !matches!(e, ExecutorError::Hook(_)) {
+                    let _ = self.unpin(&task.id);
+                }
                 status.state = Some(e.state());
                 status.message = match &self.node {
                     Some(node) => format!("on node {node}: {e}"),
@@ -270,6 +302,8 @@ impl Executor {
                 };
                 // It never ran: no start time, so that `ps`, `events` and `up` tell
                 // it from a container that ran and exited (`TaskStatus::never_started`).
+                // A failed `post_start` counts as a start that failed too: `up` says
+                // so, naming the hook.
                 status.started_at = None;
                 status.finished_at = Some(now_ms());
             }
@@ -277,6 +311,9 @@ impl Executor {
         status
     }
 
+    /// Makes and starts the container. `serve`: once it runs (and has no
+    /// healthcheck), its service's DNS answers and port backends include it; a
+    /// `pre_start` step's container never serves.
     fn try_start(
         &self,
         task: &Task,
@@ -284,6 +321,7 @@ impl Executor {
         service: &Service,
         env: &BTreeMap<String, String>,
         data: &BTreeMap<String, String>,
+        serve: bool,
     ) -> Result<shim::ContainerState, ExecutorError> {
         // The id names directories that are removed and written below (the bundle,
         // the image pin) before the shim checks it: a plain name or nothing.
@@ -357,6 +395,11 @@ impl Executor {
             namespace_modes::NAME_ANNOTATION.to_string(),
             ctx.hostname.clone(),
         );
+        // What a replica's `pre_start` steps look for: one of the same definition runs.
+        annotations.insert(
+            pre_start::SPEC_HASH_ANNOTATION.to_string(),
+            task.spec_hash.clone(),
+        );
         spec.set_annotations(Some(annotations));
         // Resolved now, just before the start: a joined container's init is read from
         // its shim's record at this moment (and checked again by the runtime).
@@ -404,7 +447,7 @@ impl Executor {
             Ok(s) => {
                 // Runs: without a healthcheck, it serves from now on; with one, the
                 // health loop says when.
-                if s.status == Status::Running && self.healthcheck(service).is_none() {
+                if serve && s.status == Status::Running && self.healthcheck(service).is_none() {
                     self.set_healthy(&task.id, true);
                 }
                 Ok(s)
@@ -419,24 +462,30 @@ impl Executor {
     }
 
     /// Stops the container of `task` (its stop signal, the grace period, SIGKILL),
-    /// keeping it.
+    /// keeping it. A running container first runs its service's `pre_stop` hooks,
+    /// within the grace period: the signal gets what the hooks left of it.
     pub fn stop(
         &self,
         task: &Task,
         service: Option<&Service>,
         grace: Option<Duration>,
     ) -> TaskStatus {
-        let signal = service
-            .and_then(|s| s.stop_signal.as_deref())
-            .and_then(|s| shim::parse_signal(s).ok())
-            .unwrap_or(libc::SIGTERM);
-        let grace = grace
-            .or_else(|| service.and_then(|s| s.stop_grace_period))
-            .unwrap_or(DEFAULT_STOP_GRACE);
+        let (signal, grace) = stop_signal_and_grace(service, grace);
         let mut status = task.status.clone();
         // Leave DNS and the port backends before the signal (the worker's job did
         // already; this covers any other caller, and does nothing the second time).
         self.leave(&task.id);
+        let began = std::time::Instant::now();
+        if let Some(service) = service.filter(|s| !s.pre_stop.is_empty()) {
+            let running = matches!(
+                shim::state(&self.shim_root(), &task.id),
+                Ok(s) if s.status == Status::Running
+            );
+            if running {
+                self.pre_stop(task, service, grace);
+            }
+        }
+        let grace = grace.saturating_sub(began.elapsed());
         match shim::stop(&self.shim_root(), &task.id, signal, grace) {
             Ok(_) | Err(ShimError::NotFound { .. }) => {}
             Err(e) => status.message = e.to_string(),
@@ -555,6 +604,19 @@ fn create_options(program: &shim::ShimProgram, service: &Service) -> CreateOptio
         }
     }
     opts
+}
+
+/// The stop signal (the service's, else SIGTERM) and grace period (`grace` as asked,
+/// else the service's, else Docker's 10 s) of a container.
+fn stop_signal_and_grace(service: Option<&Service>, grace: Option<Duration>) -> (i32, Duration) {
+    let signal = service
+        .and_then(|s| s.stop_signal.as_deref())
+        .and_then(|s| shim::parse_signal(s).ok())
+        .unwrap_or(libc::SIGTERM);
+    let grace = grace
+        .or_else(|| service.and_then(|s| s.stop_grace_period))
+        .unwrap_or(DEFAULT_STOP_GRACE);
+    (signal, grace)
 }
 
 impl Executor {
