@@ -1,7 +1,8 @@
 //! The attributes that reach into the host or into another container, end to end on a
 //! real daemon: `devices` (host nodes with their cgroup access), `device_cgroup_rules`,
 //! CDI devices by name and through `gpus` (from CDI specs in this test's own
-//! directory), `blkio_config`, `volumes_from`, `cgroup_parent` and `annotations`.
+//! directory), `blkio_config`, `volumes_from`, `links`, `external_links`,
+//! `cgroup_parent` and `annotations`.
 //!
 //! The device nodes are made by the test in its own directory with mknod, so nothing
 //! depends on which devices this host has: loop-control's numbers (10:237, outside
@@ -221,7 +222,7 @@ fn devices_rules_cdi_and_blkio_reach_the_container() {
 }
 
 #[test]
-fn volumes_from_cgroup_parent_and_annotations() {
+fn volumes_from_links_cgroup_parent_and_annotations() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let bind = tmp.path().join("bind");
     std::fs::create_dir(&bind).expect("bind dir");
@@ -250,6 +251,14 @@ fn volumes_from_cgroup_parent_and_annotations() {
     image: busybox:local
     command: [sh, -c, 'ls /shared']
     volumes_from: [writer]
+  linker:
+    image: busybox:local
+    command: [sh, -c, 'nslookup store; nslookup keeper2; true']
+    links: ['data:store']
+    external_links: ['{project}-keeper:keeper2']
+  unlinked:
+    image: busybox:local
+    command: [sh, -c, 'nslookup store 2>&1; true']
   grouped:
     image: busybox:local
     command: [sleep, '600']
@@ -287,6 +296,25 @@ volumes:
     f.ok(&["up", "-d", "writer"]);
     let (ok, out, err) = run(&f, "chained");
     assert!(ok && out.contains("from-writer"), "{out}{err}");
+
+    // links and external_links: the aliases resolve to data's container, for the
+    // linking container only.
+    let (ok, out, err) = run(&f, "linker");
+    assert!(ok, "{out}{err}");
+    let answers: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("Address:"))
+        .map(str::trim)
+        .filter(|a| !a.ends_with(":53"))
+        .collect();
+    assert_eq!(answers.len(), 2, "{out}{err}");
+    assert_eq!(answers[0], answers[1], "{out}");
+    let (_, out, err) = run(&f, "unlinked");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("Address:") && !l.ends_with(":53")),
+        "{out}{err}"
+    );
 
     // cgroup_parent: the container's cgroup is under it, not under berth's parent.
     let full_id = std::fs::read_dir(f.state().join("containers"))

@@ -759,6 +759,7 @@ impl Executor {
             dns_search: service.dns_search.clone(),
             dns_opt: service.dns_opt.clone(),
             extra_hosts: service.extra_hosts.clone(),
+            links: links(service),
             // Not serving yet: a container joins its service's DNS answers and port
             // backends once it runs (`try_start`), or once healthy if it has a check.
             healthy: false,
@@ -903,4 +904,21 @@ impl Executor {
     pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), ExecutorError> {
         Ok(self.cgroup(id)?.freeze(frozen)?)
     }
+}
+
+/// `links: [SERVICE[:ALIAS]]` and `external_links: [CONTAINER[:ALIAS]]` as the names
+/// this container resolves: the alias (the name itself when there is none) means the
+/// service or container, as on Docker's user-defined networks (no environment
+/// variables: those were the default bridge's).
+fn links(service: &Service) -> Vec<(String, String)> {
+    service
+        .links
+        .iter()
+        .chain(&service.external_links)
+        .map(|l| match l.split_once(':') {
+            Some((target, alias)) => (alias.to_string(), target.to_string()),
+            None => (l.clone(), l.clone()),
+        })
+        .filter(|(alias, target)| alias != target)
+        .collect()
 }

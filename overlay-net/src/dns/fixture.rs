@@ -17,6 +17,7 @@ fn ep(container: &str, network: &str, ip: u8, service: &str, healthy: bool) -> E
         aliases: vec![format!("{service}-alias")],
         healthy,
         upstream: vec![],
+        links: vec![],
     }
 }
 

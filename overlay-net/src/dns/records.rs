@@ -22,6 +22,11 @@ pub struct Endpoint {
     pub healthy: bool,
     /// The service's `dns:` servers, used instead of the host's for forwarding.
     pub upstream: Vec<SocketAddr>,
+    /// `links` and `external_links`: names this container (and only it) resolves as
+    /// others, `(alias, target)`, both lower case: the target is a service or
+    /// container name answered as usual.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<(String, String)>,
 }
 
 /// Which addresses a query asks for: A (IPv4) or AAAA (IPv6) records.
@@ -95,6 +100,26 @@ impl Records {
     /// The endpoint with address `ip` on `network` (the client of a query).
     pub fn client(&self, network: &str, ip: Ipv4Addr) -> Option<&Endpoint> {
         self.on(network).find(|ep| ep.ip == ip)
+    }
+
+    /// The name a query for `name` from `client` (its address) stands for: the link
+    /// target when the client's container links `name` as an alias (`links: [db:database]`
+    /// makes `database` and `database.` mean `db`, for that container only), else
+    /// `name` itself.
+    pub fn linked<'a>(&'a self, network: &str, client: Option<IpAddr>, name: &'a str) -> &'a str {
+        let Some(ep) = client.and_then(|ip| {
+            self.on(network).find(|ep| match ip {
+                IpAddr::V4(v4) => ep.ip == v4,
+                IpAddr::V6(v6) => ep.ip6 == Some(v6),
+            })
+        }) else {
+            return name;
+        };
+        let bare = name.trim_end_matches('.');
+        ep.links
+            .iter()
+            .find(|(alias, _)| alias.eq_ignore_ascii_case(bare))
+            .map_or(name, |(_, target)| target.as_str())
     }
 
     /// Answers `name` (any case, with or without the final dot) for a client on
@@ -186,6 +211,27 @@ mod tests {
                 .map(|i| IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, *i)))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn links_are_aliases_of_the_linking_container_only() {
+        let mut r = records();
+        let mut ep = r.endpoint("front", "web-2").unwrap().clone();
+        ep.links = vec![("store".into(), "web-1".into())];
+        r.insert(ep);
+        let web2 = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)));
+        let web1 = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(r.linked("front", web2, "store"), "web-1");
+        assert_eq!(r.linked("front", web2, "STORE."), "web-1");
+        assert_eq!(
+            r.answer("front", r.linked("front", web2, "store"), 0),
+            ips(&[2])
+        );
+        // Another container, or another network's client, does not have the alias.
+        assert_eq!(r.linked("front", web1, "store"), "store");
+        assert_eq!(r.linked("back", web2, "store"), "store");
+        assert_eq!(r.answer("front", "store", 0), Answer::NxDomain);
+        assert_eq!(r.linked("front", None, "store"), "store");
     }
 
     #[test]

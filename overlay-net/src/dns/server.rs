@@ -198,7 +198,13 @@ impl Serve {
             if !may_ask(&records, &self.network, peer.ip(), own) {
                 continue;
             }
-            match respond(&records, &self.network, &buf[..n], rotation) {
+            match respond(
+                &records,
+                &self.network,
+                Some(peer.ip()),
+                &buf[..n],
+                rotation,
+            ) {
                 Some(Ok(reply)) => {
                     drop(records);
                     let _ = self.socket.send_to(&fit_udp(&buf[..n], reply), peer);
@@ -321,7 +327,7 @@ impl Answers {
             let packet = read_tcp_message(&mut conn, TCP_IDLE)?;
             let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
             let records = self.records.read().unwrap_or_else(|p| p.into_inner());
-            let reply = match respond(&records, &self.network, &packet, rotation) {
+            let reply = match respond(&records, &self.network, Some(peer.ip()), &packet, rotation) {
                 Some(Ok(reply)) => Some(reply),
                 Some(Err(packet)) => {
                     let upstream = upstream_for(&records, &self.network, peer.ip(), &self.upstream);

@@ -18,6 +18,7 @@ use super::records::{Answer, Family, Records};
 pub fn respond(
     records: &Records,
     network: &str,
+    client: Option<std::net::IpAddr>,
     packet: &[u8],
     rotation: usize,
 ) -> Option<Result<Vec<u8>, Vec<u8>>> {
@@ -27,7 +28,11 @@ pub fn respond(
         RecordType::AAAA => Family::V6,
         _ => Family::V4,
     };
-    let answer = records.answer_for(network, &q.name().to_ascii(), rotation, family);
+    let asked = q.name().to_ascii();
+    // A link alias of the asking container is answered as its target (the records
+    // keep the asked name).
+    let name = records.linked(network, client, &asked);
+    let answer = records.answer_for(network, name, rotation, family);
     let mut reply = Message::new();
     reply
         .set_id(query.id())
@@ -168,7 +173,7 @@ mod tests {
     #[test]
     fn packets_get_answers_nxdomain_or_forwarding() {
         let r = records();
-        let reply = respond(&r, "front", &query("web.", RecordType::A), 0)
+        let reply = respond(&r, "front", None, &query("web.", RecordType::A), 0)
             .unwrap()
             .unwrap();
         let m = Message::from_vec(&reply).unwrap();
@@ -176,7 +181,7 @@ mod tests {
         assert_eq!(m.response_code(), ResponseCode::NoError);
         let got: Vec<String> = m.answers().iter().map(|a| a.data().to_string()).collect();
         assert_eq!(got, ["10.0.0.2", "10.0.0.3"]);
-        let reply = respond(&r, "front", &query("web.", RecordType::AAAA), 0)
+        let reply = respond(&r, "front", None, &query("web.", RecordType::AAAA), 0)
             .unwrap()
             .unwrap();
         let m = Message::from_vec(&reply).unwrap();
@@ -189,7 +194,7 @@ mod tests {
         let mut ep = r6.endpoint("front", "web-1").unwrap().clone();
         ep.ip6 = Some("fd00::2".parse().unwrap());
         r6.insert(ep);
-        let reply = respond(&r6, "front", &query("web.", RecordType::AAAA), 0)
+        let reply = respond(&r6, "front", None, &query("web.", RecordType::AAAA), 0)
             .unwrap()
             .unwrap();
         let m = Message::from_vec(&reply).unwrap();
@@ -199,12 +204,12 @@ mod tests {
             .map(|a| (a.record_type(), a.data().to_string()))
             .collect();
         assert_eq!(got, [(RecordType::AAAA, "fd00::2".to_string())]);
-        let reply = respond(&r6, "front", &query("web.", RecordType::A), 0)
+        let reply = respond(&r6, "front", None, &query("web.", RecordType::A), 0)
             .unwrap()
             .unwrap();
         let m = Message::from_vec(&reply).unwrap();
         assert!(m.answers().iter().all(|a| a.record_type() == RecordType::A));
-        let reply = respond(&r, "front", &query("nope.", RecordType::A), 0)
+        let reply = respond(&r, "front", None, &query("nope.", RecordType::A), 0)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -212,8 +217,11 @@ mod tests {
             ResponseCode::NXDomain
         );
         let packet = query("example.com.", RecordType::A);
-        assert_eq!(respond(&r, "front", &packet, 0), Some(Err(packet.clone())));
-        assert_eq!(respond(&r, "front", b"garbage", 0), None);
+        assert_eq!(
+            respond(&r, "front", None, &packet, 0),
+            Some(Err(packet.clone()))
+        );
+        assert_eq!(respond(&r, "front", None, b"garbage", 0), None);
     }
 
     #[test]
@@ -227,7 +235,7 @@ mod tests {
         let mut e = Edns::new();
         e.set_version(1);
         m.set_edns(e);
-        let reply = respond(&r, "front", &m.to_vec().unwrap(), 0)
+        let reply = respond(&r, "front", None, &m.to_vec().unwrap(), 0)
             .unwrap()
             .unwrap();
         let reply = Message::from_vec(&reply).unwrap();

@@ -39,6 +39,9 @@ pub struct AttachRequest {
     /// Whether the container answers for its service name from the start (false for
     /// services with a health check until it passes).
     pub healthy: bool,
+    /// `(alias, target)` names only this container resolves (`links`,
+    /// `external_links`).
+    pub links: Vec<(String, String)>,
 }
 
 /// One interface inside a container.
@@ -188,6 +191,11 @@ impl NetworkManager {
                     .collect(),
                 healthy: req.healthy,
                 upstream: upstream.clone(),
+                links: req
+                    .links
+                    .iter()
+                    .map(|(a, t)| (a.to_ascii_lowercase(), t.to_ascii_lowercase()))
+                    .collect(),
             })
             .collect();
         let record = ContainerRecord {
