@@ -2,7 +2,7 @@
 //! real daemon: `devices` (host nodes with their cgroup access), `device_cgroup_rules`,
 //! CDI devices by name and through `gpus` (from CDI specs in this test's own
 //! directory), `blkio_config`, `volumes_from`, `links`, `external_links`,
-//! `cgroup_parent` and `annotations`.
+//! `mac_address`, `cgroup_parent` and `annotations`.
 //!
 //! The device nodes are made by the test in its own directory with mknod, so nothing
 //! depends on which devices this host has: loop-control's numbers (10:237, outside
@@ -259,6 +259,14 @@ fn volumes_from_links_cgroup_parent_and_annotations() {
   unlinked:
     image: busybox:local
     command: [sh, -c, 'nslookup store 2>&1; true']
+  mac:
+    image: busybox:local
+    command: [cat, /sys/class/net/eth0/address]
+    mac_address: 02:42:AC:11:FF:01
+  netmac:
+    image: busybox:local
+    command: [cat, /sys/class/net/eth0/address]
+    networks: {{default: {{mac_address: '02-42-ac-11-ff-02'}}}}
   grouped:
     image: busybox:local
     command: [sleep, '600']
@@ -315,6 +323,12 @@ volumes:
             .any(|l| l.starts_with("Address:") && !l.ends_with(":53")),
         "{out}{err}"
     );
+
+    // mac_address, of the service and of one network.
+    let (ok, out, err) = run(&f, "mac");
+    assert!(ok && out.trim() == "02:42:ac:11:ff:01", "{out}{err}");
+    let (ok, out, err) = run(&f, "netmac");
+    assert!(ok && out.trim() == "02:42:ac:11:ff:02", "{out}{err}");
 
     // cgroup_parent: the container's cgroup is under it, not under berth's parent.
     let full_id = std::fs::read_dir(f.state().join("containers"))

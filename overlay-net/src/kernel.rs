@@ -52,6 +52,8 @@ pub struct VethPlan {
     pub host: String,
     pub netns: PathBuf,
     pub ifname: String,
+    /// The container side's MAC address, when the service asks for one.
+    pub mac: Option<[u8; 6]>,
     pub address: Ipv4Addr,
     pub prefix_len: u8,
     /// The default route's gateway, for the one interface that carries it.
@@ -411,7 +413,7 @@ async fn configure_inside(
         // same address answers to the MAC its peers' ARP caches already hold, instead
         // of leaving them talking to a vanished one until their entries go stale.
         let veth = LinkVeth::new(&p.ifname, &p.host)
-            .address(mac_for(p.address).to_vec())
+            .address(p.mac.unwrap_or_else(|| mac_for(p.address)).to_vec())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         h.link()

@@ -740,6 +740,13 @@ impl Executor {
                 })?;
             networks.push((def.name.clone(), opts.clone()));
         }
+        // The service's `mac_address` is its first interface's, unless that network
+        // names one of its own.
+        if let (Some(mac), Some((_, first))) = (&service.mac_address, networks.first_mut()) {
+            if first.mac_address.is_none() {
+                first.mac_address = Some(mac.clone());
+            }
+        }
         let req = overlay_net::AttachRequest {
             container_id: task.id.clone(),
             container_name: service

@@ -55,6 +55,9 @@ pub struct Interface {
     /// Its IPv6 address, on an `enable_ipv6` network (`ipv6_address` honored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address6: Option<Ipv6Addr>,
+    /// The MAC address asked for (`mac_address`); else one follows from the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
 }
 
 /// What the daemon needs to start a connected container.
@@ -146,6 +149,7 @@ impl NetworkManager {
                 address,
                 prefix_len: net.addressing.subnet.prefix_len(),
                 address6,
+                mac: opts.mac_address.as_deref().and_then(parse_mac),
             });
         }
         let hostname = req
@@ -260,6 +264,7 @@ impl NetworkManager {
                 host: itf.host_veth.clone(),
                 netns: record.netns.clone(),
                 ifname: itf.ifname.clone(),
+                mac: itf.mac,
                 address: itf.address,
                 prefix_len: itf.prefix_len,
                 default_via: (route_via == Some(i)).then_some(net.addressing.gateway),
@@ -518,4 +523,13 @@ mod tests {
             ])
         );
     }
+}
+
+/// `02:42:ac:11:00:02` (or with `-`) as bytes; the loader has checked the form.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s
+        .split([':', '-'])
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect::<Option<_>>()?;
+    parts.try_into().ok()
 }
