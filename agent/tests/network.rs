@@ -363,6 +363,7 @@ fn fake_upstream() -> (DnsServer, SocketAddr) {
         aliases: vec![],
         healthy: true,
         upstream: vec![],
+        links: vec![],
     });
     server.listen("up", addr).unwrap();
     (server, addr)

@@ -27,6 +27,7 @@ fn server(net: &str, project: &str, service: &str, n: u8, upstream: Vec<SocketAd
             aliases: vec![],
             healthy: true,
             upstream: vec![],
+            links: vec![],
         });
     }
     s.listen(net, "127.0.0.1:0".parse().unwrap()).unwrap();

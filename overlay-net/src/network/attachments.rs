@@ -355,6 +355,15 @@ impl NetworkManager {
     }
 }
 
+/// `02:42:ac:11:00:02` (or with `-`) as bytes; the loader has checked the form.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s
+        .split([':', '-'])
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect::<Option<_>>()?;
+    parts.try_into().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,13 +532,4 @@ mod tests {
             ])
         );
     }
-}
-
-/// `02:42:ac:11:00:02` (or with `-`) as bytes; the loader has checked the form.
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s
-        .split([':', '-'])
-        .map(|p| u8::from_str_radix(p, 16).ok())
-        .collect::<Option<_>>()?;
-    parts.try_into().ok()
 }
