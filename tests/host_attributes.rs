@@ -267,12 +267,20 @@ fn volumes_from_links_cgroup_parent_and_annotations() {
     image: busybox:local
     command: [cat, /sys/class/net/eth0/address]
     networks: {{default: {{mac_address: '02-42-ac-11-ff-02'}}}}
+  twonets:
+    image: busybox:local
+    command: [sh, -c, 'echo $$(ls /sys/class/net); ip route | grep default']
+    networks:
+      default: {{}}
+      side: {{interface_name: lan0, gw_priority: 5}}
   grouped:
     image: busybox:local
     command: [sleep, '600']
     cgroup_parent: PARENT/custom
 volumes:
   shared: {{}}
+networks:
+  side: {{}}
 ",
         bind = bind.display()
     );
@@ -329,6 +337,16 @@ volumes:
     assert!(ok && out.trim() == "02:42:ac:11:ff:01", "{out}{err}");
     let (ok, out, err) = run(&f, "netmac");
     assert!(ok && out.trim() == "02:42:ac:11:ff:02", "{out}{err}");
+
+    // interface_name and gw_priority: the second network's interface has its name,
+    // and carries the default route.
+    let (ok, out, err) = run(&f, "twonets");
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("eth0 lan0 lo"), "{out}{err}");
+    assert!(
+        out.contains("default via") && out.contains("dev lan0"),
+        "{out}{err}"
+    );
 
     // cgroup_parent: the container's cgroup is under it, not under berth's parent.
     let full_id = std::fs::read_dir(f.state().join("containers"))

@@ -553,6 +553,12 @@ pub struct ServiceNetwork {
     /// random one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
+    /// The interface's name in the container (else `eth0`, `eth1`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface_name: Option<String>,
+    /// Which network gives the default route: the highest (ties: the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gw_priority: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

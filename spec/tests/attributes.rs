@@ -516,10 +516,12 @@ fn devices_links_and_host_attributes() {
   - other:db
   external_links:
   - legacy-db"),
-        ("mac_address: 02:42:AC:11:00:02\nnetworks: {front: {mac_address: '02-42-ac-11-00-03'}}", "
+        ("mac_address: 02:42:AC:11:00:02\nnetworks: {front: {mac_address: '02-42-ac-11-00-03', interface_name: lan0, gw_priority: 10}}", "
   networks:
     front:
       mac_address: 02:42:ac:11:00:03
+      interface_name: lan0
+      gw_priority: 10
   mac_address: 02:42:ac:11:00:02"),
         ("cgroup_parent: berth-limits/web/\nannotations: {com.example.a: '1'}\nattach: false\nplatform: linux/AMD64\npull_policy: refresh\npull_refresh_after: 12h\nstorage_opt: {size: 1G}", "
   pull_policy: refresh
@@ -707,6 +709,8 @@ fn attribute_errors() {
         ("pre_start: [{command: x, volumes: [data:/data]}]", "-: services.s.pre_start[0].volumes: unknown attribute"),
         ("pre_start: [{comand: x}]", "-: services.s.pre_start[0].comand: unknown attribute; did you mean \"command\"?"),
         ("post_start: {command: x}", "-: services.s.post_start: expected a list, found a mapping"),
+        ("networks: {front: {interface_name: 'a/b'}}", "-: services.s.networks.front.interface_name: invalid interface name \"a/b\": 1 to 15 characters, without '/', ':' or spaces, and not lo"),
+        ("networks: {front: {interface_name: x}, back: {interface_name: x}}", "-: services.s.networks.front.interface_name: \"x\" is also network \"back\"'s interface name; give each its own"),
         ("network_mode: 'service:other'\nports: ['80:80']", "-: services.s.ports: cannot publish ports with network_mode: service:other; remove ports or network_mode"),
     ];
     let mut failures = Vec::new();

@@ -58,6 +58,13 @@ pub struct Interface {
     /// The MAC address asked for (`mac_address`); else one follows from the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<[u8; 6]>,
+    /// `gw_priority`: the default route goes through the highest (ties: the first).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gw_priority: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// What the daemon needs to start a connected container.
@@ -144,12 +151,16 @@ impl NetworkManager {
             };
             interfaces.push(Interface {
                 network: name.clone(),
-                ifname: format!("eth{i}"),
+                ifname: opts
+                    .interface_name
+                    .clone()
+                    .unwrap_or_else(|| format!("eth{i}")),
                 host_veth: names::veth_host(&self.cfg.prefix, &req.container_id, name),
                 address,
                 prefix_len: net.addressing.subnet.prefix_len(),
                 address6,
                 mac: opts.mac_address.as_deref().and_then(parse_mac),
+                gw_priority: opts.gw_priority.unwrap_or(0),
             });
         }
         let hostname = req
@@ -250,10 +261,16 @@ impl NetworkManager {
     }
 
     fn plumb(&self, record: &ContainerRecord, nets: &[NetworkInfo]) -> Result<(), NetError> {
-        let route_via = nets.iter().position(|n| !n.internal);
-        let route_via6 = nets
-            .iter()
-            .position(|n| !n.internal && n.addressing6.is_some());
+        // The default routes go through the non-internal network of the highest
+        // `gw_priority`, the first of those on a tie (Docker's rule); IPv6's through
+        // such a network with IPv6, which may not be the IPv4 one's.
+        let best = |ok: &dyn Fn(&NetworkInfo) -> bool| {
+            (0..nets.len().min(record.interfaces.len()))
+                .filter(|&i| ok(&nets[i]))
+                .max_by_key(|&i| (record.interfaces[i].gw_priority, std::cmp::Reverse(i)))
+        };
+        let route_via = best(&|n| !n.internal);
+        let route_via6 = best(&|n| !n.internal && n.addressing6.is_some());
         let plans: Vec<VethPlan> = record
             .interfaces
             .iter()
@@ -271,8 +288,6 @@ impl NetworkManager {
                 address6: itf
                     .address6
                     .zip(net.addressing6.map(|a| a.subnet.prefix_len())),
-                // The IPv6 default route goes through the first non-internal network
-                // with IPv6, which may not be the IPv4 one's.
                 default_via6: (route_via6 == Some(i))
                     .then(|| net.addressing6.map(|a| a.gateway))
                     .flatten(),

@@ -275,6 +275,26 @@ pub(super) fn mac_address(cx: &mut Cx, n: Node) -> Option<String> {
     })
 }
 
+/// A network interface's name in the container: what Linux accepts (1 to 15 bytes,
+/// no `/`, `:` or white space, not `.` or `..`).
+pub(super) fn interface_name(cx: &mut Cx, n: Node) -> Option<String> {
+    cx.parsed(n, |s| {
+        let ok = !s.is_empty()
+            && s.len() <= 15
+            && s != "."
+            && s != ".."
+            && s != "lo"
+            && s.chars().all(|c| c.is_ascii_graphic() && c != '/' && c != ':');
+        if ok {
+            Ok(s.to_string())
+        } else {
+            Err(format!(
+                "invalid interface name {s:?}: 1 to 15 characters, without '/', ':' or spaces, and not lo"
+            ))
+        }
+    })
+}
+
 /// `cgroup_parent`: a cgroup path below the cgroup root, without `..`.
 pub(super) fn cgroup_parent(cx: &mut Cx, n: Node) -> Option<String> {
     cx.parsed(n, |s| {

@@ -1247,13 +1247,10 @@ fn networks(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, ServiceNetwork>> {
                     ipv6_address: nm.get(cx, "ipv6_address", |cx, n| cx.parsed(n, ipv6)),
                     priority: nm.get(cx, "priority", |cx, n| cx.int(n)),
                     mac_address: nm.get(cx, "mac_address", host::mac_address),
+                    interface_name: nm.get(cx, "interface_name", host::interface_name),
+                    gw_priority: nm.get(cx, "gw_priority", |cx, n| cx.int(n)),
                 };
-                for key in [
-                    "link_local_ips",
-                    "driver_opts",
-                    "gw_priority",
-                    "interface_name",
-                ] {
+                for key in ["link_local_ips", "driver_opts"] {
                     if nm.has(key) {
                         nm.take_any(key);
                         cx.warn(&join(&path, key), "not supported by berth yet; ignored");
@@ -1262,6 +1259,20 @@ fn networks(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, ServiceNetwork>> {
                 nm.ignore_extensions(cx);
                 nm.finish(cx);
                 out.insert(name, net);
+            }
+        }
+    }
+    // Two interfaces cannot have one name in a container.
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (net, opts) in &out {
+        if let Some(name) = opts.interface_name.as_deref() {
+            if let Some(other) = seen.insert(name, net) {
+                cx.error(
+                    &join(&join(n.path, net), "interface_name"),
+                    format!(
+                        "{name:?} is also network {other:?}'s interface name; give each its own"
+                    ),
+                );
             }
         }
     }
