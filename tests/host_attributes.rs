@@ -269,10 +269,10 @@ fn volumes_from_links_cgroup_parent_and_annotations() {
     networks: {{default: {{mac_address: '02-42-ac-11-ff-02'}}}}
   twonets:
     image: busybox:local
-    command: [sh, -c, 'echo $$(ls /sys/class/net); ip route | grep default']
+    command: [sh, -c, 'echo $$(ls /sys/class/net); ip route | grep default; ip addr show lan0 | grep 169.254']
     networks:
       default: {{}}
-      side: {{interface_name: lan0, gw_priority: 5}}
+      side: {{interface_name: lan0, gw_priority: 5, link_local_ips: [169.254.8.8]}}
   grouped:
     image: busybox:local
     command: [sleep, '600']
@@ -338,8 +338,8 @@ networks:
     let (ok, out, err) = run(&f, "netmac");
     assert!(ok && out.trim() == "02:42:ac:11:ff:02", "{out}{err}");
 
-    // interface_name and gw_priority: the second network's interface has its name,
-    // and carries the default route.
+    // interface_name, gw_priority and link_local_ips: the second network's interface
+    // has its name and its link-local address, and carries the default route.
     let (ok, out, err) = run(&f, "twonets");
     assert!(ok, "{out}{err}");
     assert!(out.contains("eth0 lan0 lo"), "{out}{err}");
@@ -347,6 +347,7 @@ networks:
         out.contains("default via") && out.contains("dev lan0"),
         "{out}{err}"
     );
+    assert!(out.contains("inet 169.254.8.8/16"), "{out}{err}");
 
     // cgroup_parent: the container's cgroup is under it, not under berth's parent.
     let full_id = std::fs::read_dir(f.state().join("containers"))

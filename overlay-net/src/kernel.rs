@@ -54,6 +54,8 @@ pub struct VethPlan {
     pub ifname: String,
     /// The container side's MAC address, when the service asks for one.
     pub mac: Option<[u8; 6]>,
+    /// `link_local_ips`: more addresses of the interface (169.254.0.0/16, fe80::/64).
+    pub link_local: Vec<IpAddr>,
     pub address: Ipv4Addr,
     pub prefix_len: u8,
     /// The default route's gateway, for the one interface that carries it.
@@ -430,6 +432,20 @@ async fn configure_inside(
         if let Some((ip6, len6)) = p.address6 {
             enable_ipv6(&p.ifname);
             add_address6(h, idx, ip6, len6, &p.ifname, false).await?;
+        }
+        for ip in &p.link_local {
+            match ip {
+                IpAddr::V4(_) => h
+                    .address()
+                    .add(idx, *ip, 16)
+                    .execute()
+                    .await
+                    .map_err(|e| LinkError::new("add link-local address to", &p.ifname, e))?,
+                IpAddr::V6(v6) => {
+                    enable_ipv6(&p.ifname);
+                    add_address6(h, idx, *v6, 64, &p.ifname, false).await?;
+                }
+            }
         }
         h.link()
             .set(LinkUnspec::new_with_index(idx).up().build())

@@ -559,6 +559,9 @@ pub struct ServiceNetwork {
     /// Which network gives the default route: the highest (ties: the first).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gw_priority: Option<i64>,
+    /// More addresses of the interface, link-local (169.254.0.0/16 or fe80::/10).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub link_local_ips: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,6 +61,9 @@ pub struct Interface {
     /// `gw_priority`: the default route goes through the highest (ties: the first).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub gw_priority: i64,
+    /// `link_local_ips`: more addresses of the interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_local: Vec<std::net::IpAddr>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -161,6 +164,11 @@ impl NetworkManager {
                 address6,
                 mac: opts.mac_address.as_deref().and_then(parse_mac),
                 gw_priority: opts.gw_priority.unwrap_or(0),
+                link_local: opts
+                    .link_local_ips
+                    .iter()
+                    .filter_map(|ip| ip.parse().ok())
+                    .collect(),
             });
         }
         let hostname = req
@@ -282,6 +290,7 @@ impl NetworkManager {
                 netns: record.netns.clone(),
                 ifname: itf.ifname.clone(),
                 mac: itf.mac,
+                link_local: itf.link_local.clone(),
                 address: itf.address,
                 prefix_len: itf.prefix_len,
                 default_via: (route_via == Some(i)).then_some(net.addressing.gateway),

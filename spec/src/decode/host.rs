@@ -295,6 +295,18 @@ pub(super) fn interface_name(cx: &mut Cx, n: Node) -> Option<String> {
     })
 }
 
+/// A `link_local_ips` entry: an IPv4 address in 169.254.0.0/16 or an IPv6 one in
+/// fe80::/10.
+pub(super) fn link_local_ip(cx: &mut Cx, n: Node) -> Option<String> {
+    cx.parsed(n, |s| match s.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) if ip.is_link_local() => Ok(ip.to_string()),
+        Ok(std::net::IpAddr::V6(ip)) if (ip.segments()[0] & 0xffc0) == 0xfe80 => Ok(ip.to_string()),
+        _ => Err(format!(
+            "{s:?} is not a link-local address (169.254.0.0/16 or fe80::/10)"
+        )),
+    })
+}
+
 /// `cgroup_parent`: a cgroup path below the cgroup root, without `..`.
 pub(super) fn cgroup_parent(cx: &mut Cx, n: Node) -> Option<String> {
     cx.parsed(n, |s| {

@@ -1249,8 +1249,13 @@ fn networks(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, ServiceNetwork>> {
                     mac_address: nm.get(cx, "mac_address", host::mac_address),
                     interface_name: nm.get(cx, "interface_name", host::interface_name),
                     gw_priority: nm.get(cx, "gw_priority", |cx, n| cx.int(n)),
+                    link_local_ips: nm
+                        .get(cx, "link_local_ips", |cx, n| {
+                            Some(cx.each(n, host::link_local_ip))
+                        })
+                        .unwrap_or_default(),
                 };
-                for key in ["link_local_ips", "driver_opts"] {
+                for key in ["driver_opts"] {
                     if nm.has(key) {
                         nm.take_any(key);
                         cx.warn(&join(&path, key), "not supported by berth yet; ignored");
