@@ -269,10 +269,14 @@ fn volumes_from_links_cgroup_parent_and_annotations() {
     networks: {{default: {{mac_address: '02-42-ac-11-ff-02'}}}}
   twonets:
     image: busybox:local
-    command: [sh, -c, 'echo $$(ls /sys/class/net); ip route | grep default; ip addr show lan0 | grep 169.254']
+    command: [sh, -c, 'echo $$(ls /sys/class/net); ip route | grep default; ip addr show lan0 | grep 169.254; echo martians=$$(cat /proc/sys/net/ipv4/conf/lan0/log_martians)']
     networks:
       default: {{}}
-      side: {{interface_name: lan0, gw_priority: 5, link_local_ips: [169.254.8.8]}}
+      side:
+        interface_name: lan0
+        gw_priority: 5
+        link_local_ips: [169.254.8.8]
+        driver_opts: {{com.docker.network.endpoint.sysctls: 'net.ipv4.conf.IFNAME.log_martians=1'}}
   grouped:
     image: busybox:local
     command: [sleep, '600']
@@ -338,8 +342,9 @@ networks:
     let (ok, out, err) = run(&f, "netmac");
     assert!(ok && out.trim() == "02:42:ac:11:ff:02", "{out}{err}");
 
-    // interface_name, gw_priority and link_local_ips: the second network's interface
-    // has its name and its link-local address, and carries the default route.
+    // interface_name, gw_priority, link_local_ips and the endpoint sysctls option: the
+    // second network's interface has its name, its link-local address and its sysctl,
+    // and carries the default route.
     let (ok, out, err) = run(&f, "twonets");
     assert!(ok, "{out}{err}");
     assert!(out.contains("eth0 lan0 lo"), "{out}{err}");
@@ -348,6 +353,7 @@ networks:
         "{out}{err}"
     );
     assert!(out.contains("inet 169.254.8.8/16"), "{out}{err}");
+    assert!(out.contains("martians=1"), "{out}{err}");
 
     // cgroup_parent: the container's cgroup is under it, not under berth's parent.
     let full_id = std::fs::read_dir(f.state().join("containers"))

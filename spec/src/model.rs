@@ -562,6 +562,10 @@ pub struct ServiceNetwork {
     /// More addresses of the interface, link-local (169.254.0.0/16 or fe80::/10).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub link_local_ips: Vec<String>,
+    /// Endpoint options: `com.docker.network.endpoint.sysctls` (and `.ifname`) act;
+    /// others, which only Docker's network drivers read, are kept with a warning.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

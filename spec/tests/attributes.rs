@@ -710,6 +710,7 @@ fn attribute_errors() {
         ("pre_start: [{comand: x}]", "-: services.s.pre_start[0].comand: unknown attribute; did you mean \"command\"?"),
         ("post_start: {command: x}", "-: services.s.post_start: expected a list, found a mapping"),
         ("networks: {back: {link_local_ips: [10.0.0.1]}}", "-: services.s.networks.back.link_local_ips[0]: \"10.0.0.1\" is not a link-local address (169.254.0.0/16 or fe80::/10)"),
+        ("networks: {back: {driver_opts: {com.docker.network.endpoint.sysctls: 'kernel.panic=1'}}}", "-: services.s.networks.back.driver_opts.com.docker.network.endpoint.sysctls: \"kernel.panic=1\" is not a network sysctl: write net.KEY=VALUE (IFNAME stands for the interface), comma-separated"),
         ("networks: {front: {interface_name: 'a/b'}}", "-: services.s.networks.front.interface_name: invalid interface name \"a/b\": 1 to 15 characters, without '/', ':' or spaces, and not lo"),
         ("networks: {front: {interface_name: x}, back: {interface_name: x}}", "-: services.s.networks.front.interface_name: \"x\" is also network \"back\"'s interface name; give each its own"),
         ("network_mode: 'service:other'\nports: ['80:80']", "-: services.s.ports: cannot publish ports with network_mode: service:other; remove ports or network_mode"),

@@ -64,6 +64,9 @@ pub struct Interface {
     /// `link_local_ips`: more addresses of the interface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub link_local: Vec<std::net::IpAddr>,
+    /// `driver_opts: {com.docker.network.endpoint.sysctls: ...}`, `IFNAME` replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<(String, String)>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -152,12 +155,14 @@ impl NetworkManager {
                 // As before IPv6 existed here: a network without enable_ipv6 ignores it.
                 (None, _) => None,
             };
+            let ifname = opts
+                .interface_name
+                .clone()
+                .unwrap_or_else(|| format!("eth{i}"));
+            let sysctls = endpoint_sysctls(opts, &ifname);
             interfaces.push(Interface {
                 network: name.clone(),
-                ifname: opts
-                    .interface_name
-                    .clone()
-                    .unwrap_or_else(|| format!("eth{i}")),
+                ifname: ifname.clone(),
                 host_veth: names::veth_host(&self.cfg.prefix, &req.container_id, name),
                 address,
                 prefix_len: net.addressing.subnet.prefix_len(),
@@ -169,6 +174,7 @@ impl NetworkManager {
                     .iter()
                     .filter_map(|ip| ip.parse().ok())
                     .collect(),
+                sysctls,
             });
         }
         let hostname = req
@@ -291,6 +297,7 @@ impl NetworkManager {
                 ifname: itf.ifname.clone(),
                 mac: itf.mac,
                 link_local: itf.link_local.clone(),
+                sysctls: itf.sysctls.clone(),
                 address: itf.address,
                 prefix_len: itf.prefix_len,
                 default_via: (route_via == Some(i)).then_some(net.addressing.gateway),
@@ -377,6 +384,21 @@ impl NetworkManager {
         }
         Ok(())
     }
+}
+
+/// The endpoint sysctls a service network asks for (`driver_opts:
+/// {com.docker.network.endpoint.sysctls: "net.ipv4.conf.IFNAME.log_martians=1,..."}`),
+/// `IFNAME` made the interface's name.
+fn endpoint_sysctls(opts: &ServiceNetwork, ifname: &str) -> Vec<(String, String)> {
+    opts.driver_opts
+        .get("com.docker.network.endpoint.sysctls")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|item| item.trim().split_once('='))
+                .map(|(k, v)| (k.trim().replace("IFNAME", ifname), v.trim().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `02:42:ac:11:00:02` (or with `-`) as bytes; the loader has checked the form.

@@ -307,6 +307,46 @@ pub(super) fn link_local_ip(cx: &mut Cx, n: Node) -> Option<String> {
     })
 }
 
+/// The endpoint option berth acts on: network sysctls of the interface.
+pub const ENDPOINT_SYSCTLS: &str = "com.docker.network.endpoint.sysctls";
+/// The endpoint option that names the interface (as `interface_name`).
+pub const ENDPOINT_IFNAME: &str = "com.docker.network.endpoint.ifname";
+
+/// A service network's `driver_opts`: the sysctls option is checked (comma-separated
+/// `net.*` settings, `IFNAME` standing for the interface), the interface name too;
+/// any other option means something only to one of Docker's drivers: kept, warned.
+pub(super) fn endpoint_opts(cx: &mut Cx, n: Node) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in cx.list_or_map(n) {
+        let v = v.unwrap_or_default();
+        let path = crate::diag::join(n.path, &k);
+        match k.as_str() {
+            ENDPOINT_SYSCTLS => {
+                for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                    let ok = item.split_once('=').is_some_and(|(key, _)| {
+                        key.starts_with("net.")
+                            && !key.contains('/')
+                            && key.split('.').all(|c| !c.is_empty() && c != "..")
+                    });
+                    if !ok {
+                        cx.error(
+                            &path,
+                            format!("{item:?} is not a network sysctl: write net.KEY=VALUE (IFNAME stands for the interface), comma-separated"),
+                        );
+                    }
+                }
+            }
+            ENDPOINT_IFNAME => {}
+            _ => cx.warn(
+                &path,
+                "an option of Docker's network drivers: berth's bridge does not read it; kept, ignored",
+            ),
+        }
+        out.insert(k, v);
+    }
+    out
+}
+
 /// `cgroup_parent`: a cgroup path below the cgroup root, without `..`.
 pub(super) fn cgroup_parent(cx: &mut Cx, n: Node) -> Option<String> {
     cx.parsed(n, |s| {

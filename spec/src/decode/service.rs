@@ -1239,7 +1239,7 @@ fn networks(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, ServiceNetwork>> {
                 let path = join(n.path, &name);
                 let node = Node { value, path: &path };
                 let Some(mut nm) = cx.map(node) else { continue };
-                let net = ServiceNetwork {
+                let mut net = ServiceNetwork {
                     aliases: nm
                         .get(cx, "aliases", |cx, n| Some(cx.strings(n)))
                         .unwrap_or_default(),
@@ -1254,12 +1254,13 @@ fn networks(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, ServiceNetwork>> {
                             Some(cx.each(n, host::link_local_ip))
                         })
                         .unwrap_or_default(),
+                    driver_opts: nm
+                        .get(cx, "driver_opts", |cx, n| Some(host::endpoint_opts(cx, n)))
+                        .unwrap_or_default(),
                 };
-                for key in ["driver_opts"] {
-                    if nm.has(key) {
-                        nm.take_any(key);
-                        cx.warn(&join(&path, key), "not supported by berth yet; ignored");
-                    }
+                // Docker's older way to name the interface.
+                if net.interface_name.is_none() {
+                    net.interface_name = net.driver_opts.get(host::ENDPOINT_IFNAME).cloned();
                 }
                 nm.ignore_extensions(cx);
                 nm.finish(cx);
@@ -1282,13 +1283,6 @@ fn networks(cx: &mut Cx, n: Node) -> Option<BTreeMap<String, ServiceNetwork>> {
         }
     }
     Some(out)
-}
-
-impl MapReader<'_> {
-    /// Marks a key read without decoding it (for keys that are only warned about).
-    fn take_any(&mut self, key: &'static str) {
-        let _ = self.take(key);
-    }
 }
 
 fn ipv4(s: &str) -> Result<String, String> {
