@@ -420,8 +420,9 @@ fn attached_up_streams_prefixed_output_and_exit_code_from() {
     f.ok(&["down"]);
 }
 
-#[test]
-fn pull_policies_with_an_age_pull_again_once_the_image_is_older() {
+/// A registry of this test's own holding the busybox test image as
+/// `tools/busybox:1`, and that image's full name.
+fn registry_with_busybox() -> (testkit::registry::Registry, String) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let tar = testkit::busybox_rootfs_tar(&tmp.path().join("img")).expect("rootfs tar");
     let layout = tmp.path().join("layout");
@@ -431,6 +432,12 @@ fn pull_policies_with_an_age_pull_again_once_the_image_is_older() {
         .push_layout(&layout, "1", "tools/busybox:1", None)
         .expect("push");
     let image = format!("{}/tools/busybox:1", registry.addr);
+    (registry, image)
+}
+
+#[test]
+fn pull_policies_with_an_age_pull_again_once_the_image_is_older() {
+    let (registry, image) = registry_with_busybox();
     let compose = |policy: &str| {
         format!(
             "services:\n  svc:\n    image: {image}\n    {policy}\n    command: [\"{SLEEPER}\"]\n"
@@ -465,15 +472,7 @@ fn pull_policies_with_an_age_pull_again_once_the_image_is_older() {
 
 #[test]
 fn up_pulls_missing_images_and_kill_rm_events_images_work() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let tar = testkit::busybox_rootfs_tar(&tmp.path().join("img")).expect("rootfs tar");
-    let layout = tmp.path().join("layout");
-    testkit::oci::oci_layout(&tar, &layout, "1").expect("layout");
-    let registry = testkit::registry::Registry::start().expect("registry");
-    registry
-        .push_layout(&layout, "1", "tools/busybox:1", None)
-        .expect("push");
-    let image = format!("{}/tools/busybox:1", registry.addr);
+    let (registry, image) = registry_with_busybox();
     // The test image's entrypoint is `/bin/sh -c`: the command is the script.
     let compose = format!("services:\n  svc:\n    image: {image}\n    command: [\"{SLEEPER}\"]\n");
     let mut f = Fixture::new("pull", &compose);
