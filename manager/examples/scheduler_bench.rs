@@ -231,6 +231,7 @@ fn build(shape: &Shape) -> Built {
                     deps_seen: BTreeMap::new(),
                     node: None,
                     for_node: None,
+                    generic_resources: Default::default(),
                 },
             );
         }
