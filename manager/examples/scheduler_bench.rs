@@ -168,6 +168,7 @@ fn build(shape: &Shape) -> Built {
                     millicpus: 64_000,
                     memory: 256 << 30,
                 },
+                generic_resources: Default::default(),
             },
         );
         ready.insert(id);
