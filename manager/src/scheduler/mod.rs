@@ -21,8 +21,9 @@
 //! 4. **Ranking** of the nodes that pass ([`rank`]): fewest tasks of the service, then
 //!    fewest tasks overall, then node id; `placement.preferences` spreads balance over a
 //!    label's values first. Deterministic: the same input gives the same plan.
-//! 5. **Dynamic filters** on the best-ranked node: reservations (cpus, memory) against
-//!    its capacity minus what its tasks reserve, its host-mode published ports,
+//! 5. **Dynamic filters** on the best-ranked node: reservations (cpus, memory,
+//!    `generic_resources` by kind) against its capacity minus what its tasks reserve,
+//!    its host-mode published ports,
 //!    `max_replicas_per_node`. A node that fails is out for the rest of the service's
 //!    group (a pass only adds to a node); one that passes takes the task, and its
 //!    counters move, so a pass never over-commits a node and the next task (of this
@@ -45,6 +46,10 @@
 //!   reserves nothing.
 //! - A task on a node the store no longer has is neither counted nor placed again:
 //!   replacing it is the node-loss logic's (the orchestrator's, `orchestrator::Nodes`).
+//! - A named generic resource kind gives each new task the first free units of the
+//!    node's list ([`Plan::units`], recorded on the task by the caller): a task's own
+//!    record, not its service, says which units it holds, so a new leader counts them
+//!    taken; a discrete kind is counted with the service's current reservation.
 //! - A published port range needs one free port of the range; which one the node took
 //!   is not recorded, so the lowest free one stands for it.
 //! - A global service's tasks are made for their node by the orchestrator (one slot per
