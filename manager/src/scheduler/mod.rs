@@ -47,9 +47,9 @@
 //! - A task on a node the store no longer has is neither counted nor placed again:
 //!   replacing it is the node-loss logic's (the orchestrator's, `orchestrator::Nodes`).
 //! - A named generic resource kind gives each new task the first free units of the
-//!    node's list ([`Plan::units`], recorded on the task by the caller): a task's own
-//!    record, not its service, says which units it holds, so a new leader counts them
-//!    taken; a discrete kind is counted with the service's current reservation.
+//!   node's list ([`Plan::units`], recorded on the task by the caller): a task's own
+//!   record, not its service, says which units it holds, so a new leader counts them
+//!   taken; a discrete kind is counted with the service's current reservation.
 //! - A published port range needs one free port of the range; which one the node took
 //!   is not recorded, so the lowest free one stands for it.
 //! - A global service's tasks are made for their node by the orchestrator (one slot per
