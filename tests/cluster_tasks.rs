@@ -1086,3 +1086,66 @@ fn a_rolling_update_on_a_cluster_keeps_every_replica_and_rolls_back_a_failing_on
     f.ok(0, &["-f", &file, "down"]);
     f.wait_rows("roll", "everything is gone", |rows| rows.is_empty());
 }
+
+#[test]
+fn generic_resources_reach_the_task_and_a_task_needing_more_stays_pending() {
+    // One node, a cluster of its own (the scheduler runs on clusters), advertising two
+    // named GPUs and a count of SSDs.
+    let mut f = Fixture::new(1);
+    f.import_busybox(0);
+    f.start_env(
+        0,
+        &[("BERTH_NODE_GENERIC_RESOURCE", "GPU=gpu-a,GPU=gpu-b,SSD=1")],
+    );
+    let addr = f.addr(0);
+    f.ok(0, &["cluster", "init", "--advertise-addr", &addr]);
+    f.wait_ready(0, 1);
+    let id = f.node_id(0);
+    let ok = poll_until(Duration::from_secs(30), || {
+        let out = f.berth(0, &["node", "inspect", &id]);
+        String::from_utf8_lossy(&out.stdout).contains("gpu-b")
+    });
+    assert!(ok, "node inspect never showed the GPUs: {}", f.log(0));
+
+    let reserve = |kind: &str, n: u32| {
+        format!(
+            "    deploy:\n      resources:\n        reservations:\n          \
+             generic_resources: [{{discrete_resource_spec: {{kind: {kind}, value: {n}}}}}]\n"
+        )
+    };
+    let file = f.compose(
+        "gen",
+        &format!(
+            "services:\n  gpu:\n    {SLEEP}\n{}  disks:\n    {SLEEP}\n{}",
+            reserve("GPU", 1),
+            reserve("SSD", 2)
+        ),
+    );
+    let file = file.to_str().expect("utf-8").to_string();
+    f.ok(0, &["-f", &file, "up", "-d"]);
+    f.wait_rows("gen", "gpu running, disks pending with the reason", |rows| {
+        rows.iter()
+            .any(|r| r.service == "gpu" && r.state == "running")
+            && rows.iter().any(|r| {
+                r.service == "disks"
+                    && r.status
+                        .contains("insufficient generic resource SSD: needs 2, more than the node has (1)")
+            })
+    });
+    let out = f.ok(
+        0,
+        &[
+            "-p",
+            "gen",
+            "exec",
+            "-T",
+            "gpu",
+            "sh",
+            "-c",
+            "echo $DOCKER_RESOURCE_GPU",
+        ],
+    );
+    assert_eq!(out.trim(), "gpu-a");
+    f.ok(0, &["-f", &file, "down"]);
+    fixture::drop_and_check(f);
+}

@@ -437,7 +437,8 @@ fn registry_with_busybox() -> (testkit::registry::Registry, String) {
 
 #[test]
 fn pull_policies_with_an_age_pull_again_once_the_image_is_older() {
-    let (registry, image) = registry_with_busybox();
+    // Kept alive (not `_`): dropping it stops the registry.
+    let (_registry, image) = registry_with_busybox();
     let compose = |policy: &str| {
         format!(
             "services:\n  svc:\n    image: {image}\n    {policy}\n    command: [\"{SLEEPER}\"]\n"
@@ -472,7 +473,8 @@ fn pull_policies_with_an_age_pull_again_once_the_image_is_older() {
 
 #[test]
 fn up_pulls_missing_images_and_kill_rm_events_images_work() {
-    let (registry, image) = registry_with_busybox();
+    // Kept alive (not `_`): dropping it stops the registry.
+    let (_registry, image) = registry_with_busybox();
     // The test image's entrypoint is `/bin/sh -c`: the command is the script.
     let compose = format!("services:\n  svc:\n    image: {image}\n    command: [\"{SLEEPER}\"]\n");
     let mut f = Fixture::new("pull", &compose);

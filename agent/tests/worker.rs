@@ -339,6 +339,7 @@ fn task(service: &str, desired: DesiredState, state: Option<TaskState>) -> Task 
         deps_seen: BTreeMap::new(),
         node: None,
         for_node: None,
+        generic_resources: Default::default(),
     }
 }
 

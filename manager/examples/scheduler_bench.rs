@@ -168,6 +168,7 @@ fn build(shape: &Shape) -> Built {
                     millicpus: 64_000,
                     memory: 256 << 30,
                 },
+                generic_resources: Default::default(),
             },
         );
         ready.insert(id);
@@ -231,6 +232,7 @@ fn build(shape: &Shape) -> Built {
                     deps_seen: BTreeMap::new(),
                     node: None,
                     for_node: None,
+                    generic_resources: Default::default(),
                 },
             );
         }

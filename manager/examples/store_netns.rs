@@ -294,6 +294,7 @@ fn record(key: &str) -> NodeRecord {
         availability: Default::default(),
         platform: Default::default(),
         capacity: Default::default(),
+        generic_resources: Default::default(),
     }
 }
 

@@ -289,6 +289,7 @@ pub fn plan_up(state: &State, name: &str, req: &UpRequest, nodes: &Nodes) -> UpP
                 deps_seen: BTreeMap::new(),
                 node: None,
                 for_node: None,
+                generic_resources: Default::default(),
             };
             if let Some(on) = nodes.global.get(&(name.to_string(), svc_name.clone())) {
                 let by_slot = by_slot(&of_service);

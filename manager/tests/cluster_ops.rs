@@ -28,6 +28,7 @@ fn node(id: &str, hostname: &str, role: NodeRole, raft_id: u64) -> NodeRecord {
         availability: Default::default(),
         platform: Default::default(),
         capacity: Default::default(),
+        generic_resources: Default::default(),
     }
 }
 

@@ -132,6 +132,7 @@ fn node(id: &str) -> NodeRecord {
         availability: Availability::Active,
         platform: Default::default(),
         capacity: Default::default(),
+        generic_resources: Default::default(),
     }
 }
 

@@ -321,6 +321,7 @@ fn on_a_cluster_the_plan_places_new_tasks_or_says_why_not() {
         availability: Availability::Active,
         platform: Default::default(),
         capacity: Default::default(),
+        generic_resources: Default::default(),
     };
     let mut s = State::default();
     s.nodes.insert("n1".into(), node("n1", "web"));

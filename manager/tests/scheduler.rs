@@ -11,6 +11,7 @@ use manager::state::model::{Availability, Capacity, NodeRecord, Platform};
 use pki::NodeRole;
 use proptest::prelude::*;
 use serde_json::json;
+use spec::generic::Units;
 use spec::model::{Service, Stack};
 use spec::task::{DesiredState, StackRecord, Task, TaskState, TaskStatus};
 
@@ -50,6 +51,7 @@ impl World {
                     millicpus: 4000,
                     memory: 8 * GIB,
                 },
+                generic_resources: Default::default(),
             },
         );
         self
@@ -126,6 +128,7 @@ impl World {
                 deps_seen: BTreeMap::new(),
                 node: node.map(Into::into),
                 for_node: None,
+                generic_resources: Default::default(),
             },
         );
         self
@@ -149,6 +152,13 @@ impl World {
     /// A running task of `service` already on `node` (slot numbers from 100 up).
     fn running(self, service: &str, slot: u32, node: &str) -> Self {
         self.task("app", service, 100 + slot, Some(node), TaskState::Running)
+    }
+
+    /// Records that task `id` holds named units of `kind`.
+    fn with_units(mut self, id: &str, kind: &str, units: &[&str]) -> Self {
+        let t = self.tasks.get_mut(id).expect("task defined");
+        t.generic_resources.insert(kind.into(), strings(units));
+        self
     }
 
     fn plan(&self) -> Plan {
@@ -751,6 +761,120 @@ fn only_unassigned_running_tasks_are_scheduled() {
 }
 
 // ---- properties ----
+
+/// `reservations.generic_resources` of `kind`, `n` units.
+fn generic(kind: &str, n: u64) -> serde_json::Value {
+    json!({"deploy": {"resources": {"reservations": {"generic_resources": [
+        {"discrete_resource_spec": {"kind": kind, "value": n}}
+    ]}}}})
+}
+
+fn named(units: &[&str]) -> Units {
+    Units::Named(strings(units))
+}
+
+#[test]
+fn generic_resources_place_tasks_on_the_nodes_that_have_them() {
+    let w = World::default()
+        .node("a")
+        .node("b")
+        .node("c")
+        .with("b", |n| {
+            n.generic_resources.insert("SSD".into(), Units::Discrete(3));
+        })
+        .with("c", |n| {
+            n.generic_resources
+                .insert("NVIDIA-GPU".into(), named(&["GPU-1", "GPU-2"]));
+        })
+        .service("ssd", generic("SSD", 2), 2)
+        .service("gpu", generic("NVIDIA-GPU", 1), 3);
+    let plan = w.plan();
+    // Only b has SSDs; after one task, 1 of its 3 is free.
+    assert_eq!(placements(&plan, "ssd", 2), strings(&["b", "-"]));
+    assert_eq!(
+        reason(&plan, "app-ssd-2.1"),
+        "no suitable node (3 nodes: insufficient generic resource SSD: needs 2, at most 1 free)"
+    );
+    // Discrete kinds give no units; named ones give each task its own.
+    assert!(!plan.units.contains_key("app-ssd-1.1"));
+    assert_eq!(placements(&plan, "gpu", 3), strings(&["c", "c", "-"]));
+    assert_eq!(
+        plan.units["app-gpu-1.1"],
+        BTreeMap::from([("NVIDIA-GPU".to_string(), strings(&["GPU-1"]))])
+    );
+    assert_eq!(
+        plan.units["app-gpu-2.1"],
+        BTreeMap::from([("NVIDIA-GPU".to_string(), strings(&["GPU-2"]))])
+    );
+    assert_eq!(
+        reason(&plan, "app-gpu-3.1"),
+        "no suitable node (3 nodes: insufficient generic resource NVIDIA-GPU: needs 1, at most 0 free)"
+    );
+    // apply records the units on the task.
+    let mut tasks = w.tasks.clone();
+    apply(&mut tasks, &plan);
+    assert_eq!(
+        tasks["app-gpu-2.1"].generic_resources["NVIDIA-GPU"],
+        strings(&["GPU-2"])
+    );
+}
+
+#[test]
+fn generic_resources_pending_reasons_name_the_kind_and_what_is_free() {
+    let w = World::default()
+        .node("b")
+        .with("b", |n| {
+            n.generic_resources.insert("SSD".into(), Units::Discrete(3));
+        })
+        .service("ssd", generic("SSD", 2), 0)
+        .running("ssd", 1, "b")
+        .service("more", generic("SSD", 2), 1)
+        .service("gpu", generic("GPU", 1), 1)
+        .service("many", generic("SSD", 4), 1);
+    let plan = w.plan();
+    assert_eq!(
+        reason(&plan, "app-more-1.1"),
+        "no suitable node (1 node: insufficient generic resource SSD: needs 2, 1 free of 3)"
+    );
+    assert_eq!(
+        reason(&plan, "app-gpu-1.1"),
+        "no suitable node (1 node: insufficient generic resource GPU: needs 1, the node has none)"
+    );
+    assert_eq!(
+        reason(&plan, "app-many-1.1"),
+        "no suitable node (1 node: insufficient generic resource SSD: needs 4, more than the node has (3))"
+    );
+}
+
+#[test]
+fn named_units_are_never_given_twice_and_free_again_when_their_task_ends() {
+    let w = World::default()
+        .node("c")
+        .with("c", |n| {
+            n.generic_resources
+                .insert("GPU".into(), named(&["g1", "g2", "g3"]));
+        })
+        .service("gpu", generic("GPU", 1), 2)
+        // A running task holds g2 (as its record says, whatever its service reserves
+        // now); a task that has ended held g1, which is free again.
+        .running("gpu", 1, "c")
+        .task("app", "gpu", 102, Some("c"), TaskState::Complete)
+        .with_units("app-gpu-101.1", "GPU", &["g2"])
+        .with_units("app-gpu-102.1", "GPU", &["g1"]);
+    let plan = w.plan();
+    assert_eq!(placements(&plan, "gpu", 2), strings(&["c", "c"]));
+    assert_eq!(plan.units["app-gpu-1.1"]["GPU"], strings(&["g1"]));
+    assert_eq!(plan.units["app-gpu-2.1"]["GPU"], strings(&["g3"]));
+
+    // A new pass sees what the last one recorded: no unit is left for a third task.
+    let mut w = w.service("gpu2", generic("GPU", 1), 1);
+    apply(&mut w.tasks, &plan);
+    let plan = w.plan();
+    assert_eq!(
+        reason(&plan, "app-gpu2-1.1"),
+        "no suitable node (1 node: insufficient generic resource GPU: needs 1, 0 free of 3)"
+    );
+}
 
 /// A random cluster: nodes with a tier label (or none), some capacity, maybe paused or
 /// not ready; services with a constraint on the tier, reservations, a cap per node.

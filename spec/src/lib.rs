@@ -14,6 +14,7 @@ pub(crate) mod decode;
 pub mod devices;
 pub mod diag;
 pub mod dotenv;
+pub mod generic;
 pub mod interpolate;
 mod load;
 mod merge;

@@ -729,9 +729,32 @@ pub struct ResourceSet {
     /// Devices by kind (GPUs): reservations only, made into CDI devices.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceRequest>,
-    /// `generic_resources` is carried, not acted on.
-    #[serde(flatten)]
-    pub unsupported: BTreeMap<String, Raw>,
+    /// Swarm's generic resources (reservations only): how many units of each kind a
+    /// task needs of its node (`berth daemon --node-generic-resource`).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        with = "serde_norway::with::singleton_map_recursive"
+    )]
+    pub generic_resources: Vec<GenericResource>,
+}
+
+/// One entry of `generic_resources`, in Compose's (and Swarm's) two forms: a count of a
+/// kind (`discrete_resource_spec`), or one named unit (`named_resource_spec`, what a node
+/// advertises; a service reserves counts, so the loader refuses it there, as Swarm does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenericResource {
+    DiscreteResourceSpec { kind: String, value: u64 },
+    NamedResourceSpec { kind: String, value: String },
+}
+
+impl GenericResource {
+    pub fn kind(&self) -> &str {
+        match self {
+            GenericResource::DiscreteResourceSpec { kind, .. }
+            | GenericResource::NamedResourceSpec { kind, .. } => kind,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

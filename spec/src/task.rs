@@ -382,6 +382,11 @@ pub struct Task {
     /// (till then it is pending, with the reason, as any other).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_node: Option<String>,
+    /// The named generic resource units the scheduler gave it with its node, by kind
+    /// (its container sees them in `DOCKER_RESOURCE_<KIND>`): recorded in the task, so a
+    /// new leader knows which units are taken, and free again once the task has ended.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generic_resources: BTreeMap<String, Vec<String>>,
 }
 
 impl Task {

@@ -358,6 +358,18 @@ fn resources_and_limits() {
         ("extra_hosts: {db: 10.0.0.5}", "
   extra_hosts:
   - db=10.0.0.5"),
+        ("deploy: {resources: {reservations: {generic_resources: [{discrete_resource_spec: {kind: SSD, value: 2}}, {discrete_resource_spec: {kind: NVIDIA-GPU, value: 1}}]}}}", "
+  deploy:
+    mode: replicated
+    resources:
+      reservations:
+        generic_resources:
+        - discrete_resource_spec:
+            kind: SSD
+            value: 2
+        - discrete_resource_spec:
+            kind: NVIDIA-GPU
+            value: 1"),
     ]);
 }
 
@@ -714,6 +726,13 @@ fn attribute_errors() {
         ("networks: {front: {interface_name: 'a/b'}}", "-: services.s.networks.front.interface_name: invalid interface name \"a/b\": 1 to 15 characters, without '/', ':' or spaces, and not lo"),
         ("networks: {front: {interface_name: x}, back: {interface_name: x}}", "-: services.s.networks.front.interface_name: \"x\" is also network \"back\"'s interface name; give each its own"),
         ("network_mode: 'service:other'\nports: ['80:80']", "-: services.s.ports: cannot publish ports with network_mode: service:other; remove ports or network_mode"),
+        ("deploy: {resources: {reservations: {generic_resources: [{discrete_resource_spec: {kind: SSD, value: 0}}]}}}", "-: services.s.deploy.resources.reservations.generic_resources[0].discrete_resource_spec.value: 0 is out of range (1-9223372036854775807)"),
+        ("deploy: {resources: {reservations: {generic_resources: [{discrete_resource_spec: {value: 1}}]}}}", "-: services.s.deploy.resources.reservations.generic_resources[0].discrete_resource_spec.kind: missing: a generic resource needs its kind, like SSD"),
+        ("deploy: {resources: {reservations: {generic_resources: [{discrete_resource_spec: {kind: 'a=b', value: 1}}]}}}", "-: services.s.deploy.resources.reservations.generic_resources[0].discrete_resource_spec.kind: invalid generic resource kind \"a=b\": '=' is not allowed in a kind"),
+        ("deploy: {resources: {reservations: {generic_resources: [{named_resource_spec: {kind: GPU, value: GPU-1}}]}}}", "-: services.s.deploy.resources.reservations.generic_resources[0].named_resource_spec: a service reserves a count of a kind, not a named unit: write discrete_resource_spec: {kind: GPU, value: 1} (named units are what a node advertises: berth daemon --node-generic-resource)"),
+        ("deploy: {resources: {reservations: {generic_resources: [{discrete_resource_spec: {kind: SSD, value: 1}}, {discrete_resource_spec: {kind: SSD, value: 2}}]}}}", "-: services.s.deploy.resources.reservations.generic_resources[1]: generic resource SSD is reserved twice; reserve it once, with the total"),
+        ("deploy: {resources: {limits: {generic_resources: [{discrete_resource_spec: {kind: SSD, value: 1}}]}}}", "-: services.s.deploy.resources.limits.generic_resources: generic resources are reserved, not limited: move them under deploy.resources.reservations"),
+        ("deploy: {resources: {reservations: {generic_resources: [{discrete_resource_spec: {kind: SSD, valeu: 1}}]}}}", "-: services.s.deploy.resources.reservations.generic_resources[0].discrete_resource_spec.valeu: unknown attribute; did you mean \"value\"?"),
     ];
     let mut failures = Vec::new();
     for (attrs, want) in cases {

@@ -87,6 +87,9 @@ fn warn_without_nft() {
 pub struct Options {
     /// Where git-ops webhooks are served (None: nowhere).
     pub webhook_listen: Option<std::net::SocketAddr>,
+    /// What `--node-generic-resource` advertises (sent with heartbeats, so it counts
+    /// once this node is in a cluster, where the scheduler runs).
+    pub generic_resources: spec::generic::Inventory,
 }
 
 pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram, opts: &Options) -> anyhow::Result<()> {
@@ -120,7 +123,14 @@ pub fn run(state_dir: &Path, shim: agent::shim::ShimProgram, opts: &Options) -> 
     match cluster {
         Some((config, creds)) if config.role == NodeRole::Worker => {
             let net = open_network(state_dir)?;
-            let result = rt.block_on(run_worker(state_dir, shim, net.clone(), config, creds));
+            let result = rt.block_on(run_worker(
+                state_dir,
+                shim,
+                net.clone(),
+                config,
+                creds,
+                opts,
+            ));
             drop(rt);
             drop(net);
             result
@@ -157,7 +167,9 @@ async fn run_manager(
     opts: &Options,
 ) -> anyhow::Result<()> {
     let manager_dir = state_dir.join("manager");
-    let daemon: Arc<dyn Daemon> = Arc::new(process::ThisDaemon);
+    let daemon: Arc<dyn Daemon> = Arc::new(process::ThisDaemon {
+        generic_resources: opts.generic_resources.clone(),
+    });
     let mut member: Option<Arc<Member>> = None;
     let store = match &cluster {
         // A Raft group of one voter in <state>/manager/raft (a state.json of an older
@@ -479,6 +491,7 @@ async fn run_worker(
     net: Arc<overlay_net::NetworkManager>,
     config: ClusterConfig,
     creds: pki::NodeCredentials,
+    opts: &Options,
 ) -> anyhow::Result<()> {
     eprintln!(
         "berth daemon: worker {} of cluster {}",
@@ -489,7 +502,9 @@ async fn run_worker(
         state_dir.to_path_buf(),
         config.clone(),
         creds.clone(),
-        Arc::new(process::ThisDaemon),
+        Arc::new(process::ThisDaemon {
+            generic_resources: opts.generic_resources.clone(),
+        }),
     ));
     let tls = manager::port::http_client_config(&creds, &pki::DenyList::new())
         .context("make the cluster client's TLS settings")?;

@@ -9,8 +9,11 @@ use manager::cluster::{Call, CallError, Daemon};
 use manager::state::store::Store;
 
 /// This `berth daemon` process.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ThisDaemon;
+#[derive(Debug, Clone, Default)]
+pub struct ThisDaemon {
+    /// What `--node-generic-resource` advertises.
+    pub generic_resources: spec::generic::Inventory,
+}
 
 impl Daemon for ThisDaemon {
     fn call(
@@ -36,6 +39,13 @@ impl Daemon for ThisDaemon {
 
     fn restart(&self, store: Option<Arc<Store>>) {
         restart_daemon(store);
+    }
+
+    fn report(&self) -> manager::cluster::membership::NodeReport {
+        manager::cluster::membership::NodeReport {
+            generic_resources: self.generic_resources.clone(),
+            ..manager::cluster::membership::NodeReport::of_this_host()
+        }
     }
 }
 

@@ -169,6 +169,7 @@ mod tests {
             deps_seen: Default::default(),
             node: node.map(str::to_string),
             for_node: None,
+            generic_resources: Default::default(),
         }
     }
 

@@ -51,13 +51,19 @@ impl Fixture {
 
     /// Starts (or restarts) host `i`'s daemon and waits until it answers.
     pub fn start(&mut self, i: usize) {
+        self.start_env(i, &[]);
+    }
+
+    /// Starts (or restarts) host `i`'s daemon with `env` added to its environment.
+    pub fn start_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let prefix = self.hosts.prefix().to_string();
         let mut cmd = Command::new(BERTH);
         cmd.arg("--state-dir")
             .arg(self.state(i))
             .arg("daemon")
             .env("BERTH_NET_PREFIX", NET_PREFIX)
-            .env("BERTH_CGROUP_PARENT", format!("{prefix}-{i}"));
+            .env("BERTH_CGROUP_PARENT", format!("{prefix}-{i}"))
+            .envs(env.iter().copied());
         let p = self.hosts.host(i).spawn(cmd).expect("start a daemon");
         self.daemons[i] = Some(p);
         let ok = poll_until(Duration::from_secs(20), || {

@@ -326,6 +326,13 @@ impl Executor {
         // The id names directories that are removed and written below (the bundle,
         // the image pin) before the shim checks it: a plain name or nothing.
         crate::runtime::check_id(&task.id)?;
+        let with_units;
+        let service = if task.generic_resources.is_empty() {
+            service
+        } else {
+            with_units = with_generic_units(service, task);
+            &with_units
+        };
         let image_name = service
             .image
             .as_deref()
@@ -928,4 +935,41 @@ fn links(service: &Service) -> Vec<(String, String)> {
         })
         .filter(|(alias, target)| alias != target)
         .collect()
+}
+
+/// The service as its task runs it: with `DOCKER_RESOURCE_<KIND>=<unit>[,<unit>...]`
+/// for the named generic resource units the scheduler gave the task (Swarm's variables,
+/// over any of the same name the service sets).
+fn with_generic_units(service: &Service, task: &Task) -> Service {
+    let mut service = service.clone();
+    for (kind, units) in &task.generic_resources {
+        let (k, v) = ::spec::generic::env_var(kind, units);
+        service.environment.insert(k, Some(v));
+    }
+    service
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_given_named_units_sees_them_in_docker_resource_variables() {
+        let service = Service {
+            environment: BTreeMap::from([(
+                "DOCKER_RESOURCE_GPU".to_string(),
+                Some("mine".to_string()),
+            )]),
+            ..Service::default()
+        };
+        let task: Task = serde_json::from_value(serde_json::json!({
+            "id": "s-web-1.1", "stack": "s", "service": "web", "slot": 1, "generation": 1,
+            "spec_hash": "h", "desired": "running", "created_at": 0,
+            "generic_resources": {"GPU": ["g1", "g3"], "NVIDIA-GPU": ["GPU-1"]},
+        }))
+        .expect("a task");
+        let env = with_generic_units(&service, &task).environment;
+        assert_eq!(env["DOCKER_RESOURCE_GPU"].as_deref(), Some("g1,g3"));
+        assert_eq!(env["DOCKER_RESOURCE_NVIDIA-GPU"].as_deref(), Some("GPU-1"));
+    }
 }

@@ -253,6 +253,7 @@ mod tests {
             deps_seen: BTreeMap::new(),
             node: None,
             for_node: None,
+            generic_resources: Default::default(),
         };
         let service = Service {
             image: Some("app".into()),

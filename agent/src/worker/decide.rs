@@ -114,6 +114,7 @@ mod tests {
             deps_seen: Default::default(),
             node: None,
             for_node: None,
+            generic_resources: Default::default(),
         }
     }
 

@@ -202,6 +202,7 @@ fn report() -> NodeReport {
             millicpus: 4000,
             memory: 8 << 30,
         },
+        generic_resources: Default::default(),
     }
 }
 

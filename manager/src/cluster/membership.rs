@@ -232,7 +232,7 @@ pub async fn worker_loop(
         }
     };
     let mut config = config;
-    let report = NodeReport::of_this_host();
+    let report = daemon.report();
     let mut managers: Vec<String> = config.managers.iter().map(|m| m.2.clone()).collect();
     let mut next = 0usize;
     let mut last_error: Option<String> = None;
@@ -310,7 +310,7 @@ pub async fn worker_loop(
 /// manager that cannot reach the leader is, for the cluster, down: its tasks are better
 /// run where the leader can see them).
 pub async fn manager_heartbeats(member: Arc<Member>) {
-    let report = NodeReport::of_this_host();
+    let report = member.daemon.report();
     let me = member.node_id().to_string();
     loop {
         let started = Instant::now();
@@ -360,11 +360,15 @@ pub fn heard_from(member: &Member, id: &str) -> Heartbeat {
 pub struct NodeReport {
     pub platform: Platform,
     pub capacity: Capacity,
+    /// What `--node-generic-resource` advertises (a berth from before sends none).
+    #[serde(default)]
+    pub generic_resources: spec::generic::Inventory,
 }
 
 impl NodeReport {
     /// This machine: its os and architecture in Go's names, its CPUs (as millicores)
-    /// and its memory.
+    /// and its memory (no generic resources: those are the daemon's flags, added by
+    /// [`crate::cluster::Daemon::report`]).
     pub fn of_this_host() -> NodeReport {
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
@@ -386,6 +390,7 @@ impl NodeReport {
                 millicpus: cpus * 1000,
                 memory,
             },
+            generic_resources: Default::default(),
         }
     }
 }
@@ -400,9 +405,11 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 /// Whether node `id`'s report differs from its record (a read, no write).
 pub fn report_differs(member: &Member, id: &str, report: &NodeReport) -> bool {
     member.store.read(|s| {
-        s.nodes
-            .get(id)
-            .is_some_and(|n| n.platform != report.platform || n.capacity != report.capacity)
+        s.nodes.get(id).is_some_and(|n| {
+            n.platform != report.platform
+                || n.capacity != report.capacity
+                || n.generic_resources != report.generic_resources
+        })
     })
 }
 
@@ -415,6 +422,7 @@ pub fn record_report(member: &Member, id: &str, report: &NodeReport) {
         if let Some(n) = s.nodes.get_mut(id) {
             n.platform = report.platform.clone();
             n.capacity = report.capacity;
+            n.generic_resources = report.generic_resources.clone();
         }
         Ok(())
     });

@@ -59,6 +59,12 @@ pub trait Daemon: Send + Sync + 'static {
     /// answer had time to reach the caller. Containers keep running (they are the
     /// shims'); `store`'s Raft node is stopped first so its log is closed cleanly.
     fn restart(&self, store: Option<Arc<Store>>);
+
+    /// What this node says of itself with each heartbeat: this machine's platform and
+    /// size, and the generic resources the daemon was told to advertise.
+    fn report(&self) -> membership::NodeReport {
+        membership::NodeReport::of_this_host()
+    }
 }
 
 /// One request of [`Daemon::call`].

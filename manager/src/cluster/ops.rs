@@ -339,6 +339,7 @@ pub fn init(
         availability: Default::default(),
         platform: Default::default(),
         capacity: Default::default(),
+        generic_resources: Default::default(),
     };
     store.update(|s| {
         record_init(s, record.clone(), node.clone());
@@ -385,6 +386,7 @@ pub fn undo_init(s: &mut State) -> bool {
     s.nodes.clear();
     for t in s.tasks.values_mut() {
         t.node = None;
+        t.generic_resources.clear();
     }
     true
 }
@@ -441,6 +443,7 @@ pub fn admit_node(
             availability: Default::default(),
             platform: Default::default(),
             capacity: Default::default(),
+            generic_resources: Default::default(),
         },
     );
     Ok(raft_id)
@@ -1205,6 +1208,7 @@ mod tests {
                         availability: Default::default(),
                         platform: Default::default(),
                         capacity: Default::default(),
+                        generic_resources: Default::default(),
                     },
                 );
                 s.tasks.get_mut("s-web-1.1").unwrap().node = Some("n".into());

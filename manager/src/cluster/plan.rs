@@ -106,6 +106,7 @@ mod tests {
             availability: Default::default(),
             platform: Default::default(),
             capacity: Default::default(),
+            generic_resources: Default::default(),
         }
     }
 

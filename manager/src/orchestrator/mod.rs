@@ -586,6 +586,7 @@ fn new_task(cx: &SlotCx, generation: u32, restarts: u32) -> Task {
         // once the node has room for it.
         node: None,
         for_node: cx.node.map(str::to_string),
+        generic_resources: Default::default(),
     }
 }
 

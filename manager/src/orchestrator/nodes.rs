@@ -221,7 +221,7 @@ fn counts_alone(service: &spec::model::Service) -> bool {
     let reserves = deploy
         .and_then(|d| d.resources.as_ref())
         .and_then(|r| r.reservations.as_ref())
-        .is_some_and(|r| r.cpus.is_some() || r.memory.is_some());
+        .is_some_and(|r| r.cpus.is_some() || r.memory.is_some() || !r.generic_resources.is_empty());
     let per_node = deploy
         .and_then(|d| d.placement.as_ref())
         .is_some_and(|p| p.max_replicas_per_node.is_some());

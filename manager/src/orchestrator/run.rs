@@ -107,6 +107,7 @@ pub fn place(state: &mut State, nodes: &Nodes) {
     for (id, node) in &plan.assignments {
         if let Some(t) = state.tasks.get_mut(id) {
             t.node = Some(node.clone());
+            t.generic_resources = plan.units.get(id).cloned().unwrap_or_default();
             t.status.message.clear();
         }
     }

@@ -56,6 +56,23 @@ impl Tally {
                     *free = (*free).max(*f);
                     *capacity = (*capacity).max(*c);
                 }
+                (
+                    Rejection::Generic {
+                        kind,
+                        free,
+                        capacity,
+                        ..
+                    },
+                    Rejection::Generic {
+                        kind: k,
+                        free: f,
+                        capacity: c,
+                        ..
+                    },
+                ) if kind == k => {
+                    *free = (*free).max(*f);
+                    *capacity = (*capacity).max(*c);
+                }
                 (a, b) if a == b => {}
                 _ => continue,
             }
@@ -82,8 +99,9 @@ fn order(why: &Rejection) -> u8 {
         Rejection::Constraint(_) => 3,
         Rejection::Cpu { .. } => 4,
         Rejection::Memory { .. } => 5,
-        Rejection::Port { .. } => 6,
-        Rejection::MaxReplicas(_) => 7,
+        Rejection::Generic { .. } => 6,
+        Rejection::Port { .. } => 7,
+        Rejection::MaxReplicas(_) => 8,
     }
 }
 
@@ -162,6 +180,27 @@ fn explain(f: &mut fmt::Formatter<'_>, why: &Rejection, nodes: u32) -> fmt::Resu
                 *needed > *capacity,
                 *capacity == 0,
             )
+        }
+        Rejection::Generic {
+            kind,
+            needed,
+            free,
+            capacity,
+        } => {
+            write!(f, "insufficient generic resource {kind}: ")?;
+            match (*capacity == 0, nodes == 1) {
+                (true, true) => write!(f, "needs {needed}, the node has none"),
+                (true, false) => write!(f, "needs {needed}, the nodes have none"),
+                (false, _) => resource(
+                    f,
+                    nodes,
+                    needed.to_string(),
+                    free.to_string(),
+                    capacity.to_string(),
+                    *needed > *capacity,
+                    false,
+                ),
+            }
         }
         Rejection::Port { protocol, range } => {
             write!(f, "host port {range}/{protocol} already in use")

@@ -10,10 +10,12 @@
 //! rejection is final for the whole service: its tasks all need the same, and a pass
 //! only ever adds to a node.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use spec::generic::Units;
 
 use spec::constraint::{spread_label, ConstraintKey};
-use spec::model::{Constraint, PortMode, PortRange, Protocol, Service};
+use spec::model::{Constraint, GenericResource, PortMode, PortRange, Protocol, Service};
 
 use crate::state::model::{Availability, NodeRecord, Platform};
 
@@ -25,6 +27,8 @@ pub(super) struct Needs<'a> {
     pub platform: Option<Platform>,
     pub millicpus: u64,
     pub memory: u64,
+    /// `generic_resources` reservations: how many units of each kind.
+    pub generic: Vec<(&'a str, u64)>,
     /// Host-mode published ports: each needs one free port of its range on the node.
     pub ports: Vec<(Protocol, PortRange)>,
     /// `max_replicas_per_node`; 0 is no limit, as in Swarm.
@@ -57,6 +61,20 @@ impl<'a> Needs<'a> {
             platform,
             millicpus: reservations.and_then(|r| r.cpus).map_or(0, millicpus_of),
             memory: reservations.and_then(|r| r.memory).unwrap_or(0),
+            generic: reservations
+                .map(|r| {
+                    r.generic_resources
+                        .iter()
+                        .filter_map(|g| match g {
+                            GenericResource::DiscreteResourceSpec { kind, value } => {
+                                Some((kind.as_str(), *value))
+                            }
+                            // Refused by the loader.
+                            GenericResource::NamedResourceSpec { .. } => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             ports: service
                 .ports
                 .iter()
@@ -126,6 +144,10 @@ pub(super) struct NodeState<'a> {
     pub tasks: u32,
     pub reserved_millicpus: u64,
     pub reserved_memory: u64,
+    /// Units of its discrete generic resources its tasks reserve, by kind.
+    pub reserved_generic: HashMap<&'a str, u64>,
+    /// Its named generic resource units its tasks hold, by kind.
+    pub taken_units: HashMap<&'a str, BTreeSet<&'a str>>,
     /// Host ports taken by its tasks.
     pub ports: HashSet<(Protocol, u16)>,
 }
@@ -139,12 +161,69 @@ impl<'a> NodeState<'a> {
             tasks: 0,
             reserved_millicpus: 0,
             reserved_memory: 0,
+            reserved_generic: HashMap::new(),
+            taken_units: HashMap::new(),
             ports: HashSet::new(),
         }
     }
 
-    /// Counts a task of a service needing `needs` as running here.
-    pub fn take(&mut self, needs: &Needs<'_>) {
+    /// Counts a task already on the node: what its service needs, and the named units
+    /// the task holds (`held`, from its record: which units are taken is the task's
+    /// to say, not its service's).
+    pub fn take_existing(&mut self, needs: &Needs<'_>, held: &BTreeMap<String, Vec<String>>) {
+        self.take_counts(needs);
+        let record: &'a NodeRecord = self.record;
+        for (kind, units) in held {
+            // Only units the node still advertises count (its flags may have changed).
+            let Some((kind, Units::Named(names))) = record.generic_resources.get_key_value(kind)
+            else {
+                continue;
+            };
+            let taken = self.taken_units.entry(kind.as_str()).or_default();
+            for name in names.iter().filter(|n| units.contains(n)) {
+                taken.insert(name.as_str());
+            }
+        }
+    }
+
+    /// Counts a new task of a service needing `needs` as running here, and gives it
+    /// the first free units of each named kind it reserves (by kind; empty if it
+    /// reserves none). The filters have checked there are enough.
+    pub fn take_new(&mut self, needs: &Needs<'_>) -> BTreeMap<String, Vec<String>> {
+        self.take_counts(needs);
+        let record: &'a NodeRecord = self.record;
+        let mut given = BTreeMap::new();
+        for (kind, n) in &needs.generic {
+            let Some((kind, Units::Named(names))) = record.generic_resources.get_key_value(*kind)
+            else {
+                continue;
+            };
+            let taken = self.taken_units.entry(kind.as_str()).or_default();
+            let units: Vec<&'a str> = names
+                .iter()
+                .map(String::as_str)
+                .filter(|u| !taken.contains(u))
+                .take(*n as usize)
+                .collect();
+            taken.extend(units.iter().copied());
+            given.insert(
+                kind.clone(),
+                units.into_iter().map(str::to_string).collect(),
+            );
+        }
+        given
+    }
+
+    /// The counters every task moves: tasks, CPU, memory, discrete kinds, ports.
+    fn take_counts(&mut self, needs: &Needs<'_>) {
+        let record: &'a NodeRecord = self.record;
+        for (kind, n) in &needs.generic {
+            if let Some((kind, Units::Discrete(_))) = record.generic_resources.get_key_value(*kind)
+            {
+                let r = self.reserved_generic.entry(kind.as_str()).or_default();
+                *r = r.saturating_add(*n);
+            }
+        }
         self.tasks += 1;
         self.reserved_millicpus = self.reserved_millicpus.saturating_add(needs.millicpus);
         self.reserved_memory = self.reserved_memory.saturating_add(needs.memory);
@@ -171,6 +250,22 @@ impl<'a> NodeState<'a> {
             .capacity
             .memory
             .saturating_sub(self.reserved_memory)
+    }
+
+    /// How many units of generic resource `kind` the node has, and how many are free.
+    fn generic(&self, kind: &str) -> (u64, u64) {
+        match self.record.generic_resources.get(kind) {
+            None => (0, 0),
+            Some(Units::Discrete(n)) => {
+                let used = self.reserved_generic.get(kind).copied().unwrap_or(0);
+                (*n, n.saturating_sub(used))
+            }
+            Some(Units::Named(names)) => {
+                let taken = self.taken_units.get(kind).map_or(0, BTreeSet::len);
+                let total = names.len() as u64;
+                (total, total.saturating_sub(taken as u64))
+            }
+        }
     }
 
     /// The node's value of a constraint's key (None: it has no such label or attribute).
@@ -213,6 +308,14 @@ pub enum Rejection {
     },
     /// Not enough unreserved memory, in bytes.
     Memory {
+        needed: u64,
+        free: u64,
+        capacity: u64,
+    },
+    /// Not enough free units of a generic resource (`capacity`: all the node has, 0
+    /// when it advertises none of the kind).
+    Generic {
+        kind: String,
         needed: u64,
         free: u64,
         capacity: u64,
@@ -292,6 +395,17 @@ pub(super) fn resources(needs: &Needs<'_>, node: &NodeState<'_>) -> Result<(), R
             free: node.free_memory(),
             capacity: node.record.capacity.memory,
         });
+    }
+    for (kind, needed) in &needs.generic {
+        let (capacity, free) = node.generic(kind);
+        if *needed > free {
+            return Err(Rejection::Generic {
+                kind: kind.to_string(),
+                needed: *needed,
+                free,
+                capacity,
+            });
+        }
     }
     Ok(())
 }

@@ -21,8 +21,9 @@
 //! 4. **Ranking** of the nodes that pass ([`rank`]): fewest tasks of the service, then
 //!    fewest tasks overall, then node id; `placement.preferences` spreads balance over a
 //!    label's values first. Deterministic: the same input gives the same plan.
-//! 5. **Dynamic filters** on the best-ranked node: reservations (cpus, memory) against
-//!    its capacity minus what its tasks reserve, its host-mode published ports,
+//! 5. **Dynamic filters** on the best-ranked node: reservations (cpus, memory,
+//!    `generic_resources` by kind) against its capacity minus what its tasks reserve,
+//!    its host-mode published ports,
 //!    `max_replicas_per_node`. A node that fails is out for the rest of the service's
 //!    group (a pass only adds to a node); one that passes takes the task, and its
 //!    counters move, so a pass never over-commits a node and the next task (of this
@@ -45,6 +46,10 @@
 //!   reserves nothing.
 //! - A task on a node the store no longer has is neither counted nor placed again:
 //!   replacing it is the node-loss logic's (the orchestrator's, `orchestrator::Nodes`).
+//! - A named generic resource kind gives each new task the first free units of the
+//!   node's list ([`Plan::units`], recorded on the task by the caller): a task's own
+//!   record, not its service, says which units it holds, so a new leader counts them
+//!   taken; a discrete kind is counted with the service's current reservation.
 //! - A published port range needs one free port of the range; which one the node took
 //!   is not recorded, so the lowest free one stands for it.
 //! - A global service's tasks are made for their node by the orchestrator (one slot per
@@ -90,6 +95,9 @@ pub struct Plan {
     pub assignments: BTreeMap<String, String>,
     /// Task id -> why no node takes it now.
     pub pending: BTreeMap<String, Pending>,
+    /// Task id (of `assignments`) -> the named generic resource units it is given on
+    /// its node, by kind; only tasks given some are listed.
+    pub units: BTreeMap<String, BTreeMap<String, Vec<String>>>,
 }
 
 /// A task the scheduler places: wanted running, on no node, not ended.
@@ -136,8 +144,8 @@ pub fn schedule(input: &Input<'_>) -> Plan {
             .entry(group)
             .or_insert_with(|| service_of(input.stacks, t).map(|s| Needs::of(s, input.images)));
         match need {
-            Some(need) => nodes[i].take(need),
-            None => nodes[i].take(&Needs::default()),
+            Some(need) => nodes[i].take_existing(need, &t.generic_resources),
+            None => nodes[i].take_existing(&Needs::default(), &t.generic_resources),
         }
         placed.entry(group).or_default().push(i);
     }
@@ -154,8 +162,11 @@ pub fn schedule(input: &Input<'_>) -> Plan {
         let on_nodes = placed.get(&group).map(Vec::as_slice).unwrap_or_default();
         for t in tasks {
             match place_on_its_node(&mut nodes, &index, &need, on_nodes, t) {
-                Ok(node) => {
+                Ok((node, units)) => {
                     plan.assignments.insert(t.id.clone(), node);
+                    if !units.is_empty() {
+                        plan.units.insert(t.id.clone(), units);
+                    }
                 }
                 Err(why) => {
                     plan.pending.insert(t.id.clone(), why);
@@ -231,16 +242,19 @@ fn place_group<'a>(
                     tree.remove_best(path(&paths, i));
                 }
                 Ok(()) => {
-                    nodes[i].take(need);
+                    let units = nodes[i].take_new(need);
                     tree.placed(path(&paths, i), (key.0 + 1, nodes[i].tasks, i));
-                    break Some(i);
+                    break Some((i, units));
                 }
             }
         };
         match node {
-            Some(i) => {
+            Some((i, units)) => {
                 plan.assignments
                     .insert(task.id.clone(), nodes[i].record.id.clone());
+                if !units.is_empty() {
+                    plan.units.insert(task.id.clone(), units);
+                }
             }
             None => {
                 let why = tally.pending();
@@ -262,7 +276,7 @@ fn place_on_its_node(
     need: &Needs<'_>,
     on_nodes: &[usize],
     task: &Task,
-) -> Result<String, Pending> {
+) -> Result<(String, BTreeMap<String, Vec<String>>), Pending> {
     let id = task.for_node.as_deref().unwrap_or_default();
     let Some(&i) = index.get(id) else {
         return Err(Pending::NodeGone(id.to_string()));
@@ -271,8 +285,8 @@ fn place_on_its_node(
     filters::static_check(need, &nodes[i])
         .and_then(|()| filters::dynamic_check(need, &nodes[i], service_tasks))
         .map_err(|why| Pending::NoSuitableNode(vec![Rejected { nodes: 1, why }]))?;
-    nodes[i].take(need);
-    Ok(nodes[i].record.id.clone())
+    let units = nodes[i].take_new(need);
+    Ok((nodes[i].record.id.clone(), units))
 }
 
 /// A candidate's place in the ranking tree (the root without spread preferences).
@@ -374,6 +388,7 @@ pub fn apply(tasks: &mut BTreeMap<String, Task>, plan: &Plan) {
     for (task, node) in &plan.assignments {
         if let Some(t) = tasks.get_mut(task) {
             t.node = Some(node.clone());
+            t.generic_resources = plan.units.get(task).cloned().unwrap_or_default();
         }
     }
 }

@@ -120,6 +120,10 @@ pub struct NodeRecord {
     /// What it offers to tasks' reservations (zero: not reported).
     #[serde(default, skip_serializing_if = "Capacity::is_zero")]
     pub capacity: Capacity,
+    /// Its generic resources by kind (`berth daemon --node-generic-resource`), which
+    /// tasks' `generic_resources` reservations take from (empty: none advertised).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generic_resources: spec::generic::Inventory,
 }
 
 /// A node's availability for new tasks, as Swarm's: `pause` places nothing new there,

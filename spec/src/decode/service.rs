@@ -1571,43 +1571,138 @@ fn deploy(cx: &mut Cx, n: Node) -> Option<Deploy> {
 fn resources(cx: &mut Cx, n: Node) -> Option<Resources> {
     let mut m = cx.map(n)?;
     let r = Resources {
-        limits: m.get(cx, "limits", resource_set),
-        reservations: m.get(cx, "reservations", resource_set),
+        limits: m.get(cx, "limits", |cx, n| resource_set(cx, n, false)),
+        reservations: m.get(cx, "reservations", |cx, n| resource_set(cx, n, true)),
     };
     m.ignore_extensions(cx);
     m.finish(cx);
     Some(r)
 }
 
-fn resource_set(cx: &mut Cx, n: Node) -> Option<ResourceSet> {
+/// `reservation`: whether this is `reservations` (the only place generic resources go).
+fn resource_set(cx: &mut Cx, n: Node, reservation: bool) -> Option<ResourceSet> {
     let mut m = cx.map(n)?;
     let mut r = ResourceSet {
         cpus: m.get(cx, "cpus", cpus),
         memory: m.get(cx, "memory", bytes),
         pids: m.get(cx, "pids", |cx, n| cx.int_in(n, -1, i64::MAX)),
         devices: Vec::new(),
-        unsupported: BTreeMap::new(),
+        generic_resources: Vec::new(),
     };
     r.devices = m
         .get(cx, "devices", |cx, n| {
             Some(cx.each(n, host::device_request))
         })
         .unwrap_or_default();
-    for key in ["generic_resources"] {
-        if m.has(key) {
-            let path = m.path_of(key);
-            if let Some(v) = m.take(key) {
-                cx.warn(
-                    &path,
-                    "not supported by berth yet; kept in the stack, but it has no effect",
-                );
-                r.unsupported.insert(key.to_string(), v.clone());
-            }
-        }
+    if !reservation && m.has("generic_resources") {
+        let path = m.path_of("generic_resources");
+        m.take("generic_resources");
+        cx.error(
+            &path,
+            "generic resources are reserved, not limited: move them under \
+             deploy.resources.reservations",
+        );
     }
+    r.generic_resources = m
+        .get(cx, "generic_resources", generic_resources)
+        .unwrap_or_default();
     m.ignore_extensions(cx);
     m.finish(cx);
     Some(r)
+}
+
+/// A reservation's `generic_resources`: counts of kinds, each kind once.
+fn generic_resources(cx: &mut Cx, n: Node) -> Option<Vec<GenericResource>> {
+    let items = cx.seq(n)?;
+    let mut out: Vec<GenericResource> = Vec::new();
+    for (i, value) in items.iter().enumerate() {
+        let path = format!("{}[{i}]", n.path);
+        let Some(g) = generic_resource(cx, Node { value, path: &path }) else {
+            continue;
+        };
+        if let GenericResource::NamedResourceSpec { kind, .. } = &g {
+            cx.error(
+                &format!("{path}.named_resource_spec"),
+                format!(
+                    "a service reserves a count of a kind, not a named unit: write \
+                     discrete_resource_spec: {{kind: {kind}, value: 1}} (named units are \
+                     what a node advertises: berth daemon --node-generic-resource)"
+                ),
+            );
+            continue;
+        }
+        if out.iter().any(|o| o.kind() == g.kind()) {
+            cx.error(
+                &path,
+                format!(
+                    "generic resource {} is reserved twice; reserve it once, with the total",
+                    g.kind()
+                ),
+            );
+            continue;
+        }
+        out.push(g);
+    }
+    Some(out)
+}
+
+fn generic_resource(cx: &mut Cx, n: Node) -> Option<GenericResource> {
+    let mut m = cx.map(n)?;
+    let spec = |cx: &mut Cx, n: Node, discrete: bool| -> Option<GenericResource> {
+        let mut m = cx.map(n)?;
+        let kind_path = m.path_of("kind");
+        let kind = m.get(cx, "kind", |cx, n| cx.string(n));
+        let value_path = m.path_of("value");
+        let g = if discrete {
+            let value = m.get(cx, "value", |cx, n| cx.int_in(n, 1, i64::MAX));
+            value.map(|v| (v as u64).to_string())
+        } else {
+            m.get(cx, "value", |cx, n| cx.scalar(n))
+        };
+        m.ignore_extensions(cx);
+        m.finish(cx);
+        let kind = match kind {
+            Some(k) => k,
+            None => {
+                cx.error(
+                    &kind_path,
+                    "missing: a generic resource needs its kind, like SSD",
+                );
+                return None;
+            }
+        };
+        if let Err(why) = crate::generic::check_kind(&kind) {
+            cx.error(&kind_path, why);
+            return None;
+        }
+        let Some(value) = g else {
+            cx.error(&value_path, "missing: a generic resource needs its value");
+            return None;
+        };
+        Some(if discrete {
+            GenericResource::DiscreteResourceSpec {
+                kind,
+                value: value.parse().unwrap_or(0),
+            }
+        } else {
+            GenericResource::NamedResourceSpec { kind, value }
+        })
+    };
+    let discrete = m.get(cx, "discrete_resource_spec", |cx, n| spec(cx, n, true));
+    let named = m.get(cx, "named_resource_spec", |cx, n| spec(cx, n, false));
+    m.ignore_extensions(cx);
+    m.finish(cx);
+    match (discrete, named) {
+        (Some(_), Some(_)) => {
+            cx.error(
+                n.path,
+                "discrete_resource_spec and named_resource_spec cannot be set together",
+            );
+            None
+        }
+        (Some(g), None) | (None, Some(g)) => Some(g),
+        (None, None) => None,
+    }
 }
 
 fn restart_policy(cx: &mut Cx, n: Node) -> Option<RestartPolicy> {
