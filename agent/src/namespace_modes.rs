@@ -143,37 +143,45 @@ impl ShimTargets<'_> {
 
 impl Targets for ShimTargets<'_> {
     fn service(&self, stack: &str, service: &str) -> Option<Target> {
-        // Task ids are `<stack>-<service>-<slot>.<generation>` (`Task::make_id`).
-        let prefix = format!("{stack}-{service}-");
         self.running()
             .into_iter()
-            .filter_map(|t| {
-                let rest = t.id.strip_prefix(&prefix)?;
-                let (slot, generation) = rest.split_once('.')?;
-                generation.parse::<u32>().ok()?;
-                Some((slot.parse::<u32>().ok()?, t))
-            })
+            .filter_map(|t| Some((slot_of(&t.id, stack, service)?, t)))
             .min_by_key(|(slot, _)| *slot)
             .map(|(_, t)| t)
     }
 
     fn container(&self, name: &str) -> Option<Target> {
-        self.running().into_iter().find(|t| {
-            let annotated = std::fs::read(t.bundle.join("config.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Spec>(&b).ok())
-                .and_then(|s| s.annotations().clone())
-                .and_then(|a| a.get(NAME_ANNOTATION).cloned());
-            match annotated {
-                Some(n) => n == name,
-                // A container made before the annotation: its id is its name plus
-                // `.<generation>`.
-                None => {
-                    t.id.rsplit_once('.')
-                        .is_some_and(|(n, g)| n == name && g.parse::<u32>().is_ok())
-                }
-            }
-        })
+        self.running()
+            .into_iter()
+            .find(|t| is_named(&t.bundle, &t.id, name))
+    }
+}
+
+/// The slot of the task container `id` if it is one of `service` of `stack`: task ids
+/// are `<stack>-<service>-<slot>.<generation>` (`Task::make_id`); anything else (a
+/// `pre_start` step's container, another service's) is None.
+pub fn slot_of(id: &str, stack: &str, service: &str) -> Option<u32> {
+    let rest = id.strip_prefix(stack)?.strip_prefix('-')?;
+    let rest = rest.strip_prefix(service)?.strip_prefix('-')?;
+    let (slot, generation) = rest.split_once('.')?;
+    generation.parse::<u32>().ok()?;
+    slot.parse().ok()
+}
+
+/// Whether the container `id` with bundle `bundle` is named `name`: its
+/// `NAME_ANNOTATION`, or for a container made before the annotation, its id less the
+/// `.<generation>`.
+pub fn is_named(bundle: &Path, id: &str, name: &str) -> bool {
+    let annotated = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Spec>(&b).ok())
+        .and_then(|s| s.annotations().clone())
+        .and_then(|a| a.get(NAME_ANNOTATION).cloned());
+    match annotated {
+        Some(n) => n == name,
+        None => id
+            .rsplit_once('.')
+            .is_some_and(|(n, g)| n == name && g.parse::<u32>().is_ok()),
     }
 }
 
@@ -399,6 +407,16 @@ fn annotations(spec: &Spec) -> std::collections::BTreeMap<String, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn slots_are_read_from_task_ids_of_the_service_only() {
+        assert_eq!(slot_of("app-web-3.2", "app", "web"), Some(3));
+        assert_eq!(slot_of("app-web-3.2.pre-start-0", "app", "web"), None);
+        assert_eq!(slot_of("app-webx-3.2", "app", "web"), None);
+        assert_eq!(slot_of("app-web-3", "app", "web"), None);
+        assert_eq!(slot_of("other-web-3.2", "app", "web"), None);
+    }
+
     use super::*;
 
     struct Fake(Option<Target>);

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{Mount, Spec};
 use spec::model::{MountType, Service};
 
-use crate::namespace_modes::NAME_ANNOTATION;
+use crate::namespace_modes::{is_named, slot_of};
 use crate::shim;
 
 /// The annotation listing a container's volume targets, as JSON.
@@ -101,7 +101,7 @@ pub fn apply(
         let found = if from.container {
             containers
                 .iter()
-                .find(|c| named(&c.bundle, &c.id, from.name))
+                .find(|c| is_named(&c.bundle, &c.id, from.name))
         } else {
             lowest_slot(&containers, stack, from.name)
         };
@@ -166,37 +166,15 @@ fn with_mode(m: &Mount, read_only: bool) -> Mount {
     m
 }
 
-/// Whether the container with bundle `bundle` and id `id` is named `name`.
-fn named(bundle: &Path, id: &str, name: &str) -> bool {
-    let annotated = std::fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Spec>(&b).ok())
-        .and_then(|s| s.annotations().clone())
-        .and_then(|a| a.get(NAME_ANNOTATION).cloned());
-    match annotated {
-        Some(n) => n == name,
-        None => id
-            .rsplit_once('.')
-            .is_some_and(|(n, g)| n == name && g.parse::<u32>().is_ok()),
-    }
-}
-
-/// The container of `service` of `stack` with the lowest slot (task ids are
-/// `<stack>-<service>-<slot>.<generation>`), whatever its state.
+/// The container of `service` of `stack` with the lowest slot, whatever its state.
 fn lowest_slot<'a>(
     containers: &'a [shim::ContainerState],
     stack: &str,
     service: &str,
 ) -> Option<&'a shim::ContainerState> {
-    let prefix = format!("{stack}-{service}-");
     containers
         .iter()
-        .filter_map(|c| {
-            let rest = c.id.strip_prefix(&prefix)?;
-            let (slot, generation) = rest.split_once('.')?;
-            generation.parse::<u32>().ok()?;
-            Some((slot.parse::<u32>().ok()?, c))
-        })
+        .filter_map(|c| Some((slot_of(&c.id, stack, service)?, c)))
         .min_by_key(|(slot, _)| *slot)
         .map(|(_, c)| c)
 }
