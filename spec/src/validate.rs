@@ -214,6 +214,20 @@ pub(crate) fn validate(stack: &Stack, origin: &Origin, main_file: &str, diags: &
                 );
             }
         }
+        // An IPv6 address on a network without IPv6 would be dropped: say so.
+        for (net, attach) in &svc.networks {
+            let no_ipv6 = stack
+                .networks
+                .get(net)
+                .is_some_and(|n| !n.external && !n.enable_ipv6);
+            if attach.ipv6_address.is_some() && no_ipv6 {
+                diags.warn(
+                    file(&format!("networks.{net}.ipv6_address")),
+                    &at(&format!("networks.{net}.ipv6_address")),
+                    format!("network {net:?} does not set enable_ipv6: true, so the container gets no IPv6 address there; ignored"),
+                );
+            }
+        }
         for (net, attach) in &svc.networks {
             let Some(addr) = &attach.ipv4_address else {
                 continue;

@@ -240,6 +240,21 @@ fn environment_precedence_env_file_and_interpolation_warnings() {
 }
 
 #[test]
+fn an_ipv6_address_on_a_network_without_ipv6_is_named_in_a_warning() {
+    let dir = dir_with(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: web\n    networks:\n      v4: {ipv6_address: 'fd00::5'}\n      v6: {ipv6_address: 'fd01::5'}\nnetworks:\n  v4: {}\n  v6: {enable_ipv6: true, ipam: {config: [{subnet: 'fd01::/64'}]}}\n",
+    )]);
+    let p = load(dir.path(), &[], &[]).unwrap_or_else(|e| panic!("{}", errors(&e)));
+    let w = warnings(&p);
+    assert!(
+        w.contains("compose.yaml: services.web.networks.v4.ipv6_address: network \"v4\" does not set enable_ipv6: true"),
+        "{w}"
+    );
+    assert!(!w.contains("networks.v6.ipv6_address"), "{w}");
+}
+
+#[test]
 fn label_files_are_read_relative_to_the_project_and_labels_win() {
     let dir = dir_with(&[
         ("compose.yaml", "services:\n  web:\n    image: web\n    label_file: [meta/a.labels, ./b.labels]\n    labels: {c: from-labels}\n"),
